@@ -1,0 +1,1 @@
+"""Top-level pytest configuration: makes the checkout importable without an install."""

@@ -1,0 +1,24 @@
+"""mpdist: test and run distributed numpy code for real.
+
+``import mpdist as dist`` mirrors ``torch.distributed`` on numpy arrays:
+stores for rendezvous, process groups with TCP collectives, and (in
+``mpdist.testing``) a multi-process test harness.
+"""
+
+from mpdist.errors import (
+    DistBackendError,
+    DistError,
+    DistNetworkError,
+    DistStoreError,
+    QueueEmptyError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DistBackendError",
+    "DistError",
+    "DistNetworkError",
+    "DistStoreError",
+    "QueueEmptyError",
+]

@@ -1,0 +1,1 @@
+"""Testing tools for distributed code: test cases, fakes, decorators and the pytest plugin."""
