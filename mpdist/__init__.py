@@ -12,6 +12,7 @@ from mpdist.errors import (
     DistStoreError,
     QueueEmptyError,
 )
+from mpdist.store import HashStore, PrefixStore, Store
 
 __version__ = "0.1.0"
 
@@ -21,4 +22,7 @@ __all__ = [
     "DistNetworkError",
     "DistStoreError",
     "QueueEmptyError",
+    "HashStore",
+    "PrefixStore",
+    "Store",
 ]
