@@ -1,0 +1,654 @@
+"""``Tensor``: a numpy array that records the operations applied to it, and the ops themselves.
+
+Each operation computes its result with numpy and, when recording, attaches a ``Node`` whose
+backward function sits right next to the forward line. Gradients of broadcast operands are
+summed back to the operand's shape (``_unbroadcast``). Only the operations the nn layers,
+losses, collectives and tests need are here.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from mpdist.autograd.grad_mode import is_grad_enabled
+from mpdist.autograd.graph import Node, RemovableHandle, run_backward
+
+Axis = int | tuple[int, ...] | None
+
+
+def _raw(x: Any) -> Any:
+    """The numpy-level value of an operand; Python numbers stay Python numbers so they remain
+    'weak' under numpy's promotion rules (float32 tensor * 2.0 stays float32)."""
+    if isinstance(x, Tensor):
+        return x.data
+    if isinstance(x, (numbers.Number, np.ndarray)):
+        return x
+    return np.asarray(x)
+
+
+def _unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum ``g`` over the axes that broadcasting added or stretched to reach ``shape``."""
+    if g.shape == shape:
+        return g
+    extra = g.ndim - len(shape)
+    if extra > 0:
+        g = g.sum(axis=tuple(range(extra)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if stretched:
+        g = g.sum(axis=stretched, keepdims=True)
+    return g.reshape(shape)
+
+
+def _make(
+    data: Any,
+    inputs: Sequence[Tensor],
+    backward: Callable[[np.ndarray], Sequence[np.ndarray | None]],
+    name: str,
+) -> Tensor:
+    """Wrap an op's result; record a node when recording is on and some input needs grad."""
+    out = Tensor(np.asarray(data))
+    if is_grad_enabled() and any(t.requires_grad for t in inputs):
+        out._node = Node(
+            inputs, lambda gs: backward(gs[0]), [(out.data.shape, out.data.dtype)], name
+        )
+        out._requires_grad = True
+    return out
+
+
+def _binary(
+    a: Any,
+    b: Any,
+    fwd: Callable[[Any, Any], Any],
+    grad_a: Callable[[np.ndarray, Any, Any, np.ndarray], np.ndarray],
+    grad_b: Callable[[np.ndarray, Any, Any, np.ndarray], np.ndarray],
+    name: str,
+) -> Tensor:
+    ad, bd = _raw(a), _raw(b)
+    out = np.asarray(fwd(ad, bd))
+    inputs: list[Tensor] = []
+    fns: list[Callable[[np.ndarray], np.ndarray | None]] = []
+    for operand, gfn in ((a, grad_a), (b, grad_b)):
+        if isinstance(operand, Tensor):
+            inputs.append(operand)
+            shape = operand.data.shape
+
+            def grad(g: np.ndarray, t: Tensor = operand, gfn: Any = gfn, shape: Any = shape) -> Any:
+                return _unbroadcast(gfn(g, ad, bd, out), shape) if t.requires_grad else None
+
+            fns.append(grad)
+    return _make(out, inputs, lambda g: [f(g) for f in fns], name)
+
+
+def _norm_axis(axis: Axis, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(a % ndim if ndim else a for a in axes)
+
+
+class Tensor:
+    """A numpy array with reverse-mode autograd.
+
+    ``.data`` is the live ndarray (optimizers update it in place), ``.grad`` is a Tensor or
+    None (assignable), ``np.asarray(t)`` gives the data. Numpy's ufunc machinery is switched
+    off (``__array_ufunc__ = None``) so ``ndarray + Tensor`` records like ``Tensor + ndarray``.
+    """
+
+    __array_ufunc__ = None
+
+    def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
+        if isinstance(data, Tensor):
+            data = data.data
+        self.data = np.asarray(data, dtype=dtype)
+        self._grad: Tensor | None = None
+        self._node: Node | None = None
+        self._out_index = 0
+        self._requires_grad = False
+        self._hooks: dict[int, Callable] = {}
+        self._post_hooks: dict[int, Callable] = {}
+        self.requires_grad = requires_grad
+
+    # ----------------------------------------------------------------- attributes
+    @property
+    def data(self) -> np.ndarray:
+        """The live ndarray."""
+        return self._data
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        self._data = value.data if isinstance(value, Tensor) else np.asarray(value)
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether gradients flow to (and, for leaves, accumulate in) this tensor."""
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        if self._node is not None and not value:
+            raise RuntimeError(
+                "you can only change requires_grad flags of leaf variables; use detach()"
+            )
+        if value and self.data.dtype.kind not in "fc":
+            raise RuntimeError(
+                f"Only Tensors of floating point and complex dtype can require gradients (got {self.data.dtype})"
+            )
+        self._requires_grad = bool(value)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        """Set ``requires_grad`` in place and return self."""
+        self.requires_grad = requires_grad
+        return self
+
+    @property
+    def grad(self) -> Tensor | None:
+        """The accumulated gradient (leaves only), a Tensor or None; assignable."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Any) -> None:
+        if value is not None:
+            value = value if isinstance(value, Tensor) else Tensor(value)
+            if value.data.shape != self.data.shape:
+                raise RuntimeError(
+                    f"assigned grad has shape {value.data.shape}, but the tensor has shape {self.data.shape}"
+                )
+        self._grad = value
+
+    @property
+    def is_leaf(self) -> bool:
+        """True for tensors not produced by a recorded operation."""
+        return self._node is None
+
+    @property
+    def grad_fn(self) -> Node | None:
+        """The node that produced this tensor, or None for leaves."""
+        return self._node
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The array's shape."""
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The array's dtype."""
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return self.data.ndim
+
+    def dim(self) -> int:
+        """Number of dimensions (torch spelling)."""
+        return self.data.ndim
+
+    def size(self, dim: int | None = None) -> Any:
+        """The shape, or one dimension's length."""
+        return self.data.shape if dim is None else self.data.shape[dim]
+
+    def numel(self) -> int:
+        """Number of elements."""
+        return int(self.data.size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data."""
+        return int(self.data.nbytes)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        arr = self.data if dtype is None else self.data.astype(dtype, copy=False)
+        return arr.copy() if copy else arr
+
+    def numpy(self) -> np.ndarray:
+        """The live ndarray (shares memory)."""
+        return self.data
+
+    def item(self) -> Any:
+        """The single element as a Python number."""
+        return self.data.item()
+
+    def tolist(self) -> Any:
+        """The data as nested Python lists."""
+        return self.data.tolist()
+
+    def __repr__(self) -> str:
+        body = np.array2string(self.data, separator=", ", prefix="tensor(")
+        extra = ""
+        if self._node is not None:
+            extra = f", grad_fn=<{self._node.name}>"
+        elif self.requires_grad:
+            extra = ", requires_grad=True"
+        return f"tensor({body}{extra})"
+
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
+    def __float__(self) -> float:
+        return float(self.data)
+
+    def __int__(self) -> int:
+        return int(self.data)
+
+    # ----------------------------------------------------------------- graph
+    def backward(self, gradient: Any = None) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
+
+        ``gradient`` defaults to 1 for a single-element tensor. The graph is kept, so calling
+        backward again accumulates again.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(
+                "element 0 of tensors does not require grad and does not have a grad_fn"
+            )
+        if gradient is None:
+            if self.data.size != 1:
+                raise RuntimeError("grad can be implicitly created only for scalar outputs")
+            g = np.ones_like(self.data)
+        else:
+            g = np.asarray(_raw(gradient), dtype=self.data.dtype)
+            if g.shape != self.data.shape:
+                raise RuntimeError(
+                    f"gradient has shape {g.shape}, but the tensor has shape {self.data.shape}"
+                )
+        run_backward([self], [g])
+
+    def register_hook(self, hook: Callable[[Tensor], Any]) -> RemovableHandle:
+        """``hook(grad)`` runs when this tensor's gradient is computed, before it is used or
+        accumulated; returning a Tensor replaces the gradient."""
+        if not self.requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        hooks = self._hooks if self._node is None else self._node.out_hooks[self._out_index]
+        handle = RemovableHandle(hooks)
+        hooks[handle.id] = hook
+        return handle
+
+    def register_post_accumulate_grad_hook(self, hook: Callable[[Tensor], None]) -> RemovableHandle:
+        """``hook(tensor)`` runs after the gradient was accumulated into this leaf's ``.grad``
+        (once per backward call)."""
+        if self._node is not None:
+            raise RuntimeError(
+                "post accumulate grad hooks cannot be registered on non-leaf tensors"
+            )
+        if not self.requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        handle = RemovableHandle(self._post_hooks)
+        self._post_hooks[handle.id] = hook
+        return handle
+
+    def retain_grad(self) -> None:
+        """Keep this non-leaf tensor's gradient in ``.grad`` during backward."""
+        if self._node is None:
+            return
+
+        def keep(g: Tensor) -> None:
+            self._grad = Tensor(g.data.copy()) if self._grad is None else self._grad + g
+
+        self.register_hook(keep)
+
+    def detach(self) -> Tensor:
+        """A leaf sharing this tensor's data, outside any graph."""
+        return Tensor(self.data)
+
+    # ----------------------------------------------------------------- in place (no graph)
+    def _check_inplace(self) -> None:
+        if self.requires_grad and is_grad_enabled():
+            if self._node is None:
+                raise RuntimeError(
+                    "a leaf Variable that requires grad is being used in an in-place operation."
+                )
+            raise RuntimeError("in-place operations on recorded tensors are not supported")
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._check_inplace()
+        self.data[_index(index)] = _raw(value)
+
+    def copy_(self, src: Any) -> Tensor:
+        """Copy ``src`` into this tensor's data in place."""
+        self._check_inplace()
+        np.copyto(self.data, _raw(src), casting="unsafe")
+        return self
+
+    def zero_(self) -> Tensor:
+        """Fill with zeros in place."""
+        self._check_inplace()
+        self.data.fill(0)
+        return self
+
+    def fill_(self, value: Any) -> Tensor:
+        """Fill with ``value`` in place."""
+        self._check_inplace()
+        self.data.fill(value)
+        return self
+
+    def add_(self, other: Any, alpha: Any = 1) -> Tensor:
+        """``self += alpha * other`` in place."""
+        self._check_inplace()
+        o = _raw(other)
+        np.add(self.data, o if alpha == 1 else alpha * o, out=self.data, casting="unsafe")
+        return self
+
+    def sub_(self, other: Any, alpha: Any = 1) -> Tensor:
+        """``self -= alpha * other`` in place."""
+        return self.add_(other, alpha=-alpha)
+
+    def mul_(self, other: Any) -> Tensor:
+        """``self *= other`` in place."""
+        self._check_inplace()
+        np.multiply(self.data, _raw(other), out=self.data, casting="unsafe")
+        return self
+
+    def div_(self, other: Any) -> Tensor:
+        """``self /= other`` in place."""
+        self._check_inplace()
+        np.divide(self.data, _raw(other), out=self.data, casting="unsafe")
+        return self
+
+    # ----------------------------------------------------------------- arithmetic
+    def __add__(self, other: Any) -> Tensor:
+        return _binary(self, other, np.add, lambda g, a, b, o: g, lambda g, a, b, o: g, "add")
+
+    def __radd__(self, other: Any) -> Tensor:
+        return _binary(other, self, np.add, lambda g, a, b, o: g, lambda g, a, b, o: g, "add")
+
+    def __sub__(self, other: Any) -> Tensor:
+        return _binary(self, other, np.subtract, lambda g, a, b, o: g, lambda g, a, b, o: -g, "sub")
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return _binary(other, self, np.subtract, lambda g, a, b, o: g, lambda g, a, b, o: -g, "sub")
+
+    def __mul__(self, other: Any) -> Tensor:
+        return _binary(
+            self, other, np.multiply, lambda g, a, b, o: g * b, lambda g, a, b, o: g * a, "mul"
+        )
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return _binary(
+            other, self, np.multiply, lambda g, a, b, o: g * b, lambda g, a, b, o: g * a, "mul"
+        )
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return _binary(
+            self, other, np.divide, lambda g, a, b, o: g / b, lambda g, a, b, o: -g * o / b, "div"
+        )
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return _binary(
+            other, self, np.divide, lambda g, a, b, o: g / b, lambda g, a, b, o: -g * o / b, "div"
+        )
+
+    def __pow__(self, other: Any) -> Tensor:
+        return _binary(
+            self,
+            other,
+            np.power,
+            lambda g, a, b, o: g * b * np.power(a, b - 1),
+            lambda g, a, b, o: g * o * np.log(a),
+            "pow",
+        )
+
+    def __rpow__(self, other: Any) -> Tensor:
+        return _binary(
+            other,
+            self,
+            np.power,
+            lambda g, a, b, o: g * b * np.power(a, b - 1),
+            lambda g, a, b, o: g * o * np.log(a),
+            "pow",
+        )
+
+    def __neg__(self) -> Tensor:
+        return _make(-self.data, [self], lambda g: [-g], "neg")
+
+    def __pos__(self) -> Tensor:
+        return self
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return matmul(other, self)
+
+    # Comparisons give boolean tensors outside the graph. ``==`` stays identity so tensors
+    # work as dict keys and in ``in`` checks (optimizer state, parameter dedup).
+    def __lt__(self, other: Any) -> Tensor:
+        return Tensor(self.data < _raw(other))
+
+    def __le__(self, other: Any) -> Tensor:
+        return Tensor(self.data <= _raw(other))
+
+    def __gt__(self, other: Any) -> Tensor:
+        return Tensor(self.data > _raw(other))
+
+    def __ge__(self, other: Any) -> Tensor:
+        return Tensor(self.data >= _raw(other))
+
+    __hash__ = object.__hash__
+
+    # ----------------------------------------------------------------- elementwise
+    def exp(self) -> Tensor:
+        """e ** self."""
+        out = np.exp(self.data)
+        return _make(out, [self], lambda g: [g * out], "exp")
+
+    def log(self) -> Tensor:
+        """Natural logarithm."""
+        a = self.data
+        return _make(np.log(a), [self], lambda g: [g / a], "log")
+
+    def sin(self) -> Tensor:
+        """Sine."""
+        a = self.data
+        return _make(np.sin(a), [self], lambda g: [g * np.cos(a)], "sin")
+
+    def cos(self) -> Tensor:
+        """Cosine."""
+        a = self.data
+        return _make(np.cos(a), [self], lambda g: [-g * np.sin(a)], "cos")
+
+    def tanh(self) -> Tensor:
+        """Hyperbolic tangent."""
+        out = np.tanh(self.data)
+        return _make(out, [self], lambda g: [g * (1 - out * out)], "tanh")
+
+    def sigmoid(self) -> Tensor:
+        """Logistic sigmoid."""
+        out = 1 / (1 + np.exp(-self.data))
+        return _make(out, [self], lambda g: [g * out * (1 - out)], "sigmoid")
+
+    def relu(self) -> Tensor:
+        """max(self, 0)."""
+        a = self.data
+        mask = a > 0
+        return _make(np.where(mask, a, 0).astype(a.dtype), [self], lambda g: [g * mask], "relu")
+
+    def sqrt(self) -> Tensor:
+        """Square root."""
+        return self**0.5
+
+    def abs(self) -> Tensor:
+        """Absolute value (gradient 0 at 0)."""
+        a = self.data
+        return _make(np.abs(a), [self], lambda g: [g * np.sign(a)], "abs")
+
+    def clone(self) -> Tensor:
+        """A copy that is part of the graph."""
+        return _make(self.data.copy(), [self], lambda g: [g], "clone")
+
+    def astype(self, dtype: Any) -> Tensor:
+        """Cast to ``dtype``; the gradient is cast back."""
+        src = self.data.dtype
+        return _make(self.data.astype(dtype), [self], lambda g: [g.astype(src)], "astype")
+
+    # ----------------------------------------------------------------- reductions
+    def sum(
+        self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None, keepdim: bool = False
+    ) -> Tensor:
+        """Sum over ``axis`` (all by default); ``dim``/``keepdim`` are torch spellings."""
+        axis = dim if axis is None else axis
+        keepdims = keepdims or keepdim
+        shape = self.data.shape
+        axes = _norm_axis(axis, self.data.ndim)
+
+        def backward(g: np.ndarray) -> list[np.ndarray]:
+            if not keepdims:
+                g = np.expand_dims(g, axes)
+            return [np.broadcast_to(g, shape).copy()]
+
+        return _make(self.data.sum(axis=axes, keepdims=keepdims), [self], backward, "sum")
+
+    def mean(
+        self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None, keepdim: bool = False
+    ) -> Tensor:
+        """Mean over ``axis`` (all by default)."""
+        axis = dim if axis is None else axis
+        axes = _norm_axis(axis, self.data.ndim)
+        count = int(np.prod([self.data.shape[a] for a in axes])) if axes else 1
+        return self.sum(axis=axes, keepdims=keepdims or keepdim) / count
+
+    # ----------------------------------------------------------------- shape
+    def reshape(self, *shape: Any) -> Tensor:
+        """Same data, new shape."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        src = self.data.shape
+        return _make(self.data.reshape(shape), [self], lambda g: [g.reshape(src)], "reshape")
+
+    view = reshape
+
+    def flatten(self) -> Tensor:
+        """A 1-D reshape."""
+        return self.reshape(-1)
+
+    def transpose(self, *axes: int) -> Tensor:
+        """Permute axes with numpy's meaning (a full permutation; reversed by default)."""
+        nd = self.data.ndim
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        perm = tuple(a % nd for a in axes) if axes else tuple(reversed(range(nd)))
+        inv = tuple(int(i) for i in np.argsort(perm))
+        return _make(self.data.transpose(perm), [self], lambda g: [g.transpose(inv)], "transpose")
+
+    permute = transpose
+
+    def swapaxes(self, axis1: int, axis2: int) -> Tensor:
+        """Swap two axes (torch's ``transpose(d0, d1)``)."""
+        perm = list(range(self.data.ndim))
+        perm[axis1], perm[axis2] = perm[axis2], perm[axis1]
+        return self.transpose(tuple(perm))
+
+    @property
+    def T(self) -> Tensor:
+        """Axes reversed."""
+        return self.transpose()
+
+    def __getitem__(self, index: Any) -> Tensor:
+        idx = _index(index)
+        shape, dtype = self.data.shape, self.data.dtype
+
+        def backward(g: np.ndarray) -> list[np.ndarray]:
+            z = np.zeros(shape, dtype=dtype)
+            np.add.at(z, idx, g)
+            return [z]
+
+        return _make(self.data[idx], [self], backward, "index")
+
+
+def _index(index: Any) -> Any:
+    if isinstance(index, Tensor):
+        return index.data
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    return index
+
+
+def matmul(a: Any, b: Any) -> Tensor:
+    """Matrix product with numpy's rules (1-D operands, batch broadcasting)."""
+    a = a if isinstance(a, Tensor) else Tensor(_raw(a))
+    b = b if isinstance(b, Tensor) else Tensor(_raw(b))
+    A, B = a.data, b.data
+    out = A @ B
+
+    def backward(g: np.ndarray) -> list[np.ndarray | None]:
+        if A.ndim == 1 and B.ndim == 1:
+            return [g * B, g * A]
+        a2 = A[None, :] if A.ndim == 1 else A
+        b2 = B[:, None] if B.ndim == 1 else B
+        g2 = np.expand_dims(g, -2) if A.ndim == 1 else g
+        g2 = np.expand_dims(g2, -1) if B.ndim == 1 else g2
+        ga = gb = None
+        if a.requires_grad:
+            ga = _unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(A.shape)
+        if b.requires_grad:
+            gb = _unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(B.shape)
+        return [ga, gb]
+
+    return _make(out, [a, b], backward, "matmul")
+
+
+def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
+    """A new leaf tensor holding a copy of ``data``."""
+    raw = data.data if isinstance(data, Tensor) else data
+    return Tensor(np.array(raw, dtype=dtype, copy=True), requires_grad=requires_grad)
+
+
+def stack(tensors: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
+    """Join same-shape tensors along a new axis."""
+    axis = axis if dim is None else dim
+    ts = [t if isinstance(t, Tensor) else Tensor(_raw(t)) for t in tensors]
+    out = np.stack([t.data for t in ts], axis=axis)
+    ax = axis % out.ndim
+
+    def backward(g: np.ndarray) -> list[np.ndarray]:
+        return [np.take(g, i, axis=ax) for i in range(len(ts))]
+
+    return _make(out, ts, backward, "stack")
+
+
+def cat(tensors: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
+    """Join tensors along an existing axis."""
+    axis = axis if dim is None else dim
+    ts = [t if isinstance(t, Tensor) else Tensor(_raw(t)) for t in tensors]
+    out = np.concatenate([t.data for t in ts], axis=axis)
+    bounds = np.cumsum([t.data.shape[axis] for t in ts])[:-1]
+
+    def backward(g: np.ndarray) -> list[np.ndarray]:
+        return list(np.split(g, bounds, axis=axis))
+
+    return _make(out, ts, backward, "cat")
+
+
+def backward(tensors: Any, grad_tensors: Any = None) -> None:
+    """Run one backward pass from several roots at once."""
+    roots = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+    if grad_tensors is None:
+        grads = [None] * len(roots)
+    elif isinstance(grad_tensors, (Tensor, np.ndarray)):
+        grads = [grad_tensors]
+    else:
+        grads = list(grad_tensors)
+    gs = []
+    for r, g in zip(roots, grads, strict=True):
+        if not r.requires_grad:
+            raise RuntimeError(
+                "element 0 of tensors does not require grad and does not have a grad_fn"
+            )
+        if g is None:
+            if r.data.size != 1:
+                raise RuntimeError("grad can be implicitly created only for scalar outputs")
+            gs.append(np.ones_like(r.data))
+        else:
+            gs.append(np.asarray(_raw(g), dtype=r.data.dtype))
+    run_backward(roots, gs)
