@@ -1,0 +1,593 @@
+"""``mpdist run``: start the local ranks of a script with env:// set, label their output, stop them together.
+
+    python -m mpdist run --nproc 4 train.py --epochs 3
+    python -m mpdist run --nproc 2 -m mypkg.job
+    # two machines, 4 ranks each (global rank = node_rank * nproc + local_rank):
+    python -m mpdist run --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --master-port 29500 --nproc 4 train.py
+    python -m mpdist run --nnodes 2 --node-rank 1 --master-addr 10.0.0.1 --master-port 29500 --nproc 4 train.py
+
+Every rank gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``,
+``GROUP_RANK`` (the node rank), ``MASTER_ADDR`` and ``MASTER_PORT``, so
+``mpdist.init_process_group()`` with no arguments meets the others (env://).
+
+Master port. With ``--master-port`` the launcher of node 0 checks the port is
+free before starting anything. Without it (one node only) the launcher asks the
+OS for a free port. To close the race between choosing the port and rank 0
+binding it, the launcher keeps a bound but non-listening socket with
+``SO_REUSEADDR`` on that port until the job ends: the kernel then hands the port
+to no other ``bind(port=0)`` or outgoing connection, while rank 0's store server
+(which binds with ``SO_REUSEADDR``) can still listen on it.
+
+Output. Each line a rank writes to stdout or stderr is written to the
+launcher's stdout or stderr as one ``[rank k] ...`` line (k is the global
+rank), so lines of different ranks never mix within a line. Ranks run with
+``PYTHONUNBUFFERED=1`` so lines appear as they are printed.
+
+Exit. When every rank exits 0 the launcher exits 0. When a rank fails first,
+the others are stopped and the launcher exits with that rank's code; a rank
+killed by a signal counts as ``128 + signum`` (139 for SIGSEGV), as a shell
+reports it. SIGINT (Ctrl-C) or SIGTERM to the launcher stops every rank and
+exits 130. Stopping means: SIGTERM to each rank's whole process tree (each rank
+leads its own process group, and descendants found through psutil are
+signalled too), ``--stop-grace`` seconds to exit, then SIGKILL. Processes a
+successful rank leaves behind are stopped the same way: nothing outlives the
+launcher. Ranks get stdin from /dev/null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import psutil
+
+__all__ = ["main"]
+
+PROG = "mpdist run"
+
+# Options that take a value: needed to find where the launcher's options end and
+# the script's arguments begin (everything after the script is passed verbatim).
+_VALUE_OPTIONS = {
+    "--nproc": "nproc",
+    "--nproc-per-node": "nproc",
+    "--nproc_per_node": "nproc",
+    "--nnodes": "nnodes",
+    "--node-rank": "node_rank",
+    "--node_rank": "node_rank",
+    "--master-addr": "master_addr",
+    "--master_addr": "master_addr",
+    "--master-port": "master_port",
+    "--master_port": "master_port",
+    "--stop-grace": "stop_grace",
+}
+
+# A rank line longer than this is passed on in pieces rather than buffered without bound.
+_MAX_LINE = 1 << 20
+_READ_CHUNK = 1 << 16
+# How often to look at the processes while stopping them (descendants send no SIGCHLD here).
+_STOP_POLL_S = 0.02
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # Raise instead of exiting so main() returns 2 like any other usage error.
+        raise _UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(
+        prog=PROG,
+        usage=f"{PROG} [options] (script.py | -m module) [args ...]",
+        description="Start N local ranks of a Python program with env:// rendezvous variables set.",
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "--nproc",
+        "--nproc-per-node",
+        "--nproc_per_node",
+        dest="nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="ranks to start on this node (default 1)",
+    )
+    p.add_argument("--nnodes", type=int, default=1, metavar="M", help="number of nodes (default 1)")
+    p.add_argument(
+        "--node-rank",
+        "--node_rank",
+        dest="node_rank",
+        type=int,
+        default=0,
+        metavar="R",
+        help="this node's index, 0..M-1 (default 0)",
+    )
+    p.add_argument(
+        "--master-addr",
+        "--master_addr",
+        dest="master_addr",
+        default="127.0.0.1",
+        metavar="A",
+        help="address of node 0, where rank 0 runs the store (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--master-port",
+        "--master_port",
+        dest="master_port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="port of rank 0's store; required with --nnodes > 1 (default: a free port)",
+    )
+    p.add_argument(
+        "--stop-grace",
+        dest="stop_grace",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds ranks get to exit after SIGTERM before SIGKILL (default 5)",
+    )
+    p.add_argument(
+        "-m",
+        "--module",
+        action="store_true",
+        help="run the program as a module, like python -m",
+    )
+    return p
+
+
+@dataclass
+class _Config:
+    nproc: int
+    nnodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int | None
+    stop_grace: float
+    module: bool
+    program: str
+    program_args: list[str]
+
+
+def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split into the launcher's options and ``[program, *its args]``."""
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            return list(argv[:i]), list(argv[i + 1 :])
+        if tok == "-" or not tok.startswith("-"):
+            return list(argv[:i]), list(argv[i:])
+        i += 2 if tok in _VALUE_OPTIONS else 1
+    return list(argv), []
+
+
+def _parse(argv: Sequence[str]) -> _Config:
+    opts, rest = _split_argv(argv)
+    parser = _parser()
+    ns = parser.parse_args(opts)
+    if not rest:
+        raise _UsageError("a module name is required after -m" if ns.module else "no script given")
+    if ns.nproc < 1:
+        raise _UsageError(f"--nproc must be >= 1, got {ns.nproc}")
+    if ns.nnodes < 1:
+        raise _UsageError(f"--nnodes must be >= 1, got {ns.nnodes}")
+    if not 0 <= ns.node_rank < ns.nnodes:
+        raise _UsageError(f"--node-rank must be in 0..{ns.nnodes - 1}, got {ns.node_rank}")
+    if ns.master_port is not None and not 1 <= ns.master_port <= 65535:
+        raise _UsageError(f"--master-port must be in 1..65535, got {ns.master_port}")
+    if ns.nnodes > 1 and ns.master_port is None:
+        raise _UsageError(
+            "--master-port is required with --nnodes > 1 (every node must use the same)"
+        )
+    if not ns.master_addr.strip():
+        raise _UsageError("--master-addr must not be empty")
+    if not ns.stop_grace >= 0:
+        raise _UsageError(f"--stop-grace must be >= 0, got {ns.stop_grace}")
+    program = rest[0]
+    if not ns.module and not os.path.isfile(program):
+        raise _UsageError(f"script not found: {program!r} (use -m to run a module)")
+    return _Config(
+        nproc=ns.nproc,
+        nnodes=ns.nnodes,
+        node_rank=ns.node_rank,
+        master_addr=ns.master_addr.strip(),
+        master_port=ns.master_port,
+        stop_grace=ns.stop_grace,
+        module=ns.module,
+        program=program,
+        program_args=rest[1:],
+    )
+
+
+def _reserve_port(addr: str, port: int) -> socket.socket:
+    """Bind (without listening) ``addr:port`` with SO_REUSEADDR; port 0 lets the OS choose."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((addr, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _exit_code(returncode: int) -> int:
+    """A shell-style exit status: ``-signum`` from subprocess becomes ``128 + signum``."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name} (exit code {_exit_code(returncode)})"
+    return f"exited with code {returncode}"
+
+
+def _pdeathsig_preexec():
+    """A preexec_fn making the kernel SIGKILL the rank if the launcher dies (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os._exit(137)
+
+    return preexec
+
+
+@dataclass
+class _Stream:
+    fd: int
+    target: int  # 1 (stdout) or 2 (stderr)
+    buf: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class _Rank:
+    rank: int
+    local_rank: int
+    proc: subprocess.Popen
+    returncode: int | None = None
+
+
+class _Job:
+    """The running ranks of one ``mpdist run``: start, forward output, stop."""
+
+    def __init__(self, cfg: _Config, master_port: int) -> None:
+        self.cfg = cfg
+        self.master_port = master_port
+        self.ranks: list[_Rank] = []
+        self.sel = selectors.DefaultSelector()
+        self.streams = 0
+        self.broken: set[int] = set()  # launcher outputs that went away (EPIPE)
+        self.interrupted: int | None = None  # the signal that asked us to stop
+        self.force = False  # a second signal: skip the grace period
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, None)
+        self.prefix_width = 0
+
+    # ---- environment and start ----------------------------------------------------------
+    def _env(self, local_rank: int) -> dict[str, str]:
+        cfg = self.cfg
+        env = dict(os.environ)
+        env.update(
+            RANK=str(cfg.node_rank * cfg.nproc + local_rank),
+            WORLD_SIZE=str(cfg.nnodes * cfg.nproc),
+            LOCAL_RANK=str(local_rank),
+            LOCAL_WORLD_SIZE=str(cfg.nproc),
+            GROUP_RANK=str(cfg.node_rank),
+            MASTER_ADDR=cfg.master_addr,
+            MASTER_PORT=str(self.master_port),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def start(self) -> None:
+        cfg = self.cfg
+        cmd = [sys.executable, "-u"]
+        cmd += ["-m", cfg.program] if cfg.module else [cfg.program]
+        cmd += cfg.program_args
+        preexec = _pdeathsig_preexec()
+        for local_rank in range(cfg.nproc):
+            proc = subprocess.Popen(
+                cmd,
+                env=self._env(local_rank),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                # Own process group: the terminal's Ctrl-C reaches only the launcher, which
+                # then stops the ranks in order; and killpg reaches a rank's descendants.
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+            r = _Rank(cfg.node_rank * cfg.nproc + local_rank, local_rank, proc)
+            self.ranks.append(r)
+            for pipe, target in ((proc.stdout, 1), (proc.stderr, 2)):
+                assert pipe is not None
+                fd = pipe.fileno()
+                os.set_blocking(fd, False)
+                self.sel.register(fd, selectors.EVENT_READ, (r, _Stream(fd, target)))
+                self.streams += 1
+
+    # ---- output -------------------------------------------------------------------------
+    def _emit(self, target: int, data: bytes) -> None:
+        if target in self.broken:
+            return
+        out = sys.stdout if target == 1 else sys.stderr
+        try:
+            out.flush()  # keep the launcher's own messages in order with rank lines
+            view = memoryview(data)
+            while view:
+                n = os.write(target, view)
+                view = view[n:]
+        except BrokenPipeError:
+            self.broken.add(target)
+        except BlockingIOError:
+            # A non-blocking terminal that is full: fall back to a blocking write.
+            os.set_blocking(target, True)
+            self._emit(target, bytes(view))
+
+    def _forward(self, r: _Rank, stream: _Stream, eof: bool) -> None:
+        prefix = f"[rank {r.rank}] ".encode()
+        lines: list[bytes] = []
+        buf = stream.buf
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            lines.append(prefix + bytes(buf[: nl + 1]))
+            del buf[: nl + 1]
+        if len(buf) >= _MAX_LINE or (eof and buf):
+            lines.append(prefix + bytes(buf) + b"\n")
+            buf.clear()
+        if lines:
+            self._emit(stream.target, b"".join(lines))
+
+    def _pump(self, timeout: float | None) -> None:
+        """Wait up to ``timeout`` for output or a wake-up (signal), forward complete lines."""
+        for key, _ in self.sel.select(timeout):
+            if key.data is None:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self.wake_r, 512):
+                        pass
+                continue
+            r, stream = key.data
+            try:
+                chunk = os.read(stream.fd, _READ_CHUNK)
+            except BlockingIOError:
+                continue
+            if chunk:
+                stream.buf += chunk
+                self._forward(r, stream, eof=False)
+            else:
+                self._forward(r, stream, eof=True)
+                self.sel.unregister(stream.fd)
+                self.streams -= 1
+
+    # ---- signals ------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGCHLD:
+            return  # only here to wake the selector via the wakeup fd
+        if self.interrupted is not None:
+            self.force = True
+        self.interrupted = signum
+
+    @contextlib.contextmanager
+    def signals(self):
+        """Route SIGINT/SIGTERM to a flag and SIGCHLD to a wake-up, in the main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            yield False
+            return
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)}
+        old_fd = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        try:
+            for s in old:
+                signal.signal(s, self._on_signal)
+            yield True
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            signal.set_wakeup_fd(old_fd)
+
+    # ---- supervision --------------------------------------------------------------------
+    def _reap(self) -> _Rank | None:
+        """Record exits; return the first rank seen failing, if any."""
+        failed = None
+        for r in self.ranks:
+            if r.returncode is None:
+                r.returncode = r.proc.poll()
+                if r.returncode not in (None, 0) and failed is None:
+                    failed = r
+        return failed
+
+    def supervise(self, wakes_on_signals: bool) -> tuple[str, _Rank | None]:
+        """Run until every rank exits 0 ("done"), one fails ("failed") or we are signalled."""
+        # Without SIGCHLD wake-ups (not the main thread) poll for exits instead.
+        timeout = None if wakes_on_signals else 0.05
+        while True:
+            failed = self._reap()
+            if failed is not None:
+                return "failed", failed
+            if self.interrupted is not None:
+                return "interrupted", None
+            if all(r.returncode is not None for r in self.ranks):
+                return "done", None
+            self._pump(timeout)
+
+    def _tree(self) -> list[psutil.Process]:
+        """Running ranks and all their descendants."""
+        procs: list[psutil.Process] = []
+        for r in self.ranks:
+            # Only unreaped ranks: a reaped rank's pid may already belong to a stranger.
+            if r.proc.poll() is not None:
+                continue
+            try:
+                p = psutil.Process(r.proc.pid)
+                procs.append(p)
+                procs.extend(p.children(recursive=True))
+            except psutil.Error:
+                pass
+        return procs
+
+    def _signal_all(self, procs: list[psutil.Process], sig: int) -> None:
+        groups = {r.proc.pid for r in self.ranks}
+        for pgid in groups:
+            # A rank's process group outlives the rank while any descendant lives.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+        for p in procs:
+            # Descendants that moved to another process group (setsid, setpgid).
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getpgid(p.pid) not in groups:
+                    p.send_signal(sig)
+
+    def _alive(self, procs: list[psutil.Process]) -> bool:
+        self._reap()
+        for p in procs:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    return True
+            except psutil.Error:
+                continue
+        for r in self.ranks:
+            try:
+                os.killpg(r.proc.pid, 0)
+                return True
+            except (ProcessLookupError, PermissionError):
+                continue
+        return False
+
+    def _wait_gone(self, procs: list[psutil.Process], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self._alive(procs):
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.force and seconds > 0):
+                return False
+            self._pump(min(left, _STOP_POLL_S))
+        return True
+
+    def stop(self) -> None:
+        """SIGTERM every rank's process tree, wait the grace period, SIGKILL what is left."""
+        procs = self._tree()
+        if not self._alive(procs):
+            return
+        if all(r.returncode is not None for r in self.ranks):
+            _note("stopping processes the ranks left behind")
+        self._signal_all(procs, signal.SIGTERM)
+        if self._wait_gone(procs, 0 if self.force else self.cfg.stop_grace):
+            return
+        procs = list({p.pid: p for p in procs + self._tree()}.values())
+        self._signal_all(procs, signal.SIGKILL)
+        if not self._wait_gone(procs, 10.0):
+            _note("some processes could not be killed: " + ", ".join(str(p.pid) for p in procs))
+
+    def finish(self) -> None:
+        """Wait for every rank, forward the rest of the output, close everything."""
+        for r in self.ranks:
+            r.returncode = r.proc.wait()
+        # Every writer is gone now, so the pipes reach EOF; the bound only guards
+        # against a descendant that escaped into another session and kept a pipe.
+        deadline = time.monotonic() + 2.0
+        while self.streams and time.monotonic() < deadline:
+            self._pump(deadline - time.monotonic())
+        for key in list(self.sel.get_map().values()):
+            if key.data is not None:
+                r, stream = key.data
+                self._forward(r, stream, eof=True)
+        self.sel.close()
+        for r in self.ranks:
+            for pipe in (r.proc.stdout, r.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+
+def _note(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    """Run ``mpdist run [options] (script.py | -m module) [args]``; return the exit code."""
+    if any(a in ("-h", "--help") for a in _split_argv(argv)[0]):
+        _parser().print_help()
+        return 0
+    try:
+        cfg = _parse(argv)
+    except _UsageError as exc:
+        print(_parser().format_usage().rstrip(), file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+    reservation: socket.socket | None = None
+    if cfg.node_rank == 0:
+        # Rank 0 runs here: make sure its port is free now, and keep it ours until the end.
+        try:
+            reservation = _reserve_port(cfg.master_addr, cfg.master_port or 0)
+        except OSError as exc:
+            where = f"{cfg.master_addr}:{cfg.master_port or 0}"
+            _note(f"error: cannot use {where} for rank 0's store: {exc.strerror or exc}")
+            return 2
+    master_port = cfg.master_port or (reservation.getsockname()[1] if reservation else 0)
+
+    job = _Job(cfg, master_port)
+    outcome, failed = "interrupted", None
+    try:
+        with job.signals() as wakes:
+            try:
+                job.start()
+                outcome, failed = job.supervise(wakes)
+                if outcome == "failed":
+                    assert failed is not None and failed.returncode is not None
+                    _note(
+                        f"rank {failed.rank} (pid {failed.proc.pid}) "
+                        f"{_describe_exit(failed.returncode)}; stopping the other ranks"
+                    )
+                elif outcome == "interrupted":
+                    assert job.interrupted is not None
+                    _note(f"got {signal.Signals(job.interrupted).name}; stopping every rank")
+            except BaseException:
+                job.force = True
+                raise
+            finally:
+                # Always: whatever happened above, no rank or descendant outlives us.
+                job.stop()
+                job.finish()
+    finally:
+        if reservation is not None:
+            reservation.close()
+
+    if outcome == "failed":
+        assert failed is not None and failed.returncode is not None
+        return _exit_code(failed.returncode)
+    return 130 if outcome == "interrupted" else 0
