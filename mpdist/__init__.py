@@ -12,6 +12,7 @@ from mpdist.errors import (
     DistStoreError,
     QueueEmptyError,
 )
+from mpdist.random import manual_seed
 from mpdist.store import HashStore, PrefixStore, Store
 
 __version__ = "0.1.0"
@@ -25,4 +26,5 @@ __all__ = [
     "HashStore",
     "PrefixStore",
     "Store",
+    "manual_seed",
 ]

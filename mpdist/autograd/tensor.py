@@ -8,6 +8,7 @@ losses, collectives and tests need are here.
 
 from __future__ import annotations
 
+import copy
 import numbers
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -241,6 +242,20 @@ class Tensor:
 
     def __int__(self) -> int:
         return int(self.data)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Tensor:
+        # Hooks are deliberately not copied: they usually close over whoever registered them
+        # (a DDP reducer, say), which must not start receiving the copy's gradients.
+        if self._node is not None:
+            raise RuntimeError("only leaf tensors (not results of recorded ops) can be deep-copied")
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            if k in ("_hooks", "_post_hooks"):
+                new.__dict__[k] = {}
+            else:
+                new.__dict__[k] = copy.deepcopy(v, memo)
+        return new
 
     # ----------------------------------------------------------------- graph
     def backward(self, gradient: Any = None) -> None:

@@ -1,0 +1,29 @@
+"""Neural-network building blocks on ``mpdist.autograd``: Module, Parameter, layers, losses.
+
+Parameter initialisation draws from the RNG that ``mpdist.manual_seed`` seeds.
+"""
+
+from __future__ import annotations
+
+from mpdist.nn import functional, init
+from mpdist.nn.containers import ModuleList, ParameterList, Sequential
+from mpdist.nn.layers import Identity, Linear, ReLU, Tanh
+from mpdist.nn.loss import MSELoss
+from mpdist.nn.module import IncompatibleKeys, Module
+from mpdist.nn.parameter import Parameter
+
+__all__ = [
+    "Identity",
+    "IncompatibleKeys",
+    "Linear",
+    "MSELoss",
+    "Module",
+    "ModuleList",
+    "Parameter",
+    "ParameterList",
+    "ReLU",
+    "Sequential",
+    "Tanh",
+    "functional",
+    "init",
+]
