@@ -1,0 +1,117 @@
+"""The ``fake`` backend: a process group that never communicates, for tracing and unit tests.
+
+Every Work is complete at once and shapes never change. all_reduce, broadcast, reduce,
+barrier, send and recv leave the data alone; the gathering collectives copy the local
+input where the output would have come from another rank (SPEC "Fake backend").
+With ``FakeProcessGroup.Options(error_on_collective=True)`` every collective raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mpdist.process_group import completed_work
+from mpdist.store import HashStore
+
+from .native import NativeProcessGroup
+
+__all__ = ["FakeProcessGroup", "FakeStore"]
+
+_ERROR = "FakeProcessGroup collective operation error (error_on_collective=true)"
+
+
+class FakeStore(HashStore):
+    """A store for ``init_process_group("fake", ...)``: an in-memory store nobody else reads."""
+
+
+def _copy(dst: np.ndarray, src: np.ndarray) -> None:
+    if dst.shape == src.shape:
+        np.copyto(dst, src)
+    else:  # uneven all_to_all splits: shapes never change, copy what fits
+        n = min(dst.size, src.size)
+        dst.reshape(-1)[:n] = src.reshape(-1)[:n]
+
+
+class FakeProcessGroup(NativeProcessGroup):
+    """A group of ``world_size`` ranks where this process plays ``rank`` and nothing is sent."""
+
+    backend_name = "fake"
+
+    class Options:
+        """Options of the fake backend: ``error_on_collective`` makes every collective raise."""
+
+        def __init__(self, error_on_collective: bool = False) -> None:
+            self.error_on_collective = bool(error_on_collective)
+
+        def __repr__(self) -> str:
+            return f"FakeProcessGroup.Options(error_on_collective={self.error_on_collective})"
+
+    def __init__(self, rank: int, world_size: int, options: FakeProcessGroup.Options | None = None):
+        super().__init__(rank, world_size)
+        self.options = options if options is not None else FakeProcessGroup.Options()
+
+    def _done(self, outputs: list[Any], async_op: bool, value: Any = None) -> Any:
+        if async_op:
+            return completed_work(outputs, value if isinstance(value, int) else -1)
+        return value
+
+    def _collective(self) -> None:
+        if self.options.error_on_collective:
+            raise RuntimeError(_ERROR)
+
+    def _c_allreduce(self, arr, op, name, outputs, async_op):
+        self._collective()
+        return self._done(outputs, async_op)
+
+    def _c_broadcast(self, arr, root, name, outputs, async_op):
+        self._collective()
+        return self._done(outputs, async_op)
+
+    def _c_reduce(self, arr, root, op, name, outputs, async_op):
+        self._collective()
+        return self._done(outputs, async_op)
+
+    def _c_allgather(self, out_list, inp, name, outputs, async_op):
+        self._collective()
+        for out in out_list:
+            _copy(out, inp)
+        return self._done(outputs, async_op)
+
+    def _c_gather(self, inp, out_list, root, name, outputs, async_op):
+        self._collective()
+        if self.rank() == root and out_list:
+            for out in out_list:
+                _copy(out, inp)
+        return self._done(outputs, async_op)
+
+    def _c_scatter(self, out, in_list, root, name, outputs, async_op):
+        self._collective()
+        if self.rank() == root and in_list:
+            _copy(out, in_list[self.rank()])
+        return self._done(outputs, async_op)
+
+    def _c_reduce_scatter(self, out, in_list, op, name, outputs, async_op):
+        self._collective()
+        _copy(out, in_list[self.rank()])
+        return self._done(outputs, async_op)
+
+    def _c_alltoall(self, out_list, in_list, name, outputs, async_op):
+        self._collective()
+        for out, inp in zip(out_list, in_list, strict=True):
+            _copy(out, inp)
+        return self._done(outputs, async_op)
+
+    def _c_barrier(self, name, async_op):
+        self._collective()
+        return self._done([], async_op)
+
+    def _c_send(self, arr, dst, tag, outputs, async_op):
+        return self._done(outputs, async_op)
+
+    def _c_recv(self, arr, src, tag, outputs, async_op):
+        return self._done(outputs, async_op, src if src is not None else 0)
+
+    def _c_monitored_barrier(self, timeout_s: float, wait_all_ranks: bool) -> None:
+        self._collective()

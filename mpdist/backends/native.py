@@ -1,0 +1,251 @@
+"""NativeProcessGroup: the fast internal interface shared by mpdist's own backends.
+
+The module API (``mpdist.distributed``) validates arguments, translates global ranks to
+group ranks and then calls the ``_c_*`` methods here with clean C-contiguous ndarrays.
+Each ``_c_*`` method takes ``outputs`` (what the Work's future resolves to) and
+``async_op``: synchronous calls return the operation's value (``None``, or the source
+rank of a receive), asynchronous ones a ``Work``.
+
+The torch-style public methods (``allreduce(arrays, opts)``, ...) are written once on
+top of ``_c_*`` so a user holding a group object can call them directly, as in torch;
+they are always asynchronous and return a ``Work``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mpdist.process_group import (
+    AllgatherOptions,
+    AllreduceOptions,
+    AllToAllOptions,
+    BarrierOptions,
+    BroadcastOptions,
+    GatherOptions,
+    ProcessGroup,
+    ReduceOp,
+    ReduceOptions,
+    ReduceScatterOptions,
+    ScatterOptions,
+    Work,
+)
+
+__all__ = ["NativeProcessGroup", "as_array", "row_splits"]
+
+
+def as_array(x: Any) -> np.ndarray:
+    """The ndarray behind an array argument (an ndarray, or anything with a ``.data`` ndarray)."""
+    if isinstance(x, np.ndarray):
+        return x
+    data = getattr(x, "data", None)
+    if isinstance(data, np.ndarray):
+        return data
+    raise TypeError(f"expected a numpy ndarray or mpdist Tensor, got {type(x).__name__}")
+
+
+def _op(opts: Any, default: ReduceOp = ReduceOp.SUM) -> ReduceOp:
+    # torch lets the options slot hold a bare ReduceOp
+    if opts is None:
+        return default
+    if isinstance(opts, ReduceOp):
+        return opts
+    return getattr(opts, "reduceOp", default)
+
+
+def _root(opts: Any) -> int:
+    return int(getattr(opts, "rootRank", 0)) if opts is not None else 0
+
+
+def row_splits(arr: np.ndarray, splits: list[int] | None, parts: int) -> list[np.ndarray]:
+    """Views of ``arr`` cut along axis 0 into ``splits`` rows each (None/empty = equal parts)."""
+    if not splits:
+        n = arr.shape[0] if arr.ndim else 1
+        splits = [n // parts] * parts
+    views, start = [], 0
+    flat_rows = arr.reshape(arr.shape[0], -1) if arr.ndim else arr.reshape(1, -1)
+    for n in splits:
+        views.append(flat_rows[start : start + n])
+        start += n
+    return views
+
+
+class NativeProcessGroup(ProcessGroup):
+    """Base of the built-in backends: ``_c_*`` for the module API, torch-style methods on top."""
+
+    backend_name = "undefined"
+
+    def __init__(self, rank: int, size: int) -> None:
+        super().__init__(rank, size)
+        # group rank -> global rank; the module API sets it when it registers the group
+        self._global_ranks: list[int] = list(range(size))
+
+    def getBackendName(self) -> str:
+        return self.backend_name
+
+    # ---- the internal interface (group ranks, validated ndarrays); subclasses implement
+    def _c_allreduce(self, arr, op, name, outputs, async_op):
+        raise NotImplementedError
+
+    def _c_broadcast(self, arr, root, name, outputs, async_op):
+        raise NotImplementedError
+
+    def _c_reduce(self, arr, root, op, name, outputs, async_op):
+        raise NotImplementedError
+
+    def _c_allgather(self, out_list, inp, name, outputs, async_op):
+        raise NotImplementedError
+
+    def _c_gather(self, inp, out_list, root, name, outputs, async_op):
+        raise NotImplementedError
+
+    def _c_scatter(self, out, in_list, root, name, outputs, async_op):
+        raise NotImplementedError
+
+    def _c_reduce_scatter(self, out, in_list, op, name, outputs, async_op):
+        raise NotImplementedError
+
+    def _c_alltoall(self, out_list, in_list, name, outputs, async_op):
+        raise NotImplementedError
+
+    def _c_barrier(self, name, async_op):
+        raise NotImplementedError
+
+    def _c_send(self, arr, dst, tag, outputs, async_op):
+        raise NotImplementedError
+
+    def _c_recv(self, arr, src, tag, outputs, async_op):
+        raise NotImplementedError
+
+    def _c_monitored_barrier(self, timeout_s: float, wait_all_ranks: bool) -> None:
+        raise NotImplementedError
+
+    def _trace(self) -> tuple[str, int] | None:
+        """The last collective this group entered, as (op name, sequence number)."""
+        return None
+
+    def _abort(self, reason: str) -> None:
+        """Make pending and future operations fail promptly (any thread)."""
+
+    def _close(self) -> None:
+        """Release threads and sockets; idempotent."""
+
+    # ---- torch-style public methods (always asynchronous)
+    def broadcast(self, tensors: list[Any], opts: BroadcastOptions | None = None) -> Work:
+        arr = as_array(tensors[0])
+        return self._c_broadcast(arr, _root(opts), "broadcast", list(tensors), True)
+
+    def allreduce(self, tensors: list[Any], opts: AllreduceOptions | None = None) -> Work:
+        if not isinstance(tensors, (list, tuple)):
+            tensors = [tensors]
+        arr = as_array(tensors[0])
+        return self._c_allreduce(arr, _op(opts), "all_reduce", list(tensors), True)
+
+    def reduce(self, tensors: list[Any], opts: ReduceOptions | None = None) -> Work:
+        arr = as_array(tensors[0])
+        return self._c_reduce(arr, _root(opts), _op(opts), "reduce", list(tensors), True)
+
+    def allgather(
+        self,
+        output_tensors: list[list[Any]],
+        input_tensors: list[Any],
+        opts: AllgatherOptions | None = None,
+    ) -> Work:
+        outs = [as_array(o) for o in output_tensors[0]]
+        return self._c_allgather(
+            outs, as_array(input_tensors[0]), "all_gather", list(output_tensors), True
+        )
+
+    def _allgather_base(
+        self, output: Any, input: Any, opts: AllgatherOptions | None = None
+    ) -> Work:
+        out = as_array(output)
+        outs = list(out.reshape(self.size(), -1))
+        inp = as_array(input).reshape(-1)
+        return self._c_allgather(outs, inp, "all_gather_into_tensor", [output], True)
+
+    def gather(
+        self,
+        output_tensors: list[list[Any]],
+        input_tensors: list[Any],
+        opts: GatherOptions | None = None,
+    ) -> Work:
+        outs = [as_array(o) for o in output_tensors[0]] if output_tensors else None
+        return self._c_gather(
+            as_array(input_tensors[0]), outs, _root(opts), "gather", list(output_tensors), True
+        )
+
+    def scatter(
+        self,
+        output_tensors: list[Any],
+        input_tensors: list[list[Any]],
+        opts: ScatterOptions | None = None,
+    ) -> Work:
+        ins = [as_array(i) for i in input_tensors[0]] if input_tensors else None
+        return self._c_scatter(
+            as_array(output_tensors[0]), ins, _root(opts), "scatter", list(output_tensors), True
+        )
+
+    def reduce_scatter(
+        self,
+        output_tensors: list[Any],
+        input_tensors: list[list[Any]],
+        opts: ReduceScatterOptions | None = None,
+    ) -> Work:
+        ins = [as_array(i) for i in input_tensors[0]]
+        return self._c_reduce_scatter(
+            as_array(output_tensors[0]),
+            ins,
+            _op(opts),
+            "reduce_scatter",
+            list(output_tensors),
+            True,
+        )
+
+    def _reduce_scatter_base(
+        self, output: Any, input: Any, opts: ReduceScatterOptions | None = None
+    ) -> Work:
+        out = as_array(output).reshape(-1)
+        ins = list(as_array(input).reshape(self.size(), -1))
+        return self._c_reduce_scatter(out, ins, _op(opts), "reduce_scatter_tensor", [output], True)
+
+    def alltoall_base(
+        self,
+        output: Any,
+        input: Any,
+        output_split_sizes: list[int],
+        input_split_sizes: list[int],
+        opts: AllToAllOptions | None = None,
+    ) -> Work:
+        outs = row_splits(as_array(output), output_split_sizes, self.size())
+        ins = row_splits(as_array(input), input_split_sizes, self.size())
+        return self._c_alltoall(outs, ins, "all_to_all_single", [output], True)
+
+    def alltoall(
+        self,
+        output_tensors: list[Any],
+        input_tensors: list[Any],
+        opts: AllToAllOptions | None = None,
+    ) -> Work:
+        outs = [as_array(o) for o in output_tensors]
+        ins = [as_array(i) for i in input_tensors]
+        return self._c_alltoall(outs, ins, "all_to_all", list(output_tensors), True)
+
+    def send(self, tensors: list[Any], dstRank: int, tag: int = 0) -> Work:
+        return self._c_send(as_array(tensors[0]), dstRank, tag, list(tensors), True)
+
+    def recv(self, tensors: list[Any], srcRank: int, tag: int = 0) -> Work:
+        return self._c_recv(as_array(tensors[0]), srcRank, tag, list(tensors), True)
+
+    def recv_anysource(self, tensors: list[Any], tag: int = 0) -> Work:
+        return self._c_recv(as_array(tensors[0]), None, tag, list(tensors), True)
+
+    def barrier(self, opts: BarrierOptions | None = None) -> Work:
+        return self._c_barrier("barrier", True)
+
+    def abort(self) -> None:
+        self._abort("process group aborted")
+
+    def shutdown(self) -> None:
+        self._close()
