@@ -1,0 +1,250 @@
+"""Collective algorithms written once over the transport API (TcpTransport, LocalTransport).
+
+Every function takes a :class:`Communicator`, works in place on C-contiguous numpy arrays,
+uses the communicator's (group) ranks, and takes an ``op_name`` keyword used in headers and
+error messages. ``allreduce`` switches by size between recursive doubling (latency) and the
+pipelined ring (bandwidth).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpdist.algorithms import (
+    direct,
+    pairwise,
+    recursive_doubling,
+    ring_allgather,
+    ring_allreduce,
+    tree,
+)
+from mpdist.algorithms.barrier import barrier as _barrier
+from mpdist.algorithms.communicator import Communicator
+from mpdist.algorithms.p2p import irecv, isend, recv, send, wait
+from mpdist.algorithms.reduction import (
+    ReduceOp,
+    check_op_dtype,
+    combine,
+    divide,
+    divide_by,
+    reduce_into,
+)
+from mpdist.algorithms.ring_reduce_scatter import reduce_scatter as _reduce_scatter
+from mpdist.transport.base import as_bytes
+
+__all__ = [
+    "Communicator",
+    "ReduceOp",
+    "check_op_dtype",
+    "combine",
+    "reduce_into",
+    "divide",
+    "divide_by",
+    "allreduce",
+    "broadcast",
+    "reduce",
+    "allgather",
+    "gather",
+    "scatter",
+    "reduce_scatter",
+    "alltoall",
+    "barrier",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "wait",
+    "SMALL_ALLREDUCE_BYTES",
+]
+
+# At or below this many bytes allreduce uses recursive doubling, above it the ring.
+SMALL_ALLREDUCE_BYTES = 64 << 10
+
+
+def _flat(array: np.ndarray) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"expected a numpy ndarray, got {type(array).__name__}")
+    if not array.flags.c_contiguous:
+        raise ValueError("arrays must be C-contiguous")
+    return array.reshape(-1)
+
+
+def _root(comm: Communicator, root: int, what: str = "root") -> None:
+    if not isinstance(root, int) or not 0 <= root < comm.size:
+        raise ValueError(f"{what} {root!r} is not a rank of this group (size {comm.size})")
+
+
+def _same_list(comm: Communicator, arrays: list, like: np.ndarray, what: str) -> None:
+    if len(arrays) != comm.size:
+        raise ValueError(
+            f"{what} must have {comm.size} entries (the group size), got {len(arrays)}"
+        )
+    for a in arrays:
+        _flat(a)
+        if a.dtype != like.dtype:
+            raise TypeError(f"{what}: mixed dtypes {a.dtype} and {like.dtype}")
+        if a.nbytes != like.nbytes:
+            raise ValueError(f"{what}: every array must have {like.size} elements, got {a.size}")
+
+
+def allreduce(
+    comm: Communicator,
+    array: np.ndarray,
+    op: ReduceOp = ReduceOp.SUM,
+    *,
+    op_name: str = "all_reduce",
+) -> None:
+    """Reduce ``array`` in place over every rank; the result is bitwise identical everywhere."""
+    flat = _flat(array)
+    check_op_dtype(op, array.dtype)
+    comm.start(op_name, array.dtype, array.nbytes, array.shape, -1, op.value)
+    if comm.size > 1:
+        if array.nbytes <= SMALL_ALLREDUCE_BYTES or flat.size < comm.size:
+            recursive_doubling.allreduce(comm, flat, op, op_name)
+        else:
+            ring_allreduce.allreduce(comm, flat, op, op_name)
+        if op is ReduceOp.AVG:
+            divide(flat, comm.size)
+    comm.finish()
+
+
+def broadcast(
+    comm: Communicator, array: np.ndarray, root: int, *, op_name: str = "broadcast"
+) -> None:
+    """Every rank's ``array`` <- root's ``array``."""
+    _flat(array)
+    _root(comm, root)
+    comm.start(op_name, array.dtype, array.nbytes, array.shape, root)
+    if comm.size > 1:
+        tree.broadcast(comm, as_bytes(array), root, op_name)
+    comm.finish()
+
+
+def reduce(
+    comm: Communicator,
+    array: np.ndarray,
+    root: int,
+    op: ReduceOp = ReduceOp.SUM,
+    *,
+    op_name: str = "reduce",
+) -> None:
+    """Root's ``array`` <- op over every rank's ``array``; other ranks' arrays are left as they were."""
+    flat = _flat(array)
+    _root(comm, root)
+    check_op_dtype(op, array.dtype)
+    comm.start(op_name, array.dtype, array.nbytes, array.shape, root, op.value)
+    if comm.size > 1:
+        tree.reduce(comm, flat, root, op, op_name)
+        if op is ReduceOp.AVG and comm.rank == root:
+            divide(flat, comm.size)
+    comm.finish()
+
+
+def allgather(
+    comm: Communicator, outputs: list[np.ndarray], input: np.ndarray, *, op_name: str = "all_gather"
+) -> None:
+    """``outputs[i]`` <- rank i's ``input`` on every rank."""
+    _flat(input)
+    _same_list(comm, outputs, input, "output list")
+    comm.start(op_name, input.dtype, input.nbytes, input.shape)
+    if comm.size > 1:
+        ring_allgather.allgather(comm, outputs, input, op_name)
+    else:
+        ring_allgather._copy(outputs[0], input)
+    comm.finish()
+
+
+def gather(
+    comm: Communicator,
+    input: np.ndarray,
+    outputs: list[np.ndarray] | None,
+    root: int,
+    *,
+    op_name: str = "gather",
+) -> None:
+    """Root's ``outputs[i]`` <- rank i's ``input``; ``outputs`` is only used on the root."""
+    _flat(input)
+    _root(comm, root)
+    if comm.rank == root:
+        if outputs is None:
+            raise ValueError("gather: the output list is required on the root")
+        _same_list(comm, outputs, input, "gather list")
+    comm.start(op_name, input.dtype, input.nbytes, input.shape, root)
+    direct.gather(comm, input, outputs, root, op_name)
+    comm.finish()
+
+
+def scatter(
+    comm: Communicator,
+    output: np.ndarray,
+    inputs: list[np.ndarray] | None,
+    root: int,
+    *,
+    op_name: str = "scatter",
+) -> None:
+    """Rank i's ``output`` <- root's ``inputs[i]``; ``inputs`` is only used on the root."""
+    _flat(output)
+    _root(comm, root)
+    if comm.rank == root:
+        if inputs is None:
+            raise ValueError("scatter: the input list is required on the root")
+        _same_list(comm, inputs, output, "scatter list")
+    comm.start(op_name, output.dtype, output.nbytes, output.shape, root)
+    direct.scatter(comm, output, inputs, root, op_name)
+    comm.finish()
+
+
+def reduce_scatter(
+    comm: Communicator,
+    output: np.ndarray,
+    inputs: list[np.ndarray],
+    op: ReduceOp = ReduceOp.SUM,
+    *,
+    op_name: str = "reduce_scatter",
+) -> None:
+    """``output`` <- op over every rank's ``inputs[my_rank]``."""
+    _flat(output)
+    _same_list(comm, inputs, output, "input list")
+    check_op_dtype(op, output.dtype)
+    comm.start(op_name, output.dtype, output.nbytes, output.shape, -1, op.value)
+    if comm.size > 1:
+        _reduce_scatter(comm, output, inputs, op, op_name)
+        if op is ReduceOp.AVG:
+            divide(output.reshape(-1), comm.size)
+    else:
+        np.copyto(output, inputs[0].reshape(output.shape))
+    comm.finish()
+
+
+def alltoall(
+    comm: Communicator,
+    outputs: list[np.ndarray],
+    inputs: list[np.ndarray],
+    *,
+    op_name: str = "all_to_all",
+) -> None:
+    """``outputs[i]`` <- rank i's ``inputs[my_rank]``; sizes may differ per pair."""
+    p = comm.size
+    if len(outputs) != p or len(inputs) != p:
+        raise ValueError(f"all_to_all: input and output lists must have {p} entries")
+    dtype = inputs[0].dtype if inputs else None
+    for a in list(outputs) + list(inputs):
+        _flat(a)
+        if a.dtype != dtype:
+            raise TypeError(f"all_to_all: mixed dtypes {a.dtype} and {dtype}")
+    r = comm.rank
+    if outputs[r].nbytes != inputs[r].nbytes:
+        raise ValueError(
+            f"all_to_all: rank {r} sends {inputs[r].size} elements to itself but expects {outputs[r].size}"
+        )
+    comm.start(op_name, dtype, 0, None)
+    pairwise.alltoall(comm, outputs, inputs, op_name)
+    comm.finish()
+
+
+def barrier(comm: Communicator, *, op_name: str = "barrier") -> None:
+    """Return once every rank has entered the barrier."""
+    comm.start(op_name, None, 0, None)
+    if comm.size > 1:
+        _barrier(comm, op_name)
+    comm.finish()

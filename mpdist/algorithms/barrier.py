@@ -1,0 +1,23 @@
+"""Dissemination barrier: ceil(log2 p) rounds; in round k rank r signals r + 2^k."""
+
+from __future__ import annotations
+
+from mpdist.algorithms.communicator import Communicator
+
+__all__ = ["barrier"]
+
+_EMPTY = memoryview(bytearray())
+
+
+def barrier(comm: Communicator, op_name: str) -> None:
+    """Return once every rank of the communicator has entered the barrier."""
+    t = comm.transport
+    p, r = comm.size, comm.rank
+    k = 1
+    step = 0
+    while k < p:
+        rv = t.irecv((r - k) % p, step, _EMPTY)
+        sd = t.isend((r + k) % p, step, _EMPTY)
+        t.wait([rv, sd], op_name, comm.timeout_s)
+        k <<= 1
+        step += 1

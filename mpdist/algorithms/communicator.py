@@ -1,0 +1,82 @@
+"""Communicator: a transport plus the collective sequence counter, timeout and scratch buffers.
+
+Every collective starts with ``comm.start(...)``, which numbers it and tells the transport
+what this rank is about to do (so headers from peers can be checked), and ends with
+``comm.finish()``. Scratch buffers are kept per slot and reused across calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mpdist.transport.header import dtype_code, op_code, shape_signature
+
+__all__ = ["Communicator"]
+
+
+class Communicator:
+    """Collective state of one group over ``transport`` (ranks are the transport's ranks)."""
+
+    def __init__(self, transport: Any, timeout_s: float) -> None:
+        self.transport = transport
+        self.rank: int = transport.rank
+        self.size: int = transport.size
+        self.timeout_s = float(timeout_s)
+        self.seq = 0
+        self.last_op: tuple[str, int] | None = None
+        self._scratch: dict[int, np.ndarray] = {}
+
+    def start(
+        self,
+        op_name: str,
+        dtype: np.dtype | None,
+        total: int,
+        shape: tuple[int, ...] | None,
+        root: int = -1,
+        redop: int = 0,
+    ) -> None:
+        """Enter a new collective (all ranks must call collectives in the same order)."""
+        seq = self.seq + 1
+        self.seq = seq
+        self.last_op = (op_name, seq)
+        self.transport.begin(
+            seq,
+            op_code(op_name),
+            redop,
+            dtype_code(dtype) if dtype is not None else 0,
+            root,
+            total,
+            shape_signature(shape) if shape is not None else 0,
+            op_name,
+        )
+
+    def finish(self) -> None:
+        """Leave the current collective."""
+        self.transport.end()
+
+    def wait(self, reqs: list, op_name: str) -> None:
+        """Wait for ``reqs`` with this communicator's timeout."""
+        self.transport.wait(reqs, op_name, self.timeout_s)
+
+    def scratch(self, slot: int, count: int, dtype: np.dtype) -> np.ndarray:
+        """A flat reusable array of ``count`` items of ``dtype`` (contents undefined)."""
+        nbytes = count * np.dtype(dtype).itemsize
+        buf = self._scratch.get(slot)
+        if buf is None or buf.nbytes < nbytes:
+            buf = np.empty(max(nbytes, 64), dtype=np.uint8)
+            self._scratch[slot] = buf
+        return buf[:nbytes].view(dtype)
+
+    def release_scratch(self) -> None:
+        """Drop the scratch buffers (they are re-created on demand)."""
+        self._scratch.clear()
+
+    def abort(self, reason: str) -> None:
+        """Abort the transport (any thread)."""
+        self.transport.abort(reason)
+
+    def close(self) -> None:
+        """Close the transport."""
+        self.transport.close()

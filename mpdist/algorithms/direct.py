@@ -1,0 +1,36 @@
+"""Direct gather and scatter: the root exchanges one message with every other rank at once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpdist.algorithms.communicator import Communicator
+from mpdist.transport.base import as_bytes
+
+__all__ = ["gather", "scatter"]
+
+
+def gather(
+    comm: Communicator, input: np.ndarray, outputs: list[np.ndarray] | None, root: int, op_name: str
+) -> None:
+    """Root's ``outputs[i]`` <- rank i's ``input``."""
+    t = comm.transport
+    if comm.rank == root:
+        reqs = [t.irecv(i, 0, as_bytes(outputs[i])) for i in range(comm.size) if i != root]
+        np.copyto(outputs[root], input.reshape(outputs[root].shape))
+        t.wait(reqs, op_name, comm.timeout_s)
+    else:
+        t.wait([t.isend(root, 0, as_bytes(input))], op_name, comm.timeout_s)
+
+
+def scatter(
+    comm: Communicator, output: np.ndarray, inputs: list[np.ndarray] | None, root: int, op_name: str
+) -> None:
+    """Rank i's ``output`` <- root's ``inputs[i]``."""
+    t = comm.transport
+    if comm.rank == root:
+        reqs = [t.isend(i, 0, as_bytes(inputs[i])) for i in range(comm.size) if i != root]
+        np.copyto(output, inputs[root].reshape(output.shape))
+        t.wait(reqs, op_name, comm.timeout_s)
+    else:
+        t.wait([t.irecv(root, 0, as_bytes(output))], op_name, comm.timeout_s)

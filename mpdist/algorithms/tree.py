@@ -1,0 +1,87 @@
+"""Binomial-tree broadcast and reduce (log2 p rounds), chunk-pipelined for large broadcasts.
+
+Virtual rank ``v = (rank - root) mod p``; a node's parent is ``v`` with its lowest set bit
+cleared and its children are ``v + 2^k`` for the powers of two below that bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpdist.algorithms.communicator import Communicator
+from mpdist.algorithms.reduction import ReduceOp, reduce_into
+from mpdist.transport.base import as_bytes
+
+__all__ = ["broadcast", "reduce", "tree_links", "BCAST_CHUNK_BYTES"]
+
+BCAST_CHUNK_BYTES = 256 << 10
+
+
+def tree_links(rank: int, size: int, root: int) -> tuple[int | None, list[int]]:
+    """(parent, children) of ``rank`` in the binomial tree rooted at ``root``; children
+    are listed largest subtree first."""
+    v = (rank - root) % size
+    mask = 1
+    parent = None
+    while mask < size:
+        if v & mask:
+            parent = (v - mask + root) % size
+            break
+        mask <<= 1
+    children = []
+    m = mask >> 1
+    while m >= 1:
+        if v + m < size:
+            children.append((v + m + root) % size)
+        m >>= 1
+    return parent, children
+
+
+def broadcast(comm: Communicator, buf: memoryview, root: int, op_name: str) -> None:
+    """Copy root's bytes ``buf`` into every rank's ``buf``."""
+    t = comm.transport
+    timeout = comm.timeout_s
+    parent, children = tree_links(comm.rank, comm.size, root)
+    n = buf.nbytes
+    if children and n > BCAST_CHUNK_BYTES and comm.size > 2:
+        bounds = list(range(0, n, BCAST_CHUNK_BYTES)) + [n]
+    else:
+        bounds = [0, n]
+    pieces = [buf[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
+    sends = []
+    if parent is None:
+        for k, piece in enumerate(pieces):
+            for c in children:
+                sends.append(t.isend(c, k, piece))
+    else:
+        recvs = [t.irecv(parent, k, piece) for k, piece in enumerate(pieces)]
+        for k, req in enumerate(recvs):
+            if not req.done:
+                t.wait([req], op_name, timeout)
+            for c in children:
+                sends.append(t.isend(c, k, pieces[k]))
+    t.wait(sends, op_name, timeout)
+
+
+def reduce(comm: Communicator, flat: np.ndarray, root: int, op: ReduceOp, op_name: str) -> None:
+    """Reduce ``flat`` of every rank into root's ``flat``; other ranks' arrays are unchanged."""
+    t = comm.transport
+    timeout = comm.timeout_s
+    parent, children = tree_links(comm.rank, comm.size, root)
+    children = children[::-1]  # smallest subtree first: it is ready first
+    bufs = [comm.scratch(1 + i, flat.size, flat.dtype) for i in range(len(children))]
+    recvs = [t.irecv(c, 0, as_bytes(b)) for c, b in zip(children, bufs, strict=True)]
+    if parent is None:
+        acc = flat
+    elif children:
+        acc = comm.scratch(0, flat.size, flat.dtype)
+    else:
+        acc = flat
+    src = flat
+    for req, b in zip(recvs, bufs, strict=True):
+        if not req.done:
+            t.wait([req], op_name, timeout)
+        reduce_into(acc, src, b, op)
+        src = acc
+    if parent is not None:
+        t.wait([t.isend(parent, 0, as_bytes(acc))], op_name, timeout)

@@ -1,0 +1,13 @@
+"""Bytes between the ranks of one group: TCP pairs (TcpTransport) or threads (LocalTransport).
+
+The transport knows nothing of collectives: it moves headers and payloads, matches them
+and reports mismatches, lost peers, timeouts and aborts (see ``mpdist.transport.base``).
+"""
+
+from __future__ import annotations
+
+from mpdist.transport.base import RecvReq, SendReq, Transport, as_bytes
+from mpdist.transport.local import LocalTransport
+from mpdist.transport.tcp import TcpTransport
+
+__all__ = ["Transport", "TcpTransport", "LocalTransport", "SendReq", "RecvReq", "as_bytes"]

@@ -1,0 +1,456 @@
+"""The transport API shared by every transport: posting sends/receives, matching, waiting, errors.
+
+A transport moves byte buffers between the ranks of one group. Algorithms post non-blocking
+sends and receives (``isend``/``irecv`` for collective messages, ``isend_p2p``/``irecv_p2p``
+for point-to-point ones) and then ``wait`` on them; waiting progresses *every* posted
+operation at once, so a ring step (send right, receive left) or two ranks that both send
+first can never deadlock. Incoming data nobody waits for yet is stashed.
+
+Matching: collective messages are keyed by (peer, collective sequence number, step); the
+header of each one is compared with what this rank is doing (op, reduce op, dtype, byte
+count, shape, root), and any difference is a ``DistBackendError`` on every rank (the
+detecting rank sends an ERROR message to its peers). Point-to-point messages are matched
+by (peer, tag) in arrival order; ``src=None`` matches any peer.
+
+Failures are sticky: after a mismatch, a dead peer, a timeout or ``abort()``, every pending
+and later operation raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+import numpy as np
+
+from mpdist.errors import DistBackendError, DistError, DistNetworkError
+from mpdist.transport.header import (
+    ERR_NETWORK,
+    KIND_COLL,
+    KIND_ERROR,
+    KIND_P2P,
+    MAGIC,
+    dtype_name,
+    op_name_of,
+)
+
+__all__ = ["Transport", "SendReq", "RecvReq", "as_bytes"]
+
+_REDOPS = ["SUM", "AVG", "PRODUCT", "MIN", "MAX", "BAND", "BOR", "BXOR"]
+
+
+def as_bytes(array: np.ndarray) -> memoryview:
+    """A writable flat byte view of a C-contiguous array, without copying."""
+    try:
+        return memoryview(array).cast("B")
+    except (TypeError, ValueError):
+        # zero-size arrays and dtypes outside the buffer protocol
+        if array.nbytes == 0:
+            return memoryview(bytearray())
+        return memoryview(array.reshape(-1).view(np.uint8))
+
+
+class SendReq:
+    """A posted send; ``done`` once the payload has been handed to the peer or the kernel."""
+
+    __slots__ = ("peer", "done")
+
+    def __init__(self, peer: int) -> None:
+        self.peer = peer
+        self.done = False
+
+
+class RecvReq:
+    """A posted receive into ``buf``; ``done`` once filled; ``src`` is the sender."""
+
+    __slots__ = ("peer", "buf", "nbytes", "done", "tag", "dtype", "src")
+
+    def __init__(self, peer: int | None, buf: memoryview, tag: int = 0, dtype: int = 0) -> None:
+        self.peer = peer
+        self.buf = buf
+        self.nbytes = buf.nbytes
+        self.done = False
+        self.tag = tag
+        self.dtype = dtype
+        self.src = peer
+
+
+class Transport:
+    """Base class of TcpTransport and LocalTransport: matching, waiting and error handling.
+
+    Subclasses implement ``_post(peer, hdr, buf, req)``, ``_progress(timeout_s)``,
+    ``_peer_closed(peer)``, ``_notify(peers, err_kind, text)``, ``_wake()`` and ``_shutdown()``.
+    """
+
+    def __init__(self, rank: int, size: int, timeout_s: float) -> None:
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"transport size must be a positive int, got {size!r}")
+        if not isinstance(rank, int) or not 0 <= rank < size:
+            raise ValueError(f"transport rank must be in [0, {size}), got {rank!r}")
+        self.rank = rank
+        self.size = size
+        self.timeout_s = float(timeout_s) if timeout_s and timeout_s > 0 else 1e9
+        # the collective in progress: (seq, op, redop, dtype, root, total, sig, op_name)
+        self._cur: tuple | None = None
+        self._last_seq = 0
+        self._posted: dict[tuple[int, int, int], RecvReq] = {}
+        self._stash: dict[tuple[int, int, int], tuple[tuple, bytes]] = {}
+        self._p2p_posted: list[RecvReq] = []
+        self._p2p_stash: list[tuple[int, tuple, bytes]] = []
+        self._error: DistError | None = None
+        self._abort_reason: str | None = None
+        self._closed = False
+        # one user thread at a time; close() takes it to wait for a running op to leave
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ collectives
+    def begin(
+        self,
+        seq: int,
+        op: int,
+        redop: int,
+        dtype: int,
+        root: int,
+        total: int,
+        sig: int,
+        op_name: str,
+    ) -> None:
+        """Enter collective number ``seq``; every collective message is checked against this."""
+        if self._error is not None or self._abort_reason is not None:
+            raise self._sticky()
+        self._cur = (seq, op, redop, dtype, root, total, sig, op_name)
+        self._last_seq = seq
+        if self._stash:
+            # a peer that ran ahead already sent data for this collective: check it now
+            for key, (hdr, _) in list(self._stash.items()):
+                if key[1] == seq:
+                    try:
+                        self._check_coll(key[0], hdr)
+                    except DistError as e:
+                        self._fail(e, list(range(self.size)))
+                        raise
+                elif key[1] < seq:
+                    e = self._stale(key[0], hdr)
+                    self._fail(e, list(range(self.size)))
+                    raise e
+
+    def end(self) -> None:
+        """Leave the current collective."""
+        self._cur = None
+
+    def isend(self, peer: int, step: int, buf: memoryview) -> SendReq:
+        """Post message ``step`` of the current collective to ``peer``."""
+        c = self._cur
+        hdr = (MAGIC, KIND_COLL, c[2], c[1], c[3], 0, c[4], 0, step, c[0], c[5], c[6], buf.nbytes)
+        req = SendReq(peer)
+        self._post(peer, hdr, buf, req)
+        return req
+
+    def irecv(self, peer: int, step: int, buf: memoryview) -> RecvReq:
+        """Post the receive of message ``step`` of the current collective from ``peer``."""
+        key = (peer, self._cur[0], step)
+        req = RecvReq(peer, buf)
+        if self._stash:
+            ent = self._stash.pop(key, None)
+            if ent is not None:
+                self._fill(req, ent[0], ent[1], peer)
+                return req
+        self._posted[key] = req
+        return req
+
+    # ------------------------------------------------------------------ point to point
+    def isend_p2p(self, peer: int, tag: int, buf: memoryview, dtype: int, op: int) -> SendReq:
+        """Post a point-to-point message to ``peer`` with ``tag``."""
+        if self._error is not None or self._abort_reason is not None:
+            raise self._sticky()
+        hdr = (MAGIC, KIND_P2P, 0, op, dtype, 0, -1, tag, 0, 0, buf.nbytes, 0, buf.nbytes)
+        req = SendReq(peer)
+        self._post(peer, hdr, buf, req)
+        return req
+
+    def irecv_p2p(self, src: int | None, tag: int, buf: memoryview, dtype: int) -> RecvReq:
+        """Post a point-to-point receive from ``src`` (None: any peer) with ``tag``."""
+        if self._error is not None or self._abort_reason is not None:
+            raise self._sticky()
+        req = RecvReq(src, buf, tag, dtype)
+        for i, (peer, hdr, payload) in enumerate(self._p2p_stash):
+            if hdr[7] == tag and (src is None or src == peer):
+                del self._p2p_stash[i]
+                self._fill(req, hdr, payload, peer)
+                return req
+        self._p2p_posted.append(req)
+        return req
+
+    # ------------------------------------------------------------------ waiting
+    def wait(self, reqs: list, op_name: str, timeout_s: float | None = None) -> None:
+        """Progress all posted operations until every request in ``reqs`` is done.
+
+        Raises DistBackendError on mismatch, abort or timeout ("timed out"), DistNetworkError
+        when a peer we wait for has gone away.
+        """
+        for r in reqs:
+            if not r.done:
+                break
+        else:
+            return
+        if self._error is not None:
+            raise self._sticky()
+        timeout = self.timeout_s if timeout_s is None or timeout_s <= 0 else timeout_s
+        deadline = time.monotonic() + timeout
+        try:
+            with self._lock:
+                while True:
+                    if self._error is not None or self._abort_reason is not None:
+                        raise self._sticky()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise DistBackendError(
+                            f"{op_name}: rank {self.rank} timed out after {timeout:g} s "
+                            f"waiting for rank(s) {self._pending_peers(reqs)}"
+                        )
+                    self._progress(remaining)
+                    pending = False
+                    for r in reqs:
+                        if not r.done:
+                            pending = True
+                            peer = r.peer
+                            if peer is None:
+                                if all(
+                                    self._peer_closed(p) for p in range(self.size) if p != self.rank
+                                ):
+                                    raise self._lost(op_name, None)
+                            elif self._peer_closed(peer):
+                                raise self._lost(op_name, peer)
+                    if not pending:
+                        return
+        except DistError as e:
+            if e is not self._error and self._error is None:
+                if getattr(e, "_mpdist_remote", False) or self._abort_reason is not None:
+                    self._error = e
+                elif self._cur is not None:
+                    self._fail(e, list(range(self.size)))
+                else:
+                    self._fail(e, sorted({r.peer for r in reqs if r.peer is not None}))
+            raise
+
+    def _pending_peers(self, reqs: list) -> str:
+        peers = sorted({r.peer for r in reqs if not r.done and r.peer is not None})
+        if any(not r.done and r.peer is None for r in reqs):
+            return "any"
+        return ", ".join(map(str, peers))
+
+    def _lost(self, op_name: str, peer: int | None) -> DistNetworkError:
+        who = f"rank {peer}" if peer is not None else "every peer"
+        return DistNetworkError(
+            f"{op_name}: rank {self.rank} lost its connection to {who} "
+            f"(the peer exited, crashed or closed its process group)"
+        )
+
+    # ------------------------------------------------------------------ errors
+    def abort(self, reason: str) -> None:
+        """From any thread: make every pending and future operation raise DistBackendError(reason)."""
+        if self._abort_reason is None:
+            self._abort_reason = str(reason)
+        self._wake()
+
+    def _check_abort(self) -> None:
+        if self._abort_reason is not None:
+            if self._error is None:
+                self._error = DistBackendError(self._abort_reason)
+            raise self._sticky()
+
+    def _sticky(self) -> DistError:
+        """A fresh copy of the sticky error (so tracebacks do not pile up on one object)."""
+        if self._error is None:
+            if self._abort_reason is not None:
+                self._error = DistBackendError(self._abort_reason)
+            else:
+                self._error = DistBackendError(f"rank {self.rank}: transport is closed")
+        err = self._error
+        return type(err)(*err.args)
+
+    def _fail(self, exc: DistError, peers: list[int]) -> None:
+        """Record a sticky error and tell ``peers`` so that they raise too."""
+        if self._error is not None:
+            return
+        self._error = exc
+        kind = ERR_NETWORK if isinstance(exc, DistNetworkError) else 0
+        targets = [p for p in peers if p != self.rank and not self._peer_closed(p)]
+        if targets:
+            # best effort: the peer may be gone as well
+            with contextlib.suppress(Exception):
+                self._notify(targets, kind, str(exc))
+
+    def _remote_error(self, peer: int, hdr: tuple, payload: bytes) -> DistError:
+        text = bytes(payload).decode("utf-8", "replace")
+        cls = DistNetworkError if hdr[3] == ERR_NETWORK else DistBackendError
+        err = cls(f"{text} (reported by rank {peer} to rank {self.rank})")
+        err._mpdist_remote = True
+        return err
+
+    def _check_coll(self, peer: int, hdr: tuple) -> None:
+        c = self._cur
+        if (
+            hdr[3] != c[1]
+            or hdr[2] != c[2]
+            or hdr[4] != c[3]
+            or hdr[6] != c[4]
+            or hdr[10] != c[5]
+            or hdr[11] != c[6]
+        ):
+            raise self._mismatch(peer, hdr)
+
+    def _mismatch(self, peer: int, hdr: tuple) -> DistBackendError:
+        c = self._cur
+        me = self.rank
+        diffs = []
+        mine_op, theirs_op = c[7], op_name_of(hdr[3])
+        if hdr[3] != c[1]:
+            diffs.append(f"rank {me} called {mine_op} but rank {peer} called {theirs_op}")
+        if hdr[4] != c[3]:
+            diffs.append(
+                f"dtype {dtype_name(c[3])} on rank {me} vs {dtype_name(hdr[4])} on rank {peer}"
+            )
+        if hdr[10] != c[5]:
+            diffs.append(f"{c[5]} bytes on rank {me} vs {hdr[10]} bytes on rank {peer}")
+        elif hdr[11] != c[6]:
+            diffs.append(f"different shapes on rank {me} and rank {peer}")
+        if hdr[6] != c[4]:
+            diffs.append(f"root {c[4]} on rank {me} vs root {hdr[6]} on rank {peer}")
+        if hdr[2] != c[2]:
+            diffs.append(
+                f"reduce op {_redop(c[2])} on rank {me} vs {_redop(hdr[2])} on rank {peer}"
+            )
+        return DistBackendError(
+            f"{mine_op}: mismatch between rank {me} and rank {peer} in collective #{c[0]}: "
+            + "; ".join(diffs)
+        )
+
+    def _stale(self, peer: int, hdr: tuple) -> DistBackendError:
+        cur = f"{self._cur[7]} (collective #{self._cur[0]})" if self._cur else "no collective"
+        return DistBackendError(
+            f"{op_name_of(hdr[3])}: rank {peer} sent data for collective #{hdr[9]} "
+            f"({op_name_of(hdr[3])}) that rank {self.rank} did not expect while in {cur}: "
+            f"the ranks called different collectives or disagree on the root"
+        )
+
+    def _size_mismatch(self, req: RecvReq, hdr: tuple, peer: int) -> DistBackendError:
+        if hdr[1] == KIND_P2P:
+            return DistBackendError(
+                f"recv: rank {self.rank} posted a receive of {req.nbytes} bytes "
+                f"({dtype_name(req.dtype)}) with tag {req.tag} but rank {peer} sent "
+                f"{hdr[12]} bytes ({dtype_name(hdr[4])})"
+            )
+        name = self._cur[7] if self._cur else op_name_of(hdr[3])
+        return DistBackendError(
+            f"{name}: mismatch between rank {self.rank} and rank {peer}: rank {self.rank} "
+            f"expected a message of {req.nbytes} bytes but rank {peer} sent {hdr[12]} bytes"
+        )
+
+    # ------------------------------------------------------------------ matching
+    def _on_header(self, peer: int, hdr: tuple) -> RecvReq | None:
+        """Where an incoming payload goes: a posted request, or None (stash it)."""
+        kind = hdr[1]
+        if kind == KIND_COLL:
+            seq = hdr[9]
+            c = self._cur
+            if c is not None and seq == c[0]:
+                self._check_coll(peer, hdr)
+                req = self._posted.pop((peer, seq, hdr[8]), None)
+                if req is not None and req.nbytes != hdr[12]:
+                    raise self._size_mismatch(req, hdr, peer)
+                return req
+            if seq <= self._last_seq:
+                raise self._stale(peer, hdr)
+            return None
+        if kind == KIND_P2P:
+            tag = hdr[7]
+            for i, req in enumerate(self._p2p_posted):
+                if req.tag == tag and (req.peer is None or req.peer == peer):
+                    del self._p2p_posted[i]
+                    if req.nbytes != hdr[12] or (req.dtype and hdr[4] and req.dtype != hdr[4]):
+                        raise self._size_mismatch(req, hdr, peer)
+                    req.src = peer
+                    return req
+            return None
+        return None
+
+    def _on_stashed(self, peer: int, hdr: tuple, payload: bytes) -> None:
+        """A whole payload arrived that had no posted request when its header came."""
+        kind = hdr[1]
+        if kind == KIND_COLL:
+            key = (peer, hdr[9], hdr[8])
+            req = self._posted.pop(key, None)
+            if req is not None:
+                self._fill(req, hdr, payload, peer)
+            else:
+                self._stash[key] = (hdr, payload)
+        elif kind == KIND_P2P:
+            req = self._on_header(peer, hdr)
+            if req is not None:
+                self._fill(req, hdr, payload, peer)
+            else:
+                self._p2p_stash.append((peer, hdr, payload))
+        elif kind == KIND_ERROR:
+            raise self._remote_error(peer, hdr, payload)
+
+    def _fill(self, req: RecvReq, hdr: tuple, payload: bytes, peer: int) -> None:
+        if req.nbytes != hdr[12] or (
+            hdr[1] == KIND_P2P and req.dtype and hdr[4] and req.dtype != hdr[4]
+        ):
+            err = self._size_mismatch(req, hdr, peer)
+            self._fail(err, list(range(self.size)) if self._cur else [peer])
+            raise err
+        if req.nbytes:
+            req.buf[:] = payload
+        req.src = peer
+        req.done = True
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Close every connection (idempotent); pending operations of other threads raise."""
+        if self._closed:
+            return
+        if self._abort_reason is None:
+            self._abort_reason = f"rank {self.rank}: transport was closed"
+            self._wake()
+        # wait (bounded) for a thread inside wait() to leave before tearing sockets down
+        got = self._lock.acquire(timeout=5.0)
+        try:
+            if self._closed:
+                return
+            self._closed = True
+            self._shutdown()
+        finally:
+            if got:
+                self._lock.release()
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _post(self, peer: int, hdr: tuple, buf: memoryview, req: SendReq) -> None:
+        raise NotImplementedError
+
+    def _progress(self, timeout_s: float) -> None:
+        raise NotImplementedError
+
+    def _peer_closed(self, peer: int) -> bool:
+        raise NotImplementedError
+
+    def _notify(self, peers: list[int], kind: int, text: str) -> None:
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+    def _shutdown(self) -> None:
+        raise NotImplementedError
+
+
+def _redop(code: int) -> str:
+    return _REDOPS[code] if 0 <= code < len(_REDOPS) else f"#{code}"

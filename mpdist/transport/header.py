@@ -1,0 +1,130 @@
+"""The fixed binary header that travels in front of every payload, and its code tables.
+
+A header says what the sender believes it is doing (collective number, op, dtype, sizes,
+root, tag) so that the receiver can detect ranks that disagree before touching any data.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "HANDSHAKE",
+    "MAGIC",
+    "HANDSHAKE_MAGIC",
+    "KIND_COLL",
+    "KIND_P2P",
+    "KIND_ERROR",
+    "ERR_BACKEND",
+    "ERR_NETWORK",
+    "dtype_code",
+    "dtype_name",
+    "op_code",
+    "op_name_of",
+    "shape_signature",
+]
+
+MAGIC = 0x4D50  # "MP"
+HANDSHAKE_MAGIC = b"MPDT"
+
+# kind of message
+KIND_COLL = 0
+KIND_P2P = 1
+KIND_ERROR = 2
+
+# for KIND_ERROR, the "op" field says which error class the receiver should raise
+ERR_BACKEND = 0
+ERR_NETWORK = 1
+
+# magic H, kind B, redop B, op H, dtype B, flags B, root i, tag i, step I,
+# seq Q, total Q, shape signature Q, payload length Q
+HEADER = struct.Struct("<HBBHBBiiIQQQQ")
+HEADER_SIZE = HEADER.size
+
+# magic 4s, rank I, group id 16s, secret 32s
+HANDSHAKE = struct.Struct("<4sI16s32s")
+
+_DTYPES = [
+    "bool",
+    "uint8",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "float16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+    "uint16",
+    "uint32",
+    "uint64",
+]
+_DTYPE_CODE: dict[np.dtype, int] = {np.dtype(n): i + 1 for i, n in enumerate(_DTYPES)}
+_DTYPE_NAME: dict[int, str] = {i + 1: n for i, n in enumerate(_DTYPES)}
+
+
+def dtype_code(dtype: np.dtype) -> int:
+    """Small integer naming ``dtype`` on the wire (0 for dtypes outside the table)."""
+    return _DTYPE_CODE.get(dtype, 0)
+
+
+def dtype_name(code: int) -> str:
+    """Inverse of :func:`dtype_code`, for error messages."""
+    return _DTYPE_NAME.get(code, f"dtype#{code}")
+
+
+# Collective names known in advance, so that a receiver can name the op a peer called even
+# if it never called it itself.  Unknown names still get a stable code (a crc).
+_KNOWN_OPS = [
+    "all_reduce",
+    "broadcast",
+    "reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "gather",
+    "scatter",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "monitored_barrier",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "all_gather_object",
+    "broadcast_object_list",
+    "gather_object",
+    "scatter_object_list",
+    "send_object_list",
+    "recv_object_list",
+]
+_OP_CODE: dict[str, int] = {n: i + 1 for i, n in enumerate(_KNOWN_OPS)}
+_OP_NAME: dict[int, str] = {i + 1: n for i, n in enumerate(_KNOWN_OPS)}
+
+
+def op_code(name: str) -> int:
+    """Stable 16-bit code of an op name (the same in every process)."""
+    code = _OP_CODE.get(name)
+    if code is None:
+        code = 256 + zlib.crc32(name.encode()) % (65536 - 256)
+        _OP_CODE[name] = code
+        _OP_NAME.setdefault(code, name)
+    return code
+
+
+def op_name_of(code: int) -> str:
+    """Name of an op code, for error messages."""
+    return _OP_NAME.get(code, f"op#{code}")
+
+
+def shape_signature(shape: tuple[int, ...]) -> int:
+    """A 64-bit fingerprint of a shape, equal in every process (int tuples hash deterministically)."""
+    return hash(shape) & 0xFFFFFFFFFFFFFFFF

@@ -1,0 +1,129 @@
+"""LocalTransport: the transport API between ranks that are threads of one process.
+
+The ranks meet through the group's (shared, in-process) store: rank 0 publishes a hub id,
+and every rank attaches to the process-wide hub of that id. A send copies the payload into
+the receiver's inbox (so sends complete at once and two ranks sending first cannot
+deadlock); the receiver matches inbox messages exactly as TcpTransport matches bytes from
+a socket, with the same header checks and errors.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import deque
+from typing import Any
+
+from mpdist.transport.base import SendReq, Transport
+from mpdist.transport.header import KIND_ERROR, MAGIC
+
+__all__ = ["LocalTransport"]
+
+_HUBS: dict[str, _Hub] = {}
+_HUBS_LOCK = threading.Lock()
+
+
+class _Hub:
+    """Inboxes of every rank of one group; shared by the threads of the group."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.inboxes: list[deque[tuple[int, tuple | None, Any]]] = [deque() for _ in range(size)]
+        self.conds = [threading.Condition(threading.Lock()) for _ in range(size)]
+        self.closed = [False] * size
+        self.refs = 0
+
+    def deliver(self, dst: int, msg: tuple[int, tuple | None, Any]) -> bool:
+        cond = self.conds[dst]
+        with cond:
+            if self.closed[dst]:
+                return False
+            self.inboxes[dst].append(msg)
+            cond.notify()
+        return True
+
+
+class LocalTransport(Transport):
+    """Ranks as threads: ``LocalTransport(store, rank, size, timeout_s)`` per thread, one store."""
+
+    def __init__(self, store: Any, rank: int, size: int, timeout_s: float) -> None:
+        super().__init__(rank, size, timeout_s)
+        if rank == 0:
+            hub_id = uuid.uuid4().hex
+            store.set("mpdist_local/hub", hub_id)
+        else:
+            raw = store.get("mpdist_local/hub")
+            hub_id = raw.decode() if isinstance(raw, bytes) else raw
+        with _HUBS_LOCK:
+            hub = _HUBS.get(hub_id)
+            if hub is None:
+                hub = _HUBS[hub_id] = _Hub(size)
+            hub.refs += 1
+        self._hub_id = hub_id
+        self._hub = hub
+        self._inbox = hub.inboxes[rank]
+        self._cond = hub.conds[rank]
+        self._lost = [False] * size
+
+    def _post(self, peer: int, hdr: tuple, buf: Any, req: SendReq) -> None:
+        if peer == self.rank or not 0 <= peer < self.size:
+            raise ValueError(
+                f"rank {self.rank} cannot send to rank {peer} (itself or not in group)"
+            )
+        if self._hub.deliver(peer, (self.rank, hdr, bytes(buf))):
+            req.done = True
+        else:
+            self._lost[peer] = True
+
+    def _progress(self, timeout_s: float) -> None:
+        cond = self._cond
+        with cond:
+            if not self._inbox and self._abort_reason is None:
+                cond.wait(timeout_s)
+            msgs = list(self._inbox)
+            self._inbox.clear()
+        if self._abort_reason is not None:
+            self._check_abort()
+        for i, (src, hdr, payload) in enumerate(msgs):
+            if hdr is None:
+                self._lost[src] = True
+                continue
+            try:
+                req = None if hdr[1] == KIND_ERROR else self._on_header(src, hdr)
+                if req is not None:
+                    if req.nbytes:
+                        req.buf[:] = payload
+                    req.done = True
+                else:
+                    self._on_stashed(src, hdr, payload)
+            except BaseException:
+                # keep what we did not look at yet (the error is sticky anyway)
+                with cond:
+                    self._inbox.extendleft(reversed(msgs[i + 1 :]))
+                raise
+
+    def _peer_closed(self, peer: int) -> bool:
+        return self._lost[peer]
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _notify(self, peers: list[int], kind: int, text: str) -> None:
+        payload = text.encode("utf-8", "replace")
+        hdr = (MAGIC, KIND_ERROR, 0, kind, 0, 0, -1, 0, 0, 0, 0, 0, len(payload))
+        for peer in peers:
+            self._hub.deliver(peer, (self.rank, hdr, payload))
+
+    def _shutdown(self) -> None:
+        hub = self._hub
+        with self._cond:
+            hub.closed[self.rank] = True
+            self._inbox.clear()
+        for peer in range(self.size):
+            if peer != self.rank:
+                hub.deliver(peer, (self.rank, None, None))
+        with _HUBS_LOCK:
+            hub.refs -= 1
+            if hub.refs <= 0:
+                _HUBS.pop(self._hub_id, None)

@@ -1,0 +1,454 @@
+"""TcpTransport: a full mesh of TCP connections (one per pair of ranks) on 127.0.0.1.
+
+Setup: every rank listens on an ephemeral loopback port and publishes ``host:port`` in the
+group's store; rank 0 publishes a random group id and secret. Rank i connects to every rank
+j < i and accepts every j > i; each connection starts with a handshake (magic, rank, group
+id, secret) that the acceptor checks (a stranger is closed and the mesh carries on) and
+answers with its own. The listener is closed once the mesh is complete.
+
+Data: non-blocking sockets driven by ``poll`` from the calling thread; headers and payloads
+go out with ``sendmsg`` of memoryviews and come in with ``recv_into`` the destination
+buffer, so payloads are never copied in Python unless they arrive before their receive is
+posted (then they are stashed). A socketpair wakes a blocked poll on ``abort()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import select
+import socket
+import time
+from collections import deque
+from typing import Any
+
+from mpdist.errors import DistNetworkError
+from mpdist.transport.base import RecvReq, SendReq, Transport
+from mpdist.transport.header import (
+    HANDSHAKE,
+    HANDSHAKE_MAGIC,
+    HEADER,
+    HEADER_SIZE,
+    KIND_ERROR,
+    MAGIC,
+)
+
+__all__ = ["TcpTransport"]
+
+_SOCK_BUF = 4 << 20
+_POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
+_POLLINOUT = _POLLIN | select.POLLOUT
+
+
+class _Peer:
+    """Connection state for one peer: the socket, the send queue and the receive cursor."""
+
+    __slots__ = (
+        "rank",
+        "sock",
+        "fd",
+        "txq",
+        "hbuf",
+        "hmv",
+        "hgot",
+        "rx_hdr",
+        "rx_req",
+        "rx_mv",
+        "rx_got",
+        "rx_len",
+        "closed",
+    )
+
+    def __init__(self, rank: int, sock: socket.socket) -> None:
+        self.rank = rank
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.txq: deque[list[Any]] = deque()  # items: [remaining buffers, SendReq, started]
+        self.hbuf = bytearray(HEADER_SIZE)
+        self.hmv = memoryview(self.hbuf)
+        self.hgot = 0
+        self.rx_hdr: tuple | None = None
+        self.rx_req: RecvReq | None = None
+        self.rx_mv: memoryview | None = None
+        self.rx_got = 0
+        self.rx_len = 0
+        self.closed = False
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, _SOCK_BUF)
+
+
+class TcpTransport(Transport):
+    """The group's ranks connected pairwise over TCP (see the module docstring).
+
+    ``store`` must be unique to the group (a PrefixStore); it needs ``set``, blocking ``get``.
+    """
+
+    def __init__(self, store: Any, rank: int, size: int, timeout_s: float) -> None:
+        super().__init__(rank, size, timeout_s)
+        self._peers: list[_Peer | None] = [None] * size
+        self._by_fd: dict[int, _Peer] = {}
+        self._poll = select.poll()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._poll.register(self._wake_r.fileno(), select.POLLIN)
+        self._wake_fd = self._wake_r.fileno()
+        if size > 1:
+            try:
+                self._connect_mesh(store)
+            except BaseException:
+                self._shutdown()
+                self._closed = True
+                raise
+
+    # ------------------------------------------------------------------ setup
+    def _connect_mesh(self, store: Any) -> None:
+        rank, size = self.rank, self.size
+        deadline = time.monotonic() + self.timeout_s
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        pending: dict[socket.socket, bytearray] = {}  # accepted, handshake not complete
+        waiting_ack: dict[socket.socket, tuple[int, bytearray]] = {}
+        try:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(size + 16)
+            listener.setblocking(False)
+            _tune(listener)
+            if rank == 0:
+                token = os.urandom(48)
+                store.set("mpdist_tcp/token", token.hex())
+            else:
+                token = bytes.fromhex(_text(store.get("mpdist_tcp/token")))
+            self._gid, self._secret = token[:16], token[16:]
+            host, port = listener.getsockname()[:2]
+            store.set(f"mpdist_tcp/addr/{rank}", f"{host}:{port}")
+            hello = HANDSHAKE.pack(HANDSHAKE_MAGIC, rank, self._gid, self._secret)
+
+            # connect to lower ranks; their listen backlog holds us until they accept
+            for peer in range(rank):
+                host, _, port = _text(store.get(f"mpdist_tcp/addr/{peer}")).rpartition(":")
+                remaining = max(deadline - time.monotonic(), 0.001)
+                try:
+                    sock = socket.create_connection((host, int(port)), timeout=remaining)
+                except OSError as e:
+                    raise DistNetworkError(
+                        f"rank {rank}: cannot connect to rank {peer} at {host}:{port}: {e}"
+                    ) from e
+                _tune(sock)
+                sock.sendall(hello)
+                sock.setblocking(False)
+                waiting_ack[sock] = (peer, bytearray())
+
+            poll = select.poll()
+            poll.register(listener.fileno(), select.POLLIN)
+            fds: dict[int, socket.socket] = {listener.fileno(): listener}
+            for sock in waiting_ack:
+                poll.register(sock.fileno(), select.POLLIN)
+                fds[sock.fileno()] = sock
+            need_accept = size - 1 - rank
+            while need_accept or waiting_ack:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    missing = [p for p in range(size) if p != rank and self._peers[p] is None]
+                    raise DistNetworkError(
+                        f"rank {rank}: timed out after {self.timeout_s:g} s connecting the "
+                        f"TCP mesh; no connection from rank(s) {missing}"
+                    )
+                if self._abort_reason is not None:
+                    self._check_abort()
+                for fd, _ev in poll.poll(remaining * 1000):
+                    sock = fds[fd]
+                    if sock is listener:
+                        try:
+                            conn, _ = listener.accept()
+                        except BlockingIOError:
+                            continue
+                        conn.setblocking(False)
+                        pending[conn] = bytearray()
+                        poll.register(conn.fileno(), select.POLLIN)
+                        fds[conn.fileno()] = conn
+                        continue
+                    if sock in pending:
+                        buf = pending[sock]
+                        ok, eof = _read_some(sock, buf, HANDSHAKE.size)
+                        if len(buf) < HANDSHAKE.size and not eof:
+                            continue
+                        peer = self._check_hello(buf) if ok and not eof else None
+                        poll.unregister(fd)
+                        del fds[fd]
+                        del pending[sock]
+                        if peer is None or peer <= rank or self._peers[peer] is not None:
+                            sock.close()  # a stranger, or garbage: refuse; the mesh goes on
+                            continue
+                        _tune(sock)
+                        sock.setblocking(True)
+                        sock.sendall(hello)
+                        sock.setblocking(False)
+                        self._add_peer(peer, sock)
+                        need_accept -= 1
+                    elif sock in waiting_ack:
+                        peer, buf = waiting_ack[sock]
+                        ok, eof = _read_some(sock, buf, HANDSHAKE.size)
+                        if len(buf) < HANDSHAKE.size and not eof:
+                            continue
+                        if eof or self._check_hello(buf) != peer:
+                            raise DistNetworkError(
+                                f"rank {rank}: rank {peer} closed or refused the connection "
+                                f"during the handshake"
+                            )
+                        poll.unregister(fd)
+                        del fds[fd]
+                        del waiting_ack[sock]
+                        self._add_peer(peer, sock)
+        except BaseException:
+            for sock in list(pending) + list(waiting_ack):
+                sock.close()
+            raise
+        finally:
+            listener.close()
+        for sock in pending:  # strangers still mid-handshake
+            sock.close()
+
+    def _check_hello(self, buf: bytearray) -> int | None:
+        magic, peer, gid, secret = HANDSHAKE.unpack(bytes(buf[: HANDSHAKE.size]))
+        if magic != HANDSHAKE_MAGIC or not hmac.compare_digest(gid, self._gid):
+            return None
+        if not hmac.compare_digest(secret, self._secret) or peer >= self.size:
+            return None
+        return peer
+
+    def _add_peer(self, peer: int, sock: socket.socket) -> None:
+        p = _Peer(peer, sock)
+        self._peers[peer] = p
+        self._by_fd[p.fd] = p
+        self._poll.register(p.fd, _POLLIN)
+
+    # ------------------------------------------------------------------ sending
+    def _post(self, peer: int, hdr: tuple, buf: memoryview, req: SendReq) -> None:
+        p = self._peers[peer]
+        if p is None:
+            raise ValueError(
+                f"rank {self.rank} cannot send to rank {peer} (itself or not in group)"
+            )
+        hb = HEADER.pack(*hdr)
+        if p.closed:
+            return  # wait() reports the lost peer
+        if p.txq:
+            p.txq.append([[hb, buf], req, False])
+            return
+        n = buf.nbytes
+        try:
+            sent = p.sock.sendmsg([hb, buf]) if n else p.sock.send(hb)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._lose(p)
+            return
+        if sent == HEADER_SIZE + n:
+            req.done = True
+            return
+        bufs = [hb[sent:], buf] if sent < HEADER_SIZE else [buf[sent - HEADER_SIZE :]]
+        p.txq.append([bufs, req, sent > 0])
+        self._poll.modify(p.fd, _POLLINOUT)
+
+    def _write(self, p: _Peer) -> None:
+        txq = p.txq
+        sock = p.sock
+        while txq:
+            item = txq[0]
+            bufs = item[0]
+            try:
+                sent = sock.sendmsg(bufs)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._lose(p)
+                return
+            item[2] = True
+            while sent:
+                b = bufs[0]
+                n = len(b)
+                if sent >= n:
+                    sent -= n
+                    bufs.pop(0)
+                else:
+                    bufs[0] = b[sent:]
+                    sent = 0
+            # drop empty buffers (zero-byte payloads)
+            while bufs and len(bufs[0]) == 0:
+                bufs.pop(0)
+            if bufs:
+                return
+            item[1].done = True
+            txq.popleft()
+        if not p.closed:
+            self._poll.modify(p.fd, _POLLIN)
+
+    # ------------------------------------------------------------------ receiving
+    def _read(self, p: _Peer) -> None:
+        sock = p.sock
+        while True:
+            mv = p.rx_mv
+            if mv is None:
+                try:
+                    n = sock.recv_into(p.hmv[p.hgot :])
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    self._lose(p)
+                    return
+                if n == 0:
+                    self._lose(p)
+                    return
+                p.hgot += n
+                if p.hgot < HEADER_SIZE:
+                    continue
+                p.hgot = 0
+                hdr = HEADER.unpack(p.hbuf)
+                if hdr[0] != MAGIC:
+                    self._lose(p)
+                    raise DistNetworkError(
+                        f"rank {self.rank}: corrupt message header from rank {p.rank}"
+                    )
+                plen = hdr[12]
+                req = None if hdr[1] == KIND_ERROR else self._on_header(p.rank, hdr)
+                if req is not None:
+                    if plen == 0:
+                        req.done = True
+                        continue
+                    mv = req.buf
+                else:
+                    if plen == 0:
+                        self._on_stashed(p.rank, hdr, b"")
+                        continue
+                    mv = memoryview(bytearray(plen))
+                p.rx_hdr = hdr
+                p.rx_req = req
+                p.rx_mv = mv
+                p.rx_got = 0
+                p.rx_len = plen
+            got = p.rx_got
+            try:
+                n = sock.recv_into(mv[got:] if got else mv)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._lose(p)
+                return
+            if n == 0:
+                self._lose(p)
+                return
+            got += n
+            if got < p.rx_len:
+                p.rx_got = got
+                continue
+            req = p.rx_req
+            p.rx_mv = None
+            p.rx_req = None
+            if req is not None:
+                req.done = True
+            else:
+                self._on_stashed(p.rank, p.rx_hdr, mv.obj)
+
+    def _lose(self, p: _Peer) -> None:
+        if p.closed:
+            return
+        p.closed = True
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._poll.unregister(p.fd)
+
+    # ------------------------------------------------------------------ progress
+    def _progress(self, timeout_s: float) -> None:
+        events = self._poll.poll(max(timeout_s * 1000.0, 0.0))
+        by_fd = self._by_fd
+        for fd, ev in events:
+            if fd == self._wake_fd:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except (BlockingIOError, InterruptedError, OSError):
+                    pass
+                if self._abort_reason is not None:
+                    self._check_abort()
+                continue
+            p = by_fd.get(fd)
+            if p is None or p.closed:
+                continue
+            if ev & select.POLLOUT:
+                self._write(p)
+            if ev & _POLLIN and not p.closed:
+                self._read(p)
+
+    def _peer_closed(self, peer: int) -> bool:
+        p = self._peers[peer]
+        return p is None or p.closed
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"!")
+
+    def _notify(self, peers: list[int], kind: int, text: str) -> None:
+        """Send an ERROR message to ``peers`` and push it out for a bounded time."""
+        payload = text.encode("utf-8", "replace")
+        hb = HEADER.pack(MAGIC, KIND_ERROR, 0, kind, 0, 0, -1, 0, 0, 0, 0, 0, len(payload))
+        live = []
+        for peer in peers:
+            p = self._peers[peer]
+            if p is None or p.closed:
+                continue
+            # keep a half-sent message (the stream must stay well formed), drop the rest
+            head = p.txq[0] if p.txq and p.txq[0][2] else None
+            p.txq.clear()
+            if head is not None:
+                p.txq.append(head)
+            p.txq.append([[hb, payload], SendReq(peer), False])
+            live.append(p)
+        deadline = time.monotonic() + min(2.0, self.timeout_s)
+        while live and time.monotonic() < deadline:
+            for p in live:
+                self._write(p)
+            live = [p for p in live if p.txq and not p.closed]
+            if not live:
+                break
+            poll = select.poll()
+            for p in live:
+                poll.register(p.fd, _POLLINOUT)
+            for fd, ev in poll.poll(50):
+                p = self._by_fd[fd]
+                if ev & _POLLIN:
+                    # keep reading so that a peer blocked on sending to us can drain
+                    with contextlib.suppress(Exception):
+                        self._read(p)
+
+    def _shutdown(self) -> None:
+        for p in self._peers:
+            if p is not None:
+                with contextlib.suppress(OSError):
+                    p.sock.close()
+                p.closed = True
+        self._by_fd.clear()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _read_some(sock: socket.socket, buf: bytearray, want: int) -> tuple[bool, bool]:
+    """Append up to ``want - len(buf)`` bytes; returns (ok, eof)."""
+    try:
+        data = sock.recv(want - len(buf))
+    except (BlockingIOError, InterruptedError):
+        return True, False
+    except OSError:
+        return False, True
+    if not data:
+        return False, True
+    buf += data
+    return True, False
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
