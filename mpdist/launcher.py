@@ -241,22 +241,30 @@ def _describe_exit(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
-def _pdeathsig_preexec():
-    """A preexec_fn making the kernel SIGKILL the rank if the launcher dies (Linux), else None."""
+def _libc_prctl():
+    """``prctl`` from libc on Linux (for PDEATHSIG and the child subreaper flag), else None."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
+
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _pdeathsig_preexec(prctl):
+    """A preexec_fn making the kernel SIGKILL the rank if the launcher dies, or None."""
+    if prctl is None:
+        return None
     parent = os.getpid()
-    pr_set_pdeathsig = 1
 
     def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         if os.getppid() != parent:  # the launcher died before prctl took effect
             os._exit(137)
 
@@ -294,7 +302,11 @@ class _Job:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, None)
-        self.prefix_width = 0
+        self.prctl = _libc_prctl()
+        # As a child subreaper (Linux) the launcher adopts descendants whose rank died,
+        # so it can find, stop and reap them; `foreign` are children it had before.
+        self.subreaper = False
+        self.foreign: set[int] = set()
 
     # ---- environment and start ----------------------------------------------------------
     def _env(self, local_rank: int) -> dict[str, str]:
@@ -317,7 +329,10 @@ class _Job:
         cmd = [sys.executable, "-u"]
         cmd += ["-m", cfg.program] if cfg.module else [cfg.program]
         cmd += cfg.program_args
-        preexec = _pdeathsig_preexec()
+        self.foreign = {c.pid for c in psutil.Process().children()}
+        if self.prctl is not None:
+            self.subreaper = self.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        preexec = _pdeathsig_preexec(self.prctl)
         for local_rank in range(cfg.nproc):
             proc = subprocess.Popen(
                 cmd,
@@ -421,14 +436,30 @@ class _Job:
 
     # ---- supervision --------------------------------------------------------------------
     def _reap(self) -> _Rank | None:
-        """Record exits; return the first rank seen failing, if any."""
+        """Record exits (and reap adopted orphans); return the first rank seen failing."""
         failed = None
         for r in self.ranks:
             if r.returncode is None:
                 r.returncode = r.proc.poll()
                 if r.returncode not in (None, 0) and failed is None:
                     failed = r
+        if self.subreaper:
+            self._reap_orphans()
         return failed
+
+    def _reap_orphans(self) -> None:
+        """Reap exited adopted descendants; never a rank (Popen reaps those) or a foreign child."""
+        running = {r.proc.pid for r in self.ranks if r.returncode is None}
+        while True:
+            try:
+                # WNOWAIT: look first, so a rank's status is left for its Popen.
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid in running or info.si_pid in self.foreign:
+                return
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, os.WNOHANG)
 
     def supervise(self, wakes_on_signals: bool) -> tuple[str, _Rank | None]:
         """Run until every rank exits 0 ("done"), one fails ("failed") or we are signalled."""
@@ -445,40 +476,47 @@ class _Job:
             self._pump(timeout)
 
     def _tree(self) -> list[psutil.Process]:
-        """Running ranks and all their descendants."""
+        """Every live process of the job: ranks and all their descendants."""
+        if self.subreaper:
+            # Orphans were adopted by us, so our children cover every descendant.
+            roots = [c for c in psutil.Process().children() if c.pid not in self.foreign]
+        else:
+            roots = []
+            for r in self.ranks:
+                # Only unreaped ranks: a reaped rank's pid may already belong to a stranger.
+                if r.proc.poll() is None:
+                    with contextlib.suppress(psutil.Error):
+                        roots.append(psutil.Process(r.proc.pid))
         procs: list[psutil.Process] = []
-        for r in self.ranks:
-            # Only unreaped ranks: a reaped rank's pid may already belong to a stranger.
-            if r.proc.poll() is not None:
-                continue
-            try:
-                p = psutil.Process(r.proc.pid)
-                procs.append(p)
-                procs.extend(p.children(recursive=True))
-            except psutil.Error:
-                pass
-        return procs
+        for p in roots:
+            with contextlib.suppress(psutil.Error):
+                procs.extend([p, *p.children(recursive=True)])
+        live = []
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    live.append(p)
+        return live
 
-    def _signal_all(self, procs: list[psutil.Process], sig: int) -> None:
+    def _signal_all(self, sig: int) -> None:
         groups = {r.proc.pid for r in self.ranks}
         for pgid in groups:
             # A rank's process group outlives the rank while any descendant lives.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, sig)
-        for p in procs:
+        for p in self._tree():
             # Descendants that moved to another process group (setsid, setpgid).
             with contextlib.suppress(psutil.Error, OSError):
                 if os.getpgid(p.pid) not in groups:
                     p.send_signal(sig)
 
-    def _alive(self, procs: list[psutil.Process]) -> bool:
+    def _alive(self) -> bool:
         self._reap()
-        for p in procs:
-            try:
-                if p.status() != psutil.STATUS_ZOMBIE:
-                    return True
-            except psutil.Error:
-                continue
+        if self._tree():
+            return True
+        if self.subreaper:
+            return False
+        # Without adoption, a dead rank's descendants are only reachable as its group.
         for r in self.ranks:
             try:
                 os.killpg(r.proc.pid, 0)
@@ -487,9 +525,9 @@ class _Job:
                 continue
         return False
 
-    def _wait_gone(self, procs: list[psutil.Process], seconds: float) -> bool:
+    def _wait_gone(self, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
-        while self._alive(procs):
+        while self._alive():
             left = deadline - time.monotonic()
             if left <= 0 or (self.force and seconds > 0):
                 return False
@@ -498,18 +536,17 @@ class _Job:
 
     def stop(self) -> None:
         """SIGTERM every rank's process tree, wait the grace period, SIGKILL what is left."""
-        procs = self._tree()
-        if not self._alive(procs):
+        if not self._alive():
             return
         if all(r.returncode is not None for r in self.ranks):
             _note("stopping processes the ranks left behind")
-        self._signal_all(procs, signal.SIGTERM)
-        if self._wait_gone(procs, 0 if self.force else self.cfg.stop_grace):
+        self._signal_all(signal.SIGTERM)
+        if self._wait_gone(0 if self.force else self.cfg.stop_grace):
             return
-        procs = list({p.pid: p for p in procs + self._tree()}.values())
-        self._signal_all(procs, signal.SIGKILL)
-        if not self._wait_gone(procs, 10.0):
-            _note("some processes could not be killed: " + ", ".join(str(p.pid) for p in procs))
+        self._signal_all(signal.SIGKILL)
+        if not self._wait_gone(10.0):
+            left = ", ".join(str(p.pid) for p in self._tree())
+            _note(f"some processes could not be killed: {left}")
 
     def finish(self) -> None:
         """Wait for every rank, forward the rest of the output, close everything."""
@@ -531,6 +568,10 @@ class _Job:
                     pipe.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
+        if self.subreaper:
+            self._reap_orphans()
+            self.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+            self.subreaper = False
 
 
 def _note(message: str) -> None:

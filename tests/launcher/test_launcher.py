@@ -1,0 +1,387 @@
+"""Tests of ``python -m mpdist run``: real launcher processes running small scripts from tmp_path."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mpdist.launcher import main
+
+LAUNCH_TIMEOUT = 60  # only a safety net against a hung launcher; never reached when it works
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(tmp_path: Path) -> Iterator[None]:
+    """Fail if any process whose command line mentions this test's tmp_path is still alive.
+
+    Every script and every grandchild a script starts carries tmp_path in its
+    command line, so this finds ranks and descendants whatever their parent.
+    """
+    yield
+    marker = str(tmp_path)
+    left = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        try:
+            cmd = p.info["cmdline"] or []
+            if p.info["status"] != psutil.STATUS_ZOMBIE and any(marker in c for c in cmd):
+                left.append((p.pid, cmd))
+        except psutil.Error:
+            continue
+    for pid, _ in left:  # don't let one failure leak into the next tests
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+    assert not left, f"processes left behind: {left}"
+
+
+def script(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def launch(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mpdist", "run", *map(str, args)]
+    return subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, **kw
+    )
+
+
+def by_rank(text: str) -> dict[int, list[str]]:
+    """Group ``[rank k] line`` lines by k; any other line fails the test."""
+    out: dict[int, list[str]] = {}
+    for line in text.splitlines():
+        assert line.startswith("[rank "), f"unprefixed line: {line!r}"
+        head, _, rest = line.partition("] ")
+        out.setdefault(int(head[len("[rank ") :]), []).append(rest)
+    return out
+
+
+# A grandchild that lives until killed; its command line carries tmp_path for no_leftovers.
+SLEEPER = "[sys.executable, '-c', 'import time; time.sleep(600)', str(Path(__file__).parent)]"
+
+
+# ---- environment, arguments, output -----------------------------------------------------------
+
+
+def test_env_vars_args_and_prefixed_output(tmp_path):
+    s = script(
+        tmp_path,
+        "env.py",
+        """
+        import json, os, sys
+        keys = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                "MASTER_ADDR", "MASTER_PORT", "PYTHONUNBUFFERED"]
+        print(json.dumps({"env": {k: os.environ.get(k) for k in keys}, "argv": sys.argv[1:]}))
+        print("on stderr", os.environ["RANK"], file=sys.stderr)
+        sys.stdout.write("no newline at the end")
+        """,
+    )
+    res = launch(["--nproc", 3, s, "a", "--nproc", "7", "--", "-m"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    out, err = by_rank(res.stdout), by_rank(res.stderr)
+    assert sorted(out) == sorted(err) == [0, 1, 2]
+    ports = set()
+    for k in range(3):
+        first, last = out[k]
+        assert last == "no newline at the end"
+        record = json.loads(first)
+        assert record["argv"] == ["a", "--nproc", "7", "--", "-m"]  # passed on verbatim
+        env = record["env"]
+        ports.add(env.pop("MASTER_PORT"))
+        assert env == {
+            "RANK": str(k),
+            "WORLD_SIZE": "3",
+            "LOCAL_RANK": str(k),
+            "LOCAL_WORLD_SIZE": "3",
+            "GROUP_RANK": "0",
+            "MASTER_ADDR": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        assert err[k] == [f"on stderr {k}"]
+    (port,) = ports  # one port shared by every rank
+    assert 1 <= int(port) <= 65535
+
+
+def test_lines_of_different_ranks_never_mix(tmp_path):
+    # Many long lines, each printed as several writes (text, then newline), from 3 ranks at once.
+    s = script(
+        tmp_path,
+        "chatty.py",
+        """
+        import os, sys
+        r = os.environ["RANK"]
+        for i in range(200):
+            print(f"{r}:{i}:" + r * 3000)
+            print(f"{r}:{i}:err", file=sys.stderr)
+        """,
+    )
+    res = launch(["--nproc", 3, s], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out, err = by_rank(res.stdout), by_rank(res.stderr)
+    for k in range(3):
+        assert out[k] == [f"{k}:{i}:" + str(k) * 3000 for i in range(200)]
+        assert err[k] == [f"{k}:{i}:err" for i in range(200)]
+
+
+def test_module_mode(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    script(
+        tmp_path,
+        "pkg/job.py",
+        """
+        import os, sys
+        print(__spec__.name, __name__, os.environ["RANK"], sys.argv[1:])
+        """,
+    )
+    res = launch(["--nproc", 2, "-m", "pkg.job", "x", "-y", str(tmp_path)], tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = by_rank(res.stdout)
+    for k in range(2):
+        assert out[k] == [f"pkg.job __main__ {k} ['x', '-y', '{tmp_path}']"]
+
+
+def test_success_exits_zero_and_reaps_what_ranks_leave_behind(tmp_path):
+    # A rank that exits 0 but leaves a grandchild running: the launcher stops it too.
+    s = script(
+        tmp_path,
+        "daemon.py",
+        f"""
+        import subprocess, sys
+        from pathlib import Path
+        subprocess.Popen({SLEEPER})
+        print("started")
+        """,
+    )
+    res = launch(["--nproc", 2, s], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "stopping processes the ranks left behind" in res.stderr
+    # no_leftovers checks the grandchildren are gone.
+
+
+# ---- failure propagation -----------------------------------------------------------------------
+
+FAIL_SCRIPT = f"""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+rank = int(os.environ["RANK"])
+world = int(os.environ["WORLD_SIZE"])
+here = Path(__file__).parent
+if rank == 1:
+    # Fail only once every other rank is up and has a grandchild (a condition, not a delay).
+    while len(list(here.glob("*.ready"))) < world - 1:
+        time.sleep(0.005)
+    how = sys.argv[1]
+    if how == "exit":
+        sys.exit(7)
+    os.kill(os.getpid(), getattr(signal, how))
+subprocess.Popen({SLEEPER})
+(here / f"{{rank}}.tmp").write_text("x")
+(here / f"{{rank}}.tmp").rename(here / f"{{rank}}.ready")
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "code", "described"),
+    [
+        ("exit", 7, "exited with code 7"),
+        ("SIGKILL", 128 + signal.SIGKILL, f"was killed by SIGKILL (exit code {128 + 9})"),
+    ],
+)
+def test_first_failing_rank_stops_the_others(tmp_path, how, code, described):
+    s = script(tmp_path, "fail.py", FAIL_SCRIPT)
+    res = launch(["--nproc", 3, s, how], tmp_path)
+    assert res.returncode == code, res.stderr
+    assert "mpdist run: rank 1 (pid " in res.stderr
+    assert f"{described}; stopping the other ranks" in res.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.ready")) == ["0.ready", "2.ready"]
+    # The sleeping ranks 0 and 2 and their grandchildren are gone: no_leftovers checks.
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_launcher_stops_everything(tmp_path, sig):
+    # Rank 1 and its grandchild ignore SIGTERM, so the launcher must escalate to SIGKILL.
+    s = script(
+        tmp_path,
+        "sleepy.py",
+        f"""
+        import os, signal, subprocess, sys, time
+        from pathlib import Path
+        if os.environ["RANK"] == "1":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the grandchild
+        subprocess.Popen({SLEEPER})
+        print("ready", flush=True)
+        time.sleep(600)
+        """,
+    )
+    cmd = [sys.executable, "-m", "mpdist", "run", "--nproc", "2", "--stop-grace", "0.2", str(s)]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        ready = {proc.stdout.readline().strip() for _ in range(2)}
+        assert ready == {"[rank 0] ready", "[rank 1] ready"}
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=LAUNCH_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert f"got {sig.name}; stopping every rank" in err
+
+
+# ---- multi-node -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port nobody else gets while the test runs (bound with SO_REUSEADDR, not listening)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def test_two_nodes_get_global_ranks(tmp_path, held_port):
+    s = script(
+        tmp_path,
+        "where.py",
+        """
+        import os
+        print(*(os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                                        "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")))
+        """,
+    )
+    common = ["--nnodes", "2", "--nproc", "2", "--master-addr", "127.0.0.1"]
+    common += ["--master-port", str(held_port)]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mpdist", "run", *common, "--node-rank", str(n), str(s)],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
+    results = [p.communicate(timeout=LAUNCH_TIMEOUT) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], results
+    for node, (out, _) in enumerate(results):
+        got = by_rank(out)
+        for local in range(2):
+            rank = node * 2 + local
+            assert got[rank] == [f"{rank} {local} 4 2 {node} 127.0.0.1 {held_port}"]
+
+
+# ---- bad arguments (in-process: nothing is started) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "no script given"),
+        (["--nproc", "2"], "no script given"),
+        (["-m"], "a module name is required after -m"),
+        (["--nproc", "0", "x.py"], "--nproc must be >= 1, got 0"),
+        (["--nproc", "two", "x.py"], "argument --nproc"),
+        (["--nnodes", "0", "x.py"], "--nnodes must be >= 1"),
+        (["--nnodes", "2", "--node-rank", "2", "--master-port", "5", "x.py"], "0..1, got 2"),
+        (["--nnodes", "2", "--node-rank", "1", "x.py"], "--master-port is required"),
+        (["--master-port", "70000", "x.py"], "--master-port must be in 1..65535"),
+        (["--stop-grace", "-1", "x.py"], "--stop-grace must be >= 0"),
+        (["--bogus", "x.py"], "unrecognized arguments: --bogus"),
+        (["missing.py"], "script not found: 'missing.py'"),
+    ],
+)
+def test_bad_arguments(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.py").write_text("raise SystemExit('must not run')\n")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage: mpdist run" in err
+    assert message in err
+
+
+def test_help(capsys):
+    assert main(["--help"]) == 0
+    assert "--nproc" in capsys.readouterr().out
+
+
+def test_master_port_in_use_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.py").write_text("raise SystemExit('must not run')\n")
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        assert main(["--nproc", "2", "--master-port", str(port), "x.py"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot use 127.0.0.1:{port} for rank 0's store" in err
+
+
+# ---- env:// through the launcher ---------------------------------------------------------------
+
+
+def _needs_tcpstore() -> None:
+    import mpdist.store
+
+    if not hasattr(mpdist.store, "TCPStore"):
+        pytest.skip("TCPStore not built yet")
+
+
+def test_env_rendezvous_store_under_launcher(tmp_path):
+    _needs_tcpstore()
+    s = script(
+        tmp_path,
+        "meet.py",
+        """
+        from datetime import timedelta
+        from mpdist.store.rendezvous import rendezvous
+        store, rank, n = rendezvous(None, -1, -1, timedelta(seconds=30))
+        store.set(f"k{rank}", str(rank * 10))
+        print(rank, n, sorted(int(store.get(f"k{r}")) for r in range(n)))
+        store.close()
+        """,
+    )
+    res = launch(["--nproc", 3, s], tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = by_rank(res.stdout)
+    assert {k: v for k, v in out.items()} == {k: [f"{k} 3 [0, 10, 20]"] for k in range(3)}
+
+
+def test_init_process_group_and_all_reduce_under_launcher(tmp_path):
+    _needs_tcpstore()
+    dist = pytest.importorskip("mpdist.distributed")
+    assert hasattr(dist, "init_process_group")
+    s = script(
+        tmp_path,
+        "allreduce.py",
+        """
+        import numpy as np
+        import mpdist as dist
+        dist.init_process_group()
+        a = np.full(5, dist.get_rank() + 1, dtype=np.float64)
+        dist.all_reduce(a)
+        print(dist.get_rank(), dist.get_world_size(), a.tolist())
+        dist.destroy_process_group()
+        """,
+    )
+    res = launch(["--nproc", 2, s], tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert by_rank(res.stdout) == {k: [f"{k} 2 [3.0, 3.0, 3.0, 3.0, 3.0]"] for k in range(2)}
