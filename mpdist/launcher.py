@@ -27,11 +27,15 @@ Exit. When every rank exits 0 the launcher exits 0. When a rank fails first,
 the others are stopped and the launcher exits with that rank's code; a rank
 killed by a signal counts as ``128 + signum`` (139 for SIGSEGV), as a shell
 reports it. SIGINT (Ctrl-C) or SIGTERM to the launcher stops every rank and
-exits 130. Stopping means: SIGTERM to each rank's whole process tree (each rank
+exits 130 (SIGHUP too: a closed terminal); a second signal skips the grace
+period. Stopping means: SIGTERM to each rank's whole process tree (each rank
 leads its own process group, and descendants found through psutil are
 signalled too), ``--stop-grace`` seconds to exit, then SIGKILL. Processes a
 successful rank leaves behind are stopped the same way: nothing outlives the
-launcher. Ranks get stdin from /dev/null.
+launcher. On Linux the launcher is a child subreaper while the job runs, so a
+descendant whose rank died is adopted by the launcher (found, stopped and
+reaped there) instead of by init, and each rank gets SIGKILL from the kernel if
+the launcher itself dies (PR_SET_PDEATHSIG). Ranks get stdin from /dev/null.
 """
 
 from __future__ import annotations
@@ -76,6 +80,10 @@ _MAX_LINE = 1 << 20
 _READ_CHUNK = 1 << 16
 # How often to look at the processes while stopping them (descendants send no SIGCHLD here).
 _STOP_POLL_S = 0.02
+# How long SIGKILLed processes get to disappear before the launcher gives up on them.
+_KILL_WAIT_S = 10.0
+# Signals that stop the job (exit 130); a second one skips the grace period.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class _UsageError(Exception):
@@ -373,20 +381,17 @@ class _Job:
             self._emit(target, bytes(view))
 
     def _forward(self, r: _Rank, stream: _Stream, eof: bool) -> None:
-        prefix = f"[rank {r.rank}] ".encode()
-        lines: list[bytes] = []
+        """Emit the complete lines buffered for ``stream`` (all of it at EOF), each prefixed."""
         buf = stream.buf
-        while True:
-            nl = buf.find(b"\n")
-            if nl < 0:
-                break
-            lines.append(prefix + bytes(buf[: nl + 1]))
-            del buf[: nl + 1]
+        end = buf.rfind(b"\n") + 1
+        lines = bytes(buf[:end]).split(b"\n")[:-1] if end else []
+        del buf[:end]
         if len(buf) >= _MAX_LINE or (eof and buf):
-            lines.append(prefix + bytes(buf) + b"\n")
+            lines.append(bytes(buf))
             buf.clear()
         if lines:
-            self._emit(stream.target, b"".join(lines))
+            prefix = f"[rank {r.rank}] ".encode()
+            self._emit(stream.target, b"".join(prefix + line + b"\n" for line in lines))
 
     def _pump(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` for output or a wake-up (signal), forward complete lines."""
@@ -419,11 +424,11 @@ class _Job:
 
     @contextlib.contextmanager
     def signals(self):
-        """Route SIGINT/SIGTERM to a flag and SIGCHLD to a wake-up, in the main thread only."""
+        """Route SIGINT/SIGTERM/SIGHUP to a flag and SIGCHLD to a wake-up (main thread only)."""
         if threading.current_thread() is not threading.main_thread():
             yield False
             return
-        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)}
+        old = {s: signal.getsignal(s) for s in (*_STOP_SIGNALS, signal.SIGCHLD)}
         old_fd = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         try:
             for s in old:
@@ -525,11 +530,12 @@ class _Job:
                 continue
         return False
 
-    def _wait_gone(self, seconds: float) -> bool:
+    def _wait_gone(self, seconds: float, interruptible: bool) -> bool:
+        """Wait (forwarding output) until the job has no live process; False on timeout."""
         deadline = time.monotonic() + seconds
         while self._alive():
             left = deadline - time.monotonic()
-            if left <= 0 or (self.force and seconds > 0):
+            if left <= 0 or (interruptible and self.force):
                 return False
             self._pump(min(left, _STOP_POLL_S))
         return True
@@ -541,17 +547,20 @@ class _Job:
         if all(r.returncode is not None for r in self.ranks):
             _note("stopping processes the ranks left behind")
         self._signal_all(signal.SIGTERM)
-        if self._wait_gone(0 if self.force else self.cfg.stop_grace):
+        # A second Ctrl-C during the grace period cuts it short.
+        if self._wait_gone(self.cfg.stop_grace, interruptible=True):
             return
         self._signal_all(signal.SIGKILL)
-        if not self._wait_gone(10.0):
+        if not self._wait_gone(_KILL_WAIT_S, interruptible=False):
             left = ", ".join(str(p.pid) for p in self._tree())
             _note(f"some processes could not be killed: {left}")
 
     def finish(self) -> None:
         """Wait for every rank, forward the rest of the output, close everything."""
         for r in self.ranks:
-            r.returncode = r.proc.wait()
+            # Bounded: a process stuck in the kernel may survive SIGKILL for a while.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                r.returncode = r.proc.wait(_KILL_WAIT_S)
         # Every writer is gone now, so the pipes reach EOF; the bound only guards
         # against a descendant that escaped into another session and kept a pipe.
         deadline = time.monotonic() + 2.0

@@ -245,6 +245,40 @@ def test_signal_to_launcher_stops_everything(tmp_path, sig):
     assert f"got {sig.name}; stopping every rank" in err
 
 
+def test_second_signal_skips_the_grace_period(tmp_path):
+    # Both ranks ignore SIGTERM and the grace period is far longer than the test's timeout:
+    # only the second Ctrl-C (sent once the launcher says it is stopping) ends the job.
+    s = script(
+        tmp_path,
+        "stubborn.py",
+        """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
+        time.sleep(600)
+        """,
+    )
+    cmd = [sys.executable, "-m", "mpdist", "run", "--nproc", "2", "--stop-grace", "600", str(s)]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert {proc.stdout.readline().strip() for _ in range(2)} == {
+            "[rank 0] ready",
+            "[rank 1] ready",
+        }
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr.readline().strip() == "mpdist run: got SIGINT; stopping every rank"
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=LAUNCH_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130
+
+
 # ---- multi-node -------------------------------------------------------------------------------
 
 
