@@ -101,6 +101,14 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG,
         usage=f"{PROG} [options] (script.py | -m module) [args ...]",
         description="Start N local ranks of a Python program with env:// rendezvous variables set.",
+        epilog=(
+            "Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR\n"
+            "and MASTER_PORT, so mpdist.init_process_group() needs no arguments. Output lines are\n"
+            "prefixed '[rank k] '. Exit status: 0 if every rank succeeds; else the first failing\n"
+            "rank's code (128+N if killed by signal N), the other ranks being stopped; 130 after\n"
+            "Ctrl-C/SIGTERM; 2 for bad arguments."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     p.add_argument(
