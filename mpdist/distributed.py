@@ -308,12 +308,12 @@ def init_process_group(
         # Each init on a store gets fresh keys: ranks count their own inits on it, and
         # every rank goes through the same init/destroy sequence, so the counts agree.
         generation = store.add(f"mpdist/init/{rank}", 1)
-        world.prefix = f"mpdist/{generation}/"
+        world.prefix = f"mpdist/{generation}"
         pg_name = group_name or "0"
         pg = _make_group(
             world,
             str(name),
-            PrefixStore(world.prefix + "0/", store),
+            PrefixStore(f"{world.prefix}/0", store),
             rank,
             list(range(world_size)),
             timeout,
@@ -413,7 +413,7 @@ def new_group(
     pg = _make_group(
         world,
         name,
-        PrefixStore(f"{world.prefix}{group_name}/", world.store),
+        PrefixStore(f"{world.prefix}/{group_name}", world.store),
         members.index(world.rank),
         members,
         timeout,
