@@ -1,0 +1,402 @@
+"""The parent's side of one multi-rank test: start the ranks, wait, abort, dump, reap.
+
+:func:`run_ranks` starts one process per rank (or hands the test to a worker
+pool), waits with a deadline, and returns an :class:`Outcome` holding every
+rank's record, exit status, output and (after a timeout) stack dump. On the
+first failing rank the others are told to abort; past the deadline every rank
+dumps its stacks and the whole process tree is killed. Whatever happens
+(Ctrl-C included), no rank process survives the call unless it belongs to a
+healthy pool.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing import connection as mp_connection
+from typing import Any
+
+from mpdist.testing import _reaper
+from mpdist.testing._worker import TaskSpec, rank_main
+
+# After the first failure, how long the other ranks get to notice the abort and report.
+ABORT_GRACE = 5.0
+# After every rank reported, how long a fresh rank may take to exit before it is killed.
+EXIT_GRACE = 5.0
+# How long ranks get to answer a stack-dump request before SIGUSR1 is used instead.
+DUMP_WAIT = 1.0
+# SIGTERM -> SIGKILL grace when the tree is killed.
+KILL_GRACE = 1.0
+
+
+@dataclass
+class RankResult:
+    """What became of one rank."""
+
+    rank: int
+    status: str = "lost"  # passed | failed | skipped | timeout | killed | lost
+    exc_type: str | None = None
+    message: str = ""
+    traceback: str = ""
+    exitcode: int | None = None
+    aborted: str | None = None  # the abort reason, if the parent aborted this rank
+    stdout: str = ""
+    stderr: str = ""
+    dump: str = ""
+    trace: str | None = None  # last collective entered, from a timeout dump
+    duration: float = 0.0
+
+
+@dataclass
+class Outcome:
+    """The result of one multi-rank test in the parent."""
+
+    test_id: str
+    world_size: int
+    results: list[RankResult] = field(default_factory=list)
+    timed_out: bool = False
+    timeout: float | None = None
+    first_failure: int | None = None
+    elapsed: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def status(self) -> str:
+        """``"failed"`` if any rank failed or the test timed out, else ``"skipped"`` if any skipped."""
+        if self.timed_out or any(r.status not in ("passed", "skipped") for r in self.results):
+            return "failed"
+        if any(r.status == "skipped" for r in self.results):
+            return "skipped"
+        return "passed"
+
+    @property
+    def skip_reason(self) -> str:
+        """The reason given by the first rank that skipped."""
+        for r in self.results:
+            if r.status == "skipped":
+                return r.message
+        return ""
+
+
+def get_context(method: str, preload: list[str]) -> multiprocessing.context.BaseContext:
+    """An explicit multiprocessing context (never the global start method)."""
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        modules = ["mpdist.testing._worker", "numpy"]
+        if "pytest" in sys.modules:
+            modules.append("pytest")
+        modules += [m for m in preload if m not in modules]
+        ctx.set_forkserver_preload(modules)  # only used when the server (re)starts
+    return ctx
+
+
+class _Handle:
+    """One rank as the parent sees it."""
+
+    def __init__(self, rank: int, proc: Any, conn: Any) -> None:
+        self.rank = rank
+        self.proc = proc
+        self.conn = conn
+        self.pid: int | None = proc.pid if proc is not None else None
+        self.pgid = 0
+        self.record: dict[str, Any] | None = None
+        self.exited = False
+        self.conn_open = True
+        self.trace: str | None = None
+        self.dumped = False
+
+    def send(self, msg: tuple) -> bool:
+        if not self.conn_open:
+            return False
+        try:
+            self.conn.send(msg)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def drain(self) -> None:
+        """Read every message that has arrived."""
+        while self.conn_open:
+            try:
+                if not self.conn.poll():
+                    return
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                self.conn_open = False
+                return
+            kind = msg[0]
+            if kind == "started":
+                self.pid, self.pgid = msg[1], msg[2]
+            elif kind == "result":
+                self.record = msg[1]
+            elif kind == "dumped":
+                self.dumped = True
+                self.trace = msg[1]
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class RankSet:
+    """The ranks of one test: started fresh, or borrowed from a pool."""
+
+    def __init__(self, spec: TaskSpec, handles: list[_Handle], pooled: bool) -> None:
+        self.spec = spec
+        self.handles = handles
+        self.pooled = pooled
+        self.first_failure: int | None = None
+
+    @classmethod
+    def start_fresh(cls, spec: TaskSpec, ctx: Any) -> RankSet:
+        handles: list[_Handle] = []
+        rs = cls(spec, handles, pooled=False)
+        try:
+            for rank in range(spec.world_size):
+                parent_conn, child_conn = ctx.Pipe(duplex=True)
+                proc = ctx.Process(
+                    target=rank_main,
+                    args=(spec, rank, child_conn),
+                    name=f"mpdist-rank-{rank}",
+                )
+                handles.append(_Handle(rank, None, parent_conn))
+                proc.start()
+                handles[-1].proc = proc
+                handles[-1].pid = proc.pid
+                child_conn.close()
+        except BaseException:
+            rs.kill(grace=0.2)
+            raise
+        return rs
+
+    # -- the wait loop ---------------------------------------------------------------
+
+    def _active(self) -> list[_Handle]:
+        if self.pooled:
+            return [h for h in self.handles if h.record is None and not h.exited]
+        return [h for h in self.handles if not h.exited]
+
+    def _note_exit(self, h: _Handle) -> None:
+        h.drain()
+        h.proc.join(0)
+        if h.proc.exitcode is None:  # sentinel fired but status not in yet
+            h.proc.join(1.0)
+        h.exited = True
+
+    def _check_failure(self, h: _Handle, now: float) -> float | None:
+        """If ``h`` is the first failure, abort the others; returns the abort deadline."""
+        if self.first_failure is not None:
+            return None
+        failed = (h.record is not None and h.record.get("status") == "failed") or (
+            h.record is None and h.exited
+        )
+        if not failed:
+            return None
+        self.first_failure = h.rank
+        if h.record is not None:
+            what = f"{h.record.get('exc_type')}: {h.record.get('message', '')}".strip()
+        else:
+            what = _reaper.signal_name(h.proc.exitcode if h.proc is not None else None)
+        reason = (
+            f"aborted by the harness: rank {h.rank} failed ({what.splitlines()[0] if what else ''})"
+        )
+        for other in self.handles:
+            if other is not h and other.record is None and not other.exited:
+                other.send(("abort", reason))
+        return now + ABORT_GRACE
+
+    def wait(self, timeout: float | None) -> tuple[bool, bool]:
+        """Wait for every rank; returns (timed_out, killed_after_failure)."""
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        abort_deadline: float | None = None
+        exit_deadline: float | None = None
+        while True:
+            active = self._active()
+            if not active:
+                return False, False
+            now = time.monotonic()
+            limits = [t for t in (deadline, abort_deadline, exit_deadline) if t is not None]
+            remaining = None if not limits else max(0.0, min(limits) - now)
+            waitables: list[Any] = []
+            for h in active:
+                if h.conn_open:
+                    waitables.append(h.conn)
+                waitables.append(h.proc.sentinel)
+            ready = set(mp_connection.wait(waitables, timeout=remaining))
+            now = time.monotonic()
+            for h in active:
+                if h.conn_open and h.conn in ready:
+                    h.drain()
+                if h.proc.sentinel in ready:
+                    self._note_exit(h)
+                t = self._check_failure(h, now)
+                if t is not None:
+                    abort_deadline = t
+            if (
+                not self.pooled
+                and exit_deadline is None
+                and all(h.record is not None or h.exited for h in self.handles)
+            ):
+                exit_deadline = now + EXIT_GRACE
+            if deadline is not None and now >= deadline and self._active():
+                return True, False
+            if abort_deadline is not None and now >= abort_deadline and self._active():
+                return False, True
+            if exit_deadline is not None and now >= exit_deadline and self._active():
+                return False, True
+
+    # -- timeout, kill ---------------------------------------------------------------
+
+    def dump(self) -> None:
+        """Ask every live rank for its stacks; SIGUSR1 (faulthandler) for ranks that can't answer."""
+        live = [h for h in self._active()]
+        asked = [h for h in live if h.send(("dump",))]
+        end = time.monotonic() + DUMP_WAIT
+        while any(not h.dumped for h in asked) and time.monotonic() < end:
+            conns = [h.conn for h in asked if not h.dumped and h.conn_open]
+            if not conns:
+                break
+            for conn in mp_connection.wait(conns, timeout=max(0.0, end - time.monotonic())):
+                for h in asked:
+                    if h.conn is conn:
+                        h.drain()
+        signalled = []
+        for h in live:
+            if not h.dumped and h.pid is not None:
+                try:
+                    os.kill(h.pid, signal.SIGUSR1)
+                    signalled.append(h)
+                except OSError:
+                    pass
+        # faulthandler writes from the signal handler; wait until something landed.
+        end = time.monotonic() + DUMP_WAIT
+        for h in signalled:
+            path = self.spec.dump_path(h.rank)
+            while time.monotonic() < end:
+                try:
+                    if os.path.getsize(path) > 0:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.01)
+
+    def kill(self, grace: float = KILL_GRACE) -> None:
+        """Kill every rank of this set, their descendants and their process groups."""
+        pids = [h.pid for h in self.handles if h.pid is not None]
+        pgids = [h.pgid for h in self.handles if h.pgid]
+        _reaper.kill_tree(pids, pgids, grace=grace)
+        for h in self.handles:
+            if h.proc is not None and not h.exited:
+                h.proc.join(grace)
+                h.exited = h.proc.exitcode is not None
+
+    def close(self) -> None:
+        """Release pipes and process handles; sweep leftover grandchildren (fresh ranks only)."""
+        if not self.pooled:
+            _reaper.sweep_groups([h.pgid for h in self.handles if h.pgid])
+            for h in self.handles:
+                if h.conn is not None:
+                    h.conn.close()
+                if h.proc is not None:
+                    h.proc.join(KILL_GRACE)
+                    if h.proc.exitcode is not None:
+                        h.proc.close()
+
+    # -- results -----------------------------------------------------------------------
+
+    def results(self, timed_out: bool) -> list[RankResult]:
+        out = []
+        for h in self.handles:
+            r = RankResult(rank=h.rank)
+            rec = h.record
+            if h.proc is not None and not self.pooled:
+                try:
+                    r.exitcode = h.proc.exitcode
+                except ValueError:
+                    r.exitcode = None
+            if rec is not None:
+                r.status = rec["status"]
+                r.exc_type = rec.get("exc_type")
+                r.message = rec.get("message", "")
+                r.traceback = rec.get("traceback", "")
+                r.aborted = rec.get("aborted")
+                r.duration = rec.get("duration", 0.0)
+            elif timed_out:
+                r.status = "timeout"
+            elif self.first_failure is not None and self.first_failure != h.rank:
+                r.status = "killed"
+            else:
+                r.status = "lost"
+                r.message = (
+                    f"rank {h.rank} exited without reporting ({_reaper.signal_name(r.exitcode)})"
+                )
+            r.trace = h.trace
+            r.stdout = _read(self.spec.out_path(h.rank))
+            r.stderr = _read(self.spec.err_path(h.rank))
+            r.dump = _read(self.spec.dump_path(h.rank))
+            out.append(r)
+        return out
+
+
+def start(spec: TaskSpec, *, ctx: Any = None, pool: Any = None) -> RankSet:
+    """Start the ranks of ``spec`` (fresh processes, or the workers of ``pool``)."""
+    if pool is not None:
+        return pool.submit(spec)
+    return RankSet.start_fresh(spec, ctx)
+
+
+def finish(rs: RankSet, *, timeout: float | None, pool: Any = None) -> Outcome:
+    """Wait for the ranks of ``rs``, abort/dump/kill as needed, and collect the :class:`Outcome`.
+
+    With ``pool`` (a :class:`mpdist.testing._pool.WorkerPool`), a failure or timeout
+    discards the pool's workers so the next test gets healthy ones.
+    """
+    t0 = time.perf_counter()
+    spec = rs.spec
+    outcome = Outcome(test_id=spec.test_id, world_size=spec.world_size, timeout=timeout)
+    timed_out = killed = False
+    try:
+        timed_out, killed = rs.wait(timeout)
+        if timed_out:
+            rs.dump()
+        if timed_out or killed:
+            rs.kill()
+            if pool is not None:
+                pool.discard()
+    except BaseException:
+        # Ctrl-C (or anything else) in the parent: nothing may keep running.
+        outcome.interrupted = True
+        abandon(rs, pool)
+        raise
+    outcome.timed_out = timed_out
+    outcome.first_failure = rs.first_failure
+    outcome.results = rs.results(timed_out)
+    rs.close()
+    if pool is not None and outcome.status == "failed":
+        pool.discard()
+    outcome.elapsed = time.perf_counter() - t0
+    return outcome
+
+
+def abandon(rs: RankSet, pool: Any = None) -> None:
+    """Kill the ranks of ``rs`` without collecting anything (setUp failed, Ctrl-C)."""
+    rs.kill(grace=0.2)
+    if pool is not None:
+        pool.discard()
+    rs.close()
+
+
+def run_ranks(
+    spec: TaskSpec, *, ctx: Any = None, timeout: float | None, pool: Any = None
+) -> Outcome:
+    """Start and finish ``spec`` in one call."""
+    return finish(start(spec, ctx=ctx, pool=pool), timeout=timeout, pool=pool)

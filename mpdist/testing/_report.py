@@ -1,0 +1,112 @@
+"""Turn an :class:`~mpdist.testing._coordinator.Outcome` into text and one test outcome.
+
+A failure shows every rank, the first failing rank first, each labelled
+``rank k``; tracebacks, exit codes or signal names, stack dumps after a
+timeout, and (when not shown as pytest report sections) each rank's output.
+"""
+
+from __future__ import annotations
+
+import shlex
+import unittest
+
+from mpdist.testing import _config
+from mpdist.testing._coordinator import Outcome, RankResult
+from mpdist.testing._reaper import signal_name
+
+
+def _rank_line(r: RankResult, outcome: Outcome) -> str:
+    exit_info = ""
+    if r.exitcode not in (None, 0):
+        exit_info = f" [{signal_name(r.exitcode)}]"
+    if r.status == "passed":
+        return f"rank {r.rank}: passed{exit_info}"
+    if r.status == "skipped":
+        return f"rank {r.rank}: skipped: {r.message}"
+    if r.status == "failed":
+        what = f"{r.exc_type}: {r.message}" if r.message else f"{r.exc_type}"
+        prefix = f"rank {r.rank}: failed"
+        if r.aborted and outcome.first_failure != r.rank:
+            prefix += f" after the abort (rank {outcome.first_failure} failed first)"
+        return f"{prefix}: {what.splitlines()[0] if what else ''}{exit_info}"
+    if r.status == "timeout":
+        trace = f"; last collective entered: {r.trace}" if r.trace else ""
+        return f"rank {r.rank}: still running at the timeout{trace}"
+    if r.status == "killed":
+        return (
+            f"rank {r.rank}: killed after rank {outcome.first_failure} failed "
+            f"(did not finish within the abort grace period)"
+        )
+    return f"rank {r.rank}: exited without reporting a result ({signal_name(r.exitcode)})"
+
+
+def _ordered(outcome: Outcome) -> list[RankResult]:
+    first = outcome.first_failure
+    return sorted(outcome.results, key=lambda r: (r.rank != first, r.rank))
+
+
+def headline(outcome: Outcome) -> str:
+    """One line saying what went wrong."""
+    if outcome.timed_out:
+        stuck = [r.rank for r in outcome.results if r.status == "timeout"]
+        return (
+            f"{outcome.test_id} timed out after {outcome.timeout:g} s "
+            f"(world size {outcome.world_size}); ranks still running: {stuck}"
+        )
+    failed = [r.rank for r in outcome.results if r.status not in ("passed", "skipped")]
+    return (
+        f"{outcome.test_id} failed in rank {outcome.first_failure} "
+        f"(world size {outcome.world_size}); failing ranks: {failed}"
+    )
+
+
+def format_outcome(outcome: Outcome, include_output: bool = True, rerun: str | None = None) -> str:
+    """The full failure text."""
+    lines = [headline(outcome), ""]
+    for r in _ordered(outcome):
+        lines.append(f"=== {_rank_line(r, outcome)}")
+        if r.status in ("failed", "timeout", "lost", "killed") and r.traceback:
+            lines.append(r.traceback.rstrip("\n"))
+        if r.dump and (outcome.timed_out or r.status != "passed"):
+            lines.append(f"--- rank {r.rank} stack dump ---")
+            lines.append(r.dump.rstrip("\n"))
+        if include_output:
+            for name, text in (("stdout", r.stdout), ("stderr", r.stderr)):
+                if text.strip():
+                    lines.append(f"--- rank {r.rank} {name} ---")
+                    lines.append(text.rstrip("\n"))
+        lines.append("")
+    if rerun:
+        lines.append(f"rerun just this test: {rerun}")
+    return "\n".join(lines).rstrip("\n")
+
+
+class MultiProcessFailure(AssertionError):
+    """A multi-rank test failed; carries the :class:`Outcome` for the pytest plugin."""
+
+    def __init__(self, outcome: Outcome, rerun: str | None = None) -> None:
+        self.outcome = outcome
+        self.rerun = rerun
+        super().__init__(format_outcome(outcome, include_output=True, rerun=rerun))
+
+
+def rerun_command(nodeid: str | None, unittest_id: str, world_size: int) -> str:
+    """A shell command that runs just this test again with the same world size."""
+    settings = _config.current()
+    if settings.under_pytest and nodeid:
+        args = ["python", "-m", "pytest", nodeid, "--ranks", str(world_size)]
+        args += list(settings.rerun_args)
+        return shlex.join(args)
+    return shlex.join(
+        ["env", f"MPDIST_WORLD_SIZE={world_size}", "python", "-m", "unittest", unittest_id]
+    )
+
+
+def raise_for(outcome: Outcome, rerun: str | None = None) -> None:
+    """Make ``outcome`` the test's outcome: return (passed), SkipTest, or MultiProcessFailure."""
+    status = outcome.status
+    if status == "passed":
+        return
+    if status == "skipped":
+        raise unittest.SkipTest(outcome.skip_reason)
+    raise MultiProcessFailure(outcome, rerun)

@@ -1,0 +1,454 @@
+"""What runs inside a rank process: load the test, run it, send one result record to the parent.
+
+A rank talks to the parent over one duplex pipe. A listener thread owns the
+receiving end, so the parent can reach a rank that is stuck in a collective:
+``("abort", reason)`` aborts every process group of the rank (pending
+collectives raise), ``("dump",)`` writes the stacks of all threads and the last
+collective entered to the rank's dump file. The main thread sends
+``("started", pid, pgid)`` once and ``("result", record)`` per test.
+
+Fresh ranks enter through :func:`rank_main` (one test, then exit); pooled
+workers through :func:`pool_main` (tests arrive as ``("task", spec)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import importlib
+import importlib.util
+import os
+import pickle
+import queue
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+import types
+import unittest
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import mpdist
+from mpdist import distributed as dist
+
+# Exit status of a rank whose parent went away: its whole process group is killed.
+_ORPHAN_EXIT = 70
+
+
+@dataclass
+class TaskSpec:
+    """Everything a rank needs to run one test; pickled to the rank."""
+
+    kind: str  # "case": a MultiProcessTestCase method; "function": an mpdist-marked function
+    module: str
+    path: str | None
+    qualname: str
+    method: str
+    world_size: int
+    file_name: str
+    workdir: str
+    test_id: str
+    seed: int = 1234
+    rewrite: bool = False
+    backend: str | None = None  # "function": the default group the harness initializes
+    funcargs: bytes | None = None  # "function": pickled fixture values
+    keep_group: bool = False  # pooled: leave a harness-initialized group up for the next test
+    env: dict[str, str] | None = None
+    sys_path: list[str] = field(default_factory=list)
+    cwd: str | None = None
+    debug_rank: int | None = None
+
+    def out_path(self, rank: int) -> str:
+        return os.path.join(self.workdir, f"rank{rank}.out")
+
+    def err_path(self, rank: int) -> str:
+        return os.path.join(self.workdir, f"rank{rank}.err")
+
+    def dump_path(self, rank: int) -> str:
+        return os.path.join(self.workdir, f"rank{rank}.dump")
+
+
+def collective_trace() -> str:
+    """The last collective this process entered, as the collectives layer reports it."""
+    try:
+        return dist._collective_trace()
+    except Exception as exc:  # the trace is diagnostics: never let it mask the dump
+        return f"unavailable ({type(exc).__name__}: {exc})"
+
+
+class _Channel:
+    """The rank's end of the pipe: a lock for sends, a listener thread for receives."""
+
+    def __init__(self, conn: Any, rank: int) -> None:
+        self.conn = conn
+        self.rank = rank
+        self.lock = threading.Lock()
+        self.tasks: queue.SimpleQueue[TaskSpec | None] = queue.SimpleQueue()
+        self.spec: TaskSpec | None = None
+        self.abort_reason: str | None = None
+        self.done = False  # the fresh rank has sent its result: EOF is expected now
+        self.own_group = False
+        self.thread = threading.Thread(target=self._listen, name="mpdist-harness", daemon=True)
+        self.thread.start()
+
+    def send(self, msg: tuple) -> None:
+        with self.lock:
+            self.conn.send(msg)
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                self._parent_gone()
+                return
+            kind = msg[0]
+            if kind == "task":
+                self.abort_reason = None
+                self.tasks.put(msg[1])
+            elif kind == "stop":
+                self.tasks.put(None)
+                return
+            elif kind == "abort":
+                self.abort_reason = msg[1]
+                with contextlib.suppress(Exception):
+                    dist._abort_all_groups(msg[1])
+            elif kind == "dump":
+                self._dump()
+
+    def _parent_gone(self) -> None:
+        if self.done:
+            return
+        # The parent died or gave up on us: nothing of this rank may survive it.
+        if self.own_group:
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+        os._exit(_ORPHAN_EXIT)
+
+    def _dump(self) -> None:
+        trace = collective_trace()
+        spec = self.spec
+        if spec is not None:
+            with open(spec.dump_path(self.rank), "a") as f:
+                f.write(f"last collective entered: {trace}\n")
+                f.flush()
+                faulthandler.dump_traceback(f, all_threads=True)
+        with contextlib.suppress(OSError):
+            self.send(("dumped", trace))
+
+
+class _Capture:
+    """Send fds 1 and 2 (and so C-level output) of this process to the rank's files."""
+
+    def __init__(self, out_path: str, err_path: str) -> None:
+        self._flush()
+        self.saved = (os.dup(1), os.dup(2))
+        for fd, path in ((1, out_path), (2, err_path)):
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            os.dup2(target, fd)
+            os.close(target)
+
+    @staticmethod
+    def _flush() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+    def restore(self) -> None:
+        self._flush()
+        for fd, saved in zip((1, 2), self.saved, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def _attach_terminal() -> None:
+    # The debug rank talks to the user's terminal even though pytest captures the
+    # parent's fds; /dev/tty is the controlling terminal of the whole session.
+    try:
+        tty_fd = os.open("/dev/tty", os.O_RDWR)
+    except OSError:
+        return
+    for fd in (0, 1, 2):
+        os.dup2(tty_fd, fd)
+    os.close(tty_fd)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+
+def _same_file(module: types.ModuleType, path: str | None) -> bool:
+    if path is None:
+        return True
+    mod_file = getattr(module, "__file__", None)
+    if mod_file is None:
+        return False
+    try:
+        return os.path.samefile(mod_file, path)
+    except OSError:
+        return False
+
+
+_rewritten: dict[str, types.ModuleType] = {}
+
+
+def _load_rewritten(name: str, path: str) -> types.ModuleType:
+    # pytest rewrote the module's asserts in the parent; do the same here so a
+    # failing plain `assert` in a rank explains itself.
+    if path in _rewritten:
+        return _rewritten[path]
+    import ast
+
+    from _pytest.assertion.rewrite import rewrite_asserts
+
+    with open(path, "rb") as f:
+        source = f.read()
+    tree = ast.parse(source, filename=path)
+    rewrite_asserts(tree, source, path, None)
+    code = compile(tree, path, "exec", dont_inherit=True)
+    module = types.ModuleType(name)
+    module.__file__ = path
+    sys.modules.setdefault(name, module)
+    exec(code, module.__dict__)
+    _rewritten[path] = module
+    return module
+
+
+def _load_module(name: str, path: str | None, rewrite: bool) -> types.ModuleType:
+    if rewrite and path:
+        return _load_rewritten(name, path)
+    if name == "__main__":
+        # A file run directly (unittest.main()): multiprocessing re-ran it as __mp_main__.
+        for alias in ("__mp_main__", "__main__"):
+            module = sys.modules.get(alias)
+            if module is not None and _same_file(module, path):
+                return module
+        name = "__mp_main__"
+    module = sys.modules.get(name)
+    if module is not None and _same_file(module, path):
+        return module
+    if module is None:
+        with contextlib.suppress(ImportError):
+            module = importlib.import_module(name)
+            if _same_file(module, path):
+                return module
+    if path is None:
+        raise ImportError(f"cannot import test module {name!r} in the rank")
+    # Not importable by name (pytest's importlib mode, a stale module of that name):
+    # load the file itself under the same name.
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load test module {name!r} from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _resolve(module: types.ModuleType, qualname: str) -> Any:
+    obj: Any = module
+    for part in qualname.split("."):
+        if part == "<locals>":
+            raise ImportError(
+                f"{qualname} is defined inside a function; multi-rank tests must be defined at module level"
+            )
+        obj = getattr(obj, part)
+    return obj
+
+
+def seed_everything(seed: int) -> None:
+    """Seed random, numpy, mpdist's parameter RNG and torch (if imported) identically."""
+    random.seed(seed)
+    np.random.seed(seed)
+    mpdist.manual_seed(seed)
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "manual_seed"):
+        torch.manual_seed(seed)
+
+
+def _torch_skip_message(code: object) -> str | None:
+    if "torch" not in sys.modules or not isinstance(code, int):
+        return None
+    try:
+        from torch.testing._internal.common_distributed import TEST_SKIPS
+    except Exception:
+        return None
+    for skip in TEST_SKIPS.values():
+        if skip.exit_code == code:
+            return skip.message
+    return None
+
+
+def _destroy_torch_group() -> None:
+    tdist = sys.modules.get("torch.distributed")
+    if tdist is None:
+        return
+    with contextlib.suppress(Exception):
+        if tdist.is_available() and tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
+def _format_exception(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    # Drop the harness's own frames: the user's code is what failed.
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _build_call(spec: TaskSpec, rank: int) -> Any:
+    module = _load_module(spec.module, spec.path, spec.rewrite)
+    if spec.kind == "case":
+        cls = _resolve(module, spec.qualname)
+        case = cls(spec.method)
+        case.rank = rank
+        case.file_name = spec.file_name
+        case._mpdist_world_size = spec.world_size
+        case._mpdist_in_rank = True
+        # The class attribute, not the instance's parent-side wrapper: this is the body.
+        return getattr(cls, spec.method).__get__(case, cls)
+    obj = _resolve(module, spec.qualname)
+    if isinstance(obj, type):  # a method of a pytest-style class
+        obj = getattr(obj(), spec.method)
+    kwargs = pickle.loads(spec.funcargs) if spec.funcargs else {}
+    if "rank" in kwargs:
+        kwargs["rank"] = rank
+    if "world_size" in kwargs:
+        kwargs["world_size"] = spec.world_size
+    return lambda: obj(**kwargs)
+
+
+def _init_group(spec: TaskSpec, rank: int) -> None:
+    if dist.is_initialized():
+        if spec.keep_group and dist.get_world_size() == spec.world_size:
+            return
+        dist.destroy_process_group()
+    from mpdist.store import FileStore
+
+    store = FileStore(spec.file_name, spec.world_size)
+    dist.init_process_group(spec.backend, store=store, rank=rank, world_size=spec.world_size)
+
+
+def _apply_env(spec: TaskSpec) -> None:
+    # forkserver children inherit the server's environment, not the test's: use the test's.
+    if spec.env is not None and spec.env != dict(os.environ):
+        os.environ.clear()
+        os.environ.update(spec.env)
+    for entry in reversed(spec.sys_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    if spec.cwd and spec.cwd != os.getcwd():
+        with contextlib.suppress(OSError):
+            os.chdir(spec.cwd)
+
+
+def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
+    """Run one test in this rank and return its result record."""
+    chan.spec = spec
+    debug = spec.debug_rank == rank
+    capture = None if debug else _Capture(spec.out_path(rank), spec.err_path(rank))
+    dump_file = open(spec.dump_path(rank), "a")  # noqa: SIM115 - faulthandler needs it open
+    faulthandler.register(signal.SIGUSR1, file=dump_file, all_threads=True)
+    if capture is not None:
+        with contextlib.suppress(Exception):
+            sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    record: dict[str, Any] = {"rank": rank, "status": "passed", "pid": os.getpid()}
+    start = time.perf_counter()
+    try:
+        _apply_env(spec)
+        call = _build_call(spec, rank)
+        seed_everything(spec.seed)
+        if spec.backend is not None:
+            _init_group(spec, rank)
+        call()
+    except unittest.SkipTest as exc:
+        record.update(status="skipped", message=str(exc))
+    except SystemExit as exc:
+        message = _torch_skip_message(exc.code)
+        if message is not None:
+            record.update(status="skipped", message=message)
+        elif exc.code in (None, 0):
+            record.update(status="passed")
+        else:
+            record.update(
+                status="failed",
+                exc_type="SystemExit",
+                message=f"sys.exit({exc.code!r})",
+                traceback=_format_exception(exc),
+            )
+    except BaseException as exc:
+        kind = type(exc)
+        if kind.__module__ == "_pytest.outcomes" and kind.__name__ == "Skipped":
+            record.update(status="skipped", message=str(getattr(exc, "msg", exc)))
+        else:
+            record.update(
+                status="failed",
+                exc_type=f"{kind.__module__}.{kind.__qualname__}"
+                if kind.__module__ not in ("builtins", "__main__")
+                else kind.__qualname__,
+                message=str(exc),
+                traceback=_format_exception(exc),
+            )
+    finally:
+        record["duration"] = time.perf_counter() - start
+        record["aborted"] = chan.abort_reason
+        keep = spec.keep_group and record["status"] == "passed" and spec.backend is not None
+        with contextlib.suppress(Exception):
+            if dist.is_initialized() and not keep:
+                dist.destroy_process_group()
+        _destroy_torch_group()
+        faulthandler.unregister(signal.SIGUSR1)
+        if capture is not None:
+            capture.restore()
+        dump_file.close()
+        chan.spec = None
+    return record
+
+
+def _process_setup(rank: int, debug: bool) -> bool:
+    """Per-process setup of a rank; returns whether the rank leads its own process group."""
+    # Fatal signals (segfault, abort) print every thread's stack to the rank's stderr.
+    faulthandler.enable(all_threads=True)
+    if debug:
+        _attach_terminal()
+        return False
+    # Own process group: Ctrl-C at the terminal reaches only the parent (which stops
+    # everything), and the parent can kill orphaned grandchildren by group.
+    try:
+        os.setpgrp()
+    except OSError:
+        return False
+    return True
+
+
+def rank_main(spec: TaskSpec, rank: int, conn: Any) -> None:
+    """Entry point of a fresh rank process: run one test, report, exit."""
+    own = _process_setup(rank, spec.debug_rank == rank)
+    chan = _Channel(conn, rank)
+    chan.own_group = own
+    chan.send(("started", os.getpid(), os.getpgrp() if own else 0))
+    record = run_task(spec, rank, chan)
+    chan.done = True
+    chan.send(("result", record))
+
+
+def pool_main(rank: int, conn: Any) -> None:
+    """Entry point of a pooled worker: run tests as they arrive until told to stop."""
+    own = _process_setup(rank, False)
+    chan = _Channel(conn, rank)
+    chan.own_group = own
+    chan.send(("started", os.getpid(), os.getpgrp() if own else 0))
+    while True:
+        spec = chan.tasks.get()
+        if spec is None:
+            break
+        record = run_task(spec, rank, chan)
+        chan.send(("result", record))
+    chan.done = True
+    with contextlib.suppress(Exception):
+        if dist.is_initialized():
+            dist.destroy_process_group()

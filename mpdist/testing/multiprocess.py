@@ -1,0 +1,177 @@
+"""MultiProcessTestCase: a unittest.TestCase whose test methods run in one process per rank.
+
+The surface is PyTorch's (``world_size``, ``rank``, ``file_name``,
+``_spawn_processes()`` from ``setUp``, class attribute ``timeout``), so a torch
+distributed test ports by changing one import. ``setUp`` and ``tearDown`` run in
+the parent; the test body runs only in the ranks::
+
+    class TestSum(MultiProcessTestCase):
+        def setUp(self):
+            super().setUp()
+            self._spawn_processes()   # optional: done on demand otherwise
+
+        def test_sum(self):
+            dist.init_process_group("tcp", store=FileStore(self.file_name, self.world_size),
+                                    rank=self.rank, world_size=self.world_size)
+            a = np.ones(3); dist.all_reduce(a)
+            assert (a == self.world_size).all()
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+import tempfile
+import unittest
+from typing import Any, ClassVar
+
+from mpdist.testing import _config, _coordinator, _pool
+from mpdist.testing._report import raise_for, rerun_command
+from mpdist.testing._worker import TaskSpec
+
+
+def module_path(module_name: str) -> str | None:
+    """The file a test module was loaded from (None if it has none)."""
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    return os.path.abspath(path) if path else None
+
+
+def make_workdir() -> str:
+    """A fresh private directory for one test: store file, per-rank output and dumps."""
+    return tempfile.mkdtemp(prefix="mpdist-")
+
+
+def preload_for(module_name: str) -> list[str]:
+    """Modules the forkserver should import before forking ranks of a test in ``module_name``."""
+    # "__main__" is multiprocessing's spelling for "the script being run".
+    return [module_name]
+
+
+class MultiProcessTestCase(unittest.TestCase):
+    """Run each test method in ``world_size`` processes; one outcome in the parent.
+
+    Class attributes: ``timeout`` (seconds; default ``--mp-timeout`` or 300),
+    ``start_method`` ("forkserver", "spawn" or "fork"; default forkserver on
+    Linux), ``reuse_processes`` (keep ranks alive across the class's tests),
+    ``seed`` (every rank seeds random, numpy, mpdist and torch with it).
+    """
+
+    MAIN_PROCESS_RANK: ClassVar[int] = -1
+    timeout: ClassVar[float | None] = None
+    start_method: ClassVar[str | None] = None
+    reuse_processes: ClassVar[bool] = False
+    seed: ClassVar[int] = 1234
+
+    def __init__(self, methodName: str = "runTest") -> None:
+        super().__init__(methodName)
+        self.rank = self.MAIN_PROCESS_RANK
+        self.file_name = ""
+        self.processes: list[Any] = []
+        self._mpdist_world_size: int | None = None
+        self._mpdist_in_rank = False
+        self._mpdist_nodeid: str | None = None
+        self._mpdist_workdir: str | None = None
+        self._mpdist_ranks: _coordinator.RankSet | None = None
+        self._mpdist_pool: _pool.WorkerPool | None = None
+        self._mpdist_spec: TaskSpec | None = None
+        self._mpdist_outcome: _coordinator.Outcome | None = None
+        fn = getattr(self, methodName, None)
+        if fn is not None and methodName != "runTest":
+            setattr(self, methodName, self._mpdist_parent_side(fn))
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks: ``--ranks``, else ``$MPDIST_WORLD_SIZE``, else 2. Override freely."""
+        if self._mpdist_world_size is not None:
+            return self._mpdist_world_size
+        return _config.default_world_size()
+
+    # -- parent side ---------------------------------------------------------------------
+
+    def setUp(self) -> None:
+        super().setUp()
+        self._mpdist_prepare()
+
+    def _mpdist_prepare(self) -> None:
+        if self._mpdist_workdir is None:
+            self._mpdist_workdir = make_workdir()
+            self.file_name = os.path.join(self._mpdist_workdir, "store")
+            # An empty file, as torch's harness gives (FileStore accepts it).
+            open(self.file_name, "wb").close()
+            self.addCleanup(self._mpdist_cleanup)
+
+    def _spawn_processes(self) -> None:
+        """Start the ranks for the current test (idempotent; torch tests call it from setUp)."""
+        if self._mpdist_ranks is not None:
+            return
+        self._mpdist_prepare()
+        world_size = int(self.world_size)
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        method = getattr(type(self), self._testMethodName, None)
+        needed = getattr(method, "_mpdist_min_world_size", None)
+        if needed is not None and world_size < needed:
+            raise unittest.SkipTest(f"Need at least {needed} ranks, world size is {world_size}")
+        cls = type(self)
+        debug = _config.debug_rank()
+        if debug is not None and not 0 <= debug < world_size:
+            debug = None
+        assert self._mpdist_workdir is not None
+        spec = TaskSpec(
+            kind="case",
+            module=cls.__module__,
+            path=module_path(cls.__module__),
+            qualname=cls.__qualname__,
+            method=self._testMethodName,
+            world_size=world_size,
+            file_name=self.file_name,
+            workdir=self._mpdist_workdir,
+            test_id=self._mpdist_nodeid or self.id(),
+            seed=self.seed,
+            env=dict(os.environ),
+            sys_path=list(sys.path),
+            cwd=os.getcwd(),
+            debug_rank=debug,
+        )
+        method_name = _config.start_method(self.start_method)
+        ctx = _coordinator.get_context(method_name, preload_for(cls.__module__))
+        pool = None
+        if self.reuse_processes and debug is None:
+            key = (cls, world_size, method_name)
+            fresh = key not in _pool._pools
+            pool = _pool.get_pool(key, ctx, world_size)
+            if fresh:
+                cls.addClassCleanup(_pool.close_pool, key)
+        self._mpdist_spec = spec
+        self._mpdist_pool = pool
+        self._mpdist_ranks = _coordinator.start(spec, ctx=ctx, pool=pool)
+        self.processes = [h.proc for h in self._mpdist_ranks.handles]
+
+    def _mpdist_parent_side(self, fn: Any) -> Any:
+        @functools.wraps(fn)
+        def run_in_ranks(*args: Any, **kwargs: Any) -> Any:
+            if self._mpdist_in_rank:
+                return fn(*args, **kwargs)
+            self._spawn_processes()
+            rs, spec = self._mpdist_ranks, self._mpdist_spec
+            assert rs is not None and spec is not None
+            timeout = None if spec.debug_rank is not None else _config.default_timeout(self.timeout)
+            outcome = _coordinator.finish(rs, timeout=timeout, pool=self._mpdist_pool)
+            self._mpdist_ranks = None
+            self._mpdist_outcome = outcome
+            rerun = rerun_command(self._mpdist_nodeid, self.id(), spec.world_size)
+            raise_for(outcome, rerun)
+
+        return run_in_ranks
+
+    def _mpdist_cleanup(self) -> None:
+        # Runs after tearDown whatever happened: setUp failed after spawning, Ctrl-C, ...
+        if self._mpdist_ranks is not None:
+            _coordinator.abandon(self._mpdist_ranks, self._mpdist_pool)
+            self._mpdist_ranks = None
+        if self._mpdist_workdir is not None:
+            shutil.rmtree(self._mpdist_workdir, ignore_errors=True)
+            self._mpdist_workdir = None
