@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 # At or below this many bytes allreduce uses recursive doubling, above it the ring.
-SMALL_ALLREDUCE_BYTES = 64 << 10
+SMALL_ALLREDUCE_BYTES = 512 << 10
 
 
 def _flat(array: np.ndarray) -> np.ndarray:

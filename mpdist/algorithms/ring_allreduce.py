@@ -17,7 +17,7 @@ from mpdist.transport.base import as_bytes
 
 __all__ = ["allreduce", "CHUNK_BYTES"]
 
-CHUNK_BYTES = 256 << 10
+CHUNK_BYTES = 1 << 20
 
 
 def allreduce(
@@ -41,54 +41,50 @@ def allreduce(
 
     layout = [chunks(seg) for seg in range(p)]
     fb = as_bytes(flat)
-    slots = [comm.scratch(i, maxseg, flat.dtype) for i in range(2)]
-    slot_b = [as_bytes(s) for s in slots]
+    # one scratch slot per reduce-scatter step: the left neighbour may run several steps ahead
+    slots = [comm.scratch(i, maxseg, flat.dtype) for i in range(p - 1)]
     last = p - 2
+    ag_base = (p - 1) * K
 
-    def post_rs(s: int) -> list:
+    # Post every receive up front so that data lands where it belongs, never in the stash.
+    # Reduce-scatter step s brings segment (r - s - 1) into slot s. All-gather step s brings
+    # the final values of segment (r - s) straight into the array: that region is still being
+    # sent by our reduce-scatter step s, but its final values depend on that very send having
+    # reached the right neighbour, so they cannot arrive before our send is out.
+    rs_recvs = []
+    for s in range(p - 1):
         seg = (r - s - 1) % p
         base = bounds[seg]
-        bv = slot_b[s % 2]
-        return [
-            (t.irecv(left, s * K + k, bv[(a - base) * item : (b - base) * item]), a, b, base)
-            for k, (a, b) in enumerate(layout[seg])
-        ]
-
-    pending = {0: post_rs(0)}
-    if last >= 1:
-        pending[1] = post_rs(1)
-    rs_sends = [t.isend(right, k, fb[a * item : b * item]) for k, (a, b) in enumerate(layout[r])]
-    ag_sends = []
-    ag_base = (p - 1) * K
-    for s in range(p - 1):
-        sc = slots[s % 2]
-        nxt = (s + 1) * K if s < last else ag_base
-        out = rs_sends if s < last else ag_sends
-        for k, (req, a, b, base) in enumerate(pending.pop(s)):
-            if not req.done:
-                t.wait([req], op_name, timeout)
-            dst = flat[a:b]
-            reduce_into(dst, sc[a - base : b - base], dst, op)
-            out.append(t.isend(right, nxt + k, fb[a * item : b * item]))
-        if s + 2 <= last:
-            pending[s + 2] = post_rs(s + 2)
-
-    # all-gather: receive straight into the array once our sends out of it are done
-    t.wait(rs_sends, op_name, timeout)
-    ag = []
+        bv = as_bytes(slots[s])
+        rs_recvs.append(
+            [
+                (t.irecv(left, s * K + k, bv[(a - base) * item : (b - base) * item]), a, b, base)
+                for k, (a, b) in enumerate(layout[seg])
+            ]
+        )
+    ag_recvs = []
     for s in range(p - 1):
         seg = (r - s) % p
-        ag.append(
+        ag_recvs.append(
             [
                 (t.irecv(left, ag_base + s * K + k, fb[a * item : b * item]), a, b)
                 for k, (a, b) in enumerate(layout[seg])
             ]
         )
+
+    sends = [t.isend(right, k, fb[a * item : b * item]) for k, (a, b) in enumerate(layout[r])]
     for s in range(p - 1):
-        fwd = s < p - 2
-        for k, (req, a, b) in enumerate(ag[s]):
+        sc = slots[s]
+        nxt = (s + 1) * K if s < last else ag_base
+        for k, (req, a, b, base) in enumerate(rs_recvs[s]):
             if not req.done:
                 t.wait([req], op_name, timeout)
-            if fwd:
-                ag_sends.append(t.isend(right, ag_base + (s + 1) * K + k, fb[a * item : b * item]))
-    t.wait(ag_sends, op_name, timeout)
+            dst = flat[a:b]
+            reduce_into(dst, sc[a - base : b - base], dst, op)
+            sends.append(t.isend(right, nxt + k, fb[a * item : b * item]))
+    for s in range(p - 2):
+        for k, (req, a, b) in enumerate(ag_recvs[s]):
+            if not req.done:
+                t.wait([req], op_name, timeout)
+            sends.append(t.isend(right, ag_base + (s + 1) * K + k, fb[a * item : b * item]))
+    t.wait(sends + [req for req, _, _ in ag_recvs[-1]], op_name, timeout)

@@ -207,7 +207,7 @@ class Transport:
                     if remaining <= 0:
                         raise DistBackendError(
                             f"{op_name}: rank {self.rank} timed out after {timeout:g} s "
-                            f"waiting for rank(s) {self._pending_peers(reqs)}"
+                            f"waiting for {self._pending_peers(reqs)}"
                         )
                     self._progress(remaining)
                     pending = False
@@ -237,8 +237,10 @@ class Transport:
     def _pending_peers(self, reqs: list) -> str:
         peers = sorted({r.peer for r in reqs if not r.done and r.peer is not None})
         if any(not r.done and r.peer is None for r in reqs):
-            return "any"
-        return ", ".join(map(str, peers))
+            return "any rank"
+        if len(peers) == 1:
+            return f"rank {peers[0]}"
+        return "ranks " + ", ".join(map(str, peers))
 
     def _lost(self, op_name: str, peer: int | None) -> DistNetworkError:
         who = f"rank {peer}" if peer is not None else "every peer"

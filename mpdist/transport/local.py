@@ -63,7 +63,7 @@ class LocalTransport(Transport):
         self._hub = hub
         self._inbox = hub.inboxes[rank]
         self._cond = hub.conds[rank]
-        self._lost = [False] * size
+        self._gone = [False] * size
 
     def _post(self, peer: int, hdr: tuple, buf: Any, req: SendReq) -> None:
         if peer == self.rank or not 0 <= peer < self.size:
@@ -73,7 +73,7 @@ class LocalTransport(Transport):
         if self._hub.deliver(peer, (self.rank, hdr, bytes(buf))):
             req.done = True
         else:
-            self._lost[peer] = True
+            self._gone[peer] = True
 
     def _progress(self, timeout_s: float) -> None:
         cond = self._cond
@@ -86,7 +86,7 @@ class LocalTransport(Transport):
             self._check_abort()
         for i, (src, hdr, payload) in enumerate(msgs):
             if hdr is None:
-                self._lost[src] = True
+                self._gone[src] = True
                 continue
             try:
                 req = None if hdr[1] == KIND_ERROR else self._on_header(src, hdr)
@@ -103,7 +103,7 @@ class LocalTransport(Transport):
                 raise
 
     def _peer_closed(self, peer: int) -> bool:
-        return self._lost[peer]
+        return self._gone[peer]
 
     def _wake(self) -> None:
         with self._cond:

@@ -23,6 +23,8 @@ import time
 from collections import deque
 from typing import Any
 
+import numpy as np
+
 from mpdist.errors import DistNetworkError
 from mpdist.transport.base import RecvReq, SendReq, Transport
 from mpdist.transport.header import (
@@ -326,7 +328,7 @@ class TcpTransport(Transport):
                     if plen == 0:
                         self._on_stashed(p.rank, hdr, b"")
                         continue
-                    mv = memoryview(bytearray(plen))
+                    mv = memoryview(np.empty(plen, np.uint8))
                 p.rx_hdr = hdr
                 p.rx_req = req
                 p.rx_mv = mv

@@ -1,0 +1,214 @@
+"""Transport tests: mesh setup, p2p matching, errors (mismatch, lost peer, timeout, abort), leaks."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import numpy as np
+import pytest
+from mesh_helpers import KINDS, DictStore, leak_snapshot, make_transport, run_ranks
+
+import mpdist.algorithms as A
+from mpdist.errors import DistBackendError, DistNetworkError
+from mpdist.transport import LocalTransport, TcpTransport
+from mpdist.transport.header import HANDSHAKE, HANDSHAKE_MAGIC
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_p2p_tags_any_source_and_early_messages(kind: str) -> None:
+    def fn(comm: A.Communicator):
+        if comm.rank == 0:
+            # posted in the reverse order of arrival: early messages are buffered
+            b = np.empty(3, np.int64)
+            a = np.empty(2, np.int64)
+            assert A.recv(comm, b, 1, tag=7) == 1
+            assert A.recv(comm, a, 1, tag=5) == 1
+            got = {}
+            for _ in range(2):
+                x = np.empty(1, np.int64)
+                src = A.recv(comm, x, None, tag=9)
+                got[src] = int(x[0])
+            return a.tolist(), b.tolist(), got
+        A.send(comm, np.array([1, 2]), 0, tag=5)
+        if comm.rank == 1:
+            A.send(comm, np.array([3, 4, 5]), 0, tag=7)
+        A.send(comm, np.array([comm.rank * 10]), 0, tag=9)
+        return None
+
+    res = run_ranks(3, fn, kind)
+    assert res[0] == ([1, 2], [3, 4, 5], {1: 10, 2: 20})
+
+
+def test_p2p_rejects_self_and_out_of_range() -> None:
+    def fn(comm: A.Communicator):
+        with pytest.raises(ValueError, match="itself"):
+            A.send(comm, np.zeros(1), comm.rank)
+        with pytest.raises(ValueError, match="not a rank"):
+            A.recv(comm, np.zeros(1), 5)
+        # the group is still usable afterwards
+        x = np.array([comm.rank], np.int64)
+        A.allreduce(comm, x)
+        return int(x[0])
+
+    assert run_ranks(2, fn, "local") == [1, 1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_large_isend_both_first_does_not_deadlock(kind: str) -> None:
+    n = (8 << 20) // 8  # 8 MiB each way, more than the socket buffers hold
+
+    def fn(comm: A.Communicator):
+        other = 1 - comm.rank
+        out = np.full(n, comm.rank, np.float64)
+        inp = np.empty(n, np.float64)
+        s = A.isend(comm, out, other, 3)
+        A.wait(comm, [s], "isend")  # both ranks finish sending before either receives
+        r = A.irecv(comm, inp, other, 3)
+        A.wait(comm, [r], "irecv")
+        return bool((inp == other).all())
+
+    assert run_ranks(2, fn, kind) == [True, True]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_p2p_size_mismatch_raises_on_both(kind: str) -> None:
+    def fn(comm: A.Communicator):
+        if comm.rank == 0:
+            A.send(comm, np.zeros(4, np.float32), 1)
+            with pytest.raises(DistBackendError, match="rank 1"):
+                A.barrier(comm)
+        else:
+            with pytest.raises(DistBackendError, match="16 bytes"):
+                A.recv(comm, np.zeros(3, np.float32), 0)
+        return True
+
+    assert run_ranks(2, fn, kind) == [True, True]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_timeout_names_op(kind: str) -> None:
+    done = threading.Event()
+
+    def fn(comm: A.Communicator):
+        if comm.rank == 0:
+            comm.timeout_s = 0.2
+            try:
+                with pytest.raises(DistBackendError, match="my_recv.*timed out.*rank 1"):
+                    A.recv(comm, np.zeros(1), 1, op_name="my_recv")
+            finally:
+                done.set()
+        else:
+            done.wait(10)  # stay connected until rank 0 has timed out
+        return True
+
+    assert run_ranks(2, fn, kind) == [True, True]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_peer_closing_raises_network_error_naming_it(kind: str) -> None:
+    closed = threading.Event()
+
+    def fn(comm: A.Communicator):
+        if comm.rank == 1:
+            comm.close()
+            closed.set()
+            return True
+        closed.wait(10)
+        with pytest.raises(DistNetworkError, match="rank 1"):
+            A.recv(comm, np.zeros(1), 1)
+        with pytest.raises(DistNetworkError, match="rank 1"):
+            A.allreduce(comm, np.zeros(1))
+        return True
+
+    assert run_ranks(2, fn, kind) == [True, True]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_abort_from_another_thread(kind: str) -> None:
+    done = threading.Event()
+
+    def fn(comm: A.Communicator):
+        if comm.rank == 1:
+            done.wait(10)  # stay connected: rank 0 must see the abort, not a lost peer
+        else:
+            timer = threading.Timer(0.05, comm.abort, args=("aborted by test",))
+            timer.start()
+            try:
+                with pytest.raises(DistBackendError, match="aborted by test"):
+                    A.recv(comm, np.zeros(1), 1)
+                with pytest.raises(DistBackendError, match="aborted by test"):
+                    A.allreduce(comm, np.zeros(1))
+            finally:
+                timer.join()
+                done.set()
+        return True
+
+    assert run_ranks(2, fn, kind, timeout=10) == [True, True]
+
+
+def test_stranger_is_refused_and_mesh_carries_on() -> None:
+    store = DictStore()
+    results: dict[int, object] = {}
+
+    def rank(r: int) -> None:
+        t = TcpTransport(store, r, 2, 10.0)
+        try:
+            comm = A.Communicator(t, 10.0)
+            x = np.array([r + 1.0])
+            A.allreduce(comm, x)
+            results[r] = float(x[0])
+        finally:
+            t.close()
+
+    th0 = threading.Thread(target=rank, args=(0,))
+    th0.start()
+    host, _, port = store.get("mpdist_tcp/addr/0").decode().rpartition(":")
+    # a stranger with a wrong secret, and one that connects and says nothing
+    bad = socket.create_connection((host, int(port)))
+    silent = socket.create_connection((host, int(port)))
+    try:
+        bad.sendall(HANDSHAKE.pack(HANDSHAKE_MAGIC, 1, b"x" * 16, b"y" * 32))
+        th1 = threading.Thread(target=rank, args=(1,))
+        th1.start()
+        th0.join(20)
+        th1.join(20)
+        assert results == {0: 3.0, 1: 3.0}
+        assert bad.recv(100) == b""  # refused: closed without an answer
+        assert silent.recv(100) == b""  # closed when the mesh was complete
+    finally:
+        bad.close()
+        silent.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_close_is_idempotent_and_leaves_nothing(kind: str) -> None:
+    before_socks, before_threads = leak_snapshot()
+    store = DictStore()
+    transports: list = [None] * 3
+
+    def mk(r: int) -> None:
+        transports[r] = make_transport(kind, store, r, 3, 10.0)
+
+    ths = [threading.Thread(target=mk, args=(r,)) for r in range(3)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(20)
+    if kind == "tcp":
+        assert leak_snapshot()[0] >= before_socks + 6
+    for t in transports:
+        t.close()
+        t.close()
+    with pytest.raises(DistBackendError, match="closed"):
+        transports[0].wait([A.p2p.irecv(A.Communicator(transports[0], 1), np.zeros(1), 1)], "recv")
+    after_socks, after_threads = leak_snapshot()
+    assert after_socks == before_socks
+    assert after_threads == before_threads
+
+
+def test_bad_rank_or_size() -> None:
+    with pytest.raises(ValueError):
+        LocalTransport(DictStore(), 2, 2, 1.0)
+    with pytest.raises(ValueError):
+        TcpTransport(DictStore(), 0, 0, 1.0)
