@@ -65,7 +65,7 @@ def _run(target, size: int, tmp_path) -> list:
     try:
         for r, _ in pipes:
             try:
-                out.append(r[0].recv() if r[0].poll(60) else TimeoutError("no result"))
+                out.append(r.recv() if r.poll(60) else TimeoutError("no result"))
             except EOFError as e:  # the rank exited without reporting
                 out.append(e)
     finally:
