@@ -1,0 +1,11 @@
+"""Data parallelism on mpdist: ``DistributedDataParallel``, composable ``replicate``,
+communication hooks (``mpdist.parallel.hooks``) and differentiable collectives
+(``mpdist.parallel.functional``)."""
+
+from __future__ import annotations
+
+from mpdist.parallel import hooks
+from mpdist.parallel.ddp import DistributedDataParallel
+from mpdist.parallel.reducer import GradBucket
+
+__all__ = ["DistributedDataParallel", "GradBucket", "hooks"]

@@ -1,0 +1,197 @@
+"""``DistributedDataParallel``: synchronous data parallelism for an ``mpdist.nn.Module``.
+
+Every rank holds a replica. At construction the replicas are made identical (parameters and
+buffers broadcast from group rank 0). Each forward arms the ``Reducer``; during backward
+gradients are averaged bucket by bucket, overlapping communication with the rest of
+backward; after backward every replica has the same ``.grad``, so identical optimizer steps
+keep them identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from mpdist import distributed as dist
+from mpdist.autograd import is_grad_enabled
+from mpdist.nn import Module
+from mpdist.parallel import reducer as _reducer
+from mpdist.parallel.reducer import (
+    DEFAULT_BUCKET_CAP_MB,
+    CommHook,
+    MiB,
+    Reducer,
+)
+from mpdist.process_group import ProcessGroup
+
+# A coalesced broadcast packs arrays of one dtype into flat buffers of at most this size.
+BROADCAST_BUCKET_BYTES = 250 * MiB
+
+
+def _group_root(pg: ProcessGroup) -> int:
+    """The global rank of ``pg``'s group rank 0 (0 for groups the module API doesn't know)."""
+    try:
+        return dist.get_global_rank(pg, 0)
+    except ValueError:
+        return 0
+
+
+def sync_module_states(arrays: Sequence[np.ndarray], pg: ProcessGroup, src: int) -> None:
+    """Broadcast ``arrays`` in place from global rank ``src``, packed per dtype into few
+    flat buffers so a model costs a handful of collectives, not one per tensor."""
+    by_dtype: dict[np.dtype, list[np.ndarray]] = {}
+    for a in arrays:
+        by_dtype.setdefault(a.dtype, []).append(a)
+    for group in by_dtype.values():
+        start = 0
+        while start < len(group):
+            chunk, nbytes = [], 0
+            while start < len(group) and (
+                not chunk or nbytes + group[start].nbytes <= BROADCAST_BUCKET_BYTES
+            ):
+                chunk.append(group[start])
+                nbytes += group[start].nbytes
+                start += 1
+            flat = np.concatenate([a.reshape(-1) for a in chunk])
+            dist.broadcast(flat, src=src, group=pg)
+            off = 0
+            for a in chunk:
+                a[...] = flat[off : off + a.size].reshape(a.shape)
+                off += a.size
+
+
+class DistributedDataParallel(Module):
+    """Wrap ``module`` so that backward averages gradients across the ranks of
+    ``process_group`` (default: the world).
+
+    ``bucket_cap_mb`` sets the bucket size after the first (1 MiB) bucket;
+    ``find_unused_parameters`` lets parameters that the forward output does not depend on
+    take part as zeros; ``gradient_as_bucket_view`` makes each ``.grad`` a view into its
+    bucket (no copy back); ``init_sync=False`` skips the initial broadcast (no collective at
+    construction); ``broadcast_buffers`` re-broadcasts buffers from rank 0 before each
+    forward. ``static_graph`` is accepted for compatibility and changes nothing.
+    """
+
+    def __init__(
+        self,
+        module: Module,
+        device_ids: Sequence[Any] | None = None,
+        output_device: Any = None,
+        dim: int = 0,
+        broadcast_buffers: bool = True,
+        init_sync: bool = True,
+        process_group: ProcessGroup | None = None,
+        bucket_cap_mb: float | None = None,
+        find_unused_parameters: bool = False,
+        check_reduction: bool = False,
+        gradient_as_bucket_view: bool = False,
+        static_graph: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(module, Module):
+            raise TypeError(
+                f"DistributedDataParallel wraps an mpdist.nn.Module, got {type(module).__name__}"
+            )
+        if device_ids is not None or output_device is not None:
+            raise ValueError(
+                "DistributedDataParallel device_ids and output_device arguments only work with "
+                f"device modules; mpdist modules live on the CPU, but got device_ids {device_ids}, "
+                f"output_device {output_device}."
+            )
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not named:
+            raise RuntimeError(
+                "DistributedDataParallel is not needed when a module doesn't have any parameter "
+                "that requires a gradient."
+            )
+        if bucket_cap_mb is None:
+            bucket_cap_mb = DEFAULT_BUCKET_CAP_MB
+        if not isinstance(bucket_cap_mb, (int, float)) or bucket_cap_mb <= 0:
+            raise ValueError(f"bucket_cap_mb must be a positive number, got {bucket_cap_mb!r}")
+        self.module = module
+        pg = process_group if process_group is not None else dist.group.WORLD
+        if pg is None:
+            raise ValueError(
+                "Default process group has not been initialized, please make sure to call "
+                "init_process_group."
+            )
+        self.process_group = pg
+        self.broadcast_buffers = broadcast_buffers
+        self.find_unused_parameters = find_unused_parameters
+        self.gradient_as_bucket_view = gradient_as_bucket_view
+        self.static_graph = static_graph
+        self.require_backward_grad_sync = True
+        self.bucket_bytes_cap = int(bucket_cap_mb * MiB)
+        self._comm_hook_registered = False
+        self._src = _group_root(pg)
+        if init_sync:
+            states = [p.data for p in module.parameters()] + [b.data for b in module.buffers()]
+            sync_module_states(states, pg, self._src)
+        self.reducer = Reducer(
+            [p for _, p in named],
+            [n for n, _ in named],
+            pg,
+            # read at construction so tests can shrink the first bucket, as torch's tests do
+            [_reducer.DEFAULT_FIRST_BUCKET_BYTES, self.bucket_bytes_cap],
+            find_unused_parameters,
+            gradient_as_bucket_view,
+        )
+
+    # ---------------------------------------------------------------- forward
+    def _pre_forward(self, *inputs: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        self.reducer.check_prior_iteration_finished()
+        if self.broadcast_buffers and self.require_backward_grad_sync:
+            bufs = [b.data for b in self.module.buffers()]
+            if bufs:
+                sync_module_states(bufs, self.process_group, self._src)
+        return inputs, kwargs
+
+    def _post_forward(self, output: Any) -> Any:
+        if self.require_backward_grad_sync and is_grad_enabled():
+            self.reducer.prepare_for_backward(output)
+        return output
+
+    def forward(self, *inputs: Any, **kwargs: Any) -> Any:
+        """Run the wrapped module and arm gradient synchronisation for its backward."""
+        inputs, kwargs = self._pre_forward(*inputs, **kwargs)
+        return self._post_forward(self.module(*inputs, **kwargs))
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Inside, backward only accumulates local gradients; the first synced backward after
+        it reduces the accumulated sum."""
+        old = self.require_backward_grad_sync
+        self.require_backward_grad_sync = False
+        try:
+            yield
+        finally:
+            self.require_backward_grad_sync = old
+
+    # ---------------------------------------------------------------- hooks
+    def register_comm_hook(self, state: Any, hook: CommHook) -> None:
+        """Replace bucket all-reduce with ``hook(state, bucket) -> Future`` (once)."""
+        if self._comm_hook_registered:
+            raise RuntimeError(
+                "register_comm_hook or register_builtin_comm_hook can only be called once."
+            )
+        if not callable(hook):
+            raise TypeError(f"communication hook must be callable, got {type(hook).__name__}")
+        try:
+            n = len(inspect.signature(hook).parameters)
+        except (TypeError, ValueError):
+            n = 2
+        if n != 2:
+            raise ValueError(f"communication hook must take (state, bucket), got {n} parameters")
+        self._comm_hook_registered = True
+        self.reducer.comm_hook = hook
+        self.reducer.comm_state = state
+
+    def extra_repr(self) -> str:
+        return f"world_size={self.reducer.world_size}, buckets={len(self.reducer.buckets)}"
+
+
+__all__ = ["DistributedDataParallel", "sync_module_states"]

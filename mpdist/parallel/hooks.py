@@ -1,0 +1,54 @@
+"""Communication hooks for DistributedDataParallel: ``allreduce_hook``, ``fp16_compress_hook``.
+
+A hook is ``hook(state, bucket) -> Future`` whose value is the reduced flat buffer (or a
+one-element list of it). ``state`` is what was given to ``register_comm_hook``: a process
+group, or None for the DDP instance's own group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mpdist import distributed as dist
+from mpdist.parallel.reducer import GradBucket
+from mpdist.process_group import Future, ProcessGroup
+
+
+def _group(state: Any, bucket: GradBucket) -> ProcessGroup:
+    if isinstance(state, ProcessGroup):
+        return state
+    if state is None:
+        return bucket.process_group
+    raise TypeError(f"hook state must be a ProcessGroup or None, got {type(state).__name__}")
+
+
+def _allreduce_fut(pg: ProcessGroup, array: np.ndarray) -> Future:
+    array /= dist.get_world_size(pg)
+    work = dist.all_reduce(array, group=pg, async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
+
+
+def allreduce_hook(process_group: ProcessGroup | None, bucket: GradBucket) -> Future:
+    """Average the bucket over the group: divide by the world size, then all-reduce(SUM)."""
+    return _allreduce_fut(_group(process_group, bucket), bucket.buffer())
+
+
+def fp16_compress_hook(process_group: ProcessGroup | None, bucket: GradBucket) -> Future:
+    """Like ``allreduce_hook`` but communicates float16: cast, divide, all-reduce, cast back
+    into the bucket's buffer."""
+    pg = _group(process_group, bucket)
+    buffer = bucket.buffer()
+    compressed = buffer.astype(np.float16)
+    compressed /= dist.get_world_size(pg)
+    work = dist.all_reduce(compressed, group=pg, async_op=True)
+
+    def decompress(fut: Future) -> np.ndarray:
+        np.copyto(buffer, np.asarray(fut.value()[0]), casting="unsafe")
+        return buffer
+
+    return work.get_future().then(decompress)
+
+
+__all__ = ["GradBucket", "allreduce_hook", "fp16_compress_hook"]

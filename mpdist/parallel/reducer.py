@@ -1,0 +1,335 @@
+"""Gradient bucketing for DistributedDataParallel: bucket assignment, ready hooks, reduction.
+
+Parameters are grouped, in reverse registration order (roughly the order backward produces
+their gradients), into flat buffers of one dtype each: the first bucket is capped at 1 MiB so
+communication starts early, the rest at ``bucket_cap_mb``. A post-accumulate-grad hook on
+each parameter copies its gradient into its bucket slot; when a bucket's last slot is filled
+the bucket is handed to the communication hook (by default: divide by the world size and
+all-reduce asynchronously). Buckets are launched strictly in index order on every rank, so
+ranks issue identical collective sequences. When the backward pass ends, a queued callback
+waits for every bucket and writes the averaged values back into ``.grad``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from mpdist import distributed as dist
+from mpdist.autograd import Tensor, queue_callback
+from mpdist.autograd.graph import Node
+from mpdist.process_group import Future, ProcessGroup
+
+MiB = 1024 * 1024
+DEFAULT_FIRST_BUCKET_BYTES = 1 * MiB
+DEFAULT_BUCKET_CAP_MB = 25
+
+CommHook = Callable[[Any, "GradBucket"], Future]
+
+
+def compute_bucket_assignment(
+    params: Sequence[Tensor], bucket_size_limits: Sequence[int]
+) -> list[list[int]]:
+    """Group parameter indices into buckets, visiting parameters in reverse order.
+
+    Each dtype fills its own bucket; a bucket closes once it reaches the current limit. The
+    i-th bucket of a dtype uses ``bucket_size_limits[i]`` (the last limit repeats).
+    """
+    open_: dict[np.dtype, list[int]] = {}
+    sizes: dict[np.dtype, int] = {}
+    closed_count: dict[np.dtype, int] = {}
+    buckets: list[list[int]] = []
+    for idx in reversed(range(len(params))):
+        dtype = params[idx].data.dtype
+        open_.setdefault(dtype, []).append(idx)
+        sizes[dtype] = sizes.get(dtype, 0) + params[idx].data.nbytes
+        k = closed_count.get(dtype, 0)
+        limit = bucket_size_limits[min(k, len(bucket_size_limits) - 1)]
+        if sizes[dtype] >= limit:
+            buckets.append(open_.pop(dtype))
+            sizes[dtype] = 0
+            closed_count[dtype] = k + 1
+    # Leftovers, in the order their first (highest-index) parameter was seen.
+    buckets.extend(sorted(open_.values(), key=lambda b: -b[0]))
+    return buckets
+
+
+class GradBucket:
+    """What a communication hook receives: one flat gradient buffer and its parameters."""
+
+    def __init__(
+        self,
+        index: int,
+        buffer: np.ndarray,
+        parameters: list[Tensor],
+        gradients: list[np.ndarray],
+        is_last: bool,
+        process_group: ProcessGroup,
+    ) -> None:
+        self._index = index
+        self._buffer = buffer
+        self._parameters = parameters
+        self._gradients = gradients
+        self._is_last = is_last
+        self.process_group = process_group
+
+    def index(self) -> int:
+        """This bucket's index (bucket 0 holds the last parameters)."""
+        return self._index
+
+    def buffer(self) -> np.ndarray:
+        """The flat buffer holding the bucket's gradients (reduce this)."""
+        return self._buffer
+
+    def set_buffer(self, buffer: np.ndarray) -> None:
+        """Replace the flat buffer's contents."""
+        np.copyto(self._buffer, np.asarray(buffer).reshape(self._buffer.shape), casting="unsafe")
+
+    def gradients(self) -> list[np.ndarray]:
+        """Per-parameter views into the buffer."""
+        return self._gradients
+
+    def parameters(self) -> list[Tensor]:
+        """The bucket's parameters, in bucket order."""
+        return self._parameters
+
+    def is_last(self) -> bool:
+        """True for the bucket reduced last in an iteration."""
+        return self._is_last
+
+
+class _Bucket:
+    def __init__(self, index: int, indices: list[int], params: Sequence[Tensor]) -> None:
+        self.index = index
+        self.indices = indices
+        dtype = params[indices[0]].data.dtype
+        total = sum(params[i].data.size for i in indices)
+        self.buffer = np.zeros(total, dtype=dtype)
+        self.views: list[np.ndarray] = []
+        off = 0
+        for i in indices:
+            n = params[i].data.size
+            self.views.append(self.buffer[off : off + n].reshape(params[i].data.shape))
+            off += n
+        self.pending = len(indices)
+        self.future: Future | None = None
+        self.saved: dict[int, np.ndarray] = {}
+
+
+def _default_hook(state: Any, bucket: GradBucket) -> Future:
+    from mpdist.parallel.hooks import allreduce_hook
+
+    return allreduce_hook(state, bucket)
+
+
+def _reachable_leaves(outputs: Any) -> set[int]:
+    """ids of leaf tensors reachable from the tensors inside ``outputs``."""
+    roots: list[Tensor] = []
+
+    def collect(x: Any) -> None:
+        if isinstance(x, Tensor):
+            roots.append(x)
+        elif isinstance(x, dict):
+            for v in x.values():
+                collect(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                collect(v)
+
+    collect(outputs)
+    seen_nodes: set[int] = set()
+    leaves: set[int] = set()
+    stack: list[Any] = [r._node if r._node is not None else r for r in roots if r.requires_grad]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, Node):
+            if id(v) in seen_nodes:
+                continue
+            seen_nodes.add(id(v))
+            for t in v.inputs:
+                if t.requires_grad:
+                    stack.append(t._node if t._node is not None else t)
+        else:
+            leaves.add(id(v))
+    return leaves
+
+
+class Reducer:
+    """Owns the buckets and the per-iteration reduction state of one DDP instance."""
+
+    def __init__(
+        self,
+        params: Sequence[Tensor],
+        names: Sequence[str],
+        process_group: ProcessGroup,
+        bucket_size_limits: Sequence[int],
+        find_unused_parameters: bool,
+        gradient_as_bucket_view: bool,
+    ) -> None:
+        self.params = list(params)
+        self.names = list(names)
+        self.process_group = process_group
+        self.find_unused_parameters = find_unused_parameters
+        self.gradient_as_bucket_view = gradient_as_bucket_view
+        self.world_size = dist.get_world_size(process_group)
+        self.rank = dist.get_rank(process_group)
+        self.bucket_indices = compute_bucket_assignment(self.params, bucket_size_limits)
+        self.buckets = [_Bucket(i, b, self.params) for i, b in enumerate(self.bucket_indices)]
+        self.where: dict[int, tuple[_Bucket, int]] = {}
+        for b in self.buckets:
+            for slot, idx in enumerate(b.indices):
+                self.where[idx] = (b, slot)
+        self.comm_hook: CommHook | None = None
+        self.comm_state: Any = None
+        self.expect_hooks = False
+        self.finalize_queued = False
+        self.next_bucket = 0
+        self.ready = np.zeros(len(self.params), dtype=bool)
+        self.locally_used = np.zeros(len(self.params), dtype=np.int32)
+        self.unfinished: list[int] | None = None
+        self.num_iterations = 0
+        self.handles = [
+            p.register_post_accumulate_grad_hook(functools.partial(self._autograd_hook, i))
+            for i, p in enumerate(self.params)
+        ]
+        if gradient_as_bucket_view:
+            # Existing gradients move into the buckets; from now on .grad is a view.
+            for i, p in enumerate(self.params):
+                if p.grad is not None:
+                    b, slot = self.where[i]
+                    np.copyto(b.views[slot], p.grad.data)
+                    p.grad = Tensor(b.views[slot])
+
+    def remove_hooks(self) -> None:
+        """Unregister the autograd hooks (the reducer stops seeing gradients)."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    # ---------------------------------------------------------------- iteration
+    def check_prior_iteration_finished(self) -> None:
+        """Raise if the previous backward left buckets unreduced (unused parameters)."""
+        if self.unfinished is None:
+            return
+        missing = self.unfinished
+        self.unfinished = None
+        names = ", ".join(self.names[i] for i in missing)
+        raise RuntimeError(
+            "Expected to have finished reduction in the prior iteration before starting a new "
+            "one. This error indicates that your module has parameters that were not used in "
+            "producing loss. You can enable unused parameter detection by passing the keyword "
+            "argument `find_unused_parameters=True` to `mpdist.parallel.DistributedDataParallel`, "
+            "and by making sure all `forward` function outputs participate in calculating loss.\n"
+            f"Parameter indices which did not receive grad for rank {self.rank}: "
+            + " ".join(str(i) for i in missing)
+            + f"\nParameters which did not receive grad for rank {self.rank}: {names}"
+        )
+
+    def prepare_for_backward(self, outputs: Any) -> None:
+        """Arm the hooks for the next backward; with ``find_unused_parameters``, mark the
+        parameters the outputs do not depend on as ready (they contribute zeros)."""
+        self.expect_hooks = True
+        self.finalize_queued = False
+        self.next_bucket = 0
+        self.ready[:] = False
+        self.locally_used[:] = 0
+        for b in self.buckets:
+            b.pending = len(b.indices)
+            b.future = None
+            b.saved.clear()
+        self.num_iterations += 1
+        if self.find_unused_parameters:
+            used = _reachable_leaves(outputs)
+            for i, p in enumerate(self.params):
+                if id(p) not in used:
+                    self._mark_ready(i, unused=True)
+
+    def _autograd_hook(self, index: int, param: Tensor) -> None:
+        if not self.expect_hooks:
+            return  # outside a synced DDP iteration (no_sync, or a forward not through DDP)
+        if self.ready[index]:
+            raise RuntimeError(
+                f"Expected to mark a variable ready only once. Parameter {index} "
+                f"({self.names[index]}) received a gradient twice in one iteration; "
+                "DDP supports one backward per forward."
+            )
+        if not self.finalize_queued:
+            self.finalize_queued = True
+            queue_callback(self._finalize)
+        self.locally_used[index] = 1
+        self._mark_ready(index, unused=False)
+
+    def _mark_ready(self, index: int, unused: bool) -> None:
+        bucket, slot = self.where[index]
+        view = bucket.views[slot]
+        p = self.params[index]
+        if unused:
+            if p.grad is not None and p.grad.data is view:
+                bucket.saved[slot] = view.copy()  # restored if no rank used it
+            view.fill(0)
+        elif self.gradient_as_bucket_view:
+            if p.grad.data is not view:
+                np.copyto(view, p.grad.data, casting="unsafe")
+                p.grad = Tensor(view)
+        else:
+            np.copyto(view, p.grad.data, casting="unsafe")
+        self.ready[index] = True
+        bucket.pending -= 1
+        while self.next_bucket < len(self.buckets) and self.buckets[self.next_bucket].pending == 0:
+            self._launch(self.buckets[self.next_bucket])
+            self.next_bucket += 1
+
+    def _launch(self, bucket: _Bucket) -> None:
+        gb = GradBucket(
+            bucket.index,
+            bucket.buffer,
+            [self.params[i] for i in bucket.indices],
+            bucket.views,
+            bucket.index == len(self.buckets) - 1,
+            self.process_group,
+        )
+        hook = self.comm_hook or _default_hook
+        state = self.comm_state if self.comm_hook is not None else self.process_group
+        fut = hook(state, gb)
+        if not isinstance(fut, Future):
+            raise RuntimeError(
+                f"a communication hook must return an mpdist.Future, got {type(fut).__name__}"
+            )
+        bucket.future = fut
+
+    def _finalize(self) -> None:
+        self.finalize_queued = False
+        self.expect_hooks = False
+        if self.next_bucket < len(self.buckets):
+            self.unfinished = [int(i) for i in np.flatnonzero(~self.ready)]
+            return
+        globally_used = None
+        if self.find_unused_parameters:
+            globally_used = self.locally_used.copy()
+            dist.all_reduce(globally_used, group=self.process_group)
+        for bucket in self.buckets:
+            assert bucket.future is not None
+            result = bucket.future.wait()
+            if isinstance(result, (list, tuple)):
+                result = result[0]
+            result = result.data if isinstance(result, Tensor) else np.asarray(result)
+            if result is not bucket.buffer:
+                np.copyto(bucket.buffer, result.reshape(bucket.buffer.shape), casting="unsafe")
+            for slot, idx in enumerate(bucket.indices):
+                p = self.params[idx]
+                view = bucket.views[slot]
+                if globally_used is not None and not globally_used[idx]:
+                    # Nobody used it: leave .grad as it was before this iteration.
+                    if slot in bucket.saved:
+                        np.copyto(view, bucket.saved.pop(slot))
+                    continue
+                if self.gradient_as_bucket_view:
+                    if p.grad is None or p.grad.data is not view:
+                        p.grad = Tensor(view)
+                elif p.grad is None:
+                    p.grad = Tensor(view.copy())
+                else:
+                    np.copyto(p.grad.data, view, casting="unsafe")

@@ -1,0 +1,266 @@
+"""DistributedDataParallel over the threaded backend (ranks are threads): equivalence with
+single-process training, initial broadcast, no_sync, unused parameters, comm hooks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mpdist
+import mpdist.distributed as dist
+from mpdist import nn
+from mpdist.nn import functional as F
+from mpdist.optim import SGD, Adam
+from mpdist.parallel import DistributedDataParallel as DDP
+from mpdist.parallel import reducer
+from mpdist.parallel.hooks import allreduce_hook, fp16_compress_hook
+
+N = 12  # divisible by 2 and 3
+STEPS = 3
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    mpdist.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(8, 16, dtype=np.float64),
+        nn.ReLU(),
+        nn.Linear(16, 16, dtype=np.float64),
+        nn.ReLU(),
+        nn.Linear(16, 4, dtype=np.float64),
+    )
+
+
+def data(step: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(100 + step)
+    return rng.standard_normal((N, 8)), rng.standard_normal((N, 4))
+
+
+def make_opt(kind: str, params):
+    return SGD(params, lr=0.1, momentum=0.9) if kind == "sgd" else Adam(params, lr=0.01)
+
+
+def train_reference(kind: str) -> list[np.ndarray]:
+    model = make_model()
+    opt = make_opt(kind, model.parameters())
+    for step in range(STEPS):
+        x, y = data(step)
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+    return [p.data.copy() for p in model.parameters()]
+
+
+def train_ddp(rank: int, ws: int, kind: str, ddp_kwargs: dict) -> tuple[list[np.ndarray], int]:
+    model = make_model(seed=rank)  # different on purpose: DDP's broadcast must fix it
+    ddp = DDP(model, **ddp_kwargs)
+    opt = make_opt(kind, ddp.parameters())
+    per = N // ws
+    for step in range(STEPS):
+        x, y = data(step)
+        opt.zero_grad()
+        F.mse_loss(
+            ddp(x[rank * per : (rank + 1) * per]), y[rank * per : (rank + 1) * per]
+        ).backward()
+        opt.step()
+    return [p.data.copy() for p in model.parameters()], len(ddp.reducer.buckets)
+
+
+@pytest.fixture
+def tiny_first_bucket(monkeypatch):
+    monkeypatch.setattr(reducer, "DEFAULT_FIRST_BUCKET_BYTES", 600)
+
+
+@pytest.mark.parametrize(
+    "ws,kind,cap,views",
+    [
+        (2, "sgd", None, False),
+        (2, "adam", 0.0008, True),
+        (3, "sgd", 0.0008, False),
+        (3, "adam", 0.002, True),
+        (2, "sgd", 0.0001, True),
+    ],
+)
+def test_ddp_matches_single_process_full_batch(
+    run_threads, tiny_first_bucket, ws, kind, cap, views
+) -> None:
+    ref = train_reference(kind)
+    out = run_threads(ws, train_ddp, kind, dict(bucket_cap_mb=cap, gradient_as_bucket_view=views))
+    for params, nbuckets in out:
+        if cap is not None:
+            assert nbuckets > 1
+        for p, r in zip(params, ref, strict=True):
+            np.testing.assert_allclose(p, r, rtol=1e-9, atol=1e-12)
+    for params, _ in out[1:]:
+        for p, q in zip(params, out[0][0], strict=True):
+            np.testing.assert_array_equal(p, q)  # replicas are bitwise identical
+
+
+def test_initial_broadcast_and_init_sync_false(run_threads) -> None:
+    def body(rank: int, ws: int):
+        synced = DDP(make_model(seed=rank)).module
+        unsynced = DDP(make_model(seed=rank), init_sync=False).module
+        return [p.data.copy() for p in synced.parameters()], [
+            p.data.copy() for p in unsynced.parameters()
+        ]
+
+    (s0, u0), (s1, u1) = run_threads(2, body)
+    for a, b in zip(s0, s1, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(s0, [p.data for p in make_model(seed=0).parameters()], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(u0[0], u1[0])
+
+
+def test_bucket_assignment_order_and_caps() -> None:
+    ps = [nn.Parameter(np.zeros(n, dtype=np.float32)) for n in (100, 200, 300, 50)]
+    ps.append(nn.Parameter(np.zeros(10, dtype=np.float64)))
+    # reverse order; per dtype the first bucket closes at >= 1000 bytes, later ones at >= 400;
+    # the float64 parameter's bucket never fills and comes last
+    buckets = reducer.compute_bucket_assignment(ps, [1000, 400])
+    assert buckets == [[3, 2], [1], [0], [4]]
+    assert reducer.compute_bucket_assignment(ps[:4], [10**9]) == [[3, 2, 1, 0]]
+
+
+def test_no_sync_accumulates_then_reduces_the_sum(run_threads) -> None:
+    def body(rank: int, ws: int):
+        ddp = DDP(make_model())
+        x, y = data(0)
+        half = N // 2
+        xa, ya = (
+            x[rank * half // 2 : (rank + 1) * half // 2],
+            y[rank * half // 2 : (rank + 1) * half // 2],
+        )
+        xb, yb = x[half + rank * 3 : half + rank * 3 + 3], y[half + rank * 3 : half + rank * 3 + 3]
+        with ddp.no_sync():
+            F.mse_loss(ddp(xa), ya).backward()
+        local = [p.grad.data.copy() for p in ddp.parameters()]
+        F.mse_loss(ddp(xb), yb).backward()
+        return local, [p.grad.data.copy() for p in ddp.parameters()]
+
+    out = run_threads(2, body)
+    ref = make_model()
+    x, y = data(0)
+    for xs, ys in ((x[0:3], y[0:3]), (x[3:6], y[3:6]), (x[6:9], y[6:9]), (x[9:12], y[9:12])):
+        F.mse_loss(ref(xs), ys).backward()
+    (l0, g0), (l1, g1) = out
+    assert not np.allclose(l0[0], l1[0])  # inside no_sync nothing was exchanged
+    for a, b, r in zip(g0, g1, ref.parameters(), strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, r.grad.data / 2, rtol=1e-10)
+
+
+class TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        mpdist.manual_seed(1)
+        self.trunk = nn.Linear(4, 4, dtype=np.float64)
+        self.head_a = nn.Linear(4, 2, dtype=np.float64)
+        self.head_b = nn.Linear(4, 2, dtype=np.float64)
+
+    def forward(self, x, use_b: bool = False):
+        h = self.trunk(x).relu()
+        return self.head_b(h) if use_b else self.head_a(h)
+
+
+def test_unused_parameters_without_detection_raise_at_next_forward(run_threads) -> None:
+    def body(rank: int, ws: int):
+        ddp = DDP(TwoHeads())
+        x = np.ones((2, 4))
+        ddp(x).sum().backward()
+        with pytest.raises(RuntimeError, match="Expected to have finished reduction") as info:
+            ddp(x)
+        return str(info.value)
+
+    for msg in run_threads(2, body):
+        assert "Parameter indices which did not receive grad for rank" in msg
+        assert ": 4 5" in msg and "head_b.weight, head_b.bias" in msg
+
+
+def test_find_unused_parameters(run_threads) -> None:
+    def body(rank: int, ws: int):
+        ddp = DDP(TwoHeads(), find_unused_parameters=True)
+        x = np.full((2, 4), rank + 1.0)
+        ddp(x).sum().backward()
+        first = {
+            n: (None if p.grad is None else p.grad.data.copy())
+            for n, p in ddp.module.named_parameters()
+        }
+        ddp.zero_grad()
+        ddp(x, use_b=rank == 0).sum().backward()  # head_b used on rank 0 only
+        second = {
+            n: (None if p.grad is None else p.grad.data.copy())
+            for n, p in ddp.module.named_parameters()
+        }
+        return first, second
+
+    (f0, s0), (f1, s1) = run_threads(2, body)
+    assert f0["head_b.weight"] is None and f1["head_b.weight"] is None  # globally unused
+    ref = TwoHeads()
+    ref(np.full((2, 4), 1.0)).sum().backward()
+    ref(np.full((2, 4), 2.0)).sum().backward()
+    np.testing.assert_allclose(f0["trunk.weight"], ref.trunk.weight.grad.data / 2)
+    # rank 0 used head_b, rank 1 head_a: each head's grad is that rank's grad / 2 on both ranks
+    ref_b = TwoHeads()
+    ref_b(np.full((2, 4), 1.0), use_b=True).sum().backward()
+    for s in (s0, s1):
+        np.testing.assert_allclose(s["head_b.weight"], ref_b.head_b.weight.grad.data / 2)
+        assert s["head_a.weight"] is not None
+    np.testing.assert_array_equal(s0["head_a.weight"], s1["head_a.weight"])
+
+
+@pytest.mark.parametrize("hook", [allreduce_hook, fp16_compress_hook])
+def test_builtin_comm_hooks(run_threads, tiny_first_bucket, hook) -> None:
+    def body(rank: int, ws: int):
+        plain = DDP(make_model(), bucket_cap_mb=0.001)
+        hooked = DDP(make_model(), bucket_cap_mb=0.001)
+        hooked.register_comm_hook(None, hook)
+        x, y = data(rank)
+        for m in (plain, hooked):
+            F.mse_loss(m(x), y).backward()
+        return [p.grad.data.copy() for p in plain.parameters()], [
+            p.grad.data.copy() for p in hooked.parameters()
+        ]
+
+    for plain, hooked in run_threads(2, body):
+        for a, b in zip(plain, hooked, strict=True):
+            if hook is allreduce_hook:
+                np.testing.assert_array_equal(a, b)
+            else:
+                np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
+
+
+def test_custom_comm_hook_sees_buckets_in_order(run_threads) -> None:
+    def body(rank: int, ws: int):
+        seen = []
+
+        def hook(state, bucket):
+            seen.append((bucket.index(), bucket.is_last(), len(bucket.parameters())))
+            state.append(bucket.index())
+            return allreduce_hook(None, bucket)
+
+        calls: list[int] = []
+        ddp = DDP(make_model(), bucket_cap_mb=0.001)
+        ddp.register_comm_hook(calls, hook)
+        with pytest.raises(RuntimeError, match="only be called once"):
+            ddp.register_comm_hook(None, allreduce_hook)
+        x, y = data(rank)
+        F.mse_loss(ddp(x), y).backward()
+        return seen, calls, len(ddp.reducer.buckets)
+
+    for seen, calls, nb in run_threads(2, body):
+        assert [s[0] for s in seen] == list(range(nb)) == calls
+        assert [s[1] for s in seen] == [False] * (nb - 1) + [True]
+
+
+def test_constructor_errors(run_threads) -> None:
+    def body(rank: int, ws: int):
+        with pytest.raises(ValueError, match="device_ids"):
+            DDP(make_model(), device_ids=[0])
+        frozen = make_model().requires_grad_(False)
+        with pytest.raises(RuntimeError, match="doesn't have any parameter"):
+            DDP(frozen)
+        with pytest.raises(ValueError, match="bucket_cap_mb"):
+            DDP(make_model(), bucket_cap_mb=-1)
+
+    run_threads(1, body)
+    assert not dist.is_initialized()
