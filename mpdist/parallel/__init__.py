@@ -7,5 +7,6 @@ from __future__ import annotations
 from mpdist.parallel import hooks
 from mpdist.parallel.ddp import DistributedDataParallel
 from mpdist.parallel.reducer import GradBucket
+from mpdist.parallel.replicate import replicate
 
-__all__ = ["DistributedDataParallel", "GradBucket", "hooks"]
+__all__ = ["DistributedDataParallel", "GradBucket", "hooks", "replicate"]
