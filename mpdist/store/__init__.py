@@ -8,7 +8,8 @@ the master rank; ``PrefixStore`` namespaces keys of another store.
 from __future__ import annotations
 
 from mpdist.store.base import Store
+from mpdist.store.file import FileStore
 from mpdist.store.hash import HashStore
 from mpdist.store.prefix import PrefixStore
 
-__all__ = ["HashStore", "PrefixStore", "Store"]
+__all__ = ["FileStore", "HashStore", "PrefixStore", "Store"]
