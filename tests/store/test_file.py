@@ -1,0 +1,218 @@
+"""FileStore specifics: the file, partial and corrupt records, cleanup, several processes."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import os
+import stat
+from datetime import timedelta
+
+import filelock
+import pytest
+import store_workers as w
+
+from mpdist.errors import DistStoreError
+from mpdist.store import FileStore
+from mpdist.store.file import REFCOUNT_KEY, _record
+
+
+@pytest.fixture
+def path(tmp_path) -> str:
+    return str(tmp_path / "fs")
+
+
+def test_file_is_private_and_shared_between_instances(path):
+    with FileStore(path, -1) as a, FileStore(path, -1) as b:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(path + ".lock").st_mode) == 0o600
+        a.set("k", b"v")
+        assert b.get("k") == b"v"
+        assert b.add("n", 2) == 2
+        assert a.add("n", 3) == 5
+        b.append("k", b"w")
+        assert a.get("k") == b"vw"
+        assert a.delete_key("k")
+        assert not b.check(["k"])
+        # the refcount key is a key like any other
+        assert a.check([REFCOUNT_KEY])
+        assert a.num_keys() == b.num_keys() == 2
+
+
+def test_fresh_store_counts_its_refcount_key(path):
+    with FileStore(path) as s:
+        assert s.num_keys() == 1
+
+
+def test_bad_constructor_args(path):
+    with pytest.raises(TypeError):
+        FileStore(3)
+    with pytest.raises(TypeError):
+        FileStore(path, "2")
+    with pytest.raises(ValueError):
+        FileStore(path, 0)
+    with pytest.raises(ValueError):
+        FileStore(path, -2)
+    with pytest.raises(ValueError):
+        FileStore(path, 1, timeout=timedelta(seconds=-1))
+    assert not os.path.exists(path)
+
+
+def test_closed_store_raises(path):
+    s = FileStore(path)
+    s.close()
+    s.close()  # idempotent
+    with pytest.raises(DistStoreError, match="closed"):
+        s.set("a", b"1")
+
+
+def _append_raw(path: str, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def test_garbage_tail_is_corrupt_with_offset(path):
+    with FileStore(path) as s:
+        s.set("a", b"1")
+        size = os.path.getsize(path)
+        _append_raw(path, b"\x00garbage-garbage-garbage")
+        with pytest.raises(DistStoreError, match=rf"corrupt.*offset {size}") as ei:
+            s.get("b")
+        assert path in str(ei.value)
+
+
+def test_checksum_mismatch_is_corrupt(path):
+    rec = bytearray(_record(1, b"key", b"value"))
+    rec[-1] ^= 0xFF
+    with FileStore(path) as s:
+        size = os.path.getsize(path)
+        _append_raw(path, bytes(rec))
+        with pytest.raises(DistStoreError, match=rf"checksum.*offset {size}"):
+            s.check(["key"])
+    # a new opener replays from the start and stops at the same place
+    with pytest.raises(DistStoreError, match=rf"offset {size}"):
+        FileStore(path)
+
+
+def test_truncated_record_is_reported_when_no_writer_holds_the_lock(path):
+    with FileStore(path) as s:
+        s.set("a", b"1")
+        size = os.path.getsize(path)
+        _append_raw(path, _record(1, b"b", b"x" * 100)[:-10])
+        with pytest.raises(DistStoreError, match=rf"truncated.*offset {size}"):
+            s.get("b")
+
+
+def test_half_written_record_is_not_corrupt_while_the_writer_holds_the_lock(path):
+    rec = _record(1, b"k", b"v" * 1000)
+    with FileStore(path, timeout=timedelta(milliseconds=100)) as reader:
+        lock = filelock.FileLock(path + ".lock", thread_local=False)
+        with lock:
+            _append_raw(path, rec[:50])  # a writer is mid-write
+            # The reader sees an incomplete tail, goes for the lock and times out on it:
+            # it must not call the record corrupt or truncated.
+            with pytest.raises(DistStoreError, match="writer lock") as ei:
+                reader.check(["k"])
+            assert "corrupt" not in str(ei.value) and "truncated" not in str(ei.value)
+            _append_raw(path, rec[50:])
+        assert reader.get("k") == b"v" * 1000
+
+
+def test_last_closer_removes_the_file(path):
+    a = FileStore(path, world_size=2)
+    b = FileStore(path, world_size=2)
+    a.close()
+    assert os.path.exists(path)
+    b.close()
+    assert not os.path.exists(path)
+    assert not os.path.exists(path + ".lock")
+
+
+def test_early_closer_does_not_remove_before_everyone_came(path):
+    with FileStore(path, world_size=2) as a:
+        a.set("k", b"v")
+    assert os.path.exists(path)
+    with FileStore(path, world_size=2) as b:
+        assert b.get("k") == b"v"
+    assert not os.path.exists(path)
+
+
+def test_garbage_collection_closes(path):
+    a = FileStore(path, world_size=1)
+    assert os.path.exists(path)
+    del a
+    gc.collect()
+    assert not os.path.exists(path)
+
+
+def test_world_size_minus_one_never_removes(path):
+    for _ in range(3):
+        with FileStore(path, world_size=-1) as s:
+            s.add("opens", 1)
+    s = FileStore(path)
+    del s
+    gc.collect()
+    assert os.path.exists(path)
+    with FileStore(path) as s:
+        assert s.get("opens") == b"3"
+        assert s.get(REFCOUNT_KEY) == b"5 4"
+
+
+def run_all(procs: list) -> None:
+    """Start every process and join every one of them, whatever happens."""
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        join_all(procs)
+
+
+def join_all(procs: list) -> None:
+    """Join (killing after a minute) every started process; all must exit 0."""
+    for p in procs:
+        if p.pid is None:
+            continue
+        p.join(60)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+
+
+def adds_from_eight_processes(s, spec) -> None:
+    """8 processes x 500 add(ctr, 1) started together; the counter must read 4000."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=w.adder, args=(spec, i, 500)) for i in range(8)]
+    try:
+        for p in procs:
+            p.start()
+        s.wait([f"ready/{i}" for i in range(8)])
+        s.set("go", b"1")
+    finally:
+        join_all(procs)
+    assert s.get("ctr") == b"4000"
+
+
+def big_values_from_another_process(s, spec) -> None:
+    """One process sets 1 MiB values while two others get them: all arrive intact."""
+    ctx = mp.get_context("spawn")
+    n, size = 6, 1 << 20
+    procs = [
+        ctx.Process(target=w.big_reader, args=(spec, 0, n, size)),
+        ctx.Process(target=w.big_reader, args=(spec, 1, n, size)),
+        ctx.Process(target=w.big_writer, args=(spec, n, size)),
+    ]
+    run_all(procs)
+    seen = s.multi_get([f"seen/{r}/{i}" for r in range(2) for i in range(n)])
+    assert seen == [b"ok"] * (2 * n)
+    assert all(s.get(f"big/{i}") == w.big_value(i, size) for i in range(n))
+
+
+def test_eight_processes_add_exactly(path):
+    with FileStore(path, -1, timeout=timedelta(seconds=60)) as s:
+        adds_from_eight_processes(s, ("file", path))
+
+
+def test_one_mib_values_cross_processes_intact(path):
+    with FileStore(path, -1, timeout=timedelta(seconds=60)) as s:
+        big_values_from_another_process(s, ("file", path))
