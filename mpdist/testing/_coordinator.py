@@ -86,7 +86,7 @@ def get_context(method: str, preload: list[str]) -> multiprocessing.context.Base
     """An explicit multiprocessing context (never the global start method)."""
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
-        modules = ["mpdist.testing._worker", "numpy"]
+        modules = ["mpdist.testing._worker", "numpy", "numpy.random"]
         if "pytest" in sys.modules:
             modules.append("pytest")
         modules += [m for m in preload if m not in modules]

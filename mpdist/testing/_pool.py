@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
+import shutil
+import tempfile
 import time
 from multiprocessing import connection as mp_connection
 from typing import Any
@@ -29,6 +32,9 @@ class WorkerPool:
         self.world_size = world_size
         self.handles: list[_Handle] = []
         self.broken = False
+        # Store file of a group that with_comms keeps up across the class's tests.
+        self.workdir = tempfile.mkdtemp(prefix="mpdist-pool-")
+        self.group_file = os.path.join(self.workdir, "store")
         try:
             for rank in range(world_size):
                 parent_conn, child_conn = ctx.Pipe(duplex=True)
@@ -55,6 +61,8 @@ class WorkerPool:
         """Hand ``spec`` to every worker; the returned set is waited on like fresh ranks."""
         if self.broken:
             raise RuntimeError("this worker pool was discarded")
+        spec.keep_group = True
+        spec.group_file = self.group_file
         for h in self.handles:
             h.record = None
             h.dumped = False
@@ -84,6 +92,7 @@ class WorkerPool:
         self._release()
 
     def _release(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
         for h in self.handles:
             with contextlib.suppress(Exception):
                 h.conn.close()

@@ -32,12 +32,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.random  # noqa: F401 - numpy 2 imports it lazily; ranks seed it at once
 
 import mpdist
 from mpdist import distributed as dist
 
 # Exit status of a rank whose parent went away: its whole process group is killed.
 _ORPHAN_EXIT = 70
+
+# [True] while the default group of this (pooled) worker was made by with_comms and may
+# serve the next test of the class; a list so decorators can flip it.
+harness_group = [False]
 
 
 @dataclass
@@ -57,7 +62,8 @@ class TaskSpec:
     rewrite: bool = False
     backend: str | None = None  # "function": the default group the harness initializes
     funcargs: bytes | None = None  # "function": pickled fixture values
-    keep_group: bool = False  # pooled: leave a harness-initialized group up for the next test
+    keep_group: bool = False  # pooled: a group made by with_comms may stay up for the next test
+    group_file: str | None = None  # pooled: the store file of such a group (lives with the pool)
     env: dict[str, str] | None = None
     sys_path: list[str] = field(default_factory=list)
     cwd: str | None = None
@@ -309,8 +315,14 @@ def _build_call(spec: TaskSpec, rank: int) -> Any:
         case.file_name = spec.file_name
         case._mpdist_world_size = spec.world_size
         case._mpdist_in_rank = True
+        case._mpdist_keep_group = spec.keep_group
+        case._mpdist_group_file = spec.group_file
+        body = getattr(cls, spec.method)
+        if harness_group[0] and not getattr(body, "_mpdist_with_comms", False):
+            # A group kept from the previous test would make this test's own init fail.
+            _drop_group()
         # The class attribute, not the instance's parent-side wrapper: this is the body.
-        return getattr(cls, spec.method).__get__(case, cls)
+        return body.__get__(case, cls)
     obj = _resolve(module, spec.qualname)
     if isinstance(obj, type):  # a method of a pytest-style class
         obj = getattr(obj(), spec.method)
@@ -320,6 +332,13 @@ def _build_call(spec: TaskSpec, rank: int) -> Any:
     if "world_size" in kwargs:
         kwargs["world_size"] = spec.world_size
     return lambda: obj(**kwargs)
+
+
+def _drop_group() -> None:
+    harness_group[0] = False
+    with contextlib.suppress(Exception):
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _init_group(spec: TaskSpec, rank: int) -> None:
@@ -396,10 +415,8 @@ def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
     finally:
         record["duration"] = time.perf_counter() - start
         record["aborted"] = chan.abort_reason
-        keep = spec.keep_group and record["status"] == "passed" and spec.backend is not None
-        with contextlib.suppress(Exception):
-            if dist.is_initialized() and not keep:
-                dist.destroy_process_group()
+        if not (spec.keep_group and record["status"] == "passed" and harness_group[0]):
+            _drop_group()
         _destroy_torch_group()
         faulthandler.unregister(signal.SIGUSR1)
         if capture is not None:
@@ -449,6 +466,4 @@ def pool_main(rank: int, conn: Any) -> None:
         record = run_task(spec, rank, chan)
         chan.send(("result", record))
     chan.done = True
-    with contextlib.suppress(Exception):
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    _drop_group()

@@ -29,6 +29,7 @@ from mpdist.testing.multiprocess import (
     module_path,
     preload_for,
 )
+from mpdist.testing.multithreaded import MultiThreadedTestCase
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -141,8 +142,10 @@ def _sizes(marker: pytest.Mark) -> list[int]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pycollect_makeitem(collector: Any, name: str, obj: object) -> Any:
-    if isinstance(obj, type) and issubclass(obj, MultiProcessTestCase):
-        if obj is MultiProcessTestCase or not getattr(obj, "__test__", True):
+    if isinstance(obj, type) and issubclass(obj, (MultiProcessTestCase, MultiThreadedTestCase)):
+        if obj in (MultiProcessTestCase, MultiThreadedTestCase) or not getattr(
+            obj, "__test__", True
+        ):
             return None
         return MultiProcessTestCaseClass.from_parent(collector, name=name, obj=obj)
     return None
