@@ -68,7 +68,7 @@ from mpdist.process_group import (
     create_work_from_future,
 )
 from mpdist.random import manual_seed
-from mpdist.store import HashStore, PrefixStore, Store
+from mpdist.store import FileStore, HashStore, PrefixStore, Store, TCPStore
 
 __version__ = "0.1.0"
 
@@ -78,9 +78,11 @@ __all__ = [
     "DistNetworkError",
     "DistStoreError",
     "QueueEmptyError",
+    "FileStore",
     "HashStore",
     "PrefixStore",
     "Store",
+    "TCPStore",
     "manual_seed",
     # process groups and the module API
     "AllToAllOptions",

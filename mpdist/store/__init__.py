@@ -11,5 +11,6 @@ from mpdist.store.base import Store
 from mpdist.store.file import FileStore
 from mpdist.store.hash import HashStore
 from mpdist.store.prefix import PrefixStore
+from mpdist.store.tcp import TCPStore
 
-__all__ = ["FileStore", "HashStore", "PrefixStore", "Store"]
+__all__ = ["FileStore", "HashStore", "PrefixStore", "Store", "TCPStore"]
