@@ -17,6 +17,7 @@ import contextlib
 import faulthandler
 import importlib
 import importlib.util
+import io
 import os
 import pickle
 import queue
@@ -216,12 +217,48 @@ def _load_rewritten(name: str, path: str) -> types.ModuleType:
     tree = ast.parse(source, filename=path)
     rewrite_asserts(tree, source, path, None)
     code = compile(tree, path, "exec", dont_inherit=True)
+    _install_reprcompare()
     module = types.ModuleType(name)
     module.__file__ = path
     sys.modules.setdefault(name, module)
     exec(code, module.__dict__)
     _rewritten[path] = module
     return module
+
+
+class _QuietConfig:
+    """Just enough of a pytest Config for pytest's comparison explanations."""
+
+    def get_verbosity(self, *args: Any) -> int:
+        return 0
+
+    def getoption(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def get_terminal_writer(self) -> Any:
+        from _pytest._io import TerminalWriter
+
+        return TerminalWriter(file=io.StringIO())
+
+
+def _install_reprcompare() -> None:
+    # In the parent pytest explains `assert a == b` through a hook; ranks have no
+    # session, so use pytest's own explanations directly.
+    from _pytest.assertion import util
+
+    if util._reprcompare is not None:
+        return
+
+    def explain(op: str, left: object, right: object) -> str | None:
+        try:
+            lines = util.assertrepr_compare(_QuietConfig(), op, left, right)
+        except Exception:
+            return None
+        if not lines:
+            return None
+        return "\n~".join(line.replace("\n", "\\n") for line in lines).replace("%", "%%")
+
+    util._reprcompare = explain
 
 
 def _load_module(name: str, path: str | None, rewrite: bool) -> types.ModuleType:
