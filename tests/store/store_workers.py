@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing as mp
 from datetime import timedelta
 
 from mpdist.store import FileStore, Store
@@ -48,3 +49,53 @@ def big_reader(spec: tuple, reader: int, n: int, size: int) -> None:
             v = s.get(f"big/{i}")
             ok = v == big_value(i, size)
             s.set(f"seen/{reader}/{i}", b"ok" if ok else f"bad len={len(v)}".encode())
+
+
+def run_all(procs: list) -> None:
+    """Start every process and join every one of them, whatever happens."""
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        join_all(procs)
+
+
+def join_all(procs: list) -> None:
+    """Join (killing after a minute) every started process; all must exit 0."""
+    for p in procs:
+        if p.pid is None:
+            continue
+        p.join(60)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+
+
+def adds_from_eight_processes(s, spec) -> None:
+    """8 processes x 500 add(ctr, 1) started together; the counter must read 4000."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=adder, args=(spec, i, 500)) for i in range(8)]
+    try:
+        for p in procs:
+            p.start()
+        s.wait([f"ready/{i}" for i in range(8)])
+        s.set("go", b"1")
+    finally:
+        join_all(procs)
+    assert s.get("ctr") == b"4000"
+
+
+def big_values_from_another_process(s, spec) -> None:
+    """One process sets 1 MiB values while two others get them: all arrive intact."""
+    ctx = mp.get_context("spawn")
+    n, size = 6, 1 << 20
+    procs = [
+        ctx.Process(target=big_reader, args=(spec, 0, n, size)),
+        ctx.Process(target=big_reader, args=(spec, 1, n, size)),
+        ctx.Process(target=big_writer, args=(spec, n, size)),
+    ]
+    run_all(procs)
+    seen = s.multi_get([f"seen/{r}/{i}" for r in range(2) for i in range(n)])
+    assert seen == [b"ok"] * (2 * n)
+    assert all(s.get(f"big/{i}") == big_value(i, size) for i in range(n))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import multiprocessing as mp
 import os
 import stat
 from datetime import timedelta
@@ -158,61 +157,11 @@ def test_world_size_minus_one_never_removes(path):
         assert s.get(REFCOUNT_KEY) == b"5 4"
 
 
-def run_all(procs: list) -> None:
-    """Start every process and join every one of them, whatever happens."""
-    try:
-        for p in procs:
-            p.start()
-    finally:
-        join_all(procs)
-
-
-def join_all(procs: list) -> None:
-    """Join (killing after a minute) every started process; all must exit 0."""
-    for p in procs:
-        if p.pid is None:
-            continue
-        p.join(60)
-        if p.is_alive():
-            p.kill()
-            p.join()
-    assert [p.exitcode for p in procs] == [0] * len(procs)
-
-
-def adds_from_eight_processes(s, spec) -> None:
-    """8 processes x 500 add(ctr, 1) started together; the counter must read 4000."""
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=w.adder, args=(spec, i, 500)) for i in range(8)]
-    try:
-        for p in procs:
-            p.start()
-        s.wait([f"ready/{i}" for i in range(8)])
-        s.set("go", b"1")
-    finally:
-        join_all(procs)
-    assert s.get("ctr") == b"4000"
-
-
-def big_values_from_another_process(s, spec) -> None:
-    """One process sets 1 MiB values while two others get them: all arrive intact."""
-    ctx = mp.get_context("spawn")
-    n, size = 6, 1 << 20
-    procs = [
-        ctx.Process(target=w.big_reader, args=(spec, 0, n, size)),
-        ctx.Process(target=w.big_reader, args=(spec, 1, n, size)),
-        ctx.Process(target=w.big_writer, args=(spec, n, size)),
-    ]
-    run_all(procs)
-    seen = s.multi_get([f"seen/{r}/{i}" for r in range(2) for i in range(n)])
-    assert seen == [b"ok"] * (2 * n)
-    assert all(s.get(f"big/{i}") == w.big_value(i, size) for i in range(n))
-
-
 def test_eight_processes_add_exactly(path):
     with FileStore(path, -1, timeout=timedelta(seconds=60)) as s:
-        adds_from_eight_processes(s, ("file", path))
+        w.adds_from_eight_processes(s, ("file", path))
 
 
 def test_one_mib_values_cross_processes_intact(path):
     with FileStore(path, -1, timeout=timedelta(seconds=60)) as s:
-        big_values_from_another_process(s, ("file", path))
+        w.big_values_from_another_process(s, ("file", path))
