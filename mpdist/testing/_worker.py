@@ -335,10 +335,11 @@ def _destroy_torch_group() -> None:
             tdist.destroy_process_group()
 
 
-def _format_exception(exc: BaseException) -> str:
+def format_exception(exc: BaseException, harness_file: str = __file__) -> str:
+    """The traceback of ``exc`` without the harness's own leading frames."""
     tb = exc.__traceback__
     # Drop the harness's own frames: the user's code is what failed.
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    while tb is not None and tb.tb_frame.f_code.co_filename == harness_file:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
@@ -434,7 +435,7 @@ def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
                 status="failed",
                 exc_type="SystemExit",
                 message=f"sys.exit({exc.code!r})",
-                traceback=_format_exception(exc),
+                traceback=format_exception(exc),
             )
     except BaseException as exc:
         kind = type(exc)
@@ -447,7 +448,7 @@ def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
                 if kind.__module__ not in ("builtins", "__main__")
                 else kind.__qualname__,
                 message=str(exc),
-                traceback=_format_exception(exc),
+                traceback=format_exception(exc),
             )
     finally:
         record["duration"] = time.perf_counter() - start

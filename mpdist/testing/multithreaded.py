@@ -22,7 +22,7 @@ from mpdist.store import HashStore
 from mpdist.testing import _config
 from mpdist.testing._coordinator import Outcome, RankResult
 from mpdist.testing._report import raise_for, rerun_command
-from mpdist.testing._worker import collective_trace, seed_everything
+from mpdist.testing._worker import collective_trace, format_exception, seed_everything
 
 # After the first failure, how long the other threads get to notice the abort.
 ABORT_GRACE = 5.0
@@ -111,8 +111,8 @@ class MultiThreadedTestCase(unittest.TestCase):
             result.status = "failed"
             result.exc_type = type(exc).__qualname__
             result.message = str(exc)
-            result.traceback = f"in thread {threading.current_thread().name!r}:\n" + "".join(
-                traceback.format_exception(type(exc), exc, exc.__traceback__)
+            result.traceback = f"in thread {threading.current_thread().name!r}:\n" + (
+                format_exception(exc, __file__)
             )
         finally:
             result.duration = time.perf_counter() - start

@@ -102,11 +102,19 @@ class MultiProcessTestCaseFunction(TestCaseFunction):
     mpdist_world_size: int | None = None
 
     def _getinstance(self) -> Any:
-        case = self.parent.obj(self.originalname)
+        # The item may be named "test_x[ws2]"; the method is still test_x.
+        return self._configure(self.parent.obj(self.originalname))
+
+    def _configure(self, case: Any) -> Any:
         case._mpdist_nodeid = self.nodeid
         if self.mpdist_world_size is not None:
             case._mpdist_world_size = self.mpdist_world_size
         return case
+
+    def setup(self) -> None:
+        super().setup()
+        # pytest may have built the instance before the world size was attached.
+        self._configure(self.instance)
 
 
 class MultiProcessTestCaseClass(UnitTestCase):
