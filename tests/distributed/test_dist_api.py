@@ -215,6 +215,7 @@ def test_async_work_timeout_order_and_stored_failure(threads):
 
 
 def abort_job(rank: int, n: int, entered: threading.Event) -> str:
+    dist.barrier()
     if rank == 0:
         w = dist.all_reduce(np.ones(4), async_op=True)
         dist.barrier(async_op=True)
@@ -231,7 +232,7 @@ def abort_job(rank: int, n: int, entered: threading.Event) -> str:
 def test_abort_all_groups_and_collective_trace(threads):
     assert _collective_trace() == "no collective entered"
     traces = threads(abort_job, 2, threading.Event())
-    assert "on group 'default'" in traces[1] and "seq=" in traces[1]
+    assert "barrier seq=1 on group 'default'" in traces[1], traces[1]
 
 
 # ------------------------------------------------------------------ argument checks
