@@ -264,3 +264,36 @@ def test_constructor_errors(run_threads) -> None:
 
     run_threads(1, body)
     assert not dist.is_initialized()
+
+
+class WithBuffer(nn.Module):
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2, dtype=np.float64)
+        self.register_buffer("running", np.full(3, float(rank)))
+
+    def forward(self, x):
+        self.running.data += 1.0  # a rank-local update that DDP must overwrite from rank 0
+        return self.fc(x)
+
+
+def test_buffers_broadcast_at_construction_and_each_forward(run_threads) -> None:
+    def body(rank: int, ws: int):
+        m = WithBuffer(rank)
+        m.running.data += 10.0 * rank
+        ddp = DDP(m)
+        at_init = m.running.data.copy()
+        ddp(np.ones((1, 2)))
+        m.running.data += rank  # diverge again; the next forward re-broadcasts first
+        ddp(np.ones((1, 2)))
+        kept = DDP(WithBuffer(rank), broadcast_buffers=False)
+        kept(np.ones((1, 2)))
+        kept.module.running.data += rank
+        kept(np.ones((1, 2)))
+        return at_init, m.running.data.copy(), kept.module.running.data.copy()
+
+    for rank, (at_init, after, kept) in enumerate(run_threads(2, body)):
+        np.testing.assert_array_equal(at_init, np.zeros(3))
+        np.testing.assert_array_equal(after, np.full(3, 2.0))
+        # broadcast at construction only: afterwards each rank keeps its own updates
+        np.testing.assert_array_equal(kept, np.full(3, 2.0 + rank))
