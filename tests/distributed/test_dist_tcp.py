@@ -242,7 +242,7 @@ def resources() -> tuple[int, int, int]:
     return threading.active_count(), proc.num_fds(), len(proc.net_connections(kind="inet"))
 
 
-def reinit(rank: int, n: int, base: str) -> list[tuple[int, int, int]]:
+def reinit(rank: int, n: int, base: str, port: int) -> list[tuple[int, int, int]]:
     from mpdist.store import FileStore, HashStore
 
     seen = [resources()]
@@ -251,6 +251,9 @@ def reinit(rank: int, n: int, base: str) -> list[tuple[int, int, int]]:
         if i == 1:
             url = f"file://{base}-{i}?rank={rank}&world_size={n}"
             dist.init_process_group("gloo", init_method=url)
+        elif i == 2:  # rank 0 runs a TCPStore server, which destroy must shut down
+            url = f"tcp://127.0.0.1:{port}?rank={rank}&world_size={n}"
+            dist.init_process_group("tcp", init_method=url)
         else:
             store = FileStore(f"{base}-{i}", n)
             dist.init_process_group("tcp", store=store, rank=rank, world_size=n)
@@ -271,7 +274,14 @@ def reinit(rank: int, n: int, base: str) -> list[tuple[int, int, int]]:
 
 
 def test_destroy_and_reinit_three_times_leaks_nothing(tmp_path):
+    """Store, file:// and tcp:// inits in turn; after each destroy the same threads/fds/sockets."""
     base = str(tmp_path / "reinit")
-    for seen in run(reinit, 2, tmp_path, backend=None, args=(base,)):
+    # a port held (bound, not listening, SO_REUSEADDR) so nobody else takes it meanwhile
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        results = run(reinit, 2, tmp_path, backend=None, args=(base, port))
+    for seen in results:
         assert seen[1] == seen[2] == seen[3], seen
         assert seen[0][0] == seen[3][0] and seen[0][2] == seen[3][2], seen
