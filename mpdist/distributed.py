@@ -1037,6 +1037,8 @@ def monitored_barrier(
     if timeout is None:
         timeout = info.timeout if info is not None else DEFAULT_TIMEOUT
     timeout = _check_timeout(timeout)
+    if timeout.total_seconds() <= 0:
+        raise ValueError(f"monitored_barrier: timeout must be positive, got {timeout}")
     if isinstance(pg, NativeProcessGroup):
         pg._c_monitored_barrier(timeout.total_seconds(), bool(wait_all_ranks))
         return None

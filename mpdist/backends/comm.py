@@ -211,11 +211,12 @@ class CommProcessGroup(NativeProcessGroup):
         ranks = self._global_ranks
         if me != 0:
             store.set(f"{base}/arrived/{me}", b"1")
+            # rank 0 may arrive up to ``timeout`` after us and then wait ``timeout`` for the rest
             try:
-                store.wait([f"{base}/result"], timedelta(seconds=max(timeout_s, self._timeout_s)))
+                store.wait([f"{base}/result"], timedelta(seconds=2 * timeout_s))
             except DistStoreError:
                 raise DistBackendError(
-                    f"[Rank {ranks[me]}]: monitored_barrier timed out after {timeout_s:g} s "
+                    f"[Rank {ranks[me]}]: monitored_barrier timed out after {2 * timeout_s:g} s "
                     f"waiting for rank {ranks[0]} to release it"
                 ) from None
             verdict = store.get(f"{base}/result").decode()

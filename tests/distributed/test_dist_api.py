@@ -463,6 +463,8 @@ def test_monitored_barrier_passes_and_names_missing_ranks(threads):
     assert res[1] == res[0] and res[2] == "absent"
     res = threads(monitored_job, 4, (1, 3), True)
     assert "Ranks 1, 3 failed to pass monitoredBarrier" in res[0], res[0]
+    res = threads(monitored_job, 2, (0,), False)
+    assert "waiting for rank 0" in res[1], res[1]
 
 
 # ------------------------------------------------------------------ fake backend
