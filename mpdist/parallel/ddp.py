@@ -20,6 +20,7 @@ from mpdist import distributed as dist
 from mpdist.autograd import is_grad_enabled
 from mpdist.nn import Module
 from mpdist.parallel import reducer as _reducer
+from mpdist.parallel.join import Join
 from mpdist.parallel.reducer import (
     DEFAULT_BUCKET_CAP_MB,
     CommHook,
@@ -128,6 +129,7 @@ class DistributedDataParallel(Module):
         self.bucket_bytes_cap = int(bucket_cap_mb * MiB)
         self._comm_hook_registered = False
         self._src = _group_root(pg)
+        self._join: Any = None  # the active join() context, if any
         if init_sync:
             states = [p.data for p in module.parameters()] + [b.data for b in module.buffers()]
             sync_module_states(states, pg, self._src)
@@ -142,12 +144,31 @@ class DistributedDataParallel(Module):
         )
 
     # ---------------------------------------------------------------- forward
+    def _global(self, group_rank: int) -> int:
+        try:
+            return dist.get_global_rank(self.process_group, group_rank)
+        except ValueError:  # a group the module API does not know: ranks are global
+            return group_rank
+
+    def _broadcast_buffers(self, src_group_rank: int) -> None:
+        bufs = [b.data for b in self.module.buffers()]
+        if bufs:
+            sync_module_states(bufs, self.process_group, self._global(src_group_rank))
+
+    def _sync_states_from(self, src_group_rank: int) -> None:
+        states = [p.data for p in self.module.parameters()] + [
+            b.data for b in self.module.buffers()
+        ]
+        sync_module_states(states, self.process_group, self._global(src_group_rank))
+
     def _pre_forward(self, *inputs: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         self.reducer.check_prior_iteration_finished()
-        if self.broadcast_buffers and self.require_backward_grad_sync:
-            bufs = [b.data for b in self.module.buffers()]
-            if bufs:
-                sync_module_states(bufs, self.process_group, self._src)
+        sync = self.require_backward_grad_sync
+        src = 0
+        if self._join is not None:
+            src = self._join.before_forward(sync and is_grad_enabled())
+        if self.broadcast_buffers and sync and (self._join is None or is_grad_enabled()):
+            self._broadcast_buffers(src)
         return inputs, kwargs
 
     def _post_forward(self, output: Any) -> Any:
@@ -170,6 +191,21 @@ class DistributedDataParallel(Module):
             yield
         finally:
             self.require_backward_grad_sync = old
+
+    def join(
+        self,
+        divide_by_initial_world_size: bool = True,
+        enable: bool = True,
+        throw_on_early_termination: bool = False,
+    ) -> Join:
+        """Context for uneven inputs: ranks that run out of data keep matching the others'
+        collectives (with zero gradients) until every rank has left the context.
+
+        Gradients are divided by the initial world size unless
+        ``divide_by_initial_world_size=False`` (then by the number of ranks still training).
+        ``throw_on_early_termination=True``: every rank raises as soon as one runs out.
+        """
+        return Join(self, divide_by_initial_world_size, enable, throw_on_early_termination)
 
     # ---------------------------------------------------------------- hooks
     def register_comm_hook(self, state: Any, hook: CommHook) -> None:

@@ -119,12 +119,6 @@ class _Bucket:
         self.saved: dict[int, np.ndarray] = {}
 
 
-def _default_hook(state: Any, bucket: GradBucket) -> Future:
-    from mpdist.parallel.hooks import allreduce_hook
-
-    return allreduce_hook(state, bucket)
-
-
 def _reachable_leaves(outputs: Any) -> set[int]:
     """ids of leaf tensors reachable from the tensors inside ``outputs``."""
     roots: list[Tensor] = []
@@ -175,6 +169,9 @@ class Reducer:
         self.find_unused_parameters = find_unused_parameters
         self.gradient_as_bucket_view = gradient_as_bucket_view
         self.world_size = dist.get_world_size(process_group)
+        # what the default reduction divides by: the world size, or during join() with
+        # divide_by_initial_world_size=False the number of ranks still training
+        self.divisor = self.world_size
         self.rank = dist.get_rank(process_group)
         self.bucket_indices = compute_bucket_assignment(self.params, bucket_size_limits)
         self.buckets = [_Bucket(i, b, self.params) for i, b in enumerate(self.bucket_indices)]
@@ -291,14 +288,45 @@ class Reducer:
             bucket.index == len(self.buckets) - 1,
             self.process_group,
         )
-        hook = self.comm_hook or _default_hook
-        state = self.comm_state if self.comm_hook is not None else self.process_group
-        fut = hook(state, gb)
+        bucket.future = self._reduce(gb)
+
+    def _reduce(self, gb: GradBucket) -> Future:
+        if self.comm_hook is None:
+            # the default: average by dividing first, then all-reduce(SUM)
+            buf = gb.buffer()
+            buf /= self.divisor
+            work = dist.all_reduce(buf, group=self.process_group, async_op=True)
+            return work.get_future().then(lambda fut: fut.value()[0])
+        fut = self.comm_hook(self.comm_state, gb)
         if not isinstance(fut, Future):
             raise RuntimeError(
                 f"a communication hook must return an mpdist.Future, got {type(fut).__name__}"
             )
-        bucket.future = fut
+        return fut
+
+    def shadow_backward(self) -> None:
+        """Issue exactly the collectives a synced backward issues, with zero gradients: what a
+        rank that has joined does while the others still train."""
+        futures = []
+        for b in self.buckets:
+            buf = np.zeros_like(b.buffer)
+            views, off = [], 0
+            for v in b.views:
+                views.append(buf[off : off + v.size].reshape(v.shape))
+                off += v.size
+            gb = GradBucket(
+                b.index,
+                buf,
+                [self.params[i] for i in b.indices],
+                views,
+                b.index == len(self.buckets) - 1,
+                self.process_group,
+            )
+            futures.append(self._reduce(gb))
+        if self.find_unused_parameters:
+            dist.all_reduce(np.zeros_like(self.locally_used), group=self.process_group)
+        for fut in futures:
+            fut.wait()
 
     def _finalize(self) -> None:
         self.finalize_queued = False
