@@ -90,9 +90,17 @@ class Store:
     (a ``timedelta``; ``timedelta(0)`` waits forever).
     """
 
+    # Class-level defaults keep a subclass working even if its __init__ skips ours.
+    _timeout: timedelta = DEFAULT_TIMEOUT
+    _closed: bool = False
+
     def __init__(self, timeout: timedelta = DEFAULT_TIMEOUT) -> None:
         self._timeout = _check_timedelta(timeout)
         self._closed = False
+
+    def has_extended_api(self) -> bool:
+        """True: append, multi_get and multi_set are supported (as torch's stores say)."""
+        return True
 
     # ------------------------------------------------------------------ timeouts
     @property

@@ -165,3 +165,60 @@ def test_eight_processes_add_exactly(path):
 def test_one_mib_values_cross_processes_intact(path):
     with FileStore(path, -1, timeout=timedelta(seconds=60)) as s:
         w.big_values_from_another_process(s, ("file", path))
+
+
+def test_close_wakes_a_blocked_reader_and_releases_descriptors(path):
+    import threading
+
+    import psutil
+
+    proc = psutil.Process()
+    fds = proc.num_fds()
+    s = FileStore(path, world_size=1)
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            s.get("never")
+        except DistStoreError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    s.close()
+    t.join()
+    assert errors and "closed" in str(errors[0])
+    assert proc.num_fds() == fds
+    assert not os.path.exists(path)
+
+
+def test_polling_fallback_without_inotify(path, monkeypatch):
+    import threading
+
+    from mpdist.store import file as file_mod
+
+    monkeypatch.setattr(file_mod._Notifier, "create", classmethod(lambda cls, p: None))
+    with FileStore(path, timeout=timedelta(seconds=30)) as a, FileStore(path) as b:
+        assert a._log.notifier is None
+        t = threading.Timer(0.02, b.set, args=("k", b"v"))
+        t.start()
+        try:
+            assert a.get("k") == b"v"
+        finally:
+            t.join()
+        with pytest.raises(DistStoreError, match="timed out"):
+            a.wait(["nope"], timedelta(milliseconds=30))
+
+
+def test_two_threads_wait_on_one_instance(path):
+    import threading
+
+    with FileStore(path, timeout=timedelta(seconds=30)) as a, FileStore(path) as b:
+        got: list[bytes] = []
+        readers = [threading.Thread(target=lambda k=k: got.append(a.get(k))) for k in "xy"]
+        for r in readers:
+            r.start()
+        b.multi_set(["x", "y"], [b"1", b"2"])
+        for r in readers:
+            r.join()
+        assert sorted(got) == [b"1", b"2"]
