@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mpdist
 import mpdist.distributed as dist
@@ -119,6 +121,33 @@ def test_bucket_assignment_order_and_caps() -> None:
     buckets = reducer.compute_bucket_assignment(ps, [1000, 400])
     assert buckets == [[3, 2], [1], [0], [4]]
     assert reducer.compute_bucket_assignment(ps[:4], [10**9]) == [[3, 2, 1, 0]]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sizes=st.lists(
+        st.tuples(st.integers(1, 300), st.sampled_from(["f4", "f8"])), min_size=1, max_size=12
+    ),
+    first=st.integers(1, 2000),
+    cap=st.integers(1, 2000),
+)
+def test_bucket_assignment_properties(sizes, first: int, cap: int) -> None:
+    ps = [nn.Parameter(np.zeros(n, dtype=dt)) for n, dt in sizes]
+    buckets = reducer.compute_bucket_assignment(ps, [first, cap])
+    assert sorted(i for b in buckets for i in b) == list(range(len(ps)))
+    seen_per_dtype: dict = {}
+    for b in buckets:
+        assert b == sorted(b, reverse=True)  # reverse registration order inside a bucket
+        assert len({ps[i].dtype for i in b}) == 1
+        dt = ps[b[0]].dtype
+        k = seen_per_dtype.get(dt, 0)
+        seen_per_dtype[dt] = k + 1
+        limit = first if k == 0 else cap
+        nbytes = sum(ps[i].nbytes for i in b)
+        last_of_dtype = all(ps[j].dtype != dt for bb in buckets[buckets.index(b) + 1 :] for j in bb)
+        if not last_of_dtype:
+            assert nbytes >= limit  # only a dtype's last bucket may be under its limit
+            assert nbytes - ps[b[-1]].nbytes < limit  # and it closed as soon as it reached it
 
 
 def test_no_sync_accumulates_then_reduces_the_sum(run_threads) -> None:
