@@ -86,11 +86,14 @@ def _rank_main(rank: int, world: int, path: str, cfg: dict[str, Any], q: Any) ->
         try:
             x, y = _batch(cfg["batch"], seed=rank)
             reducer.DEFAULT_FIRST_BUCKET_BYTES = 1 << 20
-            overlap = DDP(_model(), bucket_cap_mb=cfg["bucket_cap_mb"])
+            views = cfg["grad_views"]
+            overlap = DDP(
+                _model(), bucket_cap_mb=cfg["bucket_cap_mb"], gradient_as_bucket_view=views
+            )
             # One bucket holding every parameter: it is full (and reduced) only once backward
             # has produced the last gradient, so nothing overlaps.
             reducer.DEFAULT_FIRST_BUCKET_BYTES = 1 << 40
-            single = DDP(_model(), bucket_cap_mb=1 << 20)
+            single = DDP(_model(), bucket_cap_mb=1 << 20, gradient_as_bucket_view=views)
             models = {"overlap": overlap, "no overlap": single}
             times: dict[str, list[float]] = {m: [] for m in models}
             # Interleave the two modes in rounds so drift in machine load hits both alike.
@@ -120,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=4, help="rounds alternating the DDP modes")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--grad-views",
+        action="store_true",
+        help="DDP with gradient_as_bucket_view=True (no copies)",
+    )
     p.add_argument("--threads-per-rank", type=int, default=1, help="BLAS threads in each DDP rank")
     p.add_argument("--bucket-cap-mb", type=float, default=1.0, help="bucket size with overlap on")
     args = p.parse_args(list(argv) if argv is not None else None)
@@ -138,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch=args.batch,
         steps=args.steps,
         rounds=args.rounds,
+        grad_views=args.grad_views,
         warmup=args.warmup,
         bucket_cap_mb=args.bucket_cap_mb,
     )
@@ -183,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"model: MLP {'-'.join(map(str, WIDTHS))}, {n_params:,} parameters (float32); "
         f"batch {args.batch} per rank; median of {n_single} steps; "
         f"{args.threads_per_rank} BLAS thread(s) per DDP rank"
+        + ("; gradient_as_bucket_view" if args.grad_views else "")
     )
     print(f"{'configuration':<44} {'step ms':>9} {'samples/s':>10}")
     print(
