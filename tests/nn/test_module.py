@@ -202,3 +202,37 @@ def test_mse_loss() -> None:
         nn.MSELoss("bogus")
     with pytest.warns(UserWarning, match="target size"):
         F.mse_loss(x, np.zeros((2, 3)))
+
+
+def test_rng_state_roundtrip() -> None:
+    from mpdist import random as mrandom
+
+    mrandom.manual_seed(11)
+    assert mrandom.initial_seed() == 11
+    state = mrandom.get_rng_state()
+    a = nn.Linear(3, 3).weight.data.copy()
+    mrandom.set_rng_state(state)
+    np.testing.assert_array_equal(nn.Linear(3, 3).weight.data, a)
+
+
+def test_mlp_gradients_match_torch() -> None:
+    torch = pytest.importorskip("torch")
+    mpdist.manual_seed(0)
+    ours = nn.Sequential(
+        nn.Linear(5, 7, dtype=np.float64), nn.ReLU(), nn.Linear(7, 3, dtype=np.float64)
+    )
+    theirs = torch.nn.Sequential(
+        torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3)
+    ).double()
+    with torch.no_grad():
+        for (_, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
+            q.copy_(torch.from_numpy(p.data))
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((9, 5)), rng.standard_normal((9, 3))
+    loss = nn.MSELoss()(ours(x), y)
+    tloss = torch.nn.MSELoss()(theirs(torch.from_numpy(x)), torch.from_numpy(y))
+    loss.backward()
+    tloss.backward()
+    assert loss.item() == pytest.approx(tloss.item(), rel=1e-12)
+    for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+        np.testing.assert_allclose(p.grad.data, q.grad.numpy(), rtol=1e-10, atol=1e-12)
