@@ -509,9 +509,21 @@ class Tensor:
 
     # ----------------------------------------------------------------- reductions
     def sum(
-        self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None, keepdim: bool = False
+        self,
+        axis: Axis = None,
+        keepdims: bool = False,
+        *,
+        dim: Axis = None,
+        keepdim: bool = False,
+        dtype: Any = None,
+        out: None = None,
     ) -> Tensor:
-        """Sum over ``axis`` (all by default); ``dim``/``keepdim`` are torch spellings."""
+        """Sum over ``axis`` (all by default); ``dim``/``keepdim`` are torch spellings;
+        ``dtype``/``out`` exist so ``np.sum(t)`` works (``out`` must be None)."""
+        if out is not None:
+            raise TypeError("Tensor.sum does not support out=")
+        if dtype is not None:
+            return self.astype(dtype).sum(axis, keepdims, dim=dim, keepdim=keepdim)
         axis = dim if axis is None else axis
         keepdims = keepdims or keepdim
         shape = self.data.shape
@@ -525,9 +537,20 @@ class Tensor:
         return _make(self.data.sum(axis=axes, keepdims=keepdims), [self], backward, "sum")
 
     def mean(
-        self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None, keepdim: bool = False
+        self,
+        axis: Axis = None,
+        keepdims: bool = False,
+        *,
+        dim: Axis = None,
+        keepdim: bool = False,
+        dtype: Any = None,
+        out: None = None,
     ) -> Tensor:
-        """Mean over ``axis`` (all by default)."""
+        """Mean over ``axis`` (all by default); ``np.mean(t)`` works too."""
+        if out is not None:
+            raise TypeError("Tensor.mean does not support out=")
+        if dtype is not None:
+            return self.astype(dtype).mean(axis, keepdims, dim=dim, keepdim=keepdim)
         axis = dim if axis is None else axis
         axes = _norm_axis(axis, self.data.ndim)
         count = int(np.prod([self.data.shape[a] for a in axes])) if axes else 1

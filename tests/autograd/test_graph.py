@@ -202,3 +202,12 @@ def test_grad_as_view_is_accumulated_in_place() -> None:
     w.grad = Tensor(buf[1:3])
     (w * 2.0).sum().backward()
     np.testing.assert_array_equal(buf, [0.0, 2.0, 2.0, 0.0])
+
+
+def test_numpy_reductions_dispatch_to_tensor_methods() -> None:
+    w = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    total = np.sum(w, axis=0)
+    assert isinstance(total, Tensor) and total.requires_grad
+    np.mean(w).backward()
+    np.testing.assert_allclose(w.grad.data, np.full((2, 3), 1 / 6))
+    assert np.sum(w, dtype=np.float32).dtype == np.float32
