@@ -216,7 +216,7 @@ def splits_job(rank: int, n: int, send_rows: list[list[int]], cols: int, root: i
 @settings(max_examples=8, deadline=None)
 @given(data=st.data(), n=st.integers(1, 4), cols=st.integers(1, 3))
 def test_all_to_all_single_uneven_splits(data, n, cols):
-    from conftest import run_threads
+    from _spawn import run_threads
 
     send_rows = data.draw(
         st.lists(st.lists(st.integers(0, 3), min_size=n, max_size=n), min_size=n, max_size=n)
@@ -245,7 +245,7 @@ def shapes_job(rank: int, n: int, shape: tuple[int, ...], root: int) -> None:
     root=st.integers(0, 3),
 )
 def test_shapes_and_roots(n, shape, root):
-    from conftest import run_threads
+    from _spawn import run_threads
 
     run_threads(shapes_job, n, shape, root % n)
 

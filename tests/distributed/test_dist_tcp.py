@@ -14,10 +14,9 @@ from datetime import timedelta
 import numpy as np
 import psutil
 import pytest
-from _spawn import run
+from _spawn import run, run_threads
 
 import mpdist as dist
-from conftest import run_threads
 from mpdist import DistBackendError, DistNetworkError, ReduceOp
 
 
