@@ -236,3 +236,34 @@ def test_mlp_gradients_match_torch() -> None:
     assert loss.item() == pytest.approx(tloss.item(), rel=1e-12)
     for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
         np.testing.assert_allclose(p.grad.data, q.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3), (3,)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_functional_linear_gradients_by_finite_differences(shape, bias: bool) -> None:
+    rng = np.random.default_rng(len(shape))
+    x0, w0, b0 = rng.standard_normal(shape), rng.standard_normal((2, 3)), rng.standard_normal(2)
+
+    def f(x, w, b):
+        return F.linear(x, w, b if bias else None)
+
+    ts = [Tensor(a.copy(), requires_grad=True) for a in (x0, w0, b0)]
+    out = f(*ts)
+    weight = rng.standard_normal(out.shape)
+    (out * weight).sum().backward()
+    eps = 1e-6
+    for k, t in enumerate(ts):
+        if k == 2 and not bias:
+            assert t.grad is None
+            continue
+        num = np.zeros_like(t.data)
+        for i in np.ndindex(t.shape):
+            args = [a.copy() for a in (x0, w0, b0)]
+            args[k][i] += eps
+            hi = (f(*map(Tensor, args)).data * weight).sum()
+            args[k][i] -= 2 * eps
+            lo = (f(*map(Tensor, args)).data * weight).sum()
+            num[i] = (hi - lo) / (2 * eps)
+        np.testing.assert_allclose(t.grad.data, num, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="expects"):
+        F.linear(np.ones((2, 4)), ts[1])
