@@ -26,7 +26,7 @@ def _rank_line(r: RankResult, outcome: Outcome) -> str:
     if r.status == "failed":
         what = f"{r.exc_type}: {r.message}" if r.message else f"{r.exc_type}"
         prefix = f"rank {r.rank}: failed"
-        if r.aborted and outcome.first_failure != r.rank:
+        if r.aborted and r.aborted in r.message and outcome.first_failure != r.rank:
             prefix += f" after the abort (rank {outcome.first_failure} failed first)"
         return f"{prefix}: {what.splitlines()[0] if what else ''}{exit_info}"
     if r.status == "timeout":
