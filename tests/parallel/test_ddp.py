@@ -326,3 +326,30 @@ def test_buffers_broadcast_at_construction_and_each_forward(run_threads) -> None
         np.testing.assert_array_equal(after, np.full(3, 2.0))
         # broadcast at construction only: afterwards each rank keeps its own updates
         np.testing.assert_array_equal(kept, np.full(3, 2.0 + rank))
+
+
+def test_ddp_on_a_subgroup_uses_group_rank_zero_as_source(run_threads) -> None:
+    def body(rank: int, ws: int):
+        group = dist.new_group([1, 2])
+        if rank == 0:
+            return None
+        ddp = DDP(make_model(seed=rank), process_group=group)
+        x, y = data(rank)
+        F.mse_loss(ddp(x), y).backward()
+        return [p.data.copy() for p in ddp.parameters()], [
+            p.grad.data.copy() for p in ddp.parameters()
+        ]
+
+    _, (p1, g1), (p2, g2) = run_threads(3, body)
+    local = []
+    for r in (1, 2):
+        m = make_model(seed=1)  # global rank 1 is the group's rank 0
+        x, y = data(r)
+        F.mse_loss(m(x), y).backward()
+        local.append([p.grad.data for p in m.parameters()])
+    for a, b, ref in zip(p1, p2, make_model(seed=1).parameters(), strict=True):
+        np.testing.assert_array_equal(a, ref.data)
+        np.testing.assert_array_equal(b, ref.data)
+    for a, b, l1, l2 in zip(g1, g2, *local, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, (l1 + l2) / 2, rtol=1e-12)
