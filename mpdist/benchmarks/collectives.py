@@ -15,6 +15,7 @@ for broadcast and reduce.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import statistics
@@ -145,88 +146,124 @@ class _Impl:
             self.store.close()
 
 
+def _time_row(impl: _Impl, op: str, nbytes: int, iters: int | None) -> float | None:
+    try:
+        fn = impl.prepare(op, nbytes)
+        warm, timed = _iters(nbytes, iters)
+        for _ in range(warm):
+            fn()
+    except Exception:  # e.g. an op gloo does not implement: the row says n/a
+        impl.barrier()
+        return None
+    impl.barrier()
+    times = []
+    clock = time.perf_counter
+    for _ in range(timed):
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    impl.barrier()
+    return statistics.median(times)
+
+
 def _rank_main(
-    lib: str,
-    rank: int,
-    n: int,
-    path: str,
-    rows: list[tuple[str, int]],
-    iters: int | None,
-    dtype: str,
-    conn: Any,
+    lib: str, rank: int, n: int, path: str, iters: int | None, dtype: str, conn: Any
 ) -> None:
+    """A rank process: join the group, then time the rows the parent sends until ``None``."""
+    np.seterr(all="ignore")
     try:
         impl = _Impl(lib, rank, n, path, dtype)
-        out: list[float | None] = []
-        for op, nbytes in rows:
-            try:
-                fn = impl.prepare(op, nbytes)
-                warm, timed = _iters(nbytes, iters)
-                for _ in range(warm):
-                    fn()
-            except Exception:  # e.g. an op gloo does not implement: the row says n/a
-                impl.barrier()
-                out.append(None)
-                continue
-            impl.barrier()
-            times = []
-            clock = time.perf_counter
-            for _ in range(timed):
-                t0 = clock()
-                fn()
-                times.append(clock() - t0)
-            out.append(statistics.median(times))
-            impl.barrier()
+        conn.send(("ready", None))
+        while (row := conn.recv()) is not None:
+            conn.send(("ok", _time_row(impl, row[0], row[1], iters)))
         impl.close()
-        conn.send(("ok", out))
+        conn.send(("done", None))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()
 
 
-def _run_lib(
-    lib: str, n: int, rows: list[tuple[str, int]], iters: int | None, dtype: str
-) -> list[float | None]:
-    """Run every row with ``n`` rank processes of ``lib``; per row the slowest rank's median."""
-    ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="mpdist-bench-") as tmp:
-        path = os.path.join(tmp, "store")
-        procs, conns = [], []
+class _Ranks:
+    """``n`` rank processes of one library, driven row by row over duplex pipes."""
+
+    def __init__(self, lib: str, n: int, tmp: str, iters: int | None, dtype: str) -> None:
+        self.lib = lib
+        ctx = mp.get_context("spawn")
+        path = os.path.join(tmp, f"store-{lib}")
+        self.procs: list[Any] = []
+        self.conns: list[Any] = []
+        for rank in range(n):
+            parent, child = ctx.Pipe(duplex=True)
+            p = ctx.Process(
+                target=_rank_main,
+                args=(lib, rank, n, path, iters, dtype, child),
+                name=f"bench-{lib}-rank{rank}",
+            )
+            p.start()
+            child.close()
+            self.procs.append(p)
+            self.conns.append(parent)
+
+    def _collect(self) -> list[Any]:
+        out = []
+        for rank, c in enumerate(self.conns):
+            try:
+                kind, value = c.recv()
+            except EOFError:
+                raise RuntimeError(f"{self.lib} rank {rank} died without a result") from None
+            if kind == "error":
+                raise RuntimeError(f"{self.lib} rank {rank} failed:\n{value}")
+            out.append(value)
+        return out
+
+    def ready(self) -> None:
+        self._collect()
+
+    def row(self, op: str, nbytes: int) -> float | None:
+        """The slowest rank's median time of one row (None if the library lacks the op)."""
+        for c in self.conns:
+            c.send((op, nbytes))
+        vals = self._collect()
+        return None if any(v is None for v in vals) else max(vals)
+
+    def close(self) -> None:
         try:
-            for rank in range(n):
-                parent, child = ctx.Pipe(duplex=False)
-                p = ctx.Process(
-                    target=_rank_main,
-                    args=(lib, rank, n, path, rows, iters, dtype, child),
-                    name=f"bench-{lib}-rank{rank}",
-                )
-                p.start()
-                child.close()
-                procs.append(p)
-                conns.append(parent)
-            results = []
-            for rank, c in enumerate(conns):
-                try:
-                    rec = c.recv()
-                except EOFError:
-                    raise RuntimeError(f"{lib} rank {rank} died without a result") from None
-                if rec[0] != "ok":
-                    raise RuntimeError(f"{lib} rank {rank} failed:\n{rec[1]}")
-                results.append(rec[1])
+            for c in self.conns:
+                c.send(None)
+            self._collect()
         finally:
-            for p in procs:
+            for p in self.procs:
                 p.join(timeout=30)
                 if p.is_alive():
                     p.kill()
                     p.join()
-            for c in conns:
+            for c in self.conns:
                 c.close()
-    merged: list[float | None] = []
-    for i in range(len(rows)):
-        vals = [r[i] for r in results]
-        merged.append(None if any(v is None for v in vals) else max(vals))
-    return merged
+
+
+def _run(
+    libs: list[str], n: int, rows: list[tuple[str, int]], iters: int | None, dtype: str
+) -> dict[str, list[float | None]]:
+    """Every row for every library; rows alternate between libraries so that load from
+    elsewhere on the machine hits both sides alike."""
+    results: dict[str, list[float | None]] = {lib: [] for lib in libs}
+    with tempfile.TemporaryDirectory(prefix="mpdist-bench-") as tmp:
+        groups: list[_Ranks] = []
+        try:
+            for lib in libs:
+                groups.append(_Ranks(lib, n, tmp, iters, dtype))
+            for g in groups:
+                g.ready()
+            for op, nbytes in rows:
+                for g in groups:
+                    results[g.lib].append(g.row(op, nbytes))
+        finally:
+            for g in groups:
+                # a failure is already reported; every process is joined or killed regardless
+                with contextlib.suppress(RuntimeError, OSError):
+                    g.close()
+    return results
 
 
 # ---------------------------------------------------------------------- CLI
@@ -277,8 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     rows = [(op, s) for op in ops for s in ([0] if op == "barrier" else sizes)]
 
-    ours = _run_lib(args.backend, n, rows, args.iters, dtype)
-    theirs = _run_lib("gloo", n, rows, args.iters, dtype) if args.vs else None
+    libs = [args.backend] + (["gloo"] if args.vs else [])
+    try:
+        results = _run(libs, n, rows, args.iters, dtype)
+    except RuntimeError as e:
+        print(f"mpdist bench: {e}", file=sys.stderr)
+        return 1
+    ours = results[args.backend]
+    theirs = results.get("gloo")
 
     print(
         f"# mpdist {args.backend} collectives: world size {n}, {dtype}, "
