@@ -43,7 +43,7 @@ def broadcast(comm: Communicator, buf: memoryview, root: int, op_name: str) -> N
     timeout = comm.timeout_s
     parent, children = tree_links(comm.rank, comm.size, root)
     n = buf.nbytes
-    if children and n > BCAST_CHUNK_BYTES and comm.size > 2:
+    if n > BCAST_CHUNK_BYTES and comm.size > 2:  # the same split on every rank
         bounds = list(range(0, n, BCAST_CHUNK_BYTES)) + [n]
     else:
         bounds = [0, n]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import deque
 
 import numpy as np
 
@@ -94,6 +95,7 @@ class Transport:
         # the collective in progress: (seq, op, redop, dtype, root, total, sig, op_name)
         self._cur: tuple | None = None
         self._last_seq = 0
+        self._history: deque[tuple[int, str]] = deque(maxlen=8)  # (seq, op name) for errors
         self._posted: dict[tuple[int, int, int], RecvReq] = {}
         self._stash: dict[tuple[int, int, int], tuple[tuple, bytes]] = {}
         self._p2p_posted: list[RecvReq] = []
@@ -121,6 +123,7 @@ class Transport:
             raise self._sticky()
         self._cur = (seq, op, redop, dtype, root, total, sig, op_name)
         self._last_seq = seq
+        self._history.append((seq, op_name))
         if self._stash:
             # a peer that ran ahead already sent data for this collective: check it now
             for key, (hdr, _) in list(self._stash.items()):
@@ -203,13 +206,8 @@ class Transport:
                 while True:
                     if self._error is not None or self._abort_reason is not None:
                         raise self._sticky()
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise DistBackendError(
-                            f"{op_name}: rank {self.rank} timed out after {timeout:g} s "
-                            f"waiting for {self._pending_peers(reqs)}"
-                        )
-                    self._progress(remaining)
+                    # a peer may have gone while we were not waiting for it: check before
+                    # blocking, its socket no longer wakes us up
                     pending = False
                     for r in reqs:
                         if not r.done:
@@ -219,11 +217,20 @@ class Transport:
                                 if all(
                                     self._peer_closed(p) for p in range(self.size) if p != self.rank
                                 ):
+                                    self._progress(0.0)  # an ERROR that explains it goes first
                                     raise self._lost(op_name, None)
                             elif self._peer_closed(peer):
+                                self._progress(0.0)
                                 raise self._lost(op_name, peer)
                     if not pending:
                         return
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise DistBackendError(
+                            f"{op_name}: rank {self.rank} timed out after {timeout:g} s "
+                            f"waiting for {self._pending_peers(reqs)}"
+                        )
+                    self._progress(remaining)
         except DistError as e:
             if e is not self._error and self._error is None:
                 if getattr(e, "_mpdist_remote", False) or self._abort_reason is not None:
@@ -330,11 +337,15 @@ class Transport:
         )
 
     def _stale(self, peer: int, hdr: tuple) -> DistBackendError:
-        cur = f"{self._cur[7]} (collective #{self._cur[0]})" if self._cur else "no collective"
+        theirs = op_name_of(hdr[3])
+        mine = next((name for seq, name in self._history if seq == hdr[9]), None)
+        if mine is not None and mine != theirs:
+            what = f"rank {self.rank} called {mine} but rank {peer} called {theirs}"
+        else:
+            what = "the ranks called different collectives or disagree on the root"
         return DistBackendError(
-            f"{op_name_of(hdr[3])}: rank {peer} sent data for collective #{hdr[9]} "
-            f"({op_name_of(hdr[3])}) that rank {self.rank} did not expect while in {cur}: "
-            f"the ranks called different collectives or disagree on the root"
+            f"{mine or theirs}: mismatch between rank {self.rank} and rank {peer} in collective "
+            f"#{hdr[9]}: {what} (rank {peer} sent data that rank {self.rank} did not expect)"
         )
 
     def _size_mismatch(self, req: RecvReq, hdr: tuple, peer: int) -> DistBackendError:

@@ -32,6 +32,7 @@ class _Hub:
         self.conds = [threading.Condition(threading.Lock()) for _ in range(size)]
         self.closed = [False] * size
         self.refs = 0
+        self.attached = 0  # ranks that ever attached: the hub lives until all came and went
 
     def deliver(self, dst: int, msg: tuple[int, tuple | None, Any]) -> bool:
         cond = self.conds[dst]
@@ -59,6 +60,7 @@ class LocalTransport(Transport):
             if hub is None:
                 hub = _HUBS[hub_id] = _Hub(size)
             hub.refs += 1
+            hub.attached += 1
         self._hub_id = hub_id
         self._hub = hub
         self._inbox = hub.inboxes[rank]
@@ -125,5 +127,5 @@ class LocalTransport(Transport):
                 hub.deliver(peer, (self.rank, None, None))
         with _HUBS_LOCK:
             hub.refs -= 1
-            if hub.refs <= 0:
+            if hub.refs <= 0 and hub.attached >= hub.size:
                 _HUBS.pop(self._hub_id, None)

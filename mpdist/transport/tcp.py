@@ -429,10 +429,17 @@ class TcpTransport(Transport):
 
     def _shutdown(self) -> None:
         for p in self._peers:
-            if p is not None:
-                with contextlib.suppress(OSError):
-                    p.sock.close()
-                p.closed = True
+            if p is None:
+                continue
+            # Unread bytes in a closed socket make the kernel send RST, and a RST can discard
+            # data we sent that the peer has not read yet: drain first, then close.
+            with contextlib.suppress(OSError):
+                p.sock.setblocking(False)
+                while p.sock.recv(1 << 16):
+                    pass
+            with contextlib.suppress(OSError):
+                p.sock.close()
+            p.closed = True
         self._by_fd.clear()
         self._wake_r.close()
         self._wake_w.close()

@@ -1,0 +1,317 @@
+"""Every algorithm against numpy references, for world sizes 1-4, over both transports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mesh_helpers import KINDS, run_ranks
+
+import mpdist.algorithms as A
+from mpdist.algorithms import ReduceOp, ring_allreduce
+from mpdist.errors import DistBackendError
+
+DTYPES = ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"]
+SIZES = [1, 2, 3, 4]
+_UFUNC = {
+    ReduceOp.SUM: np.add,
+    ReduceOp.AVG: np.add,
+    ReduceOp.PRODUCT: np.multiply,
+    ReduceOp.MIN: np.minimum,
+    ReduceOp.MAX: np.maximum,
+    ReduceOp.BAND: np.bitwise_and,
+    ReduceOp.BOR: np.bitwise_or,
+    ReduceOp.BXOR: np.bitwise_xor,
+}
+
+
+def valid(op: ReduceOp, dtype: str) -> bool:
+    if op in (ReduceOp.BAND, ReduceOp.BOR, ReduceOp.BXOR) and dtype.startswith("float"):
+        return False
+    return not (op is ReduceOp.AVG and dtype == "bool")
+
+
+def data(rank: int, dtype: str, n: int, salt: int = 0) -> np.ndarray:
+    """Values whose sums and products are exact in every dtype, so any order gives the same bits."""
+    rng = np.random.default_rng(1000 * salt + rank)
+    if dtype == "bool":
+        return rng.random(n) > 0.5
+    if dtype == "uint8":
+        return rng.integers(0, 6, n).astype(dtype)
+    if dtype.startswith("float"):
+        return (rng.integers(-4, 5, n) / 2).astype(dtype)
+    return rng.integers(-5, 6, n).astype(dtype)
+
+
+def reference(arrays: list[np.ndarray], op: ReduceOp) -> np.ndarray:
+    ref = arrays[0].copy()
+    for x in arrays[1:]:
+        _UFUNC[op](ref, x, out=ref)
+    if op is ReduceOp.AVG:
+        if ref.dtype.kind == "f":
+            np.true_divide(ref, len(arrays), out=ref)
+        else:
+            np.floor_divide(ref, len(arrays), out=ref)
+    return ref
+
+
+def combos() -> list[tuple[int, ReduceOp, str]]:
+    return [
+        (i, op, dt)
+        for i, (op, dt) in enumerate((op, dt) for op in ReduceOp for dt in DTYPES)
+        if valid(op, dt)
+    ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", SIZES)
+def test_reductions_every_op_and_dtype(kind: str, size: int) -> None:
+    n = 13
+
+    def fn(comm: A.Communicator):
+        out = {}
+        for i, op, dt in combos():
+            x = data(comm.rank, dt, n, i)
+            A.allreduce(comm, x, op)
+            y = data(comm.rank, dt, n, i)
+            root = i % size
+            A.reduce(comm, y, root, op)
+            ins = [data(comm.rank, dt, n, i * 10 + j) for j in range(size)]
+            z = np.empty(n, dt)
+            A.reduce_scatter(comm, z, ins, op)
+            out[i] = (x, y, z)
+        return out
+
+    res = run_ranks(size, fn, kind)
+    for i, op, dt in combos():
+        ref = reference([data(r, dt, n, i) for r in range(size)], op)
+        for r in range(size):
+            x, y, z = res[r][i]
+            assert x.dtype == np.dtype(dt)
+            assert np.array_equal(x, ref), (op, dt, r)
+            if r == i % size:
+                assert np.array_equal(y, ref), (op, dt, r)
+            else:  # non-roots keep their input
+                assert np.array_equal(y, data(r, dt, n, i))
+            zref = reference([data(q, dt, n, i * 10 + r) for q in range(size)], op)
+            assert np.array_equal(z, zref), (op, dt, r)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_large_allreduce_uses_the_ring(kind: str, size: int) -> None:
+    cases = [(ReduceOp.SUM, "float32"), (ReduceOp.MAX, "int8"), (ReduceOp.AVG, "float64")]
+
+    def fn(comm: A.Communicator):
+        out = []
+        for i, (op, dt) in enumerate(cases):
+            n = A.SMALL_ALLREDUCE_BYTES // np.dtype(dt).itemsize + 1001
+            x = data(comm.rank, dt, n, i).reshape(-1, 1)
+            A.allreduce(comm, x, op)
+            out.append(x)
+        return out
+
+    res = run_ranks(size, fn, kind)
+    for i, (op, dt) in enumerate(cases):
+        n = A.SMALL_ALLREDUCE_BYTES // np.dtype(dt).itemsize + 1001
+        ref = reference([data(r, dt, n, i) for r in range(size)], op).reshape(-1, 1)
+        for r in range(size):
+            assert np.array_equal(res[r][i], ref)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", SIZES)
+def test_data_movement_collectives(kind: str, size: int) -> None:
+    def fn(comm: A.Communicator):
+        r = comm.rank
+        out = {}
+        b = np.full((2, 3), r, np.int16)
+        A.broadcast(comm, b, size - 1)
+        out["bcast"] = b
+        big = np.arange(400_000, dtype=np.float32) if r == 0 else np.zeros(400_000, np.float32)
+        A.broadcast(comm, big, 0)
+        out["bcast_big"] = bool((big == np.arange(400_000, dtype=np.float32)).all())
+        outs = [np.empty((2, 2), np.float64) for _ in range(size)]
+        A.allgather(comm, outs, np.full((2, 2), r + 0.5))
+        out["allgather"] = outs
+        g = [np.empty(3, np.uint8) for _ in range(size)] if r == 0 else None
+        A.gather(comm, np.full(3, r, np.uint8), g, 0)
+        out["gather"] = g
+        s_in = [np.full(2, 10 * i, np.int64) for i in range(size)] if r == size - 1 else None
+        s_out = np.empty(2, np.int64)
+        A.scatter(comm, s_out, s_in, size - 1)
+        out["scatter"] = s_out
+        # uneven all-to-all: rank r sends r + i + 1 items to rank i
+        a_in = [np.full(r + i + 1, 100 * r + i, np.int32) for i in range(size)]
+        a_out = [np.empty(i + r + 1, np.int32) for i in range(size)]
+        A.alltoall(comm, a_out, a_in)
+        out["alltoall"] = a_out
+        A.barrier(comm)
+        return out
+
+    res = run_ranks(size, fn, kind)
+    for r in range(size):
+        o = res[r]
+        assert np.array_equal(o["bcast"], np.full((2, 3), size - 1, np.int16))
+        assert o["bcast_big"]
+        assert [a[0, 0] for a in o["allgather"]] == [i + 0.5 for i in range(size)]
+        if r == 0:
+            assert [a.tolist() for a in o["gather"]] == [[i] * 3 for i in range(size)]
+        assert o["scatter"].tolist() == [10 * r] * 2
+        assert [a.tolist() for a in o["alltoall"]] == [
+            [100 * i + r] * (i + r + 1) for i in range(size)
+        ]
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+@pytest.mark.parametrize("n", [1000, 300_000])
+def test_allreduce_bitwise_identical_on_every_rank(size: int, n: int) -> None:
+    def fn(comm: A.Communicator):
+        x = np.random.default_rng(comm.rank).standard_normal(n).astype(np.float32)
+        A.allreduce(comm, x)
+        y = np.random.default_rng(comm.rank).standard_normal(n).astype(np.float32)
+        A.allreduce(comm, y, ReduceOp.AVG)
+        return x.tobytes() + y.tobytes()
+
+    res = run_ranks(size, fn, "local")
+    assert len(set(res)) == 1
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    size=st.integers(1, 4),
+    n=st.integers(0, 40),
+    chunk=st.sampled_from([4, 12, 40, 1 << 20]),
+    op=st.sampled_from([ReduceOp.SUM, ReduceOp.MAX, ReduceOp.PRODUCT]),
+)
+def test_ring_allreduce_any_shape_and_chunking(size: int, n: int, chunk: int, op: ReduceOp) -> None:
+    def fn(comm: A.Communicator):
+        x = data(comm.rank, "int32", n)
+        comm.start("all_reduce", x.dtype, x.nbytes, x.shape, -1, op.value)
+        if comm.size > 1:
+            ring_allreduce.allreduce(comm, x, op, "all_reduce", chunk_bytes=chunk)
+        comm.finish()
+        return x
+
+    res = run_ranks(size, fn, "local")
+    ref = reference([data(r, "int32", n) for r in range(size)], op)
+    for x in res:
+        assert np.array_equal(x, ref)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    size=st.integers(1, 4),
+    shape=st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple),
+    root=st.integers(0, 3),
+    splits=st.lists(st.integers(0, 3), min_size=16, max_size=16),
+)
+def test_roots_shapes_and_splits(size: int, shape: tuple, root: int, splits: list[int]) -> None:
+    root %= size
+
+    def cnt(src: int, dst: int) -> int:
+        return splits[src * 4 + dst]
+
+    def fn(comm: A.Communicator):
+        r = comm.rank
+        x = data(r, "float64", int(np.prod(shape)), 3).reshape(shape)
+        A.reduce(comm, x, root, ReduceOp.SUM)
+        b = data(r, "int64", int(np.prod(shape)), 4).reshape(shape)
+        A.broadcast(comm, b, root)
+        a_in = [np.full(cnt(r, i), r, np.int16) for i in range(size)]
+        a_out = [np.empty(cnt(i, r), np.int16) for i in range(size)]
+        A.alltoall(comm, a_out, a_in, op_name="all_to_all_single")
+        return x, b, a_out
+
+    res = run_ranks(size, fn, "local")
+    m = int(np.prod(shape))
+    ref = reference([data(r, "float64", m, 3) for r in range(size)], ReduceOp.SUM).reshape(shape)
+    assert np.array_equal(res[root][0], ref)
+    for r in range(size):
+        assert np.array_equal(res[r][1], data(root, "int64", m, 4).reshape(shape))
+        assert [a.tolist() for a in res[r][2]] == [[i] * cnt(i, r) for i in range(size)]
+
+
+def _mismatch(kind: str, size: int, call, match: str) -> None:
+    def fn(comm: A.Communicator):
+        try:
+            call(comm)
+            A.barrier(comm)  # a rank that did not notice at once must raise now
+        except DistBackendError as e:
+            return str(e)
+        return "no error"
+
+    res = run_ranks(size, fn, kind, timeout=10)
+    for r, msg in enumerate(res):
+        assert "mismatch" in msg or "did not expect" in msg, (r, msg)
+        assert match in msg, (r, msg)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mismatched_dtype_raises_on_every_rank(kind: str) -> None:
+    def call(comm: A.Communicator) -> None:
+        A.allreduce(comm, np.ones(4, np.float64 if comm.rank == 1 else np.float32))
+
+    _mismatch(kind, 3, call, "all_reduce")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mismatched_shape_raises_on_every_rank(kind: str) -> None:
+    def call(comm: A.Communicator) -> None:
+        A.allreduce(comm, np.ones((2, 3) if comm.rank == 0 else (3, 2)))
+
+    _mismatch(kind, 2, call, "different shapes")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mismatched_collective_raises_on_every_rank(kind: str) -> None:
+    def call(comm: A.Communicator) -> None:
+        if comm.rank == 0:
+            A.broadcast(comm, np.ones(4), 0)
+        else:
+            A.allreduce(comm, np.ones(4))
+
+    _mismatch(kind, 3, call, "broadcast")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mismatched_root_raises_on_every_rank(kind: str) -> None:
+    def call(comm: A.Communicator) -> None:
+        A.broadcast(comm, np.ones(4), 0 if comm.rank == 0 else 1)
+
+    _mismatch(kind, 3, call, "root")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mismatched_split_sizes_raise(kind: str) -> None:
+    def call(comm: A.Communicator) -> None:
+        n_out = 3 if comm.rank == 1 else 2  # rank 1 expects 3 items but gets 2
+        A.alltoall(
+            comm,
+            [np.empty(2 if i != 0 or comm.rank != 1 else n_out) for i in range(2)],
+            [np.ones(2) for _ in range(2)],
+        )
+
+    _mismatch(kind, 2, call, "bytes")
+
+
+def test_bad_arguments_raise_locally_and_group_stays_usable() -> None:
+    def fn(comm: A.Communicator):
+        with pytest.raises(ValueError, match="contiguous"):
+            A.allreduce(comm, np.ones((4, 4))[:, ::2])
+        with pytest.raises(ValueError, match="BAND"):
+            A.allreduce(comm, np.ones(3), ReduceOp.BAND)
+        with pytest.raises(ValueError, match="root"):
+            A.broadcast(comm, np.ones(3), 7)
+        with pytest.raises(ValueError, match="entries"):
+            A.allgather(comm, [np.ones(3)], np.ones(3))
+        with pytest.raises(TypeError, match="dtype"):
+            A.allgather(comm, [np.ones(3), np.ones(3, np.float32)], np.ones(3))
+        with pytest.raises(ValueError, match="required"):
+            A.gather(comm, np.ones(1), None, comm.rank)
+        x = np.ones(2)
+        A.allreduce(comm, x)
+        return x.tolist()
+
+    assert run_ranks(2, fn, "tcp") == [[2.0, 2.0]] * 2
