@@ -14,11 +14,12 @@ lock (no writer can be mid-write while it holds it) and parses again; only a rec
 that still fails under the lock is reported, as a ``DistStoreError`` naming the
 file and the offset.
 
-Blocking ``get``/``wait`` sleep until the file grows. On Linux they block on an
-inotify descriptor watching the file (through ``ctypes``; measured cross-process
-round trip ~0.2 ms, no CPU while idle); where inotify is unavailable, or while another
-thread of the same instance holds it, they poll ``fstat`` with sleeps that start at
-tens of microseconds and back off to a few milliseconds (~0.4 ms round trip).
+Blocking ``get``/``wait`` poll ``fstat`` for growth of the file with sleeps that start
+at tens of microseconds and back off to 5 ms while nothing happens (any growth resets
+them). Measured on a 2-core box at load ~10: a 0.35-0.6 ms median cross-process
+set->get->set->get round trip. Waking through inotify (tried, via ctypes) was faster
+on an idle box (0.25 ms) but on the loaded one its wake-ups came in multiples of the
+4 ms scheduler tick (medians of 4-16 ms), so polling it is.
 
 Every opener bumps a refcount record; when ``world_size`` instances have closed
 (``close()``, the context manager, or garbage collection) and none is open, the last
@@ -28,11 +29,8 @@ closer removes the file and its lock file. ``world_size=-1`` never removes.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import select
 import struct
-import sys
 import threading
 import time
 import weakref
@@ -61,44 +59,6 @@ _KINDS = (_SET, _APPEND, _DELETE)
 _POLL_MIN_S = 2e-5
 _POLL_MAX_S = 5e-3
 _POLL_GROWTH = 1.3
-# With inotify, still look at the file this often: a safety net for filesystems that
-# do not report changes made by other machines or mounts.
-_NOTIFY_MAX_S = 0.05
-_IN_MODIFY = 0x2
-
-
-class _Notifier:
-    """An inotify descriptor watching one file for writes (Linux); None elsewhere."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.lock = threading.Lock()  # one waiting thread at a time drains it
-
-    @classmethod
-    def create(cls, path: str) -> _Notifier | None:
-        if not sys.platform.startswith("linux"):
-            return None
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-            if fd < 0:
-                return None
-            if libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY) < 0:
-                os.close(fd)
-                return None
-        except (OSError, AttributeError):
-            return None
-        return cls(fd)
-
-    def wait(self, timeout: float) -> None:
-        """Return after a write to the file (maybe an old one) or ``timeout`` seconds."""
-        select.select([self.fd], [], [], timeout)
-        with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
-            while os.read(self.fd, 4096):
-                pass
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 def _record(kind: int, key: bytes, value: bytes) -> bytes:
@@ -136,7 +96,6 @@ class _Log:
         # thread_local=False: the lock belongs to this instance; self.mutex already
         # serialises the threads of this process that share the instance.
         self.flock = filelock.FileLock(self.lock_path, mode=0o600, thread_local=False)
-        self.notifier = _Notifier.create(path)
 
     # ---------------------------------------------------------------- locking
     @contextlib.contextmanager
@@ -261,7 +220,6 @@ class _Log:
             if os.getpid() != self.pid:
                 # A forked copy of the instance: the parent's count is not ours to change.
                 os.close(self.fd)
-                self._close_notifier()
                 return
             remove = False
             try:
@@ -277,19 +235,8 @@ class _Log:
                 pass
             finally:
                 os.close(self.fd)
-        # Outside the mutex: a waiting thread needs it to notice that we closed.
-        self._close_notifier()
         if remove:
             _unlink(self.lock_path)
-
-    def _close_notifier(self) -> None:
-        # A thread blocked on the inotify descriptor holds its lock and gives it up
-        # within _NOTIFY_MAX_S of seeing self.closed. Closing the descriptor under it
-        # could let it drain a reused descriptor number, so if it does not let go, the
-        # descriptor is left open (leaked) instead.
-        if self.notifier is not None and self.notifier.lock.acquire(timeout=1.0):
-            self.notifier.close()
-            self.notifier = None
 
 
 def _unlink(path: str) -> None:
@@ -362,24 +309,6 @@ class FileStore(Store):
     def _wait_for(self, op: str, keys: list[str], timeout: float | None) -> None:
         log = self._live()
         deadline = None if timeout is None else time.monotonic() + timeout
-        notifier = log.notifier
-        if notifier is not None and not notifier.lock.acquire(blocking=False):
-            notifier = None  # another thread of this instance is using it: poll instead
-        try:
-            self._wait_loop(op, keys, timeout, deadline, notifier)
-        finally:
-            if notifier is not None:
-                notifier.lock.release()
-
-    def _wait_loop(
-        self,
-        op: str,
-        keys: list[str],
-        timeout: float | None,
-        deadline: float | None,
-        notifier: _Notifier | None,
-    ) -> None:
-        log = self._log
         delay = _POLL_MIN_S
         while True:
             with log.mutex:
@@ -391,9 +320,7 @@ class FileStore(Store):
                 # Compare later sizes with this one, not with log.offset: another thread
                 # writing through this same instance moves log.offset forward.
                 seen = log.offset
-            # Sleep until the file grows. inotify events queued since the check above
-            # wake the select at once, so a write between the check and the wait is
-            # never missed; polling catches it on the next round.
+            # Sleep until the file grows, with growing sleeps while nothing happens.
             while True:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -403,12 +330,8 @@ class FileStore(Store):
                     if not missing:
                         return
                     raise self._timeout_error(op, missing, timeout)
-                if notifier is not None:
-                    nap = _NOTIFY_MAX_S if deadline is None else min(_NOTIFY_MAX_S, deadline - now)
-                    notifier.wait(nap)
-                else:
-                    time.sleep(delay if deadline is None else min(delay, deadline - now))
-                    delay = min(delay * _POLL_GROWTH, _POLL_MAX_S)
+                time.sleep(delay if deadline is None else min(delay, deadline - now))
+                delay = min(delay * _POLL_GROWTH, _POLL_MAX_S)
                 if log.closed:
                     raise DistStoreError(f"FileStore {log.path!r} is closed")
                 if log.grown(seen):
