@@ -4,7 +4,9 @@ Rows: the model trained in one process (on one rank's batch, and on the global b
 under DDP on ``--world-size`` real processes (spawned, meeting through a FileStore) with
 gradient reduction overlapped with backward (small buckets) and not overlapped (one bucket,
 reduced after backward). A step is zero_grad + forward + MSE loss + backward + SGD step.
-Each row reports the median step time (the slowest rank's median for DDP).
+Configurations alternate step by step (all ranks meet at a barrier before each step; the
+single-process rows run on rank 0 while the others wait), so drifting machine load hits them
+alike. Each row reports the median step time (the slowest rank's median for DDP).
 """
 
 from __future__ import annotations
@@ -49,24 +51,23 @@ def _batch(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _time_steps(
-    model: Any, x: np.ndarray, y: np.ndarray, warmup: int, steps: int, sync: Any = None
-) -> list[float]:
-    from mpdist.nn import functional as F
-    from mpdist.optim import SGD
+class _Stepper:
+    """One model with its SGD optimizer and a fixed batch; ``step()`` times one step."""
 
-    opt = SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    times = []
-    for i in range(warmup + steps):
-        if i == warmup and sync is not None:
-            sync()
+    def __init__(self, model: Any, x: np.ndarray, y: np.ndarray) -> None:
+        from mpdist.optim import SGD
+
+        self.model, self.x, self.y = model, x, y
+        self.opt = SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step(self) -> float:
+        from mpdist.nn import functional as F
+
         t0 = time.perf_counter()
-        opt.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+        self.opt.zero_grad()
+        F.mse_loss(self.model(self.x), self.y).backward()
+        self.opt.step()
+        return time.perf_counter() - t0
 
 
 def _rank_main(rank: int, world: int, path: str, cfg: dict[str, Any], q: Any) -> None:
@@ -81,34 +82,42 @@ def _rank_main(rank: int, world: int, path: str, cfg: dict[str, Any], q: Any) ->
             store=FileStore(path, world),
             rank=rank,
             world_size=world,
-            timeout=timedelta(seconds=120),
+            timeout=timedelta(seconds=300),
         )
         try:
             x, y = _batch(cfg["batch"], seed=rank)
-            reducer.DEFAULT_FIRST_BUCKET_BYTES = 1 << 20
             views = cfg["grad_views"]
+            reducer.DEFAULT_FIRST_BUCKET_BYTES = 1 << 20
             overlap = DDP(
                 _model(), bucket_cap_mb=cfg["bucket_cap_mb"], gradient_as_bucket_view=views
             )
             # One bucket holding every parameter: it is full (and reduced) only once backward
             # has produced the last gradient, so nothing overlaps.
             reducer.DEFAULT_FIRST_BUCKET_BYTES = 1 << 40
-            single = DDP(_model(), bucket_cap_mb=1 << 20, gradient_as_bucket_view=views)
-            models = {"overlap": overlap, "no overlap": single}
-            times: dict[str, list[float]] = {m: [] for m in models}
-            # Interleave the two modes in rounds so drift in machine load hits both alike.
-            for _ in range(cfg["rounds"]):
-                for mode, ddp in models.items():
-                    times[mode] += _time_steps(
-                        ddp, x, y, cfg["warmup"], cfg["steps"], sync=dist.barrier
-                    )
-            results = {
-                m: (statistics.median(t), len(models[m].reducer.buckets)) for m, t in times.items()
+            one_bucket = DDP(_model(), bucket_cap_mb=1 << 20, gradient_as_bucket_view=views)
+            buckets = {"overlap": len(overlap.reducer.buckets), "no overlap": 1}
+            steppers = {
+                "overlap": _Stepper(overlap, x, y),
+                "no overlap": _Stepper(one_bucket, x, y),
+                # single-process rows run on rank 0 while the other ranks wait at the barrier
+                "single": _Stepper(_model(), x, y),
+                "single global": _Stepper(_model(), *_batch(cfg["batch"] * world, seed=0)),
             }
+            times: dict[str, list[float]] = {m: [] for m in steppers}
+            # Modes alternate step by step, so drift in machine load hits them all alike.
+            for i in range(cfg["warmup"] + cfg["steps"]):
+                for mode, stepper in steppers.items():
+                    dist.barrier()
+                    if mode.startswith("single") and rank != 0:
+                        continue
+                    t = stepper.step()
+                    if i >= cfg["warmup"]:
+                        times[mode].append(t)
+            results = {m: statistics.median(t) for m, t in times.items() if t}
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, results)
             if rank == 0:
-                q.put(("ok", gathered))
+                q.put(("ok", (gathered, buckets)))
         finally:
             dist.destroy_process_group()
     except BaseException:
@@ -120,39 +129,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mpdist bench ddp", description=__doc__.splitlines()[0])
     p.add_argument("--world-size", type=int, default=2)
     p.add_argument("--batch", type=int, default=64, help="samples per rank per step")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=4, help="rounds alternating the DDP modes")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument(
-        "--grad-views",
-        action="store_true",
-        help="DDP with gradient_as_bucket_view=True (no copies)",
+        "--grad-views", action="store_true", help="DDP with gradient_as_bucket_view=True"
     )
-    p.add_argument("--threads-per-rank", type=int, default=1, help="BLAS threads in each DDP rank")
+    p.add_argument("--threads-per-rank", type=int, default=1, help="BLAS threads per process")
     p.add_argument("--bucket-cap-mb", type=float, default=1.0, help="bucket size with overlap on")
     args = p.parse_args(list(argv) if argv is not None else None)
     if args.world_size < 2:
         p.error("--world-size must be at least 2")
-
-    model = _model()
-    n_params = sum(q.numel() for q in model.parameters())
-    x1, y1 = _batch(args.batch, 0)
-    xg, yg = _batch(args.batch * args.world_size, 0)
-    n_single = args.steps * args.rounds
-    single_local = statistics.median(_time_steps(model, x1, y1, args.warmup, n_single))
-    single_global = statistics.median(_time_steps(_model(), xg, yg, args.warmup, n_single))
+    if args.steps < 1 or args.warmup < 0 or args.batch < 1:
+        p.error("--steps and --batch must be positive, --warmup non-negative")
 
     cfg = dict(
         batch=args.batch,
         steps=args.steps,
-        rounds=args.rounds,
         grad_views=args.grad_views,
         warmup=args.warmup,
         bucket_cap_mb=args.bucket_cap_mb,
     )
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    # One BLAS thread per rank: N ranks on N cores must not oversubscribe them.
+    # A fixed number of BLAS threads per process: N ranks on N cores must not oversubscribe.
     saved = {k: os.environ.get(k) for k in _THREAD_VARS}
     os.environ.update({k: str(args.threads_per_rank) for k in _THREAD_VARS})
     with tempfile.TemporaryDirectory(prefix="mpdist-bench-ddp-") as tmp:
@@ -171,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     os.environ[k] = v
         try:
-            status, payload = q.get(timeout=600)
+            status, payload = q.get(timeout=900)
         finally:
             for pr in procs:
                 pr.join(timeout=60)
@@ -183,30 +182,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if status != "ok":
         print(payload, file=sys.stderr)
         return 1
-    rows = []
+    per_rank, buckets = payload
+    n_params = sum(q.numel() for q in _model().parameters())
+    ws, b = args.world_size, args.batch
+    gb = b * ws
+    rows = [
+        (f"single process, batch {b}", per_rank[0]["single"], b),
+        (f"single process, batch {gb}", per_rank[0]["single global"], gb),
+    ]
     for mode in ("overlap", "no overlap"):
-        t = max(r[mode][0] for r in payload)
-        rows.append((f"DDP {args.world_size} ranks, {mode} ({payload[0][mode][1]} buckets)", t))
+        t = max(r[mode] for r in per_rank)  # the slowest rank sets the pace
+        rows.append((f"DDP {ws} ranks, {mode} ({buckets[mode]} buckets)", t, gb))
 
     print(
         f"model: MLP {'-'.join(map(str, WIDTHS))}, {n_params:,} parameters (float32); "
-        f"batch {args.batch} per rank; median of {n_single} steps; "
-        f"{args.threads_per_rank} BLAS thread(s) per DDP rank"
+        f"batch {b} per rank; median of {args.steps} steps, configurations interleaved; "
+        f"{args.threads_per_rank} BLAS thread(s) per process"
         + ("; gradient_as_bucket_view" if args.grad_views else "")
     )
     print(f"{'configuration':<44} {'step ms':>9} {'samples/s':>10}")
+    for name, t, n in rows:
+        print(f"{name:<44} {t * 1e3:9.2f} {n / t:10.0f}")
+    single, single_global, on, off = (r[1] for r in rows)
     print(
-        f"{'single process, batch ' + str(args.batch):<44} {single_local * 1e3:9.2f} {args.batch / single_local:10.0f}"
-    )
-    gb = args.batch * args.world_size
-    print(
-        f"{'single process, batch ' + str(gb):<44} {single_global * 1e3:9.2f} {gb / single_global:10.0f}"
-    )
-    for name, t in rows:
-        print(f"{name:<44} {t * 1e3:9.2f} {gb / t:10.0f}")
-    on, off = rows[0][1], rows[1][1]
-    print(
-        f"overlap on vs off: {off / on:.2f}x; DDP overhead vs one process on the same per-rank batch: "
-        f"{on / single_local:.2f}x"
+        f"overlap on vs off: {off / on:.2f}x faster; DDP step vs one process on the same "
+        f"per-rank batch: {on / single:.2f}x the time; DDP throughput vs one process on the "
+        f"global batch: {single_global / on:.2f}x"
     )
     return 0
