@@ -15,6 +15,7 @@ one world, except under the ``threaded`` backend, where each rank thread has its
 from __future__ import annotations
 
 import contextlib
+import functools
 import pickle
 import threading
 import warnings
@@ -144,6 +145,7 @@ class _World:
         self.group_count = 0
         self.pg_options: Any = None
         self.groups: dict[ProcessGroup, _GroupInfo] = {}
+        self.thread_local = False
 
 
 _process_world: _World | None = None
@@ -237,8 +239,13 @@ def _make_group(
     pg._set_group_name(name)
     if label == "default":
         pg._set_group_desc("default_pg")
+    if getattr(pg, "_mpdist_thread_local", False):
+        world.thread_local = True
     if isinstance(pg, NativeProcessGroup):
         pg._global_ranks = list(ranks)
+        if world.thread_local:
+            # the group's worker thread runs future callbacks: they see the rank's world
+            pg._worker_setup = functools.partial(setattr, _tls, "world", world)
         with _live_lock:
             _live[id(pg)] = (pg, label)
     world.groups[pg] = _GroupInfo(list(ranks), name, label, backend, timeout)
@@ -302,6 +309,7 @@ def init_process_group(
         owns_store = True
 
     world = _World()
+    world.thread_local = thread_local
     world.rank, world.size, world.backend, world.timeout = rank, world_size, str(name), timeout
     world.store, world.owns_store, world.pg_options = store, owns_store, pg_options
     try:
@@ -327,7 +335,7 @@ def init_process_group(
         raise
     world.default_pg = pg
     with _init_lock:
-        if thread_local or getattr(pg, "_mpdist_thread_local", False):
+        if world.thread_local:
             _tls.world = world
         else:
             _process_world = world

@@ -49,6 +49,8 @@ class CommProcessGroup(NativeProcessGroup):
         self._pending = 0
         self._worker: threading.Thread | None = None
         self._mb_count = 0
+        # run first on the worker thread (the module API uses it to share a thread-local world)
+        self._worker_setup: Callable[[], None] | None = None
 
     # ---------------------------------------------------------------- execution
     def _dead(self) -> DistBackendError:
@@ -74,6 +76,12 @@ class CommProcessGroup(NativeProcessGroup):
                 finally:
                     self._exec_lock.release()
             lock.release()
+            if threading.current_thread() is self._worker:
+                # a completion callback on the worker issuing a synchronous op: waiting for
+                # the queue would wait for ourselves. Running it here puts it at the same
+                # place in the sequence on every rank (right after the op that completed).
+                with self._exec_lock:
+                    return fn()
         work = self._submit(fn, outputs, is_recv)
         if async_op:
             return work
@@ -100,6 +108,8 @@ class CommProcessGroup(NativeProcessGroup):
         return work
 
     def _loop(self) -> None:
+        if self._worker_setup is not None:
+            self._worker_setup()
         while True:
             with self._cond:
                 while not self._queue:

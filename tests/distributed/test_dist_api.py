@@ -210,6 +210,30 @@ def async_job(rank: int, n: int, go: threading.Event) -> None:
     assert isinstance(bad.exception(), DistBackendError)
 
 
+def callback_job(rank: int, n: int) -> None:
+    # a future callback (run on the group's worker) issues a synchronous collective while
+    # another async op is still queued: it must neither deadlock nor reorder across ranks
+    a, b = np.ones(2), np.ones(3)
+    seen = []
+
+    def then(fut):
+        c = np.array([rank * 1.0])
+        dist.all_reduce(c)
+        seen.append(c[0])
+        return fut.value()[0] * 10
+
+    w1 = dist.all_reduce(a, async_op=True)
+    chained = w1.get_future().then(then)
+    w2 = dist.all_reduce(b, async_op=True)
+    assert np.array_equal(chained.wait(), [20.0, 20.0])
+    w2.wait()
+    assert seen == [sum(range(n))] and np.array_equal(b, [2.0] * 3)
+
+
+def test_future_callback_may_issue_a_synchronous_collective(threads):
+    threads(callback_job, 2)
+
+
 def test_async_work_timeout_order_and_stored_failure(threads):
     threads(async_job, 2, threading.Event())
 
