@@ -1,0 +1,19 @@
+"""Smoke test of ``python -m mpdist bench ddp`` (it runs and prints its table; no timing)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpdist.benchmarks import ddp
+
+
+def test_bench_ddp_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert ddp.main(["--steps", "1", "--warmup", "0", "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "DDP 2 ranks, overlap" in out and "DDP 2 ranks, no overlap (1 buckets)" in out
+    assert "single process, batch 8" in out
+
+
+def test_bench_ddp_rejects_bad_arguments() -> None:
+    with pytest.raises(SystemExit):
+        ddp.main(["--world-size", "1"])
