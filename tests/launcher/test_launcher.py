@@ -390,6 +390,9 @@ def test_env_rendezvous_store_under_launcher(tmp_path):
         store, rank, n = rendezvous(None, -1, -1, timedelta(seconds=30))
         store.set(f"k{rank}", str(rank * 10))
         print(rank, n, sorted(int(store.get(f"k{r}")) for r in range(n)))
+        store.set(f"done{rank}", "")
+        if rank == 0:  # rank 0 serves the store: it must stay until everyone is done with it
+            store.wait([f"done{r}" for r in range(n)])
         store.close()
         """,
     )
