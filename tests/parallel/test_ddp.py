@@ -205,9 +205,10 @@ def test_unused_parameters_without_detection_raise_at_next_forward(run_threads) 
         assert ": 4 5" in msg and "head_b.weight, head_b.bias" in msg
 
 
-def test_find_unused_parameters(run_threads) -> None:
+@pytest.mark.parametrize("views", [False, True])
+def test_find_unused_parameters(run_threads, views: bool) -> None:
     def body(rank: int, ws: int):
-        ddp = DDP(TwoHeads(), find_unused_parameters=True)
+        ddp = DDP(TwoHeads(), find_unused_parameters=True, gradient_as_bucket_view=views)
         x = np.full((2, 4), rank + 1.0)
         ddp(x).sum().backward()
         first = {
@@ -353,3 +354,18 @@ def test_ddp_on_a_subgroup_uses_group_rank_zero_as_source(run_threads) -> None:
     for a, b, l1, l2 in zip(g1, g2, *local, strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, (l1 + l2) / 2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("views", [False, True])
+def test_globally_unused_parameter_keeps_its_gradient(run_threads, views: bool) -> None:
+    def body(rank: int, ws: int):
+        ddp = DDP(TwoHeads(), find_unused_parameters=True, gradient_as_bucket_view=views)
+        x = np.full((2, 4), rank + 1.0)
+        ddp(x, use_b=True).sum().backward()
+        before = ddp.module.head_b.weight.grad.data.copy()
+        ddp(x).sum().backward()  # no zero_grad: head_b unused everywhere this time
+        return before, ddp.module.head_b.weight.grad.data.copy()
+
+    for before, after in run_threads(2, body):
+        assert before.any()
+        np.testing.assert_array_equal(after, before)
