@@ -51,10 +51,10 @@ class Function:
         with no_grad():
             result = cls.forward(ctx, *args, **kwargs)
         single = not isinstance(result, tuple)
+        # Always fresh Tensors (sharing the arrays): an input returned as-is must not
+        # become the output of its own node.
         outs = [
-            r
-            if isinstance(r, Tensor) and r.is_leaf
-            else Tensor(np.asarray(r.data if isinstance(r, Tensor) else r))
+            Tensor(np.asarray(r.data if isinstance(r, Tensor) else r))
             for r in ((result,) if single else result)
         ]
         if is_grad_enabled() and any(t.requires_grad for t in tensors):

@@ -211,3 +211,20 @@ def test_numpy_reductions_dispatch_to_tensor_methods() -> None:
     np.mean(w).backward()
     np.testing.assert_allclose(w.grad.data, np.full((2, 3), 1 / 6))
     assert np.sum(w, dtype=np.float32).dtype == np.float32
+
+
+def test_function_returning_its_input_does_not_make_a_cycle() -> None:
+    class Identity(Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2.0
+
+    x = Tensor([1.0, 2.0], requires_grad=True)
+    y = Identity.apply(x)
+    assert y is not x and x.is_leaf and y.data is x.data
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.data, [2.0, 2.0])
