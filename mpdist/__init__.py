@@ -7,6 +7,7 @@ stores for rendezvous, process groups with TCP collectives, and (in
 
 from mpdist.distributed import (
     GroupMember,
+    P2POp,
     all_gather,
     all_gather_into_tensor,
     all_gather_object,
@@ -14,6 +15,7 @@ from mpdist.distributed import (
     all_to_all,
     all_to_all_single,
     barrier,
+    batch_isend_irecv,
     broadcast,
     broadcast_object_list,
     destroy_process_group,
@@ -94,6 +96,7 @@ __all__ = [
     "Future",
     "GatherOptions",
     "GroupMember",
+    "P2POp",
     "ProcessGroup",
     "ReduceOp",
     "ReduceOptions",
@@ -107,6 +110,7 @@ __all__ = [
     "all_to_all",
     "all_to_all_single",
     "barrier",
+    "batch_isend_irecv",
     "broadcast",
     "broadcast_object_list",
     "create_work_from_future",

@@ -48,6 +48,8 @@ from mpdist.store import PrefixStore, Store
 
 __all__ = [
     "GroupMember",
+    "P2POp",
+    "batch_isend_irecv",
     "all_gather",
     "all_gather_into_tensor",
     "all_gather_object",
@@ -1013,6 +1015,34 @@ def irecv(
 ) -> Work | None:
     """Asynchronous ``recv``: returns a Work (``work.source_rank()`` is the sender's group rank)."""
     return _recv(tensor, src, group, tag, True, "irecv")
+
+
+class P2POp:
+    """One point-to-point operation for :func:`batch_isend_irecv`: ``op`` is ``isend`` or ``irecv``."""
+
+    def __init__(
+        self, op: Any, tensor: Any, peer: int, group: ProcessGroup | None = None, tag: int = 0
+    ) -> None:
+        if op not in (isend, irecv):
+            raise ValueError(
+                "Invalid ``op``. Expected ``op`` to be of type ``mpdist.isend`` or ``mpdist.irecv``."
+            )
+        self.op, self.tensor, self.peer, self.group, self.tag = op, tensor, peer, group, tag
+
+    def __repr__(self) -> str:
+        return f"P2POp({self.op.__name__}, peer={self.peer}, tag={self.tag})"
+
+
+def batch_isend_irecv(p2p_op_list: list[P2POp]) -> list[Work]:
+    """Issue every ``P2POp`` asynchronously, in order; returns their Works."""
+    if not isinstance(p2p_op_list, list) or not all(isinstance(p, P2POp) for p in p2p_op_list):
+        raise ValueError("Invalid ``p2p_op_list``. Each op is expected to to be of type ``P2POp``.")
+    works = []
+    for p in p2p_op_list:
+        w = p.op(p.tensor, p.peer, p.group, p.tag)
+        if w is not None:
+            works.append(w)
+    return works
 
 
 def barrier(

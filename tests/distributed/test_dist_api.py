@@ -723,3 +723,23 @@ def test_explicit_python_group_without_init():
     dist.all_reduce(a, group=pg)
     assert np.array_equal(a, [2.0, 2.0]) and not dist.is_initialized()
     assert dist.get_rank(pg) == 0 and dist.get_world_size(pg) == 1
+
+
+def batch_job(rank: int, n: int) -> None:
+    right, left = (rank + 1) % n, (rank - 1) % n
+    big = 300_000  # larger than socket buffers: both sends are posted before any receive
+    send = np.full(big, float(rank))
+    got = np.zeros(big)
+    ops = [
+        dist.P2POp(dist.isend, send, right, tag=1),
+        dist.P2POp(dist.irecv, got, left, tag=1),
+    ]
+    for w in dist.batch_isend_irecv(ops):
+        w.wait()
+    assert np.array_equal(got, np.full(big, float(left)))
+    with pytest.raises(ValueError):
+        dist.P2POp(dist.all_reduce, send, right)
+
+
+def test_batch_isend_irecv_ring_exchange(threads):
+    threads(batch_job, 3)

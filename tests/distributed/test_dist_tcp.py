@@ -119,6 +119,18 @@ def representative(rank: int, n: int) -> dict[str, object]:
         s = np.array([rank])
         dist.broadcast(s, src=2, group=g)
         assert s[0] == 2
+    # both ranks post a send bigger than the socket buffers before their receive
+    right, left = (rank + 1) % n, (rank - 1) % n
+    ring = np.zeros(300_000)
+    works = dist.batch_isend_irecv(
+        [
+            dist.P2POp(dist.isend, np.full(300_000, float(rank)), right),
+            dist.P2POp(dist.irecv, ring, left),
+        ]
+    )
+    for w in works:
+        w.wait()
+    assert np.array_equal(ring, np.full(300_000, float(left)))
     dist.barrier()
     return out
 
