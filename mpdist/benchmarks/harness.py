@@ -115,9 +115,23 @@ def pytest_runtest_logreport(report):
 """
 
 
+_EXPECTTEST_STANDIN = """
+import unittest
+
+
+class TestCase(unittest.TestCase):
+    pass
+"""
+
+
 def _run(name: str, template: str, method: str, n: int, workdir: str) -> dict[str, float] | None:
     path = os.path.join(workdir, name)
     os.makedirs(path, exist_ok=True)
+    if name == "torch" and importlib.util.find_spec("expecttest") is None:
+        # torch's test utilities import expecttest (a torch dev dependency); a stand-in
+        # next to the test file is all its MultiProcessTestCase needs.
+        with open(os.path.join(path, "expecttest.py"), "w") as f:
+            f.write(_EXPECTTEST_STANDIN)
     methods = "".join(method.format(i=f"{i:03d}") for i in range(n))
     with open(os.path.join(path, f"test_{name}.py"), "w") as f:
         f.write(template.format(methods=textwrap.indent(textwrap.dedent(methods), "    ")))
