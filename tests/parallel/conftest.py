@@ -33,9 +33,6 @@ def run_threads(
                 timeout=timedelta(seconds=timeout),
             )
             try:
-                # Every rank attaches before any rank can finish and tear down (the threaded
-                # transport forgets a group whose attached ranks all left).
-                dist.barrier()
                 results[rank] = fn(rank, world_size, *args)
             finally:
                 dist.destroy_process_group()
