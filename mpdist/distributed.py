@@ -346,6 +346,7 @@ def init_process_group(
 def _shutdown(world: _World, pg: ProcessGroup) -> None:
     info = world.groups.pop(pg, None)
     if isinstance(pg, NativeProcessGroup):
+        pg._worker_setup = None  # it references the world: break the cycle
         with _live_lock:
             _live.pop(id(pg), None)
         pg._close()
