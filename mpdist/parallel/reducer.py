@@ -243,6 +243,9 @@ class Reducer:
             for i, p in enumerate(self.params):
                 if id(p) not in used:
                     self._mark_ready(i, unused=True)
+            if self.ready.all():
+                # no parameter reaches the output: no hook will fire, so finish right away
+                self._finalize()
 
     def _autograd_hook(self, index: int, param: Tensor) -> None:
         if not self.expect_hooks:

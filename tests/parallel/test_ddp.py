@@ -369,3 +369,18 @@ def test_globally_unused_parameter_keeps_its_gradient(run_threads, views: bool) 
     for before, after in run_threads(2, body):
         assert before.any()
         np.testing.assert_array_equal(after, before)
+
+
+def test_output_independent_of_every_parameter(run_threads) -> None:
+    class Detached(TwoHeads):
+        def forward(self, x):
+            return self.head_a(x[:, :4]).detach() * 0.0 + x.sum()
+
+    def body(rank: int, ws: int):
+        ddp = DDP(Detached(), find_unused_parameters=True)
+        for _ in range(2):
+            ddp(np.ones((1, 4)))  # every bucket is reduced (zeros) during forward itself
+        return [p.grad for p in ddp.parameters()]
+
+    for grads in run_threads(2, body):
+        assert grads == [None] * 6
