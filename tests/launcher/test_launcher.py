@@ -402,23 +402,49 @@ def test_env_rendezvous_store_under_launcher(tmp_path):
     assert {k: v for k, v in out.items()} == {k: [f"{k} 3 [0, 10, 20]"] for k in range(3)}
 
 
+ALLREDUCE_SCRIPT = """
+import numpy as np
+import mpdist as dist
+dist.init_process_group()
+a = np.full(5, dist.get_rank() + 1, dtype=np.float64)
+dist.all_reduce(a)
+print(dist.get_rank(), dist.get_world_size(), a.tolist())
+dist.destroy_process_group()
+"""
+
+
 def test_init_process_group_and_all_reduce_under_launcher(tmp_path):
     _needs_tcpstore()
-    dist = pytest.importorskip("mpdist.distributed")
-    assert hasattr(dist, "init_process_group")
-    s = script(
-        tmp_path,
-        "allreduce.py",
-        """
-        import numpy as np
-        import mpdist as dist
-        dist.init_process_group()
-        a = np.full(5, dist.get_rank() + 1, dtype=np.float64)
-        dist.all_reduce(a)
-        print(dist.get_rank(), dist.get_world_size(), a.tolist())
-        dist.destroy_process_group()
-        """,
-    )
+    pytest.importorskip("mpdist.distributed")
+    s = script(tmp_path, "allreduce.py", ALLREDUCE_SCRIPT)
     res = launch(["--nproc", 2, s], tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert by_rank(res.stdout) == {k: [f"{k} 2 [3.0, 3.0, 3.0, 3.0, 3.0]"] for k in range(2)}
+
+
+def test_two_launchers_form_one_world(tmp_path, held_port):
+    # Two "nodes" on this machine, 2 ranks each: one env:// rendezvous, one all_reduce.
+    _needs_tcpstore()
+    pytest.importorskip("mpdist.distributed")
+    s = script(tmp_path, "allreduce.py", ALLREDUCE_SCRIPT)
+    common = ["--nnodes", "2", "--nproc", "2", "--master-port", str(held_port)]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mpdist", "run", *common, "--node-rank", str(n), str(s)],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in (1, 0)  # the non-master node first: its ranks wait for rank 0's store
+    ]
+    try:
+        results = [p.communicate(timeout=LAUNCH_TIMEOUT) for p in nodes]
+    finally:
+        for p in nodes:  # a failed node leaves the other waiting for the rendezvous
+            if p.poll() is None:
+                p.terminate()  # the launcher stops its ranks
+                p.communicate()
+    assert [p.returncode for p in nodes] == [0, 0], results
+    got = {**by_rank(results[0][0]), **by_rank(results[1][0])}
+    assert got == {k: [f"{k} 4 [10.0, 10.0, 10.0, 10.0, 10.0]"] for k in range(4)}
