@@ -39,6 +39,8 @@ from mpdist.transport.header import (
 __all__ = ["TcpTransport"]
 
 _SOCK_BUF = 4 << 20
+_LOWAT_MIN = 128 << 10
+_LOWAT_CAP = 512 << 10
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 _POLLINOUT = _POLLIN | select.POLLOUT
 
@@ -59,6 +61,7 @@ class _Peer:
         "rx_mv",
         "rx_got",
         "rx_len",
+        "lowat",
         "closed",
     )
 
@@ -75,6 +78,7 @@ class _Peer:
         self.rx_mv: memoryview | None = None
         self.rx_got = 0
         self.rx_len = 0
+        self.lowat = 1  # current SO_RCVLOWAT of the socket
         self.closed = False
 
 
@@ -334,6 +338,11 @@ class TcpTransport(Transport):
                 p.rx_mv = mv
                 p.rx_got = 0
                 p.rx_len = plen
+                if plen >= _LOWAT_MIN:
+                    # wake up once a big piece is there, not for every segment: fewer
+                    # wakeups is what matters on a busy machine
+                    p.lowat = min(plen, _LOWAT_CAP)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, p.lowat)
             got = p.rx_got
             try:
                 n = sock.recv_into(mv[got:] if got else mv)
@@ -348,7 +357,14 @@ class TcpTransport(Transport):
             got += n
             if got < p.rx_len:
                 p.rx_got = got
+                if p.lowat > p.rx_len - got:
+                    # never ask for more than this message still owes us
+                    p.lowat = p.rx_len - got
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, p.lowat)
                 continue
+            if p.lowat > 1:
+                p.lowat = 1
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
             req = p.rx_req
             p.rx_mv = None
             p.rx_req = None
