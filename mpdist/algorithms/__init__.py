@@ -12,6 +12,7 @@ import numpy as np
 
 from mpdist.algorithms import (
     direct,
+    halving_doubling,
     pairwise,
     recursive_doubling,
     ring_allgather,
@@ -54,11 +55,35 @@ __all__ = [
     "isend",
     "irecv",
     "wait",
-    "SMALL_ALLREDUCE_BYTES",
+    "allreduce_algorithm",
 ]
 
-# At or below this many bytes allreduce uses recursive doubling, above it the ring.
-SMALL_ALLREDUCE_BYTES = 512 << 10
+# Algorithm switch for allreduce, measured with 2-4 rank processes on a 2-core machine:
+# recursive doubling (fewest steps) for small arrays; recursive halving + doubling (same bytes
+# as the ring in 2 log2 p steps) for mid sizes on power-of-two groups; the pipelined ring
+# for large arrays and for groups that are not a power of two.
+SMALL_ALLREDUCE_BYTES = 256 << 10
+SMALL_ALLREDUCE_BYTES_2 = 1 << 20  # two ranks: recursive doubling is a single exchange
+SMALL_ALLREDUCE_BYTES_ODD = 128 << 10  # not a power of two: the fold costs two extra steps
+LARGE_ALLREDUCE_BYTES = 8 << 20
+
+
+def allreduce_algorithm(nbytes: int, size: int) -> str:
+    """Which allreduce runs for ``nbytes`` on ``size`` ranks: "rd", "hd" or "ring"."""
+    if size == 2:
+        return "rd" if nbytes <= SMALL_ALLREDUCE_BYTES_2 else "hd"
+    if size & (size - 1):
+        return "rd" if nbytes <= SMALL_ALLREDUCE_BYTES_ODD else "ring"
+    if nbytes <= SMALL_ALLREDUCE_BYTES:
+        return "rd"
+    return "hd" if nbytes <= LARGE_ALLREDUCE_BYTES else "ring"
+
+
+_ALLREDUCE = {
+    "rd": recursive_doubling.allreduce,
+    "hd": halving_doubling.allreduce,
+    "ring": ring_allreduce.allreduce,
+}
 
 
 def _flat(array: np.ndarray) -> np.ndarray:
@@ -99,10 +124,8 @@ def allreduce(
     check_op_dtype(op, array.dtype)
     comm.start(op_name, array.dtype, array.nbytes, array.shape, -1, op.value)
     if comm.size > 1:
-        if array.nbytes <= SMALL_ALLREDUCE_BYTES or flat.size < comm.size:
-            recursive_doubling.allreduce(comm, flat, op, op_name)
-        else:
-            ring_allreduce.allreduce(comm, flat, op, op_name)
+        algo = "rd" if flat.size < comm.size else allreduce_algorithm(array.nbytes, comm.size)
+        _ALLREDUCE[algo](comm, flat, op, op_name)
         if op is ReduceOp.AVG:
             divide(flat, comm.size)
     comm.finish()

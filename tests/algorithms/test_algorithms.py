@@ -9,7 +9,12 @@ from hypothesis import strategies as st
 from mesh_helpers import KINDS, run_ranks
 
 import mpdist.algorithms as A
-from mpdist.algorithms import ReduceOp, ring_allreduce
+from mpdist.algorithms import (
+    ReduceOp,
+    halving_doubling,
+    recursive_doubling,
+    ring_allreduce,
+)
 from mpdist.errors import DistBackendError
 
 DTYPES = ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"]
@@ -98,15 +103,53 @@ def test_reductions_every_op_and_dtype(kind: str, size: int) -> None:
             assert np.array_equal(z, zref), (op, dt, r)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("size", [2, 3, 4])
-def test_large_allreduce_uses_the_ring(kind: str, size: int) -> None:
-    cases = [(ReduceOp.SUM, "float32"), (ReduceOp.MAX, "int8"), (ReduceOp.AVG, "float64")]
+ALGOS = {
+    "rd": recursive_doubling.allreduce,
+    "hd": halving_doubling.allreduce,
+    "ring": ring_allreduce.allreduce,
+}
+
+
+def run_algo(comm: A.Communicator, algo: str, x: np.ndarray, op: ReduceOp) -> None:
+    comm.start("all_reduce", x.dtype, x.nbytes, x.shape, -1, op.value)
+    if comm.size > 1:
+        ALGOS[algo](comm, x.reshape(-1), op, "all_reduce")
+    comm.finish()
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+@pytest.mark.parametrize("size", [2, 3, 4, 5])
+def test_each_allreduce_algorithm(algo: str, size: int) -> None:
+    cases = [(ReduceOp.SUM, "float32"), (ReduceOp.MAX, "int8"), (ReduceOp.PRODUCT, "int64")]
 
     def fn(comm: A.Communicator):
         out = []
         for i, (op, dt) in enumerate(cases):
-            n = A.SMALL_ALLREDUCE_BYTES // np.dtype(dt).itemsize + 1001
+            for n in (0, 1, size + 1, 30011):
+                x = data(comm.rank, dt, n, i)
+                run_algo(comm, algo, x, op)
+                out.append(x)
+        return out
+
+    res = run_ranks(size, fn, "local")
+    j = 0
+    for i, (op, dt) in enumerate(cases):
+        for n in (0, 1, size + 1, 30011):
+            ref = reference([data(r, dt, n, i) for r in range(size)], op)
+            for r in range(size):
+                assert np.array_equal(res[r][j], ref), (algo, op, dt, n, r)
+            j += 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_large_allreduce(kind: str, size: int) -> None:
+    cases = [(ReduceOp.SUM, "float32"), (ReduceOp.AVG, "float64")]
+    n = (3 << 20) // 8 + 1001
+
+    def fn(comm: A.Communicator):
+        out = []
+        for i, (op, dt) in enumerate(cases):
             x = data(comm.rank, dt, n, i).reshape(-1, 1)
             A.allreduce(comm, x, op)
             out.append(x)
@@ -114,10 +157,17 @@ def test_large_allreduce_uses_the_ring(kind: str, size: int) -> None:
 
     res = run_ranks(size, fn, kind)
     for i, (op, dt) in enumerate(cases):
-        n = A.SMALL_ALLREDUCE_BYTES // np.dtype(dt).itemsize + 1001
         ref = reference([data(r, dt, n, i) for r in range(size)], op).reshape(-1, 1)
         for r in range(size):
             assert np.array_equal(res[r][i], ref)
+
+
+def test_allreduce_algorithm_switch() -> None:
+    assert A.allreduce_algorithm(4, 2) == "rd"
+    assert A.allreduce_algorithm(16 << 20, 2) == "hd"
+    assert A.allreduce_algorithm(1 << 20, 4) == "hd"
+    assert A.allreduce_algorithm(64 << 20, 4) == "ring"
+    assert A.allreduce_algorithm(1 << 20, 3) == "ring"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -164,12 +214,14 @@ def test_data_movement_collectives(kind: str, size: int) -> None:
         ]
 
 
+@pytest.mark.parametrize("algo", sorted(ALGOS))
 @pytest.mark.parametrize("size", [2, 3, 4])
-@pytest.mark.parametrize("n", [1000, 300_000])
-def test_allreduce_bitwise_identical_on_every_rank(size: int, n: int) -> None:
+def test_allreduce_bitwise_identical_on_every_rank(algo: str, size: int) -> None:
+    n = 100_003
+
     def fn(comm: A.Communicator):
         x = np.random.default_rng(comm.rank).standard_normal(n).astype(np.float32)
-        A.allreduce(comm, x)
+        run_algo(comm, algo, x, ReduceOp.SUM)
         y = np.random.default_rng(comm.rank).standard_normal(n).astype(np.float32)
         A.allreduce(comm, y, ReduceOp.AVG)
         return x.tobytes() + y.tobytes()
