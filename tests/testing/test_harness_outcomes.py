@@ -142,11 +142,14 @@ def test_first_failure_aborts_the_other_ranks(pytester: pytest.Pytester, pid_dir
                     world_size=2, timeout=timedelta(seconds=100),
                 )
                 if self.rank == 0:
+                    ready_r, ready_w = os.pipe()
                     pid = os.fork()
                     if pid == 0:  # the grandchild holds the connections open
                         note_pid("grandchild")
+                        os.write(ready_w, b"x")
                         time.sleep(100)
                         os._exit(0)
+                    os.read(ready_r, 1)  # the grandchild's pid is on record
                     raise RuntimeError("rank 0 gives up")
                 buf = np.zeros(4)
                 dist.recv(buf, src=0)

@@ -23,7 +23,7 @@ def note(name):
 
 class TestReuse(MultiProcessTestCase):
     reuse_processes = True
-    timeout = 3
+    timeout = 4
 
     @with_comms
     def test_1_first(self):
@@ -80,7 +80,7 @@ def test_workers_are_reused_and_recycled_after_failure_and_timeout(
     result.stdout.fnmatch_lines(
         ["*test_4_fails failed in rank ? (world size 2); failing ranks: [[]0, 1[]]"]
     )
-    result.stdout.fnmatch_lines(["*test_6_hangs timed out after 3 s*ranks still running: [[]0[]]"])
+    result.stdout.fnmatch_lines(["*test_6_hangs timed out after 4 s*ranks still running: [[]0[]]"])
     first = pids(pid_dir, "first")
     assert len(first) == 2
     assert pids(pid_dir, "second") == first
