@@ -7,6 +7,7 @@ reduced after backward). A step is zero_grad + forward + MSE loss + backward + S
 Configurations alternate step by step (all ranks meet at a barrier before each step; the
 single-process rows run on rank 0 while the others wait), so drifting machine load hits them
 alike. Each row reports the median step time (the slowest rank's median for DDP).
+``--vs torch`` runs the same rows with torch's DDP over gloo (separate processes).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = ["main"]
 
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 WIDTHS = (512, 512, 512, 512, 512, 16)  # 1,058,832 parameters
+MODES = ("single", "single global", "overlap", "no overlap")
 
 
 def _model(seed: int = 0) -> Any:
@@ -51,77 +53,181 @@ def _batch(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-class _Stepper:
-    """One model with its SGD optimizer and a fixed batch; ``step()`` times one step."""
+def _mpdist_steppers(
+    rank: int, world: int, path: str, cfg: dict[str, Any]
+) -> tuple[dict, Callable, Callable, dict]:
+    """mpdist: (mode -> step function, barrier, teardown, buckets per DDP mode)."""
+    import mpdist.distributed as dist
+    from mpdist.nn import functional as F
+    from mpdist.optim import SGD
+    from mpdist.parallel import DistributedDataParallel as DDP
+    from mpdist.parallel import reducer
+    from mpdist.store import FileStore
 
-    def __init__(self, model: Any, x: np.ndarray, y: np.ndarray) -> None:
-        from mpdist.optim import SGD
+    dist.init_process_group(
+        "tcp",
+        store=FileStore(path, world),
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=300),
+    )
+    views = cfg["grad_views"]
+    reducer.DEFAULT_FIRST_BUCKET_BYTES = 1 << 20
+    overlap = DDP(_model(), bucket_cap_mb=cfg["bucket_cap_mb"], gradient_as_bucket_view=views)
+    # One bucket holding every parameter: it is full (and reduced) only once backward has
+    # produced the last gradient, so nothing overlaps.
+    reducer.DEFAULT_FIRST_BUCKET_BYTES = 1 << 40
+    one_bucket = DDP(_model(), bucket_cap_mb=1 << 20, gradient_as_bucket_view=views)
+    models = {
+        "single": _model(),
+        "single global": _model(),
+        "overlap": overlap,
+        "no overlap": one_bucket,
+    }
 
-        self.model, self.x, self.y = model, x, y
-        self.opt = SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    def stepper(model: Any, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
+        opt = SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
-    def step(self) -> float:
-        from mpdist.nn import functional as F
+        def step() -> None:
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            opt.step()
 
-        t0 = time.perf_counter()
-        self.opt.zero_grad()
-        F.mse_loss(self.model(self.x), self.y).backward()
-        self.opt.step()
-        return time.perf_counter() - t0
+        return step
+
+    x, y = _batch(cfg["batch"], seed=rank)
+    xg, yg = _batch(cfg["batch"] * world, seed=0)
+    steps = {
+        m: stepper(model, *((xg, yg) if m == "single global" else (x, y)))
+        for m, model in models.items()
+    }
+    buckets = {
+        "overlap": len(overlap.reducer.buckets),
+        "no overlap": len(one_bucket.reducer.buckets),
+    }
+    return steps, dist.barrier, dist.destroy_process_group, buckets
 
 
-def _rank_main(rank: int, world: int, path: str, cfg: dict[str, Any], q: Any) -> None:
+def _torch_steppers(
+    rank: int, world: int, path: str, cfg: dict[str, Any]
+) -> tuple[dict, Callable, Callable, dict]:
+    """torch (gloo), the same model and rows."""
+    import torch
+    import torch.distributed as tdist
+    from torch.nn.parallel import DistributedDataParallel as TDDP
+
+    torch.set_num_threads(cfg["threads"])
+    tdist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+
+    def model() -> Any:
+        torch.manual_seed(0)
+        layers: list[Any] = []
+        for i in range(len(WIDTHS) - 1):
+            layers.append(torch.nn.Linear(WIDTHS[i], WIDTHS[i + 1]))
+            if i < len(WIDTHS) - 2:
+                layers.append(torch.nn.ReLU())
+        return torch.nn.Sequential(*layers)
+
+    views = cfg["grad_views"]
+    saved = tdist._DEFAULT_FIRST_BUCKET_BYTES
     try:
-        import mpdist.distributed as dist
-        from mpdist.parallel import DistributedDataParallel as DDP
-        from mpdist.parallel import reducer
-        from mpdist.store import FileStore
+        overlap = TDDP(model(), bucket_cap_mb=cfg["bucket_cap_mb"], gradient_as_bucket_view=views)
+        tdist._DEFAULT_FIRST_BUCKET_BYTES = 1 << 40
+        one_bucket = TDDP(model(), bucket_cap_mb=1 << 20, gradient_as_bucket_view=views)
+    finally:
+        tdist._DEFAULT_FIRST_BUCKET_BYTES = saved
+    models = {
+        "single": model(),
+        "single global": model(),
+        "overlap": overlap,
+        "no overlap": one_bucket,
+    }
 
-        dist.init_process_group(
-            "tcp",
-            store=FileStore(path, world),
-            rank=rank,
-            world_size=world,
-            timeout=timedelta(seconds=300),
-        )
+    def stepper(m: Any, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
+        opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+        def step() -> None:
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(m(tx), ty).backward()
+            opt.step()
+
+        return step
+
+    x, y = _batch(cfg["batch"], seed=rank)
+    xg, yg = _batch(cfg["batch"] * world, seed=0)
+    steps = {
+        m: stepper(mod, *((xg, yg) if m == "single global" else (x, y)))
+        for m, mod in models.items()
+    }
+    return steps, tdist.barrier, tdist.destroy_process_group, {}
+
+
+def _rank_main(lib: str, rank: int, world: int, path: str, cfg: dict[str, Any], q: Any) -> None:
+    try:
+        make = _torch_steppers if lib == "torch" else _mpdist_steppers
+        steps, barrier, teardown, buckets = make(rank, world, path, cfg)
         try:
-            x, y = _batch(cfg["batch"], seed=rank)
-            views = cfg["grad_views"]
-            reducer.DEFAULT_FIRST_BUCKET_BYTES = 1 << 20
-            overlap = DDP(
-                _model(), bucket_cap_mb=cfg["bucket_cap_mb"], gradient_as_bucket_view=views
-            )
-            # One bucket holding every parameter: it is full (and reduced) only once backward
-            # has produced the last gradient, so nothing overlaps.
-            reducer.DEFAULT_FIRST_BUCKET_BYTES = 1 << 40
-            one_bucket = DDP(_model(), bucket_cap_mb=1 << 20, gradient_as_bucket_view=views)
-            buckets = {"overlap": len(overlap.reducer.buckets), "no overlap": 1}
-            steppers = {
-                "overlap": _Stepper(overlap, x, y),
-                "no overlap": _Stepper(one_bucket, x, y),
-                # single-process rows run on rank 0 while the other ranks wait at the barrier
-                "single": _Stepper(_model(), x, y),
-                "single global": _Stepper(_model(), *_batch(cfg["batch"] * world, seed=0)),
-            }
-            times: dict[str, list[float]] = {m: [] for m in steppers}
-            # Modes alternate step by step, so drift in machine load hits them all alike.
+            times: dict[str, list[float]] = {m: [] for m in MODES}
+            # Modes alternate step by step, so drifting machine load hits them all alike.
             for i in range(cfg["warmup"] + cfg["steps"]):
-                for mode, stepper in steppers.items():
-                    dist.barrier()
+                for mode in MODES:
+                    barrier()
                     if mode.startswith("single") and rank != 0:
-                        continue
-                    t = stepper.step()
+                        continue  # one process alone: the other ranks wait at the barrier
+                    t0 = time.perf_counter()
+                    steps[mode]()
                     if i >= cfg["warmup"]:
-                        times[mode].append(t)
-            results = {m: statistics.median(t) for m, t in times.items() if t}
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, results)
-            if rank == 0:
-                q.put(("ok", (gathered, buckets)))
+                        times[mode].append(time.perf_counter() - t0)
+            q.put(("ok", rank, {m: statistics.median(t) for m, t in times.items() if t}, buckets))
         finally:
-            dist.destroy_process_group()
+            teardown()
     except BaseException:
-        q.put(("error", f"rank {rank}:\n{traceback.format_exc()}"))
+        q.put(("error", rank, f"rank {rank}:\n{traceback.format_exc()}", None))
+
+
+def _run(lib: str, world: int, cfg: dict[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
+    """Run one library's rows in ``world`` spawned processes: (mode -> seconds, buckets)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    # A fixed number of BLAS threads per process: N ranks on N cores must not oversubscribe.
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: str(cfg["threads"]) for k in _THREAD_VARS})
+    with tempfile.TemporaryDirectory(prefix="mpdist-bench-ddp-") as tmp:
+        path = os.path.join(tmp, "store")
+        procs = [
+            ctx.Process(target=_rank_main, args=(lib, r, world, path, cfg, q)) for r in range(world)
+        ]
+        try:
+            for pr in procs:
+                pr.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        per_rank: dict[int, dict[str, float]] = {}
+        buckets: dict[str, int] = {}
+        try:
+            for _ in range(world):
+                status, rank, payload, b = q.get(timeout=900)
+                if status != "ok":
+                    raise RuntimeError(f"{lib} bench failed on {payload}")
+                per_rank[rank] = payload
+                buckets = b or buckets
+        finally:
+            for pr in procs:
+                pr.join(timeout=60)
+                if pr.is_alive():
+                    pr.kill()
+                    pr.join()
+            q.close()
+            q.join_thread()
+    result = {m: per_rank[0][m] for m in ("single", "single global")}
+    for m in ("overlap", "no overlap"):
+        result[m] = max(r[m] for r in per_rank.values())  # the slowest rank sets the pace
+    return result, buckets
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,77 +242,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--threads-per-rank", type=int, default=1, help="BLAS threads per process")
     p.add_argument("--bucket-cap-mb", type=float, default=1.0, help="bucket size with overlap on")
+    p.add_argument("--vs", choices=["torch"], default=None, help="also run torch DDP over gloo")
     args = p.parse_args(list(argv) if argv is not None else None)
     if args.world_size < 2:
         p.error("--world-size must be at least 2")
     if args.steps < 1 or args.warmup < 0 or args.batch < 1:
         p.error("--steps and --batch must be positive, --warmup non-negative")
+    if args.vs == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("mpdist bench ddp: --vs torch needs torch installed", file=sys.stderr)
+            return 2
 
     cfg = dict(
         batch=args.batch,
         steps=args.steps,
-        grad_views=args.grad_views,
         warmup=args.warmup,
+        grad_views=args.grad_views,
         bucket_cap_mb=args.bucket_cap_mb,
+        threads=args.threads_per_rank,
     )
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    # A fixed number of BLAS threads per process: N ranks on N cores must not oversubscribe.
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    os.environ.update({k: str(args.threads_per_rank) for k in _THREAD_VARS})
-    with tempfile.TemporaryDirectory(prefix="mpdist-bench-ddp-") as tmp:
-        path = os.path.join(tmp, "store")
-        procs = [
-            ctx.Process(target=_rank_main, args=(r, args.world_size, path, cfg, q))
-            for r in range(args.world_size)
-        ]
-        try:
-            for pr in procs:
-                pr.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        try:
-            status, payload = q.get(timeout=900)
-        finally:
-            for pr in procs:
-                pr.join(timeout=60)
-                if pr.is_alive():
-                    pr.kill()
-                    pr.join()
-    q.close()
-    q.join_thread()
-    if status != "ok":
-        print(payload, file=sys.stderr)
+    try:
+        ours, buckets = _run("mpdist", args.world_size, cfg)
+        theirs = _run("torch", args.world_size, cfg)[0] if args.vs else None
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
         return 1
-    per_rank, buckets = payload
+
     n_params = sum(q.numel() for q in _model().parameters())
     ws, b = args.world_size, args.batch
     gb = b * ws
-    rows = [
-        (f"single process, batch {b}", per_rank[0]["single"], b),
-        (f"single process, batch {gb}", per_rank[0]["single global"], gb),
-    ]
-    for mode in ("overlap", "no overlap"):
-        t = max(r[mode] for r in per_rank)  # the slowest rank sets the pace
-        rows.append((f"DDP {ws} ranks, {mode} ({buckets[mode]} buckets)", t, gb))
-
+    names = {
+        "single": (f"single process, batch {b}", b),
+        "single global": (f"single process, batch {gb}", gb),
+        "overlap": (f"DDP {ws} ranks, overlap ({buckets['overlap']} buckets)", gb),
+        "no overlap": (f"DDP {ws} ranks, no overlap ({buckets['no overlap']} bucket)", gb),
+    }
     print(
         f"model: MLP {'-'.join(map(str, WIDTHS))}, {n_params:,} parameters (float32); "
         f"batch {b} per rank; median of {args.steps} steps, configurations interleaved; "
         f"{args.threads_per_rank} BLAS thread(s) per process"
         + ("; gradient_as_bucket_view" if args.grad_views else "")
     )
-    print(f"{'configuration':<44} {'step ms':>9} {'samples/s':>10}")
-    for name, t, n in rows:
-        print(f"{name:<44} {t * 1e3:9.2f} {n / t:10.0f}")
-    single, single_global, on, off = (r[1] for r in rows)
+    head = f"{'configuration':<44} {'step ms':>9} {'samples/s':>10}"
+    if theirs:
+        head += f" {'torch ms':>9} {'vs torch':>9}"
+    print(head)
+    for mode in MODES:
+        name, n = names[mode]
+        line = f"{name:<44} {ours[mode] * 1e3:9.2f} {n / ours[mode]:10.0f}"
+        if theirs:
+            line += f" {theirs[mode] * 1e3:9.2f} {ours[mode] / theirs[mode]:8.2f}x"
+        print(line)
     print(
-        f"overlap on vs off: {off / on:.2f}x faster; DDP step vs one process on the same "
-        f"per-rank batch: {on / single:.2f}x the time; DDP throughput vs one process on the "
-        f"global batch: {single_global / on:.2f}x"
+        f"overlap on vs off: {ours['no overlap'] / ours['overlap']:.2f}x faster; DDP step vs one "
+        f"process on the same per-rank batch: {ours['overlap'] / ours['single']:.2f}x the time; "
+        f"DDP throughput vs one process on the global batch: "
+        f"{ours['single global'] / ours['overlap']:.2f}x"
     )
     return 0

@@ -10,7 +10,7 @@ from mpdist.benchmarks import ddp
 def test_bench_ddp_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert ddp.main(["--steps", "1", "--warmup", "0", "--batch", "4"]) == 0
     out = capsys.readouterr().out
-    assert "DDP 2 ranks, overlap" in out and "DDP 2 ranks, no overlap (1 buckets)" in out
+    assert "DDP 2 ranks, overlap" in out and "DDP 2 ranks, no overlap (1 bucket)" in out
     assert "single process, batch 8" in out
 
 
