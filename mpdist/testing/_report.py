@@ -8,6 +8,7 @@ timeout, and (when not shown as pytest report sections) each rank's output.
 from __future__ import annotations
 
 import shlex
+import sys
 import unittest
 
 from mpdist.testing import _config
@@ -97,9 +98,12 @@ def rerun_command(nodeid: str | None, unittest_id: str, world_size: int) -> str:
         args = ["python", "-m", "pytest", nodeid, "--ranks", str(world_size)]
         args += list(settings.rerun_args)
         return shlex.join(args)
-    return shlex.join(
-        ["env", f"MPDIST_WORLD_SIZE={world_size}", "python", "-m", "unittest", unittest_id]
-    )
+    env = ["env", f"MPDIST_WORLD_SIZE={world_size}", "python"]
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if unittest_id.startswith("__main__.") and main_file:
+        # A file run directly with unittest.main(): run it again, naming the test.
+        return shlex.join([*env, main_file, unittest_id.removeprefix("__main__.")])
+    return shlex.join([*env, "-m", "unittest", unittest_id])
 
 
 def raise_for(outcome: Outcome, rerun: str | None = None) -> None:

@@ -150,6 +150,19 @@ class MultiProcessTestCase(unittest.TestCase):
         self._mpdist_ranks = _coordinator.start(spec, ctx=ctx, pool=pool)
         self.processes = [h.proc for h in self._mpdist_ranks.handles]
 
+    # torch spells it this way in some suites; the start method is ours to choose.
+    _fork_processes = _spawn_processes
+
+    @property
+    def init_method(self) -> str:
+        """``file://`` URL of this test's store file (torch's ``init_method``)."""
+        return f"file://{self.file_name}"
+
+    @property
+    def destroy_pg_upon_exit(self) -> bool:
+        """Groups left initialized are destroyed when a rank's test ends (always, here)."""
+        return True
+
     def _mpdist_parent_side(self, fn: Any) -> Any:
         @functools.wraps(fn)
         def run_in_ranks(*args: Any, **kwargs: Any) -> Any:

@@ -223,7 +223,7 @@ def test_file_run_directly_with_unittest_main(pytester: pytest.Pytester) -> None
     assert "Ran 2 tests" in proc.stderr
     assert "FAILED (failures=1)" in proc.stderr
     assert "=== rank 0: failed: KeyError: 'rank 0'" in proc.stderr
-    assert "MPDIST_WORLD_SIZE=2 python -m unittest __main__.TestDirect.test_fails" in proc.stderr
+    assert f"MPDIST_WORLD_SIZE=2 python {path} TestDirect.test_fails" in proc.stderr
 
 
 def test_xdist_runs_without_port_or_file_clashes(pytester: pytest.Pytester) -> None:
