@@ -17,3 +17,10 @@ def test_bench_ddp_runs(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bench_ddp_rejects_bad_arguments() -> None:
     with pytest.raises(SystemExit):
         ddp.main(["--world-size", "1"])
+
+
+def test_bench_ddp_vs_torch(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    assert ddp.main(["--steps", "1", "--warmup", "0", "--batch", "4", "--vs", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "vs torch" in out.splitlines()[1]
