@@ -49,6 +49,7 @@ class RankResult:
     dump: str = ""
     trace: str | None = None  # last collective entered, from a timeout dump
     duration: float = 0.0
+    value: bytes | None = None  # spawn_ranks: the pickled return value
 
 
 @dataclass
@@ -196,7 +197,7 @@ class RankSet:
         if self.first_failure is not None:
             return None
         failed = (h.record is not None and h.record.get("status") == "failed") or (
-            h.record is None and h.exited
+            h.record is None and h.exited and h.rank not in self.spec.may_die
         )
         if not failed:
             return None
@@ -330,6 +331,9 @@ class RankSet:
                 r.traceback = rec.get("traceback", "")
                 r.aborted = rec.get("aborted")
                 r.duration = rec.get("duration", 0.0)
+                r.value = rec.get("value")
+            elif h.rank in self.spec.may_die and h.exited:
+                r.status = "passed"  # allowed to die: no result, no failure
             elif timed_out:
                 r.status = "timeout"
             elif self.first_failure is not None and self.first_failure != h.rank:

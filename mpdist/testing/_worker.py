@@ -50,7 +50,8 @@ harness_group = [False]
 class TaskSpec:
     """Everything a rank needs to run one test; pickled to the rank."""
 
-    kind: str  # "case": a MultiProcessTestCase method; "function": an mpdist-marked function
+    kind: str  # "case": a MultiProcessTestCase method; "function": an mpdist-marked function;
+    # "call": fn(rank, world_size, *args) from spawn_ranks, whose return value is sent back
     module: str
     path: str | None
     qualname: str
@@ -62,7 +63,9 @@ class TaskSpec:
     seed: int = 1234
     rewrite: bool = False
     backend: str | None = None  # "function": the default group the harness initializes
-    funcargs: bytes | None = None  # "function": pickled fixture values
+    funcargs: bytes | None = None  # "function": pickled fixture values; "call": pickled args
+    group_timeout: float | None = None  # seconds, for the group the harness initializes
+    may_die: tuple[int, ...] = ()  # ranks allowed to exit without a result
     keep_group: bool = False  # pooled: a group made by with_comms may stay up for the next test
     group_file: str | None = None  # pooled: the store file of such a group (lives with the pool)
     env: dict[str, str] | None = None
@@ -362,6 +365,9 @@ def _build_call(spec: TaskSpec, rank: int) -> Any:
         # The class attribute, not the instance's parent-side wrapper: this is the body.
         return body.__get__(case, cls)
     obj = _resolve(module, spec.qualname)
+    if spec.kind == "call":
+        args = pickle.loads(spec.funcargs) if spec.funcargs else ()
+        return lambda: obj(rank, spec.world_size, *args)
     if isinstance(obj, type):  # a method of a pytest-style class
         obj = getattr(obj(), spec.method)
     kwargs = pickle.loads(spec.funcargs) if spec.funcargs else {}
@@ -370,6 +376,15 @@ def _build_call(spec: TaskSpec, rank: int) -> Any:
     if "world_size" in kwargs:
         kwargs["world_size"] = spec.world_size
     return lambda: obj(**kwargs)
+
+
+def _pickle_value(value: Any, rank: int) -> bytes:
+    try:
+        return pickle.dumps(value)
+    except Exception as exc:
+        raise TypeError(
+            f"rank {rank} returned a {type(value).__name__} that cannot be pickled: {exc}"
+        ) from None
 
 
 def _drop_group() -> None:
@@ -384,10 +399,15 @@ def _init_group(spec: TaskSpec, rank: int) -> None:
         if spec.keep_group and dist.get_world_size() == spec.world_size:
             return
         dist.destroy_process_group()
+    from datetime import timedelta
+
     from mpdist.store import FileStore
 
     store = FileStore(spec.file_name, spec.world_size)
-    dist.init_process_group(spec.backend, store=store, rank=rank, world_size=spec.world_size)
+    timeout = None if spec.group_timeout is None else timedelta(seconds=spec.group_timeout)
+    dist.init_process_group(
+        spec.backend, store=store, rank=rank, world_size=spec.world_size, timeout=timeout
+    )
 
 
 def _apply_env(spec: TaskSpec) -> None:
@@ -421,7 +441,9 @@ def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
         seed_everything(spec.seed)
         if spec.backend is not None:
             _init_group(spec, rank)
-        call()
+        value = call()
+        if spec.kind == "call":
+            record["value"] = _pickle_value(value, rank)
     except unittest.SkipTest as exc:
         record.update(status="skipped", message=str(exc))
     except SystemExit as exc:
