@@ -29,6 +29,8 @@ MAGIC = 0x4D53  # "MS" read little-endian as a u16
 HEADER = struct.Struct("<HBI")
 _U32 = struct.Struct("<I")
 _F64 = struct.Struct("<d")
+# Timeouts longer than this (about 31 years) are treated as "forever".
+MAX_TIMEOUT_S = 1e9
 # A frame larger than this is treated as garbage rather than buffered.
 MAX_PAYLOAD = (1 << 32) - 1
 
@@ -109,4 +111,6 @@ def decode_timeout(field: bytes) -> float | None:
     (t,) = _F64.unpack(field)
     if t != t:
         raise ProtocolError("timeout is NaN")
-    return None if t < 0 else t
+    # Negative means forever; so does anything beyond any deadline a clock can reach
+    # (an infinite or huge deadline would overflow the selector's timeout).
+    return None if t < 0 or t > MAX_TIMEOUT_S else t

@@ -26,6 +26,8 @@ __all__ = ["DEFAULT_TIMEOUT", "Store", "parse_counter", "timeout_seconds"]
 
 DEFAULT_TIMEOUT = timedelta(seconds=300)
 
+_FOREVER_S = 1e9
+
 # Granularity of the polling fallback used by the default _wait hook.
 _DEFAULT_POLL_S = 0.001
 
@@ -33,6 +35,12 @@ _DEFAULT_POLL_S = 0.001
 def _check_key(key: Any, what: str = "key") -> str:
     if not isinstance(key, str):
         raise TypeError(f"store {what} must be a str, got {type(key).__name__}")
+    if not key.isascii():
+        # Keys travel as UTF-8 (files, sockets): reject what cannot be encoded now.
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"store {what} {key!r} is not valid UTF-8 text") from None
     return key
 
 
@@ -65,11 +73,15 @@ def timeout_seconds(timeout: Any, what: str = "timeout") -> float | None:
         raise TypeError(f"{what} must be a datetime.timedelta, got {type(timeout).__name__}")
     if secs != secs or secs < 0:  # NaN or negative
         raise ValueError(f"{what} must be >= 0, got {timeout!r}")
-    return None if secs == 0 else secs
+    # 0 is "forever", and so is anything past ~31 years (e.g. timedelta.max), which
+    # would overflow the timeouts of locks, selectors and sockets.
+    return None if secs == 0 or secs > _FOREVER_S else secs
 
 
 def _check_timedelta(timeout: Any, what: str = "timeout") -> timedelta:
     secs = timeout_seconds(timeout, what)
+    if isinstance(timeout, timedelta):
+        return timeout
     return timedelta(0) if secs is None else timedelta(seconds=secs)
 
 

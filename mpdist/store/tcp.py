@@ -37,6 +37,7 @@ INIT_KEY = "init/"
 # on the connection (the server, not the client, decides that a wait timed out).
 _GRACE_S = 5.0
 _RECV_CHUNK = 1 << 20
+_MAX_SELECT_S = 60.0
 
 
 class _Waiter:
@@ -123,9 +124,10 @@ class _Server:
     def _run(self) -> None:
         try:
             while not self.stopping:
-                timeout = None
+                # Wake at least once a minute: the loop never sleeps on an unbounded value.
+                timeout = _MAX_SELECT_S
                 if self.deadlines:
-                    timeout = max(0.0, self.deadlines[0][0] - time.monotonic())
+                    timeout = min(timeout, max(0.0, self.deadlines[0][0] - time.monotonic()))
                 for key, mask in self.sel.select(timeout):
                     sock = key.fileobj
                     if sock is self.listener:
@@ -137,10 +139,15 @@ class _Server:
                         conn = self.conns.get(sock)  # type: ignore[arg-type]
                         if conn is None:
                             continue
-                        if mask & selectors.EVENT_WRITE:
-                            self._flush(conn)
-                        if mask & selectors.EVENT_READ and sock in self.conns:
-                            self._read(conn)
+                        try:
+                            if mask & selectors.EVENT_WRITE:
+                                self._flush(conn)
+                            if mask & selectors.EVENT_READ and sock in self.conns:
+                                self._read(conn)
+                        except Exception:
+                            # Whatever one connection did, it must not take the server
+                            # (and every other client) down with it.
+                            self._drop(conn)
                 self._expire()
         finally:
             self._cleanup()
@@ -197,7 +204,9 @@ class _Server:
             del buf[: hdr + length]
             try:
                 self._handle(conn, Op(code), proto.decode_fields(payload))
-            except (ProtocolError, UnicodeDecodeError, ValueError):
+            except Exception:
+                # Malformed fields (ProtocolError, bad UTF-8, bad numbers) or anything
+                # else: the sender is dropped, the server carries on.
                 self._drop(conn)
                 return
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
+import time
 from datetime import timedelta
 
+from mpdist.errors import DistStoreError
 from mpdist.store import FileStore, Store
 
 TIMEOUT = timedelta(seconds=30)
@@ -60,16 +63,45 @@ def run_all(procs: list) -> None:
         join_all(procs)
 
 
-def join_all(procs: list) -> None:
-    """Join (killing after a minute) every started process; all must exit 0."""
-    for p in procs:
-        if p.pid is None:
-            continue
-        p.join(60)
-        if p.is_alive():
-            p.kill()
+def join_all(procs: list, limit: float = 60.0) -> None:
+    """Join every started process; if one fails (or the limit passes) kill the rest.
+
+    All must exit 0. Failing fast matters: the others may be blocked on keys the
+    failed one would have set.
+    """
+    started = [p for p in procs if p.pid is not None]
+    deadline = time.monotonic() + limit
+    try:
+        pending = list(started)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            mp_connection.wait([p.sentinel for p in pending], timeout=left)
+            for p in [p for p in pending if p.exitcode is not None]:
+                pending.remove(p)
+                if p.exitcode != 0:
+                    pending = []
+                    break
+    finally:
+        for p in started:
+            if p.exitcode is None:
+                p.kill()
             p.join()
     assert [p.exitcode for p in procs] == [0] * len(procs)
+
+
+def wait_keys_or_child_death(s, keys: list[str], procs: list, limit: float = 60.0) -> None:
+    """``s.wait(keys)``, but give up as soon as a child has exited with an error."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            s.wait(keys, timedelta(milliseconds=250))
+            return
+        except DistStoreError:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                raise AssertionError(f"children did not get ready; exit codes {dead}") from None
 
 
 def adds_from_eight_processes(s, spec) -> None:
@@ -79,7 +111,7 @@ def adds_from_eight_processes(s, spec) -> None:
     try:
         for p in procs:
             p.start()
-        s.wait([f"ready/{i}" for i in range(8)])
+        wait_keys_or_child_death(s, [f"ready/{i}" for i in range(8)], procs)
         s.set("go", b"1")
     finally:
         join_all(procs)

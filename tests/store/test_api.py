@@ -122,14 +122,16 @@ def test_timeouts_raise_store_error(make_store):
     assert s.timeout == timedelta(milliseconds=20)
     with pytest.raises(DistStoreError, match="timed out"):
         s.get("missing2")
-    # timedelta(0) waits forever: satisfied by a later set.
-    s.set_timeout(timedelta(0))
-    t = threading.Timer(0.05, s.set, args=("forever", b"ok"))
-    t.start()
-    try:
-        assert s.get("forever") == b"ok"
-    finally:
-        t.join()
+    # timedelta(0) waits forever, and so does timedelta.max: satisfied by a later set.
+    for i, forever in enumerate([timedelta(0), timedelta.max]):
+        s.set_timeout(forever)
+        t = threading.Timer(0.05, s.set, args=(f"forever{i}", b"ok"))
+        t.start()
+        try:
+            assert s.get(f"forever{i}") == b"ok"
+            assert s.multi_get([f"forever{i}"]) == [b"ok"]
+        finally:
+            t.join()
 
 
 def test_bad_input_raises_at_once(store):
@@ -149,6 +151,8 @@ def test_bad_input_raises_at_once(store):
         store.check([1])
     with pytest.raises(TypeError):
         store.compare_set("k", None, b"x")
+    with pytest.raises(ValueError, match="UTF-8"):
+        store.set("bad\udc80", b"x")
     with pytest.raises(ValueError, match="lengths"):
         store.multi_set(["a", "b"], [b"1"])
     with pytest.raises(ValueError):

@@ -10,6 +10,8 @@ from datetime import timedelta
 import psutil
 import pytest
 import store_workers as w
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hst
 
 from mpdist.errors import DistNetworkError, DistStoreError
 from mpdist.store import TCPStore
@@ -209,3 +211,55 @@ def test_eight_processes_add_exactly():
 def test_one_mib_values_cross_processes_intact():
     with _master(timeout=timedelta(seconds=60)) as m:
         w.big_values_from_another_process(m, ("tcp", m.port))
+
+
+@settings(max_examples=20, deadline=None)
+@given(fields=hst.lists(hst.binary(max_size=50), max_size=5), code=hst.integers(0, 255))
+def test_protocol_fields_round_trip(fields, code):
+    frame = proto.encode_frame(code, fields)
+    magic, got_code, length = proto.HEADER.unpack_from(frame, 0)
+    assert (magic, got_code, length) == (proto.MAGIC, code, len(frame) - proto.HEADER.size)
+    assert proto.decode_fields(frame[proto.HEADER.size :]) == fields
+
+
+@pytest.fixture(scope="module")
+def shared_master():
+    with _master() as m:
+        yield m
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(junk=hst.binary(min_size=1, max_size=64), valid_header=hst.booleans())
+def test_random_bytes_never_hurt_the_server(shared_master, junk, valid_header):
+    if valid_header:  # a well-formed header with a random op and length, then junk
+        junk = proto.HEADER.pack(proto.MAGIC, junk[0] % 16, len(junk)) + junk
+    with _raw(shared_master.port) as bad:
+        bad.sendall(junk)
+        bad.shutdown(socket.SHUT_WR)  # so a frame waiting for more bytes ends too
+        while bad.recv(4096):  # the server answers or hangs up; either way it ends
+            pass
+    assert shared_master.add("still-alive", 1) >= 1
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), 1e300, -1.0])
+def test_endless_timeouts_on_the_wire_park_forever_without_harm(seconds, no_leaks):
+    with _master() as m:
+        with _raw(m.port) as c:
+            c.sendall(proto.encode_frame(proto.Op.GET, [struct.pack("<d", seconds), b"k"]))
+            assert m.add("alive", 1) == 1  # the server still serves others
+            m.set("k", b"v")
+            reply = c.recv(100)
+        status, fields = reply[2], proto.decode_fields(reply[proto.HEADER.size :])
+        assert (status, fields) == (proto.Status.OK, [b"v"])
+
+
+def test_long_timeouts_are_fine(no_leaks):
+    with _master(timeout=timedelta(days=365 * 100)) as m:
+        t = threading.Timer(0.02, m.set, args=("k", b"v"))
+        t.start()
+        try:
+            assert m.get("k") == b"v"
+        finally:
+            t.join()
