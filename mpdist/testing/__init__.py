@@ -10,4 +10,5 @@ from mpdist.testing.decorators import skip_if_lt_x_ranks as skip_if_lt_x_ranks
 from mpdist.testing.decorators import with_comms as with_comms
 from mpdist.testing.multiprocess import MultiProcessTestCase as MultiProcessTestCase
 from mpdist.testing.multithreaded import MultiThreadedTestCase as MultiThreadedTestCase
+from mpdist.testing.multithreaded import spawn_threads as spawn_threads
 from mpdist.testing.spawn import spawn_ranks as spawn_ranks

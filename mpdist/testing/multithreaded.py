@@ -9,11 +9,14 @@ threads still running, with their stacks and the last collective entered.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 import time
 import traceback
 import unittest
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import mpdist
@@ -26,6 +29,141 @@ from mpdist.testing._worker import collective_trace, format_exception, seed_ever
 
 # After the first failure, how long the other threads get to notice the abort.
 ABORT_GRACE = 5.0
+
+
+class ThreadRanks:
+    """``world_size`` rank threads of this process, each with the threaded default group.
+
+    ``body(rank)`` runs in thread ``rank`` after ``on_start(rank)``; the first failure
+    aborts every group so the other threads stop at their next collective; past the
+    deadline the stuck threads are named with their stacks.
+    """
+
+    def __init__(
+        self,
+        world_size: int,
+        body: Callable[[int], Any],
+        *,
+        seed: int,
+        on_start: Callable[[int], None] | None = None,
+        init: bool = True,
+        group_timeout: float | None = None,
+    ) -> None:
+        self.world_size = world_size
+        self.body = body
+        self.seed = seed
+        self.on_start = on_start
+        self.init = init
+        self.group_timeout = group_timeout
+        self.store = HashStore()
+        self.threads: list[threading.Thread] = []
+        self.results: dict[int, RankResult] = {}
+        self.values: list[Any] = [None] * world_size
+        self.first_failure: int | None = None
+        self.cond = threading.Condition()
+
+    def start(self) -> None:
+        """Seed the process-wide generators once, then start the threads."""
+        # Seeded here, not racily from every thread.
+        seed_everything(self.seed)
+        for rank in range(self.world_size):
+            t = threading.Thread(
+                target=self._run, args=(rank,), name=f"mpdist-rank-{rank}", daemon=True
+            )
+            self.threads.append(t)
+        for t in self.threads:
+            t.start()
+
+    def _run(self, rank: int) -> None:
+        result = RankResult(rank=rank, status="passed")
+        start = time.perf_counter()
+        try:
+            if self.on_start is not None:
+                self.on_start(rank)
+            if self.init:
+                timeout = None
+                if self.group_timeout is not None:
+                    timeout = timedelta(seconds=self.group_timeout)
+                dist.init_process_group(
+                    "threaded",
+                    rank=rank,
+                    world_size=self.world_size,
+                    store=self.store,
+                    timeout=timeout,
+                )
+            self.values[rank] = self.body(rank)
+        except unittest.SkipTest as exc:
+            result.status, result.message = "skipped", str(exc)
+        except BaseException as exc:
+            result.status = "failed"
+            result.exc_type = type(exc).__qualname__
+            result.message = str(exc)
+            result.traceback = f"in thread {threading.current_thread().name!r}:\n" + (
+                format_exception(exc, __file__)
+            )
+        finally:
+            result.duration = time.perf_counter() - start
+            try:
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+            except Exception:  # a broken group must not hide the test's own result
+                pass
+        with self.cond:
+            self.results[rank] = result
+            if result.status == "failed" and self.first_failure is None:
+                self.first_failure = rank
+            self.cond.notify_all()
+
+    def join(self, timeout: float, test_id: str) -> Outcome:
+        """Wait for every thread (abort on the first failure) and collect the outcome."""
+        outcome = Outcome(test_id=test_id, world_size=self.world_size, timeout=timeout)
+        start = time.monotonic()
+        deadline = start + timeout
+        aborted = False
+        with self.cond:
+            while len(self.results) < self.world_size:
+                if self.first_failure is not None and not aborted:
+                    # First failure: make the others' pending collectives raise now.
+                    aborted = True
+                    first = self.first_failure
+                    dist._abort_all_groups(f"aborted by the harness: rank {first} failed")
+                    deadline = min(deadline, time.monotonic() + ABORT_GRACE)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.cond.wait(remaining)
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t for t in self.threads if t.is_alive()]
+        frames = sys._current_frames()
+        trace = collective_trace()
+        failed = self.first_failure is not None
+        with self.cond:
+            for rank, t in enumerate(self.threads):
+                r = self.results.get(rank)
+                if r is None:
+                    r = RankResult(rank=rank, status="killed" if failed else "timeout")
+                    frame = frames.get(t.ident or -1)
+                    stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
+                    r.dump = f"thread {t.name!r} is still running:\n{stack}"
+                    r.trace = trace
+                outcome.results.append(r)
+            outcome.first_failure = self.first_failure
+        outcome.timed_out = bool(stuck) and not failed
+        if stuck:
+            # Threads can't be killed: abort their groups so they stop at the next collective.
+            dist._abort_all_groups("aborted by the harness: the test timed out")
+            for t in stuck:
+                t.join(1.0)
+        outcome.elapsed = time.monotonic() - start
+        return outcome
+
+    def cleanup(self) -> None:
+        """Stop whatever still runs (the test ended early: setUp failed, Ctrl-C)."""
+        if any(t.is_alive() for t in self.threads):
+            dist._abort_all_groups("aborted by the harness: the test is over")
+            for t in self.threads:
+                t.join(1.0)
 
 
 class MultiThreadedTestCase(unittest.TestCase):
@@ -44,10 +182,7 @@ class MultiThreadedTestCase(unittest.TestCase):
     def __init__(self, methodName: str = "runTest") -> None:
         super().__init__(methodName)
         self._mt_local = threading.local()
-        self._mt_threads: list[threading.Thread] = []
-        self._mt_results: dict[int, RankResult] = {}
-        self._mt_cond = threading.Condition()
-        self._mt_first_failure: int | None = None
+        self._mt_ranks: ThreadRanks | None = None
         self._mpdist_world_size: int | None = None
         self._mpdist_nodeid: str | None = None
         self._mpdist_outcome: Outcome | None = None
@@ -74,104 +209,23 @@ class MultiThreadedTestCase(unittest.TestCase):
 
     def _spawn_threads(self) -> None:
         """Start the rank threads (idempotent; torch tests call it from setUp)."""
-        if self._mt_threads:
+        if self._mt_ranks is not None:
             return
         world_size = int(self.world_size)
         method = getattr(type(self), self._testMethodName, None)
         needed = getattr(method, "_mpdist_min_world_size", None)
         if needed is not None and world_size < needed:
             raise unittest.SkipTest(f"Need at least {needed} ranks, world size is {world_size}")
-        # Process-wide generators are seeded once, here, not racily from every thread.
-        seed_everything(self.seed)
-        store = HashStore()
         body = getattr(type(self), self._testMethodName).__get__(self, type(self))
-        for rank in range(world_size):
-            t = threading.Thread(
-                target=self._mt_run,
-                args=(rank, world_size, store, body),
-                name=f"mpdist-rank-{rank}",
-                daemon=True,
-            )
-            self._mt_threads.append(t)
-        self.addCleanup(self._mt_cleanup)
-        for t in self._mt_threads:
-            t.start()
+        self._mt_ranks = ThreadRanks(
+            world_size, lambda rank: body(), seed=self.seed, on_start=self._mt_thread_start
+        )
+        self.addCleanup(self._mt_ranks.cleanup)
+        self._mt_ranks.start()
 
-    def _mt_run(self, rank: int, world_size: int, store: HashStore, body: Any) -> None:
+    def _mt_thread_start(self, rank: int) -> None:
         self._mt_local.rank = rank
         self._mt_local.rng = mpdist.manual_seed(self.seed)
-        result = RankResult(rank=rank, status="passed")
-        start = time.perf_counter()
-        try:
-            dist.init_process_group("threaded", rank=rank, world_size=world_size, store=store)
-            body()
-        except unittest.SkipTest as exc:
-            result.status, result.message = "skipped", str(exc)
-        except BaseException as exc:
-            result.status = "failed"
-            result.exc_type = type(exc).__qualname__
-            result.message = str(exc)
-            result.traceback = f"in thread {threading.current_thread().name!r}:\n" + (
-                format_exception(exc, __file__)
-            )
-        finally:
-            result.duration = time.perf_counter() - start
-            try:
-                if dist.is_initialized():
-                    dist.destroy_process_group()
-            except Exception:  # a broken group must not hide the test's own result
-                pass
-        with self._mt_cond:
-            self._mt_results[rank] = result
-            if result.status == "failed" and self._mt_first_failure is None:
-                self._mt_first_failure = rank
-            self._mt_cond.notify_all()
-
-    def _mt_join(self) -> Outcome:
-        world_size = len(self._mt_threads)
-        timeout = _config.default_timeout(self.timeout)
-        outcome = Outcome(test_id=self._mpdist_nodeid or self.id(), world_size=world_size)
-        outcome.timeout = timeout
-        start = time.monotonic()
-        deadline = start + timeout
-        aborted = False
-        with self._mt_cond:
-            while len(self._mt_results) < world_size:
-                if self._mt_first_failure is not None and not aborted:
-                    # First failure: make the others' pending collectives raise now.
-                    aborted = True
-                    first = self._mt_first_failure
-                    dist._abort_all_groups(f"aborted by the harness: rank {first} failed")
-                    deadline = min(deadline, time.monotonic() + ABORT_GRACE)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._mt_cond.wait(remaining)
-        for t in self._mt_threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        stuck = [t for t in self._mt_threads if t.is_alive()]
-        frames = sys._current_frames()
-        trace = collective_trace()
-        failed = self._mt_first_failure is not None
-        with self._mt_cond:
-            for rank, t in enumerate(self._mt_threads):
-                r = self._mt_results.get(rank)
-                if r is None:
-                    r = RankResult(rank=rank, status="killed" if failed else "timeout")
-                    frame = frames.get(t.ident or -1)
-                    stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
-                    r.dump = f"thread {t.name!r} is still running:\n{stack}"
-                    r.trace = trace
-                outcome.results.append(r)
-            outcome.first_failure = self._mt_first_failure
-        outcome.timed_out = bool(stuck) and not failed
-        if stuck:
-            # Threads can't be killed: abort their groups so they stop at the next collective.
-            dist._abort_all_groups("aborted by the harness: the test timed out")
-            for t in stuck:
-                t.join(1.0)
-        outcome.elapsed = time.monotonic() - start
-        return outcome
 
     def _mt_parent_side(self, fn: Any) -> Any:
         @functools.wraps(fn)
@@ -179,15 +233,48 @@ class MultiThreadedTestCase(unittest.TestCase):
             if self.rank != self.MAIN_PROCESS_RANK:
                 return fn(*args, **kwargs)
             self._spawn_threads()
-            outcome = self._mt_join()
+            assert self._mt_ranks is not None
+            timeout = _config.default_timeout(self.timeout)
+            outcome = self._mt_ranks.join(timeout, self._mpdist_nodeid or self.id())
             self._mpdist_outcome = outcome
             rerun = rerun_command(self._mpdist_nodeid, self.id(), outcome.world_size)
             raise_for(outcome, rerun)
 
         return run_in_threads
 
-    def _mt_cleanup(self) -> None:
-        if any(t.is_alive() for t in self._mt_threads):
-            dist._abort_all_groups("aborted by the harness: the test is over")
-            for t in self._mt_threads:
-                t.join(1.0)
+
+def spawn_threads(
+    fn: Callable[..., Any],
+    world_size: int,
+    *args: Any,
+    timeout: float | None = None,
+    init: bool = True,
+    group_timeout: float | None = None,
+    seed: int = 1234,
+) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` threads; their return values.
+
+    With ``init`` each thread has the threaded default group (destroyed afterwards).
+    The first failing thread aborts the others; a failure raises
+    :class:`~mpdist.testing._report.MultiProcessFailure` naming every failing thread.
+    """
+    if not callable(fn):
+        raise TypeError(f"spawn_threads needs a callable, got {type(fn).__name__}")
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    ranks = ThreadRanks(
+        world_size,
+        lambda rank: fn(rank, world_size, *args),
+        seed=seed,
+        init=init,
+        group_timeout=group_timeout,
+    )
+    try:
+        ranks.start()
+        name = getattr(fn, "__qualname__", repr(fn))
+        nodeid = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0] or None
+        outcome = ranks.join(_config.default_timeout(timeout), nodeid or name)
+    finally:
+        ranks.cleanup()
+    raise_for(outcome, rerun_command(nodeid, name, world_size))
+    return ranks.values

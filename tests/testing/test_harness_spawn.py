@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mpdist import distributed as dist
-from mpdist.testing import MultiProcessFailure, spawn_ranks
+from mpdist.testing import MultiProcessFailure, spawn_ranks, spawn_threads
 
 
 def summing(rank: int, world_size: int, n: int) -> np.ndarray:
@@ -60,3 +60,26 @@ def test_bad_arguments_are_refused_before_anything_starts() -> None:
         spawn_ranks(dying, 2, may_die=[5])
     with pytest.raises(TypeError, match="callable"):
         spawn_ranks("summing", 2)
+
+
+def threaded_sum(rank: int, world_size: int) -> float:
+    a = np.full(2, float(rank))
+    dist.all_reduce(a)
+    return float(a[0])
+
+
+def threaded_failure(rank: int, world_size: int) -> None:
+    if rank == 0:
+        raise KeyError("no such key")
+    dist.barrier()
+
+
+def test_spawn_threads_values_and_failures() -> None:
+    assert spawn_threads(threaded_sum, 3) == [3.0, 3.0, 3.0]
+    with pytest.raises(MultiProcessFailure) as info:
+        spawn_threads(threaded_failure, 2)
+    text = str(info.value)
+    assert "=== rank 0: failed: KeyError: 'no such key'" in text
+    assert "in thread 'mpdist-rank-0':" in text
+    # Rank 1 was stopped (aborted, or it saw rank 0's group go away), not left hanging.
+    assert "=== rank 1: failed" in text and "timed out" not in text
