@@ -84,13 +84,17 @@ class Transport:
     ``_peer_closed(peer)``, ``_notify(peers, err_kind, text)``, ``_wake()`` and ``_shutdown()``.
     """
 
-    def __init__(self, rank: int, size: int, timeout_s: float) -> None:
+    def __init__(
+        self, rank: int, size: int, timeout_s: float, rank_names: list[int] | None = None
+    ) -> None:
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"transport size must be a positive int, got {size!r}")
         if not isinstance(rank, int) or not 0 <= rank < size:
             raise ValueError(f"transport rank must be in [0, {size}), got {rank!r}")
         self.rank = rank
         self.size = size
+        # how ranks are named in error messages (e.g. global ranks of a subgroup)
+        self.rank_names: list[int] | None = list(rank_names) if rank_names is not None else None
         self.timeout_s = float(timeout_s) if timeout_s and timeout_s > 0 else 1e9
         # the collective in progress: (seq, op, redop, dtype, root, total, sig, op_name)
         self._cur: tuple | None = None
@@ -227,7 +231,7 @@ class Transport:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise DistBackendError(
-                            f"{op_name}: rank {self.rank} timed out after {timeout:g} s "
+                            f"{op_name}: rank {self._n(self.rank)} timed out after {timeout:g} s "
                             f"waiting for {self._pending_peers(reqs)}"
                         )
                     self._progress(remaining)
@@ -241,18 +245,23 @@ class Transport:
                     self._fail(e, sorted({r.peer for r in reqs if r.peer is not None}))
             raise
 
+    def _n(self, rank: int) -> int:
+        """The name of transport rank ``rank`` in messages."""
+        names = self.rank_names
+        return names[rank] if names is not None else rank
+
     def _pending_peers(self, reqs: list) -> str:
         peers = sorted({r.peer for r in reqs if not r.done and r.peer is not None})
         if any(not r.done and r.peer is None for r in reqs):
             return "any rank"
         if len(peers) == 1:
-            return f"rank {peers[0]}"
-        return "ranks " + ", ".join(map(str, peers))
+            return f"rank {self._n(peers[0])}"
+        return "ranks " + ", ".join(str(self._n(q)) for q in peers)
 
     def _lost(self, op_name: str, peer: int | None) -> DistNetworkError:
-        who = f"rank {peer}" if peer is not None else "every peer"
+        who = f"rank {self._n(peer)}" if peer is not None else "every peer"
         return DistNetworkError(
-            f"{op_name}: rank {self.rank} lost its connection to {who} "
+            f"{op_name}: rank {self._n(self.rank)} lost its connection to {who} "
             f"(the peer exited, crashed or closed its process group)"
         )
 
@@ -275,7 +284,7 @@ class Transport:
             if self._abort_reason is not None:
                 self._error = DistBackendError(self._abort_reason)
             else:
-                self._error = DistBackendError(f"rank {self.rank}: transport is closed")
+                self._error = DistBackendError(f"rank {self._n(self.rank)}: transport is closed")
         err = self._error
         return type(err)(*err.args)
 
@@ -294,7 +303,7 @@ class Transport:
     def _remote_error(self, peer: int, hdr: tuple, payload: bytes) -> DistError:
         text = bytes(payload).decode("utf-8", "replace")
         cls = DistNetworkError if hdr[3] == ERR_NETWORK else DistBackendError
-        err = cls(f"{text} (reported by rank {peer} to rank {self.rank})")
+        err = cls(f"{text} (reported by rank {self._n(peer)} to rank {self._n(self.rank)})")
         err._mpdist_remote = True
         return err
 
@@ -316,23 +325,29 @@ class Transport:
         diffs = []
         mine_op, theirs_op = c[7], op_name_of(hdr[3])
         if hdr[3] != c[1]:
-            diffs.append(f"rank {me} called {mine_op} but rank {peer} called {theirs_op}")
+            diffs.append(
+                f"rank {self._n(me)} called {mine_op} but rank {self._n(peer)} called {theirs_op}"
+            )
         if hdr[4] != c[3]:
             diffs.append(
-                f"dtype {dtype_name(c[3])} on rank {me} vs {dtype_name(hdr[4])} on rank {peer}"
+                f"dtype {dtype_name(c[3])} on rank {self._n(me)} vs {dtype_name(hdr[4])} on rank {self._n(peer)}"
             )
         if hdr[10] != c[5]:
-            diffs.append(f"{c[5]} bytes on rank {me} vs {hdr[10]} bytes on rank {peer}")
+            diffs.append(
+                f"{c[5]} bytes on rank {self._n(me)} vs {hdr[10]} bytes on rank {self._n(peer)}"
+            )
         elif hdr[11] != c[6]:
-            diffs.append(f"different shapes on rank {me} and rank {peer}")
+            diffs.append(f"different shapes on rank {self._n(me)} and rank {self._n(peer)}")
         if hdr[6] != c[4]:
-            diffs.append(f"root {c[4]} on rank {me} vs root {hdr[6]} on rank {peer}")
+            diffs.append(
+                f"root {c[4]} on rank {self._n(me)} vs root {hdr[6]} on rank {self._n(peer)}"
+            )
         if hdr[2] != c[2]:
             diffs.append(
-                f"reduce op {_redop(c[2])} on rank {me} vs {_redop(hdr[2])} on rank {peer}"
+                f"reduce op {_redop(c[2])} on rank {self._n(me)} vs {_redop(hdr[2])} on rank {self._n(peer)}"
             )
         return DistBackendError(
-            f"{mine_op}: mismatch between rank {me} and rank {peer} in collective #{c[0]}: "
+            f"{mine_op}: mismatch between rank {self._n(me)} and rank {self._n(peer)} in collective #{c[0]}: "
             + "; ".join(diffs)
         )
 
@@ -340,25 +355,27 @@ class Transport:
         theirs = op_name_of(hdr[3])
         mine = next((name for seq, name in self._history if seq == hdr[9]), None)
         if mine is not None and mine != theirs:
-            what = f"rank {self.rank} called {mine} but rank {peer} called {theirs}"
+            what = (
+                f"rank {self._n(self.rank)} called {mine} but rank {self._n(peer)} called {theirs}"
+            )
         else:
             what = "the ranks called different collectives or disagree on the root"
         return DistBackendError(
-            f"{mine or theirs}: mismatch between rank {self.rank} and rank {peer} in collective "
-            f"#{hdr[9]}: {what} (rank {peer} sent data that rank {self.rank} did not expect)"
+            f"{mine or theirs}: mismatch between rank {self._n(self.rank)} and rank {self._n(peer)} in collective "
+            f"#{hdr[9]}: {what} (rank {self._n(peer)} sent data that rank {self._n(self.rank)} did not expect)"
         )
 
     def _size_mismatch(self, req: RecvReq, hdr: tuple, peer: int) -> DistBackendError:
         if hdr[1] == KIND_P2P:
             return DistBackendError(
-                f"recv: rank {self.rank} posted a receive of {req.nbytes} bytes "
-                f"({dtype_name(req.dtype)}) with tag {req.tag} but rank {peer} sent "
+                f"recv: rank {self._n(self.rank)} posted a receive of {req.nbytes} bytes "
+                f"({dtype_name(req.dtype)}) with tag {req.tag} but rank {self._n(peer)} sent "
                 f"{hdr[12]} bytes ({dtype_name(hdr[4])})"
             )
         name = self._cur[7] if self._cur else op_name_of(hdr[3])
         return DistBackendError(
-            f"{name}: mismatch between rank {self.rank} and rank {peer}: rank {self.rank} "
-            f"expected a message of {req.nbytes} bytes but rank {peer} sent {hdr[12]} bytes"
+            f"{name}: mismatch between rank {self._n(self.rank)} and rank {self._n(peer)}: rank {self._n(self.rank)} "
+            f"expected a message of {req.nbytes} bytes but rank {self._n(peer)} sent {hdr[12]} bytes"
         )
 
     # ------------------------------------------------------------------ matching
@@ -426,7 +443,7 @@ class Transport:
         if self._closed:
             return
         if self._abort_reason is None:
-            self._abort_reason = f"rank {self.rank}: transport was closed"
+            self._abort_reason = f"rank {self._n(self.rank)}: transport was closed"
             self._wake()
         # wait (bounded) for a thread inside wait() to leave before tearing sockets down
         got = self._lock.acquire(timeout=5.0)

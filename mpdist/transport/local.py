@@ -47,8 +47,16 @@ class _Hub:
 class LocalTransport(Transport):
     """Ranks as threads: ``LocalTransport(store, rank, size, timeout_s)`` per thread, one store."""
 
-    def __init__(self, store: Any, rank: int, size: int, timeout_s: float) -> None:
-        super().__init__(rank, size, timeout_s)
+    def __init__(
+        self,
+        store: Any,
+        rank: int,
+        size: int,
+        timeout_s: float,
+        *,
+        rank_names: list[int] | None = None,
+    ) -> None:
+        super().__init__(rank, size, timeout_s, rank_names)
         if rank == 0:
             hub_id = uuid.uuid4().hex
             store.set("mpdist_local/hub", hub_id)
@@ -70,7 +78,7 @@ class LocalTransport(Transport):
     def _post(self, peer: int, hdr: tuple, buf: Any, req: SendReq) -> None:
         if peer == self.rank or not 0 <= peer < self.size:
             raise ValueError(
-                f"rank {self.rank} cannot send to rank {peer} (itself or not in group)"
+                f"rank {self._n(self.rank)} cannot send to rank {self._n(peer)} (itself or not in group)"
             )
         if self._hub.deliver(peer, (self.rank, hdr, bytes(buf))):
             req.done = True

@@ -40,6 +40,7 @@ __all__ = ["TcpTransport"]
 
 _SOCK_BUF = 4 << 20
 _LOWAT_MIN = 128 << 10
+_SPIN_S = float(os.environ.get("MPDIST_SPIN_US", "0")) * 1e-6
 _LOWAT_CAP = 512 << 10
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 _POLLINOUT = _POLLIN | select.POLLOUT
@@ -95,8 +96,17 @@ class TcpTransport(Transport):
     ``store`` must be unique to the group (a PrefixStore); it needs ``set``, blocking ``get``.
     """
 
-    def __init__(self, store: Any, rank: int, size: int, timeout_s: float) -> None:
-        super().__init__(rank, size, timeout_s)
+    def __init__(
+        self,
+        store: Any,
+        rank: int,
+        size: int,
+        timeout_s: float,
+        *,
+        rank_names: list[int] | None = None,
+    ) -> None:
+        super().__init__(rank, size, timeout_s, rank_names)
+        self.spin_s = _SPIN_S
         self._peers: list[_Peer | None] = [None] * size
         self._by_fd: dict[int, _Peer] = {}
         self._poll = select.poll()
@@ -143,7 +153,7 @@ class TcpTransport(Transport):
                     sock = socket.create_connection((host, int(port)), timeout=remaining)
                 except OSError as e:
                     raise DistNetworkError(
-                        f"rank {rank}: cannot connect to rank {peer} at {host}:{port}: {e}"
+                        f"rank {self._n(rank)}: cannot connect to rank {self._n(peer)} at {host}:{port}: {e}"
                     ) from e
                 _tune(sock)
                 sock.sendall(hello)
@@ -162,7 +172,7 @@ class TcpTransport(Transport):
                 if remaining <= 0:
                     missing = [p for p in range(size) if p != rank and self._peers[p] is None]
                     raise DistNetworkError(
-                        f"rank {rank}: timed out after {self.timeout_s:g} s connecting the "
+                        f"rank {self._n(rank)}: timed out after {self.timeout_s:g} s connecting the "
                         f"TCP mesh; no connection from rank(s) {missing}"
                     )
                 if self._abort_reason is not None:
@@ -204,7 +214,7 @@ class TcpTransport(Transport):
                             continue
                         if eof or self._check_hello(buf) != peer:
                             raise DistNetworkError(
-                                f"rank {rank}: rank {peer} closed or refused the connection "
+                                f"rank {self._n(rank)}: rank {self._n(peer)} closed or refused the connection "
                                 f"during the handshake"
                             )
                         poll.unregister(fd)
@@ -239,7 +249,7 @@ class TcpTransport(Transport):
         p = self._peers[peer]
         if p is None:
             raise ValueError(
-                f"rank {self.rank} cannot send to rank {peer} (itself or not in group)"
+                f"rank {self._n(self.rank)} cannot send to rank {self._n(peer)} (itself or not in group)"
             )
         hb = HEADER.pack(*hdr)
         if p.closed:
@@ -319,7 +329,7 @@ class TcpTransport(Transport):
                 if hdr[0] != MAGIC:
                     self._lose(p)
                     raise DistNetworkError(
-                        f"rank {self.rank}: corrupt message header from rank {p.rank}"
+                        f"rank {self._n(self.rank)}: corrupt message header from rank {self._n(p.rank)}"
                     )
                 plen = hdr[12]
                 req = None if hdr[1] == KIND_ERROR else self._on_header(p.rank, hdr)
@@ -382,7 +392,17 @@ class TcpTransport(Transport):
 
     # ------------------------------------------------------------------ progress
     def _progress(self, timeout_s: float) -> None:
-        events = self._poll.poll(max(timeout_s * 1000.0, 0.0))
+        events = self._poll.poll(0)
+        if not events and timeout_s > 0:
+            spin = self.spin_s
+            if spin > 0:
+                # a peer usually answers within microseconds: poll without sleeping for a
+                # moment, since a sleep and wakeup costs more than that on a busy machine
+                end = time.monotonic() + min(spin, timeout_s)
+                while not events and time.monotonic() < end:
+                    events = self._poll.poll(0)
+            if not events:
+                events = self._poll.poll(max(timeout_s * 1000.0, 0.0))
         by_fd = self._by_fd
         for fd, ev in events:
             if fd == self._wake_fd:

@@ -51,9 +51,11 @@ class DictStore:
             return all(k in self._data for k in keys)
 
 
-def make_transport(kind: str, store: Any, rank: int, size: int, timeout: float = 20.0):
+def make_transport(
+    kind: str, store: Any, rank: int, size: int, timeout: float = 20.0, rank_names=None
+):
     cls = TcpTransport if kind == "tcp" else LocalTransport
-    return cls(store, rank, size, timeout)
+    return cls(store, rank, size, timeout, rank_names=rank_names)
 
 
 def run_ranks(
@@ -62,6 +64,7 @@ def run_ranks(
     kind: str = "local",
     timeout: float = 20.0,
     raise_first: bool = True,
+    rank_names: list[int] | None = None,
 ) -> list[Any]:
     """Run ``fn(comm)`` on ``size`` ranks (threads); returns each rank's result or exception."""
     store = DictStore()
@@ -70,7 +73,7 @@ def run_ranks(
     def body(rank: int) -> None:
         t = None
         try:
-            t = make_transport(kind, store, rank, size, timeout)
+            t = make_transport(kind, store, rank, size, timeout, rank_names)
             results[rank] = fn(Communicator(t, timeout))
         except BaseException as e:  # reported to the caller
             results[rank] = e

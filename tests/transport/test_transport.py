@@ -212,3 +212,18 @@ def test_bad_rank_or_size() -> None:
         LocalTransport(DictStore(), 2, 2, 1.0)
     with pytest.raises(ValueError):
         TcpTransport(DictStore(), 0, 0, 1.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_errors_name_ranks_by_rank_names(kind: str) -> None:
+    """A subgroup's transport can name peers by their global ranks."""
+
+    def fn(comm: A.Communicator):
+        try:
+            A.allreduce(comm, np.ones(2 + comm.rank))
+        except DistBackendError as e:
+            return str(e)
+        return "no error"
+
+    for msg in run_ranks(2, fn, kind, rank_names=[5, 7]):
+        assert "rank 5" in msg and "rank 7" in msg, msg
