@@ -22,11 +22,19 @@ def _check_peer(comm: Communicator, peer: int, what: str) -> None:
         )
 
 
+def _check_tag(tag: int) -> None:
+    if not isinstance(tag, int) or isinstance(tag, bool):
+        raise TypeError(f"tag must be an int, got {tag!r}")
+    if not -(2**31) <= tag < 2**31:
+        raise ValueError(f"tag {tag} does not fit in 32 bits")
+
+
 def isend(
     comm: Communicator, array: np.ndarray, dst: int, tag: int = 0, *, op_name: str = "send"
 ) -> SendReq:
     """Post a send of ``array`` to ``dst``; finish it with :func:`wait` before changing ``array``."""
     _check_peer(comm, dst, "dst")
+    _check_tag(tag)
     return comm.transport.isend_p2p(
         dst, tag, as_bytes(array), dtype_code(array.dtype), op_code(op_name)
     )
@@ -38,6 +46,7 @@ def irecv(
     """Post a receive into ``array`` from ``src`` (None: any rank); ``req.src`` is the sender."""
     if src is not None:
         _check_peer(comm, src, "src")
+    _check_tag(tag)
     return comm.transport.irecv_p2p(src, tag, as_bytes(array), dtype_code(array.dtype))
 
 

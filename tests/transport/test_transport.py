@@ -46,6 +46,8 @@ def test_p2p_rejects_self_and_out_of_range() -> None:
             A.send(comm, np.zeros(1), comm.rank)
         with pytest.raises(ValueError, match="not a rank"):
             A.recv(comm, np.zeros(1), 5)
+        with pytest.raises(ValueError, match="32 bits"):
+            A.send(comm, np.zeros(1), 1 - comm.rank, tag=1 << 40)
         # the group is still usable afterwards
         x = np.array([comm.rank], np.int64)
         A.allreduce(comm, x)
