@@ -131,3 +131,9 @@ def big_values_from_another_process(s, spec) -> None:
     seen = s.multi_get([f"seen/{r}/{i}" for r in range(2) for i in range(n)])
     assert seen == [b"ok"] * (2 * n)
     assert all(s.get(f"big/{i}") == big_value(i, size) for i in range(n))
+
+
+def open_and_leave(path: str, world_size: int) -> None:
+    """Open a FileStore, write a key and exit without closing it (cleanup at exit)."""
+    s = FileStore(path, world_size, timeout=TIMEOUT)
+    s.set("child", b"was here")

@@ -218,3 +218,29 @@ def test_two_threads_wait_on_one_instance(path):
         for r in readers:
             r.join()
         assert sorted(got) == [b"1", b"2"]
+
+
+def test_process_exiting_without_close_still_counts_as_a_closer(path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with FileStore(path, world_size=2) as s:
+        w.run_all([ctx.Process(target=w.open_and_leave, args=(path, 2))])
+        assert s.get("child") == b"was here"
+        assert s.get(REFCOUNT_KEY) == b"2 1"  # the child closed at exit
+    assert not os.path.exists(path)
+
+
+def test_threads_sharing_one_instance_add_exactly(path):
+    import threading
+
+    with FileStore(path) as a, FileStore(path) as b:
+        threads = [
+            threading.Thread(target=lambda s=s: [s.add("c", 1) for _ in range(100)])
+            for s in (a, b, a, b)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert a.get("c") == b"400"

@@ -263,3 +263,22 @@ def test_long_timeouts_are_fine(no_leaks):
             assert m.get("k") == b"v"
         finally:
             t.join()
+
+
+def test_threads_sharing_one_client_use_several_connections(no_leaks):
+    with _master() as m, TCPStore(LOCAL, m.port, timeout=timedelta(seconds=30)) as c:
+        # two threads park a get each on the same client while others keep adding
+        got: list[bytes] = []
+        getters = [threading.Thread(target=lambda k=k: got.append(c.get(k))) for k in "xy"]
+        adders = [
+            threading.Thread(target=lambda: [c.add("n", 1) for _ in range(100)]) for _ in range(4)
+        ]
+        for t in getters + adders:
+            t.start()
+        for t in adders:
+            t.join()
+        m.multi_set(["x", "y"], [b"1", b"2"])
+        for t in getters:
+            t.join()
+        assert c.get("n") == b"400"
+        assert sorted(got) == [b"1", b"2"]
