@@ -467,6 +467,13 @@ def get_world_size(group: ProcessGroup | None = None) -> int:
     return _size(_current_world(), group)
 
 
+def _get_default_group() -> ProcessGroup:
+    """The default process group (torch's ``c10d._get_default_group``)."""
+    pg = _world_or_raise().default_pg
+    assert pg is not None
+    return pg
+
+
 def get_backend(group: ProcessGroup | None = None) -> str:
     """The backend name of ``group`` (default: the world)."""
     world = _world_or_raise()

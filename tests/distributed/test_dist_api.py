@@ -14,6 +14,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
+import mpdist
 import mpdist as dist
 from mpdist import (
     AllgatherOptions,
@@ -93,6 +94,7 @@ def test_default_group_queries(fake4):
     assert dist.get_backend() == "fake"
     world = dist.group.WORLD
     assert isinstance(world, FakeProcessGroup) and world is dist.GroupMember.WORLD
+    assert world is mpdist.distributed._get_default_group()
     assert world.rank() == 1 and world.size() == 4 and world.name() == "fake"
     assert dist.get_group_rank(world, 3) == 3 and dist.get_global_rank(world, 2) == 2
     assert dist.get_process_group_ranks(world) == [0, 1, 2, 3]
