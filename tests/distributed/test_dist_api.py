@@ -657,7 +657,17 @@ def _done(value):
     return f
 
 
-def test_registered_python_backend_serves_the_module_api():
+@pytest.fixture
+def unregister():
+    """Forget the backends a test registers (the registry is process-wide)."""
+    before = set(Backend._plugins)
+    yield
+    for name in set(Backend._plugins) - before:
+        del Backend._plugins[name]
+        delattr(Backend, name.upper())
+
+
+def test_registered_python_backend_serves_the_module_api(unregister):
     created = []
 
     def creator(store, rank, size, timeout):
@@ -698,7 +708,7 @@ def test_registered_python_backend_serves_the_module_api():
         dist.destroy_process_group()
 
 
-def test_extended_api_backend_gets_options_and_pg_options():
+def test_extended_api_backend_gets_options_and_pg_options(unregister):
     got = {}
 
     def creator(options, pg_options):
