@@ -410,7 +410,11 @@ class _Client:
                 sock = socket.create_connection(
                     (self.host, self.port), timeout=None if left is None else max(left, 0.001)
                 )
-            except (TimeoutError, ConnectionRefusedError, ConnectionResetError, OSError) as e:
+            except socket.gaierror as e:
+                raise DistNetworkError(
+                    f"TCPStore: cannot resolve host {self.host!r}: {e}"
+                ) from None
+            except OSError as e:
                 # The master may not be listening yet: retry until the deadline.
                 if deadline is not None and time.monotonic() + delay >= deadline:
                     raise DistNetworkError(
@@ -439,6 +443,9 @@ class _Client:
         if sock is None:
             sock = self._connect(connect_timeout)
         with self.lock:
+            if self.closed:  # closed while we connected: close() never saw this socket
+                sock.close()
+                raise DistStoreError(f"TCPStore {self.host}:{self.port} is closed")
             self.busy.add(sock)
         ok = False
         try:
