@@ -33,14 +33,6 @@ from mpdist.process_group import ProcessGroup
 BROADCAST_BUCKET_BYTES = 250 * MiB
 
 
-def _group_root(pg: ProcessGroup) -> int:
-    """The global rank of ``pg``'s group rank 0 (0 for groups the module API doesn't know)."""
-    try:
-        return dist.get_global_rank(pg, 0)
-    except ValueError:
-        return 0
-
-
 def sync_module_states(arrays: Sequence[np.ndarray], pg: ProcessGroup, src: int) -> None:
     """Broadcast ``arrays`` in place from global rank ``src``, packed per dtype into few
     flat buffers so a model costs a handful of collectives, not one per tensor."""
@@ -128,7 +120,7 @@ class DistributedDataParallel(Module):
         self.require_backward_grad_sync = True
         self.bucket_bytes_cap = int(bucket_cap_mb * MiB)
         self._comm_hook_registered = False
-        self._src = _group_root(pg)
+        self._src = self._global(0)
         self._join: Any = None  # the active join() context, if any
         if init_sync:
             states = [p.data for p in module.parameters()] + [b.data for b in module.buffers()]
@@ -145,9 +137,11 @@ class DistributedDataParallel(Module):
 
     # ---------------------------------------------------------------- forward
     def _global(self, group_rank: int) -> int:
+        """The global rank of ``group_rank`` in our group (for groups the module API does not
+        know, group ranks are global ranks)."""
         try:
             return dist.get_global_rank(self.process_group, group_rank)
-        except ValueError:  # a group the module API does not know: ranks are global
+        except ValueError:
             return group_rank
 
     def _broadcast_buffers(self, src_group_rank: int) -> None:
