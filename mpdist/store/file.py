@@ -187,10 +187,20 @@ class _Log:
     # ---------------------------------------------------------------- writing
     def append_records(self, buf: bytes) -> None:
         """Write ``buf`` at the end (call with the lock held and the cache refreshed)."""
+        start = self.offset
         view = memoryview(buf)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+        except BaseException as e:
+            # Disk full, interrupted...: take back the partial record so that the log
+            # stays readable for everyone (we hold the lock; nobody else appended).
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, start)
+            if isinstance(e, OSError):
+                raise DistStoreError(f"FileStore {self.path!r}: write failed: {e}") from e
+            raise
         # We hold the lock and had replayed up to the end, so the new bytes are ours:
         # parse them back instead of tracking each kind twice.
         self._parse_new()

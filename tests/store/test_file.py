@@ -244,3 +244,28 @@ def test_threads_sharing_one_instance_add_exactly(path):
         for t in threads:
             t.join()
         assert a.get("c") == b"400"
+
+
+def test_failed_write_is_rolled_back(path, monkeypatch):
+    from mpdist.store import file as file_mod
+
+    with FileStore(path) as s:
+        s.set("a", b"1")
+        size = os.path.getsize(path)
+        real_write = os.write
+
+        def half_then_enospc(fd, data):
+            if len(data) > 100:
+                real_write(fd, bytes(data[:60]))
+                raise OSError(28, "No space left on device")
+            return real_write(fd, data)
+
+        monkeypatch.setattr(file_mod.os, "write", half_then_enospc)
+        with pytest.raises(DistStoreError, match="write failed"):
+            s.set("big", b"x" * 1000)
+        monkeypatch.undo()
+        assert os.path.getsize(path) == size
+        s.set("b", b"2")
+        with FileStore(path) as other:
+            assert other.multi_get(["a", "b"]) == [b"1", b"2"]
+            assert not other.check(["big"])
