@@ -13,6 +13,7 @@ waits for every bucket and writes the averaged values back into ``.grad``.
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -151,6 +152,17 @@ def _reachable_leaves(outputs: Any) -> set[int]:
     return leaves
 
 
+def _dispatch_hook(reducer: weakref.ref[Reducer], index: int, param: Tensor) -> None:
+    r = reducer()
+    if r is not None:
+        r._autograd_hook(index, param)
+
+
+def _remove_handles(handles: list[Any]) -> None:
+    for h in handles:
+        h.remove()
+
+
 class Reducer:
     """Owns the buckets and the per-iteration reduction state of one DDP instance."""
 
@@ -188,10 +200,14 @@ class Reducer:
         self.locally_used = np.zeros(len(self.params), dtype=np.int32)
         self.unfinished: list[int] | None = None
         self.num_iterations = 0
+        # The hooks hold the reducer weakly, and are removed when it is collected, so a DDP
+        # wrapper that is dropped stops costing anything (and its buckets are freed).
+        me = weakref.ref(self)
         self.handles = [
-            p.register_post_accumulate_grad_hook(functools.partial(self._autograd_hook, i))
+            p.register_post_accumulate_grad_hook(functools.partial(_dispatch_hook, me, i))
             for i, p in enumerate(self.params)
         ]
+        weakref.finalize(self, _remove_handles, list(self.handles))
         if gradient_as_bucket_view:
             # Existing gradients move into the buckets; from now on .grad is a view.
             for i, p in enumerate(self.params):

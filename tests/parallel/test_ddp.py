@@ -384,3 +384,23 @@ def test_output_independent_of_every_parameter(run_threads) -> None:
 
     for grads in run_threads(2, body):
         assert grads == [None] * 6
+
+
+def test_dropped_ddp_releases_its_hooks_and_buckets(run_threads) -> None:
+    import gc
+    import weakref
+
+    def body(rank: int, ws: int):
+        model = make_model()
+        ddp = DDP(model)
+        ref = weakref.ref(ddp.reducer)
+        assert all(p._post_hooks for p in model.parameters())
+        del ddp
+        gc.collect()
+        assert ref() is None
+        assert not any(p._post_hooks for p in model.parameters())
+        x, y = data(0)
+        F.mse_loss(model(x), y).backward()  # plain local training still works
+        return True
+
+    assert run_threads(2, body) == [True, True]
