@@ -164,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(line)
     print("medians; round trip = A set -> B get -> B set -> A get, two processes")
+    if hasattr(os, "getloadavg"):
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"{os.cpu_count()} CPUs, load average {load} (latency grows with load)")
     return 0
 
 
