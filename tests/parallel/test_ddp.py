@@ -404,3 +404,31 @@ def test_dropped_ddp_releases_its_hooks_and_buckets(run_threads) -> None:
         return True
 
     assert run_threads(2, body) == [True, True]
+
+
+def test_mixed_dtypes_get_separate_buckets(run_threads) -> None:
+    def mixed() -> nn.Module:
+        mpdist.manual_seed(5)
+        return nn.Sequential(
+            nn.Linear(4, 6, dtype=np.float32), nn.ReLU(), nn.Linear(6, 2, dtype=np.float64)
+        )
+
+    def body(rank: int, ws: int):
+        ddp = DDP(mixed())
+        x, y = data(rank)
+        F.mse_loss(ddp(x[:, :4]), y[:, :2]).backward()
+        dtypes = [{ddp.reducer.params[i].dtype for i in b.indices} for b in ddp.reducer.buckets]
+        return [p.grad.data.copy() for p in ddp.parameters()], dtypes
+
+    out = run_threads(2, body)
+    local = []
+    for r in range(2):
+        m = mixed()
+        x, y = data(r)
+        F.mse_loss(m(x[:, :4]), y[:, :2]).backward()
+        local.append([p.grad.data for p in m.parameters()])
+    for grads, dtypes in out:
+        assert all(len(d) == 1 for d in dtypes) and len(dtypes) == 2
+        for g, a, b in zip(grads, *local, strict=True):
+            assert g.dtype == a.dtype
+            np.testing.assert_allclose(g, (a + b) / 2, rtol=1e-5)
