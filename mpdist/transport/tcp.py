@@ -131,10 +131,10 @@ class TcpTransport(Transport):
         pending: dict[socket.socket, bytearray] = {}  # accepted, handshake not complete
         waiting_ack: dict[socket.socket, tuple[int, bytearray]] = {}
         try:
+            _tune(listener)  # before listen(): accepted sockets inherit the buffer sizes
             listener.bind(("127.0.0.1", 0))
             listener.listen(size + 16)
             listener.setblocking(False)
-            _tune(listener)
             if rank == 0:
                 token = os.urandom(48)
                 store.set("mpdist_tcp/token", token.hex())
