@@ -17,11 +17,15 @@ from mpdist.transport.base import as_bytes
 
 __all__ = ["allreduce"]
 
-_AG_STEP = 1 << 10
-_FINAL_STEP = 1 << 20
+_AG_STEP = 1 << 24
+_FINAL_STEP = 1 << 30
+_MAX_CHUNKS = 4096
+CHUNK_BYTES = 1 << 20
 
 
-def allreduce(comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str) -> None:
+def allreduce(
+    comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str, chunk_bytes: int = 0
+) -> None:
     """Reduce the flat array ``flat`` in place across the communicator (no AVG division)."""
     t = comm.transport
     p, r = comm.size, comm.rank
@@ -29,6 +33,7 @@ def allreduce(comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str) 
     extra = p - p2
     fb = as_bytes(flat)
     item = flat.itemsize
+    chunk = max(1, (chunk_bytes or CHUNK_BYTES) // item)
     timeout = comm.timeout_s
     if r >= p2:
         partner = r - p2
@@ -56,14 +61,31 @@ def allreduce(comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str) 
         else:
             keep, give = (lo, mid), (mid, hi)
         k0, k1 = keep
-        rv = t.irecv(partner, step, sb[: (k1 - k0) * item])
-        sd = t.isend(partner, step, fb[give[0] * item : give[1] * item])
-        t.wait([rv, sd], op_name, timeout)
-        mine = flat[k0:k1]
-        if r < partner:
-            reduce_into(mine, mine, sc[: k1 - k0], op)
-        else:
-            reduce_into(mine, sc[: k1 - k0], mine, op)
+        g0 = give[0]
+        # chunked, so that reducing the first chunks overlaps receiving the rest
+        span = max(k1 - k0, give[1] - g0)
+        ch = max(chunk, -(-span // _MAX_CHUNKS))
+        offs = list(range(0, span, ch)) or [0]
+        rvs = [
+            t.irecv(partner, (step << 12) | i, sb[o * item : min(o + ch, k1 - k0) * item])
+            for i, o in enumerate(offs)
+        ]
+        sds = [
+            t.isend(
+                partner, (step << 12) | i, fb[(g0 + o) * item : min(g0 + o + ch, give[1]) * item]
+            )
+            for i, o in enumerate(offs)
+        ]
+        for rv, o in zip(rvs, offs, strict=True):
+            if not rv.done:
+                t.wait([rv], op_name, timeout)
+            e = min(o + ch, k1 - k0)
+            mine = flat[k0 + o : k0 + e]
+            if r < partner:
+                reduce_into(mine, mine, sc[o:e], op)
+            else:
+                reduce_into(mine, sc[o:e], mine, op)
+        t.wait(sds, op_name, timeout)
         steps.append((partner, keep, give))
         lo, hi = keep
         mask >>= 1

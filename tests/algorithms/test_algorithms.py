@@ -230,19 +230,22 @@ def test_allreduce_bitwise_identical_on_every_rank(algo: str, size: int) -> None
     assert len(set(res)) == 1
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
-    size=st.integers(1, 4),
+    size=st.integers(1, 5),
     n=st.integers(0, 40),
     chunk=st.sampled_from([4, 12, 40, 1 << 20]),
     op=st.sampled_from([ReduceOp.SUM, ReduceOp.MAX, ReduceOp.PRODUCT]),
+    algo=st.sampled_from(["ring", "hd"]),
 )
-def test_ring_allreduce_any_shape_and_chunking(size: int, n: int, chunk: int, op: ReduceOp) -> None:
+def test_chunked_allreduce_any_shape_and_chunking(
+    size: int, n: int, chunk: int, op: ReduceOp, algo: str
+) -> None:
     def fn(comm: A.Communicator):
         x = data(comm.rank, "int32", n)
         comm.start("all_reduce", x.dtype, x.nbytes, x.shape, -1, op.value)
         if comm.size > 1:
-            ring_allreduce.allreduce(comm, x, op, "all_reduce", chunk_bytes=chunk)
+            ALGOS[algo](comm, x, op, "all_reduce", chunk_bytes=chunk)
         comm.finish()
         return x
 
