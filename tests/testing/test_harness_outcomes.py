@@ -179,7 +179,7 @@ def test_timeout_dumps_stacks_and_last_collective(
         "test_hang",
         """
         class TestHang(MultiProcessTestCase):
-            timeout = 3
+            timeout = 4
 
             def test_hang(self):
                 note_pid()
@@ -196,7 +196,7 @@ def test_timeout_dumps_stacks_and_last_collective(
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*test_hang timed out after 3 s (world size 2); ranks still running: [[]0, 1[]]",
+            "*test_hang timed out after 4 s (world size 2); ranks still running: [[]0, 1[]]",
             "=== rank 0: still running at the timeout; last collective entered: all_reduce seq=2 *",
             "--- rank 0 stack dump ---",
             "*",
