@@ -173,6 +173,7 @@ def test_close_wakes_a_blocked_reader_and_releases_descriptors(path):
     import psutil
 
     proc = psutil.Process()
+    gc.collect()  # so that a socket dying late of an earlier test does not count
     fds = proc.num_fds()
     s = FileStore(path, world_size=1)
     errors: list[BaseException] = []
@@ -188,7 +189,7 @@ def test_close_wakes_a_blocked_reader_and_releases_descriptors(path):
     s.close()
     t.join()
     assert errors and "closed" in str(errors[0])
-    assert proc.num_fds() == fds
+    assert proc.num_fds() <= fds  # nothing of ours is left open
     assert not os.path.exists(path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import struct
 import threading
@@ -154,6 +155,7 @@ def test_client_disconnecting_while_parked_does_not_hurt(no_leaks):
 
 def test_close_stops_the_server_thread_and_every_socket(no_leaks):
     proc = psutil.Process()
+    gc.collect()  # so that a socket dying late of an earlier test does not count
     fds = proc.num_fds()
     m = _master()
     c = TCPStore(LOCAL, m.port, timeout=timedelta(seconds=30))
@@ -175,7 +177,7 @@ def test_close_stops_the_server_thread_and_every_socket(no_leaks):
     m.close()  # idempotent
     assert errors and "closed" in str(errors[0])
     assert not any(t.name.startswith("mpdist-tcpstore-server") for t in threading.enumerate())
-    assert proc.num_fds() == fds
+    assert proc.num_fds() <= fds  # nothing of ours is left open
     with pytest.raises(DistStoreError, match="closed"):
         m.get("a")
 
