@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -231,7 +232,7 @@ def _function_spec(item: pytest.Function, workdir: str) -> tuple[TaskSpec, float
         backend=marker.kwargs.get("backend", "tcp"),
         funcargs=pickle.dumps(kwargs),
         env=dict(os.environ),
-        sys_path=list(__import__("sys").path),
+        sys_path=list(sys.path),
         cwd=os.getcwd(),
         debug_rank=debug,
     )
