@@ -205,8 +205,9 @@ def test_close_is_idempotent_and_leaves_nothing(kind: str) -> None:
     with pytest.raises(DistBackendError, match="closed"):
         transports[0].wait([A.p2p.irecv(A.Communicator(transports[0], 1), np.zeros(1), 1)], "recv")
     after_socks, after_threads = leak_snapshot()
-    assert after_socks == before_socks
-    assert after_threads == before_threads
+    # "<=": something left over by an earlier test may finish meanwhile, nothing may be added
+    assert after_socks <= before_socks
+    assert after_threads <= before_threads
 
 
 def test_bad_rank_or_size() -> None:
