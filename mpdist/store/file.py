@@ -33,10 +33,10 @@ import os
 import struct
 import threading
 import time
-import weakref
 import zlib
 from collections.abc import Iterator
 from datetime import timedelta
+from multiprocessing import util as mp_util
 
 import filelock
 
@@ -47,6 +47,9 @@ __all__ = ["FileStore", "REFCOUNT_KEY"]
 
 # Internal key holding b"<opens> <closes>"; counted by num_keys like any other key.
 REFCOUNT_KEY = "/mpdist/filestore/refcount"
+
+# Longest close() waits for the writer lock before giving up on the refcount.
+_CLOSE_LOCK_S = 30.0
 
 _MAGIC = b"MPFS"
 _HDR = struct.Struct("<4sBIII")  # magic, kind, key length, value length, crc32
@@ -99,13 +102,16 @@ class _Log:
 
     # ---------------------------------------------------------------- locking
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the cross-process writer lock."""
+    def lock(self, limit: float | None = None) -> Iterator[None]:
+        """Hold the cross-process writer lock (waiting at most the timeout, or ``limit``)."""
+        wait = self.lock_timeout
+        if limit is not None:
+            wait = limit if wait is None else min(wait, limit)
         try:
-            self.flock.acquire(timeout=-1 if self.lock_timeout is None else self.lock_timeout)
+            self.flock.acquire(timeout=-1 if wait is None else wait)
         except filelock.Timeout:
             raise DistStoreError(
-                f"FileStore {self.path!r}: timed out after {self.lock_timeout:g} s (timeout) "
+                f"FileStore {self.path!r}: timed out after {wait:g} s (timeout) "
                 f"waiting for the writer lock {self.lock_path!r}"
             ) from None
         try:
@@ -233,7 +239,8 @@ class _Log:
                 return
             remove = False
             try:
-                with self.lock():
+                # Bounded: close() also runs at exit, which must not hang on a stuck peer.
+                with self.lock(limit=_CLOSE_LOCK_S):
                     self.refresh(locked=True)
                     opens, closes = self.bump_refcount(opening=False)
                     remove = self.world_size > 0 and closes >= self.world_size and opens <= closes
@@ -283,7 +290,10 @@ class FileStore(Store):
         except BaseException:
             os.close(self._log.fd)
             raise
-        self._finalizer = weakref.finalize(self, self._log.close)
+        # Closed at garbage collection and at exit. multiprocessing's Finalize rather than
+        # weakref.finalize: children started by multiprocessing (forkserver, fork) end
+        # in os._exit, which skips atexit, but they do run these exit finalizers.
+        self._finalizer = mp_util.Finalize(self, self._log.close, exitpriority=0)
 
     @property
     def path(self) -> str:

@@ -133,7 +133,11 @@ def big_values_from_another_process(s, spec) -> None:
     assert all(s.get(f"big/{i}") == big_value(i, size) for i in range(n))
 
 
+_KEEP_ALIVE: list = []
+
+
 def open_and_leave(path: str, world_size: int) -> None:
-    """Open a FileStore, write a key and exit without closing it (cleanup at exit)."""
+    """Open a FileStore, write a key and exit with it still alive (cleanup at exit)."""
     s = FileStore(path, world_size, timeout=TIMEOUT)
     s.set("child", b"was here")
+    _KEEP_ALIVE.append(s)  # not collected before the process ends

@@ -221,10 +221,11 @@ def test_two_threads_wait_on_one_instance(path):
         assert sorted(got) == [b"1", b"2"]
 
 
-def test_process_exiting_without_close_still_counts_as_a_closer(path):
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_process_exiting_without_close_still_counts_as_a_closer(path, method):
     import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context(method)
     with FileStore(path, world_size=2) as s:
         w.run_all([ctx.Process(target=w.open_and_leave, args=(path, 2))])
         assert s.get("child") == b"was here"
