@@ -370,3 +370,11 @@ def test_bad_arguments_raise_locally_and_group_stays_usable() -> None:
         return x.tolist()
 
     assert run_ranks(2, fn, "tcp") == [[2.0, 2.0]] * 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mismatched_reduce_op_raises_on_every_rank(kind: str) -> None:
+    def call(comm: A.Communicator) -> None:
+        A.allreduce(comm, np.ones(3), ReduceOp.MAX if comm.rank == 2 else ReduceOp.SUM)
+
+    _mismatch(kind, 4, call, "reduce op")
