@@ -270,7 +270,10 @@ class TcpTransport(Transport):
             return
         bufs = [hb[sent:], buf] if sent < HEADER_SIZE else [buf[sent - HEADER_SIZE :]]
         p.txq.append([bufs, req, sent > 0])
-        self._poll.modify(p.fd, _POLLINOUT)
+        try:
+            self._poll.modify(p.fd, _POLLINOUT)
+        except (OSError, ValueError):  # closed under us by close() from another thread
+            self._lose(p)
 
     def _write(self, p: _Peer) -> None:
         txq = p.txq
@@ -303,7 +306,10 @@ class TcpTransport(Transport):
             item[1].done = True
             txq.popleft()
         if not p.closed:
-            self._poll.modify(p.fd, _POLLIN)
+            try:
+                self._poll.modify(p.fd, _POLLIN)
+            except (OSError, ValueError):
+                self._lose(p)
 
     # ------------------------------------------------------------------ receiving
     def _read(self, p: _Peer) -> None:
