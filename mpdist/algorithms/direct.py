@@ -9,6 +9,9 @@ from mpdist.transport.base import as_bytes
 
 __all__ = ["gather", "scatter"]
 
+_ANNOUNCE = 1 << 30
+_EMPTY = memoryview(bytearray())
+
 
 def gather(
     comm: Communicator, input: np.ndarray, outputs: list[np.ndarray] | None, root: int, op_name: str
@@ -17,10 +20,13 @@ def gather(
     t = comm.transport
     if comm.rank == root:
         reqs = [t.irecv(i, 0, as_bytes(outputs[i])) for i in range(comm.size) if i != root]
+        # header-only announcement: ranks that disagree on the root fail at once, not on timeout
+        reqs += [t.isend(i, _ANNOUNCE, _EMPTY) for i in range(comm.size) if i != root]
         np.copyto(outputs[root], input.reshape(outputs[root].shape))
         t.wait(reqs, op_name, comm.timeout_s)
     else:
-        t.wait([t.isend(root, 0, as_bytes(input))], op_name, comm.timeout_s)
+        reqs = [t.irecv(root, _ANNOUNCE, _EMPTY), t.isend(root, 0, as_bytes(input))]
+        t.wait(reqs, op_name, comm.timeout_s)
 
 
 def scatter(

@@ -15,6 +15,8 @@ from mpdist.transport.base import as_bytes
 __all__ = ["broadcast", "reduce", "tree_links", "BCAST_CHUNK_BYTES"]
 
 BCAST_CHUNK_BYTES = 256 << 10
+_ANNOUNCE = 1 << 30
+_EMPTY = memoryview(bytearray())
 
 
 def tree_links(rank: int, size: int, root: int) -> tuple[int | None, list[int]]:
@@ -68,6 +70,14 @@ def reduce(comm: Communicator, flat: np.ndarray, root: int, op: ReduceOp, op_nam
     t = comm.transport
     timeout = comm.timeout_s
     parent, children = tree_links(comm.rank, comm.size, root)
+    # The root announces itself to its children with a header-only message: if ranks disagree
+    # on the root, someone sees a header with the wrong root at once instead of every rank
+    # waiting for data nobody sends.
+    extra = []
+    if parent is None:
+        extra = [t.isend(c, _ANNOUNCE, _EMPTY) for c in children]
+    elif parent == root:
+        extra = [t.irecv(parent, _ANNOUNCE, _EMPTY)]
     children = children[::-1]  # smallest subtree first: it is ready first
     bufs = [comm.scratch(1 + i, flat.size, flat.dtype) for i in range(len(children))]
     recvs = [t.irecv(c, 0, as_bytes(b)) for c, b in zip(children, bufs, strict=True)]
@@ -84,4 +94,5 @@ def reduce(comm: Communicator, flat: np.ndarray, root: int, op: ReduceOp, op_nam
         reduce_into(acc, src, b, op)
         src = acc
     if parent is not None:
-        t.wait([t.isend(parent, 0, as_bytes(acc))], op_name, timeout)
+        extra.append(t.isend(parent, 0, as_bytes(acc)))
+    t.wait(extra, op_name, timeout)

@@ -378,3 +378,17 @@ def test_mismatched_reduce_op_raises_on_every_rank(kind: str) -> None:
         A.allreduce(comm, np.ones(3), ReduceOp.MAX if comm.rank == 2 else ReduceOp.SUM)
 
     _mismatch(kind, 4, call, "reduce op")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("op", ["reduce", "gather"])
+def test_two_ranks_each_thinking_it_is_root_fail_fast(kind: str, op: str) -> None:
+    def call(comm: A.Communicator) -> None:
+        comm.timeout_s = 30.0  # must not be what ends it
+        x = np.ones(3)
+        if op == "reduce":
+            A.reduce(comm, x, comm.rank)
+        else:
+            A.gather(comm, x, [np.empty(3) for _ in range(comm.size)], comm.rank)
+
+    _mismatch(kind, 2, call, "root")
