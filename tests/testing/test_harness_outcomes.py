@@ -110,10 +110,15 @@ def test_exit_code_signal_and_sys_exit_are_reported(pytester: pytest.Pytester) -
             def test_sys_exit(self):
                 if self.rank == 1:
                     sys.exit(4)
+
+            def test_segfault(self):
+                import faulthandler
+                if self.rank == 1:
+                    faulthandler._sigsegv()
         """,
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(failed=3)
+    result.assert_outcomes(failed=4)
     result.stdout.fnmatch_lines(
         [
             "*test_os_exit failed in rank 1*",
@@ -122,6 +127,16 @@ def test_exit_code_signal_and_sys_exit_are_reported(pytester: pytest.Pytester) -
     )
     result.stdout.fnmatch_lines(["=== rank 0: exited without reporting a result (signal SIGKILL)"])
     result.stdout.fnmatch_lines(["=== rank 1: failed: SystemExit: sys.exit(4)"])
+    # A crash: the signal's name, and faulthandler's stack in the rank's stderr section.
+    result.stdout.fnmatch_lines(
+        [
+            "=== rank 1: exited without reporting a result (signal SIGSEGV)",
+            "*Captured stderr rank 1*",
+            "Fatal Python error: Segmentation fault",
+            "*",
+            '*File "*test_exits.py", line * in test_segfault',
+        ]
+    )
 
 
 def test_first_failure_aborts_the_other_ranks(pytester: pytest.Pytester, pid_dir: str) -> None:

@@ -63,6 +63,16 @@ class TestReuse(MultiProcessTestCase):
 
     def test_7_after_timeout(self):
         note("seventh")
+
+
+class TestZAfterwards(MultiProcessTestCase):
+    def test_previous_class_pool_is_closed(self):
+        import psutil
+
+        with open(os.path.join(os.environ["PID_DIR"], "seventh")) as f:
+            pids = [int(x) for x in f.read().split()]
+        assert not [p for p in pids if psutil.pid_exists(p)
+                    and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
 """
 
 
@@ -76,7 +86,7 @@ def test_workers_are_reused_and_recycled_after_failure_and_timeout(
 ) -> None:
     pytester.makepyfile(test_reuse=REUSE)
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=5, failed=2)
+    result.assert_outcomes(passed=6, failed=2)
     result.stdout.fnmatch_lines(
         ["*test_4_fails failed in rank ? (world size 2); failing ranks: [[]0, 1[]]"]
     )
@@ -92,7 +102,7 @@ def test_workers_are_reused_and_recycled_after_failure_and_timeout(
     assert pids(pid_dir, "sixth") == fifth
     seventh = pids(pid_dir, "seventh")
     assert set(seventh).isdisjoint(fifth)
-    # The class is over: its pool is closed.
+    # TestZAfterwards saw the pool closed when its class was over; nothing is left now.
     assert not alive(first + fifth + seventh)
 
 
