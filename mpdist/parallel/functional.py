@@ -20,11 +20,12 @@ from mpdist.process_group import ProcessGroup, ReduceOp
 
 
 def _arr(x: Any) -> np.ndarray:
-    """A C-contiguous ndarray copy-free when possible (collectives need contiguity)."""
+    """The array as C-contiguous (collectives need it), copying only when it is not."""
     return np.ascontiguousarray(x.data if isinstance(x, Tensor) else np.asarray(x))
 
 
 def _fresh(x: Any) -> np.ndarray:
+    """A C-contiguous copy: the forward result must not alias the caller's input."""
     return np.array(x.data if isinstance(x, Tensor) else x, copy=True, order="C")
 
 
@@ -37,13 +38,6 @@ def _me(group: ProcessGroup | None) -> int:
         return dist.get_global_rank(group, r)
     except ValueError:  # a group the module API does not know: its ranks are global
         return r
-
-
-def _global_ranks(group: ProcessGroup | None) -> list[int]:
-    try:
-        return dist.get_process_group_ranks(group)
-    except ValueError:
-        return list(range(dist.get_world_size(group)))
 
 
 class _Broadcast(Function):
