@@ -1,6 +1,23 @@
 """Data parallelism on mpdist: ``DistributedDataParallel``, composable ``replicate``,
 communication hooks (``mpdist.parallel.hooks``) and differentiable collectives
-(``mpdist.parallel.functional``)."""
+(``mpdist.parallel.functional``).
+
+    import mpdist.distributed as dist
+    from mpdist import nn
+    from mpdist.nn import functional as F
+    from mpdist.optim import SGD
+    from mpdist.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group()                 # under `python -m mpdist run --nproc N ...`
+    model = DDP(nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1)))
+    opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for x, y in my_shard_of_the_data:
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()   # gradients are averaged across ranks here
+        opt.step()
+
+See ``examples/ddp_train.py`` for a complete program.
+"""
 
 from __future__ import annotations
 
