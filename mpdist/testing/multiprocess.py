@@ -28,6 +28,7 @@ import unittest
 from typing import Any, ClassVar
 
 from mpdist.testing import _config, _coordinator, _pool
+from mpdist.testing._asserts import ArrayAssertions
 from mpdist.testing._report import raise_for, rerun_command
 from mpdist.testing._worker import TaskSpec
 
@@ -50,7 +51,7 @@ def preload_for(module_name: str) -> list[str]:
     return [module_name]
 
 
-class MultiProcessTestCase(unittest.TestCase):
+class MultiProcessTestCase(ArrayAssertions, unittest.TestCase):
     """Run each test method in ``world_size`` processes; one outcome in the parent.
 
     Class attributes: ``timeout`` (seconds; default ``--mp-timeout`` or 300),

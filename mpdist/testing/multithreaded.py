@@ -23,6 +23,7 @@ import mpdist
 from mpdist import distributed as dist
 from mpdist.store import HashStore
 from mpdist.testing import _config
+from mpdist.testing._asserts import ArrayAssertions
 from mpdist.testing._coordinator import Outcome, RankResult
 from mpdist.testing._report import raise_for, rerun_command
 from mpdist.testing._worker import collective_trace, format_exception, seed_everything
@@ -166,7 +167,7 @@ class ThreadRanks:
                 t.join(1.0)
 
 
-class MultiThreadedTestCase(unittest.TestCase):
+class MultiThreadedTestCase(ArrayAssertions, unittest.TestCase):
     """Run each test method in ``world_size`` threads with the threaded backend initialized.
 
     Class attributes: ``timeout`` (seconds; default ``--mp-timeout`` or 300), ``seed``.
