@@ -620,16 +620,26 @@ def _same(a: np.ndarray, ref: np.ndarray, op: str, what: str, ref_what: str) -> 
         raise ValueError(f"{op}: {what} has shape {a.shape} but {ref_what} has shape {ref.shape}")
 
 
-_checked_ops: set[tuple[ReduceOp, np.dtype]] = set()
+# dtype -> the ReduceOps valid on it; filled as dtypes are first checked (the fast path)
+_valid_ops: dict[np.dtype, tuple[ReduceOp, ...]] = {}
 
 
 def _check_op(op: Any, dtype: np.dtype, name: str) -> None:
-    if (op, dtype) in _checked_ops:
+    ops = _valid_ops.get(dtype)
+    if ops is not None and op in ops:  # tuple membership tests identity first: cheap
         return
     if not isinstance(op, ReduceOp):
         raise TypeError(f"{name}: op must be a ReduceOp, got {op!r}")
     check_op_dtype(op, dtype)
-    _checked_ops.add((op, dtype))
+    if ops is None:
+        valid = []
+        for o in ReduceOp:
+            try:
+                check_op_dtype(o, dtype)
+            except ValueError:
+                continue
+            valid.append(o)
+        _valid_ops[dtype] = tuple(valid)
 
 
 def _wait(work: Any, world: _World | None, pg: ProcessGroup) -> None:
@@ -650,11 +660,24 @@ def all_reduce(
     async_op: bool = False,
 ) -> Work | None:
     """Reduce ``tensor`` across the group in place; every rank gets the same bits."""
-    world, pg = _resolve(group, "all_reduce")
-    if pg is None:
-        return None
-    arr = _array(tensor, "all_reduce", "tensor", out=True)
-    _check_op(op, arr.dtype, "all_reduce")
+    # the latency path (a 4-byte all_reduce is tens of microseconds end to end): common
+    # cases are decided with as few Python operations as possible
+    if group is None:
+        world = getattr(_tls, "world", None) or _process_world
+        if world is None:
+            raise ValueError(_UNINIT)
+        pg = world.default_pg
+    else:
+        world, pg = _resolve(group, "all_reduce")
+        if pg is None:
+            return None
+    arr = tensor
+    if type(arr) is not np.ndarray or not arr.flags.carray:
+        arr = _array(tensor, "all_reduce", "tensor", out=True)
+    ops = _valid_ops.get(arr.dtype)
+    if ops is None or op not in ops:
+        _array(arr, "all_reduce", "tensor", out=True)
+        _check_op(op, arr.dtype, "all_reduce")
     if isinstance(pg, NativeProcessGroup):
         return pg._c_allreduce(arr, op, "all_reduce", [tensor], async_op)
     work = pg.allreduce([tensor], AllreduceOptions(reduceOp=op))

@@ -64,18 +64,11 @@ class CommProcessGroup(NativeProcessGroup):
         if self._closed:
             raise self._dead()
         if not async_op:
-            lock = self._lock
-            lock.acquire()
             if self._pending == 0:
-                # nothing queued: run here, but hold the exec lock so work submitted
-                # meanwhile from another thread waits its turn
-                self._exec_lock.acquire()
-                lock.release()
-                try:
+                # Nothing queued by this thread (it would have counted it already): run
+                # here, holding the exec lock so the worker and other threads wait their turn.
+                with self._exec_lock:
                     return fn()
-                finally:
-                    self._exec_lock.release()
-            lock.release()
             if threading.current_thread() is self._worker:
                 # a completion callback on the worker issuing a synchronous op: waiting for
                 # the queue would wait for ourselves. Running it here puts it at the same
