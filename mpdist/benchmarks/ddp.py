@@ -241,7 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--grad-views", action="store_true", help="DDP with gradient_as_bucket_view=True"
     )
     p.add_argument("--threads-per-rank", type=int, default=1, help="BLAS threads per process")
-    p.add_argument("--bucket-cap-mb", type=float, default=1.0, help="bucket size with overlap on")
+    p.add_argument(
+        "--bucket-cap-mb",
+        type=float,
+        default=25.0,
+        help="bucket size with overlap on (DDP default 25)",
+    )
     p.add_argument("--vs", choices=["torch"], default=None, help="also run torch DDP over gloo")
     args = p.parse_args(list(argv) if argv is not None else None)
     if args.world_size < 2:
