@@ -6,7 +6,8 @@ gradient reduction overlapped with backward (small buckets) and not overlapped (
 reduced after backward). A step is zero_grad + forward + MSE loss + backward + SGD step.
 Configurations alternate step by step (all ranks meet at a barrier before each step; the
 single-process rows run on rank 0 while the others wait), so drifting machine load hits them
-alike. Each row reports the median step time (the slowest rank's median for DDP).
+alike. Each row reports the median step time (the slowest rank's median for DDP) and the
+median CPU time the process used per step, which is what to compare on a shared machine.
 ``--vs torch`` runs the same rows with torch's DDP over gloo (separate processes).
 """
 
@@ -169,25 +170,35 @@ def _rank_main(lib: str, rank: int, world: int, path: str, cfg: dict[str, Any], 
         steps, barrier, teardown, buckets = make(rank, world, path, cfg)
         try:
             times: dict[str, list[float]] = {m: [] for m in MODES}
+            cpu: dict[str, list[float]] = {m: [] for m in MODES}
             # Modes alternate step by step, so drifting machine load hits them all alike.
             for i in range(cfg["warmup"] + cfg["steps"]):
                 for mode in MODES:
                     barrier()
                     if mode.startswith("single") and rank != 0:
                         continue  # one process alone: the other ranks wait at the barrier
-                    t0 = time.perf_counter()
+                    c0, t0 = time.process_time(), time.perf_counter()
                     steps[mode]()
                     if i >= cfg["warmup"]:
                         times[mode].append(time.perf_counter() - t0)
-            q.put(("ok", rank, {m: statistics.median(t) for m, t in times.items() if t}, buckets))
+                        cpu[mode].append(time.process_time() - c0)
+            med = {
+                m: (statistics.median(times[m]), statistics.median(cpu[m]))
+                for m in MODES
+                if times[m]
+            }
+            q.put(("ok", rank, med, buckets))
         finally:
             teardown()
     except BaseException:
         q.put(("error", rank, f"rank {rank}:\n{traceback.format_exc()}", None))
 
 
-def _run(lib: str, world: int, cfg: dict[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
-    """Run one library's rows in ``world`` spawned processes: (mode -> seconds, buckets)."""
+def _run(
+    lib: str, world: int, cfg: dict[str, Any]
+) -> tuple[dict[str, tuple[float, float]], dict[str, int]]:
+    """Run one library's rows in ``world`` spawned processes:
+    (mode -> (wall seconds, CPU seconds of the process, all threads), buckets)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     # A fixed number of BLAS threads per process: N ranks on N cores must not oversubscribe.
@@ -207,7 +218,7 @@ def _run(lib: str, world: int, cfg: dict[str, Any]) -> tuple[dict[str, float], d
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        per_rank: dict[int, dict[str, float]] = {}
+        per_rank: dict[int, dict[str, tuple[float, float]]] = {}
         buckets: dict[str, int] = {}
         try:
             for _ in range(world):
@@ -226,7 +237,11 @@ def _run(lib: str, world: int, cfg: dict[str, Any]) -> tuple[dict[str, float], d
             q.join_thread()
     result = {m: per_rank[0][m] for m in ("single", "single global")}
     for m in ("overlap", "no overlap"):
-        result[m] = max(r[m] for r in per_rank.values())  # the slowest rank sets the pace
+        # the slowest rank sets the pace
+        result[m] = (
+            max(r[m][0] for r in per_rank.values()),
+            max(r[m][1] for r in per_rank.values()),
+        )
     return result, buckets
 
 
@@ -290,20 +305,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.threads_per_rank} BLAS thread(s) per process"
         + ("; gradient_as_bucket_view" if args.grad_views else "")
     )
-    head = f"{'configuration':<44} {'step ms':>9} {'samples/s':>10}"
+    head = f"{'configuration':<44} {'step ms':>9} {'cpu ms':>8} {'samples/s':>10}"
     if theirs:
         head += f" {'torch ms':>9} {'vs torch':>9}"
     print(head)
     for mode in MODES:
         name, n = names[mode]
-        line = f"{name:<44} {ours[mode] * 1e3:9.2f} {n / ours[mode]:10.0f}"
+        wall, cpu = ours[mode]
+        line = f"{name:<44} {wall * 1e3:9.2f} {cpu * 1e3:8.2f} {n / wall:10.0f}"
         if theirs:
-            line += f" {theirs[mode] * 1e3:9.2f} {ours[mode] / theirs[mode]:8.2f}x"
+            line += f" {theirs[mode][0] * 1e3:9.2f} {wall / theirs[mode][0]:8.2f}x"
         print(line)
+    w = {m: ours[m][0] for m in MODES}
     print(
-        f"overlap on vs off: {ours['no overlap'] / ours['overlap']:.2f}x faster; DDP step vs one "
-        f"process on the same per-rank batch: {ours['overlap'] / ours['single']:.2f}x the time; "
-        f"DDP throughput vs one process on the global batch: "
-        f"{ours['single global'] / ours['overlap']:.2f}x"
+        f"overlap on vs off: {w['no overlap'] / w['overlap']:.2f}x faster; DDP step vs one "
+        f"process on the same per-rank batch: {w['overlap'] / w['single']:.2f}x the time; "
+        f"DDP throughput vs one process on the global batch: {w['single global'] / w['overlap']:.2f}x"
     )
+    print("(cpu ms: CPU time of the process, all threads; far below step ms = the machine is busy)")
     return 0
