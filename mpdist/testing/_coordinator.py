@@ -155,6 +155,7 @@ class RankSet:
         self.handles = handles
         self.pooled = pooled
         self.first_failure: int | None = None
+        self.closed = False
 
     @classmethod
     def start_fresh(cls, spec: TaskSpec, ctx: Any) -> RankSet:
@@ -292,6 +293,8 @@ class RankSet:
 
     def kill(self, grace: float = KILL_GRACE) -> None:
         """Kill every rank of this set, their descendants and their process groups."""
+        if self.closed:
+            return
         pids = [h.pid for h in self.handles if h.pid is not None]
         pgids = [h.pgid for h in self.handles if h.pgid]
         _reaper.kill_tree(pids, pgids, grace=grace)
@@ -302,6 +305,9 @@ class RankSet:
 
     def close(self) -> None:
         """Release pipes and process handles; sweep leftover grandchildren (fresh ranks only)."""
+        if self.closed:
+            return
+        self.closed = True
         if not self.pooled:
             _reaper.sweep_groups([h.pgid for h in self.handles if h.pgid])
             for h in self.handles:

@@ -19,6 +19,7 @@ the parent; the test body runs only in the ranks::
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
@@ -40,9 +41,28 @@ def module_path(module_name: str) -> str | None:
     return os.path.abspath(path) if path else None
 
 
+_live_workdirs: set[str] = set()
+
+
 def make_workdir() -> str:
     """A fresh private directory for one test: store file, per-rank output and dumps."""
-    return tempfile.mkdtemp(prefix="mpdist-")
+    path = tempfile.mkdtemp(prefix="mpdist-")
+    _live_workdirs.add(path)
+    return path
+
+
+def remove_workdir(path: str) -> None:
+    """Delete a directory made by :func:`make_workdir`."""
+    _live_workdirs.discard(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@atexit.register
+def _remove_leftover_workdirs() -> None:
+    # A test interrupted where unittest runs no cleanups (Ctrl-C in setUp) still
+    # leaves no temp files behind.
+    while _live_workdirs:
+        shutil.rmtree(_live_workdirs.pop(), ignore_errors=True)
 
 
 def preload_for(module_name: str) -> list[str]:
@@ -108,6 +128,13 @@ class MultiProcessTestCase(ArrayAssertions, unittest.TestCase):
         """Start the ranks for the current test (idempotent; torch tests call it from setUp)."""
         if self._mpdist_ranks is not None:
             return
+        try:
+            self._mpdist_start()
+        except KeyboardInterrupt:
+            self._mpdist_cleanup()  # unittest runs no cleanups after Ctrl-C
+            raise
+
+    def _mpdist_start(self) -> None:
         self._mpdist_prepare()
         world_size = int(self.world_size)
         if world_size < 1:
@@ -169,12 +196,19 @@ class MultiProcessTestCase(ArrayAssertions, unittest.TestCase):
         def run_in_ranks(*args: Any, **kwargs: Any) -> Any:
             if self._mpdist_in_rank:
                 return fn(*args, **kwargs)
-            self._spawn_processes()
-            rs, spec = self._mpdist_ranks, self._mpdist_spec
-            assert rs is not None and spec is not None
-            timeout = None if spec.debug_rank is not None else _config.default_timeout(self.timeout)
-            outcome = _coordinator.finish(rs, timeout=timeout, pool=self._mpdist_pool)
-            self._mpdist_ranks = None
+            try:
+                self._spawn_processes()
+                rs, spec = self._mpdist_ranks, self._mpdist_spec
+                assert rs is not None and spec is not None
+                timeout = None
+                if spec.debug_rank is None:
+                    timeout = _config.default_timeout(self.timeout)
+                outcome = _coordinator.finish(rs, timeout=timeout, pool=self._mpdist_pool)
+                self._mpdist_ranks = None
+            except BaseException:
+                # unittest skips cleanups on KeyboardInterrupt: clean up here as well.
+                self._mpdist_cleanup()
+                raise
             self._mpdist_outcome = outcome
             rerun = rerun_command(self._mpdist_nodeid, self.id(), spec.world_size)
             raise_for(outcome, rerun)
@@ -187,5 +221,5 @@ class MultiProcessTestCase(ArrayAssertions, unittest.TestCase):
             _coordinator.abandon(self._mpdist_ranks, self._mpdist_pool)
             self._mpdist_ranks = None
         if self._mpdist_workdir is not None:
-            shutil.rmtree(self._mpdist_workdir, ignore_errors=True)
+            remove_workdir(self._mpdist_workdir)
             self._mpdist_workdir = None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +28,7 @@ from mpdist.testing.multiprocess import (
     make_workdir,
     module_path,
     preload_for,
+    remove_workdir,
 )
 from mpdist.testing.multithreaded import MultiThreadedTestCase
 
@@ -252,7 +252,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         pyfuncitem._mpdist_outcome = outcome  # type: ignore[attr-defined]
         raise_for(outcome, rerun_command(pyfuncitem.nodeid, pyfuncitem.nodeid, spec.world_size))
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir)
     return True
 
 

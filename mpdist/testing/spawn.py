@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 from mpdist.testing import _config, _coordinator
 from mpdist.testing._report import raise_for, rerun_command
 from mpdist.testing._worker import TaskSpec
-from mpdist.testing.multiprocess import make_workdir, module_path, preload_for
+from mpdist.testing.multiprocess import make_workdir, module_path, preload_for, remove_workdir
 
 
 def spawn_ranks(
@@ -96,4 +95,4 @@ def spawn_ranks(
         raise_for(outcome, rerun_command(nodeid, f"{module}.{qualname}", world_size))
         return [pickle.loads(r.value) if r.value is not None else None for r in outcome.results]
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir)

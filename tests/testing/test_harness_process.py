@@ -12,7 +12,7 @@ import textwrap
 import time
 
 import pytest
-from _harness_helpers import alive, read_pids
+from _harness_helpers import alive, leftover_files, read_pids
 
 SLEEPERS = """
 import os, subprocess, time
@@ -43,14 +43,18 @@ def _wait_for_files(directory: str, count: int, proc: subprocess.Popen, limit: f
         time.sleep(0.05)  # polling for the ranks to write their pid files
 
 
-def test_ctrl_c_stops_every_rank_and_grandchild(pytester: pytest.Pytester, pid_dir: str) -> None:
+def test_ctrl_c_stops_every_rank_and_grandchild(
+    pytester: pytest.Pytester, pid_dir: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     pytester.makepyfile(test_sigint=SLEEPERS)
+    tmpdir = tmp_path_factory.mktemp("sigint-tmp")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_sigint.py"],
         cwd=pytester.path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "TMPDIR": str(tmpdir)},
     )
     try:
         _wait_for_files(pid_dir, 4, proc)
@@ -65,6 +69,7 @@ def test_ctrl_c_stops_every_rank_and_grandchild(pytester: pytest.Pytester, pid_d
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     assert "KeyboardInterrupt" in out
     assert not alive(pids)
+    assert leftover_files(tmpdir) == []  # the test's store and output files are gone too
 
 
 DEBUG = """
