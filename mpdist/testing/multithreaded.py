@@ -236,7 +236,11 @@ class MultiThreadedTestCase(ArrayAssertions, unittest.TestCase):
             self._spawn_threads()
             assert self._mt_ranks is not None
             timeout = _config.default_timeout(self.timeout)
-            outcome = self._mt_ranks.join(timeout, self._mpdist_nodeid or self.id())
+            try:
+                outcome = self._mt_ranks.join(timeout, self._mpdist_nodeid or self.id())
+            except BaseException:
+                self._mt_ranks.cleanup()  # unittest runs no cleanups after Ctrl-C
+                raise
             self._mpdist_outcome = outcome
             rerun = rerun_command(self._mpdist_nodeid, self.id(), outcome.world_size)
             raise_for(outcome, rerun)
