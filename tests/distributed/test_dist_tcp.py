@@ -253,18 +253,26 @@ def resources() -> tuple[int, int, int]:
     return threading.active_count(), proc.num_fds(), len(proc.net_connections(kind="inet"))
 
 
-def reinit(rank: int, n: int, base: str, port: int) -> list[tuple[int, int, int]]:
+def reinit(rank: int, n: int, base: str, ports: list[int]) -> list[tuple[int, int, int]]:
     from mpdist.store import FileStore, HashStore
 
     seen = [resources()]
-    for i in range(3):
+    for i in range(4):
         store = None
         if i == 1:
             url = f"file://{base}-{i}?rank={rank}&world_size={n}"
             dist.init_process_group("gloo", init_method=url)
         elif i == 2:  # rank 0 runs a TCPStore server, which destroy must shut down
-            url = f"tcp://127.0.0.1:{port}?rank={rank}&world_size={n}"
+            url = f"tcp://127.0.0.1:{ports[0]}?rank={rank}&world_size={n}"
             dist.init_process_group("tcp", init_method=url)
+        elif i == 3:  # no store, no init_method: env://
+            os.environ.update(
+                RANK=str(rank),
+                WORLD_SIZE=str(n),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(ports[1]),
+            )
+            dist.init_process_group()
         else:
             store = FileStore(f"{base}-{i}", n)
             dist.init_process_group("tcp", store=store, rank=rank, world_size=n)
@@ -284,15 +292,17 @@ def reinit(rank: int, n: int, base: str, port: int) -> list[tuple[int, int, int]
     return seen
 
 
-def test_destroy_and_reinit_three_times_leaks_nothing(tmp_path):
-    """Store, file:// and tcp:// inits in turn; after each destroy the same threads/fds/sockets."""
+def test_destroy_and_reinit_four_times_leaks_nothing(tmp_path):
+    """Store, file://, tcp:// and env:// inits in turn; after each destroy the same
+    threads, fds and sockets."""
     base = str(tmp_path / "reinit")
-    # a port held (bound, not listening, SO_REUSEADDR) so nobody else takes it meanwhile
-    with socket.socket() as held:
-        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        held.bind(("127.0.0.1", 0))
-        port = held.getsockname()[1]
-        results = run(reinit, 2, tmp_path, backend=None, args=(base, port))
+    # ports held (bound, not listening, SO_REUSEADDR) so nobody else takes them meanwhile
+    with socket.socket() as held1, socket.socket() as held2:
+        for held in (held1, held2):
+            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            held.bind(("127.0.0.1", 0))
+        ports = [held1.getsockname()[1], held2.getsockname()[1]]
+        results = run(reinit, 2, tmp_path, backend=None, args=(base, ports))
     for seen in results:
-        assert seen[1] == seen[2] == seen[3], seen
-        assert seen[0][0] == seen[3][0] and seen[0][2] == seen[3][2], seen
+        assert seen[1] == seen[2] == seen[3] == seen[4], seen
+        assert seen[0][0] == seen[4][0] and seen[0][2] == seen[4][2], seen
