@@ -6,6 +6,18 @@ the markers ``world_size(*sizes)`` and ``mpdist(world_size=None, backend="tcp")`
 the fixtures ``rank`` and ``world_size``, and the reporting: one outcome per
 test with every rank's traceback, per-rank output as report sections, and a
 command that reruns just the failing test.
+
+Usage::
+
+    @pytest.mark.world_size(2, 4)           # test_sum[ws2], test_sum[ws4]
+    @pytest.mark.mpdist                     # body runs in every rank, group initialized
+    def test_sum(rank, world_size, tmp_path):   # tmp_path is shared by the ranks
+        a = np.full(3, rank); dist.all_reduce(a)
+        assert (a == sum(range(world_size))).all()
+
+    pytest --ranks 4 --mp-timeout 60          # default world size, per-test deadline
+    pytest --mp-debug-rank 1 -k test_sum      # rank 1 on the terminal: breakpoint() works
+    pytest -n auto                            # xdist: no port or file clashes
 """
 
 from __future__ import annotations
