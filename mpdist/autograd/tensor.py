@@ -84,6 +84,32 @@ def _binary(
     return _make(out, inputs, lambda g: [f(g) for f in fns], name)
 
 
+def _binary_methods(
+    fwd: Callable[[Any, Any], Any],
+    grad_a: Callable[[np.ndarray, Any, Any, np.ndarray], np.ndarray],
+    grad_b: Callable[[np.ndarray, Any, Any, np.ndarray], np.ndarray],
+    name: str,
+) -> tuple[Callable[[Tensor, Any], Tensor], Callable[[Tensor, Any], Tensor]]:
+    """The dunder method of a binary op and its reflected twin (``__add__``, ``__radd__``)."""
+
+    def method(self: Tensor, other: Any) -> Tensor:
+        return _binary(self, other, fwd, grad_a, grad_b, name)
+
+    def reflected(self: Tensor, other: Any) -> Tensor:
+        return _binary(other, self, fwd, grad_a, grad_b, name)
+
+    return method, reflected
+
+
+def _comparison(fwd: Callable[[Any, Any], Any]) -> Callable[[Tensor, Any], Tensor]:
+    """A comparison dunder method: an elementwise boolean Tensor, not recorded."""
+
+    def method(self: Tensor, other: Any) -> Tensor:
+        return Tensor(fwd(self.data, _raw(other)))
+
+    return method
+
+
 def _norm_axis(axis: Axis, ndim: int) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
@@ -264,20 +290,11 @@ class Tensor:
         ``gradient`` defaults to 1 for a single-element tensor. The graph is kept, so calling
         backward again accumulates again.
         """
-        if not self.requires_grad:
+        g = _seed_gradient(self, gradient)
+        if gradient is not None and g.shape != self.data.shape:
             raise RuntimeError(
-                "element 0 of tensors does not require grad and does not have a grad_fn"
+                f"gradient has shape {g.shape}, but the tensor has shape {self.data.shape}"
             )
-        if gradient is None:
-            if self.data.size != 1:
-                raise RuntimeError("grad can be implicitly created only for scalar outputs")
-            g = np.ones_like(self.data)
-        else:
-            g = np.asarray(_raw(gradient), dtype=self.data.dtype)
-            if g.shape != self.data.shape:
-                raise RuntimeError(
-                    f"gradient has shape {g.shape}, but the tensor has shape {self.data.shape}"
-                )
         run_backward([self], [g])
 
     def register_hook(self, hook: Callable[[Tensor], Any]) -> RemovableHandle:
@@ -372,57 +389,24 @@ class Tensor:
         return self
 
     # ----------------------------------------------------------------- arithmetic
-    def __add__(self, other: Any) -> Tensor:
-        return _binary(self, other, np.add, lambda g, a, b, o: g, lambda g, a, b, o: g, "add")
-
-    def __radd__(self, other: Any) -> Tensor:
-        return _binary(other, self, np.add, lambda g, a, b, o: g, lambda g, a, b, o: g, "add")
-
-    def __sub__(self, other: Any) -> Tensor:
-        return _binary(self, other, np.subtract, lambda g, a, b, o: g, lambda g, a, b, o: -g, "sub")
-
-    def __rsub__(self, other: Any) -> Tensor:
-        return _binary(other, self, np.subtract, lambda g, a, b, o: g, lambda g, a, b, o: -g, "sub")
-
-    def __mul__(self, other: Any) -> Tensor:
-        return _binary(
-            self, other, np.multiply, lambda g, a, b, o: g * b, lambda g, a, b, o: g * a, "mul"
-        )
-
-    def __rmul__(self, other: Any) -> Tensor:
-        return _binary(
-            other, self, np.multiply, lambda g, a, b, o: g * b, lambda g, a, b, o: g * a, "mul"
-        )
-
-    def __truediv__(self, other: Any) -> Tensor:
-        return _binary(
-            self, other, np.divide, lambda g, a, b, o: g / b, lambda g, a, b, o: -g * o / b, "div"
-        )
-
-    def __rtruediv__(self, other: Any) -> Tensor:
-        return _binary(
-            other, self, np.divide, lambda g, a, b, o: g / b, lambda g, a, b, o: -g * o / b, "div"
-        )
-
-    def __pow__(self, other: Any) -> Tensor:
-        return _binary(
-            self,
-            other,
-            np.power,
-            lambda g, a, b, o: g * b * np.power(a, b - 1),
-            lambda g, a, b, o: g * o * np.log(a),
-            "pow",
-        )
-
-    def __rpow__(self, other: Any) -> Tensor:
-        return _binary(
-            other,
-            self,
-            np.power,
-            lambda g, a, b, o: g * b * np.power(a, b - 1),
-            lambda g, a, b, o: g * o * np.log(a),
-            "pow",
-        )
+    # Each pair is ``t op x`` and the reflected ``x op t``: one forward and one derivative per
+    # operand, written once (``a``, ``b``: operand values, ``o``: the result).
+    __add__, __radd__ = _binary_methods(np.add, lambda g, a, b, o: g, lambda g, a, b, o: g, "add")
+    __sub__, __rsub__ = _binary_methods(
+        np.subtract, lambda g, a, b, o: g, lambda g, a, b, o: -g, "sub"
+    )
+    __mul__, __rmul__ = _binary_methods(
+        np.multiply, lambda g, a, b, o: g * b, lambda g, a, b, o: g * a, "mul"
+    )
+    __truediv__, __rtruediv__ = _binary_methods(
+        np.divide, lambda g, a, b, o: g / b, lambda g, a, b, o: -g * o / b, "div"
+    )
+    __pow__, __rpow__ = _binary_methods(
+        np.power,
+        lambda g, a, b, o: g * b * np.power(a, b - 1),
+        lambda g, a, b, o: g * o * np.log(a),
+        "pow",
+    )
 
     def __neg__(self) -> Tensor:
         return _make(-self.data, [self], lambda g: [-g], "neg")
@@ -438,17 +422,10 @@ class Tensor:
 
     # Comparisons give boolean tensors outside the graph. ``==`` stays identity so tensors
     # work as dict keys and in ``in`` checks (optimizer state, parameter dedup).
-    def __lt__(self, other: Any) -> Tensor:
-        return Tensor(self.data < _raw(other))
-
-    def __le__(self, other: Any) -> Tensor:
-        return Tensor(self.data <= _raw(other))
-
-    def __gt__(self, other: Any) -> Tensor:
-        return Tensor(self.data > _raw(other))
-
-    def __ge__(self, other: Any) -> Tensor:
-        return Tensor(self.data >= _raw(other))
+    __lt__ = _comparison(np.less)
+    __le__ = _comparison(np.less_equal)
+    __gt__ = _comparison(np.greater)
+    __ge__ = _comparison(np.greater_equal)
 
     __hash__ = object.__hash__
 
@@ -520,21 +497,17 @@ class Tensor:
     ) -> Tensor:
         """Sum over ``axis`` (all by default); ``dim``/``keepdim`` are torch spellings;
         ``dtype``/``out`` exist so ``np.sum(t)`` works (``out`` must be None)."""
-        if out is not None:
-            raise TypeError("Tensor.sum does not support out=")
-        if dtype is not None:
-            return self.astype(dtype).sum(axis, keepdims, dim=dim, keepdim=keepdim)
-        axis = dim if axis is None else axis
+        src, axis = self._reduction_input("sum", axis, dim, dtype, out)
         keepdims = keepdims or keepdim
-        shape = self.data.shape
-        axes = _norm_axis(axis, self.data.ndim)
+        shape = src.data.shape
+        axes = _norm_axis(axis, src.data.ndim)
 
         def backward(g: np.ndarray) -> list[np.ndarray]:
             if not keepdims:
                 g = np.expand_dims(g, axes)
             return [np.broadcast_to(g, shape).copy()]
 
-        return _make(self.data.sum(axis=axes, keepdims=keepdims), [self], backward, "sum")
+        return _make(src.data.sum(axis=axes, keepdims=keepdims), [src], backward, "sum")
 
     def mean(
         self,
@@ -547,14 +520,20 @@ class Tensor:
         out: None = None,
     ) -> Tensor:
         """Mean over ``axis`` (all by default); ``np.mean(t)`` works too."""
+        src, axis = self._reduction_input("mean", axis, dim, dtype, out)
+        axes = _norm_axis(axis, src.data.ndim)
+        count = int(np.prod([src.data.shape[a] for a in axes])) if axes else 1
+        return src.sum(axis=axes, keepdims=keepdims or keepdim) / count
+
+    def _reduction_input(
+        self, name: str, axis: Axis, dim: Axis, dtype: Any, out: None
+    ) -> tuple[Tensor, Axis]:
+        """What ``sum`` and ``mean`` reduce, and over which axis: ``out=`` is refused,
+        ``dim`` is torch's spelling of ``axis``, ``dtype`` casts first (a recorded cast)."""
         if out is not None:
-            raise TypeError("Tensor.mean does not support out=")
-        if dtype is not None:
-            return self.astype(dtype).mean(axis, keepdims, dim=dim, keepdim=keepdim)
-        axis = dim if axis is None else axis
-        axes = _norm_axis(axis, self.data.ndim)
-        count = int(np.prod([self.data.shape[a] for a in axes])) if axes else 1
-        return self.sum(axis=axes, keepdims=keepdims or keepdim) / count
+            raise TypeError(f"Tensor.{name} does not support out=")
+        src = self if dtype is None else self.astype(dtype)
+        return src, dim if axis is None else axis
 
     # ----------------------------------------------------------------- shape
     def reshape(self, *shape: Any) -> Tensor:
@@ -677,16 +656,16 @@ def backward(tensors: Any, grad_tensors: Any = None) -> None:
         grads = [grad_tensors]
     else:
         grads = list(grad_tensors)
-    gs = []
-    for r, g in zip(roots, grads, strict=True):
-        if not r.requires_grad:
-            raise RuntimeError(
-                "element 0 of tensors does not require grad and does not have a grad_fn"
-            )
-        if g is None:
-            if r.data.size != 1:
-                raise RuntimeError("grad can be implicitly created only for scalar outputs")
-            gs.append(np.ones_like(r.data))
-        else:
-            gs.append(np.asarray(_raw(g), dtype=r.data.dtype))
-    run_backward(roots, gs)
+    run_backward(roots, [_seed_gradient(r, g) for r, g in zip(roots, grads, strict=True)])
+
+
+def _seed_gradient(root: Tensor, gradient: Any) -> np.ndarray:
+    """The gradient a backward pass starts from at ``root``: ``gradient`` in root's dtype,
+    or ones when it is None and root has a single element."""
+    if not root.requires_grad:
+        raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
+    if gradient is None:
+        if root.data.size != 1:
+            raise RuntimeError("grad can be implicitly created only for scalar outputs")
+        return np.ones_like(root.data)
+    return np.asarray(_raw(gradient), dtype=root.data.dtype)
