@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.autograd import Tensor
+from mpdist.autograd.tensor import zero_grads
 
 
 class Optimizer:
@@ -58,14 +59,7 @@ class Optimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear gradients: set to None (default) or fill with zeros in place."""
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                else:
-                    p.grad.data.fill(0)
+        zero_grads((p for g in self.param_groups for p in g["params"]), set_to_none)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter that has a gradient; returns closure's loss."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import numbers
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -657,6 +657,18 @@ def backward(tensors: Any, grad_tensors: Any = None) -> None:
     else:
         grads = list(grad_tensors)
     run_backward(roots, [_seed_gradient(r, g) for r, g in zip(roots, grads, strict=True)])
+
+
+def zero_grads(tensors: Iterable[Tensor], set_to_none: bool = True) -> None:
+    """Clear each tensor's ``.grad``: set it to None, or fill it with zeros in place (the
+    array stays the same object, e.g. a view into a DDP bucket)."""
+    for t in tensors:
+        if t.grad is None:
+            continue
+        if set_to_none:
+            t.grad = None
+        else:
+            t.grad.data.fill(0)
 
 
 def _seed_gradient(root: Tensor, gradient: Any) -> np.ndarray:
