@@ -149,7 +149,22 @@ class Transport:
     def isend(self, peer: int, step: int, buf: memoryview) -> SendReq:
         """Post message ``step`` of the current collective to ``peer``."""
         c = self._cur
-        hdr = (MAGIC, KIND_COLL, c[2], c[1], c[3], 0, c[4], 0, step, c[0], c[5], c[6], buf.nbytes)
+        hdr = (
+            MAGIC,
+            KIND_COLL,
+            c[2],
+            c[1],
+            c[3],
+            0,
+            c[4],
+            0,
+            step,
+            c[0],
+            c[5],
+            c[6],
+            buf.nbytes,
+            0,
+        )
         req = SendReq(peer)
         self._post(peer, hdr, buf, req)
         return req
@@ -171,7 +186,7 @@ class Transport:
         """Post a point-to-point message to ``peer`` with ``tag``."""
         if self._error is not None or self._abort_reason is not None:
             raise self._sticky()
-        hdr = (MAGIC, KIND_P2P, 0, op, dtype, 0, -1, tag, 0, 0, buf.nbytes, 0, buf.nbytes)
+        hdr = (MAGIC, KIND_P2P, 0, op, dtype, 0, -1, tag, 0, 0, buf.nbytes, 0, buf.nbytes, 0)
         req = SendReq(peer)
         self._post(peer, hdr, buf, req)
         return req

@@ -17,6 +17,8 @@ __all__ = [
     "HANDSHAKE",
     "MAGIC",
     "HANDSHAKE_MAGIC",
+    "HELLO_SHM",
+    "FLAG_SHM",
     "KIND_COLL",
     "KIND_P2P",
     "KIND_ERROR",
@@ -42,12 +44,14 @@ ERR_BACKEND = 0
 ERR_NETWORK = 1
 
 # magic H, kind B, redop B, op H, dtype B, flags B, root i, tag i, step I,
-# seq Q, total Q, shape signature Q, payload length Q
-HEADER = struct.Struct("<HBBHBBiiIQQQQ")
+# seq Q, total Q, shape signature Q, payload length Q, aux Q (shared-memory offset)
+HEADER = struct.Struct("<HBBHBBiiIQQQQQ")
 HEADER_SIZE = HEADER.size
 
-# magic 4s, rank I, group id 16s, secret 32s
-HANDSHAKE = struct.Struct("<4sI16s32s")
+# magic 4s, rank I, flags I, group id 16s, secret 32s
+HANDSHAKE = struct.Struct("<4sII16s32s")
+HELLO_SHM = 1  # handshake flag: this rank can carry payloads in shared-memory rings
+FLAG_SHM = 1  # header flag: the payload is in the sender's shared-memory ring, not on TCP
 
 _DTYPES = [
     "bool",

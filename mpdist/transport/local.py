@@ -121,7 +121,7 @@ class LocalTransport(Transport):
 
     def _notify(self, peers: list[int], kind: int, text: str) -> None:
         payload = text.encode("utf-8", "replace")
-        hdr = (MAGIC, KIND_ERROR, 0, kind, 0, 0, -1, 0, 0, 0, 0, 0, len(payload))
+        hdr = (MAGIC, KIND_ERROR, 0, kind, 0, 0, -1, 0, 0, 0, 0, 0, len(payload), 0)
         for peer in peers:
             self._hub.deliver(peer, (self.rank, hdr, payload))
 

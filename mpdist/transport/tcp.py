@@ -28,18 +28,23 @@ import numpy as np
 from mpdist.errors import DistNetworkError
 from mpdist.transport.base import RecvReq, SendReq, Transport
 from mpdist.transport.header import (
+    FLAG_SHM,
     HANDSHAKE,
     HANDSHAKE_MAGIC,
     HEADER,
     HEADER_SIZE,
+    HELLO_SHM,
     KIND_ERROR,
     MAGIC,
 )
+from mpdist.transport.shm import Ring, ring_path, shm_dir
 
 __all__ = ["TcpTransport"]
 
 _SOCK_BUF = 4 << 20
 _LOWAT_MIN = 128 << 10
+_SHM_MIN = 16 << 10  # payloads at least this big go through the shared-memory ring
+_SHM_CAP = 16 << 20  # bytes per ring (one per direction and pair; pages only when touched)
 _SPIN_S = float(os.environ.get("MPDIST_SPIN_US", "0")) * 1e-6
 _LOWAT_CAP = 512 << 10
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
@@ -63,6 +68,8 @@ class _Peer:
         "rx_got",
         "rx_len",
         "lowat",
+        "tx_ring",
+        "rx_ring",
         "closed",
     )
 
@@ -80,6 +87,8 @@ class _Peer:
         self.rx_got = 0
         self.rx_len = 0
         self.lowat = 1  # current SO_RCVLOWAT of the socket
+        self.tx_ring: Ring | None = None
+        self.rx_ring: Ring | None = None
         self.closed = False
 
 
@@ -104,10 +113,16 @@ class TcpTransport(Transport):
         timeout_s: float,
         *,
         rank_names: list[int] | None = None,
+        shm: bool | None = None,
     ) -> None:
         super().__init__(rank, size, timeout_s, rank_names)
         self.spin_s = _SPIN_S
         self._peers: list[_Peer | None] = [None] * size
+        # shared-memory rings for big payloads: on by default where /dev/shm exists
+        # (env MPDIST_SHM=0 or shm=False turns them off)
+        self._shm_dir = shm_dir() if size > 1 and shm is not False else None
+        self._own_rings: dict[int, Ring] = {}  # rings we created, by destination
+        self._peer_flags: dict[int, int] = {}
         self._by_fd: dict[int, _Peer] = {}
         self._poll = select.poll()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -141,9 +156,10 @@ class TcpTransport(Transport):
             else:
                 token = bytes.fromhex(_text(store.get("mpdist_tcp/token")))
             self._gid, self._secret = token[:16], token[16:]
+            flags = self._create_rings()
             host, port = listener.getsockname()[:2]
             store.set(f"mpdist_tcp/addr/{rank}", f"{host}:{port}")
-            hello = HANDSHAKE.pack(HANDSHAKE_MAGIC, rank, self._gid, self._secret)
+            hello = HANDSHAKE.pack(HANDSHAKE_MAGIC, rank, flags, self._gid, self._secret)
 
             # connect to lower ranks; their listen backlog holds us until they accept
             for peer in range(rank):
@@ -195,10 +211,12 @@ class TcpTransport(Transport):
                         if len(buf) < HANDSHAKE.size and not eof:
                             continue
                         peer = self._check_hello(buf) if ok and not eof else None
+                        if peer is not None and (peer <= rank or self._peers[peer] is not None):
+                            peer = None
                         poll.unregister(fd)
                         del fds[fd]
                         del pending[sock]
-                        if peer is None or peer <= rank or self._peers[peer] is not None:
+                        if peer is None:
                             sock.close()  # a stranger, or garbage: refuse; the mesh goes on
                             continue
                         _tune(sock)
@@ -229,13 +247,65 @@ class TcpTransport(Transport):
             listener.close()
         for sock in pending:  # strangers still mid-handshake
             sock.close()
+        self._attach_rings()
+
+    def _create_rings(self) -> int:
+        """Create the shared-memory rings our peers will write to; returns the hello flags.
+
+        The receiver owns each ring: it keeps it mapped until it closes, so data a sender
+        put there is never lost, and a sender that cannot map it any more (the receiver
+        already left) simply sends over TCP.
+        """
+        if self._shm_dir is None:
+            return 0
+        try:
+            for peer in range(self.size):
+                if peer != self.rank:
+                    path = ring_path(self._shm_dir, self._gid, peer, self.rank)
+                    self._own_rings[peer] = Ring(path, _SHM_CAP, create=True)
+        except OSError:
+            self._drop_own_rings()
+            return 0
+        return HELLO_SHM
+
+    def _attach_rings(self) -> None:
+        """Mesh complete: map the ring of every peer that offered one; drop unused rings."""
+        for peer in range(self.size):
+            p = self._peers[peer]
+            if p is None:
+                continue
+            offered = bool(self._peer_flags.get(peer, 0) & HELLO_SHM)
+            own = self._own_rings.get(peer)
+            if own is not None and offered:
+                p.rx_ring = own
+            elif own is not None:
+                own.unlink()  # that peer will never write to it
+                with contextlib.suppress(BufferError):
+                    own.close()
+                del self._own_rings[peer]
+            if offered and self._shm_dir is not None:
+                path = ring_path(self._shm_dir, self._gid, self.rank, peer)
+                try:
+                    tx = Ring(path, _SHM_CAP, create=False)
+                except OSError:
+                    continue  # the peer is gone already: TCP it is
+                tx.unlink()  # both ends mapped: the file is no longer needed
+                p.tx_ring = tx
+
+    def _drop_own_rings(self) -> None:
+        for ring in self._own_rings.values():
+            ring.unlink()
+            with contextlib.suppress(BufferError):
+                ring.close()
+        self._own_rings.clear()
 
     def _check_hello(self, buf: bytearray) -> int | None:
-        magic, peer, gid, secret = HANDSHAKE.unpack(bytes(buf[: HANDSHAKE.size]))
+        magic, peer, flags, gid, secret = HANDSHAKE.unpack(bytes(buf[: HANDSHAKE.size]))
         if magic != HANDSHAKE_MAGIC or not hmac.compare_digest(gid, self._gid):
             return None
         if not hmac.compare_digest(secret, self._secret) or peer >= self.size:
             return None
+        self._peer_flags[peer] = flags
         return peer
 
     def _add_peer(self, peer: int, sock: socket.socket) -> None:
@@ -251,13 +321,35 @@ class TcpTransport(Transport):
             raise ValueError(
                 f"rank {self._n(self.rank)} cannot send to rank {self._n(peer)} (itself or not in group)"
             )
+        n = buf.nbytes
+        ring = p.tx_ring
+        if ring is not None and n >= _SHM_MIN and not p.closed:
+            off = ring.alloc(n)
+            if off is not None:
+                # the payload goes through shared memory: copied now, so the send is done
+                ring.data[off : off + n] = buf
+                hb = HEADER.pack(*hdr[:5], FLAG_SHM, *hdr[6:13], off)
+                req.done = True
+                if p.txq:
+                    p.txq.append([[hb], SendReq(peer), False])
+                    return
+                try:
+                    sent = p.sock.send(hb)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    self._lose(p)
+                    return
+                if sent < HEADER_SIZE:
+                    p.txq.append([[hb[sent:]], SendReq(peer), sent > 0])
+                    self._want_write(p)
+                return
         hb = HEADER.pack(*hdr)
         if p.closed:
             return  # wait() reports the lost peer
         if p.txq:
             p.txq.append([[hb, buf], req, False])
             return
-        n = buf.nbytes
         try:
             sent = p.sock.sendmsg([hb, buf]) if n else p.sock.send(hb)
         except (BlockingIOError, InterruptedError):
@@ -270,6 +362,9 @@ class TcpTransport(Transport):
             return
         bufs = [hb[sent:], buf] if sent < HEADER_SIZE else [buf[sent - HEADER_SIZE :]]
         p.txq.append([bufs, req, sent > 0])
+        self._want_write(p)
+
+    def _want_write(self, p: _Peer) -> None:
         try:
             self._poll.modify(p.fd, _POLLINOUT)
         except (OSError, ValueError):  # closed under us by close() from another thread
@@ -339,6 +434,26 @@ class TcpTransport(Transport):
                     )
                 plen = hdr[12]
                 req = None if hdr[1] == KIND_ERROR else self._on_header(p.rank, hdr)
+                if hdr[5] & FLAG_SHM:
+                    # the payload is waiting in our ring from that peer: copy out, free space
+                    ring = p.rx_ring
+                    if ring is None:
+                        self._lose(p)
+                        raise DistNetworkError(
+                            f"rank {self._n(self.rank)}: rank {self._n(p.rank)} sent a "
+                            f"shared-memory payload but no ring was agreed"
+                        )
+                    off = hdr[13]
+                    if req is not None:
+                        req.buf[:] = ring.data[off : off + plen]
+                        ring.release()
+                        req.done = True
+                    else:
+                        payload = np.empty(plen, np.uint8)
+                        memoryview(payload)[:] = ring.data[off : off + plen]
+                        ring.release()
+                        self._on_stashed(p.rank, hdr, payload)
+                    continue
                 if req is not None:
                     if plen == 0:
                         req.done = True
@@ -439,7 +554,7 @@ class TcpTransport(Transport):
     def _notify(self, peers: list[int], kind: int, text: str) -> None:
         """Send an ERROR message to ``peers`` and push it out for a bounded time."""
         payload = text.encode("utf-8", "replace")
-        hb = HEADER.pack(MAGIC, KIND_ERROR, 0, kind, 0, 0, -1, 0, 0, 0, 0, 0, len(payload))
+        hb = HEADER.pack(MAGIC, KIND_ERROR, 0, kind, 0, 0, -1, 0, 0, 0, 0, 0, len(payload), 0)
         live = []
         for peer in peers:
             p = self._peers[peer]
@@ -485,6 +600,13 @@ class TcpTransport(Transport):
         self._by_fd.clear()
         self._wake_r.close()
         self._wake_w.close()
+        for p in self._peers:
+            if p is not None and p.tx_ring is not None:
+                with contextlib.suppress(BufferError):
+                    p.tx_ring.close()
+            if p is not None:
+                p.rx_ring = p.tx_ring = None
+        self._drop_own_rings()
 
 
 def _read_some(sock: socket.socket, buf: bytearray, want: int) -> tuple[bool, bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import threading
 import time
@@ -13,7 +14,7 @@ import psutil
 from mpdist.algorithms import Communicator
 from mpdist.transport import LocalTransport, TcpTransport
 
-KINDS = ["local", "tcp"]
+KINDS = ["local", "tcp", "tcp-noshm"]
 
 
 class DictStore:
@@ -54,8 +55,9 @@ class DictStore:
 def make_transport(
     kind: str, store: Any, rank: int, size: int, timeout: float = 20.0, rank_names=None
 ):
-    cls = TcpTransport if kind == "tcp" else LocalTransport
-    return cls(store, rank, size, timeout, rank_names=rank_names)
+    if kind == "local":
+        return LocalTransport(store, rank, size, timeout, rank_names=rank_names)
+    return TcpTransport(store, rank, size, timeout, rank_names=rank_names, shm=kind == "tcp")
 
 
 def run_ranks(
@@ -130,3 +132,8 @@ def leak_snapshot() -> tuple[int, set[str]]:
     """(open inet sockets of this process, names of live threads)."""
     proc = psutil.Process()
     return len(proc.net_connections(kind="inet")), {t.name for t in threading.enumerate()}
+
+
+def shm_files() -> set[str]:
+    """Shared-memory ring files that exist right now."""
+    return set(glob.glob("/dev/shm/mpdist-*"))

@@ -7,12 +7,13 @@ import threading
 
 import numpy as np
 import pytest
-from mesh_helpers import KINDS, DictStore, leak_snapshot, make_transport, run_ranks
+from mesh_helpers import KINDS, DictStore, leak_snapshot, make_transport, run_ranks, shm_files
 
 import mpdist.algorithms as A
 from mpdist.errors import DistBackendError, DistNetworkError
 from mpdist.transport import LocalTransport, TcpTransport
 from mpdist.transport.header import HANDSHAKE, HANDSHAKE_MAGIC
+from mpdist.transport.shm import Ring
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -170,7 +171,7 @@ def test_stranger_is_refused_and_mesh_carries_on() -> None:
     bad = socket.create_connection((host, int(port)))
     silent = socket.create_connection((host, int(port)))
     try:
-        bad.sendall(HANDSHAKE.pack(HANDSHAKE_MAGIC, 1, b"x" * 16, b"y" * 32))
+        bad.sendall(HANDSHAKE.pack(HANDSHAKE_MAGIC, 1, 0, b"x" * 16, b"y" * 32))
         th1 = threading.Thread(target=rank, args=(1,))
         th1.start()
         th0.join(20)
@@ -186,6 +187,7 @@ def test_stranger_is_refused_and_mesh_carries_on() -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_close_is_idempotent_and_leaves_nothing(kind: str) -> None:
     before_socks, before_threads = leak_snapshot()
+    before_files = shm_files()
     store = DictStore()
     transports: list = [None] * 3
 
@@ -197,7 +199,7 @@ def test_close_is_idempotent_and_leaves_nothing(kind: str) -> None:
         th.start()
     for th in ths:
         th.join(20)
-    if kind == "tcp":
+    if kind != "local":
         assert leak_snapshot()[0] >= before_socks + 6
     for t in transports:
         t.close()
@@ -208,6 +210,7 @@ def test_close_is_idempotent_and_leaves_nothing(kind: str) -> None:
     # "<=": something left over by an earlier test may finish meanwhile, nothing may be added
     assert after_socks <= before_socks
     assert after_threads <= before_threads
+    assert shm_files() <= before_files
 
 
 def test_bad_rank_or_size() -> None:
@@ -230,3 +233,51 @@ def test_errors_name_ranks_by_rank_names(kind: str) -> None:
 
     for msg in run_ranks(2, fn, kind, rank_names=[5, 7]):
         assert "rank 5" in msg and "rank 7" in msg, msg
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_many_big_messages_before_any_receive(kind: str) -> None:
+    """More data than a shared-memory ring holds, sent before the receiver looks: the
+    overflow goes over TCP, order and contents are kept, the ring wraps around."""
+    sizes = [(1 << 20) + 8 * i for i in range(40)]
+
+    def fn(comm: A.Communicator):
+        if comm.rank == 1:
+            reqs = [
+                A.isend(comm, np.full(n // 8, i, np.int64), 0, tag=1) for i, n in enumerate(sizes)
+            ]
+            A.wait(comm, reqs, "isend")
+            A.barrier(comm)
+            return True
+        A.barrier(comm)  # everything has been sent before we receive anything
+        ok = []
+        for i, n in enumerate(sizes):
+            x = np.empty(n // 8, np.int64)
+            A.recv(comm, x, 1, tag=1)
+            ok.append(bool((x == i).all()))
+        return all(ok)
+
+    assert run_ranks(2, fn, kind) == [True, True]
+
+
+def test_shared_memory_ring_allocation(tmp_path) -> None:
+    path = str(tmp_path / "ring")
+    tx = Ring(path, 100, create=True)
+    rx = Ring(path, 100, create=False)
+    try:
+        assert tx.alloc(40) == 0
+        assert tx.alloc(40) == 40
+        assert tx.alloc(40) is None  # 20 bytes left at the end, the start is in use
+        tx.data[0:3] = b"abc"
+        assert bytes(rx.data[0:3]) == b"abc"
+        rx.release()  # the first payload was consumed
+        assert tx.alloc(40) == 0  # wraps around
+        assert tx.alloc(1) is None  # [40, 80) and [0, 40) in use
+        rx.release()
+        rx.release()
+        assert tx.alloc(100) == 0  # empty again: back to the start
+        assert tx.alloc(101) is None
+    finally:
+        tx.unlink()
+        tx.close()
+        rx.close()
