@@ -52,6 +52,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
@@ -59,21 +60,65 @@ __all__ = ["main"]
 
 PROG = "mpdist run"
 
-# Options that take a value: needed to find where the launcher's options end and
-# the script's arguments begin (everything after the script is passed verbatim).
-_VALUE_OPTIONS = {
-    "--nproc": "nproc",
-    "--nproc-per-node": "nproc",
-    "--nproc_per_node": "nproc",
-    "--nnodes": "nnodes",
-    "--node-rank": "node_rank",
-    "--node_rank": "node_rank",
-    "--master-addr": "master_addr",
-    "--master_addr": "master_addr",
-    "--master-port": "master_port",
-    "--master_port": "master_port",
-    "--stop-grace": "stop_grace",
-}
+# The launcher's options that take a value: (spellings, add_argument keywords). The parser is
+# built from this table, and _split_argv reads it to find where the launcher's options end
+# and the script's arguments begin (everything after the script is passed on verbatim).
+_VALUE_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (
+        ("--nproc", "--nproc-per-node", "--nproc_per_node"),
+        dict(
+            dest="nproc",
+            type=int,
+            default=1,
+            metavar="N",
+            help="ranks to start on this node (default 1)",
+        ),
+    ),
+    (
+        ("--nnodes",),
+        dict(type=int, default=1, metavar="M", help="number of nodes (default 1)"),
+    ),
+    (
+        ("--node-rank", "--node_rank"),
+        dict(
+            dest="node_rank",
+            type=int,
+            default=0,
+            metavar="R",
+            help="this node's index, 0..M-1 (default 0)",
+        ),
+    ),
+    (
+        ("--master-addr", "--master_addr"),
+        dict(
+            dest="master_addr",
+            default="127.0.0.1",
+            metavar="A",
+            help="address of node 0, where rank 0 runs the store (default 127.0.0.1)",
+        ),
+    ),
+    (
+        ("--master-port", "--master_port"),
+        dict(
+            dest="master_port",
+            type=int,
+            default=None,
+            metavar="P",
+            help="port of rank 0's store; required with --nnodes > 1 (default: a free port)",
+        ),
+    ),
+    (
+        ("--stop-grace",),
+        dict(
+            dest="stop_grace",
+            type=float,
+            default=5.0,
+            metavar="S",
+            help="seconds ranks get to exit after SIGTERM before SIGKILL (default 5)",
+        ),
+    ),
+)
+_VALUE_OPTION_NAMES = frozenset(name for names, _ in _VALUE_OPTIONS for name in names)
 
 # A rank line longer than this is passed on in pieces rather than buffered without bound.
 _MAX_LINE = 1 << 20
@@ -111,51 +156,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    p.add_argument(
-        "--nproc",
-        "--nproc-per-node",
-        "--nproc_per_node",
-        dest="nproc",
-        type=int,
-        default=1,
-        metavar="N",
-        help="ranks to start on this node (default 1)",
-    )
-    p.add_argument("--nnodes", type=int, default=1, metavar="M", help="number of nodes (default 1)")
-    p.add_argument(
-        "--node-rank",
-        "--node_rank",
-        dest="node_rank",
-        type=int,
-        default=0,
-        metavar="R",
-        help="this node's index, 0..M-1 (default 0)",
-    )
-    p.add_argument(
-        "--master-addr",
-        "--master_addr",
-        dest="master_addr",
-        default="127.0.0.1",
-        metavar="A",
-        help="address of node 0, where rank 0 runs the store (default 127.0.0.1)",
-    )
-    p.add_argument(
-        "--master-port",
-        "--master_port",
-        dest="master_port",
-        type=int,
-        default=None,
-        metavar="P",
-        help="port of rank 0's store; required with --nnodes > 1 (default: a free port)",
-    )
-    p.add_argument(
-        "--stop-grace",
-        dest="stop_grace",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="seconds ranks get to exit after SIGTERM before SIGKILL (default 5)",
-    )
+    for names, kwargs in _VALUE_OPTIONS:
+        p.add_argument(*names, **kwargs)
     p.add_argument(
         "-m",
         "--module",
@@ -187,7 +189,7 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
             return list(argv[:i]), list(argv[i + 1 :])
         if tok == "-" or not tok.startswith("-"):
             return list(argv[:i]), list(argv[i:])
-        i += 2 if tok in _VALUE_OPTIONS else 1
+        i += 2 if tok in _VALUE_OPTION_NAMES else 1
     return list(argv), []
 
 
