@@ -50,7 +50,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,7 +259,7 @@ def _describe_exit(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
-def _libc_prctl():
+def _libc_prctl() -> Callable[..., int] | None:
     """``prctl`` from libc on Linux (for PDEATHSIG and the child subreaper flag), else None."""
     if not sys.platform.startswith("linux"):
         return None
@@ -275,7 +275,7 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def _pdeathsig_preexec(prctl):
+def _pdeathsig_preexec(prctl: Callable[..., int] | None) -> Callable[[], None] | None:
     """A preexec_fn making the kernel SIGKILL the rank if the launcher dies, or None."""
     if prctl is None:
         return None
@@ -433,7 +433,7 @@ class _Job:
         self.interrupted = signum
 
     @contextlib.contextmanager
-    def signals(self):
+    def signals(self) -> Iterator[bool]:
         """Route SIGINT/SIGTERM/SIGHUP to a flag and SIGCHLD to a wake-up (main thread only)."""
         if threading.current_thread() is not threading.main_thread():
             yield False

@@ -45,7 +45,9 @@ class _Waiter:
 
     __slots__ = ("conn", "op", "keys", "count", "deadline", "timeout", "done")
 
-    def __init__(self, conn, op, keys, count, timeout) -> None:
+    def __init__(
+        self, conn: _Conn, op: Op, keys: list[str], count: int, timeout: float | None
+    ) -> None:
         self.conn = conn
         self.op = op
         self.keys = keys
