@@ -32,11 +32,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
-if TYPE_CHECKING:
-    from mpdist.store.base import Store
+from mpdist.store.base import Store
+from mpdist.store.file import FileStore
+from mpdist.store.tcp import TCPStore
 
 __all__ = ["rendezvous"]
 
@@ -184,8 +184,6 @@ def _env_rendezvous(
 
 
 def _tcp_store(host: str, port: int, rank: int, world_size: int, timeout: timedelta) -> Store:
-    from mpdist.store import TCPStore
-
     return TCPStore(
         host,
         port,
@@ -202,12 +200,20 @@ def _require(scheme: str, value: int | None, name: str) -> int:
     return value
 
 
+def _url_rank_world(
+    scheme: str, query: Mapping[str, int], rank: int, world_size: int
+) -> tuple[int, int]:
+    """Rank and world size for file:// and tcp://, from the arguments or the query; checked."""
+    rank = _require(scheme, _merge(scheme, "rank", rank, query), "rank")
+    world_size = _require(scheme, _merge(scheme, "world_size", world_size, query), "world_size")
+    _check_rank_world(scheme, rank, world_size, "rank", "world_size")
+    return rank, world_size
+
+
 def _tcp_rendezvous(
     netloc: str, query: Mapping[str, int], rank: int, world_size: int, timeout: timedelta
 ) -> tuple[Store, int, int]:
-    rank = _require("tcp", _merge("tcp", "rank", rank, query), "rank")
-    world_size = _require("tcp", _merge("tcp", "world_size", world_size, query), "world_size")
-    _check_rank_world("tcp", rank, world_size, "rank", "world_size")
+    rank, world_size = _url_rank_world("tcp", query, rank, world_size)
     parts = urlsplit(f"tcp://{netloc}")
     try:
         port = parts.port
@@ -224,17 +230,13 @@ def _tcp_rendezvous(
 def _file_rendezvous(
     netloc: str, path: str, query: Mapping[str, int], rank: int, world_size: int, timeout: timedelta
 ) -> tuple[Store, int, int]:
-    rank = _require("file", _merge("file", "rank", rank, query), "rank")
-    world_size = _require("file", _merge("file", "world_size", world_size, query), "world_size")
-    _check_rank_world("file", rank, world_size, "rank", "world_size")
+    rank, world_size = _url_rank_world("file", query, rank, world_size)
     if netloc not in ("", "localhost"):
         # file://tmp/x parses "tmp" as a host: almost always a missing third slash.
         raise _error("file", f"expected an absolute path like file:///tmp/x, got host {netloc!r}")
     path = unquote(path)
     if not path:
         raise _error("file", "path missing (expected file:///path/to/file)")
-    from mpdist.store import FileStore
-
     store = FileStore(path, world_size)
     store.set_timeout(timeout)
     return store, rank, world_size
@@ -280,16 +282,14 @@ def rendezvous(
         )
     scheme = scheme.lower()
     parts = urlsplit(init_method)
+    if scheme not in ("env", "tcp", "file"):
+        raise ValueError(
+            f"No rendezvous handler for {scheme}:// (init_method {init_method!r}); "
+            "expected env://, file:// or tcp://"
+        )
+    query = _parse_query(scheme, parts.query)
     if scheme == "env":
-        query = _parse_query("env", parts.query)
         return _env_rendezvous(query, rank, world_size, timeout, env)
     if scheme == "tcp":
-        query = _parse_query("tcp", parts.query)
         return _tcp_rendezvous(parts.netloc, query, rank, world_size, timeout)
-    if scheme == "file":
-        query = _parse_query("file", parts.query)
-        return _file_rendezvous(parts.netloc, parts.path, query, rank, world_size, timeout)
-    raise ValueError(
-        f"No rendezvous handler for {scheme}:// (init_method {init_method!r}); "
-        "expected env://, file:// or tcp://"
-    )
+    return _file_rendezvous(parts.netloc, parts.path, query, rank, world_size, timeout)
