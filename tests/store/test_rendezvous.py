@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import contextlib
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mpdist.store as stores
+from mpdist.launcher import _reserve_port
 from mpdist.store.rendezvous import _env_params, rendezvous
 
 T = timedelta(seconds=30)
@@ -224,17 +225,14 @@ def test_tcp_errors_name_the_scheme():
 @pytest.fixture
 def reserved_port() -> Iterator[int]:
     """A port held (bound, not listening, SO_REUSEADDR) so nobody else takes it, as `mpdist run` does."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    try:
+    with _reserve_port("127.0.0.1", 0) as sock:
         yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
-def _meet(calls: list[tuple]) -> list[tuple[stores.Store, int, int]]:
-    """Run ``rendezvous(*call)`` for every call at once, one thread each; return the results."""
+@contextlib.contextmanager
+def _met(calls: list[tuple]) -> Iterator[list[tuple[stores.Store, int, int]]]:
+    """Run ``rendezvous(*args, **kwargs)`` for every ``(args, kwargs)`` in ``calls`` at once,
+    one thread each; yield the results, and close every store afterwards."""
     results: list = [None] * len(calls)
     errors: list[BaseException] = []
 
@@ -250,12 +248,14 @@ def _meet(calls: list[tuple]) -> list[tuple[stores.Store, int, int]]:
         t.start()
     for t in threads:
         t.join()
-    if errors:
+    try:
+        if errors:
+            raise errors[0]
+        yield results
+    finally:
         for r in results:
             if r is not None:
                 r[0].close()
-        raise errors[0]
-    return results
 
 
 def _exchange(results: list[tuple[stores.Store, int, int]]) -> None:
@@ -269,13 +269,7 @@ def _exchange(results: list[tuple[stores.Store, int, int]]) -> None:
         ]
 
 
-def _needs(name: str) -> None:
-    if not hasattr(stores, name):
-        pytest.skip(f"{name} not built yet")
-
-
 def test_env_rendezvous_with_slurm_variables(reserved_port, no_leaks):
-    _needs("TCPStore")
     calls = []
     for rank in range(3):
         env = {
@@ -285,18 +279,13 @@ def test_env_rendezvous_with_slurm_variables(reserved_port, no_leaks):
             "MASTER_PORT": str(reserved_port),
         }
         calls.append(((None, -1, -1, T), {"environ": env}))
-    results = _meet(calls)
-    try:
+    with _met(calls) as results:
         assert [(r, n) for _, r, n in results] == [(0, 3), (1, 3), (2, 3)]
         assert all(isinstance(s, stores.TCPStore) for s, _, _ in results)
         _exchange(results)
-    finally:
-        for s, _, _ in results:
-            s.close()
 
 
 def test_env_rendezvous_with_openmpi_variables(reserved_port, no_leaks):
-    _needs("TCPStore")
     calls = []
     for rank in range(2):
         env = {
@@ -306,47 +295,33 @@ def test_env_rendezvous_with_openmpi_variables(reserved_port, no_leaks):
             "MASTER_PORT": str(reserved_port),
         }
         calls.append((("env://", -1, -1, T), {"environ": env}))
-    results = _meet(calls)
-    try:
+    with _met(calls) as results:
         assert [(r, n) for _, r, n in results] == [(0, 2), (1, 2)]
         _exchange(results)
-    finally:
-        for s, _, _ in results:
-            s.close()
 
 
 def test_tcp_rendezvous(reserved_port, no_leaks):
-    _needs("TCPStore")
     url = f"tcp://127.0.0.1:{reserved_port}"
     # Rank 1 passes its rank as an argument instead of in the URL.
     calls = [
         ((f"{url}?rank=0&world_size=2", -1, -1, T), {}),
         ((f"{url}?world_size=2", 1, -1, T), {}),
     ]
-    results = _meet(calls)
-    try:
+    with _met(calls) as results:
         assert [(r, n) for _, r, n in results] == [(0, 2), (1, 2)]
         assert results[0][0].timeout == T
         _exchange(results)
-    finally:
-        for s, _, _ in results:
-            s.close()
 
 
 def test_file_rendezvous(tmp_path, no_leaks):
-    _needs("FileStore")
     path = tmp_path / "rdzv store"  # a space, percent-encoded in the URL
     url = "file://" + str(path).replace(" ", "%20")
     calls = [((f"{url}?rank={r}&world_size=2", -1, -1, T), {}) for r in range(2)]
-    results = _meet(calls)
-    try:
+    with _met(calls) as results:
         assert [(r, n) for _, r, n in results] == [(0, 2), (1, 2)]
         assert all(isinstance(s, stores.FileStore) for s, _, _ in results)
         assert results[1][0].timeout == T
         assert path.exists()
         _exchange(results)
-    finally:
-        for s, _, _ in results:
-            s.close()
     # world_size=2 closers: the last one removes the file.
     assert not path.exists()
