@@ -1,19 +1,48 @@
-"""Fixtures for the process-group tests: run a function in N rank threads (threaded backend)."""
+"""Process-group tests: a check, after every test, that no rank process or mpdist thread is left."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterator
 
+import psutil
 import pytest
-from _spawn import run_threads
 
 
-@pytest.fixture
-def threads() -> Callable[..., list[Any]]:
-    """The ``run_threads`` helper, with a check that no mpdist thread outlives the test."""
-    before = set(threading.enumerate())
-    yield run_threads
-    leaked = [t for t in threading.enumerate() if t not in before and t.name.startswith("mpdist")]
+def _helpers(me: psutil.Process) -> set[int]:
+    """The session-long multiprocessing helpers (forkserver, resource tracker) among our children."""
+    pids = set()
+    for p in me.children(recursive=False):
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if "forkserver" in cmd or "resource_tracker" in cmd:
+            pids.add(p.pid)
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """Rank processes (children of the forkserver included) and mpdist threads end with the test."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    threads_before = set(threading.enumerate())
+    yield
+    helpers = _helpers(me)
+    leftovers = []
+    for p in me.children(recursive=True):
+        if p.pid in before or p.pid in helpers:
+            continue
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                leftovers.append((p.pid, p.name()))
+        except psutil.NoSuchProcess:  # exited between the listing and the look
+            continue
+    assert not leftovers, f"processes left behind: {leftovers}"
+    leaked = [
+        t
+        for t in threading.enumerate()
+        if t not in threads_before and t.is_alive() and t.name.startswith("mpdist")
+    ]
     assert not leaked, f"leaked threads: {leaked}"

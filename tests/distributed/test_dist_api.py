@@ -2,7 +2,8 @@
 registry with Python ProcessGroup subclasses, the fake backend, argument checks, object
 collectives, point to point, monitored_barrier and the harness hooks.
 
-Multi-rank behaviour runs on the threaded backend (ranks are threads; same algorithms).
+Multi-rank behaviour runs on the threaded backend (``spawn_threads``: ranks are threads; same
+algorithms).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from mpdist import (
 )
 from mpdist.distributed import _abort_all_groups, _collective_trace
 from mpdist.store import HashStore
-from mpdist.testing import FakeProcessGroup, FakeStore
+from mpdist.testing import FakeProcessGroup, FakeStore, spawn_threads
 
 UNINIT = (
     "Default process group has not been initialized, please make sure to call init_process_group."
@@ -232,12 +233,12 @@ def callback_job(rank: int, n: int) -> None:
     assert seen == [sum(range(n))] and np.array_equal(b, [2.0] * 3)
 
 
-def test_future_callback_may_issue_a_synchronous_collective(threads):
-    threads(callback_job, 2)
+def test_future_callback_may_issue_a_synchronous_collective():
+    spawn_threads(callback_job, 2)
 
 
-def test_async_work_timeout_order_and_stored_failure(threads):
-    threads(async_job, 2, threading.Event())
+def test_async_work_timeout_order_and_stored_failure():
+    spawn_threads(async_job, 2, threading.Event())
 
 
 def abort_job(rank: int, n: int, entered: threading.Event) -> str:
@@ -255,9 +256,9 @@ def abort_job(rank: int, n: int, entered: threading.Event) -> str:
     return trace
 
 
-def test_abort_all_groups_and_collective_trace(threads):
+def test_abort_all_groups_and_collective_trace():
     assert _collective_trace() == "no collective entered"
-    traces = threads(abort_job, 2, threading.Event())
+    traces = spawn_threads(abort_job, 2, threading.Event())
     assert "barrier seq=1 on group 'default'" in traces[1], traces[1]
 
 
@@ -340,8 +341,8 @@ def bad_args_job(rank: int, n: int) -> int:
     return len(bad)
 
 
-def test_each_bad_argument_raises_locally_and_group_stays_usable(threads):
-    counts = threads(bad_args_job, 2)
+def test_each_bad_argument_raises_locally_and_group_stays_usable():
+    counts = spawn_threads(bad_args_job, 2)
     assert min(counts) > 30
 
 
@@ -391,18 +392,18 @@ def groups_job(rank: int, n: int) -> None:
     assert dist.get_world_size() == n and dist.is_initialized() is not False
 
 
-def test_subgroups_nested_with_world(threads):
-    threads(groups_job, 4)
+def test_subgroups_nested_with_world():
+    spawn_threads(groups_job, 4)
 
 
-def test_default_group_is_thread_local(threads):
+def test_default_group_is_thread_local():
     seen = []
 
     def job(rank: int, n: int) -> int:
         seen.append(dist.is_initialized())
         return dist.get_rank()
 
-    assert threads(job, 3) == [0, 1, 2]
+    assert spawn_threads(job, 3) == [0, 1, 2]
     assert seen == [True] * 3 and not dist.is_initialized()
 
 
@@ -445,8 +446,8 @@ def p2p_job(rank: int, n: int) -> None:
         assert objs == [{"k": [1, 2]}, "two"]
 
 
-def test_send_recv_tags_any_source_and_objects(threads):
-    threads(p2p_job, 4)
+def test_send_recv_tags_any_source_and_objects():
+    spawn_threads(p2p_job, 4)
 
 
 def objects_job(rank: int, n: int) -> None:
@@ -465,8 +466,8 @@ def objects_job(rank: int, n: int) -> None:
     assert out == [f"to {rank}" * (rank + 1)]
 
 
-def test_object_collectives(threads):
-    threads(objects_job, 3)
+def test_object_collectives():
+    spawn_threads(objects_job, 3)
 
 
 # ------------------------------------------------------------------ monitored_barrier
@@ -482,14 +483,14 @@ def monitored_job(rank: int, n: int, absent: tuple[int, ...], wait_all: bool) ->
     return "passed"
 
 
-def test_monitored_barrier_passes_and_names_missing_ranks(threads):
-    assert threads(monitored_job, 3, (), False) == ["passed"] * 3
-    res = threads(monitored_job, 3, (2,), False)
+def test_monitored_barrier_passes_and_names_missing_ranks():
+    assert spawn_threads(monitored_job, 3, (), False) == ["passed"] * 3
+    res = spawn_threads(monitored_job, 3, (2,), False)
     assert "Rank 2 failed to pass monitoredBarrier" in res[0]
     assert res[1] == res[0] and res[2] == "absent"
-    res = threads(monitored_job, 4, (1, 3), True)
+    res = spawn_threads(monitored_job, 4, (1, 3), True)
     assert "Ranks 1, 3 failed to pass monitoredBarrier" in res[0], res[0]
-    res = threads(monitored_job, 2, (0,), False)
+    res = spawn_threads(monitored_job, 2, (0,), False)
     assert "waiting for rank 0" in res[1], res[1]
 
 
@@ -753,5 +754,5 @@ def batch_job(rank: int, n: int) -> None:
         dist.P2POp(dist.all_reduce, send, right)
 
 
-def test_batch_isend_irecv_ring_exchange(threads):
-    threads(batch_job, 3)
+def test_batch_isend_irecv_ring_exchange():
+    spawn_threads(batch_job, 3)

@@ -1,7 +1,7 @@
 """Every collective x every ReduceOp x every dtype x world sizes 1-4 against numpy references.
 
-The ranks are threads (the ``threaded`` backend runs the same algorithms as ``tcp``), so
-the whole matrix costs one group per world size. Values are small integers, so every
+The ranks are threads (``spawn_threads``: the ``threaded`` backend runs the same algorithms
+as ``tcp``), so the whole matrix costs one group per world size. Values are small integers, so every
 reduction is exact in every dtype and results are compared for equality.
 """
 
@@ -18,6 +18,7 @@ import mpdist as dist
 from mpdist import ReduceOp
 from mpdist.algorithms.reduction import check_op_dtype
 from mpdist.autograd import Tensor
+from mpdist.testing import spawn_threads
 
 DTYPES = [
     np.float16,
@@ -164,14 +165,14 @@ def moving_matrix(rank: int, n: int) -> int:
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
-def test_reducing_collectives_every_op_and_dtype(threads, world_size):
-    counts = threads(reducing_matrix, world_size)
+def test_reducing_collectives_every_op_and_dtype(world_size):
+    counts = spawn_threads(reducing_matrix, world_size)
     assert counts[0] > 0 and len(set(counts)) == 1
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
-def test_data_movement_collectives_every_dtype(threads, world_size):
-    assert threads(moving_matrix, world_size) == [1] * world_size
+def test_data_movement_collectives_every_dtype(world_size):
+    assert spawn_threads(moving_matrix, world_size) == [1] * world_size
 
 
 def complex_and_tensor(rank: int, n: int) -> None:
@@ -187,8 +188,8 @@ def complex_and_tensor(rank: int, n: int) -> None:
     assert all(np.array_equal(o.data, t.data) for o in outs)
 
 
-def test_complex_avg_and_autograd_tensors(threads):
-    threads(complex_and_tensor, 3)
+def test_complex_avg_and_autograd_tensors():
+    spawn_threads(complex_and_tensor, 3)
 
 
 # ------------------------------------------------------------------ hypothesis
@@ -216,13 +217,11 @@ def splits_job(rank: int, n: int, send_rows: list[list[int]], cols: int, root: i
 @settings(max_examples=8, deadline=None)
 @given(data=st.data(), n=st.integers(1, 4), cols=st.integers(1, 3))
 def test_all_to_all_single_uneven_splits(data, n, cols):
-    from _spawn import run_threads
-
     send_rows = data.draw(
         st.lists(st.lists(st.integers(0, 3), min_size=n, max_size=n), min_size=n, max_size=n)
     )
     root = data.draw(st.integers(0, n - 1))
-    run_threads(splits_job, n, send_rows, cols, root)
+    spawn_threads(splits_job, n, send_rows, cols, root)
 
 
 def shapes_job(rank: int, n: int, shape: tuple[int, ...], root: int) -> None:
@@ -245,9 +244,7 @@ def shapes_job(rank: int, n: int, shape: tuple[int, ...], root: int) -> None:
     root=st.integers(0, 3),
 )
 def test_shapes_and_roots(n, shape, root):
-    from _spawn import run_threads
-
-    run_threads(shapes_job, n, shape, root % n)
+    spawn_threads(shapes_job, n, shape, root % n)
 
 
 def big_job(rank: int, n: int) -> None:
@@ -258,5 +255,5 @@ def big_job(rank: int, n: int) -> None:
     assert np.array_equal(a, want)
 
 
-def test_large_all_reduce_uses_ring(threads):
-    threads(big_job, 3)
+def test_large_all_reduce_uses_ring():
+    spawn_threads(big_job, 3)
