@@ -64,19 +64,16 @@ __all__ = [
 # for large arrays and for groups that are not a power of two.
 SMALL_ALLREDUCE_BYTES = 256 << 10
 SMALL_ALLREDUCE_BYTES_2 = 1 << 20  # two ranks: recursive doubling is a single exchange
-SMALL_ALLREDUCE_BYTES_ODD = 128 << 10  # not a power of two: the fold costs two extra steps
-LARGE_ALLREDUCE_BYTES = 8 << 20
+LARGE_ALLREDUCE_BYTES = 2 << 20  # power-of-two groups: halving-doubling up to here
 
 
 def allreduce_algorithm(nbytes: int, size: int) -> str:
     """Which allreduce runs for ``nbytes`` on ``size`` ranks: "rd", "hd" or "ring"."""
-    if size == 2:
-        return "rd" if nbytes <= SMALL_ALLREDUCE_BYTES_2 else "hd"
-    if size & (size - 1):
-        return "rd" if nbytes <= SMALL_ALLREDUCE_BYTES_ODD else "ring"
-    if nbytes <= SMALL_ALLREDUCE_BYTES:
+    if nbytes <= (SMALL_ALLREDUCE_BYTES_2 if size == 2 else SMALL_ALLREDUCE_BYTES):
         return "rd"
-    return "hd" if nbytes <= LARGE_ALLREDUCE_BYTES else "ring"
+    if size & (size - 1) == 0 and nbytes <= LARGE_ALLREDUCE_BYTES:
+        return "hd"
+    return "ring"
 
 
 _ALLREDUCE = {

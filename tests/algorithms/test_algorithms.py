@@ -164,10 +164,12 @@ def test_large_allreduce(kind: str, size: int) -> None:
 
 def test_allreduce_algorithm_switch() -> None:
     assert A.allreduce_algorithm(4, 2) == "rd"
-    assert A.allreduce_algorithm(16 << 20, 2) == "hd"
+    assert A.allreduce_algorithm(16 << 20, 2) == "ring"
+    assert A.allreduce_algorithm(2 << 20, 2) == "hd"
     assert A.allreduce_algorithm(1 << 20, 4) == "hd"
     assert A.allreduce_algorithm(64 << 20, 4) == "ring"
     assert A.allreduce_algorithm(1 << 20, 3) == "ring"
+    assert A.allreduce_algorithm(1 << 10, 3) == "rd"
 
 
 @pytest.mark.parametrize("kind", KINDS)
