@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mpdist.launcher import main
+from mpdist.launcher import _reserve_port, main
 
 LAUNCH_TIMEOUT = 60  # only a safety net against a hung launcher; never reached when it works
 
@@ -49,11 +49,53 @@ def script(tmp_path: Path, name: str, body: str) -> Path:
     return path
 
 
-def launch(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mpdist", "run", *map(str, args)]
+def command(args: list) -> list[str]:
+    """The command line of ``mpdist run *args``."""
+    return [sys.executable, "-m", "mpdist", "run", *map(str, args)]
+
+
+def launch(args: list, cwd: Path, **kw) -> subprocess.CompletedProcess:
+    """Run ``mpdist run *args`` to the end; its output is captured as text."""
     return subprocess.run(
-        cmd, cwd=cwd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, **kw
+        command(args), cwd=cwd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, **kw
     )
+
+
+@contextlib.contextmanager
+def launched(cwd: Path, *arg_lists: list) -> Iterator[list[subprocess.Popen]]:
+    """Start ``mpdist run *args`` in the background for each argument list, with text pipes.
+
+    Whatever happens in the block, no launcher is left running after it: one still running
+    is killed, and its ranks die with it (PR_SET_PDEATHSIG); no_leftovers checks the rest.
+    """
+    procs: list[subprocess.Popen] = []
+    try:
+        for args in arg_lists:
+            procs.append(
+                subprocess.Popen(
+                    command(args),
+                    cwd=cwd,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+def run_nodes(cwd: Path, common: list, program: Path, node_ranks: list[int]) -> dict[int, str]:
+    """Run one launcher per node rank (started in that order) with options ``common``;
+    once every launcher has exited 0, return each node's stdout by node rank."""
+    arg_lists = [[*common, "--node-rank", n, program] for n in node_ranks]
+    with launched(cwd, *arg_lists) as nodes:
+        results = [p.communicate(timeout=LAUNCH_TIMEOUT) for p in nodes]
+    assert [p.returncode for p in nodes] == [0] * len(nodes), results
+    return {n: out for n, (out, _) in zip(node_ranks, results, strict=True)}
 
 
 def by_rank(text: str) -> dict[int, list[str]]:
@@ -227,20 +269,12 @@ def test_signal_to_launcher_stops_everything(tmp_path, sig):
         time.sleep(600)
         """,
     )
-    cmd = [sys.executable, "-m", "mpdist", "run", "--nproc", "2", "--stop-grace", "0.2", str(s)]
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
+    with launched(tmp_path, ["--nproc", 2, "--stop-grace", 0.2, s]) as (proc,):
         assert proc.stdout is not None
         ready = {proc.stdout.readline().strip() for _ in range(2)}
         assert ready == {"[rank 0] ready", "[rank 1] ready"}
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=LAUNCH_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 130, err
     assert f"got {sig.name}; stopping every rank" in err
 
@@ -258,11 +292,7 @@ def test_second_signal_skips_the_grace_period(tmp_path):
         time.sleep(600)
         """,
     )
-    cmd = [sys.executable, "-m", "mpdist", "run", "--nproc", "2", "--stop-grace", "600", str(s)]
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
+    with launched(tmp_path, ["--nproc", 2, "--stop-grace", 600, s]) as (proc,):
         assert proc.stdout is not None and proc.stderr is not None
         assert {proc.stdout.readline().strip() for _ in range(2)} == {
             "[rank 0] ready",
@@ -272,10 +302,6 @@ def test_second_signal_skips_the_grace_period(tmp_path):
         assert proc.stderr.readline().strip() == "mpdist run: got SIGINT; stopping every rank"
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=LAUNCH_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 130
 
 
@@ -285,13 +311,8 @@ def test_second_signal_skips_the_grace_period(tmp_path):
 @pytest.fixture
 def held_port() -> Iterator[int]:
     """A port nobody else gets while the test runs (bound with SO_REUSEADDR, not listening)."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    try:
+    with _reserve_port("127.0.0.1", 0) as sock:  # what the launcher does for rank 0's port
         yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 def test_two_nodes_get_global_ranks(tmp_path, held_port):
@@ -304,21 +325,8 @@ def test_two_nodes_get_global_ranks(tmp_path, held_port):
                                         "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")))
         """,
     )
-    common = ["--nnodes", "2", "--nproc", "2", "--master-addr", "127.0.0.1"]
-    common += ["--master-port", str(held_port)]
-    nodes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "mpdist", "run", *common, "--node-rank", str(n), str(s)],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(2)
-    ]
-    results = [p.communicate(timeout=LAUNCH_TIMEOUT) for p in nodes]
-    assert [p.returncode for p in nodes] == [0, 0], results
-    for node, (out, _) in enumerate(results):
+    common = ["--nnodes", 2, "--nproc", 2, "--master-addr", "127.0.0.1", "--master-port", held_port]
+    for node, out in run_nodes(tmp_path, common, s, [0, 1]).items():
         got = by_rank(out)
         for local in range(2):
             rank = node * 2 + local
@@ -372,15 +380,7 @@ def test_master_port_in_use_is_a_clear_error(tmp_path, capsys, monkeypatch):
 # ---- env:// through the launcher ---------------------------------------------------------------
 
 
-def _needs_tcpstore() -> None:
-    import mpdist.store
-
-    if not hasattr(mpdist.store, "TCPStore"):
-        pytest.skip("TCPStore not built yet")
-
-
 def test_env_rendezvous_store_under_launcher(tmp_path):
-    _needs_tcpstore()
     s = script(
         tmp_path,
         "meet.py",
@@ -414,8 +414,6 @@ dist.destroy_process_group()
 
 
 def test_init_process_group_and_all_reduce_under_launcher(tmp_path):
-    _needs_tcpstore()
-    pytest.importorskip("mpdist.distributed")
     s = script(tmp_path, "allreduce.py", ALLREDUCE_SCRIPT)
     res = launch(["--nproc", 2, s], tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -424,27 +422,9 @@ def test_init_process_group_and_all_reduce_under_launcher(tmp_path):
 
 def test_two_launchers_form_one_world(tmp_path, held_port):
     # Two "nodes" on this machine, 2 ranks each: one env:// rendezvous, one all_reduce.
-    _needs_tcpstore()
-    pytest.importorskip("mpdist.distributed")
     s = script(tmp_path, "allreduce.py", ALLREDUCE_SCRIPT)
-    common = ["--nnodes", "2", "--nproc", "2", "--master-port", str(held_port)]
-    nodes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "mpdist", "run", *common, "--node-rank", str(n), str(s)],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in (1, 0)  # the non-master node first: its ranks wait for rank 0's store
-    ]
-    try:
-        results = [p.communicate(timeout=LAUNCH_TIMEOUT) for p in nodes]
-    finally:
-        for p in nodes:  # a failed node leaves the other waiting for the rendezvous
-            if p.poll() is None:
-                p.terminate()  # the launcher stops its ranks
-                p.communicate()
-    assert [p.returncode for p in nodes] == [0, 0], results
-    got = {**by_rank(results[0][0]), **by_rank(results[1][0])}
+    common = ["--nnodes", 2, "--nproc", 2, "--master-port", held_port]
+    # The non-master node first: its ranks wait for rank 0's store.
+    outputs = run_nodes(tmp_path, common, s, [1, 0])
+    got = {**by_rank(outputs[0]), **by_rank(outputs[1])}
     assert got == {k: [f"{k} 4 [10.0, 10.0, 10.0, 10.0, 10.0]"] for k in range(4)}
