@@ -15,6 +15,7 @@ from mpdist.transport.base import as_bytes
 __all__ = ["broadcast", "reduce", "tree_links", "BCAST_CHUNK_BYTES"]
 
 BCAST_CHUNK_BYTES = 256 << 10
+BCAST_CHUNK_BYTES_2 = 1 << 20
 _ANNOUNCE = 1 << 30
 _EMPTY = memoryview(bytearray())
 
@@ -45,10 +46,10 @@ def broadcast(comm: Communicator, buf: memoryview, root: int, op_name: str) -> N
     timeout = comm.timeout_s
     parent, children = tree_links(comm.rank, comm.size, root)
     n = buf.nbytes
-    if n > BCAST_CHUNK_BYTES and comm.size > 2:  # the same split on every rank
-        bounds = list(range(0, n, BCAST_CHUNK_BYTES)) + [n]
-    else:
-        bounds = [0, n]
+    # the same split on every rank: small chunks pipeline down the tree; with two ranks,
+    # big chunks let the receiver copy one out while the sender copies the next in
+    chunk = BCAST_CHUNK_BYTES if comm.size > 2 else BCAST_CHUNK_BYTES_2
+    bounds = list(range(0, n, chunk)) + [n] if n > chunk else [0, n]
     pieces = [buf[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
     sends = []
     if parent is None:
