@@ -1,7 +1,9 @@
 """The tcp backend with real rank processes: results, failures, strangers and clean teardown.
 
 A representative subset of the collective matrix runs over TCP and must give bitwise the
-same results as the threaded backend on the same inputs (same algorithms).
+same results as the threaded backend on the same inputs (same algorithms). Ranks run under
+the harness: ``spawn_ranks`` where values come back to the parent, the ``mpdist`` marker
+where each rank asserts for itself.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from datetime import timedelta
 import numpy as np
 import psutil
 import pytest
-from _spawn import run, run_threads
 
 import mpdist as dist
 from mpdist import DistBackendError, DistNetworkError, ReduceOp
+from mpdist.testing import spawn_ranks, spawn_threads
 
 
 def representative(rank: int, n: int) -> dict[str, object]:
@@ -151,10 +153,10 @@ def assert_same(a: object, b: object, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def test_tcp_results_equal_threaded_and_numpy(tmp_path):
+def test_tcp_results_equal_threaded_and_numpy():
     n = 3
-    tcp = run(representative, n, tmp_path)
-    threaded = run_threads(representative, n)
+    tcp = spawn_ranks(representative, n)  # the default group is tcp
+    threaded = spawn_threads(representative, n)
     for r in range(n):
         assert_same(tcp[r], threaded[r], f"rank {r}")
     # spot checks against numpy
@@ -172,11 +174,11 @@ def test_tcp_results_equal_threaded_and_numpy(tmp_path):
     assert np.array_equal(z, [3.0, 3.0])
 
 
-def mismatch(rank: int, n: int) -> list[str]:
-    msgs = []
+@pytest.mark.mpdist(world_size=2)
+def test_cross_rank_shape_dtype_and_op_mismatch_raise_on_every_rank(rank, world_size):
     for case in ("shape", "dtype", "op"):
         g = dist.new_group()
-        try:
+        with pytest.raises(DistBackendError) as info:
             if case == "shape":
                 dist.all_reduce(np.zeros(3 + rank), group=g)
             elif case == "dtype":
@@ -185,25 +187,14 @@ def mismatch(rank: int, n: int) -> list[str]:
                 dist.all_reduce(np.zeros(4), group=g)
             else:
                 dist.broadcast(np.zeros(4), src=0, group=g)
-        except DistBackendError as e:
-            msgs.append(str(e))
-        else:
-            msgs.append("no error")
+        msg = str(info.value)
+        assert "all_reduce" in msg or "broadcast" in msg, f"{case}: {msg}"
+        assert "rank" in msg, f"{case}: {msg}"
         dist.destroy_process_group(g)
     # the default group is untouched by the other groups' failures
     a = np.ones(2)
     dist.all_reduce(a)
-    assert np.array_equal(a, [n, n])
-    return msgs
-
-
-def test_cross_rank_shape_dtype_and_op_mismatch_raise_on_every_rank(tmp_path):
-    res = run(mismatch, 2, tmp_path)
-    for rank, msgs in enumerate(res):
-        for case, msg in zip(("shape", "dtype", "op"), msgs, strict=True):
-            assert msg != "no error", f"rank {rank}: {case} mismatch went unnoticed"
-            assert "all_reduce" in msg or "broadcast" in msg, msg
-            assert "rank" in msg, msg
+    assert np.array_equal(a, [world_size, world_size])
 
 
 def dies(rank: int, n: int) -> str:
@@ -218,8 +209,8 @@ def dies(rank: int, n: int) -> str:
     return "no error"
 
 
-def test_peer_that_exits_mid_job_raises_network_error_naming_it(tmp_path):
-    res = run(dies, 2, tmp_path, may_die=frozenset({1}), pg_timeout=15)
+def test_peer_that_exits_mid_job_raises_network_error_naming_it():
+    res = spawn_ranks(dies, 2, may_die=[1], group_timeout=15)
     assert res[1] is None
     assert "rank 1" in res[0], res[0]
 
@@ -245,7 +236,7 @@ def with_stranger(rank: int, n: int, path: str) -> float:
 
 def test_stranger_is_refused_and_job_carries_on(tmp_path):
     path = str(tmp_path / "stranger")
-    assert run(with_stranger, 3, tmp_path, backend=None, args=(path,)) == [6.0] * 3
+    assert spawn_ranks(with_stranger, 3, path, backend=None) == [6.0] * 3
 
 
 def resources() -> tuple[int, int, int]:
@@ -302,7 +293,7 @@ def test_destroy_and_reinit_four_times_leaks_nothing(tmp_path):
             held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             held.bind(("127.0.0.1", 0))
         ports = [held1.getsockname()[1], held2.getsockname()[1]]
-        results = run(reinit, 2, tmp_path, backend=None, args=(base, ports))
+        results = spawn_ranks(reinit, 2, base, ports, backend=None)
     for seen in results:
         assert seen[1] == seen[2] == seen[3] == seen[4], seen
         assert seen[0][0] == seen[4][0] and seen[0][2] == seen[4][2], seen
