@@ -1,11 +1,16 @@
-"""Functions run in child processes by the store tests (importable by spawn)."""
+"""Helpers of the store tests: functions run in child processes (importable by spawn), the
+parent's side of those runs, and checks that test_file and test_tcp share."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
+import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 from mpdist.errors import DistStoreError
@@ -131,6 +136,36 @@ def big_values_from_another_process(s, spec) -> None:
     seen = s.multi_get([f"seen/{r}/{i}" for r in range(2) for i in range(n)])
     assert seen == [b"ok"] * (2 * n)
     assert all(s.get(f"big/{i}") == big_value(i, size) for i in range(n))
+
+
+@contextlib.contextmanager
+def no_new_fds() -> Iterator[None]:
+    """Fail if more file descriptors are open after the block than before it."""
+    import psutil  # here, not at the top: the child processes importing this module need not
+
+    proc = psutil.Process()
+    gc.collect()  # so that a socket dying late of an earlier test does not count
+    fds = proc.num_fds()
+    yield
+    assert proc.num_fds() <= fds, "file descriptors left open"
+
+
+def get_interrupted_by_close(s: Store) -> BaseException | None:
+    """Close ``s`` while another thread waits in ``s.get`` for a key nobody sets; return the
+    ``DistStoreError`` that get raised, or None if it raised none."""
+    errors: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            s.get("never")
+        except DistStoreError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=blocked)
+    t.start()
+    s.close()
+    t.join()
+    return errors[0] if errors else None
 
 
 _KEEP_ALIVE: list = []

@@ -168,28 +168,10 @@ def test_one_mib_values_cross_processes_intact(path):
 
 
 def test_close_wakes_a_blocked_reader_and_releases_descriptors(path):
-    import threading
-
-    import psutil
-
-    proc = psutil.Process()
-    gc.collect()  # so that a socket dying late of an earlier test does not count
-    fds = proc.num_fds()
-    s = FileStore(path, world_size=1)
-    errors: list[BaseException] = []
-
-    def reader() -> None:
-        try:
-            s.get("never")
-        except DistStoreError as e:
-            errors.append(e)
-
-    t = threading.Thread(target=reader)
-    t.start()
-    s.close()
-    t.join()
-    assert errors and "closed" in str(errors[0])
-    assert proc.num_fds() <= fds  # nothing of ours is left open
+    with w.no_new_fds():
+        s = FileStore(path, world_size=1)
+        err = w.get_interrupted_by_close(s)
+        assert err is not None and "closed" in str(err)
     assert not os.path.exists(path)
 
 

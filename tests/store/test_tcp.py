@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 import socket
 import struct
 import threading
 from datetime import timedelta
 
-import psutil
 import pytest
 import store_workers as w
 from hypothesis import HealthCheck, given, settings
@@ -154,30 +152,16 @@ def test_client_disconnecting_while_parked_does_not_hurt(no_leaks):
 
 
 def test_close_stops_the_server_thread_and_every_socket(no_leaks):
-    proc = psutil.Process()
-    gc.collect()  # so that a socket dying late of an earlier test does not count
-    fds = proc.num_fds()
-    m = _master()
-    c = TCPStore(LOCAL, m.port, timeout=timedelta(seconds=30))
-    c.set("a", b"1")
-    assert any(t.name.startswith("mpdist-tcpstore-server") for t in threading.enumerate())
-    errors: list[BaseException] = []
-
-    def blocked() -> None:
-        try:
-            c.get("never")
-        except DistStoreError as e:
-            errors.append(e)
-
-    t = threading.Thread(target=blocked)
-    t.start()
-    c.close()  # wakes the blocked get
-    t.join()
-    m.close()
-    m.close()  # idempotent
-    assert errors and "closed" in str(errors[0])
-    assert not any(t.name.startswith("mpdist-tcpstore-server") for t in threading.enumerate())
-    assert proc.num_fds() <= fds  # nothing of ours is left open
+    with w.no_new_fds():
+        m = _master()
+        c = TCPStore(LOCAL, m.port, timeout=timedelta(seconds=30))
+        c.set("a", b"1")
+        assert any(t.name.startswith("mpdist-tcpstore-server") for t in threading.enumerate())
+        err = w.get_interrupted_by_close(c)  # close wakes the blocked get
+        m.close()
+        m.close()  # idempotent
+        assert err is not None and "closed" in str(err)
+        assert not any(t.name.startswith("mpdist-tcpstore-server") for t in threading.enumerate())
     with pytest.raises(DistStoreError, match="closed"):
         m.get("a")
 
