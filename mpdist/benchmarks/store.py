@@ -19,7 +19,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -61,14 +61,22 @@ def _echo(impl: str, kind: str, spec: dict[str, Any], n: int) -> None:
     s.get("echo/done")
 
 
-def _set_get(s: Any, n: int) -> float:
+def _median_seconds(n: int, once: Callable[[int], None]) -> float:
+    """Median wall time of ``once(i)`` for i in 0..n-1 (the call itself costs ~20 ns)."""
     times = []
     for i in range(n):
         t0 = time.perf_counter()
-        s.set(f"sg/{i}", b"value")
-        s.get(f"sg/{i}")
+        once(i)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _set_get(s: Any, n: int) -> float:
+    def once(i: int) -> None:
+        s.set(f"sg/{i}", b"value")
+        s.get(f"sg/{i}")
+
+    return _median_seconds(n, once)
 
 
 def _round_trip(impl: str, kind: str, s: Any, spec: dict[str, Any], n: int) -> float:
@@ -81,19 +89,19 @@ def _round_trip(impl: str, kind: str, s: Any, spec: dict[str, Any], n: int) -> f
             if not p.is_alive():
                 raise RuntimeError(f"echo process for {impl} {kind} exited with {p.exitcode}")
             time.sleep(0.01)
-        times = []
-        for i in range(n):
-            t0 = time.perf_counter()
+
+        def once(i: int) -> None:
             s.set(f"ping/{i}", b"x")
             s.get(f"pong/{i}")
-            times.append(time.perf_counter() - t0)
+
+        median = _median_seconds(n, once)
         s.set("echo/done", b"1")
     finally:
         p.join(30)
         if p.is_alive():
             p.kill()
             p.join()
-    return statistics.median(times)
+    return median
 
 
 def _measure(impl: str, kind: str, n_sg: int, n_rt: int, tmp: str) -> tuple[float, float | None]:
