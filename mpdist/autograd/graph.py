@@ -23,6 +23,8 @@ import numpy as np
 from mpdist.autograd.grad_mode import no_grad
 
 if TYPE_CHECKING:
+    # tensor.py imports this module at its top, so the functions here that build Tensors
+    # import tensor.py when they run (both modules are loaded by then).
     from mpdist.autograd.tensor import Tensor
 
 BackwardFn = Callable[[list[np.ndarray]], Sequence["np.ndarray | None"]]
