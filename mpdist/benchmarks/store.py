@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
+from mpdist import store as st
+
 _TIMEOUT = timedelta(seconds=60)
 
 
@@ -43,8 +45,6 @@ def _open(impl: str, kind: str, spec: dict[str, Any], master: bool) -> Any:
             timeout=_TIMEOUT,
             wait_for_workers=False,
         )
-    from mpdist import store as st
-
     if kind == "hash":
         return st.HashStore()
     if kind == "file":
