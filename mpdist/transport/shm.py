@@ -7,7 +7,8 @@ ring it shares with that peer instead of on the wire; the header says so and whe
 
 One ring per direction and pair, created (and kept mapped until close) by the receiver as a
 file in /dev/shm; the sender maps it and unlinks it, the receiver unlinks it too on close,
-whichever comes first, so nothing outlives the transport. Allocation is FIFO: the receiver consumes payloads in the
+whichever comes first, so nothing outlives the transport; files left by a process that was
+killed are swept (their name carries the owner's pid) when the next transport starts. Allocation is FIFO: the receiver consumes payloads in the
 order their headers arrive and only publishes how many it has consumed. A payload that does
 not fit goes over TCP as usual.
 """
@@ -21,7 +22,7 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["Ring", "shm_dir", "ring_path"]
+__all__ = ["Ring", "shm_dir", "ring_path", "sweep_stale_rings"]
 
 _CTRL = 64  # bytes in front of the data: int64 "consumed" counter, own cache line
 
@@ -34,9 +35,31 @@ def shm_dir() -> str | None:
     return d if os.path.isdir(d) and os.access(d, os.W_OK) else None
 
 
-def ring_path(directory: str, gid: bytes, src: int, dst: int) -> str:
-    """File name of the ring that carries src's payloads to dst (created by dst)."""
-    return os.path.join(directory, f"mpdist-{gid.hex()}-{src}-{dst}")
+def ring_path(directory: str, owner_pid: int, gid: bytes, src: int, dst: int) -> str:
+    """File of the ring carrying src's payloads to dst; created by dst, process ``owner_pid``."""
+    return os.path.join(directory, f"mpdist-{owner_pid}-{gid.hex()}-{src}-{dst}")
+
+
+def sweep_stale_rings(directory: str) -> None:
+    """Remove ring files whose owner process is gone (it was killed before cleaning up)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) != 5 or parts[0] != "mpdist" or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        try:
+            os.kill(pid, 0)
+            continue  # alive (or not ours to judge)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
 
 
 class Ring:

@@ -37,7 +37,7 @@ from mpdist.transport.header import (
     KIND_ERROR,
     MAGIC,
 )
-from mpdist.transport.shm import Ring, ring_path, shm_dir
+from mpdist.transport.shm import Ring, ring_path, shm_dir, sweep_stale_rings
 
 __all__ = ["TcpTransport"]
 
@@ -258,15 +258,16 @@ class TcpTransport(Transport):
         """
         if self._shm_dir is None:
             return 0
+        sweep_stale_rings(self._shm_dir)
         try:
             for peer in range(self.size):
                 if peer != self.rank:
-                    path = ring_path(self._shm_dir, self._gid, peer, self.rank)
+                    path = ring_path(self._shm_dir, os.getpid(), self._gid, peer, self.rank)
                     self._own_rings[peer] = Ring(path, _SHM_CAP, create=True)
         except OSError:
             self._drop_own_rings()
             return 0
-        return HELLO_SHM
+        return HELLO_SHM | os.getpid() << 1  # the peer needs our pid to find the file
 
     def _attach_rings(self) -> None:
         """Mesh complete: map the ring of every peer that offered one; drop unused rings."""
@@ -284,7 +285,8 @@ class TcpTransport(Transport):
                     own.close()
                 del self._own_rings[peer]
             if offered and self._shm_dir is not None:
-                path = ring_path(self._shm_dir, self._gid, self.rank, peer)
+                owner = self._peer_flags[peer] >> 1
+                path = ring_path(self._shm_dir, owner, self._gid, self.rank, peer)
                 try:
                     tx = Ring(path, _SHM_CAP, create=False)
                 except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 
@@ -13,7 +14,7 @@ import mpdist.algorithms as A
 from mpdist.errors import DistBackendError, DistNetworkError
 from mpdist.transport import LocalTransport, TcpTransport
 from mpdist.transport.header import HANDSHAKE, HANDSHAKE_MAGIC
-from mpdist.transport.shm import Ring
+from mpdist.transport.shm import Ring, sweep_stale_rings
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -281,3 +282,21 @@ def test_shared_memory_ring_allocation(tmp_path) -> None:
         tx.unlink()
         tx.close()
         rx.close()
+
+
+def test_stale_ring_files_of_dead_processes_are_swept(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(dead.stdout)
+    stale = tmp_path / f"mpdist-{pid}-{'ab' * 16}-1-0"
+    alive = tmp_path / f"mpdist-{os.getpid()}-{'ab' * 16}-1-0"
+    other = tmp_path / "unrelated-file"
+    for f in (stale, alive, other):
+        f.write_bytes(b"")
+    sweep_stale_rings(str(tmp_path))
+    assert not stale.exists()
+    assert alive.exists() and other.exists()
