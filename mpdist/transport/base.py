@@ -449,8 +449,12 @@ class Transport:
             raise err
         if req.nbytes:
             req.buf[:] = payload
+            self._recycle(payload)
         req.src = peer
         req.done = True
+
+    def _recycle(self, payload: object) -> None:
+        """A stashed payload has been copied out; a subclass may reuse its buffer."""
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

@@ -43,6 +43,8 @@ __all__ = ["TcpTransport"]
 
 _SOCK_BUF = 4 << 20
 _LOWAT_MIN = 128 << 10
+_POOL_MIN = 64 << 10  # stash buffers at least this big are recycled ...
+_POOL_CAP = 64 << 20  # ... up to this many bytes
 _SHM_MIN = 16 << 10  # payloads at least this big go through the shared-memory ring
 _SHM_CAP = 16 << 20  # bytes per ring (one per direction and pair; pages only when touched)
 _SPIN_S = float(os.environ.get("MPDIST_SPIN_US", "0")) * 1e-6
@@ -122,6 +124,9 @@ class TcpTransport(Transport):
         # (env MPDIST_SHM=0 or shm=False turns them off)
         self._shm_dir = shm_dir() if size > 1 and shm is not False else None
         self._own_rings: dict[int, Ring] = {}  # rings we created, by destination
+        # stash buffers are recycled: fresh big buffers cost page faults on every use
+        self._pool: dict[int, list[np.ndarray]] = {}
+        self._pool_bytes = 0
         self._peer_flags: dict[int, int] = {}
         self._by_fd: dict[int, _Peer] = {}
         self._poll = select.poll()
@@ -439,19 +444,19 @@ class TcpTransport(Transport):
                 if hdr[5] & FLAG_SHM:
                     # the payload is waiting in our ring from that peer: copy out, free space
                     ring = p.rx_ring
-                    if ring is None:
+                    off = hdr[13]
+                    if ring is None or off + plen > ring.capacity:
                         self._lose(p)
                         raise DistNetworkError(
                             f"rank {self._n(self.rank)}: rank {self._n(p.rank)} sent a "
-                            f"shared-memory payload but no ring was agreed"
+                            f"shared-memory payload outside of the ring they agreed on"
                         )
-                    off = hdr[13]
                     if req is not None:
                         req.buf[:] = ring.data[off : off + plen]
                         ring.release()
                         req.done = True
                     else:
-                        payload = np.empty(plen, np.uint8)
+                        payload = self._stash_buf(plen)
                         memoryview(payload)[:] = ring.data[off : off + plen]
                         ring.release()
                         self._on_stashed(p.rank, hdr, payload)
@@ -465,7 +470,7 @@ class TcpTransport(Transport):
                     if plen == 0:
                         self._on_stashed(p.rank, hdr, b"")
                         continue
-                    mv = memoryview(np.empty(plen, np.uint8))
+                    mv = memoryview(self._stash_buf(plen))
                 p.rx_hdr = hdr
                 p.rx_req = req
                 p.rx_mv = mv
@@ -505,6 +510,22 @@ class TcpTransport(Transport):
                 req.done = True
             else:
                 self._on_stashed(p.rank, p.rx_hdr, mv.obj)
+
+    def _stash_buf(self, n: int) -> np.ndarray:
+        bufs = self._pool.get(n)
+        if bufs:
+            self._pool_bytes -= n
+            return bufs.pop()
+        return np.empty(n, np.uint8)
+
+    def _recycle(self, payload: object) -> None:
+        if type(payload) is np.ndarray:
+            n = payload.nbytes
+            if n >= _POOL_MIN and self._pool_bytes + n <= _POOL_CAP:
+                bufs = self._pool.setdefault(n, [])
+                if len(bufs) < 4:
+                    bufs.append(payload)
+                    self._pool_bytes += n
 
     def _lose(self, p: _Peer) -> None:
         if p.closed:
