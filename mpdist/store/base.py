@@ -22,7 +22,7 @@ from typing import Any
 
 from mpdist.errors import DistStoreError
 
-__all__ = ["DEFAULT_TIMEOUT", "Store", "parse_counter", "timeout_seconds"]
+__all__ = ["DEFAULT_TIMEOUT", "Store", "compare_set_outcome", "parse_counter", "timeout_seconds"]
 
 DEFAULT_TIMEOUT = timedelta(seconds=300)
 
@@ -93,6 +93,20 @@ def parse_counter(key: str, raw: bytes) -> int:
         raise DistStoreError(
             f"add: key {key!r} holds {raw[:40]!r}, which is not a decimal integer"
         ) from None
+
+
+def compare_set_outcome(
+    current: bytes | None, expected: bytes, desired: bytes
+) -> tuple[bool, bytes]:
+    """The ``compare_set`` rule, for a key holding ``current`` (None: missing): whether to
+    write ``desired``, and what to return.
+
+    Write when the value equals ``expected``, or when the key is missing and ``expected`` is
+    empty; return ``desired`` if written, else the current value (``expected`` if missing).
+    """
+    if current == expected or (current is None and expected == b""):
+        return True, desired
+    return False, expected if current is None else current
 
 
 class Store:

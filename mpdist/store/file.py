@@ -41,7 +41,7 @@ from multiprocessing import util as mp_util
 import filelock
 
 from mpdist.errors import DistStoreError
-from mpdist.store.base import DEFAULT_TIMEOUT, Store, parse_counter
+from mpdist.store.base import DEFAULT_TIMEOUT, Store, compare_set_outcome, parse_counter
 
 __all__ = ["FileStore", "REFCOUNT_KEY"]
 
@@ -402,11 +402,10 @@ class FileStore(Store):
         log = self._live()
         with log.mutex, log.lock():
             log.refresh(locked=True)
-            cur = log.cache.get(key)
-            if (cur is None and expected == b"") or (cur is not None and cur == expected):
+            write, result = compare_set_outcome(log.cache.get(key), expected, desired)
+            if write:
                 log.append_records(_record(_SET, key.encode(), desired))
-                return desired
-            return expected if cur is None else cur
+            return result
 
     def _delete_key(self, key: str) -> bool:
         log = self._live()

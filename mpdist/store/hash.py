@@ -6,7 +6,7 @@ import threading
 import time
 from datetime import timedelta
 
-from mpdist.store.base import DEFAULT_TIMEOUT, Store, parse_counter
+from mpdist.store.base import DEFAULT_TIMEOUT, Store, compare_set_outcome, parse_counter
 
 __all__ = ["HashStore"]
 
@@ -66,18 +66,11 @@ class HashStore(Store):
 
     def _compare_set(self, key: str, expected: bytes, desired: bytes) -> bytes:
         with self._cond:
-            cur = self._data.get(key)
-            if cur is None:
-                if expected == b"":
-                    self._data[key] = desired
-                    self._cond.notify_all()
-                    return desired
-                return expected
-            if cur == expected:
+            write, result = compare_set_outcome(self._data.get(key), expected, desired)
+            if write:
                 self._data[key] = desired
                 self._cond.notify_all()
-                return desired
-            return cur
+            return result
 
     def _delete_key(self, key: str) -> bool:
         with self._cond:

@@ -26,7 +26,7 @@ from datetime import timedelta
 from mpdist.errors import DistNetworkError, DistStoreError
 from mpdist.store import _protocol as proto
 from mpdist.store._protocol import Op, ProtocolError, Status
-from mpdist.store.base import DEFAULT_TIMEOUT, Store
+from mpdist.store.base import DEFAULT_TIMEOUT, Store, compare_set_outcome
 
 __all__ = ["INIT_KEY", "TCPStore"]
 
@@ -270,13 +270,11 @@ class _Server:
         elif op is Op.COMPARE_SET:
             key_b, expected, desired = _args(f, 3)
             key = key_b.decode()
-            cur = data.get(key)
-            if (cur is None and expected == b"") or (cur is not None and cur == expected):
+            write, result = compare_set_outcome(data.get(key), expected, desired)
+            if write:
                 data[key] = desired
                 self._changed(key)
-                self._reply(conn, Status.OK, [desired])
-            else:
-                self._reply(conn, Status.OK, [expected if cur is None else cur])
+            self._reply(conn, Status.OK, [result])
         elif op is Op.CHECK:
             ok = all(k.decode() in data for k in f)
             self._reply(conn, Status.OK, [b"1" if ok else b"0"])
