@@ -64,9 +64,14 @@ _POLL_MAX_S = 5e-3
 _POLL_GROWTH = 1.3
 
 
+def _checksum(kind: int, key: bytes, value: bytes) -> int:
+    """CRC32 of kind, key and value, as stored in a record's header."""
+    return zlib.crc32(value, zlib.crc32(key, zlib.crc32(bytes((kind,)))))
+
+
 def _record(kind: int, key: bytes, value: bytes) -> bytes:
-    crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(bytes((kind,)))))
-    return _HDR.pack(_MAGIC, kind, len(key), len(value), crc) + key + value
+    header = _HDR.pack(_MAGIC, kind, len(key), len(value), _checksum(kind, key, value))
+    return header + key + value
 
 
 class _Incomplete(Exception):
@@ -153,7 +158,7 @@ class _Log:
                     )
                 key_b = bytes(view[kstart:vstart])
                 value = bytes(view[vstart:end])
-                if zlib.crc32(value, zlib.crc32(key_b, zlib.crc32(bytes((kind,))))) != crc:
+                if _checksum(kind, key_b, value) != crc:
                     raise _Incomplete(at, "corrupt record (checksum mismatch)")
                 try:
                     key = key_b.decode()
@@ -320,10 +325,17 @@ class FileStore(Store):
             raise DistStoreError(f"FileStore {log.path!r} is closed")
         return log
 
-    def _write(self, buf: bytes) -> None:
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[_Log]:
+        """The log, with the writer lock held and the cache replayed to the end of the
+        file: where every write, and every read-modify-write, starts."""
         log = self._live()
         with log.mutex, log.lock():
             log.refresh(locked=True)
+            yield log
+
+    def _write(self, buf: bytes) -> None:
+        with self._locked() as log:
             log.append_records(buf)
 
     def _wait_for(self, op: str, keys: list[str], timeout: float | None) -> None:
@@ -352,8 +364,7 @@ class FileStore(Store):
                     raise self._timeout_error(op, missing, timeout)
                 time.sleep(delay if deadline is None else min(delay, deadline - now))
                 delay = min(delay * _POLL_GROWTH, _POLL_MAX_S)
-                if log.closed:
-                    raise DistStoreError(f"FileStore {log.path!r} is closed")
+                self._live()  # raises once closed
                 if log.grown(seen):
                     delay = _POLL_MIN_S
                     break
@@ -391,26 +402,20 @@ class FileStore(Store):
             return all(k in log.cache for k in keys)
 
     def _add(self, key: str, amount: int) -> int:
-        log = self._live()
-        with log.mutex, log.lock():
-            log.refresh(locked=True)
+        with self._locked() as log:
             new = parse_counter(key, log.cache.get(key, b"0")) + amount
             log.append_records(_record(_SET, key.encode(), str(new).encode()))
             return new
 
     def _compare_set(self, key: str, expected: bytes, desired: bytes) -> bytes:
-        log = self._live()
-        with log.mutex, log.lock():
-            log.refresh(locked=True)
+        with self._locked() as log:
             write, result = compare_set_outcome(log.cache.get(key), expected, desired)
             if write:
                 log.append_records(_record(_SET, key.encode(), desired))
             return result
 
     def _delete_key(self, key: str) -> bool:
-        log = self._live()
-        with log.mutex, log.lock():
-            log.refresh(locked=True)
+        with self._locked() as log:
             if key not in log.cache:
                 return False
             log.append_records(_record(_DELETE, key.encode(), b""))
