@@ -428,6 +428,9 @@ class _Client:
             sock.settimeout(None)
             return sock
 
+    def _closed_error(self) -> DistStoreError:
+        return DistStoreError(f"TCPStore {self.host}:{self.port} is closed")
+
     def call(
         self,
         op: Op,
@@ -438,14 +441,14 @@ class _Client:
         """Send one request and return (status, fields) of the answer (None: no time limit)."""
         with self.lock:
             if self.closed:
-                raise DistStoreError(f"TCPStore {self.host}:{self.port} is closed")
+                raise self._closed_error()
             sock = self.idle.pop() if self.idle else None
         if sock is None:
             sock = self._connect(connect_timeout)
         with self.lock:
             if self.closed:  # closed while we connected: close() never saw this socket
                 sock.close()
-                raise DistStoreError(f"TCPStore {self.host}:{self.port} is closed")
+                raise self._closed_error()
             self.busy.add(sock)
         ok = False
         try:
@@ -459,7 +462,7 @@ class _Client:
             return status, proto.decode_fields(payload)
         except (OSError, ProtocolError) as e:
             if self.closed:
-                raise DistStoreError(f"TCPStore {self.host}:{self.port} is closed") from None
+                raise self._closed_error() from None
             if isinstance(e, socket.timeout):
                 raise DistNetworkError(
                     f"TCPStore: {op.name.lower()} timed out: no answer from the server at "
