@@ -2,6 +2,8 @@
 
 The transport knows nothing of collectives: it moves headers and payloads, matches them
 and reports mismatches, lost peers, timeouts and aborts (see ``mpdist.transport.base``).
+TcpTransport carries big payloads through per-pair shared-memory rings when both ends
+have /dev/shm (``mpdist.transport.shm``; ``MPDIST_SHM=0`` turns that off).
 """
 
 from __future__ import annotations
