@@ -60,7 +60,8 @@ def test_p2p_rejects_self_and_out_of_range() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_large_isend_both_first_does_not_deadlock(kind: str) -> None:
-    n = (8 << 20) // 8  # 8 MiB each way, more than the socket buffers hold
+    # 20 MiB each way: more than the socket buffers and a shared-memory ring hold
+    n = (20 << 20) // 8
 
     def fn(comm: A.Communicator):
         other = 1 - comm.rank
