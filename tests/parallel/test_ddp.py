@@ -3,6 +3,8 @@ single-process training, initial broadcast, no_sync, unused parameters, comm hoo
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -432,3 +434,51 @@ def test_mixed_dtypes_get_separate_buckets(run_threads) -> None:
         for g, a, b in zip(grads, *local, strict=True):
             assert g.dtype == a.dtype
             np.testing.assert_allclose(g, (a + b) / 2, rtol=1e-5)
+
+
+def test_default_reduction_last_bucket_inline_others_async(run_threads, tiny_first_bucket) -> None:
+    """Without a comm hook, on mpdist's own groups: the buckets are all-reduced in bucket
+    order, every one but the last on the group's worker thread (overlapping backward), the last
+    in the calling thread (nothing is left to overlap with); the result is the average."""
+    import mpdist.algorithms as alg
+
+    calls: list[tuple[int, int]] = []  # (thread ident, elements), in call order
+    orig = alg.allreduce
+    lock = threading.Lock()
+
+    def recording(comm, array, *args, **kwargs):
+        with lock:
+            calls.append((threading.get_ident(), array.size))
+        return orig(comm, array, *args, **kwargs)
+
+    def body(rank: int, ws: int):
+        ddp = DDP(make_model(), bucket_cap_mb=0.0008)
+        x, y = data(0)
+        per = N // ws
+        F.mse_loss(
+            ddp(x[rank * per : (rank + 1) * per]), y[rank * per : (rank + 1) * per]
+        ).backward()
+        sizes = [b.buffer.size for b in ddp.reducer.buckets]
+        return threading.get_ident(), sizes, [p.grad.data.copy() for p in ddp.parameters()]
+
+    alg.allreduce = recording
+    try:
+        results = run_threads(2, body)
+    finally:
+        alg.allreduce = orig
+    rank_threads = {ident for ident, _, _ in results}
+    sizes = results[0][1]
+    assert len(sizes) >= 3
+    for ident, _, _ in results:
+        assert [n for t, n in calls if t == ident] == [sizes[-1]]  # the last bucket, inline
+    workers: dict[int, list[int]] = {}
+    for t, n in calls:
+        if t not in rank_threads:
+            workers.setdefault(t, []).append(n)
+    assert sorted(workers.values()) == [sizes[:-1], sizes[:-1]]  # one worker per rank, in order
+    ref = make_model()
+    x, y = data(0)
+    F.mse_loss(ref(x), y).backward()
+    for g0, g1, r in zip(results[0][2], results[1][2], ref.parameters(), strict=True):
+        np.testing.assert_array_equal(g0, g1)
+        np.testing.assert_allclose(g0, r.grad.data, rtol=1e-12, atol=1e-12)
