@@ -2,13 +2,14 @@
 
 Rows: the model trained in one process (on one rank's batch, and on the global batch), and
 under DDP on ``--world-size`` real processes (spawned, meeting through a FileStore) with
-gradient reduction overlapped with backward (small buckets) and not overlapped (one bucket,
-reduced after backward). A step is zero_grad + forward + MSE loss + backward + SGD step.
+overlap on (DDP's buckets: the first 1 MiB, then ``--bucket-cap-mb``; each all-reduced as
+soon as it is full, during backward) and off (one bucket, reduced after backward). A step is zero_grad + forward + MSE loss + backward + SGD step.
 Configurations alternate step by step (all ranks meet at a barrier before each step; the
 single-process rows run on rank 0 while the others wait), so drifting machine load hits them
 alike. Each row reports the median step time (the slowest rank's median for DDP) and the
 median CPU time the process used per step, which is what to compare on a shared machine.
-``--vs torch`` runs the same rows with torch's DDP over gloo (separate processes).
+When torch is installed the same rows run with torch's DDP over gloo (separate processes)
+side by side (``--vs none`` skips them). ``--repeat`` runs everything several times.
 """
 
 from __future__ import annotations
@@ -245,13 +246,18 @@ def _run(
     return result, buckets
 
 
+def _ratio(off: float, on: float) -> str:
+    return f"{off / on:.2f}x"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print a table; returns the exit status."""
     p = argparse.ArgumentParser(prog="mpdist bench ddp", description=__doc__.splitlines()[0])
     p.add_argument("--world-size", type=int, default=2)
     p.add_argument("--batch", type=int, default=64, help="samples per rank per step")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
+    p.add_argument("--steps", type=int, default=40, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=1, help="independent runs (medians are shown)")
     p.add_argument(
         "--grad-views", action="store_true", help="DDP with gradient_as_bucket_view=True"
     )
@@ -262,18 +268,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=25.0,
         help="bucket size with overlap on (DDP default 25)",
     )
-    p.add_argument("--vs", choices=["torch"], default=None, help="also run torch DDP over gloo")
+    p.add_argument(
+        "--vs",
+        choices=["torch", "none"],
+        default=None,
+        help="torch DDP over gloo side by side (default: when torch is installed)",
+    )
     args = p.parse_args(list(argv) if argv is not None else None)
     if args.world_size < 2:
         p.error("--world-size must be at least 2")
-    if args.steps < 1 or args.warmup < 0 or args.batch < 1:
-        p.error("--steps and --batch must be positive, --warmup non-negative")
-    if args.vs == "torch":
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            print("mpdist bench ddp: --vs torch needs torch installed", file=sys.stderr)
-            return 2
+    if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.repeat < 1:
+        p.error("--steps, --batch and --repeat must be positive, --warmup non-negative")
+    try:
+        import torch  # noqa: F401
+
+        have_torch = True
+    except ImportError:
+        have_torch = False
+    if args.vs == "torch" and not have_torch:
+        print("mpdist bench ddp: --vs torch needs torch installed", file=sys.stderr)
+        return 2
+    vs_torch = have_torch if args.vs is None else args.vs == "torch"
 
     cfg = dict(
         batch=args.batch,
@@ -283,44 +298,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         bucket_cap_mb=args.bucket_cap_mb,
         threads=args.threads_per_rank,
     )
+    runs: list[dict[str, tuple[float, float]]] = []
+    torch_runs: list[dict[str, tuple[float, float]]] = []
+    buckets: dict[str, int] = {}
     try:
-        ours, buckets = _run("mpdist", args.world_size, cfg)
-        theirs = _run("torch", args.world_size, cfg)[0] if args.vs else None
+        for _ in range(args.repeat):
+            ours, buckets = _run("mpdist", args.world_size, cfg)
+            runs.append(ours)
+            if vs_torch:
+                torch_runs.append(_run("torch", args.world_size, cfg)[0])
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1
 
+    def med(rs: list[dict[str, tuple[float, float]]], mode: str, i: int) -> float:
+        return statistics.median(r[mode][i] for r in rs) * 1e3
+
     n_params = sum(q.numel() for q in _model().parameters())
     ws, b = args.world_size, args.batch
-    gb = b * ws
     names = {
-        "single": (f"single process, batch {b}", b),
-        "single global": (f"single process, batch {gb}", gb),
-        "overlap": (f"DDP {ws} ranks, overlap ({buckets['overlap']} buckets)", gb),
-        "no overlap": (f"DDP {ws} ranks, no overlap ({buckets['no overlap']} bucket)", gb),
+        "single": f"one process, batch {b}",
+        "single global": f"one process, batch {b * ws} (the global batch)",
+        "overlap": f"DDP {ws} ranks, overlap on ({buckets['overlap']} buckets)",
+        "no overlap": f"DDP {ws} ranks, overlap off ({buckets['no overlap']} bucket, at the end)",
     }
     print(
         f"model: MLP {'-'.join(map(str, WIDTHS))}, {n_params:,} parameters (float32); "
-        f"batch {b} per rank; median of {args.steps} steps, configurations interleaved; "
-        f"{args.threads_per_rank} BLAS thread(s) per process"
+        f"batch {b} per rank; per run the median of {args.steps} steps, configurations "
+        f"interleaved; {args.threads_per_rank} BLAS thread(s) per process"
         + ("; gradient_as_bucket_view" if args.grad_views else "")
+        + (f"; median of {args.repeat} runs" if args.repeat > 1 else "")
     )
-    head = f"{'configuration':<44} {'step ms':>9} {'cpu ms':>8} {'samples/s':>10}"
-    if theirs:
-        head += f" {'torch ms':>9} {'vs torch':>9}"
+    head = f"{'configuration (ms per step)':<52} {'wall':>7} {'cpu':>7}"
+    if torch_runs:
+        head += f" {'torch wall':>11} {'torch cpu':>10}"
     print(head)
     for mode in MODES:
-        name, n = names[mode]
-        wall, cpu = ours[mode]
-        line = f"{name:<44} {wall * 1e3:9.2f} {cpu * 1e3:8.2f} {n / wall:10.0f}"
-        if theirs:
-            line += f" {theirs[mode][0] * 1e3:9.2f} {wall / theirs[mode][0]:8.2f}x"
+        line = f"{names[mode]:<52} {med(runs, mode, 0):7.2f} {med(runs, mode, 1):7.2f}"
+        if torch_runs:
+            line += f" {med(torch_runs, mode, 0):11.2f} {med(torch_runs, mode, 1):10.2f}"
         print(line)
-    w = {m: ours[m][0] for m in MODES}
+
+    def ratios(rs: list[dict[str, tuple[float, float]]], i: int) -> str:
+        per_run = [r["no overlap"][i] / r["overlap"][i] for r in rs]
+        text = _ratio(med(rs, "no overlap", i), med(rs, "overlap", i))
+        if len(per_run) > 1:
+            text += " (runs: " + " ".join(f"{x:.2f}" for x in per_run) + ")"
+        return text
+
     print(
-        f"overlap on vs off: {w['no overlap'] / w['overlap']:.2f}x faster; DDP step vs one "
-        f"process on the same per-rank batch: {w['overlap'] / w['single']:.2f}x the time; "
-        f"DDP throughput vs one process on the global batch: {w['single global'] / w['overlap']:.2f}x"
+        f"overlap on vs off (off time / on time, above 1 = overlap faster): "
+        f"wall {ratios(runs, 0)}, cpu {ratios(runs, 1)}"
     )
-    print("(cpu ms: CPU time of the process, all threads; far below step ms = the machine is busy)")
+    if torch_runs:
+        print(
+            f"torch DDP (gloo) overlap on vs off: wall {ratios(torch_runs, 0)}, "
+            f"cpu {ratios(torch_runs, 1)}"
+        )
+    print(
+        f"DDP step vs one process on the same per-rank batch: "
+        f"{med(runs, 'overlap', 0) / med(runs, 'single', 0):.2f}x the time; DDP throughput vs "
+        f"one process on the global batch: "
+        f"{med(runs, 'single global', 0) / med(runs, 'overlap', 0):.2f}x"
+    )
+    print(
+        "(cpu: CPU time of the process, all threads, slowest rank; on a shared machine it is "
+        "what to compare: wall far above cpu means the process waited for a core)"
+    )
     return 0
