@@ -13,7 +13,17 @@ import numpy as np
 
 from mpdist.transport.header import dtype_code, op_code, shape_signature
 
-__all__ = ["Communicator"]
+__all__ = ["Communicator", "received"]
+
+
+def received(req: Any, fallback: np.ndarray) -> np.ndarray:
+    """The data of a finished borrowing receive as an array shaped like ``fallback``:
+    ``fallback`` itself if the transport filled it, else a view of the lent bytes (give
+    them back with ``transport.release(req)`` once read)."""
+    view = req.view
+    if view is req.buf:
+        return fallback
+    return np.frombuffer(view, fallback.dtype)
 
 
 class Communicator:

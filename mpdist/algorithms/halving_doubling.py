@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpdist.algorithms.communicator import Communicator
+from mpdist.algorithms.communicator import Communicator, received
 from mpdist.algorithms.reduction import ReduceOp, reduce_into
 from mpdist.transport.base import as_bytes
 
@@ -67,7 +67,7 @@ def allreduce(
         ch = max(chunk, -(-span // _MAX_CHUNKS))
         offs = list(range(0, span, ch)) or [0]
         rvs = [
-            t.irecv(partner, (step << 12) | i, sb[o * item : min(o + ch, k1 - k0) * item])
+            t.irecv_borrow(partner, (step << 12) | i, sb[o * item : min(o + ch, k1 - k0) * item])
             for i, o in enumerate(offs)
         ]
         sds = [
@@ -81,10 +81,13 @@ def allreduce(
                 t.wait([rv], op_name, timeout)
             e = min(o + ch, k1 - k0)
             mine = flat[k0 + o : k0 + e]
+            other = received(rv, sc[o:e])
             if r < partner:
-                reduce_into(mine, mine, sc[o:e], op)
+                reduce_into(mine, mine, other, op)
             else:
-                reduce_into(mine, sc[o:e], mine, op)
+                reduce_into(mine, other, mine, op)
+            del other
+            t.release(rv)
         t.wait(sds, op_name, timeout)
         steps.append((partner, keep, give))
         lo, hi = keep

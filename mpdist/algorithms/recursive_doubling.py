@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpdist.algorithms.communicator import Communicator
+from mpdist.algorithms.communicator import Communicator, received
 from mpdist.algorithms.reduction import ReduceOp, reduce_into
 from mpdist.transport.base import as_bytes
 
@@ -40,14 +40,17 @@ def allreduce(comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str) 
     step = 1
     while mask < p2:
         partner = r ^ mask
-        rv = t.irecv(partner, step, sb)
+        rv = t.irecv_borrow(partner, step, sb)
         sd = t.isend(partner, step, fb)
         if not (rv.done and sd.done):
             t.wait([rv, sd], op_name, timeout)
+        other = received(rv, sc)
         if r < partner:
-            reduce_into(flat, flat, sc, op)
+            reduce_into(flat, flat, other, op)
         else:
-            reduce_into(flat, sc, flat, op)
+            reduce_into(flat, other, flat, op)
+        del other
+        t.release(rv)
         mask <<= 1
         step += 1
     if r < extra:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpdist.algorithms.communicator import Communicator
+from mpdist.algorithms.communicator import Communicator, received
 from mpdist.algorithms.reduction import ReduceOp, reduce_into
 from mpdist.transport.base import as_bytes
 
@@ -58,7 +58,12 @@ def allreduce(
         bv = as_bytes(slots[s])
         rs_recvs.append(
             [
-                (t.irecv(left, s * K + k, bv[(a - base) * item : (b - base) * item]), a, b, base)
+                (
+                    t.irecv_borrow(left, s * K + k, bv[(a - base) * item : (b - base) * item]),
+                    a,
+                    b,
+                    base,
+                )
                 for k, (a, b) in enumerate(layout[seg])
             ]
         )
@@ -80,7 +85,10 @@ def allreduce(
             if not req.done:
                 t.wait([req], op_name, timeout)
             dst = flat[a:b]
-            reduce_into(dst, sc[a - base : b - base], dst, op)
+            other = received(req, sc[a - base : b - base])
+            reduce_into(dst, other, dst, op)
+            del other
+            t.release(req)
             sends.append(t.isend(right, nxt + k, fb[a * item : b * item]))
     for s in range(p - 2):
         for k, (req, a, b) in enumerate(ag_recvs[s]):

@@ -65,7 +65,7 @@ class SendReq:
 class RecvReq:
     """A posted receive into ``buf``; ``done`` once filled; ``src`` is the sender."""
 
-    __slots__ = ("peer", "buf", "nbytes", "done", "tag", "dtype", "src")
+    __slots__ = ("peer", "buf", "nbytes", "done", "tag", "dtype", "src", "view", "lease")
 
     def __init__(self, peer: int | None, buf: memoryview, tag: int = 0, dtype: int = 0) -> None:
         self.peer = peer
@@ -75,6 +75,10 @@ class RecvReq:
         self.tag = tag
         self.dtype = dtype
         self.src = peer
+        # borrowing receives (irecv_borrow): where the data is once done (``buf``, or a
+        # transport buffer lent until Transport.release(req)), and what to give back
+        self.view: memoryview | None = None
+        self.lease: object = None
 
 
 class Transport:
@@ -180,6 +184,24 @@ class Transport:
                 return req
         self._posted[key] = req
         return req
+
+    def irecv_borrow(self, peer: int, step: int, buf: memoryview) -> RecvReq:
+        """Like :meth:`irecv`, but the transport may lend its own copy of the data instead of
+        filling ``buf``: read ``req.view`` once done, then call :meth:`release`."""
+        req = self.irecv(peer, step, buf)
+        req.view = buf
+        return req
+
+    def release(self, req: RecvReq) -> None:
+        """Give back what a borrowing receive lent (no-op when it filled its own buffer)."""
+        lease = req.lease
+        req.view = None
+        if lease is not None:
+            req.lease = None
+            self._give_back(lease)
+
+    def _give_back(self, lease: object) -> None:
+        """Subclass hook for :meth:`release`."""
 
     # ------------------------------------------------------------------ point to point
     def isend_p2p(self, peer: int, tag: int, buf: memoryview, dtype: int, op: int) -> SendReq:

@@ -81,7 +81,11 @@ class Ring:
         # sender: outstanding allocations, oldest first, and how many were freed
         self._out: deque[tuple[int, int]] = deque()
         self._freed = 0
-        self.taken = 0  # receiver: payloads copied out so far
+        # receiver: payloads are taken in order but may be released out of order (a borrowed
+        # view is released after the reduction that reads it); the sender may reuse the space
+        # of the released prefix only
+        self._held: deque[bool] = deque()
+        self._base = 0
 
     def alloc(self, n: int) -> int | None:
         """Sender: offset for ``n`` bytes, or None if the ring has no room now.
@@ -95,6 +99,7 @@ class Ring:
             out.popleft()
             self._freed += 1
         cap = self.capacity
+        n = (n + 63) & ~63  # keep every payload 64-byte aligned (numpy reads them in place)
         if n > cap:
             return None
         if not out:
@@ -115,10 +120,20 @@ class Ring:
         out.append((start, start + n))
         return start
 
-    def release(self) -> None:
-        """Receiver: one more payload has been copied out (payloads are consumed in order)."""
-        self.taken += 1
-        self._ctrl[0] = self.taken
+    def take(self) -> int:
+        """Receiver: a token for the next payload (payloads are taken in arrival order)."""
+        self._held.append(False)
+        return self._base + len(self._held) - 1
+
+    def release(self, token: int) -> None:
+        """Receiver: the payload of ``token`` has been read; publish the released prefix."""
+        held = self._held
+        held[token - self._base] = True
+        if held[0]:
+            while held and held[0]:
+                held.popleft()
+                self._base += 1
+            self._ctrl[0] = self._base
 
     def unlink(self) -> None:
         """Remove the file (the mapping stays valid)."""

@@ -451,14 +451,20 @@ class TcpTransport(Transport):
                             f"rank {self._n(self.rank)}: rank {self._n(p.rank)} sent a "
                             f"shared-memory payload outside of the ring they agreed on"
                         )
-                    if req is not None:
+                    token = ring.take()
+                    if req is not None and req.view is not None:
+                        # a borrowing receive: lend the ring's bytes, no copy
+                        req.view = ring.data[off : off + plen]
+                        req.lease = (ring, token)
+                        req.done = True
+                    elif req is not None:
                         req.buf[:] = ring.data[off : off + plen]
-                        ring.release()
+                        ring.release(token)
                         req.done = True
                     else:
                         payload = self._stash_buf(plen)
                         memoryview(payload)[:] = ring.data[off : off + plen]
-                        ring.release()
+                        ring.release(token)
                         self._on_stashed(p.rank, hdr, payload)
                     continue
                 if req is not None:
@@ -510,6 +516,10 @@ class TcpTransport(Transport):
                 req.done = True
             else:
                 self._on_stashed(p.rank, p.rx_hdr, mv.obj)
+
+    def _give_back(self, lease: object) -> None:
+        ring, token = lease
+        ring.release(token)
 
     def _stash_buf(self, n: int) -> np.ndarray:
         bufs = self._pool.get(n)

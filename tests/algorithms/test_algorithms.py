@@ -117,9 +117,10 @@ def run_algo(comm: A.Communicator, algo: str, x: np.ndarray, op: ReduceOp) -> No
     comm.finish()
 
 
+@pytest.mark.parametrize("kind", ["local", "tcp"])
 @pytest.mark.parametrize("algo", sorted(ALGOS))
 @pytest.mark.parametrize("size", [2, 3, 4, 5])
-def test_each_allreduce_algorithm(algo: str, size: int) -> None:
+def test_each_allreduce_algorithm(algo: str, size: int, kind: str) -> None:
     cases = [(ReduceOp.SUM, "float32"), (ReduceOp.MAX, "int8"), (ReduceOp.PRODUCT, "int64")]
 
     def fn(comm: A.Communicator):
@@ -131,7 +132,7 @@ def test_each_allreduce_algorithm(algo: str, size: int) -> None:
                 out.append(x)
         return out
 
-    res = run_ranks(size, fn, "local")
+    res = run_ranks(size, fn, kind)
     j = 0
     for i, (op, dt) in enumerate(cases):
         for n in (0, 1, size + 1, 30011):
@@ -216,9 +217,10 @@ def test_data_movement_collectives(kind: str, size: int) -> None:
         ]
 
 
+@pytest.mark.parametrize("kind", ["local", "tcp"])
 @pytest.mark.parametrize("algo", sorted(ALGOS))
 @pytest.mark.parametrize("size", [2, 3, 4])
-def test_allreduce_bitwise_identical_on_every_rank(algo: str, size: int) -> None:
+def test_allreduce_bitwise_identical_on_every_rank(algo: str, size: int, kind: str) -> None:
     n = 100_003
 
     def fn(comm: A.Communicator):
@@ -228,7 +230,7 @@ def test_allreduce_bitwise_identical_on_every_rank(algo: str, size: int) -> None
         A.allreduce(comm, y, ReduceOp.AVG)
         return x.tobytes() + y.tobytes()
 
-    res = run_ranks(size, fn, "local")
+    res = run_ranks(size, fn, kind)
     assert len(set(res)) == 1
 
 

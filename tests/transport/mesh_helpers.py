@@ -135,5 +135,5 @@ def leak_snapshot() -> tuple[int, set[str]]:
 
 
 def shm_files() -> set[str]:
-    """Shared-memory ring files that exist right now."""
-    return set(glob.glob("/dev/shm/mpdist-*"))
+    """Shared-memory ring files of this process (other processes may be making their own)."""
+    return set(glob.glob(f"/dev/shm/mpdist-{os.getpid()}-*"))

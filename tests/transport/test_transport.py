@@ -264,21 +264,28 @@ def test_many_big_messages_before_any_receive(kind: str) -> None:
 
 def test_shared_memory_ring_allocation(tmp_path) -> None:
     path = str(tmp_path / "ring")
-    tx = Ring(path, 100, create=True)
-    rx = Ring(path, 100, create=False)
+    tx = Ring(path, 640, create=True)
+    rx = Ring(path, 640, create=False)
     try:
-        assert tx.alloc(40) == 0
-        assert tx.alloc(40) == 40
-        assert tx.alloc(40) is None  # 20 bytes left at the end, the start is in use
+        assert tx.alloc(250) == 0  # regions are rounded up to 64 bytes
+        assert tx.alloc(256) == 256
+        assert tx.alloc(256) is None  # 128 bytes left at the end, the start is in use
         tx.data[0:3] = b"abc"
         assert bytes(rx.data[0:3]) == b"abc"
-        rx.release()  # the first payload was consumed
-        assert tx.alloc(40) == 0  # wraps around
-        assert tx.alloc(1) is None  # [40, 80) and [0, 40) in use
-        rx.release()
-        rx.release()
-        assert tx.alloc(100) == 0  # empty again: back to the start
-        assert tx.alloc(101) is None
+        t0, t1 = rx.take(), rx.take()
+        rx.release(t1)  # out of order: nothing can be reused yet
+        assert tx.alloc(256) is None
+        rx.release(t0)  # now the first two
+        assert tx.alloc(256) == 0  # empty: back to the start
+        assert tx.alloc(256) == 256
+        t2, t3 = rx.take(), rx.take()
+        rx.release(t2)
+        assert tx.alloc(256) == 0  # wraps around
+        assert tx.alloc(1) is None  # [256, 512) and [0, 256) in use
+        rx.release(t3)
+        rx.release(rx.take())
+        assert tx.alloc(640) == 0  # empty again: back to the start
+        assert tx.alloc(641) is None
     finally:
         tx.unlink()
         tx.close()
