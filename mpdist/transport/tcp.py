@@ -457,10 +457,12 @@ class TcpTransport(Transport):
                         req.view = ring.data[off : off + plen]
                         req.lease = (ring, token)
                         req.done = True
+                        return  # let the waiter look; poll brings us back for more
                     elif req is not None:
                         req.buf[:] = ring.data[off : off + plen]
                         ring.release(token)
                         req.done = True
+                        return
                     else:
                         payload = self._stash_buf(plen)
                         memoryview(payload)[:] = ring.data[off : off + plen]
@@ -470,7 +472,7 @@ class TcpTransport(Transport):
                 if req is not None:
                     if plen == 0:
                         req.done = True
-                        continue
+                        return
                     mv = req.buf
                 else:
                     if plen == 0:
@@ -513,9 +515,11 @@ class TcpTransport(Transport):
             p.rx_mv = None
             p.rx_req = None
             if req is not None:
+                # Return rather than read on: on the latency path the next read would only
+                # raise BlockingIOError; poll is level-triggered and brings us back if needed.
                 req.done = True
-            else:
-                self._on_stashed(p.rank, p.rx_hdr, mv.obj)
+                return
+            self._on_stashed(p.rank, p.rx_hdr, mv.obj)
 
     def _give_back(self, lease: object) -> None:
         ring, token = lease
