@@ -482,3 +482,52 @@ def test_default_reduction_last_bucket_inline_others_async(run_threads, tiny_fir
     for g0, g1, r in zip(results[0][2], results[1][2], ref.parameters(), strict=True):
         np.testing.assert_array_equal(g0, g1)
         np.testing.assert_allclose(g0, r.grad.data, rtol=1e-12, atol=1e-12)
+
+
+def test_last_bucket_stays_async_while_another_ddp_waits(run_threads) -> None:
+    """Two DDP modules in one backward: the later one's (B) last bucket fills while the
+    earlier one (A) still waits for gradients, so B's is reduced asynchronously (overlapping
+    A's backward), not inline. Gradients are the average."""
+    import mpdist.algorithms as alg
+
+    calls: list[tuple[int, int]] = []
+    orig = alg.allreduce
+    lock = threading.Lock()
+
+    def recording(comm, array, *args, **kwargs):
+        with lock:
+            calls.append((threading.get_ident(), array.size))
+        return orig(comm, array, *args, **kwargs)
+
+    def two_part(wrap) -> nn.Module:
+        mpdist.manual_seed(0)
+        a = nn.Linear(8, 16, dtype=np.float64)
+        b = nn.Linear(16, 4, dtype=np.float64)
+        return nn.Sequential(wrap(a), nn.ReLU(), wrap(b))
+
+    def body(rank: int, ws: int):
+        model = two_part(DDP)
+        x, y = data(0)
+        per = N // ws
+        F.mse_loss(
+            model(x[rank * per : (rank + 1) * per]), y[rank * per : (rank + 1) * per]
+        ).backward()
+        return threading.get_ident(), [p.grad.data.copy() for p in model.parameters()]
+
+    alg.allreduce = recording
+    try:
+        results = run_threads(2, body)
+    finally:
+        alg.allreduce = orig
+    size_a, size_b = 8 * 16 + 16, 16 * 4 + 4
+    rank_threads = {ident for ident, _ in results}
+    assert sorted(n for _, n in calls) == [size_b, size_b, size_a, size_a]
+    # B's bucket went to the worker; A's is inline unless B's is still queued on the group
+    # (then it queues behind it), so only B's placement is deterministic
+    assert [n for t, n in calls if t in rank_threads and n == size_b] == []
+    ref = two_part(lambda m: m)
+    x, y = data(0)
+    F.mse_loss(ref(x), y).backward()
+    for g0, g1, r in zip(results[0][1], results[1][1], ref.parameters(), strict=True):
+        np.testing.assert_array_equal(g0, g1)
+        np.testing.assert_allclose(g0, r.grad.data, rtol=1e-12, atol=1e-12)
