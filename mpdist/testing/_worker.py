@@ -17,6 +17,7 @@ import contextlib
 import faulthandler
 import importlib
 import importlib.util
+import inspect
 import io
 import os
 import pickle
@@ -244,6 +245,23 @@ class _QuietConfig:
         return TerminalWriter(file=io.StringIO())
 
 
+def _comparison_lines(util: types.ModuleType, op: str, left: object, right: object) -> list[str]:
+    # pytest's own explanation of a failed comparison, whichever pytest is installed:
+    # before 9.2 it takes a Config first, from 9.2 on keyword-only settings.
+    compare = util.assertrepr_compare
+    params = inspect.signature(compare).parameters
+    if "config" in params:
+        return list(compare(_QuietConfig(), op, left, right) or [])
+    kwargs: dict[str, Any] = {}
+    if "verbose" in params:
+        kwargs["verbose"] = 0
+    if "highlighter" in params:
+        kwargs["highlighter"] = getattr(util, "dummy_highlighter", lambda source, lexer="": source)
+    if "assertion_text_diff_style" in params:
+        kwargs["assertion_text_diff_style"] = "ndiff"
+    return list(compare(op, left, right, **kwargs) or [])
+
+
 def _install_reprcompare() -> None:
     # In the parent pytest explains `assert a == b` through a hook; ranks have no
     # session, so use pytest's own explanations directly.
@@ -254,7 +272,7 @@ def _install_reprcompare() -> None:
 
     def explain(op: str, left: object, right: object) -> str | None:
         try:
-            lines = util.assertrepr_compare(_QuietConfig(), op, left, right)
+            lines = _comparison_lines(util, op, left, right)
         except Exception:
             return None
         if not lines:
