@@ -45,6 +45,7 @@ from mpdist.process_group import (
     _DistributedBackendOptions,
 )
 from mpdist.store import PrefixStore, Store
+from mpdist.transport.header import dtype_code
 
 __all__ = [
     "GroupMember",
@@ -90,28 +91,6 @@ __all__ = [
 _UNINIT = (
     "Default process group has not been initialized, please make sure to call init_process_group."
 )
-
-# dtypes the transports carry (the header's table)
-_DTYPES = frozenset(
-    np.dtype(n)
-    for n in (
-        "bool",
-        "uint8",
-        "uint16",
-        "uint32",
-        "uint64",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "float16",
-        "float32",
-        "float64",
-        "complex64",
-        "complex128",
-    )
-)
-
 
 # ---------------------------------------------------------------------- worlds
 
@@ -596,7 +575,7 @@ def _array(x: Any, op: str, what: str, out: bool = False) -> np.ndarray:
                     f"{op}: {what} must be a numpy ndarray or mpdist Tensor, got {type(x).__name__}"
                 )
             x = data
-    if x.dtype not in _DTYPES:
+    if not dtype_code(x.dtype):  # 0: the wire format has no code for it
         raise TypeError(f"{op}: {what} has unsupported dtype {x.dtype}")
     if not x.flags.c_contiguous:
         raise ValueError(f"{op}: {what}: Tensors must be contiguous")
