@@ -14,8 +14,8 @@ extra pass over the bucket); an all-reduce's own future is kept (no chained futu
 callback); and on mpdist's own backends the last bucket is reduced synchronously in the
 caller's thread. When the last bucket fills, every gradient of the module is in, so there is
 nothing left of it to overlap with, and handing the bucket to the group's worker thread only
-to block on it at once costs a thread hand-off and a wake-up per step (measured: about
-0.1-0.2 ms of CPU per step on the 2-rank benchmark, more wall time on a loaded machine).
+to block on it at once costs a thread hand-off and wake-ups every step (measured: 0.1-0.4 ms
+of CPU per step on the 2-rank benchmark, and more wall time on a loaded machine).
 The exception: while another DDP module of the same backward (``replicate`` on several
 submodules) still waits for gradients, the backward is not over, so the last bucket stays
 asynchronous and overlaps it.
