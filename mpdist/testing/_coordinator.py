@@ -50,6 +50,7 @@ class RankResult:
     trace: str | None = None  # last collective entered, from a timeout dump
     duration: float = 0.0
     value: bytes | None = None  # spawn_ranks: the pickled return value
+    consequence: bool = False  # failed because another rank failed (aborted, lost a peer)
 
 
 @dataclass
@@ -109,6 +110,8 @@ class _Handle:
         self.conn_open = True
         self.trace: str | None = None
         self.dumped = False
+        self.failing: dict[str, Any] | None = None  # the rank's failure notice
+        self.failed_seen: float | None = None  # parent's clock when it saw this rank fail
 
     def send(self, msg: tuple) -> bool:
         if not self.conn_open:
@@ -132,11 +135,30 @@ class _Handle:
             kind = msg[0]
             if kind == "started":
                 self.pid, self.pgid = msg[1], msg[2]
+            elif kind == "failing":
+                self.failing = msg[1]
             elif kind == "result":
                 self.record = msg[1]
             elif kind == "dumped":
                 self.dumped = True
                 self.trace = msg[1]
+
+
+def _exitcode(h: _Handle) -> int | None:
+    # A discarded pool has closed its process objects already.
+    try:
+        return h.proc.exitcode if h.proc is not None else None
+    except ValueError:
+        return None
+
+
+def is_consequence(failure: dict[str, Any]) -> bool:
+    """Whether a rank's failure was caused by another rank's: the harness's abort, a lost peer."""
+    message = failure.get("message") or ""
+    aborted = failure.get("aborted")
+    if "aborted by the harness" in message or (aborted and aborted in message):
+        return True
+    return (failure.get("exc_type") or "").endswith("DistNetworkError")
 
 
 def _read(path: str) -> str:
@@ -193,25 +215,58 @@ class RankSet:
             h.proc.join(1.0)
         h.exited = True
 
-    def _check_failure(self, h: _Handle, now: float) -> float | None:
-        """If ``h`` is the first failure, abort the others; returns the abort deadline."""
+    def _failure(self, h: _Handle, now: float) -> dict[str, Any] | None:
+        """What is known of ``h``'s failure (notice, record, or death), or None."""
+        if h.record is not None:
+            failure = h.record if h.record.get("status") == "failed" else None
+        elif h.failing is not None:
+            failure = h.failing
+        elif h.exited and h.rank not in self.spec.may_die:
+            failure = {"exc_type": None, "message": _reaper.signal_name(_exitcode(h))}
+        else:
+            return None
+        if failure is not None and h.failed_seen is None:
+            h.failed_seen = now
+        return failure
+
+    def _failure_key(self, h: _Handle, failure: dict[str, Any]) -> tuple[bool, float, int]:
+        # Causes before consequences; then by when the rank caught its exception (a rank
+        # that died without a word: when the parent saw it die); then by rank.
+        when = failure.get("failed_at") or h.failed_seen or 0.0
+        return (is_consequence(failure), when, h.rank)
+
+    def first_failed(self, now: float) -> tuple[_Handle, dict[str, Any]] | None:
+        """The rank whose failure came first (causes before consequences), if any failed."""
+        failures = []
+        for h in self.handles:
+            failure = self._failure(h, now)
+            if failure is not None:
+                failures.append((self._failure_key(h, failure), h, failure))
+        if not failures:
+            return None
+        _, h, failure = min(failures, key=lambda f: f[0])
+        return h, failure
+
+    def _check_failure(self, now: float) -> float | None:
+        """On the first failure, abort the other ranks; returns the abort deadline."""
         if self.first_failure is not None:
             return None
-        failed = (h.record is not None and h.record.get("status") == "failed") or (
-            h.record is None and h.exited and h.rank not in self.spec.may_die
-        )
-        if not failed:
+        first = self.first_failed(now)
+        if first is None:
             return None
+        h, failure = first
         self.first_failure = h.rank
-        if h.record is not None:
-            what = f"{h.record.get('exc_type')}: {h.record.get('message', '')}".strip()
-        else:
-            what = _reaper.signal_name(h.proc.exitcode if h.proc is not None else None)
+        what = f"{failure.get('exc_type') or ''}: {failure.get('message') or ''}".strip(": ")
         reason = (
             f"aborted by the harness: rank {h.rank} failed ({what.splitlines()[0] if what else ''})"
         )
         for other in self.handles:
-            if other is not h and other.record is None and not other.exited:
+            if (
+                other is not h
+                and other.record is None
+                and other.failing is None
+                and not other.exited
+            ):
                 other.send(("abort", reason))
         return now + ABORT_GRACE
 
@@ -235,14 +290,16 @@ class RankSet:
                 waitables.append(h.proc.sentinel)
             ready = set(mp_connection.wait(waitables, timeout=remaining))
             now = time.monotonic()
+            # Read everything that arrived before judging: the rank that failed first is
+            # picked from all the failures known now, not from the first pipe looked at.
             for h in active:
                 if h.conn_open and h.conn in ready:
                     h.drain()
                 if h.proc.sentinel in ready:
                     self._note_exit(h)
-                t = self._check_failure(h, now)
-                if t is not None:
-                    abort_deadline = t
+            t = self._check_failure(now)
+            if t is not None:
+                abort_deadline = t
             if (
                 not self.pooled
                 and exit_deadline is None
@@ -321,6 +378,10 @@ class RankSet:
     # -- results -----------------------------------------------------------------------
 
     def results(self, timed_out: bool) -> list[RankResult]:
+        # Every record is in now: settle which rank failed first for the report.
+        first = self.first_failed(time.monotonic())
+        if first is not None:
+            self.first_failure = first[0].rank
         out = []
         for h in self.handles:
             r = RankResult(rank=h.rank)
@@ -338,6 +399,7 @@ class RankSet:
                 r.aborted = rec.get("aborted")
                 r.duration = rec.get("duration", 0.0)
                 r.value = rec.get("value")
+                r.consequence = r.status == "failed" and is_consequence(rec)
             elif h.rank in self.spec.may_die and h.exited:
                 r.status = "passed"  # allowed to die: no result, no failure
             elif timed_out:

@@ -67,6 +67,8 @@ class WorkerPool:
             h.record = None
             h.dumped = False
             h.trace = None
+            h.failing = None
+            h.failed_seen = None
             if not h.send(("task", spec)):
                 h.exited = True
         return RankSet(spec, self.handles, pooled=True)

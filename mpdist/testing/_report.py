@@ -27,8 +27,12 @@ def _rank_line(r: RankResult, outcome: Outcome) -> str:
     if r.status == "failed":
         what = f"{r.exc_type}: {r.message}" if r.message else f"{r.exc_type}"
         prefix = f"rank {r.rank}: failed"
-        if r.aborted and r.aborted in r.message and outcome.first_failure != r.rank:
-            prefix += f" after the abort (rank {outcome.first_failure} failed first)"
+        if r.consequence and outcome.first_failure not in (None, r.rank):
+            first = outcome.first_failure
+            if "aborted by the harness" in r.message or (r.aborted and r.aborted in r.message):
+                prefix += f" after the abort (rank {first} failed first)"
+            else:
+                prefix += f" after losing a peer (rank {first} failed first)"
         return f"{prefix}: {what.splitlines()[0] if what else ''}{exit_info}"
     if r.status == "timeout":
         trace = f"; last collective entered: {r.trace}" if r.trace else ""

@@ -5,7 +5,9 @@ receiving end, so the parent can reach a rank that is stuck in a collective:
 ``("abort", reason)`` aborts every process group of the rank (pending
 collectives raise), ``("dump",)`` writes the stacks of all threads and the last
 collective entered to the rank's dump file. The main thread sends
-``("started", pid, pgid)`` once and ``("result", record)`` per test.
+``("started", pid, pgid)`` once and ``("result", record)`` per test; a failing
+test also sends ``("failing", notice)`` before its group is torn down, so the
+parent hears of the cause before the peers report the lost connection.
 
 Fresh ranks enter through :func:`rank_main` (one test, then exit); pooled
 workers through :func:`pool_main` (tests arrive as ``("task", spec)``).
@@ -441,6 +443,17 @@ def _apply_env(spec: TaskSpec) -> None:
             os.chdir(spec.cwd)
 
 
+def _announce_failure(record: dict[str, Any], failed_at: float, chan: _Channel) -> None:
+    # Tell the parent before this rank's group is torn down: closing the group makes the
+    # peers fail too, and the parent must hear about the cause before the consequences.
+    # failed_at (time.monotonic(), one clock for every process of the machine) orders the
+    # failures of several ranks by when each was caught.
+    record["failed_at"] = failed_at
+    notice = {k: record.get(k) for k in ("rank", "exc_type", "message", "aborted", "failed_at")}
+    with contextlib.suppress(OSError, ValueError):
+        chan.send(("failing", notice))
+
+
 def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
     """Run one test in this rank and return its result record."""
     chan.spec = spec
@@ -453,6 +466,7 @@ def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
             sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     record: dict[str, Any] = {"rank": rank, "status": "passed", "pid": os.getpid()}
     start = time.perf_counter()
+    failed_at = 0.0
     try:
         _apply_env(spec)
         call = _build_call(spec, rank)
@@ -465,6 +479,7 @@ def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
     except unittest.SkipTest as exc:
         record.update(status="skipped", message=str(exc))
     except SystemExit as exc:
+        failed_at = time.monotonic()
         message = _torch_skip_message(exc.code)
         if message is not None:
             record.update(status="skipped", message=message)
@@ -478,6 +493,7 @@ def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
                 traceback=format_exception(exc),
             )
     except BaseException as exc:
+        failed_at = time.monotonic()
         kind = type(exc)
         if kind.__module__ == "_pytest.outcomes" and kind.__name__ == "Skipped":
             record.update(status="skipped", message=str(getattr(exc, "msg", exc)))
@@ -493,6 +509,8 @@ def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
     finally:
         record["duration"] = time.perf_counter() - start
         record["aborted"] = chan.abort_reason
+        if record["status"] == "failed":
+            _announce_failure(record, failed_at, chan)
         if not (spec.keep_group and record["status"] == "passed" and harness_group[0]):
             _drop_group()
         _destroy_torch_group()

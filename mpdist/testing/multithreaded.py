@@ -24,7 +24,7 @@ from mpdist import distributed as dist
 from mpdist.store import HashStore
 from mpdist.testing import _config
 from mpdist.testing._asserts import ArrayAssertions
-from mpdist.testing._coordinator import Outcome, RankResult
+from mpdist.testing._coordinator import Outcome, RankResult, is_consequence
 from mpdist.testing._report import raise_for, rerun_command
 from mpdist.testing._worker import collective_trace, format_exception, seed_everything
 
@@ -61,6 +61,7 @@ class ThreadRanks:
         self.results: dict[int, RankResult] = {}
         self.values: list[Any] = [None] * world_size
         self.first_failure: int | None = None
+        self.failures: dict[int, tuple[bool, float]] = {}  # rank -> (consequence, when caught)
         self.cond = threading.Condition()
 
     def start(self) -> None:
@@ -102,6 +103,15 @@ class ThreadRanks:
             result.traceback = f"in thread {threading.current_thread().name!r}:\n" + (
                 format_exception(exc, __file__)
             )
+            result.consequence = is_consequence(
+                {"exc_type": result.exc_type, "message": result.message}
+            )
+            # Noted before this rank's group is destroyed (which makes the peers fail):
+            # the first failure is the one caught first, causes before consequences.
+            with self.cond:
+                self.failures[rank] = (result.consequence, time.monotonic())
+                self.first_failure = self._first()
+                self.cond.notify_all()
         finally:
             result.duration = time.perf_counter() - start
             try:
@@ -111,9 +121,13 @@ class ThreadRanks:
                 pass
         with self.cond:
             self.results[rank] = result
-            if result.status == "failed" and self.first_failure is None:
-                self.first_failure = rank
             self.cond.notify_all()
+
+    def _first(self) -> int | None:
+        # Called with self.cond held.
+        if not self.failures:
+            return None
+        return min(self.failures, key=lambda rank: (*self.failures[rank], rank))
 
     def join(self, timeout: float, test_id: str) -> Outcome:
         """Wait for every thread (abort on the first failure) and collect the outcome."""
