@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 
 import numpy as np
@@ -10,12 +9,12 @@ from mesh_helpers import DirStore
 
 import mpdist.algorithms as A
 from mpdist.errors import DistNetworkError
+from mpdist.testing import spawn_ranks
 from mpdist.transport import TcpTransport
 
-CTX = mp.get_context("spawn")
 
-
-def _collectives(path: str, rank: int, size: int, conn) -> None:
+def collectives(rank: int, size: int, path: str) -> tuple:
+    """Rank job: the collectives over a raw TcpTransport; what each rank ends up with."""
     t = TcpTransport(DirStore(path), rank, size, 30.0)
     try:
         comm = A.Communicator(t, 30.0)
@@ -27,15 +26,13 @@ def _collectives(path: str, rank: int, size: int, conn) -> None:
         A.broadcast(comm, b, 1)
         outs = [np.empty(3, np.int64) for _ in range(size)]
         A.allgather(comm, outs, np.full(3, rank, np.int64))
-        conn.send((small, big[:3].copy(), big[-1], b, np.stack(outs)))
-    except BaseException as e:
-        conn.send(e)
+        return small, big[:3].copy(), big[-1], b, np.stack(outs)
     finally:
         t.close()
-        conn.close()
 
 
-def _dies(path: str, rank: int, size: int, conn) -> None:
+def dies(rank: int, size: int, path: str) -> str:
+    """Rank job: the last rank leaves without a goodbye; the others report what they saw."""
     t = TcpTransport(DirStore(path), rank, size, 30.0)
     try:
         comm = A.Communicator(t, 30.0)
@@ -46,46 +43,16 @@ def _dies(path: str, rank: int, size: int, conn) -> None:
             if rank == size - 1:
                 os._exit(0)
             A.allreduce(comm, np.ones(4))
-            conn.send("no error")
+            return "no error"
         except DistNetworkError as e:
-            conn.send(str(e))
+            return str(e)
     finally:
         t.close()
-        conn.close()
-
-
-def _run(target, size: int, tmp_path) -> list:
-    pipes = [CTX.Pipe(duplex=False) for _ in range(size)]
-    procs = [
-        CTX.Process(target=target, args=(str(tmp_path), r, size, pipes[r][1])) for r in range(size)
-    ]
-    for p in procs:
-        p.start()
-    for _, w in pipes:
-        w.close()
-    out: list = []
-    try:
-        for r, _ in pipes:
-            try:
-                out.append(r.recv() if r.poll(60) else TimeoutError("no result"))
-            except EOFError as e:  # the rank exited without reporting
-                out.append(e)
-    finally:
-        for p in procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-                p.join()
-        for r, _ in pipes:
-            r.close()
-    return out
 
 
 def test_collectives_across_processes(tmp_path) -> None:
     size = 3
-    res = _run(_collectives, size, tmp_path)
-    for r in res:
-        assert not isinstance(r, BaseException), r
+    res = spawn_ranks(collectives, size, str(tmp_path), backend=None)
     exp_small = sum(np.arange(5, dtype=np.float64) + r for r in range(size))
     for small, big3, big_last, b, gathered in res:
         assert np.array_equal(small, exp_small)
@@ -98,7 +65,7 @@ def test_collectives_across_processes(tmp_path) -> None:
 
 
 def test_rank_exiting_mid_job_raises_network_error_naming_it(tmp_path) -> None:
-    res = _run(_dies, 3, tmp_path)
+    res = spawn_ranks(dies, 3, str(tmp_path), backend=None, may_die=[2])
     for msg in res[:2]:
         assert isinstance(msg, str) and "rank 2" in msg, msg
-    assert isinstance(res[2], EOFError)
+    assert res[2] is None  # it exited without a result
