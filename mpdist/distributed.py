@@ -505,11 +505,7 @@ def get_process_group_ranks(group: ProcessGroup | None) -> list[int]:
 def _resolve(group: Any, op: str) -> tuple[_World | None, ProcessGroup | None]:
     """(world, group) for a collective; group None means "not a member: skip"."""
     if group is None:
-        w = getattr(_tls, "world", None)
-        if w is None:
-            w = _process_world
-            if w is None:
-                raise ValueError(_UNINIT)
+        w = _world_or_raise()
         return w, w.default_pg
     if isinstance(group, int):
         if group == GroupMember.NON_GROUP_MEMBER:
@@ -584,12 +580,30 @@ def _array(x: Any, op: str, what: str, out: bool = False) -> np.ndarray:
     return x
 
 
-def _array_list(xs: Any, op: str, what: str, n: int, out: bool) -> list[np.ndarray]:
+def _array_list(
+    xs: Any, op: str, what: str, n: int, out: bool, like: tuple[np.ndarray, str] | None = None
+) -> list[np.ndarray]:
+    """The ndarrays of a list argument of one entry per rank, each checked by ``_array``;
+    with ``like=(ref, ref_what)`` each must also have ``ref``'s shape and dtype."""
     if not isinstance(xs, (list, tuple)):
         raise TypeError(f"{op}: {what} must be a list of arrays, got {type(xs).__name__}")
     if len(xs) != n:
         raise ValueError(f"{op}: {what} has {len(xs)} entries, but the group has {n} ranks")
-    return [_array(x, op, f"{what}[{i}]", out) for i, x in enumerate(xs)]
+    arrays = [_array(x, op, f"{what}[{i}]", out) for i, x in enumerate(xs)]
+    if like is not None:
+        for i, a in enumerate(arrays):
+            _same(a, like[0], op, f"{what}[{i}]", like[1])
+    return arrays
+
+
+def _root_only(xs: Any, is_root: bool, what: str, root: str) -> None:
+    """A list argument that the root (the ``root`` rank: "source" / "destination") must
+    pass and every other rank must not."""
+    if is_root:
+        if not xs:
+            raise ValueError(f"Argument ``{what}`` must be specified on {root} rank.")
+    elif xs:
+        raise ValueError(f"Argument ``{what}`` must NOT be specified on non-{root} ranks.")
 
 
 def _same(a: np.ndarray, ref: np.ndarray, op: str, what: str, ref_what: str) -> None:
@@ -621,12 +635,18 @@ def _check_op(op: Any, dtype: np.dtype, name: str) -> None:
         _valid_ops[dtype] = tuple(valid)
 
 
-def _wait(work: Any, world: _World | None, pg: ProcessGroup) -> None:
-    """Complete a synchronous call on a Python group: ``work.wait(timeout)``, positionally."""
-    if work is None:
-        return
-    info = _info(world, pg)
-    work.wait(info.timeout if info is not None else DEFAULT_TIMEOUT)
+def _finish(work: Any, world: _World | None, pg: ProcessGroup, async_op: bool) -> Work | None:
+    """What a call on a Python group returns: its Work if ``async_op``, else None once done.
+
+    A synchronous call waits with ``work.wait(timeout)``, the timeout positional (what a
+    Python ``Work`` subclass overrides, SPEC 2).
+    """
+    if async_op:
+        return work
+    if work is not None:
+        info = _info(world, pg)
+        work.wait(info.timeout if info is not None else DEFAULT_TIMEOUT)
+    return None
 
 
 # ---------------------------------------------------------------------- collectives
@@ -660,7 +680,7 @@ def all_reduce(
     if isinstance(pg, NativeProcessGroup):
         return pg._c_allreduce(arr, op, "all_reduce", [tensor], async_op)
     work = pg.allreduce([tensor], AllreduceOptions(reduceOp=op))
-    return work if async_op else _wait(work, world, pg)
+    return _finish(work, world, pg, async_op)
 
 
 def broadcast(
@@ -675,7 +695,7 @@ def broadcast(
     if isinstance(pg, NativeProcessGroup):
         return pg._c_broadcast(arr, root, "broadcast", [tensor], async_op)
     work = pg.broadcast([tensor], BroadcastOptions(rootRank=root))
-    return work if async_op else _wait(work, world, pg)
+    return _finish(work, world, pg, async_op)
 
 
 def reduce(
@@ -695,7 +715,7 @@ def reduce(
     if isinstance(pg, NativeProcessGroup):
         return pg._c_reduce(arr, root, op, "reduce", [tensor], async_op)
     work = pg.reduce([tensor], ReduceOptions(reduceOp=op, rootRank=root))
-    return work if async_op else _wait(work, world, pg)
+    return _finish(work, world, pg, async_op)
 
 
 def all_gather(
@@ -706,13 +726,12 @@ def all_gather(
     if pg is None:
         return None
     inp = _array(tensor, "all_gather", "tensor")
-    outs = _array_list(tensor_list, "all_gather", "tensor_list", _size(world, pg), out=True)
-    for i, o in enumerate(outs):
-        _same(o, inp, "all_gather", f"tensor_list[{i}]", "tensor")
+    n = _size(world, pg)
+    outs = _array_list(tensor_list, "all_gather", "tensor_list", n, True, like=(inp, "tensor"))
     if isinstance(pg, NativeProcessGroup):
         return pg._c_allgather(outs, inp, "all_gather", [tensor_list], async_op)
     work = pg.allgather([tensor_list], [tensor], AllgatherOptions())
-    return work if async_op else _wait(work, world, pg)
+    return _finish(work, world, pg, async_op)
 
 
 def _check_concat(big: np.ndarray, small: np.ndarray, n: int, op: str, bw: str, sw: str) -> None:
@@ -742,7 +761,7 @@ def all_gather_into_tensor(
             list(out.reshape(n, -1)), inp.reshape(-1), op, [output_tensor], async_op
         )
     work = pg._allgather_base(output_tensor, input_tensor, AllgatherOptions())
-    return work if async_op else _wait(work, world, pg)
+    return _finish(work, world, pg, async_op)
 
 
 def gather(
@@ -758,19 +777,16 @@ def gather(
         return None
     root = _group_rank(world, pg, dst, "dst", "gather")
     inp = _array(tensor, "gather", "tensor")
+    is_root = root == _me(world, pg)
+    _root_only(gather_list, is_root, "gather_list", "destination")
     outs = None
-    if root == _me(world, pg):
-        if not gather_list:
-            raise ValueError("Argument ``gather_list`` must be specified on destination rank.")
-        outs = _array_list(gather_list, "gather", "gather_list", _size(world, pg), out=True)
-        for i, o in enumerate(outs):
-            _same(o, inp, "gather", f"gather_list[{i}]", "tensor")
-    elif gather_list:
-        raise ValueError("Argument ``gather_list`` must NOT be specified on non-destination ranks.")
+    if is_root:
+        n = _size(world, pg)
+        outs = _array_list(gather_list, "gather", "gather_list", n, True, like=(inp, "tensor"))
     if isinstance(pg, NativeProcessGroup):
         return pg._c_gather(inp, outs, root, "gather", [gather_list or []], async_op)
     work = pg.gather([gather_list] if outs is not None else [], [tensor], GatherOptions(root))
-    return work if async_op else _wait(work, world, pg)
+    return _finish(work, world, pg, async_op)
 
 
 def scatter(
@@ -786,19 +802,16 @@ def scatter(
         return None
     root = _group_rank(world, pg, src, "src", "scatter")
     out = _array(tensor, "scatter", "tensor", out=True)
+    is_root = root == _me(world, pg)
+    _root_only(scatter_list, is_root, "scatter_list", "source")
     ins = None
-    if root == _me(world, pg):
-        if not scatter_list:
-            raise ValueError("Argument ``scatter_list`` must be specified on source rank.")
-        ins = _array_list(scatter_list, "scatter", "scatter_list", _size(world, pg), out=False)
-        for i, x in enumerate(ins):
-            _same(x, out, "scatter", f"scatter_list[{i}]", "tensor")
-    elif scatter_list:
-        raise ValueError("Argument ``scatter_list`` must NOT be specified on non-source ranks.")
+    if is_root:
+        n = _size(world, pg)
+        ins = _array_list(scatter_list, "scatter", "scatter_list", n, False, like=(out, "tensor"))
     if isinstance(pg, NativeProcessGroup):
         return pg._c_scatter(out, ins, root, "scatter", [tensor], async_op)
     work = pg.scatter([tensor], [scatter_list] if ins is not None else [], ScatterOptions(root))
-    return work if async_op else _wait(work, world, pg)
+    return _finish(work, world, pg, async_op)
 
 
 def reduce_scatter(
@@ -813,14 +826,13 @@ def reduce_scatter(
     if pg is None:
         return None
     out = _array(output, "reduce_scatter", "output", out=True)
-    ins = _array_list(input_list, "reduce_scatter", "input_list", _size(world, pg), out=False)
-    for i, x in enumerate(ins):
-        _same(x, out, "reduce_scatter", f"input_list[{i}]", "output")
+    n = _size(world, pg)
+    ins = _array_list(input_list, "reduce_scatter", "input_list", n, False, like=(out, "output"))
     _check_op(op, out.dtype, "reduce_scatter")
     if isinstance(pg, NativeProcessGroup):
         return pg._c_reduce_scatter(out, ins, op, "reduce_scatter", [output], async_op)
     work = pg.reduce_scatter([output], [input_list], ReduceScatterOptions(reduceOp=op))
-    return work if async_op else _wait(work, world, pg)
+    return _finish(work, world, pg, async_op)
 
 
 def reduce_scatter_tensor(
@@ -845,7 +857,7 @@ def reduce_scatter_tensor(
             out.reshape(-1), list(inp.reshape(n, -1)), op, name, [output], async_op
         )
     work = pg._reduce_scatter_base(output, input, ReduceScatterOptions(reduceOp=op))
-    return work if async_op else _wait(work, world, pg)
+    return _finish(work, world, pg, async_op)
 
 
 def all_to_all(
@@ -872,7 +884,7 @@ def all_to_all(
     if isinstance(pg, NativeProcessGroup):
         return pg._c_alltoall(outs, ins, "all_to_all", list(output_tensor_list), async_op)
     work = pg.alltoall(output_tensor_list, input_tensor_list, AllToAllOptions())
-    return work if async_op else _wait(work, world, pg)
+    return _finish(work, world, pg, async_op)
 
 
 def _splits(arr: np.ndarray, splits: Any, n: int, what: str, arg: str) -> list[int]:
@@ -951,7 +963,7 @@ def all_to_all_single(
         list(input_split_sizes or []),
         AllToAllOptions(),
     )
-    return work if async_op else _wait(work, world, pg)
+    return _finish(work, world, pg, async_op)
 
 
 def _check_tag(tag: Any, op: str) -> int:
@@ -974,7 +986,7 @@ def _send(tensor: Any, dst: int, group: Any, tag: int, async_op: bool, op: str) 
     if isinstance(pg, NativeProcessGroup):
         return pg._c_send(arr, peer, tag, [tensor], async_op)
     work = pg.send([tensor], peer, tag)
-    return work if async_op else _wait(work, world, pg)
+    return _finish(work, world, pg, async_op)
 
 
 def send(tensor: Any, dst: int, group: ProcessGroup | None = None, tag: int = 0) -> None:
@@ -1006,7 +1018,7 @@ def _recv(tensor: Any, src: Any, group: Any, tag: int, async_op: bool, op: str) 
     work = pg.recv([tensor], peer, tag) if peer is not None else pg.recv_anysource([tensor], tag)
     if async_op:
         return work
-    _wait(work, world, pg)
+    _finish(work, world, pg, False)
     if peer is None:
         getter = getattr(work, "source_rank", None) or getattr(work, "_source_rank", None)
         peer = getter() if getter is not None else -1
@@ -1065,7 +1077,7 @@ def barrier(
     if isinstance(pg, NativeProcessGroup):
         return pg._c_barrier("barrier", async_op)
     work = pg.barrier(BarrierOptions())
-    return work if async_op else _wait(work, world, pg)
+    return _finish(work, world, pg, async_op)
 
 
 def monitored_barrier(
@@ -1090,7 +1102,7 @@ def monitored_barrier(
     if isinstance(pg, NativeProcessGroup):
         pg._c_monitored_barrier(timeout.total_seconds(), bool(wait_all_ranks))
         return None
-    _wait(pg.barrier(BarrierOptions(timeout=timeout)), world, pg)
+    _finish(pg.barrier(BarrierOptions(timeout=timeout)), world, pg, False)
     return None
 
 
