@@ -1117,6 +1117,35 @@ def _unpickle(buf: np.ndarray) -> Any:
     return pickle.loads(buf.tobytes())
 
 
+def _pack(objects: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The pickles of ``objects`` laid end to end, and their lengths: (sizes, payload)."""
+    parts = [_pickle(o) for o in objects]
+    sizes = np.array([p.size for p in parts], dtype=np.int64)
+    return sizes, np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+
+
+def _unpack(object_list: list[Any], sizes: np.ndarray, payload: np.ndarray) -> None:
+    """Fill ``object_list`` from pickles laid end to end in ``payload`` (inverse of ``_pack``)."""
+    off = 0
+    for i, s in enumerate(sizes.tolist()):
+        object_list[i] = _unpickle(payload[off : off + s])
+        off += s
+
+
+def _padded_pickle(obj: Any, n: int, pg: ProcessGroup) -> tuple[np.ndarray, list[int]]:
+    """This rank's pickled ``obj`` zero-padded to the longest pickle in the group, and every
+    rank's pickle length; the lengths travel in an all_gather, so every rank must call it.
+
+    Padding to one width lets the pickles travel in a plain all_gather / gather.
+    """
+    data = _pickle(obj)
+    sizes = np.zeros((n, 1), dtype=np.int64)
+    all_gather(list(sizes), np.array([data.size], dtype=np.int64), group=pg)
+    mine = np.zeros(int(sizes.max()), dtype=np.uint8)
+    mine[: data.size] = data
+    return mine, sizes[:, 0].tolist()
+
+
 def _object_list(xs: Any, op: str, what: str, n: int | None) -> list[Any]:
     if not isinstance(xs, list):
         raise TypeError(f"{op}: {what} must be a list, got {type(xs).__name__}")
@@ -1132,16 +1161,11 @@ def all_gather_object(object_list: list[Any], obj: Any, group: ProcessGroup | No
         return
     n = _size(world, pg)
     _object_list(object_list, "all_gather_object", "object_list", n)
-    data = _pickle(obj)
-    sizes = np.zeros((n, 1), dtype=np.int64)
-    all_gather(list(sizes), np.array([data.size], dtype=np.int64), group=pg)
-    width = int(sizes.max())
-    mine = np.zeros(width, dtype=np.uint8)
-    mine[: data.size] = data
-    bufs = np.zeros((n, width), dtype=np.uint8)
+    mine, sizes = _padded_pickle(obj, n, pg)
+    bufs = np.zeros((n, mine.size), dtype=np.uint8)
     all_gather(list(bufs), mine, group=pg)
     for i in range(n):
-        object_list[i] = _unpickle(bufs[i, : int(sizes[i, 0])])
+        object_list[i] = _unpickle(bufs[i, : sizes[i]])
 
 
 def broadcast_object_list(
@@ -1153,22 +1177,16 @@ def broadcast_object_list(
         return
     _object_list(object_list, "broadcast_object_list", "object_list", None)
     root = _group_rank(world, pg, src, "src", "broadcast_object_list")
-    me = _me(world, pg)
-    if me == root:
-        parts = [_pickle(o) for o in object_list]
-        sizes = np.array([p.size for p in parts], dtype=np.int64)
-    else:
-        sizes = np.zeros(len(object_list), dtype=np.int64)
+    if _me(world, pg) == root:
+        sizes, payload = _pack(object_list)
+        broadcast(sizes, src, group=pg)
+        broadcast(payload, src, group=pg)
+        return
+    sizes = np.zeros(len(object_list), dtype=np.int64)
     broadcast(sizes, src, group=pg)
-    payload = (
-        np.concatenate(parts) if me == root and parts else np.zeros(int(sizes.sum()), np.uint8)
-    )
+    payload = np.zeros(int(sizes.sum()), np.uint8)
     broadcast(payload, src, group=pg)
-    if me != root:
-        off = 0
-        for i, s in enumerate(sizes.tolist()):
-            object_list[i] = _unpickle(payload[off : off + s])
-            off += s
+    _unpack(object_list, sizes, payload)
 
 
 def gather_object(
@@ -1183,29 +1201,17 @@ def gather_object(
         return
     n = _size(world, pg)
     root = _group_rank(world, pg, dst, "dst", "gather_object")
-    me = _me(world, pg)
-    if me == root:
-        if object_gather_list is None:
-            raise ValueError(
-                "Argument ``object_gather_list`` must be specified on destination rank."
-            )
+    is_root = _me(world, pg) == root
+    _root_only(object_gather_list, is_root, "object_gather_list", "destination")
+    if is_root:
         _object_list(object_gather_list, "gather_object", "object_gather_list", n)
-    elif object_gather_list:
-        raise ValueError(
-            "Argument ``object_gather_list`` must NOT be specified on non-destination ranks."
-        )
-    data = _pickle(obj)
-    sizes = np.zeros((n, 1), dtype=np.int64)
-    all_gather(list(sizes), np.array([data.size], dtype=np.int64), group=pg)
-    width = int(sizes.max())
-    mine = np.zeros(width, dtype=np.uint8)
-    mine[: data.size] = data
-    bufs = np.zeros((n, width), dtype=np.uint8) if me == root else None
+    mine, sizes = _padded_pickle(obj, n, pg)
+    bufs = np.zeros((n, mine.size), dtype=np.uint8) if is_root else None
     gather(mine, list(bufs) if bufs is not None else None, dst, group=pg)
     if bufs is not None:
         assert object_gather_list is not None
         for i in range(n):
-            object_gather_list[i] = _unpickle(bufs[i, : int(sizes[i, 0])])
+            object_gather_list[i] = _unpickle(bufs[i, : sizes[i]])
 
 
 def scatter_object_list(
@@ -1225,26 +1231,20 @@ def scatter_object_list(
         )
     n = _size(world, pg)
     root = _group_rank(world, pg, src, "src", name)
-    me = _me(world, pg)
+    is_root = _me(world, pg) == root
+    _root_only(scatter_object_input_list, is_root, "scatter_object_input_list", "source")
+    # every pickle travels in a buffer of one width: its length (8 bytes), then the pickle
     width = np.zeros(1, dtype=np.int64)
     parts: list[np.ndarray] = []
-    if me == root:
-        if scatter_object_input_list is None:
-            raise ValueError(
-                "Argument ``scatter_object_input_list`` must be specified on source rank."
-            )
+    if is_root:
         _object_list(scatter_object_input_list, name, "scatter_object_input_list", n)
         parts = [_pickle(o) for o in scatter_object_input_list]
         width[0] = max(p.size for p in parts) + 8
-    elif scatter_object_input_list:
-        raise ValueError(
-            "Argument ``scatter_object_input_list`` must NOT be specified on non-source ranks."
-        )
     broadcast(width, src, group=pg)
     w = int(width[0])
     out = np.zeros(w, dtype=np.uint8)
     ins = None
-    if me == root:
+    if is_root:
         ins = []
         for p in parts:
             buf = np.zeros(w, dtype=np.uint8)
@@ -1262,10 +1262,9 @@ def send_object_list(object_list: list[Any], dst: int, group: ProcessGroup | Non
     if pg is None:
         return
     _object_list(object_list, "send_object_list", "object_list", None)
-    parts = [_pickle(o) for o in object_list]
-    sizes = np.array([p.size for p in parts], dtype=np.int64)
+    sizes, payload = _pack(object_list)
     send(sizes, dst, group=pg)
-    send(np.concatenate(parts) if parts else np.zeros(0, np.uint8), dst, group=pg)
+    send(payload, dst, group=pg)
 
 
 def recv_object_list(
@@ -1280,10 +1279,7 @@ def recv_object_list(
     sender = recv(sizes, src, group=pg)
     payload = np.zeros(int(sizes.sum()), dtype=np.uint8)
     recv(payload, sender, group=pg)
-    off = 0
-    for i, s in enumerate(sizes.tolist()):
-        object_list[i] = _unpickle(payload[off : off + s])
-        off += s
+    _unpack(object_list, sizes, payload)
     return sender
 
 
