@@ -436,7 +436,9 @@ def test_mixed_dtypes_get_separate_buckets(run_threads) -> None:
             np.testing.assert_allclose(g, (a + b) / 2, rtol=1e-5)
 
 
-def test_default_reduction_last_bucket_inline_others_async(run_threads, tiny_first_bucket) -> None:
+def test_default_reduction_last_bucket_inline_others_async(
+    run_threads, tiny_first_bucket, monkeypatch
+) -> None:
     """Without a comm hook, on mpdist's own groups: the buckets are all-reduced in bucket
     order, every one but the last on the group's worker thread (overlapping backward), the last
     in the calling thread (nothing is left to overlap with); the result is the average."""
@@ -461,11 +463,9 @@ def test_default_reduction_last_bucket_inline_others_async(run_threads, tiny_fir
         sizes = [b.buffer.size for b in ddp.reducer.buckets]
         return threading.get_ident(), sizes, [p.grad.data.copy() for p in ddp.parameters()]
 
-    alg.allreduce = recording
-    try:
-        results = run_threads(2, body)
-    finally:
-        alg.allreduce = orig
+    # the groups run mpdist.algorithms.allreduce in whichever thread executes the collective
+    monkeypatch.setattr(alg, "allreduce", recording)
+    results = run_threads(2, body)
     rank_threads = {ident for ident, _, _ in results}
     sizes = results[0][1]
     assert len(sizes) >= 3
@@ -484,7 +484,7 @@ def test_default_reduction_last_bucket_inline_others_async(run_threads, tiny_fir
         np.testing.assert_allclose(g0, r.grad.data, rtol=1e-12, atol=1e-12)
 
 
-def test_last_bucket_stays_async_while_another_ddp_waits(run_threads) -> None:
+def test_last_bucket_stays_async_while_another_ddp_waits(run_threads, monkeypatch) -> None:
     """Two DDP modules in one backward: the later one's (B) last bucket fills while the
     earlier one (A) still waits for gradients, so B's is reduced asynchronously (overlapping
     A's backward), not inline. Gradients are the average."""
@@ -514,11 +514,9 @@ def test_last_bucket_stays_async_while_another_ddp_waits(run_threads) -> None:
         ).backward()
         return threading.get_ident(), [p.grad.data.copy() for p in model.parameters()]
 
-    alg.allreduce = recording
-    try:
-        results = run_threads(2, body)
-    finally:
-        alg.allreduce = orig
+    # the groups run mpdist.algorithms.allreduce in whichever thread executes the collective
+    monkeypatch.setattr(alg, "allreduce", recording)
+    results = run_threads(2, body)
     size_a, size_b = 8 * 16 + 16, 16 * 4 + 4
     rank_threads = {ident for ident, _ in results}
     assert sorted(n for _, n in calls) == [size_b, size_b, size_a, size_a]
