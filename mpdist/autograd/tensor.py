@@ -335,58 +335,116 @@ class Tensor:
         return Tensor(self.data)
 
     # ----------------------------------------------------------------- in place (no graph)
-    def _check_inplace(self) -> None:
-        if self.requires_grad and is_grad_enabled():
+    # In-place operations write into ``.data`` itself (the same ndarray object, so views of it,
+    # DDP bucket views and optimizer state keep seeing the live values), keep the left
+    # operand's dtype and shape, return self, and are never recorded. mpdist records no
+    # in-place ops, so where torch would record one they refuse instead of silently dropping
+    # or corrupting a gradient (``_check_inplace``):
+    # * grad mode on and self requires grad: RuntimeError. A leaf gets torch's message; a
+    #   recorded result is refused because rewriting it would change the gradient of every
+    #   op that saved its value.
+    # * grad mode on and an operand requires grad: RuntimeError (torch would put self into
+    #   the graph; here that gradient would be lost).
+    # * under ``no_grad()`` everything is allowed, as in torch: the optimizer-step idiom
+    #   ``with no_grad(): p -= lr * p.grad``.
+    def _check_inplace(self, op: str, *operands: Any) -> None:
+        if not is_grad_enabled():
+            return
+        if self.requires_grad:
             if self._node is None:
                 raise RuntimeError(
                     "a leaf Variable that requires grad is being used in an in-place operation."
                 )
-            raise RuntimeError("in-place operations on recorded tensors are not supported")
+            raise RuntimeError(
+                f"{op}: in-place operations on a tensor that is part of the recorded graph "
+                f"(grad_fn=<{self._node.name}>) are not supported; use the out-of-place op, or "
+                "clone() first"
+            )
+        if any(isinstance(o, Tensor) and o.requires_grad for o in operands):
+            raise RuntimeError(
+                f"{op}: an operand requires grad, but in-place operations are not recorded and "
+                "its gradient would be lost; use the out-of-place op, or run it under no_grad()"
+            )
+
+    def _inplace_ufunc(self, op: str, ufunc: np.ufunc, other: Any) -> Tensor:
+        """``self.data = ufunc(self.data, other)`` in place: ``other`` broadcasts into self's
+        shape (never the other way) and must cast to self's dtype within its kind (torch
+        refuses float into int and so does this)."""
+        self._check_inplace(op, other)
+        o = _raw(other)
+        if not isinstance(o, numbers.Number):
+            _check_broadcast_into(op, self.data.shape, np.shape(o))
+        try:
+            ufunc(self.data, o, out=self.data, casting="same_kind")
+        except np.exceptions.DTypePromotionError:
+            raise
+        except TypeError as e:
+            # numpy's UFuncTypeError; torch says it this way, as a RuntimeError.
+            raise RuntimeError(
+                f"{op}: result type {ufunc(self.data.flat[:1], o).dtype} can't be cast to the "
+                f"desired output type {self.data.dtype}"
+            ) from e
+        return self
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        self._check_inplace()
+        self._check_inplace("__setitem__", value)
         self.data[_index(index)] = _raw(value)
 
     def copy_(self, src: Any) -> Tensor:
-        """Copy ``src`` into this tensor's data in place."""
-        self._check_inplace()
-        np.copyto(self.data, _raw(src), casting="unsafe")
+        """Copy ``src`` (broadcast to self's shape, cast to self's dtype) into the data."""
+        self._check_inplace("copy_", src)
+        s = _raw(src)
+        _check_broadcast_into("copy_", self.data.shape, np.shape(s))
+        np.copyto(self.data, s, casting="unsafe")
         return self
 
     def zero_(self) -> Tensor:
         """Fill with zeros in place."""
-        self._check_inplace()
+        self._check_inplace("zero_")
         self.data.fill(0)
         return self
 
     def fill_(self, value: Any) -> Tensor:
         """Fill with ``value`` in place."""
-        self._check_inplace()
-        self.data.fill(value)
+        self._check_inplace("fill_", value)
+        self.data.fill(_raw(value))
         return self
 
     def add_(self, other: Any, alpha: Any = 1) -> Tensor:
         """``self += alpha * other`` in place."""
-        self._check_inplace()
-        o = _raw(other)
-        np.add(self.data, o if alpha == 1 else alpha * o, out=self.data, casting="unsafe")
-        return self
+        if alpha != 1:
+            self._check_inplace("add_", other)
+            other = alpha * _raw(other)
+        return self._inplace_ufunc("add_", np.add, other)
 
     def sub_(self, other: Any, alpha: Any = 1) -> Tensor:
         """``self -= alpha * other`` in place."""
-        return self.add_(other, alpha=-alpha)
+        if alpha != 1:
+            self._check_inplace("sub_", other)
+            other = alpha * _raw(other)
+        return self._inplace_ufunc("sub_", np.subtract, other)
 
     def mul_(self, other: Any) -> Tensor:
         """``self *= other`` in place."""
-        self._check_inplace()
-        np.multiply(self.data, _raw(other), out=self.data, casting="unsafe")
-        return self
+        return self._inplace_ufunc("mul_", np.multiply, other)
 
     def div_(self, other: Any) -> Tensor:
-        """``self /= other`` in place."""
-        self._check_inplace()
-        np.divide(self.data, _raw(other), out=self.data, casting="unsafe")
-        return self
+        """``self /= other`` in place (true division: an integer tensor refuses)."""
+        return self._inplace_ufunc("div_", np.divide, other)
+
+    # ``t += x`` etc. Without these Python falls back to ``t = t + x``, which rebinds the name
+    # and leaves the original tensor (a module's parameter, say) unchanged.
+    def __iadd__(self, other: Any) -> Tensor:
+        return self._inplace_ufunc("__iadd__", np.add, other)
+
+    def __isub__(self, other: Any) -> Tensor:
+        return self._inplace_ufunc("__isub__", np.subtract, other)
+
+    def __imul__(self, other: Any) -> Tensor:
+        return self._inplace_ufunc("__imul__", np.multiply, other)
+
+    def __itruediv__(self, other: Any) -> Tensor:
+        return self._inplace_ufunc("__itruediv__", np.divide, other)
 
     # ----------------------------------------------------------------- arithmetic
     # Each pair is ``t op x`` and the reflected ``x op t``: one forward and one derivative per
@@ -581,6 +639,21 @@ class Tensor:
             return [z]
 
         return _make(self.data[idx], [self], backward, "index")
+
+
+def _check_broadcast_into(op: str, shape: tuple[int, ...], other: tuple[int, ...]) -> None:
+    """An in-place operand must broadcast to exactly ``shape``: the result cannot grow."""
+    try:
+        full = np.broadcast_shapes(shape, other)
+    except ValueError:
+        raise RuntimeError(
+            f"{op}: an operand of shape {list(other)} does not broadcast to the output shape "
+            f"{list(shape)}"
+        ) from None
+    if full != shape:
+        raise RuntimeError(
+            f"{op}: output with shape {list(shape)} doesn't match the broadcast shape {list(full)}"
+        )
 
 
 def _index(index: Any) -> Any:

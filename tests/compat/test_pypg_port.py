@@ -156,8 +156,7 @@ class StoreProcessGroup(dist.ProcessGroup):
 _DDP_LOGGING_GAP = (
     "mpdist gap: DistributedDataParallel has no _get_ddp_logging_data() (torch: a dict with "
     "is_multi_device_module, ...); the shared Net also needs nn.functional.softmax, which "
-    "mpdist lacks; and `param -= param.grad` under no_grad does not update in place "
-    "(autograd.Tensor has no __isub__)"
+    "mpdist lacks"
 )
 
 

@@ -4,8 +4,8 @@ The translation follows DESIGN.md: ``torch.distributed`` -> ``mpdist``,
 ``torch.distributed._composable.replicate`` -> ``mpdist.parallel.replicate``,
 ``torch.nn`` -> ``mpdist.nn``, ``torch.randn``/``torch.randperm`` -> numpy (every rank's
 numpy RNG is seeded alike by the harness, as torch's harness seeds torch), devices removed,
-and "torch.device" -> "mpdist device" in the one error text SPEC §3 renames. Tests of
-each known mpdist gap are ``xfail(strict=True)`` with the gap as reason.
+and "torch.device" -> "mpdist device" in the one error text SPEC §3 renames. Every
+ported test runs; none is a known mpdist gap any more.
 
 Not ported: the tests torch runs only with two or more GPUs
 (``test_replicate_move_args_kwargs_to_device``, ``test_replicate_ignore_module``,
@@ -24,7 +24,6 @@ import unittest
 from copy import deepcopy
 
 import numpy as np
-import pytest
 
 import mpdist as dist
 from mpdist import nn
@@ -32,12 +31,6 @@ from mpdist.autograd import no_grad
 from mpdist.nn import functional as F
 from mpdist.parallel import replicate
 from mpdist.testing import MultiProcessTestCase
-
-_INPLACE_GAP = (
-    "mpdist gap: `param -= param.grad` under no_grad rebinds the loop variable instead of "
-    "updating the parameter (autograd.Tensor has no __isub__), so the training step never "
-    "moves the parameters and `param.grad = None` clears nothing"
-)
 
 
 class Net(nn.Module):
@@ -164,14 +157,12 @@ class ReplicateTest(MultiProcessTestCase):
             np.random.seed(iteration)
             input = input[np.random.permutation(global_batch_size)]
 
-    @pytest.mark.xfail(strict=True, reason=_INPLACE_GAP)
     def test_replicate_single_module(self):
         self._init_pg()
         model = Net()
         replicate_model = replicate(deepcopy(model))
         self._compare_module(model, replicate_model)
 
-    @pytest.mark.xfail(strict=True, reason=_INPLACE_GAP)
     def test_replicate_multi_module(self):
         self._init_pg()
         model = Net()
@@ -181,7 +172,6 @@ class ReplicateTest(MultiProcessTestCase):
         replicate(replicate_model.fc3)
         self._compare_module(model, replicate_model)
 
-    @pytest.mark.xfail(strict=True, reason=_INPLACE_GAP)
     def test_replicate_with_kwargs(self):
         self._init_pg()
         model = Net()
