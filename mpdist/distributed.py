@@ -1297,12 +1297,13 @@ def _abort_all_groups(reason: str) -> None:
 
 
 def _collective_trace() -> str:
-    """The last collective each live group entered, e.g. "all_reduce seq=12 on group 'default'"."""
+    """The last operation each live group entered, collective or point-to-point, e.g.
+    "all_reduce seq=12 on group 'default'" or "recv(src=1, tag=0) on group 'default'"."""
     with _live_lock:
         groups = list(_live.values())
     lines = []
     for pg, label in groups:
         last = pg._trace()
         if last is not None:
-            lines.append(f"{last[0]} seq={last[1]} on group {label!r}")
+            lines.append(f"{last} on group {label!r}")
     return "; ".join(lines) if lines else "no collective entered"

@@ -49,6 +49,10 @@ class CommProcessGroup(NativeProcessGroup):
         self._pending = 0
         self._worker: threading.Thread | None = None
         self._mb_count = 0
+        # The last point-to-point op entered: (name, "dst"/"src", peer group rank or None for
+        # any, tag, the communicator's last collective at that moment). The Communicator
+        # numbers collectives only; the last item says whether one was entered since.
+        self._last_p2p: tuple[str, str, int | None, int, tuple[str, int] | None] | None = None
         # run first on the worker thread (the module API uses it to share a thread-local world)
         self._worker_setup: Callable[[], None] | None = None
 
@@ -143,8 +147,14 @@ class CommProcessGroup(NativeProcessGroup):
             worker.join()
         self._transport.close()
 
-    def _trace(self) -> tuple[str, int] | None:
-        return self._comm.last_op
+    def _trace(self) -> str | None:
+        last = self._comm.last_op
+        p2p = self._last_p2p
+        if p2p is not None and p2p[4] is last:  # no collective entered since that p2p op
+            name, role, peer, tag, _ = p2p
+            who = "any" if peer is None else self._global_ranks[peer]
+            return f"{name}({role}={who}, tag={tag})"
+        return None if last is None else f"{last[0]} seq={last[1]}"
 
     # ---------------------------------------------------------------- collectives
     def _c_allreduce(self, arr, op, name, outputs, async_op):
@@ -195,13 +205,23 @@ class CommProcessGroup(NativeProcessGroup):
 
     def _c_send(self, arr, dst, tag, outputs, async_op):
         comm = self._comm
-        return self._run(lambda: alg.send(comm, arr, dst, tag, op_name="send"), outputs, async_op)
+        name = "isend" if async_op else "send"
+
+        def send() -> None:
+            self._last_p2p = (name, "dst", dst, tag, comm.last_op)
+            alg.send(comm, arr, dst, tag, op_name="send")
+
+        return self._run(send, outputs, async_op)
 
     def _c_recv(self, arr, src, tag, outputs, async_op):
         comm = self._comm
-        return self._run(
-            lambda: alg.recv(comm, arr, src, tag, op_name="recv"), outputs, async_op, True
-        )
+        name = "irecv" if async_op else "recv"
+
+        def recv() -> int:
+            self._last_p2p = (name, "src", src, tag, comm.last_op)
+            return alg.recv(comm, arr, src, tag, op_name="recv")
+
+        return self._run(recv, outputs, async_op, True)
 
     def _c_monitored_barrier(self, timeout_s: float, wait_all_ranks: bool) -> None:
         # Through the group's store rather than the transport, so the deadline is the

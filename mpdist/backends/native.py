@@ -121,8 +121,9 @@ class NativeProcessGroup(ProcessGroup):
     def _c_monitored_barrier(self, timeout_s: float, wait_all_ranks: bool) -> None:
         raise NotImplementedError
 
-    def _trace(self) -> tuple[str, int] | None:
-        """The last collective this group entered, as (op name, sequence number)."""
+    def _trace(self) -> str | None:
+        """The last operation this group entered, e.g. "all_reduce seq=12" or
+        "recv(src=1, tag=0)" (global ranks); None before the first."""
         return None
 
     def _abort(self, reason: str) -> None:
