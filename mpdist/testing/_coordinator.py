@@ -438,7 +438,8 @@ def finish(rs: RankSet, *, timeout: float | None, pool: Any = None) -> Outcome:
     timed_out = killed = False
     try:
         timed_out, killed = rs.wait(timeout)
-        if timed_out:
+        if timed_out or killed:
+            # Whatever a rank is stuck in, the report shows where, before it is killed.
             rs.dump()
         if timed_out or killed:
             rs.kill()

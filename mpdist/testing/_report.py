@@ -1,8 +1,9 @@
 """Turn an :class:`~mpdist.testing._coordinator.Outcome` into text and one test outcome.
 
 A failure shows every rank, the first failing rank first, each labelled
-``rank k``; tracebacks, exit codes or signal names, stack dumps after a
-timeout, and (when not shown as pytest report sections) each rank's output.
+``rank k``; tracebacks, exit codes or signal names, the stack dumps of ranks
+that were still running at a timeout or had to be killed after another rank
+failed, and (when not shown as pytest report sections) each rank's output.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ def _rank_line(r: RankResult, outcome: Outcome) -> str:
         trace = f"; last collective entered: {r.trace}" if r.trace else ""
         return f"rank {r.rank}: still running at the timeout{trace}"
     if r.status == "killed":
+        trace = f"; last collective entered: {r.trace}" if r.trace else ""
         return (
             f"rank {r.rank}: killed after rank {outcome.first_failure} failed "
-            f"(did not finish within the abort grace period)"
+            f"(did not finish within the abort grace period){trace}"
         )
     return f"rank {r.rank}: exited without reporting a result ({signal_name(r.exitcode)})"
 

@@ -1,16 +1,20 @@
-"""Which rank failed first: the rank whose exception came first is named first.
+"""Which rank failed first, and what the report says about ranks that had to be stopped.
 
-Closing the failing rank's group makes its peers fail too; the report must still
-name the cause first and list the peers as consequences.
+The rank whose exception came first is named first, even though closing its group
+makes its peers fail too; a rank killed after a failure shows its stack.
 """
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
+from _harness_helpers import alive
 
 from mpdist import distributed as dist
-from mpdist.testing import MultiProcessFailure, spawn_ranks, spawn_threads
+from mpdist.testing import MultiProcessFailure, _coordinator, spawn_ranks, spawn_threads
 
 
 def fail_while_peers_reduce(rank: int, world_size: int, culprit: int) -> None:
@@ -57,3 +61,27 @@ def test_threads_name_the_first_failure_first() -> None:
         sections = _rank_sections(text)
         assert sections[0] == "=== rank 2: failed: ValueError: real failure"
         assert all("(rank 2 failed first)" in line for line in sections[1:]), text
+
+
+def deaf_to_the_abort(rank: int, world_size: int, pid_file: str) -> None:
+    if rank == 1:
+        raise ValueError("rank 1 gives up")
+    with open(pid_file, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)  # not a collective: the abort cannot stop it, only the kill
+
+
+def test_a_rank_killed_after_the_abort_grace_shows_its_stack(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.setattr(_coordinator, "ABORT_GRACE", 0.5)
+    pid_file = str(tmp_path / "pid")
+    with pytest.raises(MultiProcessFailure) as info:
+        spawn_ranks(deaf_to_the_abort, 2, pid_file, backend=None)
+    text = str(info.value)
+    assert "failed in rank 1 " in text.splitlines()[0]
+    assert "=== rank 0: killed after rank 1 failed" in text
+    dump = text.split("--- rank 0 stack dump ---", 1)[1]
+    assert "in deaf_to_the_abort" in dump  # the frame it was stuck in
+    with open(pid_file) as f:
+        assert not alive([int(f.read())])
