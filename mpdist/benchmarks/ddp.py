@@ -172,9 +172,10 @@ def _rank_main(lib: str, rank: int, world: int, path: str, cfg: dict[str, Any], 
         try:
             times: dict[str, list[float]] = {m: [] for m in MODES}
             cpu: dict[str, list[float]] = {m: [] for m in MODES}
-            # Modes alternate step by step, so drifting machine load hits them all alike.
+            # Modes alternate step by step, so drifting machine load hits them all alike; the
+            # two DDP modes swap places every other step, so neither always runs first.
             for i in range(cfg["warmup"] + cfg["steps"]):
-                for mode in MODES:
+                for mode in MODES if i % 2 == 0 else MODES[:2] + MODES[:1:-1]:
                     barrier()
                     if mode.startswith("single") and rank != 0:
                         continue  # one process alone: the other ranks wait at the barrier
