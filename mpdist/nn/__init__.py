@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from mpdist.nn import functional, init
 from mpdist.nn.containers import ModuleList, ParameterList, Sequential
-from mpdist.nn.layers import Identity, Linear, ReLU, Tanh
+from mpdist.nn.layers import Identity, Linear, LogSoftmax, ReLU, Softmax, Tanh
 from mpdist.nn.loss import MSELoss
 from mpdist.nn.module import IncompatibleKeys, Module
 from mpdist.nn.parameter import Parameter
@@ -16,6 +16,7 @@ __all__ = [
     "Identity",
     "IncompatibleKeys",
     "Linear",
+    "LogSoftmax",
     "MSELoss",
     "Module",
     "ModuleList",
@@ -23,6 +24,7 @@ __all__ = [
     "ParameterList",
     "ReLU",
     "Sequential",
+    "Softmax",
     "Tanh",
     "functional",
     "init",

@@ -1,4 +1,4 @@
-"""Basic layers: ``Linear``, ``ReLU``, ``Identity``, ``Tanh``."""
+"""Basic layers: ``Linear``, ``ReLU``, ``Identity``, ``Tanh``, ``Softmax``, ``LogSoftmax``."""
 
 from __future__ import annotations
 
@@ -64,6 +64,38 @@ class Tanh(Module):
     def forward(self, input: Any) -> Tensor:
         """Apply tanh."""
         return F._t(input).tanh()
+
+
+class Softmax(Module):
+    """Softmax along ``dim`` (see ``functional.softmax``)."""
+
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, input: Any) -> Tensor:
+        """Apply softmax along ``self.dim``."""
+        return F.softmax(input, self.dim)
+
+    def extra_repr(self) -> str:
+        """The axis."""
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Module):
+    """Log-softmax along ``dim`` (see ``functional.log_softmax``)."""
+
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, input: Any) -> Tensor:
+        """Apply log-softmax along ``self.dim``."""
+        return F.log_softmax(input, self.dim)
+
+    def extra_repr(self) -> str:
+        """The axis."""
+        return f"dim={self.dim}"
 
 
 class Identity(Module):

@@ -155,8 +155,7 @@ class StoreProcessGroup(dist.ProcessGroup):
 
 _DDP_LOGGING_GAP = (
     "mpdist gap: DistributedDataParallel has no _get_ddp_logging_data() (torch: a dict with "
-    "is_multi_device_module, ...); the shared Net also needs nn.functional.softmax, which "
-    "mpdist lacks"
+    "is_multi_device_module, ...)"
 )
 
 
