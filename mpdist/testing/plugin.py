@@ -149,7 +149,18 @@ class MultiProcessTestCaseClass(UnitTestCase):
                     self, name=f"{item.name}[ws{n}]", originalname=item.name
                 )
                 new.mpdist_world_size = n
+                _keep_size_in_nodeid(new, item.name, f"ws{n}")
                 yield new
+
+
+def _keep_size_in_nodeid(item: Any, method: str, param_id: str) -> None:
+    # pytest >= 9.2 builds a Function's node id from originalname and its callspec, not
+    # from its name: without this every size of a test would share one id
+    # ("test_x" twice instead of "test_x[ws1]", "test_x[ws4]").
+    node_id = getattr(item, "_id", None)
+    if node_id is None or not hasattr(node_id, "with_params") or node_id.params is not None:
+        return  # older pytest: the id came from the name, "[wsN]" included
+    item._id = item.parent.id.child(method).with_params(param_id)
 
 
 def _sizes(marker: pytest.Mark) -> list[int]:
