@@ -27,7 +27,7 @@ import numpy as np
 
 from mpdist import backends as _backends  # noqa: F401  (registers the built-in backends)
 from mpdist.algorithms.reduction import ReduceOp, check_op_dtype
-from mpdist.backends.native import NativeProcessGroup
+from mpdist.backends.native import NativeProcessGroup, as_array, row_splits
 from mpdist.process_group import (
     DEFAULT_TIMEOUT,
     AllgatherOptions,
@@ -561,16 +561,8 @@ def _global_rank(world: _World | None, pg: ProcessGroup, group_rank: int) -> int
 
 def _array(x: Any, op: str, what: str, out: bool = False) -> np.ndarray:
     """The ndarray of an array argument, checked: supported dtype, contiguous, writeable."""
-    if type(x) is not np.ndarray:
-        if isinstance(x, np.ndarray):
-            pass
-        else:
-            data = getattr(x, "data", None)
-            if not isinstance(data, np.ndarray):
-                raise TypeError(
-                    f"{op}: {what} must be a numpy ndarray or mpdist Tensor, got {type(x).__name__}"
-                )
-            x = data
+    if type(x) is not np.ndarray:  # the common case skips a call
+        x = as_array(x, op, what)
     if not dtype_code(x.dtype):  # 0: the wire format has no code for it
         raise TypeError(f"{op}: {what} has unsupported dtype {x.dtype}")
     if not x.flags.c_contiguous:
@@ -949,12 +941,7 @@ def all_to_all_single(
     osplit = _splits(out, output_split_sizes, n, "output", "output_split_sizes")
     isplit = _splits(inp, input_split_sizes, n, "input", "input_split_sizes")
     if isinstance(pg, NativeProcessGroup):
-        outs, ins, o, i = [], [], 0, 0
-        for k in range(n):
-            outs.append(out[o : o + osplit[k]])
-            ins.append(inp[i : i + isplit[k]])
-            o += osplit[k]
-            i += isplit[k]
+        outs, ins = row_splits(out, osplit, n), row_splits(inp, isplit, n)
         return pg._c_alltoall(outs, ins, name, [output], async_op)
     work = pg.alltoall_base(
         output,

@@ -35,14 +35,20 @@ from mpdist.process_group import (
 __all__ = ["NativeProcessGroup", "as_array", "row_splits"]
 
 
-def as_array(x: Any) -> np.ndarray:
-    """The ndarray behind an array argument (an ndarray, or anything with a ``.data`` ndarray)."""
+def as_array(x: Any, op: str = "", what: str = "argument") -> np.ndarray:
+    """The ndarray behind an array argument (an ndarray, or anything with a ``.data`` ndarray).
+
+    Anything else is a TypeError naming ``op`` and the argument ``what``.
+    """
     if isinstance(x, np.ndarray):
         return x
     data = getattr(x, "data", None)
     if isinstance(data, np.ndarray):
         return data
-    raise TypeError(f"expected a numpy ndarray or mpdist Tensor, got {type(x).__name__}")
+    where = f"{op}: " if op else ""
+    raise TypeError(
+        f"{where}{what} must be a numpy ndarray or mpdist Tensor, got {type(x).__name__}"
+    )
 
 
 def _op(opts: Any, default: ReduceOp = ReduceOp.SUM) -> ReduceOp:
@@ -59,14 +65,17 @@ def _root(opts: Any) -> int:
 
 
 def row_splits(arr: np.ndarray, splits: list[int] | None, parts: int) -> list[np.ndarray]:
-    """Views of ``arr`` cut along axis 0 into ``splits`` rows each (None/empty = equal parts)."""
+    """Views of ``arr`` cut along axis 0 into ``splits`` rows each (None/empty = equal parts).
+
+    A 0-d array counts as one row. Slices along axis 0 of a C-contiguous array stay
+    contiguous, which is what the transports need.
+    """
+    rows = arr.reshape(1) if arr.ndim == 0 else arr
     if not splits:
-        n = arr.shape[0] if arr.ndim else 1
-        splits = [n // parts] * parts
+        splits = [rows.shape[0] // parts] * parts
     views, start = [], 0
-    flat_rows = arr.reshape(arr.shape[0], -1) if arr.ndim else arr.reshape(1, -1)
     for n in splits:
-        views.append(flat_rows[start : start + n])
+        views.append(rows[start : start + n])
         start += n
     return views
 
