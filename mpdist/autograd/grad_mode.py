@@ -41,9 +41,15 @@ class set_grad_enabled:
 
 
 class _GradModeContext:
-    """Shared body of ``no_grad`` / ``enable_grad``: a context manager and a decorator."""
+    """Shared body of ``no_grad`` / ``enable_grad``: a context manager and a decorator, used
+    as ``@no_grad()`` or ``@no_grad``."""
 
     _mode = True
+
+    def __new__(cls, func: F | None = None) -> Any:
+        # ``@no_grad`` without parentheses: the class is called with the function itself.
+        self = super().__new__(cls)
+        return self if func is None else self(func)
 
     def __enter__(self) -> _GradModeContext:
         # A stack of previous values lets one instance be entered re-entrantly.

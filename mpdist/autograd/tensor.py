@@ -334,6 +334,37 @@ class Tensor:
         """A leaf sharing this tensor's data, outside any graph."""
         return Tensor(self.data)
 
+    def detach_(self) -> Tensor:
+        """Cut this tensor out of the graph in place: it becomes a leaf that does not require
+        grad (torch's ``detach_``)."""
+        self._node = None
+        self._out_index = 0
+        self._requires_grad = False
+        return self
+
+    def data_ptr(self) -> int:
+        """Address of the first element (equal for tensors viewing the same memory)."""
+        return int(self.data.__array_interface__["data"][0])
+
+    def is_contiguous(self) -> bool:
+        """True when the data is C-contiguous."""
+        return bool(self.data.flags.c_contiguous)
+
+    def contiguous(self) -> Tensor:
+        """Self when C-contiguous, else a C-contiguous copy (recorded)."""
+        if self.data.flags.c_contiguous:
+            return self
+        return _make(np.ascontiguousarray(self.data), [self], lambda g: [g], "contiguous")
+
+    def cpu(self) -> Tensor:
+        """Self: every mpdist tensor lives in host memory."""
+        return self
+
+    def equal(self, other: Any) -> bool:
+        """True when ``other`` has the same shape and the same values (torch.equal)."""
+        o = np.asarray(_raw(other))
+        return self.data.shape == o.shape and bool(np.array_equal(self.data, o))
+
     # ----------------------------------------------------------------- in place (no graph)
     # In-place operations write into ``.data`` itself (the same ndarray object, so views of it,
     # DDP bucket views and optimizer state keep seeing the live values), keep the left
@@ -537,6 +568,14 @@ class Tensor:
         """A copy that is part of the graph."""
         return _make(self.data.copy(), [self], lambda g: [g], "clone")
 
+    def float(self) -> Tensor:
+        """As float32 (self when it already is, as in torch)."""
+        return self if self.data.dtype == np.float32 else self.astype(np.float32)
+
+    def double(self) -> Tensor:
+        """As float64 (self when it already is)."""
+        return self if self.data.dtype == np.float64 else self.astype(np.float64)
+
     def astype(self, dtype: Any) -> Tensor:
         """Cast to ``dtype``; the gradient is cast back."""
         src = self.data.dtype
@@ -602,6 +641,35 @@ class Tensor:
         return _make(self.data.reshape(shape), [self], lambda g: [g.reshape(src)], "reshape")
 
     view = reshape
+
+    def unsqueeze(self, dim: int) -> Tensor:
+        """Insert an axis of length 1 at ``dim`` (``-ndim-1 <= dim <= ndim``)."""
+        nd = self.data.ndim
+        if not -nd - 1 <= dim <= nd:
+            raise IndexError(
+                f"Dimension out of range (expected to be in range of [{-nd - 1}, {nd}], but got {dim})"
+            )
+        shape = list(self.data.shape)
+        shape.insert(dim % (nd + 1), 1)
+        return self.reshape(tuple(shape))
+
+    def squeeze(self, dim: int | tuple[int, ...] | None = None) -> Tensor:
+        """Drop axes of length 1: all of them, or those among ``dim`` (an axis in ``dim``
+        whose length is not 1 stays, as in torch)."""
+        shape = self.data.shape
+        nd = len(shape)
+        if dim is None:
+            axes = set(range(nd))
+        else:
+            span = max(nd, 1)
+            axes = set()
+            for d in (dim,) if isinstance(dim, int) else dim:
+                if not -span <= d < span:
+                    raise IndexError(
+                        f"Dimension out of range (expected to be in range of [{-span}, {span - 1}], but got {d})"
+                    )
+                axes.add(d % span)
+        return self.reshape(tuple(n for i, n in enumerate(shape) if not (i in axes and n == 1)))
 
     def flatten(self) -> Tensor:
         """A 1-D reshape."""
