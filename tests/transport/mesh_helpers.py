@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
+import pytest
 
 from mpdist.algorithms import Communicator
 from mpdist.transport import LocalTransport, TcpTransport
@@ -23,7 +25,14 @@ class DictStore:
     def __init__(self, timeout: float = 30.0) -> None:
         self._data: dict[str, bytes] = {}
         self._cond = threading.Condition()
+        self._abort_reason: str | None = None
         self.timeout = timeout
+
+    def abort(self, reason: str) -> None:
+        """Make every pending and future ``get`` of a missing key raise at once."""
+        with self._cond:
+            self._abort_reason = reason
+            self._cond.notify_all()
 
     def set(self, key: str, value: bytes | str) -> None:
         with self._cond:
@@ -34,6 +43,8 @@ class DictStore:
         deadline = time.monotonic() + self.timeout
         with self._cond:
             while key not in self._data:
+                if self._abort_reason is not None:
+                    raise TimeoutError(f"waiting for key {key!r}: {self._abort_reason}")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"timeout waiting for key {key!r}")
@@ -68,31 +79,63 @@ def run_ranks(
     raise_first: bool = True,
     rank_names: list[int] | None = None,
 ) -> list[Any]:
-    """Run ``fn(comm)`` on ``size`` ranks (threads); returns each rank's result or exception."""
+    """Run ``fn(comm)`` on ``size`` ranks (threads); returns each rank's result or exception.
+
+    The first rank whose ``fn`` raises aborts the others' transports (and the store they
+    meet through), so they raise at once instead of waiting out ``timeout``; with
+    ``raise_first`` that first exception is raised here.
+    """
     store = DictStore()
     results: list[Any] = [None] * size
+    transports: list[Any] = [None] * size
+    failed: list[int] = []  # ranks in the order they failed
+    reason: list[str] = []  # why the first one failed (what the others are aborted with)
+    lock = threading.Lock()
+
+    def abort_all(why: str) -> None:
+        with lock:
+            reason.append(why)
+            store.abort(why)
+            for t in transports:
+                if t is not None:
+                    t.abort(why)
 
     def body(rank: int) -> None:
         t = None
         try:
             t = make_transport(kind, store, rank, size, timeout, rank_names)
+            with lock:
+                transports[rank] = t
+                if reason:  # another rank failed while this one was meeting its peers
+                    t.abort(reason[0])
             results[rank] = fn(Communicator(t, timeout))
         except BaseException as e:  # reported to the caller
             results[rank] = e
+            with lock:
+                failed.append(rank)
+                first = len(failed) == 1
+            if first:
+                abort_all(f"rank {rank} failed: {type(e).__name__}: {e}")
         finally:
+            with lock:
+                transports[rank] = None
             if t is not None:
                 t.close()
 
-    threads = [threading.Thread(target=body, args=(r,), name=f"rank{r}") for r in range(size)]
+    threads = [
+        threading.Thread(target=body, args=(r,), name=f"mpdist-mesh-rank-{r}") for r in range(size)
+    ]
     for th in threads:
         th.start()
     for th in threads:
         th.join(timeout * 3)
-        assert not th.is_alive(), "a rank thread hung"
-    if raise_first:
-        for res in results:
-            if isinstance(res, BaseException):
-                raise res
+        if th.is_alive():
+            abort_all(f"{th.name} hung")
+            for other in threads:
+                other.join(timeout)
+            raise AssertionError(f"{th.name} hung")
+    if raise_first and failed:
+        raise results[failed[0]]
     return results
 
 
@@ -128,12 +171,51 @@ class DirStore:
         return all(os.path.exists(self._f(k)) for k in keys)
 
 
-def leak_snapshot() -> tuple[int, set[str]]:
-    """(open inet sockets of this process, names of live threads)."""
-    proc = psutil.Process()
-    return len(proc.net_connections(kind="inet")), {t.name for t in threading.enumerate()}
+def leak_snapshot() -> tuple[set[tuple], set[threading.Thread]]:
+    """(open inet sockets of this process, live threads): compare two snapshots with ``==``."""
+    socks = {(c.fd, c.laddr, c.raddr) for c in psutil.Process().net_connections(kind="inet")}
+    return socks, set(threading.enumerate())
 
 
 def shm_files() -> set[str]:
     """Shared-memory ring files of this process (other processes may be making their own)."""
     return set(glob.glob(f"/dev/shm/mpdist-{os.getpid()}-*"))
+
+
+@contextlib.contextmanager
+def nothing_left_behind() -> Iterator[None]:
+    """Fail if the block leaves a socket, thread, child process or ring file behind."""
+    socks, threads = leak_snapshot()
+    files = shm_files()
+    children = _children()
+    yield
+    after_socks, after_threads = leak_snapshot()
+    assert after_socks == socks, f"sockets left open: {after_socks - socks}"
+    assert after_threads == threads, f"threads left running: {after_threads - threads}"
+    assert shm_files() == files, f"ring files left: {shm_files() - files}"
+    now = _children()
+    assert now <= children, f"processes left running: {now - children}"
+
+
+def _children() -> set[int]:
+    """Child processes, without multiprocessing's own servers: the harness's forkserver (and
+    its resource tracker) is started once and reused for the session, by design."""
+    out = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:  # it exited meanwhile: not left behind
+            continue
+        if (
+            "multiprocessing.forkserver" not in cmd
+            and "multiprocessing.resource_tracker" not in cmd
+        ):
+            out.add(p.pid)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_behind() -> Iterator[None]:
+    """Autouse in the transport and algorithm tests (their conftests import it)."""
+    with nothing_left_behind():
+        yield
