@@ -185,6 +185,11 @@ def is_initialized() -> bool:
 # ---------------------------------------------------------------------- setup
 
 
+def _is_int(x: Any) -> bool:
+    """A Python or numpy integer, not a bool (ranks, tags and splits may come from numpy)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
 def _check_timeout(timeout: Any) -> timedelta:
     if timeout is None:
         return DEFAULT_TIMEOUT
@@ -383,7 +388,7 @@ def new_group(
         raise TypeError(f"new_group: ranks must be a list of int, got {type(ranks).__name__}")
     members: list[int] = []
     for r in ranks:
-        if not isinstance(r, (int, np.integer)) or isinstance(r, bool):
+        if not _is_int(r):
             raise TypeError(f"new_group: ranks must be ints, got {r!r}")
         if not 0 <= r < world.size:
             raise ValueError(
@@ -429,12 +434,7 @@ def get_rank(group: ProcessGroup | None = None) -> int:
         return _world_or_raise().rank
     if isinstance(group, int):
         return -1
-    world = _current_world()
-    info = _info(world, group)
-    if info is None:
-        return group.rank()
-    assert world is not None
-    return info.rank_map.get(world.rank, -1)
+    return _me(_current_world(), group)
 
 
 def get_world_size(group: ProcessGroup | None = None) -> int:
@@ -466,9 +466,7 @@ def get_backend(group: ProcessGroup | None = None) -> str:
 
 def _registered(group: Any) -> tuple[_World, _GroupInfo]:
     world = _world_or_raise()
-    if isinstance(group, int) or group is None:
-        raise ValueError(f"Group {group} is not registered, please create group with new_group")
-    info = world.groups.get(group)
+    info = None if isinstance(group, int) or group is None else world.groups.get(group)
     if info is None:
         raise ValueError(f"Group {group} is not registered, please create group with new_group")
     return world, info
@@ -524,9 +522,9 @@ def _resolve(group: Any, op: str) -> tuple[_World | None, ProcessGroup | None]:
 
 def _group_rank(world: _World | None, pg: ProcessGroup, rank: Any, what: str, op: str) -> int:
     """Global ``rank`` -> rank in ``pg``; ValueError if it is not a member."""
-    if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool):
+    if not _is_int(rank):
         raise TypeError(f"{op}: {what} must be an int (a global rank), got {rank!r}")
-    info = None if world is None else world.groups.get(pg)
+    info = _info(world, pg)
     if info is None:  # a group the module API did not create: its ranks are the global ones
         if not 0 <= rank < _size(world, pg):
             raise ValueError(
@@ -545,17 +543,17 @@ def _group_rank(world: _World | None, pg: ProcessGroup, rank: Any, what: str, op
 
 def _me(world: _World | None, pg: ProcessGroup) -> int:
     """This process's rank in ``pg`` as the module API knows it (a subclass may lie in getRank)."""
-    info = None if world is None else world.groups.get(pg)
+    info = _info(world, pg)
     return pg.rank() if info is None else info.rank_map[world.rank]
 
 
 def _size(world: _World | None, pg: ProcessGroup) -> int:
-    info = None if world is None else world.groups.get(pg)
+    info = _info(world, pg)
     return pg.size() if info is None else len(info.ranks)
 
 
 def _global_rank(world: _World | None, pg: ProcessGroup, group_rank: int) -> int:
-    info = None if world is None else world.groups.get(pg)
+    info = _info(world, pg)
     return group_rank if info is None else info.ranks[group_rank]
 
 
@@ -899,7 +897,7 @@ def _splits(arr: np.ndarray, splits: Any, n: int, what: str, arg: str) -> list[i
             f"all_to_all_single: {arg} has {len(splits)} entries, but the group has {n} ranks"
         )
     for s in splits:
-        if not isinstance(s, (int, np.integer)) or isinstance(s, bool):
+        if not _is_int(s):
             raise TypeError(f"all_to_all_single: {arg} must hold ints, got {s!r}")
         if s < 0:
             raise ValueError(f"all_to_all_single: {arg} has a negative split {s}")
@@ -954,7 +952,7 @@ def all_to_all_single(
 
 
 def _check_tag(tag: Any, op: str) -> int:
-    if not isinstance(tag, (int, np.integer)) or isinstance(tag, bool):
+    if not _is_int(tag):
         raise TypeError(f"{op}: tag must be an int, got {tag!r}")
     return int(tag)
 
