@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,16 +22,6 @@ from mpdist.errors import DistBackendError
 
 DTYPES = ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"]
 SIZES = [1, 2, 3, 4]
-_UFUNC = {
-    ReduceOp.SUM: np.add,
-    ReduceOp.AVG: np.add,
-    ReduceOp.PRODUCT: np.multiply,
-    ReduceOp.MIN: np.minimum,
-    ReduceOp.MAX: np.maximum,
-    ReduceOp.BAND: np.bitwise_and,
-    ReduceOp.BOR: np.bitwise_or,
-    ReduceOp.BXOR: np.bitwise_xor,
-}
 
 
 def valid(op: ReduceOp, dtype: str) -> bool:
@@ -50,15 +43,55 @@ def data(rank: int, dtype: str, n: int, salt: int = 0) -> np.ndarray:
 
 
 def reference(arrays: list[np.ndarray], op: ReduceOp) -> np.ndarray:
-    ref = arrays[0].copy()
-    for x in arrays[1:]:
-        _UFUNC[op](ref, x, out=ref)
-    if op is ReduceOp.AVG:
-        if ref.dtype.kind == "f":
-            np.true_divide(ref, len(arrays), out=ref)
-        else:
-            np.floor_divide(ref, len(arrays), out=ref)
-    return ref
+    """``op`` over the ranks' arrays, worked out independently of the code under test: the
+    ranks are stacked along a new axis, reduced there in a wide type (int64 or float64, exact
+    for the values ``data`` makes), and narrowed to the dtype once at the end (integer
+    overflow wraps around, as it does in the dtype)."""
+    dtype = arrays[0].dtype
+    stack = np.stack(arrays)
+    if dtype == np.bool_:
+        if op in (ReduceOp.SUM, ReduceOp.MAX, ReduceOp.BOR):
+            return stack.any(axis=0)
+        if op in (ReduceOp.PRODUCT, ReduceOp.MIN, ReduceOp.BAND):
+            return stack.all(axis=0)
+        assert op is ReduceOp.BXOR, op
+        return stack.sum(axis=0) % 2 == 1
+    if op is ReduceOp.MIN:
+        return stack.min(axis=0)
+    if op is ReduceOp.MAX:
+        return stack.max(axis=0)
+    wide = stack.astype(np.float64 if dtype.kind == "f" else np.int64)
+    if op in (ReduceOp.BAND, ReduceOp.BOR, ReduceOp.BXOR):
+        bit = {ReduceOp.BAND: operator.and_, ReduceOp.BOR: operator.or_}.get(op, operator.xor)
+        return functools.reduce(bit, list(wide)).astype(dtype)
+    if op is ReduceOp.PRODUCT:
+        return wide.prod(axis=0).astype(dtype)
+    total = wide.sum(axis=0)
+    if op is ReduceOp.SUM:
+        return total.astype(dtype)
+    assert op is ReduceOp.AVG, op
+    if dtype.kind == "f":  # one rounding of the exact quotient (float64 holds it exactly enough)
+        return (total / len(arrays)).astype(dtype)
+    # integers: the sum as the dtype holds it (wrapped), then divided rounding down
+    return (total.astype(dtype).astype(np.int64) // len(arrays)).astype(dtype)
+
+
+def test_reference_is_right_on_hand_worked_values() -> None:
+    """The reference itself, on values worked out by hand (including int8 wrap-around)."""
+    a = [np.array([100, -3, 7], np.int8), np.array([100, 2, -8], np.int8)]
+    assert reference(a, ReduceOp.SUM).tolist() == [-56, -1, -1]
+    assert reference(a, ReduceOp.PRODUCT).tolist() == [16, -6, -56]
+    assert reference(a, ReduceOp.AVG).tolist() == [-28, -1, -1]
+    assert reference(a, ReduceOp.MIN).tolist() == [100, -3, -8]
+    assert reference(a, ReduceOp.BAND).tolist() == [100, 0, 0]
+    assert reference(a, ReduceOp.BXOR).tolist() == [0, -1, -1]
+    b = [np.array([True, False, True]), np.array([True, False, False])]
+    assert reference(b, ReduceOp.SUM).tolist() == [True, False, True]
+    assert reference(b, ReduceOp.PRODUCT).tolist() == [True, False, False]
+    assert reference(b, ReduceOp.BXOR).tolist() == [False, False, True]
+    f = [np.array([1.5, -2.0], np.float16), np.array([0.5, 1.0], np.float16)]
+    assert reference(f + [f[0]], ReduceOp.AVG).tolist() == [np.float16(3.5 / 3), -1.0]
+    assert reference(f, ReduceOp.PRODUCT).dtype == np.float16
 
 
 def combos() -> list[tuple[int, ReduceOp, str]]:

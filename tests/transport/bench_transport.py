@@ -7,44 +7,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
+from mesh_helpers import DirStore
 
 SIZES = {"4": 4, "1K": 1 << 10, "64K": 64 << 10, "1M": 1 << 20, "16M": 16 << 20}
-
-
-class DirStore:
-    """A store of one file per key in a directory (enough for the transport's set/get)."""
-
-    def __init__(self, path: str, timeout: float = 60.0) -> None:
-        self.path = path
-        self.timeout = timeout
-
-    def _f(self, key: str) -> str:
-        return os.path.join(self.path, key.replace("/", "_"))
-
-    def set(self, key: str, value) -> None:
-        data = value.encode() if isinstance(value, str) else value
-        tmp = self._f(key) + f".tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self._f(key))
-
-    def get(self, key: str) -> bytes:
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                with open(self._f(key), "rb") as f:
-                    return f.read()
-            except FileNotFoundError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(key) from None
-                time.sleep(0.001)
 
 
 def _time(fn, sync, iters: int, reps: int = 5) -> float:
@@ -64,26 +34,43 @@ def _iters(nbytes: int) -> int:
     return 300 if nbytes <= 64 << 10 else 40 if nbytes <= 1 << 20 else 6
 
 
-def mpdist_worker(path: str, rank: int, size: int, ops: list[str], sizes: list[str], q) -> None:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    import mpdist.algorithms as A
-    from mpdist.transport import TcpTransport
-
-    t = TcpTransport(DirStore(path), rank, size, 60.0)
-    comm = A.Communicator(t, 60.0)
+def _measure(
+    ops: list[str], sizes: list[str], size: int, make, all_reduce, broadcast, all_gather, sync
+) -> dict:
+    """Seconds per call of each op and size; ``make(n)`` makes a float32 array of n items,
+    the three kernels are one library's all_reduce(a), broadcast(a) and all_gather(outs, a)."""
     res = {}
     for op in ops:
         for s in sizes:
             nbytes = SIZES[s]
-            a = np.zeros(max(nbytes // 4, 1), dtype=np.float32)
+            a = make(max(nbytes // 4, 1))
             if op == "all_reduce":
-                fn = lambda a=a: A.allreduce(comm, a, A.ReduceOp.SUM)  # noqa: E731
+                fn = lambda a=a: all_reduce(a)  # noqa: E731
             elif op == "broadcast":
-                fn = lambda a=a: A.broadcast(comm, a, 0)  # noqa: E731
+                fn = lambda a=a: broadcast(a)  # noqa: E731
             elif op == "all_gather":
-                outs = [np.empty_like(a) for _ in range(size)]
-                fn = lambda a=a, outs=outs: A.allgather(comm, outs, a)  # noqa: E731
-            res[(op, s)] = _time(fn, lambda: A.barrier(comm), _iters(nbytes))
+                outs = [make(a.shape[0]) for _ in range(size)]
+                fn = lambda a=a, outs=outs: all_gather(outs, a)  # noqa: E731
+            res[(op, s)] = _time(fn, sync, _iters(nbytes))
+    return res
+
+
+def mpdist_worker(path: str, rank: int, size: int, ops: list[str], sizes: list[str], q) -> None:
+    import mpdist.algorithms as A
+    from mpdist.transport import TcpTransport
+
+    t = TcpTransport(DirStore(path, 60.0), rank, size, 60.0)
+    comm = A.Communicator(t, 60.0)
+    res = _measure(
+        ops,
+        sizes,
+        size,
+        lambda n: np.zeros(n, np.float32),
+        lambda a: A.allreduce(comm, a, A.ReduceOp.SUM),
+        lambda a: A.broadcast(comm, a, 0),
+        lambda outs, a: A.allgather(comm, outs, a),
+        lambda: A.barrier(comm),
+    )
     t.close()
     if rank == 0:
         q.put(res)
@@ -94,19 +81,16 @@ def gloo_worker(path: str, rank: int, size: int, ops: list[str], sizes: list[str
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{path}/gloo", rank=rank, world_size=size)
-    res = {}
-    for op in ops:
-        for s in sizes:
-            nbytes = SIZES[s]
-            a = torch.ones(max(nbytes // 4, 1), dtype=torch.float32)
-            if op == "all_reduce":
-                fn = lambda a=a: dist.all_reduce(a)  # noqa: E731
-            elif op == "broadcast":
-                fn = lambda a=a: dist.broadcast(a, 0)  # noqa: E731
-            elif op == "all_gather":
-                outs = [torch.empty_like(a) for _ in range(size)]
-                fn = lambda a=a, outs=outs: dist.all_gather(outs, a)  # noqa: E731
-            res[(op, s)] = _time(fn, dist.barrier, _iters(nbytes))
+    res = _measure(
+        ops,
+        sizes,
+        size,
+        lambda n: torch.ones(n, dtype=torch.float32),
+        dist.all_reduce,
+        lambda a: dist.broadcast(a, 0),
+        dist.all_gather,
+        dist.barrier,
+    )
     dist.destroy_process_group()
     if rank == 0:
         q.put(res)
