@@ -18,6 +18,7 @@ from mpdist.optim import SGD, Adam
 from mpdist.parallel import DistributedDataParallel as DDP
 from mpdist.parallel import reducer
 from mpdist.parallel.hooks import allreduce_hook, fp16_compress_hook
+from mpdist.testing import spawn_threads
 
 N = 12  # divisible by 2 and 3
 STEPS = 3
@@ -84,11 +85,9 @@ def tiny_first_bucket(monkeypatch):
         (2, "sgd", 0.0001, True),
     ],
 )
-def test_ddp_matches_single_process_full_batch(
-    run_threads, tiny_first_bucket, ws, kind, cap, views
-) -> None:
+def test_ddp_matches_single_process_full_batch(tiny_first_bucket, ws, kind, cap, views) -> None:
     ref = train_reference(kind)
-    out = run_threads(ws, train_ddp, kind, dict(bucket_cap_mb=cap, gradient_as_bucket_view=views))
+    out = spawn_threads(train_ddp, ws, kind, dict(bucket_cap_mb=cap, gradient_as_bucket_view=views))
     for params, nbuckets in out:
         if cap is not None:
             assert nbuckets > 1
@@ -99,7 +98,7 @@ def test_ddp_matches_single_process_full_batch(
             np.testing.assert_array_equal(p, q)  # replicas are bitwise identical
 
 
-def test_initial_broadcast_and_init_sync_false(run_threads) -> None:
+def test_initial_broadcast_and_init_sync_false() -> None:
     def body(rank: int, ws: int):
         synced = DDP(make_model(seed=rank)).module
         unsynced = DDP(make_model(seed=rank), init_sync=False).module
@@ -107,7 +106,7 @@ def test_initial_broadcast_and_init_sync_false(run_threads) -> None:
             p.data.copy() for p in unsynced.parameters()
         ]
 
-    (s0, u0), (s1, u1) = run_threads(2, body)
+    (s0, u0), (s1, u1) = spawn_threads(body, 2)
     for a, b in zip(s0, s1, strict=True):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(s0, [p.data for p in make_model(seed=0).parameters()], strict=True):
@@ -152,7 +151,7 @@ def test_bucket_assignment_properties(sizes, first: int, cap: int) -> None:
             assert nbytes - ps[b[-1]].nbytes < limit  # and it closed as soon as it reached it
 
 
-def test_no_sync_accumulates_then_reduces_the_sum(run_threads) -> None:
+def test_no_sync_accumulates_then_reduces_the_sum() -> None:
     def body(rank: int, ws: int):
         ddp = DDP(make_model())
         x, y = data(0)
@@ -168,7 +167,7 @@ def test_no_sync_accumulates_then_reduces_the_sum(run_threads) -> None:
         F.mse_loss(ddp(xb), yb).backward()
         return local, [p.grad.data.copy() for p in ddp.parameters()]
 
-    out = run_threads(2, body)
+    out = spawn_threads(body, 2)
     ref = make_model()
     x, y = data(0)
     for xs, ys in ((x[0:3], y[0:3]), (x[3:6], y[3:6]), (x[6:9], y[6:9]), (x[9:12], y[9:12])):
@@ -193,7 +192,7 @@ class TwoHeads(nn.Module):
         return self.head_b(h) if use_b else self.head_a(h)
 
 
-def test_unused_parameters_without_detection_raise_at_next_forward(run_threads) -> None:
+def test_unused_parameters_without_detection_raise_at_next_forward() -> None:
     def body(rank: int, ws: int):
         ddp = DDP(TwoHeads())
         x = np.ones((2, 4))
@@ -202,13 +201,13 @@ def test_unused_parameters_without_detection_raise_at_next_forward(run_threads) 
             ddp(x)
         return str(info.value)
 
-    for msg in run_threads(2, body):
+    for msg in spawn_threads(body, 2):
         assert "Parameter indices which did not receive grad for rank" in msg
         assert ": 4 5" in msg and "head_b.weight, head_b.bias" in msg
 
 
 @pytest.mark.parametrize("views", [False, True])
-def test_find_unused_parameters(run_threads, views: bool) -> None:
+def test_find_unused_parameters(views: bool) -> None:
     def body(rank: int, ws: int):
         ddp = DDP(TwoHeads(), find_unused_parameters=True, gradient_as_bucket_view=views)
         x = np.full((2, 4), rank + 1.0)
@@ -225,7 +224,7 @@ def test_find_unused_parameters(run_threads, views: bool) -> None:
         }
         return first, second
 
-    (f0, s0), (f1, s1) = run_threads(2, body)
+    (f0, s0), (f1, s1) = spawn_threads(body, 2)
     assert f0["head_b.weight"] is None and f1["head_b.weight"] is None  # globally unused
     ref = TwoHeads()
     ref(np.full((2, 4), 1.0)).sum().backward()
@@ -241,7 +240,7 @@ def test_find_unused_parameters(run_threads, views: bool) -> None:
 
 
 @pytest.mark.parametrize("hook", [allreduce_hook, fp16_compress_hook])
-def test_builtin_comm_hooks(run_threads, tiny_first_bucket, hook) -> None:
+def test_builtin_comm_hooks(tiny_first_bucket, hook) -> None:
     def body(rank: int, ws: int):
         plain = DDP(make_model(), bucket_cap_mb=0.001)
         hooked = DDP(make_model(), bucket_cap_mb=0.001)
@@ -253,7 +252,7 @@ def test_builtin_comm_hooks(run_threads, tiny_first_bucket, hook) -> None:
             p.grad.data.copy() for p in hooked.parameters()
         ]
 
-    for plain, hooked in run_threads(2, body):
+    for plain, hooked in spawn_threads(body, 2):
         for a, b in zip(plain, hooked, strict=True):
             if hook is allreduce_hook:
                 np.testing.assert_array_equal(a, b)
@@ -261,7 +260,7 @@ def test_builtin_comm_hooks(run_threads, tiny_first_bucket, hook) -> None:
                 np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
 
 
-def test_custom_comm_hook_sees_buckets_in_order(run_threads) -> None:
+def test_custom_comm_hook_sees_buckets_in_order() -> None:
     def body(rank: int, ws: int):
         seen = []
 
@@ -279,12 +278,12 @@ def test_custom_comm_hook_sees_buckets_in_order(run_threads) -> None:
         F.mse_loss(ddp(x), y).backward()
         return seen, calls, len(ddp.reducer.buckets)
 
-    for seen, calls, nb in run_threads(2, body):
+    for seen, calls, nb in spawn_threads(body, 2):
         assert [s[0] for s in seen] == list(range(nb)) == calls
         assert [s[1] for s in seen] == [False] * (nb - 1) + [True]
 
 
-def test_constructor_errors(run_threads) -> None:
+def test_constructor_errors() -> None:
     def body(rank: int, ws: int):
         with pytest.raises(ValueError, match="device_ids"):
             DDP(make_model(), device_ids=[0])
@@ -294,7 +293,7 @@ def test_constructor_errors(run_threads) -> None:
         with pytest.raises(ValueError, match="bucket_cap_mb"):
             DDP(make_model(), bucket_cap_mb=-1)
 
-    run_threads(1, body)
+    spawn_threads(body, 1)
     assert not dist.is_initialized()
 
 
@@ -309,7 +308,7 @@ class WithBuffer(nn.Module):
         return self.fc(x)
 
 
-def test_buffers_broadcast_at_construction_and_each_forward(run_threads) -> None:
+def test_buffers_broadcast_at_construction_and_each_forward() -> None:
     def body(rank: int, ws: int):
         m = WithBuffer(rank)
         m.running.data += 10.0 * rank
@@ -324,14 +323,14 @@ def test_buffers_broadcast_at_construction_and_each_forward(run_threads) -> None
         kept(np.ones((1, 2)))
         return at_init, m.running.data.copy(), kept.module.running.data.copy()
 
-    for rank, (at_init, after, kept) in enumerate(run_threads(2, body)):
+    for rank, (at_init, after, kept) in enumerate(spawn_threads(body, 2)):
         np.testing.assert_array_equal(at_init, np.zeros(3))
         np.testing.assert_array_equal(after, np.full(3, 2.0))
         # broadcast at construction only: afterwards each rank keeps its own updates
         np.testing.assert_array_equal(kept, np.full(3, 2.0 + rank))
 
 
-def test_ddp_on_a_subgroup_uses_group_rank_zero_as_source(run_threads) -> None:
+def test_ddp_on_a_subgroup_uses_group_rank_zero_as_source() -> None:
     def body(rank: int, ws: int):
         group = dist.new_group([1, 2])
         if rank == 0:
@@ -343,7 +342,7 @@ def test_ddp_on_a_subgroup_uses_group_rank_zero_as_source(run_threads) -> None:
             p.grad.data.copy() for p in ddp.parameters()
         ]
 
-    _, (p1, g1), (p2, g2) = run_threads(3, body)
+    _, (p1, g1), (p2, g2) = spawn_threads(body, 3)
     local = []
     for r in (1, 2):
         m = make_model(seed=1)  # global rank 1 is the group's rank 0
@@ -359,7 +358,7 @@ def test_ddp_on_a_subgroup_uses_group_rank_zero_as_source(run_threads) -> None:
 
 
 @pytest.mark.parametrize("views", [False, True])
-def test_globally_unused_parameter_keeps_its_gradient(run_threads, views: bool) -> None:
+def test_globally_unused_parameter_keeps_its_gradient(views: bool) -> None:
     def body(rank: int, ws: int):
         ddp = DDP(TwoHeads(), find_unused_parameters=True, gradient_as_bucket_view=views)
         x = np.full((2, 4), rank + 1.0)
@@ -368,12 +367,12 @@ def test_globally_unused_parameter_keeps_its_gradient(run_threads, views: bool) 
         ddp(x).sum().backward()  # no zero_grad: head_b unused everywhere this time
         return before, ddp.module.head_b.weight.grad.data.copy()
 
-    for before, after in run_threads(2, body):
+    for before, after in spawn_threads(body, 2):
         assert before.any()
         np.testing.assert_array_equal(after, before)
 
 
-def test_output_independent_of_every_parameter(run_threads) -> None:
+def test_output_independent_of_every_parameter() -> None:
     class Detached(TwoHeads):
         def forward(self, x):
             return self.head_a(x[:, :4]).detach() * 0.0 + x.sum()
@@ -384,11 +383,11 @@ def test_output_independent_of_every_parameter(run_threads) -> None:
             ddp(np.ones((1, 4)))  # every bucket is reduced (zeros) during forward itself
         return [p.grad for p in ddp.parameters()]
 
-    for grads in run_threads(2, body):
+    for grads in spawn_threads(body, 2):
         assert grads == [None] * 6
 
 
-def test_dropped_ddp_releases_its_hooks_and_buckets(run_threads) -> None:
+def test_dropped_ddp_releases_its_hooks_and_buckets() -> None:
     import gc
     import weakref
 
@@ -405,10 +404,10 @@ def test_dropped_ddp_releases_its_hooks_and_buckets(run_threads) -> None:
         F.mse_loss(model(x), y).backward()  # plain local training still works
         return True
 
-    assert run_threads(2, body) == [True, True]
+    assert spawn_threads(body, 2) == [True, True]
 
 
-def test_mixed_dtypes_get_separate_buckets(run_threads) -> None:
+def test_mixed_dtypes_get_separate_buckets() -> None:
     def mixed() -> nn.Module:
         mpdist.manual_seed(5)
         return nn.Sequential(
@@ -422,7 +421,7 @@ def test_mixed_dtypes_get_separate_buckets(run_threads) -> None:
         dtypes = [{ddp.reducer.params[i].dtype for i in b.indices} for b in ddp.reducer.buckets]
         return [p.grad.data.copy() for p in ddp.parameters()], dtypes
 
-    out = run_threads(2, body)
+    out = spawn_threads(body, 2)
     local = []
     for r in range(2):
         m = mixed()
@@ -436,9 +435,7 @@ def test_mixed_dtypes_get_separate_buckets(run_threads) -> None:
             np.testing.assert_allclose(g, (a + b) / 2, rtol=1e-5)
 
 
-def test_default_reduction_last_bucket_inline_others_async(
-    run_threads, tiny_first_bucket, monkeypatch
-) -> None:
+def test_default_reduction_last_bucket_inline_others_async(tiny_first_bucket, monkeypatch) -> None:
     """Without a comm hook, on mpdist's own groups: the buckets are all-reduced in bucket
     order, every one but the last on the group's worker thread (overlapping backward), the last
     in the calling thread (nothing is left to overlap with); the result is the average."""
@@ -465,7 +462,7 @@ def test_default_reduction_last_bucket_inline_others_async(
 
     # the groups run mpdist.algorithms.allreduce in whichever thread executes the collective
     monkeypatch.setattr(alg, "allreduce", recording)
-    results = run_threads(2, body)
+    results = spawn_threads(body, 2)
     rank_threads = {ident for ident, _, _ in results}
     sizes = results[0][1]
     assert len(sizes) >= 3
@@ -484,7 +481,7 @@ def test_default_reduction_last_bucket_inline_others_async(
         np.testing.assert_allclose(g0, r.grad.data, rtol=1e-12, atol=1e-12)
 
 
-def test_last_bucket_stays_async_while_another_ddp_waits(run_threads, monkeypatch) -> None:
+def test_last_bucket_stays_async_while_another_ddp_waits(monkeypatch) -> None:
     """Two DDP modules in one backward: the later one's (B) last bucket fills while the
     earlier one (A) still waits for gradients, so B's is reduced asynchronously (overlapping
     A's backward), not inline. Gradients are the average."""
@@ -516,7 +513,7 @@ def test_last_bucket_stays_async_while_another_ddp_waits(run_threads, monkeypatc
 
     # the groups run mpdist.algorithms.allreduce in whichever thread executes the collective
     monkeypatch.setattr(alg, "allreduce", recording)
-    results = run_threads(2, body)
+    results = spawn_threads(body, 2)
     size_a, size_b = 8 * 16 + 16, 16 * 4 + 4
     rank_threads = {ident for ident, _ in results}
     assert sorted(n for _, n in calls) == [size_b, size_b, size_a, size_a]

@@ -11,6 +11,7 @@ import numpy as np
 from mpdist.autograd import Tensor
 from mpdist.parallel import functional as fn
 from mpdist.process_group import ReduceOp
+from mpdist.testing import spawn_threads
 
 WS = 2
 
@@ -27,35 +28,35 @@ def leaf(a: np.ndarray) -> Tensor:
     return Tensor(a.copy(), requires_grad=True)
 
 
-def test_broadcast(run_threads) -> None:
+def test_broadcast() -> None:
     def body(r, ws):
         x = leaf(x_of(r))
         y = fn.broadcast(x, src=1)
         (y * w_of(r)).sum().backward()
         return y.data, x.grad.data
 
-    out = run_threads(WS, body)
+    out = spawn_threads(body, WS)
     for r, (y, g) in enumerate(out):
         np.testing.assert_array_equal(y, x_of(1))
         expected = w_of(0) + w_of(1) if r == 1 else np.zeros((2, 3))
         np.testing.assert_allclose(g, expected)
 
 
-def test_reduce(run_threads) -> None:
+def test_reduce() -> None:
     def body(r, ws):
         x = leaf(x_of(r))
         y = fn.reduce(x, dst=0)
         (y * w_of(r)).sum().backward()
         return y.data, x.grad.data, x.data
 
-    out = run_threads(WS, body)
+    out = spawn_threads(body, WS)
     np.testing.assert_array_equal(out[0][0], x_of(0) + x_of(1))
     for r, (_, g, xd) in enumerate(out):
         np.testing.assert_allclose(g, w_of(0))
         np.testing.assert_array_equal(xd, x_of(r))  # the input is not modified
 
 
-def test_all_reduce_sum_and_avg(run_threads) -> None:
+def test_all_reduce_sum_and_avg() -> None:
     def body(r, ws):
         res = []
         for op in (ReduceOp.SUM, ReduceOp.AVG):
@@ -65,34 +66,34 @@ def test_all_reduce_sum_and_avg(run_threads) -> None:
             res.append((y.data, x.grad.data))
         return res
 
-    for (ys, gs), (ya, ga) in run_threads(WS, body):
+    for (ys, gs), (ya, ga) in spawn_threads(body, WS):
         np.testing.assert_array_equal(ys, x_of(0) + x_of(1))
         np.testing.assert_allclose(gs, w_of(0) + w_of(1))
         np.testing.assert_allclose(ya, (x_of(0) + x_of(1)) / 2)
         np.testing.assert_allclose(ga, (w_of(0) + w_of(1)) / 2)
 
 
-def test_all_gather(run_threads) -> None:
+def test_all_gather() -> None:
     def body(r, ws):
         x = leaf(x_of(r))
         ys = fn.all_gather(x)
         sum((y * w_of(r, i)).sum() for i, y in enumerate(ys)).backward()
         return [y.data for y in ys], x.grad.data
 
-    for r, (ys, g) in enumerate(run_threads(WS, body)):
+    for r, (ys, g) in enumerate(spawn_threads(body, WS)):
         for i, y in enumerate(ys):
             np.testing.assert_array_equal(y, x_of(i))
         np.testing.assert_allclose(g, w_of(0, r) + w_of(1, r))
 
 
-def test_gather(run_threads) -> None:
+def test_gather() -> None:
     def body(r, ws):
         x = leaf(x_of(r))
         ys = fn.gather(x, dst=1)
         sum((y * w_of(r, i)).sum() for i, y in enumerate(ys)).backward()
         return [y.data for y in ys], x.grad.data
 
-    out = run_threads(WS, body)
+    out = spawn_threads(body, WS)
     for i, y in enumerate(out[1][0]):
         np.testing.assert_array_equal(y, x_of(i))
     assert all(not y.any() for y in out[0][0])  # zeros off dst
@@ -100,21 +101,21 @@ def test_gather(run_threads) -> None:
         np.testing.assert_allclose(g, w_of(1, r))
 
 
-def test_scatter(run_threads) -> None:
+def test_scatter() -> None:
     def body(r, ws):
         xs = [leaf(x_of(r) + i) for i in range(ws)]
         y = fn.scatter(xs, src=0)
         (y * w_of(r)).sum().backward()
         return y.data, [x.grad.data for x in xs]
 
-    out = run_threads(WS, body)
+    out = spawn_threads(body, WS)
     for r, (y, gs) in enumerate(out):
         np.testing.assert_array_equal(y, x_of(0) + r)
         for i, g in enumerate(gs):
             np.testing.assert_allclose(g, w_of(i) if r == 0 else np.zeros((2, 3)))
 
 
-def test_reduce_scatter(run_threads) -> None:
+def test_reduce_scatter() -> None:
     def body(r, ws):
         xs = [leaf(x_of(r) * (i + 1)) for i in range(ws)]
         out = np.zeros((2, 3))
@@ -122,14 +123,14 @@ def test_reduce_scatter(run_threads) -> None:
         (y * w_of(r)).sum().backward()
         return y.data, out, [x.grad.data for x in xs]
 
-    for r, (y, out, gs) in enumerate(run_threads(WS, body)):
+    for r, (y, out, gs) in enumerate(spawn_threads(body, WS)):
         np.testing.assert_array_equal(y, (x_of(0) + x_of(1)) * (r + 1))
         np.testing.assert_array_equal(out, y)  # written into the caller's output
         for i, g in enumerate(gs):
             np.testing.assert_allclose(g, w_of(i))
 
 
-def test_all_to_all(run_threads) -> None:
+def test_all_to_all() -> None:
     def body(r, ws):
         xs = [leaf(x_of(r) + 100 * j) for j in range(ws)]
         outs = [np.zeros((2, 3)) for _ in range(ws)]
@@ -137,14 +138,14 @@ def test_all_to_all(run_threads) -> None:
         sum((y * w_of(r, i)).sum() for i, y in enumerate(ys)).backward()
         return [y.data for y in ys], [x.grad.data for x in xs]
 
-    for r, (ys, gs) in enumerate(run_threads(WS, body)):
+    for r, (ys, gs) in enumerate(spawn_threads(body, WS)):
         for i, y in enumerate(ys):
             np.testing.assert_array_equal(y, x_of(i) + 100 * r)
         for j, g in enumerate(gs):
             np.testing.assert_allclose(g, w_of(j, r))
 
 
-def test_all_to_all_single_uneven(run_threads) -> None:
+def test_all_to_all_single_uneven() -> None:
     in_splits = {0: [1, 2], 1: [2, 1]}
     out_splits = {0: [1, 2], 1: [2, 1]}
 
@@ -155,7 +156,7 @@ def test_all_to_all_single_uneven(run_threads) -> None:
         (y * w_of(r, 0, (3, 2))).sum().backward()
         return y.data, x.grad.data
 
-    (y0, g0), (y1, g1) = run_threads(WS, body)
+    (y0, g0), (y1, g1) = spawn_threads(body, WS)
     x0, x1 = x_of(0, (3, 2)), x_of(1, (3, 2))
     np.testing.assert_array_equal(y0, np.concatenate([x0[:1], x1[:2]]))
     np.testing.assert_array_equal(y1, np.concatenate([x0[1:], x1[2:]]))

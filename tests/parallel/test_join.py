@@ -10,6 +10,7 @@ from mpdist import nn
 from mpdist.nn import functional as F
 from mpdist.optim import SGD
 from mpdist.parallel import DistributedDataParallel as DDP
+from mpdist.testing import spawn_threads
 
 BATCHES = {0: 2, 1: 4}  # rank 1 has more data
 
@@ -41,7 +42,7 @@ def reference(divide_by_initial: bool) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("divide_by_initial", [True, False])
-def test_join_with_uneven_inputs(run_threads, divide_by_initial: bool) -> None:
+def test_join_with_uneven_inputs(divide_by_initial: bool) -> None:
     def body(rank: int, ws: int):
         ddp = DDP(model())
         opt = SGD(ddp.parameters(), lr=0.1)
@@ -56,13 +57,13 @@ def test_join_with_uneven_inputs(run_threads, divide_by_initial: bool) -> None:
         return [p.data.copy() for p in ddp.parameters()]
 
     ref = reference(divide_by_initial)
-    out = run_threads(2, body)
+    out = spawn_threads(body, 2)
     for params in out:
         for p, q in zip(params, ref, strict=True):
             np.testing.assert_allclose(p, q, rtol=1e-10, atol=1e-12)
 
 
-def test_join_throw_on_early_termination(run_threads) -> None:
+def test_join_throw_on_early_termination() -> None:
     def body(rank: int, ws: int):
         ddp = DDP(model())
         with (
@@ -74,10 +75,10 @@ def test_join_throw_on_early_termination(run_threads) -> None:
                 F.mse_loss(ddp(x), y).backward()
         return True
 
-    assert run_threads(2, body) == [True, True]
+    assert spawn_threads(body, 2) == [True, True]
 
 
-def test_join_disabled_and_no_sync_inside(run_threads) -> None:
+def test_join_disabled_and_no_sync_inside() -> None:
     def body(rank: int, ws: int):
         ddp = DDP(model())
         with ddp.join(enable=False):
@@ -90,6 +91,6 @@ def test_join_disabled_and_no_sync_inside(run_threads) -> None:
                 F.mse_loss(ddp(x), y).backward()
         return [p.data.copy() for p in ddp.parameters()]
 
-    a, b = run_threads(2, body)
+    a, b = spawn_threads(body, 2)
     for p, q in zip(a, b, strict=True):
         np.testing.assert_array_equal(p, q)

@@ -10,6 +10,7 @@ import mpdist
 from mpdist import nn
 from mpdist.nn import functional as F
 from mpdist.parallel import replicate
+from mpdist.testing import spawn_threads
 
 
 class Net(nn.Module):
@@ -40,7 +41,7 @@ def local_grads(rank: int) -> dict[str, np.ndarray]:
     return grads(m)
 
 
-def test_replicate_with_ignored_modules(run_threads) -> None:
+def test_replicate_with_ignored_modules() -> None:
     def body(rank: int, ws: int):
         m = Net()
         replicate(m, ignored_modules=[m.b])
@@ -50,7 +51,7 @@ def test_replicate_with_ignored_modules(run_threads) -> None:
         st = replicate.state(m)
         return grads(m), st._param_names
 
-    (g0, names), (g1, _) = run_threads(2, body)
+    (g0, names), (g1, _) = spawn_threads(body, 2)
     assert names == ["a.weight", "a.bias", "c.weight", "c.bias"]
     l0, l1 = local_grads(0), local_grads(1)
     for n in names:
@@ -62,7 +63,7 @@ def test_replicate_with_ignored_modules(run_threads) -> None:
         assert not np.allclose(g0[n], g1[n])
 
 
-def test_submodules_replicated_separately_and_kwargs(run_threads) -> None:
+def test_submodules_replicated_separately_and_kwargs() -> None:
     def body(rank: int, ws: int):
         m = Net()
         replicate(m.a, bucket_cap_mb=1, find_unused_parameters=True)
@@ -75,7 +76,7 @@ def test_submodules_replicated_separately_and_kwargs(run_threads) -> None:
         assert not sc._ddp.find_unused_parameters
         return grads(m), (sa._param_names, sc._param_names, sm._param_names)
 
-    (g0, names), (g1, _) = run_threads(2, body)
+    (g0, names), (g1, _) = spawn_threads(body, 2)
     assert names == (["weight", "bias"], ["weight", "bias"], ["b.weight", "b.bias"])
     l0, l1 = local_grads(0), local_grads(1)
     for n in g0:
@@ -83,7 +84,7 @@ def test_submodules_replicated_separately_and_kwargs(run_threads) -> None:
         np.testing.assert_allclose(g0[n], (l0[n] + l1[n]) / 2, rtol=1e-12)
 
 
-def test_state_dict_parity_and_errors(run_threads) -> None:
+def test_state_dict_parity_and_errors() -> None:
     def body(rank: int, ws: int):
         plain, rep = Net(), replicate(Net())
         rep(np.ones((1, 4)))
@@ -97,4 +98,4 @@ def test_state_dict_parity_and_errors(run_threads) -> None:
             replicate(Net(), device_id="cuda:0")
         assert replicate.state(plain) is None
 
-    run_threads(2, body)
+    spawn_threads(body, 2)
