@@ -1,7 +1,8 @@
 """Which rank failed first, and what the report says about ranks that had to be stopped.
 
 The rank whose exception came first is named first, even though closing its group
-makes its peers fail too; a rank killed after a failure shows its stack.
+makes its peers fail too; ranks killed after a failure or a timeout show their
+stacks, including a rank stuck building a group with ``new_group``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from _harness_helpers import alive
+from _harness_helpers import alive, leftover_files
 
 from mpdist import distributed as dist
 from mpdist.testing import MultiProcessFailure, _coordinator, spawn_ranks, spawn_threads
@@ -85,3 +86,43 @@ def test_a_rank_killed_after_the_abort_grace_shows_its_stack(
     assert "in deaf_to_the_abort" in dump  # the frame it was stuck in
     with open(pid_file) as f:
         assert not alive([int(f.read())])
+
+
+def stuck_in_new_group(rank: int, world_size: int, fail: bool) -> None:
+    if rank == 1:
+        if fail:
+            raise ValueError("rank 1 never joins the new group")
+        time.sleep(120)
+    dist.new_group([0, 1])  # waits for rank 1's address, which never comes
+
+
+def test_a_rank_stuck_in_new_group_is_dumped_and_killed_after_a_failure(
+    monkeypatch: pytest.MonkeyPatch, private_tmp
+) -> None:
+    monkeypatch.setattr(_coordinator, "ABORT_GRACE", 0.5)
+    with pytest.raises(MultiProcessFailure) as info:
+        spawn_ranks(stuck_in_new_group, 2, True, group_timeout=60)
+    text = str(info.value)
+    assert "failed in rank 1 " in text.splitlines()[0]
+    rank0 = text.split("=== rank 0: ", 1)[1]
+    # The abort may or may not reach a group still connecting its mesh; either way the
+    # report says rank 0 was in new_group.
+    if rank0.startswith("killed"):
+        assert "--- rank 0 stack dump ---" in rank0
+    else:
+        assert rank0.startswith("failed after the abort (rank 1 failed first)"), text
+    assert "in new_group" in rank0, text
+    assert leftover_files(private_tmp) == []  # store, outputs and dumps are gone too
+
+
+def test_a_rank_stuck_in_new_group_is_dumped_and_killed_at_the_timeout(private_tmp) -> None:
+    with pytest.raises(MultiProcessFailure) as info:
+        spawn_ranks(stuck_in_new_group, 2, False, timeout=3, group_timeout=60)
+    text = str(info.value)
+    assert "timed out after 3 s" in text.splitlines()[0]
+    assert "ranks still running: [0, 1]" in text.splitlines()[0]
+    rank0 = text.split("--- rank 0 stack dump ---", 1)[1].split("=== rank 1", 1)[0]
+    assert "in new_group" in rank0, text
+    rank1 = text.split("--- rank 1 stack dump ---", 1)[1]
+    assert "in stuck_in_new_group" in rank1, text
+    assert leftover_files(private_tmp) == []

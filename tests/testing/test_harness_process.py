@@ -32,7 +32,27 @@ class TestSleep(MultiProcessTestCase):
         note("grandchild", child.pid)
         note("rank", os.getpid())
         time.sleep(120)
+
+
+class TestStuckInNewGroup(MultiProcessTestCase):
+    def test_new_group(self):
+        from mpdist import distributed as dist
+        from mpdist.store import FileStore
+
+        dist.init_process_group(
+            "tcp", store=FileStore(self.file_name, 2), rank=self.rank, world_size=2
+        )
+        child = subprocess.Popen(["sleep", "120"])
+        note("grandchild", child.pid)
+        note("rank", os.getpid())
+        if self.rank == 0:
+            dist.new_group([0, 1])  # connects its mesh: waits for rank 1, which never comes
+        time.sleep(120)
 """
+
+
+# Plugins the inner pytest does not need; hypothesis alone costs seconds at session end.
+QUIET_PLUGINS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:benchmark")
 
 
 def _wait_for_files(directory: str, count: int, proc: subprocess.Popen, limit: float = 60) -> None:
@@ -43,13 +63,16 @@ def _wait_for_files(directory: str, count: int, proc: subprocess.Popen, limit: f
         time.sleep(0.05)  # polling for the ranks to write their pid files
 
 
+@pytest.mark.parametrize("test", ["TestSleep", "TestStuckInNewGroup"])
 def test_ctrl_c_stops_every_rank_and_grandchild(
-    pytester: pytest.Pytester, pid_dir: str, tmp_path_factory: pytest.TempPathFactory
+    pytester: pytest.Pytester, pid_dir: str, tmp_path_factory: pytest.TempPathFactory, test: str
 ) -> None:
+    # TestStuckInNewGroup: rank 0 is inside new_group, building a group that is not yet
+    # registered for abort; it must be reaped like any other rank.
     pytester.makepyfile(test_sigint=SLEEPERS)
     tmpdir = tmp_path_factory.mktemp("sigint-tmp")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_sigint.py"],
+        [sys.executable, "-m", "pytest", *QUIET_PLUGINS, f"test_sigint.py::{test}"],
         cwd=pytester.path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
