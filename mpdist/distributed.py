@@ -27,6 +27,7 @@ import numpy as np
 
 from mpdist import backends as _backends  # noqa: F401  (registers the built-in backends)
 from mpdist.algorithms.reduction import ReduceOp, check_op_dtype
+from mpdist.backends.fake import FakeStore
 from mpdist.backends.native import NativeProcessGroup, as_array, row_splits
 from mpdist.process_group import (
     DEFAULT_TIMEOUT,
@@ -45,6 +46,7 @@ from mpdist.process_group import (
     _DistributedBackendOptions,
 )
 from mpdist.store import PrefixStore, Store
+from mpdist.store.rendezvous import rendezvous
 from mpdist.transport.header import dtype_code
 
 __all__ = [
@@ -278,8 +280,6 @@ def init_process_group(
             raise ValueError(
                 "the threaded backend needs store=: one HashStore shared by every rank thread"
             )
-        from mpdist.backends.fake import FakeStore
-
         store = FakeStore()
     if store is not None:
         if world_size <= 0:
@@ -289,8 +289,6 @@ def init_process_group(
         if rank >= world_size:
             raise ValueError(f"rank {rank} is out of range for world_size {world_size}")
     else:
-        from mpdist.store.rendezvous import rendezvous
-
         store, rank, world_size = rendezvous(init_method, rank, world_size, timeout)
         owns_store = True
 

@@ -48,7 +48,9 @@ class FakeProcessGroup(NativeProcessGroup):
         def __repr__(self) -> str:
             return f"FakeProcessGroup.Options(error_on_collective={self.error_on_collective})"
 
-    def __init__(self, rank: int, world_size: int, options: FakeProcessGroup.Options | None = None):
+    def __init__(
+        self, rank: int, world_size: int, options: FakeProcessGroup.Options | None = None
+    ) -> None:
         super().__init__(rank, world_size)
         self.options = options if options is not None else FakeProcessGroup.Options()
 

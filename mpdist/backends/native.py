@@ -93,38 +93,95 @@ class NativeProcessGroup(ProcessGroup):
     def getBackendName(self) -> str:
         return self.backend_name
 
-    # ---- the internal interface (group ranks, validated ndarrays); subclasses implement
-    def _c_allreduce(self, arr, op, name, outputs, async_op):
+    # ---- the internal interface (group ranks, validated ndarrays); subclasses implement.
+    # ``name`` is the op name that headers and errors carry ("all_gather_into_tensor", ...);
+    # the return value is the op's value (None; a receive's source) or, with async_op, a Work.
+    def _c_allreduce(
+        self, arr: np.ndarray, op: ReduceOp, name: str, outputs: list[Any], async_op: bool
+    ) -> Any:
         raise NotImplementedError
 
-    def _c_broadcast(self, arr, root, name, outputs, async_op):
+    def _c_broadcast(
+        self, arr: np.ndarray, root: int, name: str, outputs: list[Any], async_op: bool
+    ) -> Any:
         raise NotImplementedError
 
-    def _c_reduce(self, arr, root, op, name, outputs, async_op):
+    def _c_reduce(
+        self,
+        arr: np.ndarray,
+        root: int,
+        op: ReduceOp,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         raise NotImplementedError
 
-    def _c_allgather(self, out_list, inp, name, outputs, async_op):
+    def _c_allgather(
+        self,
+        out_list: list[np.ndarray],
+        inp: np.ndarray,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         raise NotImplementedError
 
-    def _c_gather(self, inp, out_list, root, name, outputs, async_op):
+    def _c_gather(
+        self,
+        inp: np.ndarray,
+        out_list: list[np.ndarray] | None,
+        root: int,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         raise NotImplementedError
 
-    def _c_scatter(self, out, in_list, root, name, outputs, async_op):
+    def _c_scatter(
+        self,
+        out: np.ndarray,
+        in_list: list[np.ndarray] | None,
+        root: int,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         raise NotImplementedError
 
-    def _c_reduce_scatter(self, out, in_list, op, name, outputs, async_op):
+    def _c_reduce_scatter(
+        self,
+        out: np.ndarray,
+        in_list: list[np.ndarray],
+        op: ReduceOp,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         raise NotImplementedError
 
-    def _c_alltoall(self, out_list, in_list, name, outputs, async_op):
+    def _c_alltoall(
+        self,
+        out_list: list[np.ndarray],
+        in_list: list[np.ndarray],
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         raise NotImplementedError
 
-    def _c_barrier(self, name, async_op):
+    def _c_barrier(self, name: str, async_op: bool) -> Any:
         raise NotImplementedError
 
-    def _c_send(self, arr, dst, tag, outputs, async_op):
+    def _c_send(
+        self, arr: np.ndarray, dst: int, tag: int, outputs: list[Any], async_op: bool
+    ) -> Any:
         raise NotImplementedError
 
-    def _c_recv(self, arr, src, tag, outputs, async_op):
+    def _c_recv(
+        self, arr: np.ndarray, src: int | None, tag: int, outputs: list[Any], async_op: bool
+    ) -> Any:
+        """``src`` None receives from any rank; the value is the sender's group rank."""
         raise NotImplementedError
 
     def _c_monitored_barrier(self, timeout_s: float, wait_all_ranks: bool) -> None:
