@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -219,6 +220,45 @@ class DistributedDataParallel(Module):
         self._comm_hook_registered = True
         self.reducer.comm_hook = hook
         self.reducer.comm_state = state
+
+    # ---------------------------------------------------------------- introspection
+    def _get_ddp_logging_data(self) -> dict[str, int | str]:
+        """What this DDP instance was built with and has done, under torch's
+        ``DDPLoggingData`` key names (flags as 0/1, lists as ", "-joined strings).
+
+        ``can_set_static_graph`` (present once a synced backward has run, unless
+        ``static_graph``) is 1 while every backward used the same parameters.
+        """
+        r = self.reducer
+        params = r.params
+        data: dict[str, int | str] = {
+            "module_name": type(self.module).__name__,
+            "backend_name": self.process_group.name(),
+            "world_size": r.world_size,
+            "rank": r.rank,
+            "device_ids": "",
+            "output_device": -1,
+            "is_multi_device_module": 0,
+            "broadcast_buffers": int(bool(self.broadcast_buffers)),
+            "bucket_cap_bytes": self.bucket_bytes_cap,
+            "find_unused_parameters": int(bool(self.find_unused_parameters)),
+            "gradient_as_bucket_view": int(bool(self.gradient_as_bucket_view)),
+            "static_graph": int(bool(self.static_graph)),
+            "has_sync_bn": 0,
+            "num_parameter_tensors": len(params),
+            "total_parameter_size_bytes": sum(p.data.nbytes for p in params),
+            "dtypes": ", ".join(sorted({p.data.dtype.name for p in params})),
+            "bucket_sizes": ", ".join(str(b.buffer.nbytes) for b in r.buckets),
+            "iteration": r.num_iterations,
+            "has_rebuilt_buckets": 0,  # mpdist keeps its first bucket assignment
+            "master_addr": os.environ.get("MASTER_ADDR", "N/A"),
+            "master_port": os.environ.get("MASTER_PORT", "N/A"),
+        }
+        if r.comm_hook is not None:
+            data["comm_hook"] = getattr(r.comm_hook, "__qualname__", repr(r.comm_hook))
+        if not self.static_graph and r.first_used is not None:
+            data["can_set_static_graph"] = int(r.graph_static)
+        return data
 
     def extra_repr(self) -> str:
         return f"world_size={self.reducer.world_size}, buckets={len(self.reducer.buckets)}"

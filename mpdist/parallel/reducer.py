@@ -233,6 +233,10 @@ class Reducer:
         self.locally_used = np.zeros(len(self.params), dtype=np.int32)
         self.unfinished: list[int] | None = None
         self.num_iterations = 0
+        # Which parameters the first synced backward used; the graph stays "static" (the
+        # logging data's can_set_static_graph) while every backward uses the same ones.
+        self.first_used: np.ndarray | None = None
+        self.graph_static = True
         # The hooks hold the reducer weakly, and are removed when it is collected, so a DDP
         # wrapper that is dropped stops costing anything (and its buckets are freed).
         me = weakref.ref(self)
@@ -421,6 +425,11 @@ class Reducer:
         self.finalize_queued = False
         self.expect_hooks = False
         _armed().discard(self)
+        if self.graph_static:
+            if self.first_used is None:
+                self.first_used = self.locally_used.copy()
+            elif not np.array_equal(self.first_used, self.locally_used):
+                self.graph_static = False
         if self.next_bucket < len(self.buckets):
             self.unfinished = [int(i) for i in np.flatnonzero(~self.ready)]
             return

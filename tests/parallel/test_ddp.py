@@ -526,3 +526,48 @@ def test_last_bucket_stays_async_while_another_ddp_waits(monkeypatch) -> None:
     for g0, g1, r in zip(results[0][1], results[1][1], ref.parameters(), strict=True):
         np.testing.assert_array_equal(g0, g1)
         np.testing.assert_allclose(g0, r.grad.data, rtol=1e-12, atol=1e-12)
+
+
+def test_ddp_logging_data(monkeypatch) -> None:
+    """torch's DDPLoggingData keys: construction settings, bucket sizes, iterations, and
+    can_set_static_graph (1 while every backward uses the same parameters)."""
+    monkeypatch.setattr(reducer, "DEFAULT_FIRST_BUCKET_BYTES", 100)  # TwoHeads has 336 bytes
+
+    def body(rank: int, ws: int):
+        ddp = DDP(
+            TwoHeads(),
+            bucket_cap_mb=0.0001,
+            find_unused_parameters=True,
+            gradient_as_bucket_view=True,
+        )
+        x = np.ones((2, 4))
+        seen = [ddp._get_ddp_logging_data()]
+        for use_b in (False, False, True, False):
+            ddp(x, use_b=use_b).sum().backward()
+            seen.append(ddp._get_ddp_logging_data())
+        plain = DDP(make_model(), broadcast_buffers=False, static_graph=True)
+        plain.register_comm_hook(None, allreduce_hook)
+        F.mse_loss(plain(data(0)[0]), data(0)[1]).backward()
+        nbuckets = len(ddp.reducer.buckets)
+        return seen, plain._get_ddp_logging_data(), nbuckets
+
+    for rank, (seen, plain, nbuckets) in enumerate(spawn_threads(body, 2)):
+        first = seen[0]
+        assert first["is_multi_device_module"] == 0
+        assert (first["world_size"], first["rank"]) == (2, rank)
+        assert first["backend_name"] == "threaded" and first["module_name"] == "TwoHeads"
+        assert first["bucket_cap_bytes"] == int(0.0001 * 1024 * 1024)
+        assert first["find_unused_parameters"] == first["gradient_as_bucket_view"] == 1
+        assert first["static_graph"] == 0 and first["broadcast_buffers"] == 1
+        assert first["num_parameter_tensors"] == 6 and first["dtypes"] == "float64"
+        sizes = [int(s) for s in str(first["bucket_sizes"]).split(", ")]
+        assert len(sizes) == nbuckets > 1
+        assert sum(sizes) == first["total_parameter_size_bytes"] == (16 + 4 + 8 + 2 + 8 + 2) * 8
+        assert first["iteration"] == 0 and "can_set_static_graph" not in first
+        assert "comm_hook" not in first
+        assert [d["iteration"] for d in seen] == [0, 1, 2, 3, 4]
+        # same parameters used twice: static so far; head_b's turn breaks it for good
+        assert [d["can_set_static_graph"] for d in seen[1:]] == [1, 1, 0, 0]
+        assert plain["static_graph"] == 1 and "can_set_static_graph" not in plain
+        assert plain["broadcast_buffers"] == 0 and plain["find_unused_parameters"] == 0
+        assert plain["comm_hook"] == "allreduce_hook" and plain["iteration"] == 1

@@ -97,3 +97,9 @@ def test_init_sync_false_issues_no_collective() -> None:
     pg = CountingPG()
     DDP(model(), process_group=pg, init_sync=False)
     assert pg.broadcasts == [] and pg.allreduces == [] and pg.waits == []
+
+
+def test_logging_data_names_the_python_backend() -> None:
+    data = DDP(model(), process_group=CountingPG())._get_ddp_logging_data()
+    assert data["backend_name"] == "counting"
+    assert (data["world_size"], data["rank"], data["is_multi_device_module"]) == (1, 0, 0)
