@@ -150,7 +150,8 @@ class CommProcessGroup(NativeProcessGroup):
     def _trace(self) -> str | None:
         last = self._comm.last_op
         p2p = self._last_p2p
-        if p2p is not None and p2p[4] is last:  # no collective entered since that p2p op
+        # (name, seq) changes with every collective entered, so equal means none since the p2p op
+        if p2p is not None and p2p[4] == last:
             name, role, peer, tag, _ = p2p
             who = "any" if peer is None else self._global_ranks[peer]
             return f"{name}({role}={who}, tag={tag})"
