@@ -40,18 +40,51 @@ def _me(group: ProcessGroup | None) -> int:
         return r
 
 
+def _copied(collective: Any, x: Any, **kwargs: Any) -> np.ndarray:
+    """A fresh copy of ``x`` after the in-place ``collective(copy, **kwargs)`` ran on it."""
+    out = _fresh(x)
+    collective(out, **kwargs)
+    return out
+
+
+def _gathered(x: Any, dst: int, group: Any) -> list[np.ndarray]:
+    """Every rank's ``x`` on ``dst`` (zeros elsewhere): gather's forward, scatter's backward."""
+    inp = _arr(x)
+    outs = [np.zeros_like(inp) for _ in range(dist.get_world_size(group))]
+    dist.gather(inp, outs if _me(group) == dst else None, dst=dst, group=group)
+    return outs
+
+
+def _scattered(xs: Sequence[Any], src: int, group: Any) -> np.ndarray:
+    """``src``'s ``xs[my_rank]``: scatter's forward, gather's backward."""
+    out = np.empty_like(_arr(xs[0]))
+    dist.scatter(out, [_arr(x) for x in xs] if _me(group) == src else None, src=src, group=group)
+    return out
+
+
+def _all_gathered(x: Any, group: Any) -> list[np.ndarray]:
+    """Every rank's ``x``: all_gather's forward, reduce_scatter's backward."""
+    inp = _arr(x)
+    outs = [np.empty_like(inp) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(outs, inp, group=group)
+    return outs
+
+
+def _check_linear(op: ReduceOp, name: str) -> None:
+    """Only SUM and AVG are linear, so only they have a backward."""
+    if op not in (ReduceOp.SUM, ReduceOp.AVG):
+        raise RuntimeError(f"{name} backward is only defined for SUM and AVG, not {op}")
+
+
 class _Broadcast(Function):
     @staticmethod
     def forward(ctx, src: int, group: Any, t: Tensor) -> np.ndarray:
         ctx.src, ctx.group = src, group
-        out = _fresh(t)
-        dist.broadcast(out, src=src, group=group)
-        return out
+        return _copied(dist.broadcast, t, src=src, group=group)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        gx = _fresh(g)
-        dist.reduce(gx, dst=ctx.src, op=ReduceOp.SUM, group=ctx.group)
+        gx = _copied(dist.reduce, g, dst=ctx.src, op=ReduceOp.SUM, group=ctx.group)
         if _me(ctx.group) != ctx.src:
             gx[...] = 0
         return None, None, gx
@@ -61,42 +94,30 @@ class _Reduce(Function):
     @staticmethod
     def forward(ctx, dst: int, op: ReduceOp, group: Any, t: Tensor) -> np.ndarray:
         ctx.dst, ctx.group = dst, group
-        out = _fresh(t)
-        dist.reduce(out, dst=dst, op=op, group=group)
-        return out
+        return _copied(dist.reduce, t, dst=dst, op=op, group=group)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        gx = _fresh(g)
-        dist.broadcast(gx, src=ctx.dst, group=ctx.group)
-        return None, None, None, gx
+        return None, None, None, _copied(dist.broadcast, g, src=ctx.dst, group=ctx.group)
 
 
 class _AllReduce(Function):
     @staticmethod
     def forward(ctx, op: ReduceOp, group: Any, t: Tensor) -> np.ndarray:
         ctx.op, ctx.group = op, group
-        out = _fresh(t)
-        dist.all_reduce(out, op=op, group=group)
-        return out
+        return _copied(dist.all_reduce, t, op=op, group=group)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        if ctx.op not in (ReduceOp.SUM, ReduceOp.AVG):
-            raise RuntimeError(f"all_reduce backward is only defined for SUM and AVG, not {ctx.op}")
-        gx = _fresh(g)
-        dist.all_reduce(gx, op=ctx.op, group=ctx.group)
-        return None, None, gx
+        _check_linear(ctx.op, "all_reduce")
+        return None, None, _copied(dist.all_reduce, g, op=ctx.op, group=ctx.group)
 
 
 class _AllGather(Function):
     @staticmethod
     def forward(ctx, group: Any, t: Tensor) -> tuple[np.ndarray, ...]:
         ctx.group = group
-        inp = _arr(t)
-        outs = [np.empty_like(inp) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(outs, inp, group=group)
-        return tuple(outs)
+        return tuple(_all_gathered(t, group))
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
@@ -110,36 +131,22 @@ class _Gather(Function):
     @staticmethod
     def forward(ctx, dst: int, group: Any, t: Tensor) -> tuple[np.ndarray, ...]:
         ctx.dst, ctx.group = dst, group
-        inp = _arr(t)
-        outs = [np.zeros_like(inp) for _ in range(dist.get_world_size(group))]
-        root = _me(group) == dst
-        dist.gather(inp, outs if root else None, dst=dst, group=group)
-        return tuple(outs)
+        return tuple(_gathered(t, dst, group))
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
-        root = _me(ctx.group) == ctx.dst
-        gx = np.empty_like(_arr(grads[0]))
-        dist.scatter(gx, [_arr(g) for g in grads] if root else None, src=ctx.dst, group=ctx.group)
-        return None, None, gx
+        return None, None, _scattered(grads, ctx.dst, ctx.group)
 
 
 class _Scatter(Function):
     @staticmethod
     def forward(ctx, src: int, group: Any, *tensors: Tensor) -> np.ndarray:
         ctx.src, ctx.group = src, group
-        root = _me(group) == src
-        out = np.empty_like(_arr(tensors[0]))
-        dist.scatter(out, [_arr(t) for t in tensors] if root else None, src=src, group=group)
-        return out
+        return _scattered(tensors, src, group)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        root = _me(ctx.group) == ctx.src
-        gin = _arr(g)
-        outs = [np.zeros_like(gin) for _ in range(dist.get_world_size(ctx.group))]
-        dist.gather(gin, outs if root else None, dst=ctx.src, group=ctx.group)
-        return (None, None, *outs)
+        return (None, None, *_gathered(g, ctx.src, ctx.group))
 
 
 class _ReduceScatter(Function):
@@ -152,13 +159,8 @@ class _ReduceScatter(Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        if ctx.op not in (ReduceOp.SUM, ReduceOp.AVG):
-            raise RuntimeError(
-                f"reduce_scatter backward is only defined for SUM and AVG, not {ctx.op}"
-            )
-        gin = _arr(g)
-        outs = [np.empty_like(gin) for _ in range(dist.get_world_size(ctx.group))]
-        dist.all_gather(outs, gin, group=ctx.group)
+        _check_linear(ctx.op, "reduce_scatter")
+        outs = _all_gathered(g, ctx.group)
         if ctx.op == ReduceOp.AVG:
             outs = [o / len(outs) for o in outs]
         return (None, None, None, *outs)

@@ -7,6 +7,7 @@ gradients are checked against the adjoint of the collective, worked out by hand.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mpdist.autograd import Tensor
 from mpdist.parallel import functional as fn
@@ -128,6 +129,29 @@ def test_reduce_scatter() -> None:
         np.testing.assert_array_equal(out, y)  # written into the caller's output
         for i, g in enumerate(gs):
             np.testing.assert_allclose(g, w_of(i))
+
+
+def test_reduce_scatter_avg_and_non_linear_ops_have_no_backward() -> None:
+    def body(r, ws):
+        xs = [leaf(x_of(r) * (i + 1)) for i in range(ws)]
+        y = fn.reduce_scatter(np.zeros((2, 3)), xs, op=ReduceOp.AVG)
+        (y * w_of(r)).sum().backward()
+        errors = []
+        for name, call in (
+            ("all_reduce", lambda t: fn.all_reduce(t, op=ReduceOp.MAX)),
+            ("reduce_scatter", lambda t: fn.reduce_scatter(np.zeros(3), [t, t], op=ReduceOp.MAX)),
+        ):
+            out = call(leaf(np.full(3, r + 1.0)))
+            with pytest.raises(RuntimeError, match=f"{name} backward is only defined") as info:
+                out.sum().backward()
+            errors.append(str(info.value))
+        return y.data, [x.grad.data for x in xs], errors
+
+    for r, (y, gs, errors) in enumerate(spawn_threads(body, WS)):
+        np.testing.assert_allclose(y, (x_of(0) + x_of(1)) * (r + 1) / 2)
+        for i, g in enumerate(gs):
+            np.testing.assert_allclose(g, w_of(i) / 2)
+        assert all("MAX" in e for e in errors)
 
 
 def test_all_to_all() -> None:
