@@ -65,17 +65,20 @@ def test_threads_name_the_first_failure_first() -> None:
 
 
 def deaf_to_the_abort(rank: int, world_size: int, pid_file: str) -> None:
-    if rank == 1:
-        raise ValueError("rank 1 gives up")
-    with open(pid_file, "w") as f:
-        f.write(str(os.getpid()))
-    time.sleep(120)  # not a collective: the abort cannot stop it, only the kill
+    if rank == 0:
+        with open(pid_file + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(pid_file + ".tmp", pid_file)
+        time.sleep(120)  # not a collective: the abort cannot stop it, only the kill
+    while not os.path.exists(pid_file):  # rank 1 fails once rank 0 is about to sleep
+        time.sleep(0.01)
+    raise ValueError("rank 1 gives up")
 
 
 def test_a_rank_killed_after_the_abort_grace_shows_its_stack(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
-    monkeypatch.setattr(_coordinator, "ABORT_GRACE", 0.5)
+    monkeypatch.setattr(_coordinator, "ABORT_GRACE", 1.0)
     pid_file = str(tmp_path / "pid")
     with pytest.raises(MultiProcessFailure) as info:
         spawn_ranks(deaf_to_the_abort, 2, pid_file, backend=None)
@@ -88,20 +91,24 @@ def test_a_rank_killed_after_the_abort_grace_shows_its_stack(
         assert not alive([int(f.read())])
 
 
-def stuck_in_new_group(rank: int, world_size: int, fail: bool) -> None:
-    if rank == 1:
-        if fail:
-            raise ValueError("rank 1 never joins the new group")
-        time.sleep(120)
-    dist.new_group([0, 1])  # waits for rank 1's address, which never comes
+def stuck_in_new_group(rank: int, world_size: int, fail: bool, marker: str) -> None:
+    if rank == 0:
+        open(marker, "w").close()
+        dist.new_group([0, 1])  # waits for rank 1's address, which never comes
+    while not os.path.exists(marker):  # rank 1 acts once rank 0 is entering new_group
+        time.sleep(0.01)
+    if fail:
+        raise ValueError("rank 1 never joins the new group")
+    time.sleep(120)
 
 
 def test_a_rank_stuck_in_new_group_is_dumped_and_killed_after_a_failure(
-    monkeypatch: pytest.MonkeyPatch, private_tmp
+    monkeypatch: pytest.MonkeyPatch, private_tmp, tmp_path
 ) -> None:
-    monkeypatch.setattr(_coordinator, "ABORT_GRACE", 0.5)
+    monkeypatch.setattr(_coordinator, "ABORT_GRACE", 1.0)
+    marker = str(tmp_path / "entering")
     with pytest.raises(MultiProcessFailure) as info:
-        spawn_ranks(stuck_in_new_group, 2, True, group_timeout=60)
+        spawn_ranks(stuck_in_new_group, 2, True, marker, group_timeout=60)
     text = str(info.value)
     assert "failed in rank 1 " in text.splitlines()[0]
     rank0 = text.split("=== rank 0: ", 1)[1]
@@ -115,11 +122,15 @@ def test_a_rank_stuck_in_new_group_is_dumped_and_killed_after_a_failure(
     assert leftover_files(private_tmp) == []  # store, outputs and dumps are gone too
 
 
-def test_a_rank_stuck_in_new_group_is_dumped_and_killed_at_the_timeout(private_tmp) -> None:
+def test_a_rank_stuck_in_new_group_is_dumped_and_killed_at_the_timeout(
+    private_tmp, tmp_path
+) -> None:
     with pytest.raises(MultiProcessFailure) as info:
-        spawn_ranks(stuck_in_new_group, 2, False, timeout=3, group_timeout=60)
+        spawn_ranks(
+            stuck_in_new_group, 2, False, str(tmp_path / "entering"), timeout=5, group_timeout=60
+        )
     text = str(info.value)
-    assert "timed out after 3 s" in text.splitlines()[0]
+    assert "timed out after 5 s" in text.splitlines()[0]
     assert "ranks still running: [0, 1]" in text.splitlines()[0]
     rank0 = text.split("--- rank 0 stack dump ---", 1)[1].split("=== rank 1", 1)[0]
     assert "in new_group" in rank0, text
