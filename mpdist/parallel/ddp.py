@@ -121,11 +121,9 @@ class DistributedDataParallel(Module):
         self.require_backward_grad_sync = True
         self.bucket_bytes_cap = int(bucket_cap_mb * MiB)
         self._comm_hook_registered = False
-        self._src = self._global(0)
         self._join: Any = None  # the active join() context, if any
         if init_sync:
-            states = [p.data for p in module.parameters()] + [b.data for b in module.buffers()]
-            sync_module_states(states, pg, self._src)
+            self._sync_states_from(0)
         self.reducer = Reducer(
             [p for _, p in named],
             [n for n, _ in named],

@@ -115,6 +115,16 @@ class GradBucket:
         return self._is_last
 
 
+def _split(buffer: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """Consecutive views into the flat ``buffer``, one of each shape."""
+    views, off = [], 0
+    for shape in shapes:
+        n = int(np.prod(shape))
+        views.append(buffer[off : off + n].reshape(shape))
+        off += n
+    return views
+
+
 class _Bucket:
     def __init__(self, index: int, indices: list[int], params: Sequence[Tensor]) -> None:
         self.index = index
@@ -122,12 +132,7 @@ class _Bucket:
         dtype = params[indices[0]].data.dtype
         total = sum(params[i].data.size for i in indices)
         self.buffer = np.zeros(total, dtype=dtype)
-        self.views: list[np.ndarray] = []
-        off = 0
-        for i in indices:
-            n = params[i].data.size
-            self.views.append(self.buffer[off : off + n].reshape(params[i].data.shape))
-            off += n
+        self.views = _split(self.buffer, [params[i].data.shape for i in indices])
         self.pending = len(indices)
         # None: not launched; a Future: launched (its value is the reduced buffer, or a
         # one-element list of it); _REDUCED: reduced in place synchronously
@@ -366,15 +371,21 @@ class Reducer:
             work = dist.all_reduce(bucket.buffer, group=self.process_group, async_op=True)
             bucket.future = work.get_future()
             return
-        gb = GradBucket(
+        bucket.future = self._reduce(self._grad_bucket(bucket, bucket.buffer, bucket.views))
+
+    def _grad_bucket(
+        self, bucket: _Bucket, buffer: np.ndarray, views: list[np.ndarray]
+    ) -> GradBucket:
+        """What the comm hook sees of ``bucket``, with ``buffer`` (and its ``views``) as the
+        gradients."""
+        return GradBucket(
             bucket.index,
-            bucket.buffer,
+            buffer,
             [self.params[i] for i in bucket.indices],
-            bucket.views,
+            views,
             bucket.index == len(self.buckets) - 1,
             self.process_group,
         )
-        bucket.future = self._reduce(gb)
 
     def _backward_goes_on(self) -> bool:
         """True if another DDP module armed in this thread still waits for gradients."""
@@ -403,19 +414,8 @@ class Reducer:
         futures = []
         for b in self.buckets:
             buf = np.zeros_like(b.buffer)
-            views, off = [], 0
-            for v in b.views:
-                views.append(buf[off : off + v.size].reshape(v.shape))
-                off += v.size
-            gb = GradBucket(
-                b.index,
-                buf,
-                [self.params[i] for i in b.indices],
-                views,
-                b.index == len(self.buckets) - 1,
-                self.process_group,
-            )
-            futures.append(self._reduce(gb))
+            views = _split(buf, [v.shape for v in b.views])
+            futures.append(self._reduce(self._grad_bucket(b, buf, views)))
         if self.find_unused_parameters:
             dist.all_reduce(np.zeros_like(self.locally_used), group=self.process_group)
         for fut in futures:
