@@ -61,9 +61,11 @@ def headline(outcome: Outcome) -> str:
             f"(world size {outcome.world_size}); ranks still running: {stuck}"
         )
     failed = [r.rank for r in outcome.results if r.status not in ("passed", "skipped")]
+    caused = [r.rank for r in outcome.results if r.status == "killed" or r.consequence]
+    because = f" ({caused} only because rank {outcome.first_failure} failed)" if caused else ""
     return (
         f"{outcome.test_id} failed in rank {outcome.first_failure} "
-        f"(world size {outcome.world_size}); failing ranks: {failed}"
+        f"(world size {outcome.world_size}); failing ranks: {failed}{because}"
     )
 
 

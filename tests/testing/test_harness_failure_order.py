@@ -37,7 +37,11 @@ def test_the_rank_that_failed_first_is_named_first(world_size: int, culprit: int
         with pytest.raises(MultiProcessFailure) as info:
             spawn_ranks(fail_while_peers_reduce, world_size, culprit)
         text = str(info.value)
-        assert f"failed in rank {culprit} " in text.splitlines()[0], text
+        others = [r for r in range(world_size) if r != culprit]
+        assert text.splitlines()[0].endswith(
+            f"failed in rank {culprit} (world size {world_size}); failing ranks: "
+            f"{sorted([*others, culprit])} ({others} only because rank {culprit} failed)"
+        ), text
         sections = _rank_sections(text)
         assert (
             sections[0] == f"=== rank {culprit}: failed: ValueError: real failure in rank {culprit}"
