@@ -153,12 +153,6 @@ class StoreProcessGroup(dist.ProcessGroup):
         return "store-pg"
 
 
-_DDP_LOGGING_GAP = (
-    "mpdist gap: DistributedDataParallel has no _get_ddp_logging_data() (torch: a dict with "
-    "is_multi_device_module, ...)"
-)
-
-
 # The DDP tests live partly on the shared base class, so one subclass per Work flavour.
 class AbstractDDPSingleRank(test_c10d_common.CommonDistributedDataParallelTest):
     def setUp(self):
@@ -192,13 +186,11 @@ class AbstractDDPSingleRank(test_c10d_common.CommonDistributedDataParallelTest):
             self.assertTrue(pg.wait_count > 0)
             self.assertTrue(pg.get_future_count > 0)
 
-    @pytest.mark.xfail(strict=True, reason=_DDP_LOGGING_GAP)
     def test_ddp_with_pypg(self):
         pg = self._get_process_group()
 
         self._test_ddp_with_process_group(pg, device_ids=None)
 
-    @pytest.mark.xfail(strict=True, reason=_DDP_LOGGING_GAP)
     def test_ddp_with_pypg_with_grad_views(self):
         pg = self._get_process_group()
 
