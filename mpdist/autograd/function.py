@@ -75,7 +75,11 @@ class Function:
                 return picked
 
             node = Node(
-                tensors, backward, [(o.data.shape, o.data.dtype) for o in outs], cls.__name__
+                tensors,
+                backward,
+                [(o.data.shape, o.data.dtype) for o in outs],
+                cls.__name__,
+                [o.data for o in outs],
             )
             for i, o in enumerate(outs):
                 if o.data.dtype.kind in "fc":

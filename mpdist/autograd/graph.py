@@ -5,6 +5,13 @@ function from output gradients to input gradients. Leaf tensors that require gra
 graph's sinks; their gradients accumulate into ``.grad`` once per backward call, after every
 contribution has arrived, so tensor hooks and post-accumulate hooks fire exactly once.
 
+In-place writes made through Tensor methods are tracked per memory owner (the ndarray at the
+root of a view chain, so views and detached aliases count as one, as torch's views share their
+base's version counter). Backward refuses a node when an array it read or wrote was written in
+place after it was recorded, instead of differentiating with the new values. This is stricter than torch, which checks only the values an op saved: here every
+input and output of a node on the backward path counts. Writes through ``.data`` (numpy
+itself) are not tracked, as in torch.
+
 The pass is Kahn's algorithm over dependency counts. Among ready vertices, leaves go first
 and then the most recently recorded node, which is what lets a data-parallel wrapper start
 reducing the last layer's gradients while earlier layers are still being differentiated.
@@ -15,6 +22,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +39,34 @@ BackwardFn = Callable[[list[np.ndarray]], Sequence["np.ndarray | None"]]
 
 _seq = itertools.count()
 _local = threading.local()
+
+
+# Tracked in-place writes are numbered by one global serial. ``_last_write`` maps id(memory
+# owner) to the serial of its latest write; a finalizer drops the entry when the owner dies,
+# before its id can be reused. A node remembers the serial at its creation, so checking it
+# costs nothing unless some write happened since, and recording costs one int.
+_serial = 0
+_last_write: dict[int, int] = {}
+_write_lock = threading.Lock()
+
+
+def _owner(a: np.ndarray) -> np.ndarray:
+    """The ndarray that owns ``a``'s memory (``a`` itself unless it is a view)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def note_inplace_write(a: np.ndarray) -> None:
+    """Record an in-place write into ``a`` (and so into every view of its memory)."""
+    global _serial
+    owner = _owner(a)
+    key = id(owner)
+    with _write_lock:
+        if key not in _last_write:
+            weakref.finalize(owner, _last_write.pop, key, None)
+        _serial += 1
+        _last_write[key] = _serial
 
 
 class RemovableHandle:
@@ -57,7 +93,7 @@ class Node:
     """One recorded operation: ``inputs`` -> outputs, with ``backward`` mapping output grads
     (one ndarray per output) to input grads (one ndarray or None per input)."""
 
-    __slots__ = ("inputs", "backward", "out_meta", "out_hooks", "seq", "name")
+    __slots__ = ("inputs", "backward", "out_meta", "out_hooks", "seq", "name", "arrays", "serial")
 
     def __init__(
         self,
@@ -65,6 +101,7 @@ class Node:
         backward: BackwardFn,
         out_meta: Sequence[tuple[tuple[int, ...], np.dtype]],
         name: str = "",
+        outputs: Sequence[np.ndarray] = (),
     ) -> None:
         self.inputs = tuple(inputs)
         self.backward = backward
@@ -73,6 +110,24 @@ class Node:
         self.out_hooks: list[dict[int, Callable]] = [{} for _ in out_meta]
         self.seq = next(_seq)
         self.name = name
+        # The arrays this op read (its inputs) and wrote (``outputs``), and the write serial now.
+        self.arrays = [t._data for t in self.inputs]
+        self.arrays.extend(outputs)
+        self.serial = _serial
+
+    def check_unmodified(self) -> None:
+        """RuntimeError when an array this op read or wrote was written in place since."""
+        if _serial == self.serial:
+            return
+        for a in self.arrays:
+            if _last_write.get(id(_owner(a)), -1) > self.serial:
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by "
+                    f"an inplace operation: an input or output of {self.name or 'an op'} "
+                    f"[{a.dtype} {list(a.shape)}] was written in place after the op was "
+                    "recorded. Modify a clone() instead, or make the in-place update after "
+                    "backward()"
+                )
 
     def __repr__(self) -> str:
         return f"<Node {self.name or 'op'} #{self.seq}>"
@@ -190,6 +245,7 @@ def run_backward(roots: Sequence[Tensor], grads: Sequence[np.ndarray]) -> None:
                         if v.out_hooks[i]:
                             g = _run_hooks(v.out_hooks[i], g)
                         out_grads.append(g)
+                    v.check_unmodified()
                     in_grads = v.backward(out_grads)
                     for t, g in zip(v.inputs, in_grads, strict=True):
                         if not t.requires_grad:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.autograd.grad_mode import is_grad_enabled
-from mpdist.autograd.graph import Node, RemovableHandle, run_backward
+from mpdist.autograd.graph import Node, RemovableHandle, note_inplace_write, run_backward
 
 Axis = int | tuple[int, ...] | None
 
@@ -53,9 +53,8 @@ def _make(
     """Wrap an op's result; record a node when recording is on and some input needs grad."""
     out = Tensor(np.asarray(data))
     if is_grad_enabled() and any(t.requires_grad for t in inputs):
-        out._node = Node(
-            inputs, lambda gs: backward(gs[0]), [(out.data.shape, out.data.dtype)], name
-        )
+        arr = out._data
+        out._node = Node(inputs, lambda gs: backward(gs[0]), [(arr.shape, arr.dtype)], name, [arr])
         out._requires_grad = True
     return out
 
@@ -407,6 +406,7 @@ class Tensor:
             _check_broadcast_into(op, self.data.shape, np.shape(o))
         try:
             ufunc(self.data, o, out=self.data, casting="same_kind")
+            note_inplace_write(self.data)
         except np.exceptions.DTypePromotionError:
             raise
         except TypeError as e:
@@ -420,6 +420,7 @@ class Tensor:
     def __setitem__(self, index: Any, value: Any) -> None:
         self._check_inplace("__setitem__", value)
         self.data[_index(index)] = _raw(value)
+        note_inplace_write(self.data)
 
     def copy_(self, src: Any) -> Tensor:
         """Copy ``src`` (broadcast to self's shape, cast to self's dtype) into the data."""
@@ -427,18 +428,21 @@ class Tensor:
         s = _raw(src)
         _check_broadcast_into("copy_", self.data.shape, np.shape(s))
         np.copyto(self.data, s, casting="unsafe")
+        note_inplace_write(self.data)
         return self
 
     def zero_(self) -> Tensor:
         """Fill with zeros in place."""
         self._check_inplace("zero_")
         self.data.fill(0)
+        note_inplace_write(self.data)
         return self
 
     def fill_(self, value: Any) -> Tensor:
         """Fill with ``value`` in place."""
         self._check_inplace("fill_", value)
         self.data.fill(_raw(value))
+        note_inplace_write(self.data)
         return self
 
     def add_(self, other: Any, alpha: Any = 1) -> Tensor:

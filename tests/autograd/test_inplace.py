@@ -172,3 +172,58 @@ def test_sub_with_alpha_and_the_grad_idioms() -> None:
     g = p.grad
     assert p.grad.zero_() is g
     np.testing.assert_array_equal(p.grad.data, 0.0)
+
+
+GRAPH_MODIFIED = "modified by an inplace operation"
+
+
+def test_backward_refuses_a_graph_whose_saved_input_was_written_in_place() -> None:
+    w = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    x = Tensor(np.array([3.0, 4.0]))  # outside the graph: in-place allowed in grad mode
+    y = (w * x).sum()
+    x += 1.0
+    with pytest.raises(RuntimeError, match=f"{GRAPH_MODIFIED}: an input or output of mul"):
+        y.backward()
+    assert w.grad is None  # refused before anything was accumulated
+
+
+def test_backward_refuses_an_output_changed_under_no_grad() -> None:
+    x = Tensor(np.array([0.0, 1.0]), requires_grad=True)
+    e = x.exp()
+    with no_grad():
+        e *= 2.0  # exp's backward uses its output
+    with pytest.raises(RuntimeError, match=GRAPH_MODIFIED):
+        e.sum().backward()
+
+
+def test_aliases_and_views_count_as_the_same_memory() -> None:
+    w = Tensor(np.ones(3), requires_grad=True)
+    y = (w * w).sum()
+    with no_grad():
+        w.detach()[0] = 5.0
+    with pytest.raises(RuntimeError, match=GRAPH_MODIFIED):
+        y.backward()
+    buf = np.ones(4)
+    a = Tensor(buf[:2], requires_grad=True)
+    z = (a * a).sum()
+    with no_grad():
+        Tensor(buf[2:]).zero_()  # another view of the same buffer: treated as a write to a
+    with pytest.raises(RuntimeError, match=GRAPH_MODIFIED):
+        z.backward()
+
+
+def test_an_update_between_two_backwards_of_a_kept_graph_is_refused() -> None:
+    w = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    loss = (w * w).sum()
+    loss.backward()
+    with no_grad():
+        w -= 0.1 * w.grad
+    with pytest.raises(RuntimeError, match=GRAPH_MODIFIED):
+        loss.backward()
+    # A graph recorded after the update is fine. Writes through .data (numpy itself) are not
+    # tracked, as in torch: the gradient then uses the new value.
+    w.grad = None
+    loss = (w * w).sum()
+    w.data[0] = 0.0
+    loss.backward()
+    np.testing.assert_allclose(w.grad.data, [0.0, 3.2])
