@@ -377,6 +377,8 @@ class Tensor:
     #   the graph; here that gradient would be lost).
     # * under ``no_grad()`` everything is allowed, as in torch: the optimizer-step idiom
     #   ``with no_grad(): p -= lr * p.grad``.
+    # Every write is noted (``note_inplace_write``), so a backward through a graph recorded
+    # before it, which read or produced that memory, refuses instead of using the new values.
     def _check_inplace(self, op: str, *operands: Any) -> None:
         if not is_grad_enabled():
             return
