@@ -259,5 +259,7 @@ def test_xdist_runs_without_port_or_file_clashes(pytester: pytest.Pytester) -> N
         """
     )
     pytester.makepyfile(test_xdist=body)
-    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", timeout=180)
+    # Without hypothesis and benchmark: the three pytest processes would import them for nothing.
+    quiet = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:benchmark")
+    result = pytester.runpytest_subprocess("-n", "2", *quiet, timeout=180)
     result.assert_outcomes(passed=4)
