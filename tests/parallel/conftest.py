@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -25,3 +26,22 @@ def no_thread_left_behind() -> Iterator[None]:
         t.join(timeout=JOIN_GRACE)
     names = [t.name for t in leaked if t.is_alive()]
     assert not names, f"threads left behind: {names}"
+
+
+@pytest.fixture
+def allreduce_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(thread ident, element count) of every ``mpdist.algorithms.allreduce`` call, in call
+    order: the groups run it in whichever thread executes the collective."""
+    import mpdist.algorithms as alg
+
+    calls: list[tuple[int, int]] = []
+    orig = alg.allreduce
+    lock = threading.Lock()
+
+    def recording(comm: Any, array: Any, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            calls.append((threading.get_ident(), array.size))
+        return orig(comm, array, *args, **kwargs)
+
+    monkeypatch.setattr(alg, "allreduce", recording)
+    return calls

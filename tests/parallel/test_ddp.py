@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from ddp_helpers import assert_replicas_equal_reference, mlp, regression_data, shard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,19 +26,11 @@ STEPS = 3
 
 
 def make_model(seed: int = 0) -> nn.Module:
-    mpdist.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(8, 16, dtype=np.float64),
-        nn.ReLU(),
-        nn.Linear(16, 16, dtype=np.float64),
-        nn.ReLU(),
-        nn.Linear(16, 4, dtype=np.float64),
-    )
+    return mlp(seed, 8, 16, 16, 4)
 
 
 def data(step: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(100 + step)
-    return rng.standard_normal((N, 8)), rng.standard_normal((N, 4))
+    return regression_data(100 + step, N, 8, 4)
 
 
 def make_opt(kind: str, params):
@@ -59,13 +52,10 @@ def train_ddp(rank: int, ws: int, kind: str, ddp_kwargs: dict) -> tuple[list[np.
     model = make_model(seed=rank)  # different on purpose: DDP's broadcast must fix it
     ddp = DDP(model, **ddp_kwargs)
     opt = make_opt(kind, ddp.parameters())
-    per = N // ws
     for step in range(STEPS):
         x, y = data(step)
         opt.zero_grad()
-        F.mse_loss(
-            ddp(x[rank * per : (rank + 1) * per]), y[rank * per : (rank + 1) * per]
-        ).backward()
+        F.mse_loss(ddp(shard(x, rank, ws)), shard(y, rank, ws)).backward()
         opt.step()
     return [p.data.copy() for p in model.parameters()], len(ddp.reducer.buckets)
 
@@ -435,66 +425,43 @@ def test_mixed_dtypes_get_separate_buckets() -> None:
             np.testing.assert_allclose(g, (a + b) / 2, rtol=1e-5)
 
 
-def test_default_reduction_last_bucket_inline_others_async(tiny_first_bucket, monkeypatch) -> None:
+def test_default_reduction_last_bucket_inline_others_async(
+    tiny_first_bucket, allreduce_calls
+) -> None:
     """Without a comm hook, on mpdist's own groups: the buckets are all-reduced in bucket
     order, every one but the last on the group's worker thread (overlapping backward), the last
     in the calling thread (nothing is left to overlap with); the result is the average."""
-    import mpdist.algorithms as alg
-
-    calls: list[tuple[int, int]] = []  # (thread ident, elements), in call order
-    orig = alg.allreduce
-    lock = threading.Lock()
-
-    def recording(comm, array, *args, **kwargs):
-        with lock:
-            calls.append((threading.get_ident(), array.size))
-        return orig(comm, array, *args, **kwargs)
 
     def body(rank: int, ws: int):
         ddp = DDP(make_model(), bucket_cap_mb=0.0008)
         x, y = data(0)
-        per = N // ws
-        F.mse_loss(
-            ddp(x[rank * per : (rank + 1) * per]), y[rank * per : (rank + 1) * per]
-        ).backward()
+        F.mse_loss(ddp(shard(x, rank, ws)), shard(y, rank, ws)).backward()
         sizes = [b.buffer.size for b in ddp.reducer.buckets]
         return threading.get_ident(), sizes, [p.grad.data.copy() for p in ddp.parameters()]
 
-    # the groups run mpdist.algorithms.allreduce in whichever thread executes the collective
-    monkeypatch.setattr(alg, "allreduce", recording)
     results = spawn_threads(body, 2)
     rank_threads = {ident for ident, _, _ in results}
     sizes = results[0][1]
     assert len(sizes) >= 3
     for ident, _, _ in results:
-        assert [n for t, n in calls if t == ident] == [sizes[-1]]  # the last bucket, inline
+        # the last bucket, inline
+        assert [n for t, n in allreduce_calls if t == ident] == [sizes[-1]]
     workers: dict[int, list[int]] = {}
-    for t, n in calls:
+    for t, n in allreduce_calls:
         if t not in rank_threads:
             workers.setdefault(t, []).append(n)
     assert sorted(workers.values()) == [sizes[:-1], sizes[:-1]]  # one worker per rank, in order
     ref = make_model()
     x, y = data(0)
     F.mse_loss(ref(x), y).backward()
-    for g0, g1, r in zip(results[0][2], results[1][2], ref.parameters(), strict=True):
-        np.testing.assert_array_equal(g0, g1)
-        np.testing.assert_allclose(g0, r.grad.data, rtol=1e-12, atol=1e-12)
+    ref_grads = [p.grad.data for p in ref.parameters()]
+    assert_replicas_equal_reference([r[2] for r in results], ref_grads, rtol=1e-12)
 
 
-def test_last_bucket_stays_async_while_another_ddp_waits(monkeypatch) -> None:
+def test_last_bucket_stays_async_while_another_ddp_waits(allreduce_calls) -> None:
     """Two DDP modules in one backward: the later one's (B) last bucket fills while the
     earlier one (A) still waits for gradients, so B's is reduced asynchronously (overlapping
     A's backward), not inline. Gradients are the average."""
-    import mpdist.algorithms as alg
-
-    calls: list[tuple[int, int]] = []
-    orig = alg.allreduce
-    lock = threading.Lock()
-
-    def recording(comm, array, *args, **kwargs):
-        with lock:
-            calls.append((threading.get_ident(), array.size))
-        return orig(comm, array, *args, **kwargs)
 
     def two_part(wrap) -> nn.Module:
         mpdist.manual_seed(0)
@@ -505,27 +472,21 @@ def test_last_bucket_stays_async_while_another_ddp_waits(monkeypatch) -> None:
     def body(rank: int, ws: int):
         model = two_part(DDP)
         x, y = data(0)
-        per = N // ws
-        F.mse_loss(
-            model(x[rank * per : (rank + 1) * per]), y[rank * per : (rank + 1) * per]
-        ).backward()
+        F.mse_loss(model(shard(x, rank, ws)), shard(y, rank, ws)).backward()
         return threading.get_ident(), [p.grad.data.copy() for p in model.parameters()]
 
-    # the groups run mpdist.algorithms.allreduce in whichever thread executes the collective
-    monkeypatch.setattr(alg, "allreduce", recording)
     results = spawn_threads(body, 2)
     size_a, size_b = 8 * 16 + 16, 16 * 4 + 4
     rank_threads = {ident for ident, _ in results}
-    assert sorted(n for _, n in calls) == [size_b, size_b, size_a, size_a]
+    assert sorted(n for _, n in allreduce_calls) == [size_b, size_b, size_a, size_a]
     # B's bucket went to the worker; A's is inline unless B's is still queued on the group
     # (then it queues behind it), so only B's placement is deterministic
-    assert [n for t, n in calls if t in rank_threads and n == size_b] == []
+    assert [n for t, n in allreduce_calls if t in rank_threads and n == size_b] == []
     ref = two_part(lambda m: m)
     x, y = data(0)
     F.mse_loss(ref(x), y).backward()
-    for g0, g1, r in zip(results[0][1], results[1][1], ref.parameters(), strict=True):
-        np.testing.assert_array_equal(g0, g1)
-        np.testing.assert_allclose(g0, r.grad.data, rtol=1e-12, atol=1e-12)
+    ref_grads = [p.grad.data for p in ref.parameters()]
+    assert_replicas_equal_reference([r[1] for r in results], ref_grads, rtol=1e-12)
 
 
 def test_ddp_logging_data(monkeypatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ddp_helpers import mlp, regression_data, shard
 
 import mpdist
 import mpdist.distributed as dist
@@ -19,29 +20,18 @@ N = 12
 
 
 def make_model(seed: int) -> nn.Module:
-    mpdist.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(6, 24, dtype=np.float64),
-        nn.ReLU(),
-        nn.Linear(24, 24, dtype=np.float64),
-        nn.ReLU(),
-        nn.Linear(24, 3, dtype=np.float64),
-    )
+    return mlp(seed, 6, 24, 24, 3)
 
 
 def data(step: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(50 + step)
-    return rng.standard_normal((N, 6)), rng.standard_normal((N, 3))
+    return regression_data(50 + step, N, 6, 3)
 
 
 def train(model, opt, rank: int, ws: int, steps: int = 3) -> None:
-    per = N // ws
     for step in range(steps):
         x, y = data(step)
         opt.zero_grad()
-        F.mse_loss(
-            model(x[rank * per : (rank + 1) * per]), y[rank * per : (rank + 1) * per]
-        ).backward()
+        F.mse_loss(model(shard(x, rank, ws)), shard(y, rank, ws)).backward()
         opt.step()
 
 

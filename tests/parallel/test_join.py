@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ddp_helpers import mlp
 
-import mpdist
 from mpdist import nn
 from mpdist.nn import functional as F
 from mpdist.optim import SGD
@@ -16,10 +16,7 @@ BATCHES = {0: 2, 1: 4}  # rank 1 has more data
 
 
 def model() -> nn.Module:
-    mpdist.manual_seed(3)
-    return nn.Sequential(
-        nn.Linear(3, 5, dtype=np.float64), nn.ReLU(), nn.Linear(5, 2, dtype=np.float64)
-    )
+    return mlp(3, 3, 5, 2)
 
 
 def batch(rank: int, i: int) -> tuple[np.ndarray, np.ndarray]:
