@@ -16,6 +16,7 @@ from _harness_helpers import alive, leftover_files
 
 from mpdist import distributed as dist
 from mpdist.testing import MultiProcessFailure, _coordinator, spawn_ranks, spawn_threads
+from mpdist.testing._worker import TaskSpec
 
 
 def fail_while_peers_reduce(rank: int, world_size: int, culprit: int) -> None:
@@ -49,6 +50,23 @@ def test_the_rank_that_failed_first_is_named_first(world_size: int, culprit: int
         for line in sections[1:]:
             # Every other rank is a consequence: it lost its peer or was aborted.
             assert f"(rank {culprit} failed first)" in line, text
+
+
+def test_causes_come_before_consequences_then_the_earliest() -> None:
+    # The parent's choice, whatever order the pipes were read in: rank 0's lost connection
+    # was caught before rank 2's error but is a consequence; rank 1 failed later.
+    spec = TaskSpec(
+        kind="call", module="m", path=None, qualname="f", method="f", world_size=3,
+        file_name="", workdir="", test_id="t",
+    )  # fmt: skip
+    handles = [_coordinator._Handle(rank, None, None) for rank in range(3)]
+    lost = "all_reduce: rank 0 lost its connection to rank 2"
+    handles[0].failing = {"exc_type": "mpdist.errors.DistNetworkError", "message": lost}
+    handles[0].failing["failed_at"] = 1.0
+    handles[1].failing = {"exc_type": "ValueError", "message": "later", "failed_at": 5.0}
+    handles[2].failing = {"exc_type": "ValueError", "message": "first", "failed_at": 2.0}
+    first = _coordinator.RankSet(spec, handles, pooled=False).first_failed(now=0.0)
+    assert first is not None and first[0].rank == 2
 
 
 def fail_while_peer_threads_reduce(rank: int, world_size: int) -> None:
