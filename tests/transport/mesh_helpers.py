@@ -83,7 +83,8 @@ def run_ranks(
 
     The first rank whose ``fn`` raises aborts the others' transports (and the store they
     meet through), so they raise at once instead of waiting out ``timeout``; with
-    ``raise_first`` that first exception is raised here.
+    ``raise_first`` that first exception is raised here. The transports are closed together
+    once every rank's ``fn`` has returned or raised.
     """
     store = DictStore()
     results: list[Any] = [None] * size
@@ -91,6 +92,7 @@ def run_ranks(
     failed: list[int] = []  # ranks in the order they failed
     reason: list[str] = []  # why the first one failed (what the others are aborted with)
     lock = threading.Lock()
+    all_done = threading.Barrier(size)
 
     def abort_all(why: str) -> None:
         with lock:
@@ -117,6 +119,11 @@ def run_ranks(
             if first:
                 abort_all(f"rank {rank} failed: {type(e).__name__}: {e}")
         finally:
+            # close together once every rank is done, as a job destroys its group at the
+            # end: a rank that closed early could make a peer see "lost its connection"
+            # before the ERROR that explains it (see test_mismatched_*)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                all_done.wait()
             with lock:
                 transports[rank] = None
             if t is not None:
@@ -131,6 +138,7 @@ def run_ranks(
         th.join(timeout * 3)
         if th.is_alive():
             abort_all(f"{th.name} hung")
+            all_done.abort()
             for other in threads:
                 other.join(timeout)
             raise AssertionError(f"{th.name} hung")
