@@ -28,7 +28,12 @@ import numpy as np
 from mpdist import backends as _backends  # noqa: F401  (registers the built-in backends)
 from mpdist.algorithms.reduction import ReduceOp, check_op_dtype
 from mpdist.backends.fake import FakeStore
-from mpdist.backends.native import NativeProcessGroup, as_array, row_splits
+from mpdist.backends.native import (
+    NativeProcessGroup,
+    checked_array,
+    checked_list,
+    row_splits,
+)
 from mpdist.process_group import (
     DEFAULT_TIMEOUT,
     AllgatherOptions,
@@ -47,7 +52,6 @@ from mpdist.process_group import (
 )
 from mpdist.store import PrefixStore, Store
 from mpdist.store.rendezvous import rendezvous
-from mpdist.transport.header import dtype_code
 
 __all__ = [
     "GroupMember",
@@ -555,19 +559,6 @@ def _global_rank(world: _World | None, pg: ProcessGroup, group_rank: int) -> int
     return group_rank if info is None else info.ranks[group_rank]
 
 
-def _array(x: Any, op: str, what: str, out: bool = False) -> np.ndarray:
-    """The ndarray of an array argument, checked: supported dtype, contiguous, writeable."""
-    if type(x) is not np.ndarray:  # the common case skips a call
-        x = as_array(x, op, what)
-    if not dtype_code(x.dtype):  # 0: the wire format has no code for it
-        raise TypeError(f"{op}: {what} has unsupported dtype {x.dtype}")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"{op}: {what}: Tensors must be contiguous")
-    if out and not x.flags.writeable:
-        raise ValueError(f"{op}: {what} is read-only; the result is written into it")
-    return x
-
-
 def _array_list(
     xs: Any, op: str, what: str, n: int, out: bool, like: tuple[np.ndarray, str] | None = None
 ) -> list[np.ndarray]:
@@ -577,7 +568,7 @@ def _array_list(
         raise TypeError(f"{op}: {what} must be a list of arrays, got {type(xs).__name__}")
     if len(xs) != n:
         raise ValueError(f"{op}: {what} has {len(xs)} entries, but the group has {n} ranks")
-    arrays = [_array(x, op, f"{what}[{i}]", out) for i, x in enumerate(xs)]
+    arrays = checked_list(xs, op, what, out)
     if like is not None:
         for i, a in enumerate(arrays):
             _same(a, like[0], op, f"{what}[{i}]", like[1])
@@ -660,10 +651,10 @@ def all_reduce(
             return None
     arr = tensor
     if type(arr) is not np.ndarray or not arr.flags.carray:
-        arr = _array(tensor, "all_reduce", "tensor", out=True)
+        arr = checked_array(tensor, "all_reduce", "tensor", out=True)
     ops = _valid_ops.get(arr.dtype)
     if ops is None or op not in ops:
-        _array(arr, "all_reduce", "tensor", out=True)
+        checked_array(arr, "all_reduce", "tensor", out=True)
         _check_op(op, arr.dtype, "all_reduce")
     if isinstance(pg, NativeProcessGroup):
         return pg._c_allreduce(arr, op, "all_reduce", [tensor], async_op)
@@ -679,7 +670,7 @@ def broadcast(
     if pg is None:
         return None
     root = _group_rank(world, pg, src, "src", "broadcast")
-    arr = _array(tensor, "broadcast", "tensor", out=root != _me(world, pg))
+    arr = checked_array(tensor, "broadcast", "tensor", out=root != _me(world, pg))
     if isinstance(pg, NativeProcessGroup):
         return pg._c_broadcast(arr, root, "broadcast", [tensor], async_op)
     work = pg.broadcast([tensor], BroadcastOptions(rootRank=root))
@@ -698,7 +689,7 @@ def reduce(
     if pg is None:
         return None
     root = _group_rank(world, pg, dst, "dst", "reduce")
-    arr = _array(tensor, "reduce", "tensor", out=True)
+    arr = checked_array(tensor, "reduce", "tensor", out=True)
     _check_op(op, arr.dtype, "reduce")
     if isinstance(pg, NativeProcessGroup):
         return pg._c_reduce(arr, root, op, "reduce", [tensor], async_op)
@@ -713,7 +704,7 @@ def all_gather(
     world, pg = _resolve(group, "all_gather")
     if pg is None:
         return None
-    inp = _array(tensor, "all_gather", "tensor")
+    inp = checked_array(tensor, "all_gather", "tensor")
     n = _size(world, pg)
     outs = _array_list(tensor_list, "all_gather", "tensor_list", n, True, like=(inp, "tensor"))
     if isinstance(pg, NativeProcessGroup):
@@ -740,8 +731,8 @@ def all_gather_into_tensor(
     if pg is None:
         return None
     op = "all_gather_into_tensor"
-    out = _array(output_tensor, op, "output_tensor", out=True)
-    inp = _array(input_tensor, op, "input_tensor")
+    out = checked_array(output_tensor, op, "output_tensor", out=True)
+    inp = checked_array(input_tensor, op, "input_tensor")
     n = _size(world, pg)
     _check_concat(out, inp, n, op, "output_tensor", "input_tensor")
     if isinstance(pg, NativeProcessGroup):
@@ -764,7 +755,7 @@ def gather(
     if pg is None:
         return None
     root = _group_rank(world, pg, dst, "dst", "gather")
-    inp = _array(tensor, "gather", "tensor")
+    inp = checked_array(tensor, "gather", "tensor")
     is_root = root == _me(world, pg)
     _root_only(gather_list, is_root, "gather_list", "destination")
     outs = None
@@ -789,7 +780,7 @@ def scatter(
     if pg is None:
         return None
     root = _group_rank(world, pg, src, "src", "scatter")
-    out = _array(tensor, "scatter", "tensor", out=True)
+    out = checked_array(tensor, "scatter", "tensor", out=True)
     is_root = root == _me(world, pg)
     _root_only(scatter_list, is_root, "scatter_list", "source")
     ins = None
@@ -813,7 +804,7 @@ def reduce_scatter(
     world, pg = _resolve(group, "reduce_scatter")
     if pg is None:
         return None
-    out = _array(output, "reduce_scatter", "output", out=True)
+    out = checked_array(output, "reduce_scatter", "output", out=True)
     n = _size(world, pg)
     ins = _array_list(input_list, "reduce_scatter", "input_list", n, False, like=(out, "output"))
     _check_op(op, out.dtype, "reduce_scatter")
@@ -835,8 +826,8 @@ def reduce_scatter_tensor(
     world, pg = _resolve(group, name)
     if pg is None:
         return None
-    out = _array(output, name, "output", out=True)
-    inp = _array(input, name, "input")
+    out = checked_array(output, name, "output", out=True)
+    inp = checked_array(input, name, "input")
     n = _size(world, pg)
     _check_concat(inp, out, n, name, "input", "output")
     _check_op(op, out.dtype, name)
@@ -923,8 +914,8 @@ def all_to_all_single(
     world, pg = _resolve(group, name)
     if pg is None:
         return None
-    out = _array(output, name, "output", out=True)
-    inp = _array(input, name, "input")
+    out = checked_array(output, name, "output", out=True)
+    inp = checked_array(input, name, "input")
     if out.dtype != inp.dtype:
         raise TypeError(f"{name}: output has dtype {out.dtype} but input has dtype {inp.dtype}")
     if out.ndim == 0 or inp.ndim == 0:
@@ -964,7 +955,7 @@ def _send(tensor: Any, dst: int, group: Any, tag: int, async_op: bool, op: str) 
         raise ValueError(
             "Invalid destination rank: should not be the same as rank of the current process."
         )
-    arr = _array(tensor, op, "tensor")
+    arr = checked_array(tensor, op, "tensor")
     tag = _check_tag(tag, op)
     if isinstance(pg, NativeProcessGroup):
         return pg._c_send(arr, peer, tag, [tensor], async_op)
@@ -993,7 +984,7 @@ def _recv(tensor: Any, src: Any, group: Any, tag: int, async_op: bool, op: str) 
             raise ValueError(
                 "Invalid source rank: should not be the same as rank of the current process."
             )
-    arr = _array(tensor, op, "tensor", out=True)
+    arr = checked_array(tensor, op, "tensor", out=True)
     tag = _check_tag(tag, op)
     if isinstance(pg, NativeProcessGroup):
         res = pg._c_recv(arr, peer, tag, [tensor], async_op)

@@ -8,7 +8,9 @@ rank of a receive), asynchronous ones a ``Work``.
 
 The torch-style public methods (``allreduce(arrays, opts)``, ...) are written once on
 top of ``_c_*`` so a user holding a group object can call them directly, as in torch;
-they are always asynchronous and return a ``Work``.
+they are always asynchronous and return a ``Work``. Both entry points check array
+arguments with the one ``checked_array`` here (dtype, contiguity, writeable outputs);
+list lengths, shapes and ranks are the module API's to check.
 """
 
 from __future__ import annotations
@@ -31,24 +33,28 @@ from mpdist.process_group import (
     ScatterOptions,
     Work,
 )
+from mpdist.transport.header import dtype_code
 
-__all__ = ["NativeProcessGroup", "as_array", "row_splits"]
+__all__ = ["NativeProcessGroup", "checked_array", "checked_list", "row_splits"]
 
 
-def as_array(x: Any, op: str = "", what: str = "argument") -> np.ndarray:
-    """The ndarray behind an array argument (an ndarray, or anything with a ``.data`` ndarray).
-
-    Anything else is a TypeError naming ``op`` and the argument ``what``.
-    """
-    if isinstance(x, np.ndarray):
-        return x
-    data = getattr(x, "data", None)
-    if isinstance(data, np.ndarray):
-        return data
-    where = f"{op}: " if op else ""
-    raise TypeError(
-        f"{where}{what} must be a numpy ndarray or mpdist Tensor, got {type(x).__name__}"
-    )
+def checked_array(x: Any, op: str, what: str, out: bool = False) -> np.ndarray:
+    """The ndarray of an array argument, checked before anything is sent: a dtype the
+    transports carry, C-contiguous, and writeable if ``out`` (the result lands in it)."""
+    if not isinstance(x, np.ndarray):
+        data = getattr(x, "data", None)  # an mpdist Tensor: its live ndarray
+        if not isinstance(data, np.ndarray):
+            raise TypeError(
+                f"{op}: {what} must be a numpy ndarray or mpdist Tensor, got {type(x).__name__}"
+            )
+        x = data
+    if not dtype_code(x.dtype):  # 0: the wire format has no code for it
+        raise TypeError(f"{op}: {what} has unsupported dtype {x.dtype}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{op}: {what}: Tensors must be contiguous")
+    if out and not x.flags.writeable:
+        raise ValueError(f"{op}: {what} is read-only; the result is written into it")
+    return x
 
 
 def _op(opts: Any, default: ReduceOp = ReduceOp.SUM) -> ReduceOp:
@@ -62,6 +68,11 @@ def _op(opts: Any, default: ReduceOp = ReduceOp.SUM) -> ReduceOp:
 
 def _root(opts: Any) -> int:
     return int(getattr(opts, "rootRank", 0)) if opts is not None else 0
+
+
+def checked_list(xs: Any, op: str, what: str, out: bool = False) -> list[np.ndarray]:
+    """``checked_array`` of each entry of ``xs`` (named ``what[i]`` in errors)."""
+    return [checked_array(x, op, f"{what}[{i}]", out) for i, x in enumerate(xs)]
 
 
 def row_splits(arr: np.ndarray, splits: list[int] | None, parts: int) -> list[np.ndarray]:
@@ -200,17 +211,18 @@ class NativeProcessGroup(ProcessGroup):
 
     # ---- torch-style public methods (always asynchronous)
     def broadcast(self, tensors: list[Any], opts: BroadcastOptions | None = None) -> Work:
-        arr = as_array(tensors[0])
-        return self._c_broadcast(arr, _root(opts), "broadcast", list(tensors), True)
+        root = _root(opts)
+        arr = checked_array(tensors[0], "broadcast", "tensors[0]", out=root != self.rank())
+        return self._c_broadcast(arr, root, "broadcast", list(tensors), True)
 
     def allreduce(self, tensors: list[Any], opts: AllreduceOptions | None = None) -> Work:
         if not isinstance(tensors, (list, tuple)):
             tensors = [tensors]
-        arr = as_array(tensors[0])
+        arr = checked_array(tensors[0], "allreduce", "tensors[0]", out=True)
         return self._c_allreduce(arr, _op(opts), "all_reduce", list(tensors), True)
 
     def reduce(self, tensors: list[Any], opts: ReduceOptions | None = None) -> Work:
-        arr = as_array(tensors[0])
+        arr = checked_array(tensors[0], "reduce", "tensors[0]", out=True)
         return self._c_reduce(arr, _root(opts), _op(opts), "reduce", list(tensors), True)
 
     def allgather(
@@ -219,17 +231,17 @@ class NativeProcessGroup(ProcessGroup):
         input_tensors: list[Any],
         opts: AllgatherOptions | None = None,
     ) -> Work:
-        outs = [as_array(o) for o in output_tensors[0]]
-        return self._c_allgather(
-            outs, as_array(input_tensors[0]), "all_gather", list(output_tensors), True
-        )
+        outs = checked_list(output_tensors[0], "allgather", "output_tensors[0]", out=True)
+        inp = checked_array(input_tensors[0], "allgather", "input_tensors[0]")
+        return self._c_allgather(outs, inp, "all_gather", list(output_tensors), True)
 
     def _allgather_base(
         self, output: Any, input: Any, opts: AllgatherOptions | None = None
     ) -> Work:
-        out = as_array(output)
-        outs = list(out.reshape(self.size(), -1))
-        inp = as_array(input).reshape(-1)
+        outs = list(
+            checked_array(output, "_allgather_base", "output", out=True).reshape(self.size(), -1)
+        )
+        inp = checked_array(input, "_allgather_base", "input").reshape(-1)
         return self._c_allgather(outs, inp, "all_gather_into_tensor", [output], True)
 
     def gather(
@@ -238,10 +250,11 @@ class NativeProcessGroup(ProcessGroup):
         input_tensors: list[Any],
         opts: GatherOptions | None = None,
     ) -> Work:
-        outs = [as_array(o) for o in output_tensors[0]] if output_tensors else None
-        return self._c_gather(
-            as_array(input_tensors[0]), outs, _root(opts), "gather", list(output_tensors), True
-        )
+        outs = None
+        if output_tensors:
+            outs = checked_list(output_tensors[0], "gather", "output_tensors[0]", out=True)
+        inp = checked_array(input_tensors[0], "gather", "input_tensors[0]")
+        return self._c_gather(inp, outs, _root(opts), "gather", list(output_tensors), True)
 
     def scatter(
         self,
@@ -249,10 +262,11 @@ class NativeProcessGroup(ProcessGroup):
         input_tensors: list[list[Any]],
         opts: ScatterOptions | None = None,
     ) -> Work:
-        ins = [as_array(i) for i in input_tensors[0]] if input_tensors else None
-        return self._c_scatter(
-            as_array(output_tensors[0]), ins, _root(opts), "scatter", list(output_tensors), True
-        )
+        ins = None
+        if input_tensors:
+            ins = checked_list(input_tensors[0], "scatter", "input_tensors[0]")
+        out = checked_array(output_tensors[0], "scatter", "output_tensors[0]", out=True)
+        return self._c_scatter(out, ins, _root(opts), "scatter", list(output_tensors), True)
 
     def reduce_scatter(
         self,
@@ -260,21 +274,18 @@ class NativeProcessGroup(ProcessGroup):
         input_tensors: list[list[Any]],
         opts: ReduceScatterOptions | None = None,
     ) -> Work:
-        ins = [as_array(i) for i in input_tensors[0]]
+        ins = checked_list(input_tensors[0], "reduce_scatter", "input_tensors[0]")
+        out = checked_array(output_tensors[0], "reduce_scatter", "output_tensors[0]", out=True)
         return self._c_reduce_scatter(
-            as_array(output_tensors[0]),
-            ins,
-            _op(opts),
-            "reduce_scatter",
-            list(output_tensors),
-            True,
+            out, ins, _op(opts), "reduce_scatter", list(output_tensors), True
         )
 
     def _reduce_scatter_base(
         self, output: Any, input: Any, opts: ReduceScatterOptions | None = None
     ) -> Work:
-        out = as_array(output).reshape(-1)
-        ins = list(as_array(input).reshape(self.size(), -1))
+        out = checked_array(output, "_reduce_scatter_base", "output", out=True).reshape(-1)
+        inp = checked_array(input, "_reduce_scatter_base", "input")
+        ins = list(inp.reshape(self.size(), -1))
         return self._c_reduce_scatter(out, ins, _op(opts), "reduce_scatter_tensor", [output], True)
 
     def alltoall_base(
@@ -285,8 +296,10 @@ class NativeProcessGroup(ProcessGroup):
         input_split_sizes: list[int],
         opts: AllToAllOptions | None = None,
     ) -> Work:
-        outs = row_splits(as_array(output), output_split_sizes, self.size())
-        ins = row_splits(as_array(input), input_split_sizes, self.size())
+        out = checked_array(output, "alltoall_base", "output", out=True)
+        inp = checked_array(input, "alltoall_base", "input")
+        outs = row_splits(out, output_split_sizes, self.size())
+        ins = row_splits(inp, input_split_sizes, self.size())
         return self._c_alltoall(outs, ins, "all_to_all_single", [output], True)
 
     def alltoall(
@@ -295,18 +308,21 @@ class NativeProcessGroup(ProcessGroup):
         input_tensors: list[Any],
         opts: AllToAllOptions | None = None,
     ) -> Work:
-        outs = [as_array(o) for o in output_tensors]
-        ins = [as_array(i) for i in input_tensors]
+        outs = checked_list(output_tensors, "alltoall", "output_tensors", out=True)
+        ins = checked_list(input_tensors, "alltoall", "input_tensors")
         return self._c_alltoall(outs, ins, "all_to_all", list(output_tensors), True)
 
     def send(self, tensors: list[Any], dstRank: int, tag: int = 0) -> Work:
-        return self._c_send(as_array(tensors[0]), dstRank, tag, list(tensors), True)
+        arr = checked_array(tensors[0], "send", "tensors[0]")
+        return self._c_send(arr, dstRank, tag, list(tensors), True)
 
     def recv(self, tensors: list[Any], srcRank: int, tag: int = 0) -> Work:
-        return self._c_recv(as_array(tensors[0]), srcRank, tag, list(tensors), True)
+        arr = checked_array(tensors[0], "recv", "tensors[0]", out=True)
+        return self._c_recv(arr, srcRank, tag, list(tensors), True)
 
     def recv_anysource(self, tensors: list[Any], tag: int = 0) -> Work:
-        return self._c_recv(as_array(tensors[0]), None, tag, list(tensors), True)
+        arr = checked_array(tensors[0], "recv_anysource", "tensors[0]", out=True)
+        return self._c_recv(arr, None, tag, list(tensors), True)
 
     def barrier(self, opts: BarrierOptions | None = None) -> Work:
         return self._c_barrier("barrier", True)
