@@ -122,6 +122,9 @@ class Tensor:
     ``.data`` is the live ndarray (optimizers update it in place), ``.grad`` is a Tensor or
     None (assignable), ``np.asarray(t)`` gives the data. Numpy's ufunc machinery is switched
     off (``__array_ufunc__ = None``) so ``ndarray + Tensor`` records like ``Tensor + ndarray``.
+    In-place ops (``+=``, ``add_``, ``copy_``, ...) write ``.data`` itself and are not
+    recorded: with grad mode on they refuse a tensor or operand that requires grad, and a
+    backward through memory written since it was recorded refuses too.
     """
 
     __array_ufunc__ = None
