@@ -104,11 +104,18 @@ _UNINIT = (
 class _GroupInfo:
     """What the module API knows about a group: its global ranks and name."""
 
-    __slots__ = ("backend", "label", "name", "rank_map", "ranks", "timeout")
+    __slots__ = ("backend", "label", "name", "rank_map", "ranks", "store", "timeout")
 
     def __init__(
-        self, ranks: list[int], name: str, label: str, backend: str, timeout: timedelta
+        self,
+        ranks: list[int],
+        name: str,
+        label: str,
+        backend: str,
+        timeout: timedelta,
+        store: Store | None = None,
     ) -> None:
+        self.store = store
         self.ranks = ranks
         self.rank_map = {g: i for i, g in enumerate(ranks)}
         self.name = name
@@ -240,7 +247,7 @@ def _make_group(
             pg._worker_setup = functools.partial(setattr, _tls, "world", world)
         with _live_lock:
             _live[id(pg)] = (pg, label)
-    world.groups[pg] = _GroupInfo(list(ranks), name, label, backend, timeout)
+    world.groups[pg] = _GroupInfo(list(ranks), name, label, backend, timeout, store)
     return pg
 
 
@@ -453,6 +460,55 @@ def _get_default_group() -> ProcessGroup:
     pg = _world_or_raise().default_pg
     assert pg is not None
     return pg
+
+
+def _get_default_store() -> Store:
+    """The default group's store (torch's ``c10d._get_default_store``): a view of the
+    rendezvous store private to this init, shared by every rank."""
+    world = _world_or_raise()
+    info = _info(world, _get_default_group())
+    assert info is not None and info.store is not None
+    return info.store
+
+
+# torch's process-wide name -> group registry (``_register_process_group`` ...); groups made
+# by the module API are found by name in the caller's world without being listed here
+_named_lock = threading.Lock()
+_named: dict[str, ProcessGroup] = {}
+
+
+def _register_process_group(group_name: str, group: ProcessGroup) -> None:
+    """Make ``group`` findable as ``group_name`` (``RuntimeError`` if the name is taken)."""
+    if not isinstance(group_name, str):
+        raise TypeError(f"group_name must be a str, got {type(group_name).__name__}")
+    if not isinstance(group, ProcessGroup):
+        raise TypeError(f"group must be a ProcessGroup, got {type(group).__name__}")
+    with _named_lock:
+        if group_name in _named:
+            raise RuntimeError(f"A process group is already registered under the name {group_name}")
+        _named[group_name] = group
+
+
+def _unregister_process_group(group_name: str) -> None:
+    """Forget the group registered as ``group_name`` (nothing happens if there is none)."""
+    with _named_lock:
+        _named.pop(group_name, None)
+
+
+def _resolve_process_group(group_name: str) -> ProcessGroup:
+    """The group registered as ``group_name``, else the caller's group of that name."""
+    with _named_lock:
+        pg = _named.get(group_name)
+    if pg is not None:
+        return pg
+    world = _current_world()
+    if world is not None:
+        for g, info in world.groups.items():
+            if info.name == group_name:
+                return g
+    raise RuntimeError(
+        f"Could not resolve the process group registered under the name {group_name}"
+    )
 
 
 def get_backend(group: ProcessGroup | None = None) -> str:
@@ -739,7 +795,8 @@ def all_gather_into_tensor(
         return pg._c_allgather(
             list(out.reshape(n, -1)), inp.reshape(-1), op, [output_tensor], async_op
         )
-    work = pg._allgather_base(output_tensor, input_tensor, AllgatherOptions())
+    # torch 2.13 calls the group's all_gather_single (base class: _allgather_base)
+    work = pg.all_gather_single(output_tensor, input_tensor, AllgatherOptions())
     return _finish(work, world, pg, async_op)
 
 
@@ -835,7 +892,8 @@ def reduce_scatter_tensor(
         return pg._c_reduce_scatter(
             out.reshape(-1), list(inp.reshape(n, -1)), op, name, [output], async_op
         )
-    work = pg._reduce_scatter_base(output, input, ReduceScatterOptions(reduceOp=op))
+    # torch 2.13 calls the group's reduce_scatter_single (base class: _reduce_scatter_base)
+    work = pg.reduce_scatter_single(output, input, ReduceScatterOptions(reduceOp=op))
     return _finish(work, world, pg, async_op)
 
 

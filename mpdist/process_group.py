@@ -326,8 +326,9 @@ class ProcessGroup:
     """
 
     def __init__(self, *args: Any) -> None:
+        store = None
         if len(args) == 3:
-            _store, rank, size = args
+            store, rank, size = args
         elif len(args) == 2:
             rank, size = args
         else:
@@ -340,6 +341,12 @@ class ProcessGroup:
         self._pg_size = size
         self._pg_name = ""
         self._pg_desc = ""
+        self._pg_store = store
+
+    def get_group_store(self) -> Any:
+        """The store the group was built with (the very object), or None if built without."""
+        # getattr: a subclass whose __init__ skipped ours still answers
+        return getattr(self, "_pg_store", None)
 
     # ---- overridable attribute hooks
     def getRank(self) -> int:
@@ -436,6 +443,16 @@ class ProcessGroup:
         """``output`` <- every rank's ``input`` concatenated along axis 0."""
         raise self._unsupported("_allgather_base")
 
+    def all_gather_single(
+        self, output: Any, input: Any, opts: AllgatherOptions | None = None
+    ) -> Work:
+        """``output`` <- every rank's ``input`` concatenated along axis 0.
+
+        What ``all_gather_into_tensor`` calls on a group (torch 2.13's name); by default
+        it is ``_allgather_base``, so a subclass may override either.
+        """
+        return self._allgather_base(output, input, opts)
+
     def gather(
         self,
         output_tensors: list[list[Any]],
@@ -468,6 +485,16 @@ class ProcessGroup:
     ) -> Work:
         """``output`` <- reduction over ranks of chunk ``my_rank`` of ``input``."""
         raise self._unsupported("_reduce_scatter_base")
+
+    def reduce_scatter_single(
+        self, output: Any, input: Any, opts: ReduceScatterOptions | None = None
+    ) -> Work:
+        """``output`` <- reduction over ranks of chunk ``my_rank`` of ``input``.
+
+        What ``reduce_scatter_tensor`` calls on a group (torch 2.13's name); by default it
+        is ``_reduce_scatter_base``, so a subclass may override either.
+        """
+        return self._reduce_scatter_base(output, input, opts)
 
     def alltoall_base(
         self,

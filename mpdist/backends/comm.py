@@ -36,6 +36,7 @@ class CommProcessGroup(NativeProcessGroup):
         super().__init__(rank, size)
         self._timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         self._store = store
+        self._pg_store = store  # get_group_store()
         assert self.transport_class is not None, "subclasses set transport_class"
         self._transport = self.transport_class(store, rank, size, self._timeout_s)
         self._comm = alg.Communicator(self._transport, self._timeout_s)
