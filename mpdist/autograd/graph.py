@@ -8,9 +8,10 @@ contribution has arrived, so tensor hooks and post-accumulate hooks fire exactly
 In-place writes made through Tensor methods are tracked per memory owner (the ndarray at the
 root of a view chain, so views and detached aliases count as one, as torch's views share their
 base's version counter). Backward refuses a node when an array it read or wrote was written in
-place after it was recorded, instead of differentiating with the new values. This is stricter than torch, which checks only the values an op saved: here every
-input and output of a node on the backward path counts. Writes through ``.data`` (numpy
-itself) are not tracked, as in torch.
+place after it was recorded, instead of differentiating with the new values. This is stricter
+than torch, which checks only the values an op saved: here every input and output of a node
+on the backward path counts. Writes through ``.data`` (numpy itself) are not tracked, as in
+torch.
 
 The pass is Kahn's algorithm over dependency counts. Among ready vertices, leaves go first
 and then the most recently recorded node, which is what lets a data-parallel wrapper start
