@@ -44,6 +44,11 @@ from mpdist import distributed as dist
 # Exit status of a rank whose parent went away: its whole process group is killed.
 _ORPHAN_EXIT = 70
 
+# After an abort, how often the rank re-applies it (seconds, doubling up to the max) to
+# catch groups that were still being built when it came.
+_REABORT_FIRST = 0.02
+_REABORT_MAX = 0.5
+
 # [True] while the default group of this (pooled) worker was made by with_comms and may
 # serve the next test of the class; a list so decorators can flip it.
 harness_group = [False]
@@ -114,8 +119,19 @@ class _Channel:
             self.conn.send(msg)
 
     def _listen(self) -> None:
+        reabort = _REABORT_FIRST
         while True:
             try:
+                # A group still being built when the abort came was not aborted (only
+                # registered groups are): keep the abort in force until the test ends, so
+                # such a group's first collective raises too. Backs off: the common case
+                # (nothing new) costs a few wake-ups.
+                aborting = self.abort_reason is not None and self.spec is not None
+                if aborting and not self.conn.poll(reabort):
+                    with contextlib.suppress(Exception):
+                        dist._abort_all_groups(self.abort_reason or "")
+                    reabort = min(reabort * 2, _REABORT_MAX)
+                    continue
                 msg = self.conn.recv()
             except (EOFError, OSError):
                 self._parent_gone()
@@ -129,6 +145,7 @@ class _Channel:
                 return
             elif kind == "abort":
                 self.abort_reason = msg[1]
+                reabort = _REABORT_FIRST
                 with contextlib.suppress(Exception):
                     dist._abort_all_groups(msg[1])
             elif kind == "dump":

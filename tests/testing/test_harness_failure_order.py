@@ -159,3 +159,40 @@ def test_a_rank_stuck_in_new_group_is_dumped_and_killed_at_the_timeout(
     rank1 = text.split("--- rank 1 stack dump ---", 1)[1]
     assert "in stuck_in_new_group" in rank1, text
     assert leftover_files(private_tmp) == []
+
+
+def group_built_after_the_abort(rank: int, world_size: int, store_file: str, marker: str) -> None:
+    if rank == 2:  # not in any group: its failure aborts ranks 0 and 1 through the harness
+        while not os.path.exists(marker):
+            time.sleep(0.01)
+        raise ValueError("rank 2 fails")
+    from mpdist.store import FileStore
+
+    dist.init_process_group("tcp", store=FileStore(store_file, 2), rank=rank, world_size=2)
+    if rank == 0:
+        open(marker, "w").close()
+        group = dist.new_group([0, 1])  # completes only after rank 1 was aborted
+    else:
+        with pytest.raises(Exception, match="aborted by the harness"):
+            dist.barrier()  # only the abort ends it: rank 0 never comes
+        group = dist.new_group([0, 1])
+    # Both ranks' new group was registered after the abort came; waiting on it (each rank
+    # receives from the other, so only an abort ends this) must raise all the same.
+    dist.recv(np.zeros(1), src=1 - rank, group=group)
+
+
+def test_the_abort_reaches_a_group_built_after_it(tmp_path) -> None:
+    store_file, marker = str(tmp_path / "store"), str(tmp_path / "entering")
+    with pytest.raises(MultiProcessFailure) as info:
+        spawn_ranks(group_built_after_the_abort, 3, store_file, marker, backend=None)
+    text = str(info.value)
+    assert "failed in rank 2 " in text.splitlines()[0], text
+    # Not killed after the grace period: the re-applied abort stopped one of them, and the
+    # other was aborted as well or lost that peer, whichever came first.
+    lines = {
+        r: next(x for x in _rank_sections(text) if x.startswith(f"=== rank {r}:")) for r in (0, 1)
+    }
+    assert all(
+        "failed after" in line and "(rank 2 failed first)" in line for line in lines.values()
+    )
+    assert any("failed after the abort" in line for line in lines.values()), text
