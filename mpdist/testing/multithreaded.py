@@ -134,19 +134,26 @@ class ThreadRanks:
         outcome = Outcome(test_id=test_id, world_size=self.world_size, timeout=timeout)
         start = time.monotonic()
         deadline = start + timeout
-        aborted = False
+        reason: str | None = None
+        reabort = 0.02
         with self.cond:
             while len(self.results) < self.world_size:
-                if self.first_failure is not None and not aborted:
+                if self.first_failure is not None and reason is None:
                     # First failure: make the others' pending collectives raise now.
-                    aborted = True
-                    first = self.first_failure
-                    dist._abort_all_groups(f"aborted by the harness: rank {first} failed")
+                    reason = f"aborted by the harness: rank {self.first_failure} failed"
                     deadline = min(deadline, time.monotonic() + ABORT_GRACE)
+                if reason is not None:
+                    # Again at every wake-up (backing off): a group that was still being
+                    # built at the first abort is registered, and aborted, only later.
+                    dist._abort_all_groups(reason)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self.cond.wait(remaining)
+                if reason is None:
+                    self.cond.wait(remaining)
+                else:
+                    self.cond.wait(min(remaining, reabort))
+                    reabort = min(reabort * 2, 0.5)
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
         stuck = [t for t in self.threads if t.is_alive()]
