@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterable
 
 import psutil
@@ -52,14 +53,43 @@ def kill_tree(pids: Iterable[int], pgids: Iterable[int] = (), grace: float = 1.0
     sweep_groups(pgids)
 
 
-def sweep_groups(pgids: Iterable[int]) -> None:
-    """SIGKILL whatever is left in the process groups ``pgids`` (orphaned grandchildren)."""
+def sweep_groups(pgids: Iterable[int], wait: float = 2.0) -> None:
+    """SIGKILL whatever is left in the process groups ``pgids`` (orphaned grandchildren).
+
+    Returns once every process of those groups is dead (or ``wait`` seconds passed):
+    a signal is delivered asynchronously, and the caller promises that nothing outlives it.
+    """
     own = os.getpgrp()
+    signalled = set()
     for pgid in pgids:
         if pgid <= 1 or pgid == own:
             continue
-        with contextlib.suppress(OSError):
+        try:
             os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            continue  # ESRCH: the group is empty, the common case
+        signalled.add(pgid)
+    if signalled:
+        _wait_groups_dead(signalled, wait)
+
+
+def _wait_groups_dead(pgids: set[int], wait: float) -> None:
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(proc.pid) in pgids:
+                members.append(proc)
+    deadline = time.monotonic() + wait
+    while members and time.monotonic() < deadline:
+        still = []
+        for proc in members:
+            with contextlib.suppress(psutil.Error):
+                # A zombie is dead; its (possibly new) parent reaps it.
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    still.append(proc)
+        members = still
+        if members:
+            time.sleep(0.005)  # SIGKILL was sent; the kernel finishes it in a moment
 
 
 def signal_name(exitcode: int | None) -> str:
