@@ -73,6 +73,7 @@ class _Peer:
         "tx_ring",
         "rx_ring",
         "closed",
+        "gone",
     )
 
     def __init__(self, rank: int, sock: socket.socket) -> None:
@@ -91,7 +92,10 @@ class _Peer:
         self.lowat = 1  # current SO_RCVLOWAT of the socket
         self.tx_ring: Ring | None = None
         self.rx_ring: Ring | None = None
+        # closed: nothing more can be sent (a write failed, or lost); gone: nothing more
+        # will be read either (EOF or a read error), so the peer is lost
         self.closed = False
+        self.gone = False
 
 
 def _tune(sock: socket.socket) -> None:
@@ -345,7 +349,7 @@ class TcpTransport(Transport):
                 except (BlockingIOError, InterruptedError):
                     sent = 0
                 except OSError:
-                    self._lose(p)
+                    self._stop_sending(p)
                     return
                 if sent < HEADER_SIZE:
                     p.txq.append([[hb[sent:]], SendReq(peer), sent > 0])
@@ -362,7 +366,7 @@ class TcpTransport(Transport):
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
-            self._lose(p)
+            self._stop_sending(p)
             return
         if sent == HEADER_SIZE + n:
             req.done = True
@@ -388,7 +392,7 @@ class TcpTransport(Transport):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                self._lose(p)
+                self._stop_sending(p)
                 return
             item[2] = True
             while sent:
@@ -541,10 +545,24 @@ class TcpTransport(Transport):
                     bufs.append(payload)
                     self._pool_bytes += n
 
-    def _lose(self, p: _Peer) -> None:
+    def _stop_sending(self, p: _Peer) -> None:
+        """A write failed: the peer closed or reset the connection. It may have sent an
+        ERROR first, so the peer is not lost yet: keep reading until EOF (``_lose``), which
+        comes right after whatever it sent (the kernel keeps received bytes after a reset)."""
         if p.closed:
             return
         p.closed = True
+        p.txq.clear()  # never delivered; waiting for them reports the peer once it is gone
+        try:
+            self._poll.modify(p.fd, _POLLIN)
+        except (OSError, ValueError):  # closed under us by close() from another thread
+            self._lose(p)
+
+    def _lose(self, p: _Peer) -> None:
+        """Everything the peer sent has been read (EOF or a read error): it is gone."""
+        if p.gone:
+            return
+        p.closed = p.gone = True
         with contextlib.suppress(KeyError, ValueError, OSError):
             self._poll.unregister(p.fd)
 
@@ -573,16 +591,18 @@ class TcpTransport(Transport):
                     self._check_abort()
                 continue
             p = by_fd.get(fd)
-            if p is None or p.closed:
+            if p is None or p.gone:
                 continue
             if ev & select.POLLOUT:
                 self._write(p)
-            if ev & _POLLIN and not p.closed:
+            # read even when the write just failed: an ERROR the peer sent before closing
+            # is waiting there, and it must win over "lost its connection"
+            if ev & _POLLIN and not p.gone:
                 self._read(p)
 
     def _peer_closed(self, peer: int) -> bool:
         p = self._peers[peer]
-        return p is None or p.closed
+        return p is None or p.gone
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -616,7 +636,7 @@ class TcpTransport(Transport):
                 poll.register(p.fd, _POLLINOUT)
             for fd, ev in poll.poll(50):
                 p = self._by_fd[fd]
-                if ev & _POLLIN:
+                if ev & _POLLIN and not p.gone:
                     # keep reading so that a peer blocked on sending to us can drain
                     with contextlib.suppress(Exception):
                         self._read(p)
@@ -633,7 +653,7 @@ class TcpTransport(Transport):
                     pass
             with contextlib.suppress(OSError):
                 p.sock.close()
-            p.closed = True
+            p.closed = p.gone = True
         self._by_fd.clear()
         self._wake_r.close()
         self._wake_w.close()

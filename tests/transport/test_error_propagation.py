@@ -1,0 +1,145 @@
+"""A peer's ERROR message wins over its closing: drained before the peer is declared lost, and
+relayed (with the rank that detected it) by a rank that fails because of it.
+
+The orderings are built by hand with a scripted peer that speaks the wire protocol, so each
+test takes the exact path it is about (no luck involved): the peer writes its ERROR and
+closes while we are still writing to it, or before we post a send, or it tells only one
+rank, which must pass the cause on before it closes.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import numpy as np
+import pytest
+from mesh_helpers import DictStore
+
+import mpdist.algorithms as A
+from mpdist.errors import DistBackendError, DistNetworkError
+from mpdist.transport import TcpTransport, as_bytes
+from mpdist.transport.header import (
+    ERR_BACKEND,
+    HANDSHAKE,
+    HANDSHAKE_MAGIC,
+    HEADER,
+    KIND_ERROR,
+    MAGIC,
+)
+
+TEXT = "all_reduce: mismatch between rank {me} and rank 0 in collective #1: dtype float32 vs int64"
+
+
+class ScriptedPeer:
+    """The highest rank of a TCP mesh, played by hand: handshakes with every lower rank,
+    then sends exactly what the test says (and reads nothing unless told)."""
+
+    def __init__(self, store: DictStore, rank: int) -> None:
+        self.rank = rank
+        token = bytes.fromhex(store.get("mpdist_tcp/token").decode())
+        hello = HANDSHAKE.pack(HANDSHAKE_MAGIC, rank, 0, token[:16], token[16:])
+        self.socks: list[socket.socket] = []
+        for peer in range(rank):
+            host, _, port = store.get(f"mpdist_tcp/addr/{peer}").decode().rpartition(":")
+            s = socket.create_connection((host, int(port)), timeout=10)
+            self.socks.append(s)
+            s.sendall(hello)
+            got = b""
+            while len(got) < HANDSHAKE.size:
+                got += s.recv(HANDSHAKE.size - len(got))
+
+    def send_error(self, peer: int, text: str, origin: int = -1) -> None:
+        payload = text.encode()
+        hdr = HEADER.pack(
+            MAGIC, KIND_ERROR, 0, ERR_BACKEND, 0, 0, origin, 0, 0, 0, 0, 0, len(payload), 0
+        )
+        self.socks[peer].sendall(hdr + payload)
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+def mesh_with_scripted_peer(n_real: int) -> tuple[list[TcpTransport], ScriptedPeer]:
+    """Real TcpTransports for ranks 0..n_real-1 and a ScriptedPeer as rank n_real."""
+    store = DictStore(timeout=10)
+    ts: list = [None] * n_real
+    errs: list[BaseException] = []
+
+    def make(r: int) -> None:
+        try:
+            ts[r] = TcpTransport(store, r, n_real + 1, 10.0, shm=False)
+        except BaseException as e:  # re-raised below
+            errs.append(e)
+
+    threads = [threading.Thread(target=make, args=(r,)) for r in range(n_real)]
+    for th in threads:
+        th.start()
+    fake = ScriptedPeer(store, n_real)
+    for th in threads:
+        th.join()
+    if errs:
+        fake.close()
+        for t in ts:
+            if t is not None:
+                t.close()
+        raise errs[0]
+    return ts, fake
+
+
+def test_error_frame_wins_when_our_big_write_fails() -> None:
+    """We are mid-write of a payload bigger than both socket buffers; the peer writes its
+    ERROR and closes without reading (so its kernel resets the connection). Our next write
+    fails first: what the peer sent must still be read, and its error raised."""
+    (t0,), fake = mesh_with_scripted_peer(1)
+    try:
+        comm = A.Communicator(t0, 10.0)
+        big = np.ones((32 << 20) // 8)
+        comm.start("all_reduce", big.dtype, big.nbytes, big.shape, redop=0)
+        req = t0.isend(1, 0, as_bytes(big))
+        assert not req.done  # the rest is queued: the peer reads nothing
+        fake.send_error(0, TEXT.format(me=1))
+        fake.close()  # unread bytes: the peer's kernel answers with a reset
+        with pytest.raises(DistBackendError, match="dtype float32 vs int64") as ei:
+            t0.wait([req], "all_reduce")
+        assert "reported by rank 1 to rank 0" in str(ei.value)
+        # sticky, and still the peer's error
+        with pytest.raises(DistBackendError, match="dtype float32 vs int64"):
+            A.barrier(comm)
+    finally:
+        fake.close()
+        t0.close()
+
+
+def test_error_frame_wins_when_posting_a_send_fails() -> None:
+    """The peer wrote its ERROR and reset the connection before we post our next send: the
+    send fails at once, and waiting on it still raises the peer's error."""
+    (t0,), fake = mesh_with_scripted_peer(1)
+    try:
+        comm = A.Communicator(t0, 10.0)
+        A.send(comm, np.ones(4), 1, tag=3)  # unread by the peer
+        fake.send_error(0, TEXT.format(me=1))
+        fake.close()
+        # the first write after a reset may still go through; the next ones fail
+        reqs = [A.isend(comm, np.ones(4), 1, tag=3) for _ in range(3)]
+        with pytest.raises(DistBackendError, match="dtype float32 vs int64"):
+            A.wait(comm, reqs, "send")
+    finally:
+        fake.close()
+        t0.close()
+
+
+def test_peer_that_closes_without_error_is_still_lost() -> None:
+    """Draining before declaring a peer lost must not hide a plain exit."""
+    (t0,), fake = mesh_with_scripted_peer(1)
+    try:
+        comm = A.Communicator(t0, 10.0)
+        big = np.ones((32 << 20) // 8)
+        req = A.isend(comm, big, 1, tag=0)
+        fake.close()
+        with pytest.raises(DistNetworkError, match="rank 0 lost its connection to rank 1"):
+            A.wait(comm, [req], "send")
+    finally:
+        fake.close()
+        t0.close()
