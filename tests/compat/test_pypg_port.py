@@ -27,7 +27,6 @@ import weakref
 
 import c10d_common_port as test_c10d_common
 import numpy as np
-import pytest
 
 import mpdist
 import mpdist as dist
@@ -231,12 +230,6 @@ class TestPyProcessGroup(TestCase):
         pg._set_group_desc("desc")
         self.assertEqual(pg.group_desc, "py:desc")
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=AttributeError,
-        reason="mpdist gap: ProcessGroup(store, rank, size) drops the store and there is no "
-        "get_group_store() (torch returns the very store passed in)",
-    )
     def test_store_constructor(self):
         store = dist.HashStore()
         store.set("test_key", "test_value")
@@ -253,13 +246,6 @@ class TestPyProcessGroup(TestCase):
         self.assertEqual(pg.rank(), 0)
         self.assertEqual(pg.size(), 1)
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=AttributeError,
-        reason="mpdist gap: no _register_process_group/_unregister_process_group, and "
-        "all_gather_into_tensor on a Python group calls _allgather_base, never the "
-        "all_gather_single override torch dispatches to",
-    )
     def test_all_gather_single(self):
         # torch drives this through its functional op all_gather_into_tensor_out(input, 1,
         # group_name, out=output); mpdist has no functional ops addressed by group name, so
@@ -324,11 +310,6 @@ class TestBatchSendRecv(MultiProcessTestCase):
     def create_dummy(store, group_rank, group_size, timeout):
         return test_c10d_common.DummyProcessGroup(group_rank, group_size)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="mpdist gap: mpdist.distributed has no _get_default_store(), which "
-        "DummyProcessGroup.barrier (torch's test_c10d_common) uses for the closing barrier",
-    )
     def test_batch_isend_irecv(self):
         # Without coalescing support the batch falls back to one send/recv per op; the
         # dummy group adds 1 on send and 2 on recv, which proves the ops reached Python.
