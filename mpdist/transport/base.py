@@ -14,6 +14,13 @@ by (peer, tag) in arrival order; ``src=None`` matches any peer.
 
 Failures are sticky: after a mismatch, a dead peer, a timeout or ``abort()``, every pending
 and later operation raises.
+
+Errors travel with their cause: an ERROR message carries the rank that detected the error,
+and a rank that fails because of a peer's ERROR passes it on (the same text and detecting
+rank) to the other ranks of a collective at once. A failed rank that closes sends every
+peer not told yet a farewell (an ERROR flagged FLAG_FAREWELL) that the peer keeps and raises
+only where it would say "lost its connection" to that rank: a third rank learns why, and
+its traffic with other ranks is not disturbed.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import numpy as np
 
 from mpdist.errors import DistBackendError, DistError, DistNetworkError
 from mpdist.transport.header import (
+    ERR_BACKEND,
     ERR_NETWORK,
+    FLAG_FAREWELL,
     KIND_COLL,
     KIND_ERROR,
     KIND_P2P,
@@ -85,7 +94,8 @@ class Transport:
     """Base class of TcpTransport and LocalTransport: matching, waiting and error handling.
 
     Subclasses implement ``_post(peer, hdr, buf, req)``, ``_progress(timeout_s)``,
-    ``_peer_closed(peer)``, ``_notify(peers, err_kind, text)``, ``_wake()`` and ``_shutdown()``.
+    ``_peer_closed(peer)``, ``_notify(peers, err_kind, text, origin, flags)``, ``_wake()`` and
+    ``_shutdown()``.
     """
 
     def __init__(
@@ -109,6 +119,11 @@ class Transport:
         self._p2p_posted: list[RecvReq] = []
         self._p2p_stash: list[tuple[int, tuple, bytes]] = []
         self._error: DistError | None = None
+        # the error to pass on to peers (a mismatch or lost peer, ours or relayed; not an
+        # abort), and the peers that know it already
+        self._cause: DistError | None = None
+        self._told: set[int] = set()
+        self._farewell: dict[int, DistError] = {}  # peer -> why it left
         self._abort_reason: str | None = None
         self._closed = False
         # one user thread at a time; close() takes it to wait for a running op to leave
@@ -274,7 +289,14 @@ class Transport:
                     self._progress(remaining)
         except DistError as e:
             if e is not self._error and self._error is None:
-                if getattr(e, "_mpdist_remote", False) or self._abort_reason is not None:
+                if getattr(e, "_mpdist_remote", False):
+                    self._error = self._cause = e
+                    self._told.add(e._mpdist_sender)
+                    if self._cur is not None:
+                        # every rank takes part in a collective: tell the others now, the
+                        # rank that detected it may have told only some (or gone meanwhile)
+                        self._tell(list(range(self.size)))
+                elif self._abort_reason is not None:
                     self._error = e
                 elif self._cur is not None:
                     self._fail(e, list(range(self.size)))
@@ -295,7 +317,13 @@ class Transport:
             return f"rank {self._n(peers[0])}"
         return "ranks " + ", ".join(str(self._n(q)) for q in peers)
 
-    def _lost(self, op_name: str, peer: int | None) -> DistNetworkError:
+    def _lost(self, op_name: str, peer: int | None) -> DistError:
+        farewell = self._farewell
+        if farewell:
+            # the peer said why it left: that is the error (with its cause), not the loss
+            err = farewell.get(peer) if peer is not None else farewell[min(farewell)]
+            if err is not None:
+                return err
         who = f"rank {self._n(peer)}" if peer is not None else "every peer"
         return DistNetworkError(
             f"{op_name}: rank {self._n(self.rank)} lost its connection to {who} "
@@ -329,19 +357,48 @@ class Transport:
         """Record a sticky error and tell ``peers`` so that they raise too."""
         if self._error is not None:
             return
-        self._error = exc
-        kind = ERR_NETWORK if isinstance(exc, DistNetworkError) else 0
-        targets = [p for p in peers if p != self.rank and not self._peer_closed(p)]
-        if targets:
-            # best effort: the peer may be gone as well
-            with contextlib.suppress(Exception):
-                self._notify(targets, kind, str(exc))
+        self._error = self._cause = exc
+        self._tell(peers)
+
+    def _tell(self, peers: list[int], flags: int = 0) -> None:
+        """Send the cause of our failure to those of ``peers`` that do not know it yet
+        (``flags``: FLAG_FAREWELL when we are leaving)."""
+        exc = self._cause
+        if exc is None:
+            return
+        origin = getattr(exc, "_mpdist_origin", self.rank)
+        told = self._told
+        targets = [
+            p
+            for p in peers
+            if p != self.rank and p != origin and p not in told and not self._peer_closed(p)
+        ]
+        if not targets:
+            return
+        told.update(targets)
+        kind = ERR_NETWORK if isinstance(exc, DistNetworkError) else ERR_BACKEND
+        text = getattr(exc, "_mpdist_text", None) or str(exc)
+        # best effort: the peer may be gone as well
+        with contextlib.suppress(Exception):
+            self._notify(targets, kind, text, origin, flags)
 
     def _remote_error(self, peer: int, hdr: tuple, payload: bytes) -> DistError:
         text = bytes(payload).decode("utf-8", "replace")
         cls = DistNetworkError if hdr[3] == ERR_NETWORK else DistBackendError
-        err = cls(f"{text} (reported by rank {self._n(peer)} to rank {self._n(self.rank)})")
+        # the root field of an ERROR names the rank that detected it (-1: the sender)
+        origin = hdr[6] if 0 <= hdr[6] < self.size and hdr[6] != self.rank else peer
+        me = self._n(self.rank)
+        if origin == peer:
+            where = f"reported by rank {self._n(peer)} to rank {me}"
+        else:
+            where = (
+                f"reported by rank {self._n(origin)} to rank {me}, relayed by rank {self._n(peer)}"
+            )
+        err = cls(f"{text} ({where})")
         err._mpdist_remote = True
+        err._mpdist_text = text
+        err._mpdist_origin = origin
+        err._mpdist_sender = peer
         return err
 
     def _check_coll(self, peer: int, hdr: tuple) -> None:
@@ -460,7 +517,11 @@ class Transport:
             else:
                 self._p2p_stash.append((peer, hdr, payload))
         elif kind == KIND_ERROR:
-            raise self._remote_error(peer, hdr, payload)
+            err = self._remote_error(peer, hdr, payload)
+            if hdr[5] & FLAG_FAREWELL:
+                self._farewell.setdefault(peer, err)
+            else:
+                raise err
 
     def _fill(self, req: RecvReq, hdr: tuple, payload: bytes, peer: int) -> None:
         if req.nbytes != hdr[12] or (
@@ -492,6 +553,10 @@ class Transport:
             if self._closed:
                 return
             self._closed = True
+            if got:
+                # leaving after a failure: the peers not told yet learn why before they see
+                # us go (the message precedes our end of the connection)
+                self._tell(list(range(self.size)), FLAG_FAREWELL)
             self._shutdown()
         finally:
             if got:
@@ -513,7 +578,7 @@ class Transport:
     def _peer_closed(self, peer: int) -> bool:
         raise NotImplementedError
 
-    def _notify(self, peers: list[int], kind: int, text: str) -> None:
+    def _notify(self, peers: list[int], kind: int, text: str, origin: int, flags: int) -> None:
         raise NotImplementedError
 
     def _wake(self) -> None:

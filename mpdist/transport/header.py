@@ -19,6 +19,7 @@ __all__ = [
     "HANDSHAKE_MAGIC",
     "HELLO_SHM",
     "FLAG_SHM",
+    "FLAG_FAREWELL",
     "KIND_COLL",
     "KIND_P2P",
     "KIND_ERROR",
@@ -52,6 +53,8 @@ HEADER_SIZE = HEADER.size
 HANDSHAKE = struct.Struct("<4sII16s32s")
 HELLO_SHM = 1  # handshake flag: this rank can carry payloads in shared-memory rings
 FLAG_SHM = 1  # header flag: the payload is in the sender's shared-memory ring, not on TCP
+# ERROR flag: why the sender is leaving; raised only by an operation that finds it gone
+FLAG_FAREWELL = 2
 
 _DTYPES = [
     "bool",

@@ -119,9 +119,9 @@ class LocalTransport(Transport):
         with self._cond:
             self._cond.notify_all()
 
-    def _notify(self, peers: list[int], kind: int, text: str) -> None:
+    def _notify(self, peers: list[int], kind: int, text: str, origin: int, flags: int) -> None:
         payload = text.encode("utf-8", "replace")
-        hdr = (MAGIC, KIND_ERROR, 0, kind, 0, 0, -1, 0, 0, 0, 0, 0, len(payload), 0)
+        hdr = (MAGIC, KIND_ERROR, 0, kind, 0, flags, origin, 0, 0, 0, 0, 0, len(payload), 0)
         for peer in peers:
             self._hub.deliver(peer, (self.rank, hdr, payload))
 

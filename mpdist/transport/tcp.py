@@ -608,10 +608,13 @@ class TcpTransport(Transport):
         with contextlib.suppress(OSError):
             self._wake_w.send(b"!")
 
-    def _notify(self, peers: list[int], kind: int, text: str) -> None:
-        """Send an ERROR message to ``peers`` and push it out for a bounded time."""
+    def _notify(self, peers: list[int], kind: int, text: str, origin: int, flags: int) -> None:
+        """Send an ERROR message (detected by ``origin``) to ``peers`` and push it out for a
+        bounded time."""
         payload = text.encode("utf-8", "replace")
-        hb = HEADER.pack(MAGIC, KIND_ERROR, 0, kind, 0, 0, -1, 0, 0, 0, 0, 0, len(payload), 0)
+        hb = HEADER.pack(
+            MAGIC, KIND_ERROR, 0, kind, 0, flags, origin, 0, 0, 0, 0, 0, len(payload), 0
+        )
         live = []
         for peer in peers:
             p = self._peers[peer]

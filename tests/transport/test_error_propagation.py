@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 import pytest
-from mesh_helpers import DictStore
+from mesh_helpers import DictStore, make_transport
 
 import mpdist.algorithms as A
 from mpdist.errors import DistBackendError, DistNetworkError
@@ -143,3 +143,64 @@ def test_peer_that_closes_without_error_is_still_lost() -> None:
     finally:
         fake.close()
         t0.close()
+
+
+def test_error_is_relayed_with_its_cause_to_a_third_rank() -> None:
+    """Rank 2 tells only rank 1 about a mismatch and goes away; rank 1 fails and closes.
+    Rank 0 then finds both gone, and must raise rank 2's mismatch (relayed by rank 1), not
+    'lost its connection'."""
+    (t0, t1), fake = mesh_with_scripted_peer(2)
+    try:
+        c0, c1 = A.Communicator(t0, 10.0), A.Communicator(t1, 10.0)
+        fake.send_error(1, TEXT.format(me=2))
+        fake.close()
+        with pytest.raises(DistBackendError, match="dtype float32 vs int64") as e1:
+            A.barrier(c1)  # waits for rank 0 first; finds rank 2's ERROR
+        assert "reported by rank 2 to rank 1" in str(e1.value)
+        t1.close()
+        with pytest.raises(DistBackendError, match="dtype float32 vs int64") as e0:
+            A.barrier(c0)
+        msg = str(e0.value)
+        assert "mismatch between rank 2 and rank 0" in msg
+        assert "reported by rank 2 to rank 0, relayed by rank 1" in msg, msg
+    finally:
+        fake.close()
+        t0.close()
+        t1.close()
+
+
+@pytest.mark.parametrize("kind", ["local", "tcp", "tcp-noshm"])
+def test_relay_between_real_transports(kind: str) -> None:
+    """All ranks real: rank 2 reports a p2p mismatch to rank 1 only (p2p errors are told to
+    the peer involved), then rank 1 closes: it tells the others why as it leaves. Rank 0 is
+    not disturbed by that until it needs rank 1: its traffic with rank 3 goes on."""
+    store = DictStore(timeout=10)
+    ts: list = [None] * 4
+
+    def make(r: int) -> None:
+        ts[r] = make_transport(kind, store, r, 4, 10.0)
+
+    threads = [threading.Thread(target=make, args=(r,)) for r in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    try:
+        c0, c1, c2, c3 = (A.Communicator(t, 10.0) for t in ts)
+        A.send(c1, np.ones(3), 2, tag=1)
+        with pytest.raises(DistBackendError, match="posted a receive of 16 bytes") as e2:
+            A.recv(c2, np.empty(2), 1, tag=1)
+        with pytest.raises(DistBackendError, match="posted a receive of 16 bytes") as e1:
+            A.recv(c1, np.empty(1), 2, tag=9)
+        assert "reported by rank 2 to rank 1" in str(e1.value)
+        ts[1].close()
+        x = np.zeros(2)
+        A.send(c3, np.full(2, 7.0), 0, tag=4)
+        assert A.recv(c0, x, 3, tag=4) == 3 and x.tolist() == [7.0, 7.0]
+        with pytest.raises(DistBackendError, match="posted a receive of 16 bytes") as e0:
+            A.recv(c0, np.empty(1), 1, tag=9)
+        assert str(e2.value) in str(e0.value)
+        assert "reported by rank 2 to rank 0, relayed by rank 1" in str(e0.value)
+    finally:
+        for t in ts:
+            t.close()
