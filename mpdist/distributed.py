@@ -28,6 +28,7 @@ import numpy as np
 from mpdist import backends as _backends  # noqa: F401  (registers the built-in backends)
 from mpdist.algorithms.reduction import ReduceOp, check_op_dtype
 from mpdist.backends.fake import FakeStore
+from mpdist.backends.group_store import GroupStore
 from mpdist.backends.native import (
     NativeProcessGroup,
     checked_array,
@@ -50,7 +51,7 @@ from mpdist.process_group import (
     Work,
     _DistributedBackendOptions,
 )
-from mpdist.store import PrefixStore, Store
+from mpdist.store import Store
 from mpdist.store.rendezvous import rendezvous
 
 __all__ = [
@@ -149,6 +150,8 @@ _init_lock = threading.Lock()
 # every live built-in group of this process, across worlds (for the harness hooks)
 _live_lock = threading.Lock()
 _live: dict[int, tuple[NativeProcessGroup, str]] = {}
+# the stores of groups being built (any backend), for the same hook
+_creating: set[GroupStore] = set()
 
 
 def _current_world() -> _World | None:
@@ -217,7 +220,7 @@ def _check_timeout(timeout: Any) -> timedelta:
 def _make_group(
     world: _World,
     backend: str,
-    store: Store,
+    store: GroupStore,
     group_rank: int,
     ranks: list[int],
     timeout: timedelta,
@@ -226,15 +229,24 @@ def _make_group(
     pg_options: Any,
 ) -> ProcessGroup:
     creator, extended = Backend._creator(backend)
-    if extended:
-        opts = _DistributedBackendOptions(store, group_rank, len(ranks), timeout, name, ranks)
-        pg = creator(opts, pg_options)
-    else:
-        pg = creator(store, group_rank, len(ranks), timeout)
-    if not isinstance(pg, ProcessGroup):
-        raise TypeError(
-            f"backend {backend!r} creator returned {type(pg).__name__}, not a ProcessGroup"
-        )
+    # Registered for abort while it is built: a rank waiting for peers that never come
+    # (in the store, or for their connections) is stopped by ``_abort_all_groups``.
+    with _live_lock:
+        _creating.add(store)
+    try:
+        if extended:
+            opts = _DistributedBackendOptions(store, group_rank, len(ranks), timeout, name, ranks)
+            pg = creator(opts, pg_options)
+        else:
+            pg = creator(store, group_rank, len(ranks), timeout)
+        if not isinstance(pg, ProcessGroup):
+            raise TypeError(
+                f"backend {backend!r} creator returned {type(pg).__name__}, not a ProcessGroup"
+            )
+    except BaseException:
+        with _live_lock:
+            _creating.discard(store)
+        raise
     pg._set_group_name(name)
     if label == "default":
         pg._set_group_desc("default_pg")
@@ -245,7 +257,10 @@ def _make_group(
         if world.thread_local:
             # the group's worker thread runs future callbacks: they see the rank's world
             pg._worker_setup = functools.partial(setattr, _tls, "world", world)
-        with _live_lock:
+    with _live_lock:
+        # one step, so that an abort sees either the store being built on or the group
+        _creating.discard(store)
+        if isinstance(pg, NativeProcessGroup):
             _live[id(pg)] = (pg, label)
     world.groups[pg] = _GroupInfo(list(ranks), name, label, backend, timeout, store)
     return pg
@@ -316,7 +331,7 @@ def init_process_group(
         pg = _make_group(
             world,
             str(name),
-            PrefixStore(f"{world.prefix}/0", store),
+            GroupStore(f"{world.prefix}/0", store),
             rank,
             list(range(world_size)),
             timeout,
@@ -417,7 +432,7 @@ def new_group(
     pg = _make_group(
         world,
         name,
-        PrefixStore(f"{world.prefix}/{group_name}", world.store),
+        GroupStore(f"{world.prefix}/{group_name}", world.store),
         members.index(world.rank),
         members,
         timeout,
@@ -1322,10 +1337,15 @@ def _abort_all_groups(reason: str) -> None:
     """Abort every live group of this process (any thread): pending collectives raise promptly."""
     with _live_lock:
         groups = [pg for pg, _ in _live.values()]
+        building = list(_creating)
     for pg in groups:
         # one broken group must not stop the others from aborting
         with contextlib.suppress(Exception):
             pg._abort(reason)
+    for store in building:
+        # a group still being built: its store waits and its transport's setup raise
+        with contextlib.suppress(Exception):
+            store.abort(reason)
 
 
 def _collective_trace() -> str:

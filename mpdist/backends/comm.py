@@ -21,6 +21,7 @@ from mpdist.errors import DistBackendError, DistStoreError
 from mpdist.process_group import Work
 from mpdist.store import Store
 
+from .group_store import GroupStore
 from .native import NativeProcessGroup
 
 __all__ = ["CommProcessGroup"]
@@ -39,6 +40,10 @@ class CommProcessGroup(NativeProcessGroup):
         self._pg_store = store  # get_group_store()
         assert self.transport_class is not None, "subclasses set transport_class"
         self._transport = self.transport_class(store, rank, size, self._timeout_s)
+        if isinstance(store, GroupStore):
+            # an abort of the group's store (the harness aborting a group still being
+            # built) reaches the transport too, also if it came before this line
+            store.add_abort_callback(self._transport.abort)
         self._comm = alg.Communicator(self._transport, self._timeout_s)
         self._closed = False
         self._lock = threading.Lock()
@@ -130,6 +135,8 @@ class CommProcessGroup(NativeProcessGroup):
 
     def _abort(self, reason: str) -> None:
         self._transport.abort(reason)
+        if isinstance(self._store, GroupStore):
+            self._store.abort(reason)  # monitored_barrier waits on the store
 
     def _close(self) -> None:
         with self._cond:
