@@ -253,7 +253,7 @@ def _make_group(
     if getattr(pg, "_mpdist_thread_local", False):
         world.thread_local = True
     if isinstance(pg, NativeProcessGroup):
-        pg._global_ranks = list(ranks)
+        pg._set_global_ranks(ranks)
         if world.thread_local:
             # the group's worker thread runs future callbacks: they see the rank's world
             pg._worker_setup = functools.partial(setattr, _tls, "world", world)

@@ -8,25 +8,33 @@ module when a group of that backend is first created, so registering costs nothi
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from mpdist.process_group import Backend, ProcessGroup, _DistributedBackendOptions
-from mpdist.store import Store
 
 __all__: list[str] = []
 
 
-def _create_tcp(store: Store, rank: int, size: int, timeout: timedelta) -> ProcessGroup:
+# The real backends take the extended creator signature for the group's global ranks,
+# which their errors name (SPEC: peers are global ranks everywhere).
+
+
+def _create_tcp(options: _DistributedBackendOptions, pg_options: Any) -> ProcessGroup:
     from .tcp import TcpProcessGroup
 
-    return TcpProcessGroup(store, rank, size, timeout)
+    o = options
+    return TcpProcessGroup(
+        o.store, o.group_rank, o.group_size, o.timeout, global_ranks=o.global_ranks_in_group
+    )
 
 
-def _create_threaded(store: Store, rank: int, size: int, timeout: timedelta) -> ProcessGroup:
+def _create_threaded(options: _DistributedBackendOptions, pg_options: Any) -> ProcessGroup:
     from .threaded import ThreadedProcessGroup
 
-    return ThreadedProcessGroup(store, rank, size, timeout)
+    o = options
+    return ThreadedProcessGroup(
+        o.store, o.group_rank, o.group_size, o.timeout, global_ranks=o.global_ranks_in_group
+    )
 
 
 def _create_fake(options: _DistributedBackendOptions, pg_options: Any) -> ProcessGroup:
@@ -36,9 +44,9 @@ def _create_fake(options: _DistributedBackendOptions, pg_options: Any) -> Proces
 
 
 for _name, _creator, _ext in (
-    ("tcp", _create_tcp, False),
-    ("gloo", _create_tcp, False),
-    ("threaded", _create_threaded, False),
+    ("tcp", _create_tcp, True),
+    ("gloo", _create_tcp, True),
+    ("threaded", _create_threaded, True),
     ("fake", _create_fake, True),
 ):
     if _name not in Backend._plugins:  # a re-import must not trip the duplicate check

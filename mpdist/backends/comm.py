@@ -33,13 +33,28 @@ class CommProcessGroup(NativeProcessGroup):
     backend_name = "undefined"
     transport_class: Callable[..., Any] | None = None
 
-    def __init__(self, store: Store, rank: int, size: int, timeout: timedelta) -> None:
+    def __init__(
+        self,
+        store: Store,
+        rank: int,
+        size: int,
+        timeout: timedelta,
+        *,
+        global_ranks: list[int] | None = None,
+    ) -> None:
         super().__init__(rank, size)
+        if global_ranks is not None:
+            if len(global_ranks) != size:
+                raise ValueError(f"global_ranks {global_ranks} must have {size} entries")
+            self._global_ranks = list(global_ranks)
         self._timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         self._store = store
         self._pg_store = store  # get_group_store()
         assert self.transport_class is not None, "subclasses set transport_class"
-        self._transport = self.transport_class(store, rank, size, self._timeout_s)
+        # errors name the ranks as the user knows them (a subgroup's global ranks)
+        self._transport = self.transport_class(
+            store, rank, size, self._timeout_s, rank_names=self._global_ranks
+        )
         if isinstance(store, GroupStore):
             # an abort of the group's store (the harness aborting a group still being
             # built) reaches the transport too, also if it came before this line
@@ -61,6 +76,10 @@ class CommProcessGroup(NativeProcessGroup):
         self._last_p2p: tuple[str, str, int | None, int, tuple[str, int] | None] | None = None
         # run first on the worker thread (the module API uses it to share a thread-local world)
         self._worker_setup: Callable[[], None] | None = None
+
+    def _set_global_ranks(self, ranks: list[int]) -> None:
+        super()._set_global_ranks(ranks)
+        self._transport.rank_names = list(ranks)
 
     # ---------------------------------------------------------------- execution
     def _dead(self) -> DistBackendError:

@@ -104,6 +104,10 @@ class NativeProcessGroup(ProcessGroup):
     def getBackendName(self) -> str:
         return self.backend_name
 
+    def _set_global_ranks(self, ranks: list[int]) -> None:
+        """Group rank i is global rank ``ranks[i]`` (how traces and errors name ranks)."""
+        self._global_ranks = list(ranks)
+
     # ---- the internal interface (group ranks, validated ndarrays); subclasses implement.
     # ``name`` is the op name that headers and errors carry ("all_gather_into_tensor", ...);
     # the return value is the op's value (None; a receive's source) or, with async_op, a Work.
