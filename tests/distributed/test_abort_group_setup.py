@@ -166,3 +166,31 @@ def test_group_store_without_abort_behaves_like_a_prefix_store():
     store.wait(["k"], timedelta(seconds=1))
     with pytest.raises(DistStoreError, match="'g/nope'"):
         store.wait(["nope"], timedelta(milliseconds=120))
+
+
+def monitored_stuck(rank: int, n: int, store: SignallingHashStore) -> str:
+    dist.init_process_group("threaded", rank=rank, world_size=n, store=store)
+    try:
+        if rank == 0:
+            # rank 0 never enters the barrier: rank 1 waits in the store for its verdict
+            store.touched.wait()
+            _abort_all_groups(REASON)
+            return "aborter"
+        store.armed = True
+        try:
+            with pytest.raises(DistBackendError) as info:
+                dist.monitored_barrier(timeout=timedelta(seconds=60))
+        finally:
+            store.touched.set()
+        assert str(info.value) == REASON
+        return "aborted"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_abort_reaches_a_rank_waiting_in_monitored_barrier():
+    store = SignallingHashStore("monitored_barrier/1/result")
+    assert spawn_threads(monitored_stuck, 2, store, init=False, timeout=60) == [
+        "aborter",
+        "aborted",
+    ]
