@@ -194,3 +194,25 @@ def test_abort_reaches_a_rank_waiting_in_monitored_barrier():
         "aborter",
         "aborted",
     ]
+
+
+def init_stuck(rank: int, n: int, store: SignallingHashStore) -> str:
+    if rank == 0:
+        # rank 0 never initialises: rank 1 waits in init_process_group for the group's hub
+        store.touched.wait()
+        _abort_all_groups(REASON)
+        return "aborter"
+    try:
+        with pytest.raises(DistBackendError) as info:
+            dist.init_process_group("threaded", rank=rank, world_size=n, store=store)
+    finally:
+        store.touched.set()
+    assert str(info.value) == REASON
+    assert not dist.is_initialized()
+    return "aborted"
+
+
+def test_abort_reaches_a_rank_waiting_in_init_process_group():
+    store = SignallingHashStore("mpdist_local/hub")
+    store.armed = True
+    assert spawn_threads(init_stuck, 2, store, init=False, timeout=60) == ["aborter", "aborted"]
