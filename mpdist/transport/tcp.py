@@ -15,10 +15,13 @@ posted (then they are stashed). A socketpair wakes a blocked poll on ``abort()``
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hmac
 import os
 import select
 import socket
+import struct
+import termios
 import time
 from collections import deque
 from typing import Any
@@ -49,6 +52,8 @@ _SHM_MIN = 16 << 10  # payloads at least this big go through the shared-memory r
 _SHM_CAP = 16 << 20  # bytes per ring (one per direction and pair; pages only when touched)
 _SPIN_S = float(os.environ.get("MPDIST_SPIN_US", "0")) * 1e-6
 _LOWAT_CAP = 512 << 10
+_CLOSE_DRAIN_S = 3.0  # close waits at most this long for peers to take what we sent
+_TCP_CLOSE = 7  # tcpi_state of a connection that was reset (linux/tcp_states.h)
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 _POLLINOUT = _POLLIN | select.POLLOUT
 
@@ -645,15 +650,39 @@ class TcpTransport(Transport):
                         self._read(p)
 
     def _shutdown(self) -> None:
+        # A socket closed with unread bytes makes the kernel reset the connection, and a
+        # reset discards what we sent that the peer has not received yet (an ERROR queued
+        # behind a big payload, say). So: read and drop what the peer still sends until it
+        # has acknowledged all our data (bounded), then close. (No shutdown(SHUT_WR) first:
+        # the FIN goes after the data either way, and waiting for its delayed ACK would cost
+        # every close ~40 ms.)
+        live = [p for p in self._peers if p is not None and not p.gone]
+        deadline = time.monotonic() + min(self.timeout_s, _CLOSE_DRAIN_S)
+        reading = set(live)  # peers that may still send (no EOF yet)
+        while live:
+            waiting = []
+            for p in live:
+                if p in reading:
+                    state = _drain(p.sock)
+                    if state < 0:
+                        continue  # reset: nothing more can be delivered
+                    if state == 0:
+                        reading.discard(p)  # it stopped sending; it may still be reading
+                if _undelivered(p.sock):
+                    waiting.append(p)
+            live = waiting
+            remaining = deadline - time.monotonic()
+            if not live or remaining <= 0:
+                break
+            poll = select.poll()
+            for p in live:
+                if p in reading:
+                    poll.register(p.fd, select.POLLIN)
+            # acks do not wake a poll: look again every few ms
+            poll.poll(min(remaining, 0.01) * 1000)
         for p in self._peers:
             if p is None:
                 continue
-            # Unread bytes in a closed socket make the kernel send RST, and a RST can discard
-            # data we sent that the peer has not read yet: drain first, then close.
-            with contextlib.suppress(OSError):
-                p.sock.setblocking(False)
-                while p.sock.recv(1 << 16):
-                    pass
             with contextlib.suppress(OSError):
                 p.sock.close()
             p.closed = p.gone = True
@@ -667,6 +696,30 @@ class TcpTransport(Transport):
             if p is not None:
                 p.rx_ring = p.tx_ring = None
         self._drop_own_rings()
+
+
+def _drain(sock: socket.socket) -> int:
+    """Read and drop what ``sock`` holds: 1 if more may come, 0 at EOF, -1 if reset."""
+    try:
+        while sock.recv(1 << 16):
+            pass
+        return 0
+    except (BlockingIOError, InterruptedError):
+        return 1
+    except OSError:
+        return -1
+
+
+def _undelivered(sock: socket.socket) -> bool:
+    """Whether the peer has yet to acknowledge some of what we sent on ``sock`` (False if
+    the connection is reset or closed: then nothing more can be delivered)."""
+    try:
+        if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE:
+            return False
+        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return False
+    return struct.unpack("i", out)[0] > 0
 
 
 def _read_some(sock: socket.socket, buf: bytearray, want: int) -> tuple[bool, bool]:

@@ -204,3 +204,63 @@ def test_relay_between_real_transports(kind: str) -> None:
     finally:
         for t in ts:
             t.close()
+
+
+def test_close_delivers_an_error_queued_behind_data_while_the_peer_keeps_sending() -> None:
+    """Our ERROR sits in the kernel behind data the peer has not taken yet, and the peer is
+    still sending to us when we close. A plain close would reset the connection (unread
+    bytes) and the reset discards our queued ERROR; a graceful close (FIN after our data,
+    drop what comes in until the peer has everything) delivers it."""
+    (t0,), fake = mesh_with_scripted_peer(1)
+    sock = fake.socks[0]
+    # a small receive window: most of what rank 0 sends stays queued in rank 0's kernel
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+    got = bytearray()
+    closing = threading.Event()
+    stop_flood = threading.Event()
+
+    def flood() -> None:  # the peer keeps sending while rank 0 closes
+        junk = b"\0" * (64 << 10)
+        try:
+            while not stop_flood.is_set():
+                sock.sendall(junk)
+        except OSError:
+            pass
+
+    def read_all() -> None:
+        closing.wait()
+        while True:
+            try:
+                data = sock.recv(1 << 16)
+            except OSError:
+                return  # reset: what was queued behind is lost
+            if not data:
+                return
+            got.extend(data)
+
+    comm = A.Communicator(t0, 10.0)
+    A.send(comm, np.ones((1 << 20) // 8), 1, tag=0)  # accepted by the kernel, not delivered
+    # a header for collective #1 that disagrees with rank 0's barrier: rank 0 detects it
+    sock.sendall(HEADER.pack(MAGIC, 0, 0, 2, 0, 0, 0, 0, 0, 1, 8, 0, 0, 0))
+    with pytest.raises(DistBackendError, match="mismatch between rank 0 and rank 1"):
+        A.barrier(comm)
+    shutdown = t0._shutdown
+
+    def traced_shutdown() -> None:
+        closing.set()  # the peer starts reading only now
+        shutdown()
+
+    t0._shutdown = traced_shutdown
+    threads = [threading.Thread(target=flood), threading.Thread(target=read_all)]
+    try:
+        for th in threads:
+            th.start()
+        t0.close()
+    finally:
+        stop_flood.set()
+        closing.set()
+        fake.close()  # ends the flood and the reader at once
+        for th in threads:
+            th.join()
+        t0.close()
+    assert b"mismatch between rank 0 and rank 1" in got
