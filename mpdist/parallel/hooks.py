@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from mpdist import distributed as dist
+from mpdist.parallel.powersgd import PowerSGDState, batched_powerSGD_hook, powerSGD_hook
 from mpdist.parallel.reducer import GradBucket
 from mpdist.process_group import Future, ProcessGroup
 
@@ -51,4 +52,11 @@ def fp16_compress_hook(process_group: ProcessGroup | None, bucket: GradBucket) -
     return work.get_future().then(decompress)
 
 
-__all__ = ["GradBucket", "allreduce_hook", "fp16_compress_hook"]
+__all__ = [
+    "GradBucket",
+    "PowerSGDState",
+    "allreduce_hook",
+    "batched_powerSGD_hook",
+    "fp16_compress_hook",
+    "powerSGD_hook",
+]

@@ -21,7 +21,6 @@ import os
 from itertools import product
 
 import numpy as np
-import pytest
 
 import mpdist
 import mpdist as dist
@@ -30,7 +29,7 @@ from mpdist import nn
 from mpdist.autograd import no_grad
 from mpdist.nn import functional as F
 from mpdist.parallel import DistributedDataParallel
-from mpdist.parallel import hooks as powerSGD  # mpdist's comm hooks live here
+from mpdist.parallel import powersgd as powerSGD
 
 
 class Net(nn.Module):
@@ -237,12 +236,6 @@ class CommonDistributedDataParallelTest:
     def _get_process_group(self):
         raise NotImplementedError("To be implemented by child class")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="mpdist gap: no PowerSGD comm hook (torch: ddp_comm_hooks.powerSGD_hook."
-        "PowerSGDState validates start_powerSGD_iter; mpdist.parallel.hooks has only "
-        "allreduce_hook and fp16_compress_hook)",
-    )
     def test_invalid_powerSGD_state(self):
         for start_powerSGD_iter, use_error_feedback, warm_start in product(
             [0, 1], [True, False], [True, False]
