@@ -9,6 +9,7 @@ rank, which must pass the cause on before it closes.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -121,8 +122,11 @@ def test_error_frame_wins_when_posting_a_send_fails() -> None:
         A.send(comm, np.ones(4), 1, tag=3)  # unread by the peer
         fake.send_error(0, TEXT.format(me=1))
         fake.close()
-        # the first write after a reset may still go through; the next ones fail
-        reqs = [A.isend(comm, np.ones(4), 1, tag=3) for _ in range(3)]
+        # a write after the reset fails (the first one may still go through): post until one
+        # has, so the wait below starts with sending to that peer already stopped
+        reqs = []
+        while not t0._peers[1].closed:
+            reqs.append(A.isend(comm, np.ones(4), 1, tag=3))
         with pytest.raises(DistBackendError, match="dtype float32 vs int64"):
             A.wait(comm, reqs, "send")
     finally:
@@ -259,8 +263,10 @@ def test_close_delivers_an_error_queued_behind_data_while_the_peer_keeps_sending
     finally:
         stop_flood.set()
         closing.set()
-        fake.close()  # ends the flood and the reader at once
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # wakes the flood and the reader if still blocked
         for th in threads:
             th.join()
+        fake.close()
         t0.close()
     assert b"mismatch between rank 0 and rank 1" in got
