@@ -3,6 +3,7 @@ error feedback, DDP training over the threaded backend, and numerics against tor
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import numpy as np
@@ -220,9 +221,18 @@ def test_batched_hook_rank1_buffer_is_exact_and_length_kept() -> None:
 # ----------------------------------------------------------------------------- DDP
 
 
-def train(rank: int, ws: int, widths: tuple[int, ...], hook, state_kwargs, steps: int, lr: float):
+def train(
+    rank: int,
+    ws: int,
+    widths: tuple[int, ...],
+    hook,
+    state_kwargs,
+    steps: int,
+    lr: float,
+    ddp_kwargs: dict | None = None,
+):
     model = mlp(0, *widths)
-    ddp = DDP(model, bucket_cap_mb=0.0005)
+    ddp = DDP(model, bucket_cap_mb=0.0005, **(ddp_kwargs or {}))
     if hook is not None:
         ddp.register_comm_hook(PowerSGDState(None, **state_kwargs), hook)
     opt = SGD(ddp.parameters(), lr=lr)
@@ -237,16 +247,58 @@ def train(rank: int, ws: int, widths: tuple[int, ...], hook, state_kwargs, steps
     return [p.data.copy() for p in model.parameters()], losses
 
 
-def test_ddp_with_rank1_representable_gradients_equals_plain_ddp() -> None:
-    """1 -> 8 -> 1: every weight gradient is an 8 x 1 or 1 x 8 matrix, which a rank-1
-    PowerSGD reproduces exactly (error feedback and warm start on), so training equals
-    plain DDP."""
-    kw = dict(start_powerSGD_iter=2, min_compression_rate=0.5)
-    plain = spawn_threads(train, 2, (1, 8, 1), None, {}, 6, 0.1)
-    hooked = spawn_threads(train, 2, (1, 8, 1), powerSGD_hook, kw, 6, 0.1)
+# 1 -> 8 -> 1: every weight gradient is an 8 x 1 or 1 x 8 matrix, which rank-1 PowerSGD
+# reproduces exactly (min_compression_rate 0.5 lets them compress)
+RANK1_STATE = dict(start_powerSGD_iter=2, min_compression_rate=0.5)
+
+
+@pytest.mark.parametrize(
+    "ddp_kwargs", [{}, dict(find_unused_parameters=True, gradient_as_bucket_view=True)]
+)
+def test_ddp_with_rank1_representable_gradients_equals_plain_ddp(ddp_kwargs) -> None:
+    """With error feedback and warm start on, training equals plain DDP."""
+    plain = spawn_threads(train, 2, (1, 8, 1), None, {}, 6, 0.1, ddp_kwargs)
+    hooked = spawn_threads(train, 2, (1, 8, 1), powerSGD_hook, RANK1_STATE, 6, 0.1, ddp_kwargs)
     for (pp, _), (hp, _) in zip(plain, hooked, strict=True):
         for a, b in zip(pp, hp, strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+
+
+def test_join_with_powersgd() -> None:
+    """Uneven inputs: the joined rank shadows the hook's collectives (with zero
+    gradients) so the other rank finishes; replicas stay identical."""
+
+    def body(rank: int, ws: int):
+        ddp = DDP(mlp(0, 1, 8, 1))
+        state = PowerSGDState(None, **RANK1_STATE)
+        ddp.register_comm_hook(state, powerSGD_hook)
+        opt = SGD(ddp.parameters(), lr=0.1)
+        rng = np.random.default_rng(rank)
+        with ddp.join():
+            for _ in range(3 + 2 * rank):
+                opt.zero_grad()
+                F.mse_loss(ddp(rng.standard_normal((4, 1))), rng.standard_normal((4, 1))).backward()
+                opt.step()
+        return [p.data.copy() for p in ddp.parameters()], state.iter
+
+    (p0, it0), (p1, it1) = spawn_threads(body, 2)
+    assert it0 == it1 == 5
+    for a, b in zip(p0, p1, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_state_pickles_without_its_group() -> None:
+    def body(rank: int, ws: int):
+        state = PowerSGDState(dist.group.WORLD, start_powerSGD_iter=2, random_seed=4)
+        for _ in range(3):
+            powerSGD_hook(state, bucket_of([np.ones((6, 6))])).wait()
+        copy = pickle.loads(pickle.dumps(state))
+        assert copy.process_group is None
+        assert copy.iter == 3 and copy.start_powerSGD_iter == 2
+        np.testing.assert_array_equal(copy.q_memory_dict[0], state.q_memory_dict[0])
+        assert copy.rng.randint(1000) == state.rng.randint(1000)
+
+    spawn_threads(body, 1)
 
 
 @pytest.mark.parametrize("hook", [powerSGD_hook, batched_powerSGD_hook])
@@ -309,25 +361,26 @@ def torch_world(monkeypatch):
 SHAPES = [(6, 5), (6, 5), (4, 3, 2), (7,), (3, 3), (5, 6)]
 
 
-@pytest.mark.parametrize("batch", [False, True])
-def test_powersgd_hook_matches_torch(torch_world, batch) -> None:
+@pytest.mark.parametrize("batch,rank", [(False, 2), (True, 2), (False, 3)])
+def test_powersgd_hook_matches_torch(torch_world, batch, rank) -> None:
     """Same start P/Q memories (warm start), same gradients, world size 1: every
-    iteration's output, error and memories agree with torch's hook."""
+    iteration's output, the error and the statistics agree with torch's hook (which
+    orthogonalises rank 3 by QR: the columns' signs may differ, the product does not)."""
     torch = torch_world
     from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as tp
 
     kw = dict(
-        matrix_approximation_rank=2,
+        matrix_approximation_rank=rank,
         start_powerSGD_iter=2,
-        min_compression_rate=1,
+        min_compression_rate=1 if rank == 2 else 0.5,
         batch_tensors_with_same_shape=batch,
     )
     rng = np.random.default_rng(5)
     steps = [[rng.standard_normal(s) for s in SHAPES] for _ in range(6)]
-    p0, q0 = (
-        rng.standard_normal(12 * 2 + 4 * 2 + 5 * 2),
-        rng.standard_normal(10 * 2 + 6 * 2 + 6 * 2),
-    )
+    # compressed: (6, 5) twice, (4, 3, 2) as 4 x 6, (5, 6); at rate 0.5 also the vector
+    # (as 7 x 1, rank 1); never the 3 x 3
+    p_size, q_size = (42, 44) if rank == 2 else (70, 67)
+    p0, q0 = rng.standard_normal(p_size), rng.standard_normal(q_size)
 
     ts = tp.PowerSGDState(None, **kw)
     t_out = []
@@ -350,7 +403,8 @@ def test_powersgd_hook_matches_torch(torch_world, batch) -> None:
     for a, b in zip(m_out, t_out, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(ms.error_dict[0], ts.error_dict[0].numpy(), rtol=1e-9, atol=1e-10)
-    np.testing.assert_allclose(ms.q_memory_dict[0], ts.q_memory_dict[0].numpy(), rtol=1e-9)
+    if rank == 2:
+        np.testing.assert_allclose(ms.q_memory_dict[0], ts.q_memory_dict[0].numpy(), rtol=1e-9)
     assert ms.compression_stats() == ts.compression_stats()
     assert ms.iter == ts.iter == 6
 
@@ -385,3 +439,29 @@ def test_batched_hook_equals_powersgd_hook_on_the_padded_square() -> None:
 
     ((rate, before, after),) = spawn_threads(body, 1)
     assert (before, after) == (3 * 30, 3 * 6 * 2 * 2)
+
+
+def train_single(widths: tuple[int, ...], steps: int, lr: float) -> list[np.ndarray]:
+    """The parameters after full-batch training of the model ``train`` builds."""
+    model = mlp(0, *widths)
+    opt = SGD(model.parameters(), lr=lr)
+    x, y = regression_data(7, 16, widths[0], widths[-1])
+    for _ in range(steps):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+    return [p.data.copy() for p in model.parameters()]
+
+
+@pytest.mark.mpdist(world_size=2)
+def test_ddp_with_powersgd_over_tcp_equals_full_batch(rank, world_size) -> None:
+    """Real processes: PowerSGD DDP on rank-1-representable gradients trains exactly like
+    one process on the full batch, and the replicas agree."""
+    params, _ = train(rank, world_size, (1, 8, 1), powerSGD_hook, RANK1_STATE, 5, 0.1)
+    ref = train_single((1, 8, 1), 5, 0.1)
+    for p, q in zip(params, ref, strict=True):
+        np.testing.assert_allclose(p, q, rtol=1e-9, atol=1e-12)
+    flat = np.concatenate([p.ravel() for p in params])
+    copies = [np.empty_like(flat) for _ in range(world_size)]
+    dist.all_gather(copies, flat)
+    np.testing.assert_array_equal(copies[0], copies[1])
