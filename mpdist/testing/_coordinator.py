@@ -112,6 +112,7 @@ class _Handle:
         self.dumped = False
         self.failing: dict[str, Any] | None = None  # the rank's failure notice
         self.failed_seen: float | None = None  # parent's clock when it saw this rank fail
+        self.reaped = False  # killed by the harness (timeout, grace period): not a failure
 
     def send(self, msg: tuple) -> bool:
         if not self.conn_open:
@@ -221,7 +222,7 @@ class RankSet:
             failure = h.record if h.record.get("status") == "failed" else None
         elif h.failing is not None:
             failure = h.failing
-        elif h.exited and h.rank not in self.spec.may_die:
+        elif h.exited and not h.reaped and h.rank not in self.spec.may_die:
             failure = {"exc_type": None, "message": _reaper.signal_name(_exitcode(h))}
         else:
             return None
@@ -352,6 +353,8 @@ class RankSet:
         """Kill every rank of this set, their descendants and their process groups."""
         if self.closed:
             return
+        for h in self._active():
+            h.reaped = True
         pids = [h.pid for h in self.handles if h.pid is not None]
         pgids = [h.pgid for h in self.handles if h.pgid]
         _reaper.kill_tree(pids, pgids, grace=grace)

@@ -69,6 +69,7 @@ class WorkerPool:
             h.trace = None
             h.failing = None
             h.failed_seen = None
+            h.reaped = False
             if not h.send(("task", spec)):
                 h.exited = True
         return RankSet(spec, self.handles, pooled=True)

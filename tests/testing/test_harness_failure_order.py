@@ -196,3 +196,27 @@ def test_the_abort_reaches_a_group_built_after_it(tmp_path) -> None:
         "failed after" in line and "(rank 2 failed first)" in line for line in lines.values()
     )
     assert any("failed after the abort" in line for line in lines.values()), text
+
+
+def network_error_then_deaf(rank: int, world_size: int, marker: str) -> None:
+    if rank == 1:
+        open(marker, "w").close()
+        time.sleep(120)  # killed after the grace period
+    while not os.path.exists(marker):
+        time.sleep(0.01)
+    from mpdist.errors import DistNetworkError
+
+    raise DistNetworkError("rank 0's own network failure")
+
+
+def test_a_rank_killed_by_the_harness_is_never_the_first_failure(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    # Rank 0's error looks like a consequence (a DistNetworkError) but is the only real
+    # failure; rank 1 died only because the harness killed it.
+    monkeypatch.setattr(_coordinator, "ABORT_GRACE", 1.0)
+    with pytest.raises(MultiProcessFailure) as info:
+        spawn_ranks(network_error_then_deaf, 2, str(tmp_path / "m"), backend=None)
+    text = str(info.value)
+    assert "failed in rank 0 " in text.splitlines()[0], text
+    assert "=== rank 1: killed after rank 0 failed" in text
