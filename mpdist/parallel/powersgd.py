@@ -224,6 +224,14 @@ def _add_error(state: PowerSGDState, index: int, buffer: np.ndarray) -> np.ndarr
     return buffer.copy()
 
 
+def _forget(state: PowerSGDState, index: int) -> None:
+    """Without warm start, drop this bucket's P and Q (torch clears both dicts; dropping
+    only our own keys leaves the same state at the end of an iteration and can't pull
+    memory from under another bucket's hook that is still running)."""
+    state.p_memory_dict.pop(index, None)
+    state.q_memory_dict.pop(index, None)
+
+
 def _random_q(state: PowerSGDState, size: int, dtype: np.dtype) -> np.ndarray:
     seed = state.rng.randint(1_000_000_000)
     return np.random.default_rng(seed).standard_normal(size).astype(dtype, copy=False)
@@ -273,11 +281,13 @@ def powerSGD_hook(state: PowerSGDState, bucket: GradBucket) -> Future:
     # Error feedback changes the buffer, so the views above see it.
     saved = _add_error(state, index, buffer)
 
+    # Locals from here on: another bucket's callback may change the dicts meanwhile.
     randomize = not state.warm_start or index not in state.p_memory_dict
     if randomize:
-        state.p_memory_dict[index] = np.empty(p_size, dtype=dtype)
-        state.q_memory_dict[index] = np.empty(q_size, dtype=dtype)
-    p_mem, q_mem = state.p_memory_dict[index], state.q_memory_dict[index]
+        p_mem, q_mem = np.empty(p_size, dtype=dtype), np.empty(q_size, dtype=dtype)
+        state.p_memory_dict[index], state.q_memory_dict[index] = p_mem, q_mem
+    else:
+        p_mem, q_mem = state.p_memory_dict[index], state.q_memory_dict[index]
 
     # Same-shaped matrices sit next to each other in the P and Q memories (torch's layout).
     by_shape: dict[tuple[int, int], list[np.ndarray]] = defaultdict(list)
@@ -336,8 +346,7 @@ def powerSGD_hook(state: PowerSGDState, bucket: GradBucket) -> Future:
         if saved is not None:
             state.error_dict[index] = saved - buffer
         if not state.warm_start:
-            state.p_memory_dict.clear()
-            state.q_memory_dict.clear()
+            _forget(state, index)
         state.maybe_increase_iter(bucket)
         return buffer
 
@@ -372,9 +381,11 @@ def batched_powerSGD_hook(state: PowerSGDState, bucket: GradBucket) -> Future:
     # The rank can't exceed the side (torch requires r <= side here; cap it instead).
     r = min(r, side)
     if not state.warm_start or index not in state.p_memory_dict:
-        state.p_memory_dict[index] = np.empty((side, r), dtype=buffer.dtype)
-        state.q_memory_dict[index] = _random_q(state, side * r, buffer.dtype).reshape(side, r)
-    p, q = state.p_memory_dict[index], state.q_memory_dict[index]
+        p = np.empty((side, r), dtype=buffer.dtype)
+        q = _random_q(state, side * r, buffer.dtype).reshape(side, r)
+        state.p_memory_dict[index], state.q_memory_dict[index] = p, q
+    else:
+        p, q = state.p_memory_dict[index], state.q_memory_dict[index]
     _orthogonalize(q[np.newaxis])
     np.matmul(matrix, q, out=p)
     dist.all_reduce(p, group=pg)  # the Q product needs the summed P: wait here
@@ -389,8 +400,7 @@ def batched_powerSGD_hook(state: PowerSGDState, bucket: GradBucket) -> Future:
         if saved is not None:
             state.error_dict[index] = saved - padded
         if not state.warm_start:
-            state.p_memory_dict.clear()
-            state.q_memory_dict.clear()
+            _forget(state, index)
         buffer[:] = padded[:total]
         state.maybe_increase_iter(bucket)
         return buffer
