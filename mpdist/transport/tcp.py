@@ -192,7 +192,13 @@ class TcpTransport(Transport):
 
             poll = select.poll()
             poll.register(listener.fileno(), select.POLLIN)
-            fds: dict[int, socket.socket] = {listener.fileno(): listener}
+            # abort() from another thread writes to the wake socket: watching it here is
+            # what lets an abort stop a rank waiting for peers that never connect
+            poll.register(self._wake_fd, select.POLLIN)
+            fds: dict[int, socket.socket] = {
+                listener.fileno(): listener,
+                self._wake_fd: self._wake_r,
+            }
             for sock in waiting_ack:
                 poll.register(sock.fileno(), select.POLLIN)
                 fds[sock.fileno()] = sock
@@ -205,10 +211,12 @@ class TcpTransport(Transport):
                         f"rank {self._n(rank)}: timed out after {self.timeout_s:g} s connecting the "
                         f"TCP mesh; no connection from rank(s) {missing}"
                     )
-                if self._abort_reason is not None:
-                    self._check_abort()
+                self._check_abort()
                 for fd, _ev in poll.poll(remaining * 1000):
                     sock = fds[fd]
+                    if sock is self._wake_r:
+                        self._drain_wake()  # abort() woke us: the loop's check raises
+                        continue
                     if sock is listener:
                         try:
                             conn, _ = listener.accept()
@@ -587,11 +595,7 @@ class TcpTransport(Transport):
         by_fd = self._by_fd
         for fd, ev in events:
             if fd == self._wake_fd:
-                try:
-                    while self._wake_r.recv(4096):
-                        pass
-                except (BlockingIOError, InterruptedError, OSError):
-                    pass
+                self._drain_wake()
                 if self._abort_reason is not None:
                     self._check_abort()
                 continue
@@ -608,6 +612,11 @@ class TcpTransport(Transport):
     def _peer_closed(self, peer: int) -> bool:
         p = self._peers[peer]
         return p is None or p.gone
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):  # BlockingIOError once it is empty
+            while self._wake_r.recv(4096):
+                pass
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):

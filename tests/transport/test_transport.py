@@ -152,6 +152,46 @@ def test_abort_from_another_thread(kind: str) -> None:
     assert run_ranks(2, fn, kind, timeout=10) == [True, True]
 
 
+class _SignallingStore(DictStore):
+    """Sets ``published`` once rank 0 has published its address: it is about to wait for
+    its peers' connections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published = threading.Event()
+
+    def set(self, key: str, value: bytes | str) -> None:
+        super().set(key, value)
+        if key == "mpdist_tcp/addr/0":
+            self.published.set()
+
+
+def test_abort_stops_a_transport_waiting_for_its_peers_to_connect() -> None:
+    store = _SignallingStore()
+    building: list[TcpTransport] = []
+
+    class Watched(TcpTransport):
+        # the only way to reach a transport whose constructor has not returned
+        def _connect_mesh(self, store) -> None:
+            building.append(self)
+            super()._connect_mesh(store)
+
+    def abort() -> None:
+        store.published.wait(30)
+        building[0].abort("stop building")
+
+    aborter = threading.Thread(target=abort)
+    aborter.start()
+    try:
+        # rank 1 never comes; without the abort this would wait out the 60 s timeout
+        with pytest.raises(DistBackendError, match="^stop building$"):
+            Watched(store, 0, 2, 60.0)
+    finally:
+        store.published.set()
+        aborter.join()
+    assert building[0]._closed
+
+
 def test_stranger_is_refused_and_mesh_carries_on() -> None:
     store = DictStore()
     results: dict[int, object] = {}
