@@ -206,7 +206,9 @@ class TcpTransport(Transport):
             while need_accept or waiting_ack:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    missing = [p for p in range(size) if p != rank and self._peers[p] is None]
+                    missing = [
+                        self._n(p) for p in range(size) if p != rank and self._peers[p] is None
+                    ]
                     raise DistNetworkError(
                         f"rank {self._n(rank)}: timed out after {self.timeout_s:g} s connecting the "
                         f"TCP mesh; no connection from rank(s) {missing}"

@@ -192,6 +192,12 @@ def test_abort_stops_a_transport_waiting_for_its_peers_to_connect() -> None:
     assert building[0]._closed
 
 
+def test_mesh_timeout_names_missing_ranks_by_rank_names() -> None:
+    # ranks 1 and 2 of the group (global ranks 6 and 8) never come
+    with pytest.raises(DistNetworkError, match=r"no connection from rank\(s\) \[6, 8\]"):
+        TcpTransport(DictStore(), 0, 3, 0.2, rank_names=[4, 6, 8])
+
+
 def test_stranger_is_refused_and_mesh_carries_on() -> None:
     store = DictStore()
     results: dict[int, object] = {}
