@@ -109,6 +109,26 @@ def _same_list(comm: Communicator, arrays: list, like: np.ndarray, what: str) ->
             raise ValueError(f"{what}: every array must have {like.size} elements, got {a.size}")
 
 
+def _start_rooted(
+    comm: Communicator,
+    mine: np.ndarray,
+    arrays: list | None,
+    root: int,
+    op_name: str,
+    kind: str,
+    role: str,
+) -> None:
+    """Check and enter a gather or scatter (``kind``): ``mine`` is this rank's array and
+    ``arrays`` the root's list of one array per rank (the ``role`` list, not used elsewhere)."""
+    _flat(mine)
+    _root(comm, root)
+    if comm.rank == root:
+        if arrays is None:
+            raise ValueError(f"{kind}: the {role} list is required on the root")
+        _same_list(comm, arrays, mine, f"{kind} list")
+    comm.start(op_name, mine.dtype, mine.nbytes, mine.shape, root)
+
+
 def allreduce(
     comm: Communicator,
     array: np.ndarray,
@@ -183,13 +203,7 @@ def gather(
     op_name: str = "gather",
 ) -> None:
     """Root's ``outputs[i]`` <- rank i's ``input``; ``outputs`` is only used on the root."""
-    _flat(input)
-    _root(comm, root)
-    if comm.rank == root:
-        if outputs is None:
-            raise ValueError("gather: the output list is required on the root")
-        _same_list(comm, outputs, input, "gather list")
-    comm.start(op_name, input.dtype, input.nbytes, input.shape, root)
+    _start_rooted(comm, input, outputs, root, op_name, "gather", "output")
     direct.gather(comm, input, outputs, root, op_name)
     comm.finish()
 
@@ -203,13 +217,7 @@ def scatter(
     op_name: str = "scatter",
 ) -> None:
     """Rank i's ``output`` <- root's ``inputs[i]``; ``inputs`` is only used on the root."""
-    _flat(output)
-    _root(comm, root)
-    if comm.rank == root:
-        if inputs is None:
-            raise ValueError("scatter: the input list is required on the root")
-        _same_list(comm, inputs, output, "scatter list")
-    comm.start(op_name, output.dtype, output.nbytes, output.shape, root)
+    _start_rooted(comm, output, inputs, root, op_name, "scatter", "input")
     direct.scatter(comm, output, inputs, root, op_name)
     comm.finish()
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from mpdist.algorithms.reduction import ReduceOp, reduce_into
 from mpdist.transport.header import dtype_code, op_code, shape_signature
 
-__all__ = ["Communicator", "received"]
+__all__ = ["Communicator", "received", "reduce_received"]
 
 
 def received(req: Any, fallback: np.ndarray) -> np.ndarray:
@@ -24,6 +25,26 @@ def received(req: Any, fallback: np.ndarray) -> np.ndarray:
     if view is req.buf:
         return fallback
     return np.frombuffer(view, fallback.dtype)
+
+
+def reduce_received(
+    transport: Any,
+    req: Any,
+    fallback: np.ndarray,
+    mine: np.ndarray,
+    op: ReduceOp,
+    mine_first: bool,
+) -> None:
+    """Reduce the data of the finished borrowing receive ``req`` (see ``received``) into
+    ``mine``: ``op(mine, theirs)`` if ``mine_first`` else ``op(theirs, mine)``, the order
+    both ends agree on so that their results are bitwise identical. Gives the bytes back."""
+    theirs = received(req, fallback)
+    if mine_first:
+        reduce_into(mine, mine, theirs, op)
+    else:
+        reduce_into(mine, theirs, mine, op)
+    del theirs  # no view of the lent bytes may outlive the release
+    transport.release(req)
 
 
 class Communicator:

@@ -2,23 +2,23 @@
 
 Same bytes on the wire as the ring but only 2 log2(p) steps (the ring takes 2 (p - 1)),
 which is what counts for arrays too big for recursive doubling and too small to pipeline.
-Ranks beyond the largest power of two p2 fold into rank ``r - p2`` first and get the
-result back at the end. Each element is reduced on exactly one rank (op(lower rank's value,
-higher rank's value) at every step) and then copied: results are bitwise identical.
+Groups that are not a power of two are folded onto one (``fold.folded``). Each element is
+reduced on exactly one rank (op(lower rank's value, higher rank's value) at every step) and
+then copied: results are bitwise identical.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mpdist.algorithms.communicator import Communicator, received
-from mpdist.algorithms.reduction import ReduceOp, reduce_into
+from mpdist.algorithms.communicator import Communicator, reduce_received
+from mpdist.algorithms.fold import folded
+from mpdist.algorithms.reduction import ReduceOp
 from mpdist.transport.base import as_bytes
 
 __all__ = ["allreduce"]
 
 _AG_STEP = 1 << 24
-_FINAL_STEP = 1 << 30
 _MAX_CHUNKS = 4096
 CHUNK_BYTES = 1 << 20
 
@@ -27,26 +27,27 @@ def allreduce(
     comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str, chunk_bytes: int = 0
 ) -> None:
     """Reduce the flat array ``flat`` in place across the communicator (no AVG division)."""
+    # scratch slot 0 holds the received halves: a folded-in partner's data goes to slot 1
+    folded(_butterfly, comm, flat, op, op_name, 1, chunk_bytes or CHUNK_BYTES)
+
+
+def _butterfly(
+    comm: Communicator,
+    flat: np.ndarray,
+    fb: memoryview,
+    p2: int,
+    op: ReduceOp,
+    op_name: str,
+    chunk_bytes: int,
+) -> None:
     t = comm.transport
-    p, r = comm.size, comm.rank
-    p2 = 1 << (p.bit_length() - 1)
-    extra = p - p2
-    fb = as_bytes(flat)
+    r = comm.rank
     item = flat.itemsize
-    chunk = max(1, (chunk_bytes or CHUNK_BYTES) // item)
+    chunk = max(1, chunk_bytes // item)
     timeout = comm.timeout_s
-    if r >= p2:
-        partner = r - p2
-        t.wait([t.isend(partner, 0, fb)], op_name, timeout)
-        t.wait([t.irecv(partner, _FINAL_STEP, fb)], op_name, timeout)
-        return
     n = flat.size
     sc = comm.scratch(0, max(n - n // 2, 1), flat.dtype)
     sb = as_bytes(sc)
-    if r < extra:
-        full = comm.scratch(1, n, flat.dtype)
-        t.wait([t.irecv(r + p2, 0, as_bytes(full))], op_name, timeout)
-        reduce_into(flat, flat, full, op)
 
     # reduce-scatter: halve the range we are responsible for at every step
     lo, hi = 0, n
@@ -81,13 +82,7 @@ def allreduce(
                 t.wait([rv], op_name, timeout)
             e = min(o + ch, k1 - k0)
             mine = flat[k0 + o : k0 + e]
-            other = received(rv, sc[o:e])
-            if r < partner:
-                reduce_into(mine, mine, other, op)
-            else:
-                reduce_into(mine, other, mine, op)
-            del other
-            t.release(rv)
+            reduce_received(t, rv, sc[o:e], mine, op, r < partner)
         t.wait(sds, op_name, timeout)
         steps.append((partner, keep, give))
         lo, hi = keep
@@ -99,6 +94,3 @@ def allreduce(
         rv = t.irecv(partner, _AG_STEP + i, fb[give[0] * item : give[1] * item])
         sd = t.isend(partner, _AG_STEP + i, fb[keep[0] * item : keep[1] * item])
         t.wait([rv, sd], op_name, timeout)
-
-    if r < extra:
-        t.wait([t.isend(r + p2, _FINAL_STEP, fb)], op_name, timeout)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpdist.algorithms.communicator import Communicator, received
-from mpdist.algorithms.reduction import ReduceOp, reduce_into
+from mpdist.algorithms.communicator import Communicator, reduce_received
+from mpdist.algorithms.reduction import ReduceOp
 from mpdist.transport.base import as_bytes
 
 __all__ = ["allreduce", "CHUNK_BYTES"]
@@ -84,11 +84,7 @@ def allreduce(
         for k, (req, a, b, base) in enumerate(rs_recvs[s]):
             if not req.done:
                 t.wait([req], op_name, timeout)
-            dst = flat[a:b]
-            other = received(req, sc[a - base : b - base])
-            reduce_into(dst, other, dst, op)
-            del other
-            t.release(req)
+            reduce_received(t, req, sc[a - base : b - base], flat[a:b], op, False)
             sends.append(t.isend(right, nxt + k, fb[a * item : b * item]))
     for s in range(p - 2):
         for k, (req, a, b) in enumerate(ag_recvs[s]):
