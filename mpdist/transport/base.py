@@ -415,33 +415,27 @@ class Transport:
 
     def _mismatch(self, peer: int, hdr: tuple) -> DistBackendError:
         c = self._cur
-        me = self.rank
+        me, them = f"rank {self._n(self.rank)}", f"rank {self._n(peer)}"
+        mine_op = c[7]
         diffs = []
-        mine_op, theirs_op = c[7], op_name_of(hdr[3])
+
+        def differ(mine: str, theirs: str) -> None:
+            diffs.append(f"{mine} on {me} vs {theirs} on {them}")
+
         if hdr[3] != c[1]:
-            diffs.append(
-                f"rank {self._n(me)} called {mine_op} but rank {self._n(peer)} called {theirs_op}"
-            )
+            diffs.append(f"{me} called {mine_op} but {them} called {op_name_of(hdr[3])}")
         if hdr[4] != c[3]:
-            diffs.append(
-                f"dtype {dtype_name(c[3])} on rank {self._n(me)} vs {dtype_name(hdr[4])} on rank {self._n(peer)}"
-            )
+            differ(f"dtype {dtype_name(c[3])}", dtype_name(hdr[4]))
         if hdr[10] != c[5]:
-            diffs.append(
-                f"{c[5]} bytes on rank {self._n(me)} vs {hdr[10]} bytes on rank {self._n(peer)}"
-            )
+            differ(f"{c[5]} bytes", f"{hdr[10]} bytes")
         elif hdr[11] != c[6]:
-            diffs.append(f"different shapes on rank {self._n(me)} and rank {self._n(peer)}")
+            diffs.append(f"different shapes on {me} and {them}")
         if hdr[6] != c[4]:
-            diffs.append(
-                f"root {c[4]} on rank {self._n(me)} vs root {hdr[6]} on rank {self._n(peer)}"
-            )
+            differ(f"root {c[4]}", f"root {hdr[6]}")
         if hdr[2] != c[2]:
-            diffs.append(
-                f"reduce op {_redop(c[2])} on rank {self._n(me)} vs {_redop(hdr[2])} on rank {self._n(peer)}"
-            )
+            differ(f"reduce op {_redop(c[2])}", _redop(hdr[2]))
         return DistBackendError(
-            f"{mine_op}: mismatch between rank {self._n(me)} and rank {self._n(peer)} in collective #{c[0]}: "
+            f"{mine_op}: mismatch between {me} and {them} in collective #{c[0]}: "
             + "; ".join(diffs)
         )
 

@@ -436,18 +436,22 @@ class TcpTransport(Transport):
     def _read(self, p: _Peer) -> None:
         sock = p.sock
         while True:
+            # one read, into the header or into the payload that is coming in
             mv = p.rx_mv
+            got = p.hgot if mv is None else p.rx_got
+            try:
+                if mv is None:
+                    n = sock.recv_into(p.hmv[got:])
+                else:
+                    n = sock.recv_into(mv[got:] if got else mv)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                n = 0
+            if n == 0:  # EOF or a read error: everything the peer sent has been read
+                self._lose(p)
+                return
             if mv is None:
-                try:
-                    n = sock.recv_into(p.hmv[p.hgot :])
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:
-                    self._lose(p)
-                    return
-                if n == 0:
-                    self._lose(p)
-                    return
                 p.hgot += n
                 if p.hgot < HEADER_SIZE:
                     continue
@@ -508,17 +512,7 @@ class TcpTransport(Transport):
                     # wakeups is what matters on a busy machine
                     p.lowat = min(plen, _LOWAT_CAP)
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, p.lowat)
-            got = p.rx_got
-            try:
-                n = sock.recv_into(mv[got:] if got else mv)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self._lose(p)
-                return
-            if n == 0:
-                self._lose(p)
-                return
+                continue  # on to the payload
             got += n
             if got < p.rx_len:
                 p.rx_got = got

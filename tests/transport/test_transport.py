@@ -282,6 +282,30 @@ def test_errors_name_ranks_by_rank_names(kind: str) -> None:
         assert "rank 5" in msg and "rank 7" in msg, msg
 
 
+def test_mismatch_message_lists_every_difference() -> None:
+    def fn(comm: A.Communicator):
+        try:
+            if comm.rank == 0:
+                A.allreduce(comm, np.ones(4, np.float32))
+            else:
+                A.reduce(comm, np.ones(3, np.float64), 1, A.ReduceOp.MAX)
+            A.barrier(comm)
+        except DistBackendError as e:
+            return str(e)
+        return "no error"
+
+    res = run_ranks(2, fn, "local", timeout=10, rank_names=[5, 7])
+    assert "mismatch" in res[0], res[0]
+    # rank 1 (the root of its reduce) sends nothing before it sees rank 0's header: it is
+    # the one that finds the mismatch
+    assert res[1] == (
+        "reduce: mismatch between rank 7 and rank 5 in collective #1: rank 7 called reduce "
+        "but rank 5 called all_reduce; dtype float64 on rank 7 vs float32 on rank 5; 24 bytes "
+        "on rank 7 vs 16 bytes on rank 5; root 1 on rank 7 vs root -1 on rank 5; reduce op "
+        "MAX on rank 7 vs SUM on rank 5"
+    )
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_many_big_messages_before_any_receive(kind: str) -> None:
     """More data than a shared-memory ring holds, sent before the receiver looks: the
