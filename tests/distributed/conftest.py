@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
+
+# the reduction reference of the algorithm tests (reduce_reference) serves here too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "algorithms"))
 
 
 def _helpers(me: psutil.Process) -> set[int]:

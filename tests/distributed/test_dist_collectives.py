@@ -7,12 +7,11 @@ reduction is exact in every dtype and results are compared for equality.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reduce_reference import reference
 
 import mpdist as dist
 from mpdist import ReduceOp
@@ -32,16 +31,6 @@ DTYPES = [
     np.bool_,
 ]
 OPS = list(ReduceOp)
-UFUNC = {
-    ReduceOp.SUM: np.add,
-    ReduceOp.AVG: np.add,
-    ReduceOp.PRODUCT: np.multiply,
-    ReduceOp.MIN: np.minimum,
-    ReduceOp.MAX: np.maximum,
-    ReduceOp.BAND: np.bitwise_and,
-    ReduceOp.BOR: np.bitwise_or,
-    ReduceOp.BXOR: np.bitwise_xor,
-}
 
 
 def valid(op: ReduceOp, dtype: type) -> bool:
@@ -60,14 +49,6 @@ def data(rank: int, dtype: type, shape: tuple[int, ...], salt: int = 0) -> np.nd
     return rng.integers(1, 4, shape).astype(dtype)
 
 
-def reference(op: ReduceOp, arrays: list[np.ndarray]) -> np.ndarray:
-    out = functools.reduce(lambda a, b: UFUNC[op](a, b), arrays[1:], arrays[0].copy())
-    if op is ReduceOp.AVG:
-        n = len(arrays)
-        out = out / n if out.dtype.kind in "fc" else out // n
-    return out.astype(arrays[0].dtype)
-
-
 def check(got: np.ndarray, want: np.ndarray, what: str) -> None:
     assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
     assert np.array_equal(got, want), f"{what}: got {got!r}, want {want!r}"
@@ -84,7 +65,7 @@ def reducing_matrix(rank: int, n: int) -> int:
                     dist.all_reduce(data(rank, dtype, shape, salt), op=op)
                 continue
             what = f"{op.name} {np.dtype(dtype)} n={n}"
-            want = reference(op, everyone)
+            want = reference(everyone, op)
             a = data(rank, dtype, shape, salt)
             dist.all_reduce(a, op=op)
             check(a, want, "all_reduce " + what)
@@ -101,7 +82,7 @@ def reducing_matrix(rank: int, n: int) -> int:
             dist.reduce_scatter(out, ins, op=op)
             check(
                 out,
-                reference(op, [data(r, dtype, shape, 100 + rank) for r in range(n)]),
+                reference([data(r, dtype, shape, 100 + rank) for r in range(n)], op),
                 "reduce_scatter " + what,
             )
 
@@ -109,7 +90,7 @@ def reducing_matrix(rank: int, n: int) -> int:
             out = np.zeros((2, 3), dtype)
             dist.reduce_scatter_tensor(out, big, op=op)
             chunks = [data(r, dtype, (2 * n, 3), salt)[2 * rank : 2 * rank + 2] for r in range(n)]
-            check(out, reference(op, chunks), "reduce_scatter_tensor " + what)
+            check(out, reference(chunks, op), "reduce_scatter_tensor " + what)
             count += 4
     return count
 
