@@ -10,6 +10,8 @@ import enum
 
 import numpy as np
 
+from mpdist.transport.header import WIRE_DTYPES
+
 __all__ = [
     "ReduceOp",
     "check_op_dtype",
@@ -48,25 +50,8 @@ _UFUNC = {
     ReduceOp.BXOR: np.bitwise_xor,
 }
 
-SUPPORTED_DTYPES = frozenset(
-    np.dtype(n)
-    for n in (
-        "bool",
-        "uint8",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint16",
-        "uint32",
-        "uint64",
-        "float16",
-        "float32",
-        "float64",
-        "complex64",
-        "complex128",
-    )
-)
+# reductions work on every dtype the wire format describes
+SUPPORTED_DTYPES = frozenset(WIRE_DTYPES)
 _BITWISE = (ReduceOp.BAND, ReduceOp.BOR, ReduceOp.BXOR)
 _ORDERED = (ReduceOp.MIN, ReduceOp.MAX)
 

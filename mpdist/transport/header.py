@@ -25,6 +25,7 @@ __all__ = [
     "KIND_ERROR",
     "ERR_BACKEND",
     "ERR_NETWORK",
+    "WIRE_DTYPES",
     "dtype_code",
     "dtype_name",
     "op_code",
@@ -72,7 +73,9 @@ _DTYPES = [
     "uint32",
     "uint64",
 ]
-_DTYPE_CODE: dict[np.dtype, int] = {np.dtype(n): i + 1 for i, n in enumerate(_DTYPES)}
+# every dtype a payload can be described as (the collectives accept exactly these)
+WIRE_DTYPES: tuple[np.dtype, ...] = tuple(np.dtype(n) for n in _DTYPES)
+_DTYPE_CODE: dict[np.dtype, int] = {d: i + 1 for i, d in enumerate(WIRE_DTYPES)}
 _DTYPE_NAME: dict[int, str] = {i + 1: n for i, n in enumerate(_DTYPES)}
 
 
