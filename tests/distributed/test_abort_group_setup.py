@@ -6,6 +6,7 @@ waits for the peer's connection."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -99,32 +100,42 @@ def test_abort_reaches_a_tcp_group_being_built(tmp_path, stuck, needle):
     assert res[stuck] == "aborted"
 
 
-def threaded_stuck(rank: int, n: int, store: SignallingHashStore) -> str:
+def rank_0_aborts_rank_1(rank: int, store: SignallingHashStore, stuck: Callable[[], object]) -> str:
+    """Rank 1 calls ``stuck()``, which waits in the store for rank 0, which never comes:
+    rank 0 aborts every group once rank 1 is waiting, and ``stuck()`` must raise the reason."""
+    if rank == 0:
+        store.touched.wait()
+        _abort_all_groups(REASON)
+        return "aborter"
+    store.armed = True
+    try:
+        with pytest.raises(DistBackendError) as info:
+            stuck()
+    finally:
+        store.touched.set()
+    assert str(info.value) == REASON
+    return "aborted"
+
+
+def stuck_in_a_threaded_world(
+    rank: int, n: int, store: SignallingHashStore, stuck: Callable[[], object]
+) -> str:
     dist.init_process_group("threaded", rank=rank, world_size=n, store=store)
     try:
-        if rank == 0:
-            # rank 0 never calls new_group: rank 1 waits for the group's hub id
-            store.touched.wait()
-            _abort_all_groups(REASON)
-            return "aborter"
-        store.armed = True
-        try:
-            with pytest.raises(DistBackendError) as info:
-                dist.new_group([0, 1])
-        finally:
-            store.touched.set()
-        assert str(info.value) == REASON
-        return "aborted"
+        return rank_0_aborts_rank_1(rank, store, stuck)
     finally:
         dist.destroy_process_group()
 
 
 def test_abort_reaches_a_threaded_group_being_built():
+    # rank 0 never calls new_group: rank 1 waits for the group's hub id
     store = SignallingHashStore("mpdist_local/hub")
-    assert spawn_threads(threaded_stuck, 2, store, init=False, timeout=60) == [
-        "aborter",
-        "aborted",
-    ]
+
+    def stuck() -> object:
+        return dist.new_group([0, 1])
+
+    res = spawn_threads(stuck_in_a_threaded_world, 2, store, stuck, init=False, timeout=60)
+    assert res == ["aborter", "aborted"]
 
 
 # ------------------------------------------------------------------ GroupStore
@@ -168,48 +179,26 @@ def test_group_store_without_abort_behaves_like_a_prefix_store():
         store.wait(["nope"], timedelta(milliseconds=120))
 
 
-def monitored_stuck(rank: int, n: int, store: SignallingHashStore) -> str:
-    dist.init_process_group("threaded", rank=rank, world_size=n, store=store)
-    try:
-        if rank == 0:
-            # rank 0 never enters the barrier: rank 1 waits in the store for its verdict
-            store.touched.wait()
-            _abort_all_groups(REASON)
-            return "aborter"
-        store.armed = True
-        try:
-            with pytest.raises(DistBackendError) as info:
-                dist.monitored_barrier(timeout=timedelta(seconds=60))
-        finally:
-            store.touched.set()
-        assert str(info.value) == REASON
-        return "aborted"
-    finally:
-        dist.destroy_process_group()
-
-
 def test_abort_reaches_a_rank_waiting_in_monitored_barrier():
+    # rank 0 never enters the barrier: rank 1 waits in the store for its verdict
     store = SignallingHashStore("monitored_barrier/1/result")
-    assert spawn_threads(monitored_stuck, 2, store, init=False, timeout=60) == [
-        "aborter",
-        "aborted",
-    ]
+
+    def stuck() -> object:
+        return dist.monitored_barrier(timeout=timedelta(seconds=60))
+
+    res = spawn_threads(stuck_in_a_threaded_world, 2, store, stuck, init=False, timeout=60)
+    assert res == ["aborter", "aborted"]
 
 
 def init_stuck(rank: int, n: int, store: SignallingHashStore) -> str:
-    if rank == 0:
-        # rank 0 never initialises: rank 1 waits in init_process_group for the group's hub
-        store.touched.wait()
-        _abort_all_groups(REASON)
-        return "aborter"
-    try:
-        with pytest.raises(DistBackendError) as info:
-            dist.init_process_group("threaded", rank=rank, world_size=n, store=store)
-    finally:
-        store.touched.set()
-    assert str(info.value) == REASON
+    # rank 0 never initialises: rank 1 waits in init_process_group for the group's hub
+    res = rank_0_aborts_rank_1(
+        rank,
+        store,
+        lambda: dist.init_process_group("threaded", rank=rank, world_size=n, store=store),
+    )
     assert not dist.is_initialized()
-    return "aborted"
+    return res
 
 
 def test_abort_reaches_a_rank_waiting_in_init_process_group():
