@@ -11,6 +11,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# pytester drives inner pytest runs in the harness and compat tests.
+pytest_plugins = ["pytester"]
+
 settings.register_profile(
     "ci",
     max_examples=20,

@@ -1,4 +1,4 @@
-"""Fixtures for the harness tests: pytester, and a check that nothing outlives a test."""
+"""Fixtures for the harness tests (pytester comes from the top-level conftest), and a check that nothing outlives a test."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import threading
 
 import psutil
 import pytest
-
-pytest_plugins = ["pytester"]
 
 
 @pytest.fixture
