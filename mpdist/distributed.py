@@ -150,8 +150,8 @@ _init_lock = threading.Lock()
 # every live built-in group of this process, across worlds (for the harness hooks)
 _live_lock = threading.Lock()
 _live: dict[int, tuple[NativeProcessGroup, str]] = {}
-# the stores of groups being built (any backend), for the same hook
-_creating: set[GroupStore] = set()
+# groups being built (any backend), store -> label: the same hook aborts them, the trace names them
+_creating: dict[GroupStore, str] = {}
 
 
 def _current_world() -> _World | None:
@@ -232,7 +232,7 @@ def _make_group(
     # Registered for abort while it is built: a rank waiting for peers that never come
     # (in the store, or for their connections) is stopped by ``_abort_all_groups``.
     with _live_lock:
-        _creating.add(store)
+        _creating[store] = label
     try:
         if extended:
             opts = _DistributedBackendOptions(store, group_rank, len(ranks), timeout, name, ranks)
@@ -245,7 +245,7 @@ def _make_group(
             )
     except BaseException:
         with _live_lock:
-            _creating.discard(store)
+            _creating.pop(store, None)
         raise
     pg._set_group_name(name)
     if label == "default":
@@ -259,7 +259,7 @@ def _make_group(
             pg._worker_setup = functools.partial(setattr, _tls, "world", world)
     with _live_lock:
         # one step, so that an abort sees either the store being built on or the group
-        _creating.discard(store)
+        _creating.pop(store, None)
         if isinstance(pg, NativeProcessGroup):
             _live[id(pg)] = (pg, label)
     world.groups[pg] = _GroupInfo(list(ranks), name, label, backend, timeout, store)
@@ -1353,9 +1353,12 @@ def _collective_trace() -> str:
     "all_reduce seq=12 on group 'default'" or "recv(src=1, tag=0) on group 'default'"."""
     with _live_lock:
         groups = list(_live.values())
+        building = list(_creating.values())
     lines = []
     for pg, label in groups:
         last = pg._trace()
         if last is not None:
             lines.append(f"{last} on group {label!r}")
+    # a rank stuck connecting a new group has entered no collective on it yet
+    lines.extend(f"building group {label!r} (waiting for its peers)" for label in building)
     return "; ".join(lines) if lines else "no collective entered"

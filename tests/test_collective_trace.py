@@ -7,7 +7,9 @@ whole process's trace is visible from any rank.
 
 from __future__ import annotations
 
+import re
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,7 +18,7 @@ import pytest
 import mpdist as dist
 from mpdist.distributed import _collective_trace
 from mpdist.errors import DistBackendError
-from mpdist.testing import spawn_threads
+from mpdist.testing import spawn_ranks, spawn_threads
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +83,33 @@ def test_trace_shows_whichever_came_last_of_collective_and_p2p():
         "recv(src=any, tag=4) on group 'default'",
     ]
     assert lines(after_barrier) == ["barrier seq=2 on group 'default'"] * 2
+
+
+def stuck_new_group_job(rank: int, n: int) -> str:
+    """Rank 0 builds a group rank 1 never joins; a thread of rank 0 reads the trace, then aborts."""
+    if rank == 1:
+        return ""
+    seen: list[str] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        trace = _collective_trace()
+        while "building group" not in trace and time.monotonic() < deadline:
+            time.sleep(0.005)
+            trace = _collective_trace()
+        seen.append(trace)
+        dist.distributed._abort_all_groups("the watcher has seen the trace")
+
+    watcher = threading.Thread(target=watch, name="mpdist-test-watcher")
+    watcher.start()
+    try:
+        with pytest.raises(DistBackendError, match="the watcher has seen the trace"):
+            dist.new_group([0, 1])
+    finally:
+        watcher.join()
+    return seen[0]
+
+
+def test_rank_stuck_building_a_group_shows_it():
+    traces = spawn_ranks(stuck_new_group_job, 2)
+    assert re.fullmatch(r".*building group '[^']+' \(waiting for its peers\)", traces[0])
