@@ -14,6 +14,7 @@ in ``mpdist.distributed`` translates global ranks before calling.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ __all__ = [
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
 _TIMED_OUT = "Operation timed out!"
+
+_log = logging.getLogger(__name__)
 
 
 def _seconds(timeout: float | timedelta | None) -> float | None:
@@ -88,7 +91,16 @@ class Future:
             callbacks, self._callbacks = self._callbacks, []
             self._cond.notify_all()
         for cb in callbacks:
-            cb(self)
+            self._run_callback(cb)
+
+    def _run_callback(self, callback: Callable[[Future], Any]) -> None:
+        # Like torch: a failing callback is logged and ignored. Raising here would skip the
+        # remaining callbacks and, on a group's worker thread, kill the worker, so every
+        # operation queued after it would never complete.
+        try:
+            callback(self)
+        except Exception:
+            _log.exception("Got the following error when running the callback")
 
     def set_result(self, result: Any) -> None:
         """Complete the future with ``result`` and run its callbacks."""
@@ -140,12 +152,13 @@ class Future:
         return nxt
 
     def add_done_callback(self, callback: Callable[[Future], Any]) -> None:
-        """Run ``callback(self)`` when complete (at once if already complete)."""
+        """Run ``callback(self)`` when complete (at once if already complete); an exception
+        it raises is logged and ignored (use ``then`` to keep it)."""
         with self._cond:
             if not self._done:
                 self._callbacks.append(callback)
                 return
-        callback(self)
+        self._run_callback(callback)
 
     def __repr__(self) -> str:
         state = "done" if self._done else "pending"

@@ -155,6 +155,34 @@ def test_future_semantics():
     assert isinstance(bad.exception(), KeyError)
 
 
+def test_a_failing_done_callback_is_logged_and_the_others_still_run(caplog):
+    f = Future()
+    seen = []
+    f.add_done_callback(lambda fut: 1 / 0)
+    f.add_done_callback(lambda fut: seen.append(fut.value()))
+    f.set_result(7)
+    assert seen == [7] and f.value() == 7
+    f.add_done_callback(lambda fut: 1 / 0)  # already complete: runs at once, same rule
+    errors = [r for r in caplog.records if "error when running the callback" in r.message]
+    assert len(errors) == 2 and all(r.exc_info[0] is ZeroDivisionError for r in errors)
+
+
+def failing_callback_job(rank: int, n: int) -> None:
+    # the callback runs on the group's worker thread: the worker must survive it
+    a = np.ones(2)
+    w = dist.all_reduce(a, async_op=True)
+    w.get_future().add_done_callback(lambda fut: 1 / 0)
+    w.wait()
+    b = np.ones(3)
+    w2 = dist.all_reduce(b, async_op=True)
+    w2.wait(timedelta(seconds=30))
+    assert np.array_equal(b, [2.0] * 3)
+
+
+def test_a_failing_done_callback_does_not_stop_the_groups_worker():
+    spawn_threads(failing_callback_job, 2)
+
+
 def test_create_work_from_future():
     f = Future()
     w = create_work_from_future(f)
