@@ -1003,11 +1003,12 @@ def all_to_all_single(
     if isinstance(pg, NativeProcessGroup):
         outs, ins = row_splits(out, osplit, n), row_splits(inp, isplit, n)
         return pg._c_alltoall(outs, ins, name, [output], async_op)
+    # the group gets the checked splits as ints; "split evenly" stays an empty list (torch's)
     work = pg.alltoall_base(
         output,
         input,
-        list(output_split_sizes or []),
-        list(input_split_sizes or []),
+        osplit if output_split_sizes is not None and len(output_split_sizes) else [],
+        isplit if input_split_sizes is not None and len(input_split_sizes) else [],
         AllToAllOptions(),
     )
     return _finish(work, world, pg, async_op)

@@ -83,6 +83,26 @@ def test_single_hooks_fall_back_to_the_base_methods():
         dist.all_gather_into_tensor(out, np.ones(2), group=Recording(0, 1))
 
 
+class AllToAllBase(Recording):
+    def alltoall_base(self, output, input, output_split_sizes, input_split_sizes, opts=None):
+        self.called.append((output_split_sizes, input_split_sizes))
+        output[...] = input
+        return completed_work([output])
+
+
+def test_all_to_all_single_hands_a_python_group_its_splits_as_lists():
+    pg = AllToAllBase(0, 2)
+    out = np.zeros(3)
+    # numpy splits are accepted (the built-in groups take them): the group gets int lists
+    dist.all_to_all_single(out, np.ones(3), np.array([1, 2]), np.array([2, 1]), group=pg)
+    dist.all_to_all_single(out, np.ones(3), [2, 1], (1, 2), group=pg)
+    dist.all_to_all_single(np.zeros(4), np.ones(4), group=pg)  # even split: empty lists
+    dist.all_to_all_single(np.zeros(4), np.ones(4), None, [], group=pg)
+    assert pg.called == [([1, 2], [2, 1]), ([2, 1], [1, 2]), ([], []), ([], [])]
+    assert all(type(s) is int for call in pg.called for splits in call for s in splits)
+    np.testing.assert_array_equal(out, [1, 1, 1])
+
+
 def test_group_store_is_the_store_it_was_built_with():
     store = HashStore()
     assert Recording(store, 0, 1).get_group_store() is store
