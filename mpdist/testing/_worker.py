@@ -122,11 +122,12 @@ class _Channel:
         reabort = _REABORT_FIRST
         while True:
             try:
-                # A group still being built when the abort came (or made by a test that
-                # had not started yet) was not aborted: only registered groups are. Keep
-                # the abort in force, so such a group's first wait raises too; a fresh
-                # rank exits after its test, a pooled worker gets a new task (which clears
-                # it) or is discarded. Backs off: the common case costs a few wake-ups.
+                # An abort reaches the groups that are live or being built when it comes;
+                # a group started after it (by a test that had not started yet, or an init
+                # still in its rendezvous) was not aborted. Keep the abort in force, so
+                # such a group's first wait raises too; a fresh rank exits after its test,
+                # a pooled worker gets a new task (which clears it) or is discarded. Backs
+                # off: the common case costs a few wake-ups.
                 if self.abort_reason is not None and not self.conn.poll(reabort):
                     with contextlib.suppress(Exception):
                         dist._abort_all_groups(self.abort_reason or "")
