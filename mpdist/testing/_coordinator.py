@@ -318,7 +318,7 @@ class RankSet:
 
     def dump(self) -> None:
         """Ask every live rank for its stacks; SIGUSR1 (faulthandler) for ranks that can't answer."""
-        live = [h for h in self._active()]
+        live = self._active()
         asked = [h for h in live if h.send(("dump",))]
         end = time.monotonic() + DUMP_WAIT
         while any(not h.dumped for h in asked) and time.monotonic() < end:
@@ -444,7 +444,6 @@ def finish(rs: RankSet, *, timeout: float | None, pool: Any = None) -> Outcome:
         if timed_out or killed:
             # Whatever a rank is stuck in, the report shows where, before it is killed.
             rs.dump()
-        if timed_out or killed:
             rs.kill()
             if pool is not None:
                 pool.discard()
