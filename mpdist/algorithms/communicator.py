@@ -100,10 +100,6 @@ class Communicator:
             self._scratch[slot] = buf
         return buf[:nbytes].view(dtype)
 
-    def release_scratch(self) -> None:
-        """Drop the scratch buffers (they are re-created on demand)."""
-        self._scratch.clear()
-
     def abort(self, reason: str) -> None:
         """Abort the transport (any thread)."""
         self.transport.abort(reason)
