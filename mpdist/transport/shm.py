@@ -74,6 +74,11 @@ class Ring:
             if create:
                 os.ftruncate(fd, _CTRL + capacity)
             self._mm = mmap.mmap(fd, _CTRL + capacity)
+        except BaseException:
+            if create:  # nobody else knows the file yet: it must not stay in /dev/shm
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
         finally:
             os.close(fd)
         self._ctrl = np.frombuffer(self._mm, np.int64, 1, 0)

@@ -361,6 +361,24 @@ def test_shared_memory_ring_allocation(tmp_path) -> None:
         rx.close()
 
 
+def test_a_ring_that_cannot_be_mapped_leaves_no_file(tmp_path, monkeypatch) -> None:
+    import mmap
+
+    def no_map(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", no_map)
+    path = tmp_path / "ring"
+    with pytest.raises(OSError, match="Cannot allocate memory"):
+        Ring(str(path), 640, create=True)
+    assert not path.exists()
+    # a sender's failed attach must not remove the receiver's file
+    path.write_bytes(b"\0" * 704)
+    with pytest.raises(OSError, match="Cannot allocate memory"):
+        Ring(str(path), 640, create=False)
+    assert path.exists()
+
+
 def test_stale_ring_files_of_dead_processes_are_swept(tmp_path) -> None:
     import subprocess
     import sys
