@@ -214,7 +214,8 @@ class Work:
         return self.get_future().wait()
 
     def source_rank(self) -> int:
-        """For a receive: the global rank the message came from."""
+        """For a receive: the sender's rank in the group (-1 otherwise); ``recv`` maps it
+        to the global rank."""
         return self._source
 
     _source_rank = source_rank
