@@ -143,8 +143,8 @@ class ThreadRanks:
                     reason = f"aborted by the harness: rank {self.first_failure} failed"
                     deadline = min(deadline, time.monotonic() + ABORT_GRACE)
                 if reason is not None:
-                    # Again at every wake-up (backing off): a group that was still being
-                    # built at the first abort is registered, and aborted, only later.
+                    # Again at every wake-up (backing off): a thread that had not started
+                    # building its group at the first abort registers it only later.
                     dist._abort_all_groups(reason)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
