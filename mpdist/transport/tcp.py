@@ -185,8 +185,12 @@ class TcpTransport(Transport):
                     raise DistNetworkError(
                         f"rank {self._n(rank)}: cannot connect to rank {self._n(peer)} at {host}:{port}: {e}"
                     ) from e
-                _tune(sock)
-                sock.sendall(hello)
+                try:
+                    _tune(sock)
+                    sock.sendall(hello)
+                except OSError as e:
+                    sock.close()
+                    raise self._handshake_lost(peer, e) from e
                 sock.setblocking(False)
                 waiting_ack[sock] = (peer, bytearray())
 
@@ -243,9 +247,13 @@ class TcpTransport(Transport):
                         if peer is None:
                             sock.close()  # a stranger, or garbage: refuse; the mesh goes on
                             continue
-                        _tune(sock)
-                        sock.setblocking(True)
-                        sock.sendall(hello)
+                        try:
+                            _tune(sock)
+                            sock.setblocking(True)
+                            sock.sendall(hello)
+                        except OSError as e:
+                            sock.close()
+                            raise self._handshake_lost(peer, e) from e
                         sock.setblocking(False)
                         self._add_peer(peer, sock)
                         need_accept -= 1
@@ -255,10 +263,7 @@ class TcpTransport(Transport):
                         if len(buf) < HANDSHAKE.size and not eof:
                             continue
                         if eof or self._check_hello(buf) != peer:
-                            raise DistNetworkError(
-                                f"rank {self._n(rank)}: rank {self._n(peer)} closed or refused the connection "
-                                f"during the handshake"
-                            )
+                            raise self._handshake_lost(peer)
                         poll.unregister(fd)
                         del fds[fd]
                         del waiting_ack[sock]
@@ -272,6 +277,13 @@ class TcpTransport(Transport):
         for sock in pending:  # strangers still mid-handshake
             sock.close()
         self._attach_rings()
+
+    def _handshake_lost(self, peer: int, cause: OSError | None = None) -> DistNetworkError:
+        why = "" if cause is None else f": {cause}"
+        return DistNetworkError(
+            f"rank {self._n(self.rank)}: rank {self._n(peer)} closed or refused the connection "
+            f"during the handshake{why}"
+        )
 
     def _create_rings(self) -> int:
         """Create the shared-memory rings our peers will write to; returns the hello flags.

@@ -232,6 +232,63 @@ def test_stranger_is_refused_and_mesh_carries_on() -> None:
         silent.close()
 
 
+@pytest.mark.parametrize("side", ["acceptor", "connector"])
+def test_a_handshake_that_cannot_be_sent_is_a_network_error_and_leaks_no_socket(
+    side: str, monkeypatch
+) -> None:
+    # rank 0 accepts, rank 1 connects; the real transport plays ``side``, a raw socket the
+    # other rank, and the transport's sending of its hello fails (the peer reset it)
+    store = DictStore()
+    before_socks, _ = leak_snapshot()
+    before_files = shm_files()
+    real_sendall = socket.socket.sendall
+    failing: set[int] = set()
+
+    def sendall(sock, data, *args):
+        if threading.get_ident() in failing:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return real_sendall(sock, data, *args)
+
+    monkeypatch.setattr(socket.socket, "sendall", sendall)
+    result: list[BaseException] = []
+
+    def transport(rank: int) -> None:
+        failing.add(threading.get_ident())
+        try:
+            TcpTransport(store, rank, 2, 10.0, rank_names=[5, 7])
+        except BaseException as e:  # checked below
+            result.append(e)
+
+    peer = None
+    if side == "acceptor":
+        th = threading.Thread(target=transport, args=(0,))
+        th.start()
+        token = bytes.fromhex(store.get("mpdist_tcp/token").decode())
+        host, _, port = store.get("mpdist_tcp/addr/0").decode().rpartition(":")
+        peer = socket.create_connection((host, int(port)), timeout=10)
+        peer.sendall(HANDSHAKE.pack(HANDSHAKE_MAGIC, 1, 0, token[:16], token[16:]))
+        th.join(20)
+        assert peer.recv(100) == b""  # closed, not left open
+        who = "rank 5: rank 7"
+    else:
+        listener = socket.create_server(("127.0.0.1", 0))
+        host, port = listener.getsockname()[:2]
+        store.set("mpdist_tcp/token", os.urandom(48).hex())
+        store.set("mpdist_tcp/addr/0", f"{host}:{port}")
+        th = threading.Thread(target=transport, args=(1,))
+        th.start()
+        th.join(20)
+        peer, _ = listener.accept()
+        listener.close()
+        who = "rank 7: rank 5"
+    peer.close()
+    assert len(result) == 1 and isinstance(result[0], DistNetworkError), result
+    assert str(result[0]).startswith(f"{who} closed or refused the connection during the handshake")
+    del result[:]  # the traceback would keep the failed transport's frames alive
+    assert leak_snapshot()[0] == before_socks
+    assert shm_files() == before_files
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_close_is_idempotent_and_leaves_nothing(kind: str) -> None:
     before_socks, before_threads = leak_snapshot()
