@@ -161,6 +161,9 @@ def test_torch_replicate_file_gives_torch_counts(pytester: pytest.Pytester) -> N
     pytester.makepyfile(
         test_torch_written="from mpdist.testing import MultiProcessTestCase\n" + TORCH_TEST_BODY
     )
-    result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
+    # in a subprocess: an in-process run restores sys.modules afterwards, but torch's
+    # operator registrations stay, so the next torch.manual_seed (seed_everything) would
+    # re-import torch._dynamo and fail on a duplicate TORCH_LIBRARY in every later test
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=6, skipped=3)
     result.stdout.fnmatch_lines(["SKIPPED*Need at least 2 CUDA devices*"])
