@@ -3,7 +3,8 @@
 Every function takes a :class:`Communicator`, works in place on C-contiguous numpy arrays,
 uses the communicator's (group) ranks, and takes an ``op_name`` keyword used in headers and
 error messages. ``allreduce`` switches by size between recursive doubling (latency) and the
-pipelined ring (bandwidth).
+pipelined ring (bandwidth); ``allreduce_steps`` is the same collective as a generator that
+``Stepped`` advances without blocking (see ``steps``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from mpdist.algorithms.reduction import (
     reduce_into,
 )
 from mpdist.algorithms.ring_reduce_scatter import reduce_scatter as _reduce_scatter
+from mpdist.algorithms.steps import Stepped, Steps, run
 from mpdist.transport.base import as_bytes
 
 __all__ = [
@@ -42,6 +44,9 @@ __all__ = [
     "divide",
     "divide_by",
     "allreduce",
+    "allreduce_steps",
+    "Stepped",
+    "run",
     "broadcast",
     "reduce",
     "allgather",
@@ -76,10 +81,10 @@ def allreduce_algorithm(nbytes: int, size: int) -> str:
     return "ring"
 
 
-_ALLREDUCE = {
-    "rd": recursive_doubling.allreduce,
-    "hd": halving_doubling.allreduce,
-    "ring": ring_allreduce.allreduce,
+_ALLREDUCE_STEPS = {
+    "rd": recursive_doubling.allreduce_steps,
+    "hd": halving_doubling.allreduce_steps,
+    "ring": ring_allreduce.allreduce_steps,
 }
 
 
@@ -137,12 +142,31 @@ def allreduce(
     op_name: str = "all_reduce",
 ) -> None:
     """Reduce ``array`` in place over every rank; the result is bitwise identical everywhere."""
+    run(comm, allreduce_steps(comm, array, op, op_name=op_name), op_name)
+
+
+def allreduce_steps(
+    comm: Communicator,
+    array: np.ndarray,
+    op: ReduceOp = ReduceOp.SUM,
+    *,
+    op_name: str = "all_reduce",
+) -> Steps:
+    """:func:`allreduce` as a generator of the requests it waits for, to drive with
+    :func:`run` or :class:`Stepped`. The arguments are checked at once; the collective
+    starts at the first step."""
     flat = _flat(array)
     check_op_dtype(op, array.dtype)
+    return _allreduce_steps(comm, array, flat, op, op_name)
+
+
+def _allreduce_steps(
+    comm: Communicator, array: np.ndarray, flat: np.ndarray, op: ReduceOp, op_name: str
+) -> Steps:
     comm.start(op_name, array.dtype, array.nbytes, array.shape, -1, op.value)
     if comm.size > 1:
         algo = "rd" if flat.size < comm.size else allreduce_algorithm(array.nbytes, comm.size)
-        _ALLREDUCE[algo](comm, flat, op, op_name)
+        yield from _ALLREDUCE_STEPS[algo](comm, flat, op, op_name)
         if op is ReduceOp.AVG:
             divide(flat, comm.size)
     comm.finish()

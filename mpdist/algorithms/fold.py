@@ -16,6 +16,7 @@ import numpy as np
 
 from mpdist.algorithms.communicator import Communicator
 from mpdist.algorithms.reduction import ReduceOp, reduce_into
+from mpdist.algorithms.steps import Steps
 from mpdist.transport.base import as_bytes
 
 __all__ = ["folded", "FINAL_STEP"]
@@ -25,30 +26,31 @@ FINAL_STEP = 1 << 30
 
 
 def folded(
-    butterfly: Callable[..., None],
+    butterfly: Callable[..., Steps],
     comm: Communicator,
     flat: np.ndarray,
     op: ReduceOp,
     op_name: str,
     slot: int,
     *args: Any,
-) -> None:
+) -> Steps:
     """Allreduce ``flat`` in place with ``butterfly(comm, flat, fb, p2, op, op_name, *args)``,
     an allreduce over ranks ``0 .. p2 - 1`` (``fb``: the bytes of ``flat``). A rank with a
-    partner beyond ``p2`` receives the partner's data into the scratch ``slot``."""
+    partner beyond ``p2`` receives the partner's data into the scratch ``slot``. Both this
+    and ``butterfly`` are generators of the requests they wait for (``steps``)."""
     t = comm.transport
     r = comm.rank
     p2 = 1 << (comm.size.bit_length() - 1)
     fb = as_bytes(flat)
     if r >= p2:  # sit the butterfly out: our partner does our share
-        comm.wait([t.isend(r - p2, 0, fb)], op_name)
-        comm.wait([t.irecv(r - p2, FINAL_STEP, fb)], op_name)
+        yield [t.isend(r - p2, 0, fb)]
+        yield [t.irecv(r - p2, FINAL_STEP, fb)]
         return
     partner = r + p2
     if partner < comm.size:
         theirs = comm.scratch(slot, flat.size, flat.dtype)
-        comm.wait([t.irecv(partner, 0, as_bytes(theirs))], op_name)
+        yield [t.irecv(partner, 0, as_bytes(theirs))]
         reduce_into(flat, flat, theirs, op)
-    butterfly(comm, flat, fb, p2, op, op_name, *args)
+    yield from butterfly(comm, flat, fb, p2, op, op_name, *args)
     if partner < comm.size:
-        comm.wait([t.isend(partner, FINAL_STEP, fb)], op_name)
+        yield [t.isend(partner, FINAL_STEP, fb)]

@@ -14,9 +14,10 @@ import numpy as np
 from mpdist.algorithms.communicator import Communicator, reduce_received
 from mpdist.algorithms.fold import folded
 from mpdist.algorithms.reduction import ReduceOp
+from mpdist.algorithms.steps import Steps, run
 from mpdist.transport.base import as_bytes
 
-__all__ = ["allreduce"]
+__all__ = ["allreduce", "allreduce_steps"]
 
 _AG_STEP = 1 << 24
 _MAX_CHUNKS = 4096
@@ -27,8 +28,15 @@ def allreduce(
     comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str, chunk_bytes: int = 0
 ) -> None:
     """Reduce the flat array ``flat`` in place across the communicator (no AVG division)."""
+    run(comm, allreduce_steps(comm, flat, op, op_name, chunk_bytes), op_name)
+
+
+def allreduce_steps(
+    comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str, chunk_bytes: int = 0
+) -> Steps:
+    """:func:`allreduce` as a generator of the requests it waits for (``steps.Stepped``)."""
     # scratch slot 0 holds the received halves: a folded-in partner's data goes to slot 1
-    folded(_butterfly, comm, flat, op, op_name, 1, chunk_bytes or CHUNK_BYTES)
+    return folded(_butterfly, comm, flat, op, op_name, 1, chunk_bytes or CHUNK_BYTES)
 
 
 def _butterfly(
@@ -39,12 +47,11 @@ def _butterfly(
     op: ReduceOp,
     op_name: str,
     chunk_bytes: int,
-) -> None:
+) -> Steps:
     t = comm.transport
     r = comm.rank
     item = flat.itemsize
     chunk = max(1, chunk_bytes // item)
-    timeout = comm.timeout_s
     n = flat.size
     sc = comm.scratch(0, max(n - n // 2, 1), flat.dtype)
     sb = as_bytes(sc)
@@ -79,11 +86,11 @@ def _butterfly(
         ]
         for rv, o in zip(rvs, offs, strict=True):
             if not rv.done:
-                t.wait([rv], op_name, timeout)
+                yield [rv]
             e = min(o + ch, k1 - k0)
             mine = flat[k0 + o : k0 + e]
             reduce_received(t, rv, sc[o:e], mine, op, r < partner)
-        t.wait(sds, op_name, timeout)
+        yield sds
         steps.append((partner, keep, give))
         lo, hi = keep
         mask >>= 1
@@ -93,4 +100,4 @@ def _butterfly(
     for i, (partner, keep, give) in enumerate(reversed(steps)):
         rv = t.irecv(partner, _AG_STEP + i, fb[give[0] * item : give[1] * item])
         sd = t.isend(partner, _AG_STEP + i, fb[keep[0] * item : keep[1] * item])
-        t.wait([rv, sd], op_name, timeout)
+        yield [rv, sd]

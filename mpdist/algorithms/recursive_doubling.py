@@ -12,22 +12,27 @@ import numpy as np
 from mpdist.algorithms.communicator import Communicator, reduce_received
 from mpdist.algorithms.fold import folded
 from mpdist.algorithms.reduction import ReduceOp
+from mpdist.algorithms.steps import Steps, run
 from mpdist.transport.base import as_bytes
 
-__all__ = ["allreduce"]
+__all__ = ["allreduce", "allreduce_steps"]
 
 
 def allreduce(comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str) -> None:
     """Reduce the flat array ``flat`` in place across the communicator (no AVG division)."""
-    folded(_butterfly, comm, flat, op, op_name, 0)
+    run(comm, allreduce_steps(comm, flat, op, op_name), op_name)
+
+
+def allreduce_steps(comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str) -> Steps:
+    """:func:`allreduce` as a generator of the requests it waits for (``steps.Stepped``)."""
+    return folded(_butterfly, comm, flat, op, op_name, 0)
 
 
 def _butterfly(
     comm: Communicator, flat: np.ndarray, fb: memoryview, p2: int, op: ReduceOp, op_name: str
-) -> None:
+) -> Steps:
     t = comm.transport
     r = comm.rank
-    timeout = comm.timeout_s
     sc = comm.scratch(0, flat.size, flat.dtype)
     sb = as_bytes(sc)
     mask = 1
@@ -37,7 +42,7 @@ def _butterfly(
         rv = t.irecv_borrow(partner, step, sb)
         sd = t.isend(partner, step, fb)
         if not (rv.done and sd.done):
-            t.wait([rv, sd], op_name, timeout)
+            yield [rv, sd]
         reduce_received(t, rv, sc, flat, op, r < partner)
         mask <<= 1
         step += 1

@@ -13,9 +13,10 @@ import numpy as np
 
 from mpdist.algorithms.communicator import Communicator, reduce_received
 from mpdist.algorithms.reduction import ReduceOp
+from mpdist.algorithms.steps import Steps, run
 from mpdist.transport.base import as_bytes
 
-__all__ = ["allreduce", "CHUNK_BYTES"]
+__all__ = ["allreduce", "allreduce_steps", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 1 << 20
 
@@ -24,9 +25,15 @@ def allreduce(
     comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str, chunk_bytes: int = 0
 ) -> None:
     """Reduce the flat array ``flat`` in place across the communicator (no AVG division)."""
+    run(comm, allreduce_steps(comm, flat, op, op_name, chunk_bytes), op_name)
+
+
+def allreduce_steps(
+    comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str, chunk_bytes: int = 0
+) -> Steps:
+    """:func:`allreduce` as a generator of the requests it waits for (``steps.Stepped``)."""
     t = comm.transport
     p, r = comm.size, comm.rank
-    timeout = comm.timeout_s
     n = flat.size
     item = flat.itemsize
     right, left = (r + 1) % p, (r - 1) % p
@@ -83,12 +90,12 @@ def allreduce(
         nxt = (s + 1) * K if s < last else ag_base
         for k, (req, a, b, base) in enumerate(rs_recvs[s]):
             if not req.done:
-                t.wait([req], op_name, timeout)
+                yield [req]
             reduce_received(t, req, sc[a - base : b - base], flat[a:b], op, False)
             sends.append(t.isend(right, nxt + k, fb[a * item : b * item]))
     for s in range(p - 2):
         for k, (req, a, b) in enumerate(ag_recvs[s]):
             if not req.done:
-                t.wait([req], op_name, timeout)
+                yield [req]
             sends.append(t.isend(right, ag_base + (s + 1) * K + k, fb[a * item : b * item]))
-    t.wait(sends + [req for req, _, _ in ag_recvs[-1]], op_name, timeout)
+    yield sends + [req for req, _, _ in ag_recvs[-1]]

@@ -259,27 +259,7 @@ class Transport:
         deadline = time.monotonic() + timeout
         try:
             with self._lock:
-                while True:
-                    if self._error is not None or self._abort_reason is not None:
-                        raise self._sticky()
-                    # a peer may have gone while we were not waiting for it: check before
-                    # blocking, its socket no longer wakes us up
-                    pending = False
-                    for r in reqs:
-                        if not r.done:
-                            pending = True
-                            peer = r.peer
-                            if peer is None:
-                                if all(
-                                    self._peer_closed(p) for p in range(self.size) if p != self.rank
-                                ):
-                                    self._progress(0.0)  # an ERROR that explains it goes first
-                                    raise self._lost(op_name, None)
-                            elif self._peer_closed(peer):
-                                self._progress(0.0)
-                                raise self._lost(op_name, peer)
-                    if not pending:
-                        return
+                while self._unfinished(reqs, op_name):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise DistBackendError(
@@ -288,21 +268,64 @@ class Transport:
                         )
                     self._progress(remaining)
         except DistError as e:
-            if e is not self._error and self._error is None:
-                if getattr(e, "_mpdist_remote", False):
-                    self._error = self._cause = e
-                    self._told.add(e._mpdist_sender)
-                    if self._cur is not None:
-                        # every rank takes part in a collective: tell the others now, the
-                        # rank that detected it may have told only some (or gone meanwhile)
-                        self._tell(list(range(self.size)))
-                elif self._abort_reason is not None:
-                    self._error = e
-                elif self._cur is not None:
-                    self._fail(e, list(range(self.size)))
-                else:
-                    self._fail(e, sorted({r.peer for r in reqs if r.peer is not None}))
+            self._record(e, reqs)
             raise
+
+    def test(self, reqs: list, op_name: str) -> bool:
+        """Progress all posted operations once, without blocking; True if every request in
+        ``reqs`` is done. Raises as :meth:`wait` does, except that it never times out."""
+        for r in reqs:
+            if not r.done:
+                break
+        else:
+            return True
+        try:
+            with self._lock:
+                if not self._unfinished(reqs, op_name):
+                    return True
+                self._progress(0.0)
+                return not self._unfinished(reqs, op_name)
+        except DistError as e:
+            self._record(e, reqs)
+            raise
+
+    def _unfinished(self, reqs: list, op_name: str) -> bool:
+        """True while a request in ``reqs`` is not done; raises if the transport has failed
+        or a peer one of them waits for has gone (its socket no longer wakes us up)."""
+        if self._error is not None or self._abort_reason is not None:
+            raise self._sticky()
+        pending = False
+        for r in reqs:
+            if not r.done:
+                pending = True
+                peer = r.peer
+                if peer is None:
+                    if all(self._peer_closed(p) for p in range(self.size) if p != self.rank):
+                        self._progress(0.0)  # an ERROR that explains it goes first
+                        raise self._lost(op_name, None)
+                elif self._peer_closed(peer):
+                    self._progress(0.0)
+                    raise self._lost(op_name, peer)
+        return pending
+
+    def _record(self, e: DistError, reqs: list) -> None:
+        """Make the failure ``e`` of a wait on ``reqs`` sticky and pass it on to the peers
+        that must hear of it."""
+        if e is self._error or self._error is not None:
+            return
+        if getattr(e, "_mpdist_remote", False):
+            self._error = self._cause = e
+            self._told.add(e._mpdist_sender)
+            if self._cur is not None:
+                # every rank takes part in a collective: tell the others now, the
+                # rank that detected it may have told only some (or gone meanwhile)
+                self._tell(list(range(self.size)))
+        elif self._abort_reason is not None:
+            self._error = e
+        elif self._cur is not None:
+            self._fail(e, list(range(self.size)))
+        else:
+            self._fail(e, sorted({r.peer for r in reqs if r.peer is not None}))
 
     def _n(self, rank: int) -> int:
         """The name of transport rank ``rank`` in messages."""
