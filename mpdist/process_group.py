@@ -196,6 +196,11 @@ class Work:
         """True once the operation finished, successfully or not."""
         return self._future().done()
 
+    def _advance(self) -> bool:
+        """Move the operation on without blocking, where the caller drives it (see
+        ``NativeProcessGroup._c_allreduce_stepped``); True once it has completed."""
+        return self.is_completed()
+
     def is_success(self) -> bool:
         """True if the operation finished without an error."""
         fut = self._future()

@@ -5,10 +5,17 @@ rank, TCP mesh) and ``threaded`` (ranks are threads, in-process queues). Operati
 in issue order: asynchronous ones on a per-group worker thread; a synchronous one runs
 inline in the caller when nothing is pending (no thread hop on the latency path), else
 it queues behind the pending work and waits.
+
+A stepped allreduce (``_c_allreduce_stepped``) is queued like an asynchronous one but the
+worker is not woken for it: the issuing thread advances it in steps (``Work._advance``)
+and finishes it when it waits. Whoever runs a step holds the execution lock, so the
+worker, which pops it first if anything is queued behind it, simply takes over from
+wherever the caller left it; issue order holds either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -18,7 +25,7 @@ from typing import Any
 
 from mpdist import algorithms as alg
 from mpdist.errors import DistBackendError, DistStoreError
-from mpdist.process_group import Work
+from mpdist.process_group import Future, Work
 from mpdist.store import Store
 
 from .group_store import GroupStore
@@ -74,6 +81,8 @@ class CommProcessGroup(NativeProcessGroup):
         # any, tag, the communicator's last collective at that moment). The Communicator
         # numbers collectives only; the last item says whether one was entered since.
         self._last_p2p: tuple[str, str, int | None, int, tuple[str, int] | None] | None = None
+        # set when a timed wait handed the queued stepped ops over to the worker
+        self._worker_runs_stepped = False
         # run first on the worker thread (the module API uses it to share a thread-local world)
         self._worker_setup: Callable[[], None] | None = None
 
@@ -104,6 +113,13 @@ class CommProcessGroup(NativeProcessGroup):
                 # place in the sequence on every rank (right after the op that completed).
                 with self._exec_lock:
                     return fn()
+            stepped = self._stepped_tail()
+            if stepped is not None:
+                # only stepped ops are queued: finish them here, then run this one here too
+                stepped._finish()
+                if self._pending == 0:
+                    with self._exec_lock:
+                        return fn()
         work = self._submit(fn, outputs, is_recv)
         if async_op:
             return work
@@ -121,27 +137,36 @@ class CommProcessGroup(NativeProcessGroup):
                 raise self._dead()
             self._queue.append((fn, outputs, work, is_recv))
             self._pending += 1
-            if self._worker is None:
-                self._worker = threading.Thread(
-                    target=self._loop, name=f"mpdist-pg{self.group_name}-worker", daemon=True
-                )
-                self._worker.start()
-            self._cond.notify()
+            self._wake_worker()
         return work
+
+    def _wake_worker(self) -> None:
+        """Start the worker if needed and wake it (hold ``_cond``)."""
+        if self._worker is None:
+            self._worker = threading.Thread(
+                target=self._loop, name=f"mpdist-pg{self.group_name}-worker", daemon=True
+            )
+            self._worker.start()
+        self._cond.notify()
 
     def _loop(self) -> None:
         if self._worker_setup is not None:
             self._worker_setup()
         while True:
             with self._cond:
-                while not self._queue:
+                while not self._worker_has_work():
                     self._cond.wait()
-                item = self._queue.popleft()
-            if item is None:
-                return
-            fn, outputs, work, is_recv = item
-            exc: BaseException | None = None
+            # Popped and run under the execution lock: a thread advancing stepped ops holds
+            # it too, so it never finds an op popped but not yet run ahead of its own.
             with self._exec_lock:
+                with self._cond:
+                    if not self._worker_has_work():
+                        continue  # the caller finished the stepped ops meanwhile
+                    item = self._queue.popleft()
+                if item is None:
+                    return
+                fn, outputs, work, is_recv = item
+                exc: BaseException | None = None
                 try:
                     work._result = fn()
                 except BaseException as e:  # stored in the Work, re-raised by wait()
@@ -151,6 +176,24 @@ class CommProcessGroup(NativeProcessGroup):
             if is_recv and exc is None:
                 work._source = work._result
             work._fut._complete(None if exc else outputs, exc)
+
+    def _stepped_tail(self) -> _SteppedWork | None:
+        """The last queued op if every queued op is a stepped one, else None."""
+        with self._cond:
+            q = self._queue
+            if q and q[-1] is not None and isinstance(q[-1][2], _SteppedWork):
+                return q[-1][2]
+        return None
+
+    def _worker_has_work(self) -> bool:
+        """Something for the worker is queued (hold ``_cond``): stepped ops are left to
+        their caller unless other work is queued behind them or they were handed over."""
+        q = self._queue
+        if not q:
+            self._worker_runs_stepped = False
+            return False
+        last = q[-1]
+        return last is None or not isinstance(last[2], _SteppedWork) or self._worker_runs_stepped
 
     def _abort(self, reason: str) -> None:
         self._transport.abort(reason)
@@ -185,6 +228,60 @@ class CommProcessGroup(NativeProcessGroup):
         return None if last is None else f"{last[0]} seq={last[1]}"
 
     # ---------------------------------------------------------------- collectives
+    def _c_allreduce_stepped(self, arr, op, name, outputs):
+        comm = self._comm
+        steps = alg.Stepped(comm, alg.allreduce_steps(comm, arr, op, op_name=name), name)
+        work = _SteppedWork(self, steps, outputs)
+        with self._cond:
+            if self._closed:
+                raise self._dead()
+            q = self._queue
+            if (q and not isinstance(q[-1][2], _SteppedWork)) or (
+                threading.current_thread() is self._worker
+            ):
+                # ordinary ops are queued (they go first; the worker will run this too), or
+                # we are the worker: an ordinary async op
+                steps = None
+            else:
+                q.append(work._item)
+                self._pending += 1
+        if steps is None:
+            return self._c_allreduce(arr, op, name, outputs, True)
+        work._advance()  # the first step now: this rank's data goes out at once
+        return work
+
+    def _advance_stepped(self, target: _SteppedWork, block: bool) -> None:
+        """Advance the stepped ops queued up to ``target``, in order, in this thread; with
+        ``block`` up to the end of ``target``. Without ``block``, return at once if another
+        thread is running an op, and stop at the first op still waiting for data."""
+        if not self._exec_lock.acquire(blocking=block):
+            return
+        finished: list[_SteppedWork] = []
+        try:
+            while True:
+                with self._cond:
+                    if not any(item is target._item for item in self._queue):
+                        break  # done already (the worker ran it)
+                    # stepped ops are queued ahead of any other op: this is one
+                    work = self._queue[0][2]
+                steps = work._steps
+                # a failure is kept in steps.error and raised by wait(), as for any async op
+                with contextlib.suppress(Exception):
+                    steps.advance(block=block)
+                if not steps.done:
+                    break
+                with self._cond:
+                    self._queue.popleft()
+                    self._pending -= 1
+                finished.append(work)
+                if work is target:
+                    break
+        finally:
+            self._exec_lock.release()
+        for work in finished:
+            err = work._steps.error
+            work._fut._complete(None if err else work._outputs, err)
+
     def _c_allreduce(self, arr, op, name, outputs, async_op):
         comm = self._comm
         return self._run(lambda: alg.allreduce(comm, arr, op, op_name=name), outputs, async_op)
@@ -305,3 +402,49 @@ class CommProcessGroup(NativeProcessGroup):
             )
         store.set(f"{base}/result", msg.encode())
         raise DistBackendError(msg)
+
+
+class _SteppedWork(Work):
+    """The Work of a stepped allreduce: advanced by the issuing thread, finished by a wait
+    (see the module docstring)."""
+
+    def __init__(self, group: CommProcessGroup, steps: alg.Stepped, outputs: list[Any]) -> None:
+        super().__init__(_SteppedFuture(self))
+        self._result = None
+        self._group = group
+        self._steps = steps
+        self._outputs = outputs
+        # the queue entry; the worker runs it (to the end) only if it reaches it first
+        self._item = (lambda: steps.advance(block=True), outputs, self, False)
+
+    def _advance(self) -> bool:
+        if not self._fut._done:
+            self._group._advance_stepped(self, block=False)
+        return self._fut._done
+
+    def _finish(self) -> None:
+        """Run it (and the stepped ops queued ahead of it) to the end in this thread."""
+        self._group._advance_stepped(self, block=True)
+
+    def _hand_over(self) -> None:
+        """Let the worker finish it (a wait with a timeout must not block past it)."""
+        group = self._group
+        with group._cond:
+            group._worker_runs_stepped = True
+            group._wake_worker()
+
+
+class _SteppedFuture(Future):
+    """Waiting for a stepped allreduce finishes it in the waiting thread."""
+
+    def __init__(self, work: _SteppedWork) -> None:
+        super().__init__()
+        self._work = work
+
+    def _wait_done(self, timeout: float | timedelta | None) -> bool:
+        if not self._done:
+            if timeout is None:
+                self._work._finish()
+            else:
+                self._work._hand_over()
+        return super()._wait_done(timeout)

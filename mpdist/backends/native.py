@@ -116,6 +116,19 @@ class NativeProcessGroup(ProcessGroup):
     ) -> Any:
         raise NotImplementedError
 
+    def _c_allreduce_stepped(
+        self, arr: np.ndarray, op: ReduceOp, name: str, outputs: list[Any]
+    ) -> Work:
+        """An asynchronous allreduce that the calling thread advances itself.
+
+        ``Work._advance()`` moves it on without blocking, between pieces of the caller's own
+        work, and waiting finishes it in the waiting thread; no communication thread is
+        involved unless another operation is queued behind it. For callers that know a
+        thread of their own costs more than it hides (DDP on a machine with no core to
+        spare). This default is an ordinary asynchronous allreduce.
+        """
+        return self._c_allreduce(arr, op, name, outputs, True)
+
     def _c_broadcast(
         self, arr: np.ndarray, root: int, name: str, outputs: list[Any], async_op: bool
     ) -> Any:

@@ -30,18 +30,36 @@ def no_thread_left_behind() -> Iterator[None]:
 
 @pytest.fixture
 def allreduce_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """(thread ident, element count) of every ``mpdist.algorithms.allreduce`` call, in call
-    order: the groups run it in whichever thread executes the collective."""
+    """(thread ident, element count) of every all-reduce the groups run, in the order they
+    start: the thread is the one that starts the collective (``allreduce`` runs its
+    ``allreduce_steps``; a stepped all-reduce starts in whichever thread advances it)."""
     import mpdist.algorithms as alg
 
     calls: list[tuple[int, int]] = []
-    orig = alg.allreduce
+    orig = alg.allreduce_steps
     lock = threading.Lock()
 
     def recording(comm: Any, array: Any, *args: Any, **kwargs: Any) -> Any:
-        with lock:
-            calls.append((threading.get_ident(), array.size))
-        return orig(comm, array, *args, **kwargs)
+        steps = orig(comm, array, *args, **kwargs)
 
-    monkeypatch.setattr(alg, "allreduce", recording)
+        def started_here() -> Any:
+            with lock:
+                calls.append((threading.get_ident(), array.size))
+            yield from steps
+
+        return started_here()
+
+    monkeypatch.setattr(alg, "allreduce_steps", recording)
     return calls
+
+
+@pytest.fixture(params=["comm thread", "stepped"])
+def ddp_progress(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with DDP's buckets reduced on the group's worker thread ("comm thread",
+    chosen where the host has a core to spare) and advanced by the gradient hooks
+    ("stepped", chosen where it has not)."""
+    from mpdist.parallel import reducer
+
+    pays = request.param == "comm thread"
+    monkeypatch.setattr(reducer, "communication_thread_pays", lambda world_size: pays)
+    return request.param

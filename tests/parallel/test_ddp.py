@@ -75,7 +75,9 @@ def tiny_first_bucket(monkeypatch):
         (2, "sgd", 0.0001, True),
     ],
 )
-def test_ddp_matches_single_process_full_batch(tiny_first_bucket, ws, kind, cap, views) -> None:
+def test_ddp_matches_single_process_full_batch(
+    tiny_first_bucket, ddp_progress, ws, kind, cap, views
+) -> None:
     ref = train_reference(kind)
     out = spawn_threads(train_ddp, ws, kind, dict(bucket_cap_mb=cap, gradient_as_bucket_view=views))
     for params, nbuckets in out:
@@ -425,15 +427,18 @@ def test_mixed_dtypes_get_separate_buckets() -> None:
             np.testing.assert_allclose(g, (a + b) / 2, rtol=1e-5)
 
 
-def test_default_reduction_last_bucket_inline_others_async(
-    tiny_first_bucket, allreduce_calls
+def test_default_reduction_bucket_order_and_threads(
+    tiny_first_bucket, allreduce_calls, ddp_progress
 ) -> None:
     """Without a comm hook, on mpdist's own groups: the buckets are all-reduced in bucket
-    order, every one but the last on the group's worker thread (overlapping backward), the last
-    in the calling thread (nothing is left to overlap with); the result is the average."""
+    order; the last in the calling thread (nothing is left to overlap with). With a
+    communication thread every other bucket runs on the group's worker (overlapping
+    backward); stepped, the rank's own thread starts and advances them all. The result is
+    the average either way."""
 
     def body(rank: int, ws: int):
         ddp = DDP(make_model(), bucket_cap_mb=0.0008)
+        assert ddp.reducer.stepped == (ddp_progress == "stepped")
         x, y = data(0)
         F.mse_loss(ddp(shard(x, rank, ws)), shard(y, rank, ws)).backward()
         sizes = [b.buffer.size for b in ddp.reducer.buckets]
@@ -443,14 +448,17 @@ def test_default_reduction_last_bucket_inline_others_async(
     rank_threads = {ident for ident, _, _ in results}
     sizes = results[0][1]
     assert len(sizes) >= 3
-    for ident, _, _ in results:
-        # the last bucket, inline
-        assert [n for t, n in allreduce_calls if t == ident] == [sizes[-1]]
     workers: dict[int, list[int]] = {}
     for t, n in allreduce_calls:
         if t not in rank_threads:
             workers.setdefault(t, []).append(n)
-    assert sorted(workers.values()) == [sizes[:-1], sizes[:-1]]  # one worker per rank, in order
+    for ident, _, _ in results:
+        mine = [n for t, n in allreduce_calls if t == ident]
+        assert mine == ([sizes[-1]] if ddp_progress == "comm thread" else sizes)
+    if ddp_progress == "comm thread":
+        assert sorted(workers.values()) == [sizes[:-1], sizes[:-1]]  # one worker per rank
+    else:
+        assert workers == {}
     ref = make_model()
     x, y = data(0)
     F.mse_loss(ref(x), y).backward()
@@ -458,7 +466,7 @@ def test_default_reduction_last_bucket_inline_others_async(
     assert_replicas_equal_reference([r[2] for r in results], ref_grads, rtol=1e-12)
 
 
-def test_last_bucket_stays_async_while_another_ddp_waits(allreduce_calls) -> None:
+def test_last_bucket_stays_async_while_another_ddp_waits(allreduce_calls, ddp_progress) -> None:
     """Two DDP modules in one backward: the later one's (B) last bucket fills while the
     earlier one (A) still waits for gradients, so B's is reduced asynchronously (overlapping
     A's backward), not inline. Gradients are the average."""
@@ -479,9 +487,15 @@ def test_last_bucket_stays_async_while_another_ddp_waits(allreduce_calls) -> Non
     size_a, size_b = 8 * 16 + 16, 16 * 4 + 4
     rank_threads = {ident for ident, _ in results}
     assert sorted(n for _, n in allreduce_calls) == [size_b, size_b, size_a, size_a]
-    # B's bucket went to the worker; A's is inline unless B's is still queued on the group
-    # (then it queues behind it), so only B's placement is deterministic
-    assert [n for t, n in allreduce_calls if t in rank_threads and n == size_b] == []
+    in_rank_threads = sorted(n for t, n in allreduce_calls if t in rank_threads)
+    if ddp_progress == "comm thread":
+        # B's bucket went to the worker; A's is inline unless B's is still queued on the
+        # group (then it queues behind it), so only B's placement is deterministic
+        assert size_b not in in_rank_threads
+    else:
+        # B's is stepped by the rank; A's synchronous all-reduce finishes it first, then
+        # runs inline: no worker thread takes part
+        assert in_rank_threads == [size_b, size_b, size_a, size_a]
     ref = two_part(lambda m: m)
     x, y = data(0)
     F.mse_loss(ref(x), y).backward()

@@ -36,15 +36,19 @@ def train(model, opt, rank: int, ws: int, steps: int = 3) -> None:
 
 
 @pytest.mark.parametrize("views", [False, True])
+@pytest.mark.parametrize("comm_thread", [False, True], ids=["stepped", "comm-thread"])
 @pytest.mark.mpdist(world_size=2)
-def test_ddp_over_tcp_equals_full_batch_training(rank, world_size, views) -> None:
-    saved = reducer.DEFAULT_FIRST_BUCKET_BYTES
-    reducer.DEFAULT_FIRST_BUCKET_BYTES = 1000  # several buckets (restored: ranks may be reused)
+def test_ddp_over_tcp_equals_full_batch_training(rank, world_size, views, comm_thread) -> None:
+    saved = reducer.DEFAULT_FIRST_BUCKET_BYTES, reducer.communication_thread_pays
+    # several buckets, reduced stepped or on a thread (restored: ranks may be reused)
+    reducer.DEFAULT_FIRST_BUCKET_BYTES = 1000
+    reducer.communication_thread_pays = lambda world_size: comm_thread
     try:
         ddp = DDP(make_model(seed=rank), bucket_cap_mb=0.002, gradient_as_bucket_view=views)
     finally:
-        reducer.DEFAULT_FIRST_BUCKET_BYTES = saved
+        reducer.DEFAULT_FIRST_BUCKET_BYTES, reducer.communication_thread_pays = saved
     assert len(ddp.reducer.buckets) > 1
+    assert ddp.reducer.stepped is not comm_thread
     train(ddp, Adam(ddp.parameters(), lr=0.01), rank, world_size)
     ref = make_model(seed=0)
     train(ref, Adam(ref.parameters(), lr=0.01), 0, 1)
