@@ -163,7 +163,8 @@ def test_large_allreduce(kind: str, size: int) -> None:
 def test_allreduce_algorithm_switch() -> None:
     assert A.allreduce_algorithm(4, 2) == "rd"
     assert A.allreduce_algorithm(16 << 20, 2) == "ring"
-    assert A.allreduce_algorithm(2 << 20, 2) == "hd"
+    assert A.allreduce_algorithm(6 << 20, 2) == "rd"
+    assert A.allreduce_algorithm((6 << 20) + 1, 2) == "ring"
     assert A.allreduce_algorithm(1 << 20, 4) == "hd"
     assert A.allreduce_algorithm(64 << 20, 4) == "ring"
     assert A.allreduce_algorithm(1 << 20, 3) == "ring"
