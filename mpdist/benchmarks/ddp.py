@@ -3,7 +3,10 @@
 Rows: the model trained in one process (on one rank's batch, and on the global batch), and
 under DDP on ``--world-size`` real processes (spawned, meeting through a FileStore) with
 overlap on (DDP's buckets: the first 1 MiB, then ``--bucket-cap-mb``; each all-reduced as
-soon as it is full, during backward) and off (one bucket, reduced after backward). A step is zero_grad + forward + MSE loss + backward + SGD step.
+soon as it is full, during backward) and off (one bucket, reduced after backward). Overlap
+on is DDP as configured for this host (stepped all-reduces advanced by backward's own
+thread, or a communication thread where the host has a core to spare per rank); the
+other way is timed too, for comparison (mpdist only). A step is zero_grad + forward + MSE loss + backward + SGD step.
 Configurations alternate step by step (all ranks meet at a barrier before each step; the
 single-process rows run on rank 0 while the others wait), so drifting machine load hits them
 alike. Each row reports the median step time (the slowest rank's median for DDP) and the
@@ -32,7 +35,8 @@ __all__ = ["main"]
 
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 WIDTHS = (512, 512, 512, 512, 512, 16)  # 1,058,832 parameters
-MODES = ("single", "single global", "overlap", "no overlap")
+MODES = ("single", "single global", "overlap", "no overlap", "overlap, other")
+DDP_MODES = MODES[2:]
 
 
 def _model(seed: int = 0) -> Any:
@@ -76,6 +80,13 @@ def _mpdist_steppers(
     views = cfg["grad_views"]
     reducer.DEFAULT_FIRST_BUCKET_BYTES = 1 << 20
     overlap = DDP(_model(), bucket_cap_mb=cfg["bucket_cap_mb"], gradient_as_bucket_view=views)
+    # the same, with the other way of progressing the buckets
+    host_choice = reducer.communication_thread_pays
+    reducer.communication_thread_pays = lambda world_size: not host_choice(world_size)
+    try:
+        other = DDP(_model(), bucket_cap_mb=cfg["bucket_cap_mb"], gradient_as_bucket_view=views)
+    finally:
+        reducer.communication_thread_pays = host_choice
     # One bucket holding every parameter: it is full (and reduced) only once backward has
     # produced the last gradient, so nothing overlaps.
     reducer.DEFAULT_FIRST_BUCKET_BYTES = 1 << 40
@@ -85,6 +96,7 @@ def _mpdist_steppers(
         "single global": _model(),
         "overlap": overlap,
         "no overlap": one_bucket,
+        "overlap, other": other,
     }
 
     def stepper(model: Any, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
@@ -106,6 +118,7 @@ def _mpdist_steppers(
     buckets = {
         "overlap": len(overlap.reducer.buckets),
         "no overlap": len(one_bucket.reducer.buckets),
+        "stepped": int(overlap.reducer.stepped),
     }
     return steps, dist.barrier, dist.destroy_process_group, buckets
 
@@ -170,12 +183,14 @@ def _rank_main(lib: str, rank: int, world: int, path: str, cfg: dict[str, Any], 
         make = _torch_steppers if lib == "torch" else _mpdist_steppers
         steps, barrier, teardown, buckets = make(rank, world, path, cfg)
         try:
-            times: dict[str, list[float]] = {m: [] for m in MODES}
-            cpu: dict[str, list[float]] = {m: [] for m in MODES}
+            modes = [m for m in MODES if m in steps]
+            ddp_modes = [m for m in modes if m in DDP_MODES]
+            times: dict[str, list[float]] = {m: [] for m in modes}
+            cpu: dict[str, list[float]] = {m: [] for m in modes}
             # Modes alternate step by step, so drifting machine load hits them all alike; the
-            # two DDP modes swap places every other step, so neither always runs first.
+            # DDP modes run in reverse order every other step, so none always runs first.
             for i in range(cfg["warmup"] + cfg["steps"]):
-                for mode in MODES if i % 2 == 0 else MODES[:2] + MODES[:1:-1]:
+                for mode in modes[:2] + (ddp_modes if i % 2 == 0 else ddp_modes[::-1]):
                     barrier()
                     if mode.startswith("single") and rank != 0:
                         continue  # one process alone: the other ranks wait at the barrier
@@ -186,7 +201,7 @@ def _rank_main(lib: str, rank: int, world: int, path: str, cfg: dict[str, Any], 
                         cpu[mode].append(time.process_time() - c0)
             med = {
                 m: (statistics.median(times[m]), statistics.median(cpu[m]))
-                for m in MODES
+                for m in modes
                 if times[m]
             }
             q.put(("ok", rank, med, buckets))
@@ -238,7 +253,9 @@ def _run(
             q.close()
             q.join_thread()
     result = {m: per_rank[0][m] for m in ("single", "single global")}
-    for m in ("overlap", "no overlap"):
+    for m in DDP_MODES:
+        if m not in per_rank[0]:
+            continue
         # the slowest rank sets the pace
         result[m] = (
             max(r[m][0] for r in per_rank.values()),
@@ -317,11 +334,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     n_params = sum(q.numel() for q in _model().parameters())
     ws, b = args.world_size, args.batch
+    how = ("stepped", "comm thread")
+    if not buckets.get("stepped", 1):
+        how = how[::-1]
     names = {
         "single": f"one process, batch {b}",
         "single global": f"one process, batch {b * ws} (the global batch)",
-        "overlap": f"DDP {ws} ranks, overlap on ({buckets['overlap']} buckets)",
+        "overlap": f"DDP {ws} ranks, overlap on ({buckets['overlap']} buckets, {how[0]})",
         "no overlap": f"DDP {ws} ranks, overlap off ({buckets['no overlap']} bucket, at the end)",
+        "overlap, other": f"  not chosen here: overlap on, {how[1]}",
     }
     print(
         f"model: MLP {'-'.join(map(str, WIDTHS))}, {n_params:,} parameters (float32); "
@@ -336,13 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(head)
     for mode in MODES:
         line = f"{names[mode]:<52} {med(runs, mode, 0):7.2f} {med(runs, mode, 1):7.2f}"
-        if torch_runs:
+        if torch_runs and mode in torch_runs[0]:
             line += f" {med(torch_runs, mode, 0):11.2f} {med(torch_runs, mode, 1):10.2f}"
         print(line)
 
-    def ratios(rs: list[dict[str, tuple[float, float]]], i: int) -> str:
-        per_run = [r["no overlap"][i] / r["overlap"][i] for r in rs]
-        text = _ratio(med(rs, "no overlap", i), med(rs, "overlap", i))
+    def ratios(rs: list[dict[str, tuple[float, float]]], i: int, on: str = "overlap") -> str:
+        per_run = [r["no overlap"][i] / r[on][i] for r in rs]
+        text = _ratio(med(rs, "no overlap", i), med(rs, on, i))
         if len(per_run) > 1:
             text += " (runs: " + " ".join(f"{x:.2f}" for x in per_run) + ")"
         return text
@@ -350,6 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"overlap on vs off (off time / on time, above 1 = overlap faster): "
         f"wall {ratios(runs, 0)}, cpu {ratios(runs, 1)}"
+    )
+    print(
+        f"  (overlap on with the {how[1]} instead: wall {ratios(runs, 0, 'overlap, other')}, "
+        f"cpu {ratios(runs, 1, 'overlap, other')})"
     )
     if torch_runs:
         print(

@@ -20,8 +20,9 @@ def test_bench_ddp_runs(capsys: pytest.CaptureFixture[str]) -> None:
     vs = "torch" if importlib.util.find_spec("torch") is not None else "none"
     assert ddp.main([*SMOKE, "--vs", vs]) == 0
     out = capsys.readouterr().out
-    assert "DDP 2 ranks, overlap on (2 buckets)" in out
+    assert "DDP 2 ranks, overlap on (2 buckets, " in out
     assert "DDP 2 ranks, overlap off (1 bucket" in out
+    assert "not chosen here: overlap on, " in out and "(overlap on with the " in out
     assert "one process, batch 8" in out
     assert "overlap on vs off" in out and "cpu" in out.splitlines()[1]
     if vs == "torch":
@@ -36,14 +37,15 @@ def test_bench_ddp_vs_none_leaves_torch_out(
 
     def fixed_run(lib: str, world: int, cfg: dict) -> tuple[dict, dict]:
         libs.append(lib)
-        return {m: (0.002, 0.001) for m in ddp.MODES}, {"overlap": 2, "no overlap": 1}
+        return {m: (0.002, 0.001) for m in ddp.MODES}, {"overlap": 2, "no overlap": 1, "stepped": 1}
 
     monkeypatch.setattr(ddp, "_run", fixed_run)
     assert ddp.main([*SMOKE, "--vs", "none", "--repeat", "2"]) == 0
     out = capsys.readouterr().out
     assert libs == ["mpdist", "mpdist"]
     assert "torch" not in out.splitlines()[1] and "torch DDP" not in out
-    assert "DDP 2 ranks, overlap on (2 buckets)" in out and "median of 2 runs" in out
+    assert "DDP 2 ranks, overlap on (2 buckets, stepped)" in out and "median of 2 runs" in out
+    assert "not chosen here: overlap on, comm thread" in out
 
 
 def test_bench_ddp_rejects_bad_arguments() -> None:
