@@ -22,6 +22,7 @@ from collections.abc import Generator
 from typing import Any
 
 from mpdist.algorithms.communicator import Communicator
+from mpdist.errors import DistBackendError
 
 __all__ = ["Steps", "run", "Stepped"]
 
@@ -73,7 +74,12 @@ class Stepped:
                     self.done = True
                     self._waiting = []
         except BaseException as e:
-            self.error = e
+            # an interrupt (Ctrl-C) left the collective half done: later calls say so
+            self.error = (
+                e
+                if isinstance(e, Exception)
+                else DistBackendError(f"{self.op_name} was interrupted ({type(e).__name__})")
+            )
             self.done = True
             self._waiting = []
             raise

@@ -126,3 +126,26 @@ def test_a_failure_is_kept_and_raised_again() -> None:
         assert done
         assert len(errors) == 2 and errors[0] is errors[1]
         assert "dtype" in str(errors[0])
+
+
+def test_an_interrupt_is_raised_once_then_reported_as_an_error() -> None:
+    """Ctrl-C in the middle of a step propagates as itself; the collective is half done, so
+    later advances raise a DistBackendError saying it was interrupted (not the interrupt)."""
+
+    def fn(comm: A.Communicator):
+        x = np.ones(4)
+
+        def interrupted() -> A.Steps:
+            yield from A.allreduce_steps(comm, x, ReduceOp.SUM)
+            raise KeyboardInterrupt
+
+        s = Stepped(comm, interrupted(), "all_reduce")
+        try:
+            s.advance(block=True)
+        except KeyboardInterrupt:
+            first = "KeyboardInterrupt"
+        with pytest.raises(DistBackendError, match="all_reduce was interrupted"):
+            s.advance(block=False)
+        return first, s.done
+
+    assert run_ranks(2, fn, "local") == [("KeyboardInterrupt", True)] * 2
