@@ -36,6 +36,9 @@ class GroupStore(PrefixStore):
         self._abort_lock = threading.Lock()
         self._abort_reason: str | None = None
         self._on_abort: list[Callable[[str], object]] = []
+        # every callback ever added: a second registration is a no-op (the tcp transport
+        # registers itself before building its mesh, and its group does too)
+        self._registered: list[Callable[[str], object]] = []
 
     # ------------------------------------------------------------------ abort
     def abort(self, reason: str) -> None:
@@ -52,8 +55,13 @@ class GroupStore(PrefixStore):
                 cb(self._abort_reason)
 
     def add_abort_callback(self, callback: Callable[[str], object]) -> None:
-        """Run ``callback(reason)`` on abort; at once if the store was aborted already."""
+        """Run ``callback(reason)`` on abort; at once if the store was aborted already. A
+        callback registered before (an equal one: the same bound method) is not added or run
+        again."""
         with self._abort_lock:
+            if callback in self._registered:
+                return
+            self._registered.append(callback)
             reason = self._abort_reason
             if reason is None:
                 self._on_abort.append(callback)

@@ -148,6 +148,7 @@ def test_group_store_wait_is_interrupted_by_abort_from_another_thread():
     store = GroupStore("g", inner)
     seen: list[str] = []
     store.add_abort_callback(seen.append)
+    store.add_abort_callback(seen.append)  # the same callback again: still run once
     aborter = threading.Thread(target=lambda: (inner.touched.wait(), store.abort("go away")))
     aborter.start()
     try:
@@ -161,6 +162,7 @@ def test_group_store_wait_is_interrupted_by_abort_from_another_thread():
         store.wait(["other"])
     late: list[str] = []
     store.add_abort_callback(late.append)  # registered after the abort: runs at once
+    store.add_abort_callback(late.append)  # ... once
     assert late == ["go away"] and store.aborted
     store.abort("second reason")  # the first reason stays
     with pytest.raises(DistBackendError, match="^go away$"):
