@@ -67,7 +67,11 @@ class DistributedDataParallel(Module):
     take part as zeros; ``gradient_as_bucket_view`` makes each ``.grad`` a view into its
     bucket (no copy back); ``init_sync=False`` skips the initial broadcast (no collective at
     construction); ``broadcast_buffers`` re-broadcasts buffers from rank 0 before each
-    forward. ``static_graph`` is accepted for compatibility and changes nothing.
+    forward. ``static_graph=True`` promises that every iteration uses the same parameters:
+    the first backward reduces all buckets at its end and records which parameters it used;
+    later ones mark the unused as ready up front (no ``find_unused_parameters`` needed, and
+    no graph traversal per iteration), and a parameter the first iteration did not use that
+    gets a gradient later is an error.
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class DistributedDataParallel(Module):
             [_reducer.DEFAULT_FIRST_BUCKET_BYTES, self.bucket_bytes_cap],
             find_unused_parameters,
             gradient_as_bucket_view,
+            static_graph,
         )
 
     # ---------------------------------------------------------------- forward

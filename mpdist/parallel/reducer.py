@@ -228,6 +228,7 @@ class Reducer:
         bucket_size_limits: Sequence[int],
         find_unused_parameters: bool,
         gradient_as_bucket_view: bool,
+        static_graph: bool = False,
     ) -> None:
         self.params = list(params)
         self.names = list(names)
@@ -265,6 +266,12 @@ class Reducer:
         # logging data's can_set_static_graph) while every backward uses the same ones.
         self.first_used: np.ndarray | None = None
         self.graph_static = True
+        # static_graph: the parameters this rank's first synced backward used, and which of
+        # them any rank used; None until that backward is over. Later backwards must use
+        # the same ones: the unused are marked ready up front, with no graph traversal.
+        self.static_graph = static_graph
+        self.static_used: np.ndarray | None = None
+        self.static_globally_used: np.ndarray | None = None
         # The hooks hold the reducer weakly, and are removed when it is collected, so a DDP
         # wrapper that is dropped stops costing anything (and its buckets are freed).
         me = weakref.ref(self)
@@ -321,7 +328,14 @@ class Reducer:
             b.future = None
             b.saved.clear()
         self.num_iterations += 1
-        if self.find_unused_parameters:
+        if self.static_graph:
+            if self.static_used is not None:
+                for i in np.flatnonzero(self.static_used == 0):
+                    self._mark_ready(int(i), unused=True)
+                if self.ready.all():
+                    self._finalize()
+            # else: the first backward; _autograd_hook only notes what it uses
+        elif self.find_unused_parameters:
             used = _reachable_leaves(outputs)
             for i, p in enumerate(self.params):
                 if id(p) not in used:
@@ -333,7 +347,21 @@ class Reducer:
     def _autograd_hook(self, index: int, param: Tensor) -> None:
         if not self.expect_hooks:
             return  # outside a synced DDP iteration (no_sync, or a forward not through DDP)
+        if self.static_graph and self.static_used is None:
+            # the first backward of a static graph: everything is reduced at its end, when
+            # the parameters it used are known (_finalize)
+            if not self.finalize_queued:
+                self.finalize_queued = True
+                queue_callback(self._finalize)
+            self.locally_used[index] = 1
+            return
         if self.ready[index]:
+            if self.static_used is not None and not self.static_used[index]:
+                raise RuntimeError(
+                    f"The training graph has changed: parameter {index} ({self.names[index]}) "
+                    "received a gradient, but the first iteration did not use it. With "
+                    "static_graph=True every iteration must use the same parameters."
+                )
             raise RuntimeError(
                 f"Expected to mark a variable ready only once. Parameter {index} "
                 f"({self.names[index]}) received a gradient twice in one iteration; "
@@ -449,7 +477,11 @@ class Reducer:
             buf = np.zeros_like(b.buffer)
             views = _split(buf, [v.shape for v in b.views])
             futures.append(self._reduce(self._grad_bucket(b, buf, views)))
-        if self.find_unused_parameters:
+        if self.static_graph:
+            if self.static_globally_used is None:  # the others' first backward: once
+                self.static_globally_used = np.zeros_like(self.locally_used)
+                dist.all_reduce(self.static_globally_used, group=self.process_group)
+        elif self.find_unused_parameters:
             dist.all_reduce(np.zeros_like(self.locally_used), group=self.process_group)
         for fut in futures:
             fut.wait()
@@ -458,6 +490,10 @@ class Reducer:
         self.finalize_queued = False
         self.expect_hooks = False
         _armed().discard(self)
+        if self.static_graph and self.static_used is None:
+            self.static_used = self.locally_used.copy()
+            for i in range(len(self.params)):  # buckets launch in bucket order as they fill
+                self._mark_ready(i, unused=not self.locally_used[i])
         if self.graph_static:
             if self.first_used is None:
                 self.first_used = self.locally_used.copy()
@@ -467,7 +503,12 @@ class Reducer:
             self.unfinished = [int(i) for i in np.flatnonzero(~self.ready)]
             return
         globally_used = None
-        if self.find_unused_parameters:
+        if self.static_graph:
+            if self.static_globally_used is None:  # once, after the first backward
+                self.static_globally_used = self.locally_used.copy()
+                dist.all_reduce(self.static_globally_used, group=self.process_group)
+            globally_used = self.static_globally_used
+        elif self.find_unused_parameters:
             globally_used = self.locally_used.copy()
             dist.all_reduce(globally_used, group=self.process_group)
         for bucket in self.buckets:

@@ -42,3 +42,19 @@ def assert_replicas_equal_reference(
         for a, b, r in zip(arrays, per_rank[0], reference, strict=True):
             np.testing.assert_array_equal(a, b)
             np.testing.assert_allclose(a, r, rtol=rtol, atol=rtol)
+
+
+class TwoHeads(nn.Module):
+    """A trunk and two heads; ``forward(x, use_b)`` uses one head (the other gets no
+    gradient)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        mpdist.manual_seed(1)
+        self.trunk = nn.Linear(4, 4, dtype=np.float64)
+        self.head_a = nn.Linear(4, 2, dtype=np.float64)
+        self.head_b = nn.Linear(4, 2, dtype=np.float64)
+
+    def forward(self, x, use_b: bool = False):
+        h = self.trunk(x).relu()
+        return self.head_b(h) if use_b else self.head_a(h)

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from ddp_helpers import assert_replicas_equal_reference, mlp, regression_data, shard
+from ddp_helpers import TwoHeads, assert_replicas_equal_reference, mlp, regression_data, shard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -169,19 +169,6 @@ def test_no_sync_accumulates_then_reduces_the_sum() -> None:
     for a, b, r in zip(g0, g1, ref.parameters(), strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, r.grad.data / 2, rtol=1e-10)
-
-
-class TwoHeads(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        mpdist.manual_seed(1)
-        self.trunk = nn.Linear(4, 4, dtype=np.float64)
-        self.head_a = nn.Linear(4, 2, dtype=np.float64)
-        self.head_b = nn.Linear(4, 2, dtype=np.float64)
-
-    def forward(self, x, use_b: bool = False):
-        h = self.trunk(x).relu()
-        return self.head_b(h) if use_b else self.head_a(h)
 
 
 def test_unused_parameters_without_detection_raise_at_next_forward() -> None:

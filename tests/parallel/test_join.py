@@ -38,10 +38,11 @@ def reference(divide_by_initial: bool) -> list[np.ndarray]:
     return [p.data.copy() for p in ref.parameters()]
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static_graph"])
 @pytest.mark.parametrize("divide_by_initial", [True, False])
-def test_join_with_uneven_inputs(divide_by_initial: bool) -> None:
+def test_join_with_uneven_inputs(divide_by_initial: bool, static: bool) -> None:
     def body(rank: int, ws: int):
-        ddp = DDP(model())
+        ddp = DDP(model(), static_graph=static)
         opt = SGD(ddp.parameters(), lr=0.1)
         with ddp.join(divide_by_initial_world_size=divide_by_initial):
             for i in range(BATCHES[rank]):
