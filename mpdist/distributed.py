@@ -146,6 +146,10 @@ class _World:
 _process_world: _World | None = None
 _tls = threading.local()
 _init_lock = threading.Lock()
+# An init in progress holds its slot (the process-wide one, or ``_tls.reserved`` for a rank
+# thread of the threaded backend) from its check on, so a second caller fails at once
+# instead of both building a group; the lock is never held across the build itself.
+_process_reserved = False
 
 # every live built-in group of this process, across worlds (for the harness hooks)
 _live_lock = threading.Lock()
@@ -233,6 +237,7 @@ def _make_group(
     # (in the store, or for their connections) is stopped by ``_abort_all_groups``.
     with _live_lock:
         _creating[store] = label
+    pg: Any = None
     try:
         if extended:
             opts = _DistributedBackendOptions(store, group_rank, len(ranks), timeout, name, ranks)
@@ -243,13 +248,18 @@ def _make_group(
             raise TypeError(
                 f"backend {backend!r} creator returned {type(pg).__name__}, not a ProcessGroup"
             )
+        # a Python subclass's setGroupName / setGroupDesc may raise: still inside the try,
+        # so a failed build leaves nothing registered and no group running
+        pg._set_group_name(name)
+        if label == "default":
+            pg._set_group_desc("default_pg")
     except BaseException:
         with _live_lock:
             _creating.pop(store, None)
+        if isinstance(pg, ProcessGroup):
+            with contextlib.suppress(Exception):
+                pg.shutdown()
         raise
-    pg._set_group_name(name)
-    if label == "default":
-        pg._set_group_desc("default_pg")
     if getattr(pg, "_mpdist_thread_local", False):
         world.thread_local = True
     if isinstance(pg, NativeProcessGroup):
@@ -295,11 +305,65 @@ def init_process_group(
     if store is not None and not isinstance(store, Store):
         raise TypeError(f"store must be an mpdist Store, got {type(store).__name__}")
     thread_local = name == Backend.THREADED
+    _reserve_default(thread_local)
+    try:
+        world = _build_default_world(
+            name, init_method, timeout, world_size, rank, store, group_name, pg_options
+        )
+    except BaseException:
+        _release_default(thread_local)
+        raise
     with _init_lock:
-        if (thread_local and getattr(_tls, "world", None) is not None) or (
-            not thread_local and _current_world() is not None
-        ):
+        _release_default_locked(thread_local)
+        if world.thread_local:
+            _tls.world = world
+        else:
+            _process_world = world
+
+
+def _reserve_default(thread_local: bool) -> None:
+    """Claim the default-group slot of this process (threaded: of this thread), or raise."""
+    global _process_reserved
+    with _init_lock:
+        # a rank thread of the threaded backend only needs its own slot free (the
+        # process-wide one may be in use); any other init needs both
+        taken = getattr(_tls, "world", None) is not None or getattr(_tls, "reserved", False)
+        if not thread_local:
+            taken = taken or _process_world is not None or _process_reserved
+        if taken:
             raise ValueError("trying to initialize the default process group twice!")
+        if thread_local:
+            _tls.reserved = True
+        else:
+            _process_reserved = True
+
+
+def _release_default_locked(thread_local: bool) -> None:
+    global _process_reserved
+    if thread_local:
+        _tls.reserved = False
+    else:
+        _process_reserved = False
+
+
+def _release_default(thread_local: bool) -> None:
+    """Give the slot claimed by ``_reserve_default`` back (the build failed)."""
+    with _init_lock:
+        _release_default_locked(thread_local)
+
+
+def _build_default_world(
+    name: Backend,
+    init_method: str | None,
+    timeout: timedelta,
+    world_size: int,
+    rank: int,
+    store: Store | None,
+    group_name: str,
+    pg_options: Any,
+) -> _World:
+    """Rendezvous and build the default group (slow: the caller holds the slot, not a lock)."""
+    thread_local = name == Backend.THREADED
     owns_store = False
     if store is None and (name == Backend.FAKE or name == Backend.THREADED):
         if name == Backend.THREADED:
@@ -344,11 +408,7 @@ def init_process_group(
             store.close()
         raise
     world.default_pg = pg
-    with _init_lock:
-        if world.thread_local:
-            _tls.world = world
-        else:
-            _process_world = world
+    return world
 
 
 def _shutdown(world: _World, pg: ProcessGroup) -> None:
