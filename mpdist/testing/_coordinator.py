@@ -11,6 +11,7 @@ healthy pool.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -182,23 +183,38 @@ class RankSet:
 
     @classmethod
     def start_fresh(cls, spec: TaskSpec, ctx: Any) -> RankSet:
+        """Start one process per rank; if any cannot start, none is left running.
+
+        A failed start (the forkserver gone, a spec that does not pickle, Ctrl-C)
+        kills and reaps the ranks already started, closes every pipe end and process
+        handle, and re-raises the original error.
+        """
         handles: list[_Handle] = []
         rs = cls(spec, handles, pooled=False)
         try:
             for rank in range(spec.world_size):
                 parent_conn, child_conn = ctx.Pipe(duplex=True)
-                proc = ctx.Process(
-                    target=rank_main,
-                    args=(spec, rank, child_conn),
-                    name=f"mpdist-rank-{rank}",
-                )
+                # The handle owns the parent end from here on, so cleanup closes it.
                 handles.append(_Handle(rank, None, parent_conn))
-                proc.start()
+                try:
+                    proc = ctx.Process(
+                        target=rank_main,
+                        args=(spec, rank, child_conn),
+                        name=f"mpdist-rank-{rank}",
+                    )
+                    proc.start()
+                finally:
+                    # The child got its copy during start(), or never will: ours must go
+                    # either way (a frame kept alive by the traceback would hold it open).
+                    child_conn.close()
                 handles[-1].proc = proc
                 handles[-1].pid = proc.pid
-                child_conn.close()
         except BaseException:
-            rs.kill(grace=0.2)
+            for h in handles:
+                # Learn the process groups of ranks that already said hello (for the sweep).
+                with contextlib.suppress(Exception):
+                    h.drain()
+            abandon(rs)
             raise
         return rs
 

@@ -38,12 +38,19 @@ class WorkerPool:
         try:
             for rank in range(world_size):
                 parent_conn, child_conn = ctx.Pipe(duplex=True)
-                proc = ctx.Process(
-                    target=pool_main, args=(rank, child_conn), name=f"mpdist-worker-{rank}"
-                )
-                proc.start()
-                child_conn.close()
-                self.handles.append(_Handle(rank, proc, parent_conn))
+                # The handle owns the parent end from here on, so discard() closes it.
+                handle = _Handle(rank, None, parent_conn)
+                self.handles.append(handle)
+                try:
+                    proc = ctx.Process(
+                        target=pool_main, args=(rank, child_conn), name=f"mpdist-worker-{rank}"
+                    )
+                    proc.start()
+                finally:
+                    # The worker got its copy during start(), or never will: ours must go.
+                    child_conn.close()
+                handle.proc = proc
+                handle.pid = proc.pid
             end = time.monotonic() + START_TIMEOUT
             for h in self.handles:
                 while not h.pgid and h.conn_open and time.monotonic() < end:
