@@ -16,6 +16,7 @@ import contextlib
 import errno
 import heapq
 import itertools
+import os
 import selectors
 import socket
 import threading
@@ -28,7 +29,7 @@ from mpdist.store import _protocol as proto
 from mpdist.store._protocol import Op, ProtocolError, Status
 from mpdist.store.base import DEFAULT_TIMEOUT, Store, compare_set_outcome
 
-__all__ = ["INIT_KEY", "TCPStore"]
+__all__ = ["INIT_KEY", "TCPStore", "abort_pending"]
 
 # Counter every instance bumps when world_size is given; num_keys counts it.
 INIT_KEY = "init/"
@@ -74,34 +75,46 @@ class _Server:
     """The master's store server: a listening socket and one selector thread."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             # SO_REUSEADDR lets a restarted master reuse a port whose old connections
             # sit in TIME_WAIT; on Linux a port another socket listens on still fails.
-            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.listener.bind((host, port))
-            self.listener.listen(512)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, port))
+            listener.listen(512)
         except OSError as e:
-            self.listener.close()
+            listener.close()
             why = "the port is already in use" if e.errno == errno.EADDRINUSE else str(e)
             raise DistNetworkError(f"TCPStore: cannot listen on {host}:{port}: {why}") from e
-        self.listener.setblocking(False)
-        self.port = self.listener.getsockname()[1]
-        self.sel = selectors.DefaultSelector()
-        self.wake_r, self.wake_w = socket.socketpair()
-        self.wake_r.setblocking(False)
-        self.sel.register(self.listener, selectors.EVENT_READ, None)
-        self.sel.register(self.wake_r, selectors.EVENT_READ, None)
-        self.data: dict[str, bytes] = {}
-        self.by_key: dict[str, list[_Waiter]] = {}
-        self.deadlines: list[tuple[float, int, _Waiter]] = []
-        self.seq = itertools.count()
-        self.conns: dict[socket.socket, _Conn] = {}
-        self.stopping = False
-        self.thread = threading.Thread(
-            target=self._run, name=f"mpdist-tcpstore-server:{self.port}", daemon=True
-        )
-        self.thread.start()
+        # All or nothing: if any later step fails (no fd left for the socketpair, no
+        # thread), what was made so far is closed and the port is free again.
+        made: list[socket.socket | selectors.BaseSelector] = [listener]
+        try:
+            listener.setblocking(False)
+            self.listener = listener
+            self.port = listener.getsockname()[1]
+            self.sel = selectors.DefaultSelector()
+            made.append(self.sel)
+            self.wake_r, self.wake_w = socket.socketpair()
+            made += (self.wake_r, self.wake_w)
+            self.wake_r.setblocking(False)
+            self.sel.register(listener, selectors.EVENT_READ, None)
+            self.sel.register(self.wake_r, selectors.EVENT_READ, None)
+            self.data: dict[str, bytes] = {}
+            self.by_key: dict[str, list[_Waiter]] = {}
+            self.deadlines: list[tuple[float, int, _Waiter]] = []
+            self.seq = itertools.count()
+            self.conns: dict[socket.socket, _Conn] = {}
+            self.stopping = False
+            self.thread = threading.Thread(
+                target=self._run, name=f"mpdist-tcpstore-server:{self.port}", daemon=True
+            )
+            self.thread.start()
+        except BaseException:
+            for obj in reversed(made):
+                with contextlib.suppress(OSError):
+                    obj.close()
+            raise
 
     # ------------------------------------------------------------ lifetime
     def stop(self) -> None:
@@ -390,47 +403,125 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray:
 
 
 class _Client:
-    """Connections of one TCPStore instance to the server; safe to share between threads."""
+    """Connections of one TCPStore instance to the server; safe to share between threads.
 
-    def __init__(self, host: str, port: int, connect_timeout: float | None) -> None:
+    ``close(reason)`` from any thread ends every pending connect, retry pause and answer
+    wait at once (it shuts their sockets down); with a reason, they and every later call
+    raise an error naming the server's address and the reason.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
         self.idle: list[socket.socket] = []
         self.busy: set[socket.socket] = set()
+        self.connecting: set[socket.socket] = set()
         self.lock = threading.Lock()
         self.closed = False
-        self.idle.append(self._connect(connect_timeout))
+        self.abort_reason: str | None = None
+        self.woken = threading.Event()  # set on close: ends a retry pause at once
 
+    def open(self, connect_timeout: float | None) -> None:
+        """Make the first connection (retrying until the master listens or the timeout)."""
+        sock = self._connect(connect_timeout)
+        with self.lock:
+            if not self.closed:
+                self.idle.append(sock)
+                return
+        sock.close()
+        raise self._closed_error("connecting to the master")
+
+    # ------------------------------------------------------------ connecting
     def _connect(self, timeout: float | None) -> socket.socket:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while True:
-            left = None if deadline is None else deadline - time.monotonic()
+            if self.closed:
+                raise self._closed_error("connecting to the master")
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             try:
-                sock = socket.create_connection(
-                    (self.host, self.port), timeout=None if left is None else max(left, 0.001)
-                )
+                sock = self._connect_once(left)
             except socket.gaierror as e:
                 raise DistNetworkError(
                     f"TCPStore: cannot resolve host {self.host!r}: {e}"
                 ) from None
             except OSError as e:
+                if self.closed:
+                    raise self._closed_error("connecting to the master") from None
                 # The master may not be listening yet: retry until the deadline.
                 if deadline is not None and time.monotonic() + delay >= deadline:
                     raise DistNetworkError(
                         f"TCPStore: timed out after {timeout:g} s (timeout) connecting to "
                         f"{self.host}:{self.port}: {e}"
                     ) from None
-                time.sleep(delay)
+                self.woken.wait(delay)
                 delay = min(delay * 2, 0.1)
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(None)
+            # Only the connect itself is retried; a failure after it is the caller's.
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except BaseException:
+                sock.close()
+                raise
             return sock
 
-    def _closed_error(self) -> DistStoreError:
+    def _connect_once(self, timeout: float | None) -> socket.socket:
+        """One connection attempt to each address of the host; the first that works."""
+        last: OSError | None = None
+        for family, kind, protocol, _, addr in socket.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM
+        ):
+            try:
+                return self._attempt(family, kind, protocol, addr, timeout)
+            except OSError as e:
+                if self.closed:
+                    raise
+                last = e
+        raise last if last is not None else OSError(f"no address for {self.host!r}")
+
+    def _attempt(
+        self, family: int, kind: int, protocol: int, addr: tuple, timeout: float | None
+    ) -> socket.socket:
+        sock = socket.socket(family, kind, protocol)
+        try:
+            # Non-blocking connect, and only then visible to close(): its shutdown then
+            # always meets a socket whose SYN is out, which ends the wait below at once.
+            sock.setblocking(False)
+            err = sock.connect_ex(addr)
+            if err not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+                raise OSError(err, os.strerror(err))
+            with self.lock:
+                if self.closed:
+                    raise OSError(errno.ECONNABORTED, "the TCPStore client was closed")
+                self.connecting.add(sock)
+            try:
+                if err:
+                    with selectors.DefaultSelector() as sel:
+                        sel.register(sock, selectors.EVENT_WRITE)
+                        if not sel.select(timeout):
+                            raise TimeoutError(errno.ETIMEDOUT, "timed out")
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        raise OSError(err, os.strerror(err))
+            finally:
+                with self.lock:
+                    self.connecting.discard(sock)
+            sock.setblocking(True)
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+
+    # ------------------------------------------------------------ errors
+    def _closed_error(self, what: str) -> DistStoreError:
+        reason = self.abort_reason
+        if reason is not None:
+            return DistStoreError(
+                f"TCPStore: {what} at {self.host}:{self.port} was aborted: {reason}"
+            )
         return DistStoreError(f"TCPStore {self.host}:{self.port} is closed")
 
+    # ------------------------------------------------------------ requests
     def call(
         self,
         op: Op,
@@ -439,16 +530,17 @@ class _Client:
         connect_timeout: float | None,
     ) -> tuple[int, list[bytes]]:
         """Send one request and return (status, fields) of the answer (None: no time limit)."""
+        what = _describe(op)
         with self.lock:
             if self.closed:
-                raise self._closed_error()
+                raise self._closed_error(what)
             sock = self.idle.pop() if self.idle else None
         if sock is None:
             sock = self._connect(connect_timeout)
         with self.lock:
             if self.closed:  # closed while we connected: close() never saw this socket
                 sock.close()
-                raise self._closed_error()
+                raise self._closed_error(what)
             self.busy.add(sock)
         ok = False
         try:
@@ -462,7 +554,7 @@ class _Client:
             return status, proto.decode_fields(payload)
         except (OSError, ProtocolError) as e:
             if self.closed:
-                raise self._closed_error() from None
+                raise self._closed_error(what) from None
             if isinstance(e, socket.timeout):
                 raise DistNetworkError(
                     f"TCPStore: {op.name.lower()} timed out: no answer from the server at "
@@ -480,18 +572,51 @@ class _Client:
                 else:
                     sock.close()
 
-    def close(self) -> None:
+    def close(self, reason: str | None = None) -> None:
+        """Close every connection (idempotent, any thread); ``reason``: this is an abort."""
         with self.lock:
-            self.closed = True
-            socks = self.idle + list(self.busy)
-            self.idle = []
-        for s in socks:
-            # shutdown wakes a thread blocked in recv on it; it then closes the socket.
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-        for s in socks:
-            if s not in self.busy:
-                s.close()
+            if not self.closed:
+                self.closed = True
+                self.abort_reason = reason
+            idle, self.idle = self.idle, []
+            # Under the lock: their owners close them only after taking them out of these
+            # sets under the lock, so a shutdown never meets a closed (reused) descriptor.
+            # The shutdown wakes a thread blocked in connect or recv; it closes the socket.
+            for s in (*self.busy, *self.connecting):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+        self.woken.set()
+        for s in idle:
+            s.close()
+
+
+def _describe(op: Op) -> str:
+    """What a request does, for an error: 'waiting for clients on the server', ..."""
+    what = "waiting for clients" if op is Op.WAIT_COUNT else op.name.lower()
+    return f"{what} on the server"
+
+
+# TCPStores of this process still being built: abort_pending() reaches them, since no
+# process group (which the harness aborts) exists yet while a rank meets its master.
+_pending_lock = threading.Lock()
+_pending: set[TCPStore] = set()
+
+
+def abort_pending(reason: str) -> int:
+    """Abort every TCPStore of this process still being constructed; return how many.
+
+    That is, every instance still connecting to its master (retrying until the master
+    listens), joining it, or, as master, waiting for its clients: the rendezvous of
+    ``init_process_group`` with ``env://`` or ``tcp://``. Each raises ``DistStoreError``
+    naming the master's address and ``reason``. Safe from any thread.
+    """
+    if not isinstance(reason, str):
+        raise TypeError(f"abort reason must be a str, got {type(reason).__name__}")
+    with _pending_lock:
+        stores = list(_pending)
+    for store in stores:
+        store.abort(reason)
+    return len(stores)
 
 
 def _shutdown(client: _Client | None, server: _Server | None) -> None:
@@ -536,25 +661,48 @@ class TCPStore(Store):
         self._host = host_name
         self._world_size = world_size
         self._is_master = bool(is_master)
-        self._server: _Server | None = None
-        self._client: _Client | None = None
-        if is_master:
-            # "localhost" and friends bind loopback; only an explicit address listens wider.
-            self._server = _Server(host_name, port)
-            port = self._server.port
         self._port = port
-        self._finalizer = weakref.finalize(self, _shutdown, None, self._server)
+        # The client exists (holding nothing) before anything can block, so that
+        # abort() can end the construction from another thread at any point.
+        self._client: _Client | None = _Client(host_name, port)
+        self._server: _Server | None = None
+        with _pending_lock:
+            _pending.add(self)
         try:
-            self._client = _Client(host_name, port, self._timeout_s())
-            self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _shutdown, self._client, self._server)
+            if is_master:
+                # "localhost" and friends bind loopback; only an explicit address listens wider.
+                self._server = _Server(host_name, port)
+                self._port = self._client.port = self._server.port
+            self._client.open(self._timeout_s())
             if world_size is not None:
                 self._add(INIT_KEY, 1)
                 if is_master and wait_for_workers:
                     self._wait_for_workers(world_size)
+            with _pending_lock:
+                _pending.discard(self)
+            if self._client.closed:  # aborted after its last wait: no half-dead store
+                raise self._client._closed_error("connecting to the master")
+            self._finalizer = weakref.finalize(self, _shutdown, self._client, self._server)
         except BaseException:
-            self._finalizer()
+            # All or nothing: every socket and the server thread go, the error propagates.
+            with _pending_lock:
+                _pending.discard(self)
+            _shutdown(self._client, self._server)
             raise
+
+    def abort(self, reason: str) -> None:
+        """From any thread: this instance's pending and later requests raise at once.
+
+        A construction still connecting to the master (or, on the master, waiting for its
+        clients) raises ``DistStoreError`` naming the master's address and ``reason``, and
+        leaves no socket or thread behind. On a built master the server goes on serving
+        the other instances until ``close()``.
+        """
+        if not isinstance(reason, str):
+            raise TypeError(f"abort reason must be a str, got {type(reason).__name__}")
+        client = self._client
+        if client is not None:
+            client.close(reason)
 
     def _wait_for_workers(self, world_size: int) -> None:
         timeout = self._timeout_s()

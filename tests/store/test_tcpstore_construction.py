@@ -1,0 +1,194 @@
+"""TCPStore construction is all-or-nothing: whatever step fails (the server's wake
+socketpair, selector or thread; the client's connect or its handshake), everything created
+before it is closed, the original error propagates, and the port is free again."""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import psutil
+import pytest
+
+from mpdist.errors import DistNetworkError, DistStoreError
+from mpdist.store import TCPStore
+
+LOCAL = "127.0.0.1"
+TIMEOUT = timedelta(seconds=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCAL, 0))
+        return s.getsockname()[1]
+
+
+def _port_is_free(port: int) -> bool:
+    # A plain bind (no SO_REUSEADDR) fails while any socket still holds the port.
+    with socket.socket() as s:
+        try:
+            s.bind((LOCAL, port))
+        except OSError:
+            return False
+        return True
+
+
+class _Resources:
+    """What this process holds: open fds, threads, inet sockets."""
+
+    def __init__(self) -> None:
+        proc = psutil.Process()
+        self.fds = proc.num_fds()
+        self.threads = {t for t in threading.enumerate() if t.is_alive()}
+        self.conns = sorted(str(c.laddr) + str(c.raddr) for c in proc.net_connections("inet"))
+
+
+@pytest.fixture
+def unchanged() -> Iterator[Callable[[], None]]:
+    """``check()`` asserts that the process holds exactly what it held at the start."""
+    before = _Resources()
+
+    def check() -> None:
+        after = _Resources()
+        assert after.threads == before.threads, f"threads: {after.threads - before.threads}"
+        assert after.conns == before.conns
+        assert after.fds == before.fds
+
+    return check
+
+
+class _Boom(Exception):
+    """Stands for any failure a step may raise (tests check it is the one propagated)."""
+
+
+def _failing_socketpair(*a, **k):
+    raise OSError(24, "Too many open files (injected)")
+
+
+class _UnstartableThread(threading.Thread):
+    def start(self) -> None:
+        raise RuntimeError("can't start new thread (injected)")
+
+
+def _failing_selector():
+    raise OSError(24, "Too many open files (injected)")
+
+
+class _UnregistrableSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """Registers the listener, then fails on the wake socket (the selector is open)."""
+
+    def register(self, fileobj, events, data=None):
+        if self.get_map() and len(self.get_map()) >= 1:
+            raise OSError(12, "Cannot allocate memory (injected)")
+        return super().register(fileobj, events, data)
+
+
+SERVER_FAILURES = {
+    "socketpair": (socket, "socketpair", _failing_socketpair, OSError, "injected"),
+    "thread start": (threading, "Thread", _UnstartableThread, RuntimeError, "injected"),
+    "selector": (selectors, "DefaultSelector", _failing_selector, OSError, "injected"),
+    "register": (selectors, "DefaultSelector", _UnregistrableSelector, OSError, "injected"),
+}
+
+
+@pytest.mark.parametrize("step", list(SERVER_FAILURES))
+def test_master_whose_server_cannot_start_leaves_nothing(step, monkeypatch, unchanged):
+    module, name, replacement, exc, text = SERVER_FAILURES[step]
+    port = _free_port()
+    monkeypatch.setattr(module, name, replacement)
+    with pytest.raises(exc, match=text) as ei:
+        TCPStore(LOCAL, port, is_master=True, timeout=TIMEOUT, wait_for_workers=False)
+    monkeypatch.undo()
+    # the traceback (which keeps the failed frames alive) is still held here: a leaked
+    # socket cannot hide behind garbage collection
+    assert ei.value is not None
+    unchanged()
+    assert _port_is_free(port)
+
+
+def test_master_whose_handshake_fails_leaves_nothing(monkeypatch, unchanged):
+    def failing_add(self, key, amount):
+        raise _Boom("handshake failed (injected)")
+
+    port = _free_port()
+    monkeypatch.setattr(TCPStore, "_add", failing_add)
+    with pytest.raises(_Boom):
+        TCPStore(LOCAL, port, world_size=2, is_master=True, timeout=TIMEOUT)
+    unchanged()
+    assert _port_is_free(port)
+
+
+def test_client_whose_handshake_fails_leaves_nothing(monkeypatch, unchanged):
+    with TCPStore(LOCAL, 0, is_master=True, timeout=TIMEOUT, wait_for_workers=False) as m:
+        before = _Resources()
+        client_ends_before = {c.laddr for c in psutil.Process().net_connections("inet")}
+        monkeypatch.setattr(TCPStore, "_add", lambda self, k, n: (_ for _ in ()).throw(_Boom()))
+        with pytest.raises(_Boom):
+            TCPStore(LOCAL, m.port, world_size=2, timeout=TIMEOUT)
+        monkeypatch.undo()
+        # (the server closes its end when it sees the client go: count the client's end only)
+        ends = {c.laddr for c in psutil.Process().net_connections("inet") if c.raddr}
+        assert not {e for e in ends if e not in client_ends_before}
+        assert _Resources().threads == before.threads
+        # the server saw the client go and still serves
+        m.set("k", b"v")
+        assert m.get("k") == b"v"
+    unchanged()
+
+
+def test_client_failing_right_after_connecting_closes_its_socket(monkeypatch, unchanged):
+    # A bare listening socket stands in for the master: the connect completes in the
+    # kernel; the step after it (setting TCP_NODELAY) fails.
+    with socket.socket() as fake_master:
+        fake_master.bind((LOCAL, 0))
+        fake_master.listen()
+        port = fake_master.getsockname()[1]
+        before = _Resources()
+        real = socket.socket.setsockopt
+
+        def setsockopt(self, level, opt, *value):
+            if level == socket.IPPROTO_TCP and opt == socket.TCP_NODELAY:
+                raise OSError(22, "Invalid argument (injected)")
+            return real(self, level, opt, *value)
+
+        monkeypatch.setattr(socket.socket, "setsockopt", setsockopt)
+        with pytest.raises(OSError, match="injected") as ei:
+            TCPStore(LOCAL, port, timeout=TIMEOUT)
+        monkeypatch.undo()
+        assert ei.value is not None
+        after = _Resources()
+        assert after.fds == before.fds
+        assert after.threads == before.threads
+    unchanged()
+
+
+def test_client_that_cannot_reach_the_master_leaves_nothing(unchanged):
+    port = _free_port()
+    with pytest.raises(DistNetworkError, match=f"{LOCAL}:{port}"):
+        TCPStore(LOCAL, port, timeout=timedelta(milliseconds=50))
+    unchanged()
+
+
+def test_master_waiting_for_workers_in_vain_leaves_nothing(unchanged):
+    port = _free_port()
+    with pytest.raises(DistStoreError, match="1/2 clients joined"):
+        TCPStore(LOCAL, port, world_size=2, is_master=True, timeout=timedelta(milliseconds=50))
+    unchanged()
+    assert _port_is_free(port)
+
+
+def test_a_working_master_and_client_still_work_after_failures(monkeypatch, unchanged):
+    monkeypatch.setattr(socket, "socketpair", _failing_socketpair)
+    with pytest.raises(OSError):
+        TCPStore(LOCAL, 0, is_master=True, timeout=TIMEOUT, wait_for_workers=False)
+    monkeypatch.undo()
+    with (
+        TCPStore(LOCAL, 0, is_master=True, timeout=TIMEOUT, wait_for_workers=False) as m,
+        TCPStore(LOCAL, m.port, timeout=TIMEOUT) as c,
+    ):
+        c.set("a", b"1")
+        assert m.get("a") == b"1"
+    unchanged()
