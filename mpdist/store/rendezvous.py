@@ -25,6 +25,11 @@ missing rank is reported as "k/n clients joined" rather than as a later hang.
 
 Missing or malformed values raise ``ValueError`` naming the variable or query
 parameter, before any socket or file is opened.
+
+A rendezvous still waiting for the others (a rank retrying to reach its master, the
+master waiting for its clients) holds no process group yet, so aborting groups cannot
+reach it: :func:`abort_pending` (from any thread) makes it raise ``DistStoreError``
+naming the master's address and the reason.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from mpdist.store.base import Store
 from mpdist.store.file import FileStore
-from mpdist.store.tcp import TCPStore
+from mpdist.store.tcp import TCPStore, abort_pending
 
-__all__ = ["rendezvous"]
+__all__ = ["abort_pending", "rendezvous"]
 
 # (rank variable, world size variable), by precedence.
 _ENV_SOURCES = (

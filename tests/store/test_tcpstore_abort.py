@@ -21,8 +21,8 @@ import pytest
 
 from mpdist.errors import DistStoreError
 from mpdist.store import TCPStore
+from mpdist.store import rendezvous as rdv
 from mpdist.store import tcp as tcp_mod
-from mpdist.store.rendezvous import rendezvous
 
 LOCAL = "127.0.0.1"
 LONG = timedelta(seconds=60)
@@ -103,11 +103,13 @@ class _Attempt:
         return self.error
 
 
-def _abort_once_pending(attempt: _Attempt, reason: str = REASON) -> None:
-    """Call ``abort_pending`` as soon as the store is registered (it is, before its first
+def _abort_once_pending(
+    attempt: _Attempt, abort: Callable[[str], int] = tcp_mod.abort_pending
+) -> None:
+    """Call ``abort`` as soon as the store is registered (it is, before its first
     connect); exactly one call does the abort."""
     deadline = time.monotonic() + JOIN_S
-    while tcp_mod.abort_pending(reason) == 0:
+    while abort(REASON) == 0:
         assert attempt.thread.is_alive(), f"the store gave up by itself: {attempt.error!r}"
         assert time.monotonic() < deadline, "the store never started connecting"
         time.sleep(0.001)
@@ -152,8 +154,8 @@ def test_master_waiting_for_its_clients_is_aborted(unchanged):
 def test_rendezvous_of_a_rank_waiting_for_rank_0_is_aborted(unchanged):
     with _reserved_port() as port:
         url = f"tcp://{LOCAL}:{port}?rank=1&world_size=2"
-        attempt = _Attempt(lambda: rendezvous(url, timeout=LONG))
-        _abort_once_pending(attempt)
+        attempt = _Attempt(lambda: rdv.rendezvous(url, timeout=LONG))
+        _abort_once_pending(attempt, rdv.abort_pending)
         err = attempt.finish()
         assert isinstance(err, DistStoreError)
         assert f"{LOCAL}:{port}" in str(err) and REASON in str(err)
@@ -163,8 +165,8 @@ def test_rendezvous_of_a_rank_waiting_for_rank_0_is_aborted(unchanged):
 def test_env_rendezvous_of_a_rank_waiting_for_rank_0_is_aborted(unchanged):
     with _reserved_port() as port:
         env = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": LOCAL, "MASTER_PORT": str(port)}
-        attempt = _Attempt(lambda: rendezvous("env://", timeout=LONG, environ=env))
-        _abort_once_pending(attempt)
+        attempt = _Attempt(lambda: rdv.rendezvous("env://", timeout=LONG, environ=env))
+        _abort_once_pending(attempt, rdv.abort_pending)
         err = attempt.finish()
         assert f"{LOCAL}:{port}" in str(err) and REASON in str(err)
     unchanged()
