@@ -47,8 +47,10 @@ def unchanged() -> Iterator[Callable[[], None]]:
 
 @contextlib.contextmanager
 def _reserved_port() -> Iterator[int]:
-    """A port nobody listens on (bound, not listening: connects are refused)."""
+    """A port nobody listens on (bound, not listening: connects are refused); nobody else
+    can take it, but a master (SO_REUSEADDR) may listen on it."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((LOCAL, 0))
         yield s.getsockname()[1]
 
@@ -135,20 +137,24 @@ def test_client_waiting_for_its_master_is_aborted(master, unchanged):
 
 def test_master_waiting_for_its_clients_is_aborted(unchanged):
     with _reserved_port() as port:
-        pass  # a free port, known in advance, to check the message and that it is free again
-    attempt = _Attempt(lambda: TCPStore(LOCAL, port, world_size=3, is_master=True, timeout=LONG))
-    _abort_once_pending(attempt)
-    err = attempt.finish()
-    assert isinstance(err, DistStoreError)
-    # the abort may come while the master still connects to its own server
-    assert str(err) in (
-        f"TCPStore: waiting for clients on the server at {LOCAL}:{port} was aborted: {REASON}",
-        f"TCPStore: connecting to the master at {LOCAL}:{port} was aborted: {REASON}",
-        f"TCPStore: add on the server at {LOCAL}:{port} was aborted: {REASON}",
-    )
+        attempt = _Attempt(
+            lambda: TCPStore(LOCAL, port, world_size=3, is_master=True, timeout=LONG)
+        )
+        _abort_once_pending(attempt)
+        err = attempt.finish()
+        assert isinstance(err, DistStoreError)
+        # the abort may also come while the master still connects to its own server
+        assert str(err) in (
+            f"TCPStore: waiting for clients on the server at {LOCAL}:{port} was aborted: {REASON}",
+            f"TCPStore: connecting to the master at {LOCAL}:{port} was aborted: {REASON}",
+            f"TCPStore: add on the server at {LOCAL}:{port} was aborted: {REASON}",
+        )
+        with socket.socket() as s:
+            # the server's listener is closed: another one may listen on the port
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((LOCAL, port))
+            s.listen()
     unchanged()
-    with socket.socket() as s:
-        s.bind((LOCAL, port))  # the server's listener is closed
 
 
 def test_rendezvous_of_a_rank_waiting_for_rank_0_is_aborted(unchanged):

@@ -20,17 +20,23 @@ LOCAL = "127.0.0.1"
 TIMEOUT = timedelta(seconds=30)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOCAL, 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def port() -> Iterator[int]:
+    """A port held for the test by a bound socket that does not listen: nobody else can
+    take it, a connect to it is refused, and a master (SO_REUSEADDR) may still listen on it."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind((LOCAL, 0))
+        yield holder.getsockname()[1]
 
 
-def _port_is_free(port: int) -> bool:
-    # A plain bind (no SO_REUSEADDR) fails while any socket still holds the port.
+def _nobody_listens(port: int) -> bool:
+    # Binding and listening fail while any socket still listens on the port.
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((LOCAL, port))
+            s.listen()
         except OSError:
             return False
         return True
@@ -47,8 +53,9 @@ class _Resources:
 
 
 @pytest.fixture
-def unchanged() -> Iterator[Callable[[], None]]:
-    """``check()`` asserts that the process holds exactly what it held at the start."""
+def unchanged(port: int) -> Iterator[Callable[[], None]]:
+    """``check()`` asserts that the process holds exactly what it held at the start (the
+    held ``port`` included)."""
     before = _Resources()
 
     def check() -> None:
@@ -95,9 +102,8 @@ SERVER_FAILURES = {
 
 
 @pytest.mark.parametrize("step", list(SERVER_FAILURES))
-def test_master_whose_server_cannot_start_leaves_nothing(step, monkeypatch, unchanged):
+def test_master_whose_server_cannot_start_leaves_nothing(step, port, monkeypatch, unchanged):
     module, name, replacement, exc, text = SERVER_FAILURES[step]
-    port = _free_port()
     monkeypatch.setattr(module, name, replacement)
     with pytest.raises(exc, match=text) as ei:
         TCPStore(LOCAL, port, is_master=True, timeout=TIMEOUT, wait_for_workers=False)
@@ -106,19 +112,18 @@ def test_master_whose_server_cannot_start_leaves_nothing(step, monkeypatch, unch
     # socket cannot hide behind garbage collection
     assert ei.value is not None
     unchanged()
-    assert _port_is_free(port)
+    assert _nobody_listens(port)
 
 
-def test_master_whose_handshake_fails_leaves_nothing(monkeypatch, unchanged):
+def test_master_whose_handshake_fails_leaves_nothing(port, monkeypatch, unchanged):
     def failing_add(self, key, amount):
         raise _Boom("handshake failed (injected)")
 
-    port = _free_port()
     monkeypatch.setattr(TCPStore, "_add", failing_add)
     with pytest.raises(_Boom):
         TCPStore(LOCAL, port, world_size=2, is_master=True, timeout=TIMEOUT)
     unchanged()
-    assert _port_is_free(port)
+    assert _nobody_listens(port)
 
 
 def test_client_whose_handshake_fails_leaves_nothing(monkeypatch, unchanged):
@@ -165,19 +170,17 @@ def test_client_failing_right_after_connecting_closes_its_socket(monkeypatch, un
     unchanged()
 
 
-def test_client_that_cannot_reach_the_master_leaves_nothing(unchanged):
-    port = _free_port()
+def test_client_that_cannot_reach_the_master_leaves_nothing(port, unchanged):
     with pytest.raises(DistNetworkError, match=f"{LOCAL}:{port}"):
         TCPStore(LOCAL, port, timeout=timedelta(milliseconds=50))
     unchanged()
 
 
-def test_master_waiting_for_workers_in_vain_leaves_nothing(unchanged):
-    port = _free_port()
+def test_master_waiting_for_workers_in_vain_leaves_nothing(port, unchanged):
     with pytest.raises(DistStoreError, match="1/2 clients joined"):
         TCPStore(LOCAL, port, world_size=2, is_master=True, timeout=timedelta(milliseconds=50))
     unchanged()
-    assert _port_is_free(port)
+    assert _nobody_listens(port)
 
 
 def test_a_working_master_and_client_still_work_after_failures(monkeypatch, unchanged):
