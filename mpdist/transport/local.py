@@ -5,20 +5,17 @@ and every rank attaches to the process-wide hub of that id. The receiver matches
 messages exactly as TcpTransport matches bytes from a socket, with the same header checks
 and errors.
 
-Each payload is copied once where the timing allows it, and a send still completes without
-the receiver doing anything. A send to a rank blocked in its wait with an empty inbox and
-a matching posted receive copies straight into that receive's buffer (under the receiver's
-lock, while it sleeps) and is done at once. Otherwise the send puts a *loan* of the
-sender's buffer in the receiver's inbox and is not done yet; the receiver copies straight
-from the sender's buffer into the receive it matches (posted before or after the message
-came), which completes the send. The sender copies a loan into a private buffer instead
-(the send is then done, and the receiver later copies out of that buffer: two copies, the
-price of eager completion) only when it must not wait: when nothing but sends is left in
-its wait and the receiver stashed the loan as early, or is not inside wait/test, or the
-payload is under ``_WAIT_MIN`` (where handing the GIL over twice costs more than the
-copy); and when a wait fails or the transport closes (the caller gets its buffers back).
-So a sender never waits for a receiver that is not already taking its data: two ranks
-that both send first still cannot deadlock.
+A send puts a *loan* of the sender's buffer in the receiver's inbox and is not done yet;
+the receiver copies straight from the sender's buffer into the buffer of the receive it
+matches (posted before or after the message came), which completes the send: one copy.
+The sender copies a loan into a private buffer instead (the send is then done, and the
+receiver later copies out of that buffer: two copies, the price of eager completion) only
+when it must not wait for the receiver: when nothing but sends is left in its wait and the
+receiver stashed the loan as early, or is not inside wait/test, or the payload is under
+``_WAIT_MIN`` (where handing the GIL over twice costs more than the copy); and when a wait
+fails or the transport closes (the caller gets its buffers back). So a sender never waits
+for a receiver that is not already taking its data: two ranks that both send first still
+cannot deadlock, and a send completes without the receiver posting anything.
 """
 
 from __future__ import annotations
@@ -28,9 +25,8 @@ import uuid
 from collections import deque
 from typing import Any
 
-from mpdist.errors import DistError
 from mpdist.transport.base import SendReq, Transport
-from mpdist.transport.header import KIND_COLL, KIND_ERROR, KIND_P2P, MAGIC
+from mpdist.transport.header import KIND_ERROR, MAGIC
 
 __all__ = ["LocalTransport"]
 
@@ -75,10 +71,6 @@ class _Hub:
         self.inboxes: list[deque[tuple[int, tuple | None, Any]]] = [deque() for _ in range(size)]
         self.conds = [threading.Condition(threading.Lock()) for _ in range(size)]
         self.closed = [False] * size
-        self.transports: list[LocalTransport | None] = [None] * size
-        # rank blocked in its _progress with an empty inbox (guarded by its cond): a sender
-        # holding that cond may match and fill its posted receives for it
-        self.parked = [False] * size
         # threads of each rank inside wait()/test(): a loan to a busy rank is taken soon
         self.busy = [0] * size
         # Loan states. Lock order: a rank's cond, then loan_lock; nobody takes a cond while
@@ -127,7 +119,6 @@ class LocalTransport(Transport):
                 hub = _HUBS[hub_id] = _Hub(size)
             hub.refs += 1
             hub.attached += 1
-            hub.transports[rank] = self
         self._hub_id = hub_id
         self._hub = hub
         self._inbox = hub.inboxes[rank]
@@ -142,22 +133,8 @@ class LocalTransport(Transport):
             raise ValueError(
                 f"rank {self._n(self.rank)} cannot send to rank {self._n(peer)} (itself or not in group)"
             )
-        hub = self._hub
-        if hub.parked[peer]:  # a hint only: checked again under the receiver's cond
-            cond = hub.conds[peer]
-            with cond:
-                receiver = hub.transports[peer]
-                if hub.parked[peer] and not hub.inboxes[peer] and receiver is not None:
-                    rreq = receiver._match_parked(self.rank, hdr)
-                    if rreq is not None:
-                        if rreq.nbytes:
-                            rreq.buf[:] = buf  # the one copy, straight into the receive
-                        rreq.done = True
-                        req.done = True
-                        cond.notify()
-                        return
         if not buf.nbytes:
-            if hub.deliver(peer, (self.rank, hdr, b"")):
+            if self._hub.deliver(peer, (self.rank, hdr, b"")):
                 req.done = True
             else:
                 self._gone[peer] = True
@@ -211,8 +188,7 @@ class LocalTransport(Transport):
         if pending:
             with self._hub.loan_lock:
                 for loan in pending:
-                    # also for a loan being taken: that marks it waited, so the taker wakes us
-                    if self._detach(loan, False):
+                    if loan.state == _LENT and self._detach(loan, False):
                         progressed = True
         return progressed
 
@@ -236,42 +212,6 @@ class LocalTransport(Transport):
                     cond.wait(1.0)
 
     # ------------------------------------------------------------------ receiving
-    def _match_parked(self, src: int, hdr: tuple) -> Any:
-        """For a sender, while this rank is parked (its cond held by the sender, its inbox
-        empty): the posted receive that a message ``hdr`` from ``src`` completes, removed
-        from the posted ones; None (deliver it to the inbox) for anything but a clean match:
-        errors, early or stale messages and mismatches are this rank's to handle. Safe
-        because a transport has one user thread at a time, and that thread is asleep in
-        ``_progress`` until the sender lets go of the cond."""
-        if self._error is not None or self._abort_reason is not None or self._closed:
-            return None
-        kind = hdr[1]
-        if kind == KIND_COLL:
-            c = self._cur
-            if c is None or hdr[9] != c[0]:
-                return None
-            try:
-                self._check_coll(src, hdr)
-            except DistError:
-                return None
-            key = (src, hdr[9], hdr[8])
-            req = self._posted.get(key)
-            if req is None or req.nbytes != hdr[12]:
-                return None
-            del self._posted[key]
-            return req
-        if kind == KIND_P2P:
-            tag = hdr[7]
-            posted = self._p2p_posted
-            for i, req in enumerate(posted):
-                if req.tag == tag and (req.peer is None or req.peer == src):
-                    if req.nbytes != hdr[12] or (req.dtype and hdr[4] and req.dtype != hdr[4]):
-                        return None
-                    del posted[i]
-                    req.src = src
-                    return req
-        return None
-
     def _take(self, loan: _Loan) -> Any:
         """Start copying out of ``loan``: its data, which stays valid until ``_taken``."""
         with self._hub.loan_lock:
@@ -312,12 +252,7 @@ class LocalTransport(Transport):
         cond = self._cond
         with cond:
             if not self._inbox and self._abort_reason is None and not self._settle():
-                parked = self._hub.parked
-                parked[self.rank] = True
-                try:
-                    cond.wait(timeout_s)
-                finally:
-                    parked[self.rank] = False
+                cond.wait(timeout_s)
             msgs = list(self._inbox)
             self._inbox.clear()
         if self._abort_reason is not None:
@@ -434,7 +369,6 @@ class LocalTransport(Transport):
             if peer != self.rank:
                 hub.deliver(peer, (self.rank, None, None))
         with _HUBS_LOCK:
-            hub.transports[self.rank] = None
             hub.refs -= 1
             if hub.refs <= 0 and hub.attached >= hub.size:
                 _HUBS.pop(self._hub_id, None)
