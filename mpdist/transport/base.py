@@ -541,17 +541,22 @@ class Transport:
                 raise err
 
     def _fill(self, req: RecvReq, hdr: tuple, payload: bytes, peer: int) -> None:
+        self._check_size(req, hdr, peer)
+        if req.nbytes:
+            req.buf[:] = payload
+            self._recycle(payload)
+        req.src = peer
+        req.done = True
+
+    def _check_size(self, req: RecvReq, hdr: tuple, peer: int) -> None:
+        """Fail (on every rank of a collective) if the stashed message ``hdr`` does not fit
+        the receive ``req`` it matched."""
         if req.nbytes != hdr[12] or (
             hdr[1] == KIND_P2P and req.dtype and hdr[4] and req.dtype != hdr[4]
         ):
             err = self._size_mismatch(req, hdr, peer)
             self._fail(err, list(range(self.size)) if self._cur else [peer])
             raise err
-        if req.nbytes:
-            req.buf[:] = payload
-            self._recycle(payload)
-        req.src = peer
-        req.done = True
 
     def _recycle(self, payload: object) -> None:
         """A stashed payload has been copied out; a subclass may reuse its buffer."""

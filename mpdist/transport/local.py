@@ -4,7 +4,9 @@ The ranks meet through the group's (shared, in-process) store: rank 0 publishes 
 and every rank attaches to the process-wide hub of that id. A send copies the payload into
 the receiver's inbox (so sends complete at once and two ranks sending first cannot
 deadlock); the receiver matches inbox messages exactly as TcpTransport matches bytes from
-a socket, with the same header checks and errors.
+a socket, with the same header checks and errors. A borrowing receive (what the
+reductions post) reads that copy in place, so a reduced payload is copied once; a plain
+receive copies it into its buffer.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import uuid
 from collections import deque
 from typing import Any
 
-from mpdist.transport.base import SendReq, Transport
+from mpdist.transport.base import RecvReq, SendReq, Transport
 from mpdist.transport.header import KIND_ERROR, MAGIC
 
 __all__ = ["LocalTransport"]
@@ -85,6 +87,20 @@ class LocalTransport(Transport):
         else:
             self._gone[peer] = True
 
+    def irecv_borrow(self, peer: int, step: int, buf: memoryview) -> RecvReq:
+        """A receive that lends the payload the sender copied (immutable, owned by the
+        message) instead of copying it again into ``buf``: one copy per payload."""
+        if self._stash:
+            ent = self._stash.pop((peer, self._cur[0], step), None)
+            if ent is not None:
+                hdr, payload = ent
+                req = RecvReq(peer, buf)
+                self._check_size(req, hdr, peer)
+                req.view = memoryview(payload)
+                req.done = True
+                return req
+        return super().irecv_borrow(peer, step, buf)
+
     def _progress(self, timeout_s: float) -> None:
         cond = self._cond
         with cond:
@@ -101,7 +117,9 @@ class LocalTransport(Transport):
             try:
                 req = None if hdr[1] == KIND_ERROR else self._on_header(src, hdr)
                 if req is not None:
-                    if req.nbytes:
+                    if req.view is not None:  # a borrowing receive reads the sent copy
+                        req.view = memoryview(payload)
+                    elif req.nbytes:
                         req.buf[:] = payload
                     req.done = True
                 else:
