@@ -52,6 +52,7 @@ from mpdist.process_group import (
     _DistributedBackendOptions,
 )
 from mpdist.store import Store
+from mpdist.store.rendezvous import abort_pending as _abort_pending_rendezvous
 from mpdist.store.rendezvous import rendezvous
 
 __all__ = [
@@ -1407,6 +1408,9 @@ def _abort_all_groups(reason: str) -> None:
         # a group still being built: its store waits and its transport's setup raise
         with contextlib.suppress(Exception):
             store.abort(reason)
+    # a rank still meeting its TCPStore master (env:// / tcp://) has no group yet
+    with contextlib.suppress(Exception):
+        _abort_pending_rendezvous(reason)
 
 
 def _collective_trace() -> str:

@@ -207,3 +207,35 @@ def test_abort_reaches_a_rank_waiting_in_init_process_group():
     store = SignallingHashStore("mpdist_local/hub")
     store.armed = True
     assert spawn_threads(init_stuck, 2, store, init=False, timeout=60) == ["aborter", "aborted"]
+
+
+# ------------------------------------------------------------------ rendezvous
+
+
+def rank_0_fails_before_its_master(rank: int, n: int, port: int) -> None:
+    if rank == 0:
+        raise RuntimeError("rank 0 broke before starting the TCPStore master")
+    dist.init_process_group(
+        "tcp",
+        init_method=f"tcp://127.0.0.1:{port}?rank={rank}&world_size={n}",
+        timeout=timedelta(seconds=120),
+    )
+
+
+def test_harness_abort_reaches_a_rank_still_waiting_for_its_tcpstore_master():
+    """Rank 1 waits in init_process_group for a master that rank 0 never starts. The
+    harness's abort (``_abort_all_groups``) ends that wait with an error naming the master,
+    instead of rank 1 being killed when the abort grace period runs out."""
+    import socket
+
+    from mpdist.testing._report import MultiProcessFailure
+
+    with socket.socket() as holder:  # the port: bound, never listening (connects refused)
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        with pytest.raises(MultiProcessFailure) as info:
+            spawn_ranks(rank_0_fails_before_its_master, 2, port, backend=None)
+    report = str(info.value)
+    assert "rank 0 broke before starting the TCPStore master" in report
+    assert f"connecting to the master at 127.0.0.1:{port} was aborted" in report
+    assert "grace period" not in report
