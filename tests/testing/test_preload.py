@@ -1,0 +1,135 @@
+"""The forkserver preloads the heavy packages of every test module, not only the first one's."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import textwrap
+import threading
+from typing import Any
+
+import psutil
+import pytest
+from _harness_helpers import alive
+
+from mpdist.testing import _coordinator
+
+# Ranks note which forkserver forked them (their parent) and who imported the heavy package.
+NOTE = """
+import os
+import pytest
+import numpy as np
+import mpdist as dist
+
+
+def note(tag):
+    path = os.path.join(os.environ["PID_DIR"], f"{tag}-{os.getpid()}")
+    with open(path, "w") as f:
+        f.write(str(os.getppid()))
+"""
+
+TESTS = """
+@pytest.mark.mpdist(world_size=2)
+def test_{i}(rank, world_size):
+    note("{tag}")
+    {check}
+    a = np.ones(2)
+    dist.all_reduce(a)
+    assert a[0] == 2
+"""
+
+
+# In the ranks of the last module: the server stopped for the restart is already reaped
+# (gone, not a zombie of the pytest process), while the session still runs.
+OLD_SERVER_REAPED = """
+def old_server_reaped():
+    import psutil
+    for name in os.listdir(os.environ["PID_DIR"]):
+        if name.startswith("light1-"):
+            with open(os.path.join(os.environ["PID_DIR"], name)) as f:
+                assert not psutil.pid_exists(int(f.read()))
+"""
+
+
+def module(tag: str, header: str = "", tests: int = 2, check: str = "") -> str:
+    body = NOTE + header + "".join(TESTS.format(i=i, tag=tag, check=check) for i in range(tests))
+    return textwrap.dedent(body)
+
+
+def servers(pid_dir: str, tag: str) -> set[int]:
+    """The forkservers (parents) of the ranks that wrote notes tagged ``tag``."""
+    found = set()
+    for name in os.listdir(pid_dir):
+        if name.startswith(tag + "-"):
+            with open(os.path.join(pid_dir, name)) as f:
+                found.add(int(f.read()))
+    return found
+
+
+def importers(pid_dir: str) -> set[int]:
+    return {int(n.split("-")[1]) for n in os.listdir(pid_dir) if n.startswith("heavy-")}
+
+
+def rank_pids(pid_dir: str) -> set[int]:
+    return {int(n.rsplit("-", 1)[1]) for n in os.listdir(pid_dir) if not n.startswith("heavy-")}
+
+
+def test_a_later_module_with_a_heavy_package_gets_it_preloaded(
+    pytester: pytest.Pytester, pid_dir: str
+) -> None:
+    # A package of many modules stands for torch or hypothesis; its import notes who ran it.
+    pkg = pytester.mkpydir("heavypkg")
+    for i in range(_coordinator.HEAVY_PACKAGE_MODULES + 5):
+        (pkg / f"m{i}.py").write_text(f"VALUE = {i}\n")
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            from heavypkg import {", ".join(f"m{i}" for i in range(_coordinator.HEAVY_PACKAGE_MODULES + 5))}
+            open(os.path.join(os.environ["PID_DIR"], f"heavy-{{os.getpid()}}"), "w").close()
+            """
+        )
+    )
+    pytester.makepyfile(
+        test_1_light=module("light1"),
+        test_2_heavy=module("heavy_test", "import heavypkg\n", tests=3),
+        test_3_light=module("light3", OLD_SERVER_REAPED, check="old_server_reaped()"),
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:randomly", timeout=120
+    )
+    result.assert_outcomes(passed=7)
+
+    first, heavy, after = (servers(pid_dir, t) for t in ("light1", "heavy_test", "light3"))
+    # One restart, for the heavy module; the light module after it needs none.
+    assert len(first) == len(heavy) == 1
+    assert first != heavy
+    assert after == heavy
+    # The package was imported by pytest's collection and by the new forkserver, never by a rank.
+    assert heavy <= importers(pid_dir)
+    assert not importers(pid_dir) & rank_pids(pid_dir)
+    # Nothing outlives the session: the stopped server was reaped at once, the last one
+    # ends with the pytest process (it sees the end of its "alive" pipe).
+    _, left = psutil.wait_procs(
+        [psutil.Process(p) for p in alive(sorted(first | heavy))], timeout=10
+    )
+    assert not left
+
+
+def blocked() -> None:
+    threading.Event().wait()
+
+
+def test_a_forkserver_with_a_live_child_is_not_idle() -> None:
+    ctx: Any = _coordinator.get_context("forkserver", [__name__])
+    proc = ctx.Process(target=blocked)
+    proc.start()
+    try:
+        server = psutil.Process(proc.pid).ppid()
+        assert server == multiprocessing.forkserver._forkserver._forkserver_pid
+        assert not _coordinator._idle(server)
+    finally:
+        proc.kill()
+        proc.join()
+        proc.close()
+    assert _coordinator._idle(server)
