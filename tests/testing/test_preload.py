@@ -12,7 +12,7 @@ import psutil
 import pytest
 from _harness_helpers import alive
 
-from mpdist.testing import _coordinator
+from mpdist.testing import _coordinator, _preload
 
 # Ranks note which forkserver forked them (their parent) and who imported the heavy package.
 NOTE = """
@@ -79,13 +79,13 @@ def test_a_later_module_with_a_heavy_package_gets_it_preloaded(
 ) -> None:
     # A package of many modules stands for torch or hypothesis; its import notes who ran it.
     pkg = pytester.mkpydir("heavypkg")
-    for i in range(_coordinator.HEAVY_PACKAGE_MODULES + 5):
+    for i in range(_preload.HEAVY_PACKAGE_MODULES + 5):
         (pkg / f"m{i}.py").write_text(f"VALUE = {i}\n")
     (pkg / "__init__.py").write_text(
         textwrap.dedent(
             f"""
             import os
-            from heavypkg import {", ".join(f"m{i}" for i in range(_coordinator.HEAVY_PACKAGE_MODULES + 5))}
+            from heavypkg import {", ".join(f"m{i}" for i in range(_preload.HEAVY_PACKAGE_MODULES + 5))}
             open(os.path.join(os.environ["PID_DIR"], f"heavy-{{os.getpid()}}"), "w").close()
             """
         )
@@ -127,9 +127,9 @@ def test_a_forkserver_with_a_live_child_is_not_idle() -> None:
     try:
         server = psutil.Process(proc.pid).ppid()
         assert server == multiprocessing.forkserver._forkserver._forkserver_pid
-        assert not _coordinator._idle(server)
+        assert not _preload._idle(server)
     finally:
         proc.kill()
         proc.join()
         proc.close()
-    assert _coordinator._idle(server)
+    assert _preload._idle(server)
