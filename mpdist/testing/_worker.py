@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import inspect
 import io
+import marshal
 import os
 import pickle
 import queue
@@ -69,7 +70,8 @@ class TaskSpec:
     workdir: str
     test_id: str
     seed: int = 1234
-    rewrite: bool = False
+    rewrite: bool = False  # run the module with pytest's assertion rewriting
+    code: bytes | None = None  # ... compiled by the parent (rewritten_code), if it did
     backend: str | None = None  # "function": the default group the harness initializes
     funcargs: bytes | None = None  # "function": pickled fixture values; "call": pickled args
     group_timeout: float | None = None  # seconds, for the group the harness initializes
@@ -80,6 +82,12 @@ class TaskSpec:
     sys_path: list[str] = field(default_factory=list)
     cwd: str | None = None
     debug_rank: int | None = None
+
+    def __post_init__(self) -> None:
+        # in the parent only (unpickling a spec in a rank does not run it)
+        if self.rewrite and self.path and self.code is None:
+            with contextlib.suppress(OSError, SyntaxError):  # the rank reports it, if real
+                self.code = rewritten_code(self.path)
 
     def out_path(self, rank: int) -> str:
         return os.path.join(self.workdir, f"rank{rank}.out")
@@ -225,13 +233,21 @@ def _same_file(module: types.ModuleType, path: str | None) -> bool:
 
 
 _rewritten: dict[str, types.ModuleType] = {}
+_compiled: dict[str, tuple[tuple[int, int], bytes]] = {}  # path -> (file stamp, code)
 
 
-def _load_rewritten(name: str, path: str) -> types.ModuleType:
-    # pytest rewrote the module's asserts in the parent; do the same here so a
-    # failing plain `assert` in a rank explains itself.
-    if path in _rewritten:
-        return _rewritten[path]
+def rewritten_code(path: str) -> bytes:
+    """The test module at ``path`` compiled with pytest's assertion rewriting, marshaled.
+
+    The parent compiles each version of a file once and sends the code with every task:
+    parsing, rewriting and compiling a typical test module takes 20-30 ms, which every
+    rank of every test would otherwise spend again.
+    """
+    st = os.stat(path)
+    stamp = (st.st_mtime_ns, st.st_size)
+    hit = _compiled.get(path)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
     import ast
 
     from _pytest.assertion.rewrite import rewrite_asserts
@@ -240,12 +256,21 @@ def _load_rewritten(name: str, path: str) -> types.ModuleType:
         source = f.read()
     tree = ast.parse(source, filename=path)
     rewrite_asserts(tree, source, path, None)
-    code = compile(tree, path, "exec", dont_inherit=True)
+    blob = marshal.dumps(compile(tree, path, "exec", dont_inherit=True))
+    _compiled[path] = (stamp, blob)
+    return blob
+
+
+def _load_rewritten(name: str, path: str, code: bytes | None) -> types.ModuleType:
+    # pytest rewrote the module's asserts in the parent; run the same rewritten code here
+    # so a failing plain `assert` in a rank explains itself.
+    if path in _rewritten:
+        return _rewritten[path]
     _install_reprcompare()
     module = types.ModuleType(name)
     module.__file__ = path
     sys.modules.setdefault(name, module)
-    exec(code, module.__dict__)
+    exec(marshal.loads(code if code is not None else rewritten_code(path)), module.__dict__)
     _rewritten[path] = module
     return module
 
@@ -302,9 +327,11 @@ def _install_reprcompare() -> None:
     util._reprcompare = explain
 
 
-def _load_module(name: str, path: str | None, rewrite: bool) -> types.ModuleType:
+def _load_module(
+    name: str, path: str | None, rewrite: bool, code: bytes | None = None
+) -> types.ModuleType:
     if rewrite and path:
-        return _load_rewritten(name, path)
+        return _load_rewritten(name, path, code)
     if name == "__main__":
         # A file run directly (unittest.main()): multiprocessing re-ran it as __mp_main__.
         for alias in ("__mp_main__", "__main__"):
@@ -386,7 +413,7 @@ def format_exception(exc: BaseException, harness_file: str = __file__) -> str:
 
 
 def _build_call(spec: TaskSpec, rank: int) -> Any:
-    module = _load_module(spec.module, spec.path, spec.rewrite)
+    module = _load_module(spec.module, spec.path, spec.rewrite, spec.code)
     if spec.kind == "case":
         cls = _resolve(module, spec.qualname)
         case = cls(spec.method)
