@@ -112,13 +112,24 @@ class _Log:
         wait = self.lock_timeout
         if limit is not None:
             wait = limit if wait is None else min(wait, limit)
-        try:
-            self.flock.acquire(timeout=-1 if wait is None else wait)
-        except filelock.Timeout:
-            raise DistStoreError(
-                f"FileStore {self.path!r}: timed out after {wait:g} s (timeout) "
-                f"waiting for the writer lock {self.lock_path!r}"
-            ) from None
+        deadline = None if wait is None else time.monotonic() + wait
+        delay = _POLL_MIN_S
+        # Non-blocking tries with the adaptive sleeps of the reads: filelock's own wait
+        # sleeps a fixed 50 ms between tries, and writers hold this lock for microseconds
+        # (two ranks closing their stores at once cost a rank 50 ms per test).
+        while True:
+            try:
+                self.flock.acquire(timeout=0)
+                break
+            except filelock.Timeout:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise DistStoreError(
+                        f"FileStore {self.path!r}: timed out after {wait:g} s (timeout) "
+                        f"waiting for the writer lock {self.lock_path!r}"
+                    ) from None
+                time.sleep(delay if deadline is None else min(delay, deadline - now))
+                delay = min(delay * _POLL_GROWTH, _POLL_MAX_S)
         try:
             yield
         finally:

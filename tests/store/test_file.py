@@ -253,3 +253,29 @@ def test_failed_write_is_rolled_back(path, monkeypatch):
         with FileStore(path) as other:
             assert other.multi_get(["a", "b"]) == [b"1", b"2"]
             assert not other.check(["big"])
+
+
+def test_a_held_writer_lock_is_retried_with_short_growing_sleeps(path, monkeypatch):
+    """Waiting for the writer lock sleeps like a blocked read does (from 20 us, growing to
+    at most 5 ms), not filelock's fixed 50 ms: another rank's writes hold the lock for
+    microseconds. The holder lets go after a few tries; the write then goes through."""
+    import mpdist.store.file as file_mod
+
+    with FileStore(path) as s:
+        holder = filelock.FileLock(path + ".lock", thread_local=False)
+        holder.acquire()
+        sleeps: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            if len(sleeps) == 40:
+                holder.release()  # the other writer is done
+
+        monkeypatch.setattr(file_mod.time, "sleep", sleep)
+        s.set("k", b"v")
+        assert len(sleeps) == 40 and not holder.is_locked
+        assert sleeps[0] == pytest.approx(2e-5)
+        assert all(b >= a for a, b in zip(sleeps, sleeps[1:], strict=False))
+        assert max(sleeps) == pytest.approx(5e-3)
+    with FileStore(path) as again:
+        assert again.get("k") == b"v"
