@@ -92,3 +92,38 @@ def test_replicate_and_functional_over_tcp(rank, world_size) -> None:
     t = mpdist.autograd.Tensor(np.full(3, rank + 1.0), requires_grad=True)
     (pfn.all_reduce(t) * (rank + 1.0)).sum().backward()
     np.testing.assert_array_equal(t.grad.data, np.full(3, 3.0))
+
+
+def dies_mid_backward(rank: int, world_size: int, comm_thread: bool) -> str:
+    """Rank 1 exits in the middle of backward, after the first bucket's all-reduce was
+    launched; rank 0 must fail naming it (not hang), stepped or on the comm thread."""
+    import os
+
+    from mpdist.errors import DistNetworkError
+
+    saved = reducer.DEFAULT_FIRST_BUCKET_BYTES, reducer.communication_thread_pays
+    reducer.DEFAULT_FIRST_BUCKET_BYTES = 1000
+    reducer.communication_thread_pays = lambda world_size: comm_thread
+    try:
+        ddp = DDP(make_model(seed=0), bucket_cap_mb=0.002)
+    finally:
+        reducer.DEFAULT_FIRST_BUCKET_BYTES, reducer.communication_thread_pays = saved
+    assert len(ddp.reducer.buckets) > 1 and ddp.reducer.stepped is not comm_thread
+    if rank == 1:
+        first_layer = ddp.module[0].weight  # its gradient comes last
+        first_layer.register_hook(lambda g: os._exit(3))
+    x, y = data(0)
+    try:
+        F.mse_loss(ddp(x), y).backward()
+    except DistNetworkError as e:
+        return str(e)
+    return "no error"
+
+
+@pytest.mark.parametrize("comm_thread", [False, True], ids=["stepped", "comm-thread"])
+def test_a_rank_dying_mid_backward_fails_the_others_naming_it(comm_thread) -> None:
+    from mpdist.testing import spawn_ranks
+
+    res = spawn_ranks(dies_mid_backward, 2, comm_thread, may_die=[1], group_timeout=30)
+    assert res[1] is None
+    assert "rank 1" in res[0], res[0]
