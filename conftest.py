@@ -3,12 +3,19 @@
 Hypothesis runs few examples by default: many properties here start real
 processes or threads, and the whole suite must stay fast on two cores. Set
 ``HYPOTHESIS_PROFILE=thorough`` for a deeper local run.
+
+torch's test utilities, which the compat and harness tests run, make a compile cache
+directory (by default ``/tmp/torchinductor_<user>``, left behind): the session points
+it at a temporary directory of its own and removes that at the end.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # pytester drives inner pytest runs in the harness and compat tests.
@@ -22,3 +29,21 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+_INDUCTOR_DIR = "TORCHINDUCTOR_CACHE_DIR"
+_inductor_key = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _INDUCTOR_DIR not in os.environ:
+        path = tempfile.mkdtemp(prefix="mpdist-tests-torchinductor-")
+        os.environ[_INDUCTOR_DIR] = path
+        config.stash[_inductor_key] = path
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    path = config.stash.get(_inductor_key, None)
+    if path is not None:
+        os.environ.pop(_INDUCTOR_DIR, None)
+        shutil.rmtree(path, ignore_errors=True)
