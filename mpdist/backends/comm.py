@@ -113,7 +113,8 @@ class CommProcessGroup(NativeProcessGroup):
                 # place in the sequence on every rank (right after the op that completed).
                 with self._exec_lock:
                     return fn()
-            stepped = self._stepped_tail()
+            with self._cond:
+                stepped = _stepped_tail(self._queue)
             if stepped is not None:
                 # only stepped ops are queued: finish them here, then run this one here too
                 stepped._finish()
@@ -177,23 +178,13 @@ class CommProcessGroup(NativeProcessGroup):
                 work._source = work._result
             work._fut._complete(None if exc else outputs, exc)
 
-    def _stepped_tail(self) -> _SteppedWork | None:
-        """The last queued op if every queued op is a stepped one, else None."""
-        with self._cond:
-            q = self._queue
-            if q and q[-1] is not None and isinstance(q[-1][2], _SteppedWork):
-                return q[-1][2]
-        return None
-
     def _worker_has_work(self) -> bool:
         """Something for the worker is queued (hold ``_cond``): stepped ops are left to
         their caller unless other work is queued behind them or they were handed over."""
-        q = self._queue
-        if not q:
+        if not self._queue:
             self._worker_runs_stepped = False
             return False
-        last = q[-1]
-        return last is None or not isinstance(last[2], _SteppedWork) or self._worker_runs_stepped
+        return _stepped_tail(self._queue) is None or self._worker_runs_stepped
 
     def _abort(self, reason: str) -> None:
         self._transport.abort(reason)
@@ -236,9 +227,7 @@ class CommProcessGroup(NativeProcessGroup):
             if self._closed:
                 raise self._dead()
             q = self._queue
-            if (q and not isinstance(q[-1][2], _SteppedWork)) or (
-                threading.current_thread() is self._worker
-            ):
+            if (q and _stepped_tail(q) is None) or threading.current_thread() is self._worker:
                 # ordinary ops are queued (they go first; the worker will run this too), or
                 # we are the worker: an ordinary async op
                 steps = None
@@ -402,6 +391,13 @@ class CommProcessGroup(NativeProcessGroup):
             )
         store.set(f"{base}/result", msg.encode())
         raise DistBackendError(msg)
+
+
+def _stepped_tail(queue: deque[Any]) -> _SteppedWork | None:
+    """The last queued op if it is a stepped one (then every queued op is: stepped ops are
+    queued only behind stepped ones), else None (hold the group's ``_cond``)."""
+    last = queue[-1] if queue else None
+    return last[2] if last is not None and isinstance(last[2], _SteppedWork) else None
 
 
 class _SteppedWork(Work):
