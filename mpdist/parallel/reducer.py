@@ -478,13 +478,20 @@ class Reducer:
             views = _split(buf, [v.shape for v in b.views])
             futures.append(self._reduce(self._grad_bucket(b, buf, views)))
         if self.static_graph:
-            if self.static_globally_used is None:  # the others' first backward: once
-                self.static_globally_used = np.zeros_like(self.locally_used)
-                dist.all_reduce(self.static_globally_used, group=self.process_group)
+            self._static_global_use(np.zeros_like(self.locally_used))
         elif self.find_unused_parameters:
             dist.all_reduce(np.zeros_like(self.locally_used), group=self.process_group)
         for fut in futures:
             fut.wait()
+
+    def _static_global_use(self, local: np.ndarray) -> np.ndarray:
+        """static_graph: which parameters any rank used, all-reduced once (after the first
+        backward; ``local`` is this rank's map, zeros for a rank that has joined)."""
+        if self.static_globally_used is None:
+            used = local.copy()
+            dist.all_reduce(used, group=self.process_group)
+            self.static_globally_used = used
+        return self.static_globally_used
 
     def _finalize(self) -> None:
         self.finalize_queued = False
@@ -504,10 +511,7 @@ class Reducer:
             return
         globally_used = None
         if self.static_graph:
-            if self.static_globally_used is None:  # once, after the first backward
-                self.static_globally_used = self.locally_used.copy()
-                dist.all_reduce(self.static_globally_used, group=self.process_group)
-            globally_used = self.static_globally_used
+            globally_used = self._static_global_use(self.locally_used)
         elif self.find_unused_parameters:
             globally_used = self.locally_used.copy()
             dist.all_reduce(globally_used, group=self.process_group)
