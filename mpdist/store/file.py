@@ -64,6 +64,12 @@ _POLL_MAX_S = 5e-3
 _POLL_GROWTH = 1.3
 
 
+def _nap(delay: float, deadline: float | None, now: float) -> float:
+    """Sleep ``delay`` (never past ``deadline``); return the next, longer delay."""
+    time.sleep(delay if deadline is None else min(delay, deadline - now))
+    return min(delay * _POLL_GROWTH, _POLL_MAX_S)
+
+
 def _checksum(kind: int, key: bytes, value: bytes) -> int:
     """CRC32 of kind, key and value, as stored in a record's header."""
     return zlib.crc32(value, zlib.crc32(key, zlib.crc32(bytes((kind,)))))
@@ -128,8 +134,7 @@ class _Log:
                         f"FileStore {self.path!r}: timed out after {wait:g} s (timeout) "
                         f"waiting for the writer lock {self.lock_path!r}"
                     ) from None
-                time.sleep(delay if deadline is None else min(delay, deadline - now))
-                delay = min(delay * _POLL_GROWTH, _POLL_MAX_S)
+                delay = _nap(delay, deadline, now)
         try:
             yield
         finally:
@@ -373,8 +378,7 @@ class FileStore(Store):
                     if not missing:
                         return
                     raise self._timeout_error(op, missing, timeout)
-                time.sleep(delay if deadline is None else min(delay, deadline - now))
-                delay = min(delay * _POLL_GROWTH, _POLL_MAX_S)
+                delay = _nap(delay, deadline, now)
                 self._live()  # raises once closed
                 if log.grown(seen):
                     delay = _POLL_MIN_S
