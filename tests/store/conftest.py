@@ -117,3 +117,35 @@ def no_leaks() -> Iterator[None]:
     assert not extra_threads, f"threads left behind: {extra_threads}"
     extra = [c for c in proc.net_connections(kind="inet") if c.laddr not in conns_before]
     assert not extra, f"sockets left behind: {extra}"
+
+
+class _Held:
+    """What this process holds now: open fds, live threads, inet connections."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        proc = psutil.Process()
+        self.fds = proc.num_fds()
+        self.threads = {t for t in threading.enumerate() if t.is_alive()}
+        self.conns = sorted(str(c.laddr) + str(c.raddr) for c in proc.net_connections("inet"))
+
+
+@pytest.fixture
+def held() -> Callable[[], _Held]:
+    """A snapshot of what this process holds (fds, threads, inet connections)."""
+    return _Held
+
+
+@pytest.fixture
+def unchanged(held: Callable[[], _Held]) -> Callable[[], None]:
+    """``check()`` asserts the process holds exactly what it held at the start."""
+    before = held()
+
+    def check() -> None:
+        after = held()
+        assert after.threads == before.threads, f"threads: {after.threads - before.threads}"
+        assert after.conns == before.conns
+        assert after.fds == before.fds
+
+    return check

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
-import psutil
 import pytest
 
 from mpdist.errors import DistStoreError
@@ -28,21 +27,6 @@ LOCAL = "127.0.0.1"
 LONG = timedelta(seconds=60)
 JOIN_S = 30.0
 REASON = "aborted by the harness: rank 0 failed"
-
-
-@pytest.fixture
-def unchanged() -> Iterator[Callable[[], None]]:
-    """``check()`` asserts the process holds the fds, threads and sockets it held at the start."""
-    proc = psutil.Process()
-    fds, threads = proc.num_fds(), set(threading.enumerate())
-    conns = {(c.laddr, c.raddr) for c in proc.net_connections("inet")}
-
-    def check() -> None:
-        assert {t for t in threading.enumerate() if t.is_alive()} == threads
-        assert {(c.laddr, c.raddr) for c in proc.net_connections("inet")} == conns
-        assert proc.num_fds() == fds
-
-    return check
 
 
 @contextlib.contextmanager
