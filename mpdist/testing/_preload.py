@@ -22,7 +22,13 @@ from typing import Any
 
 import psutil
 
-__all__ = ["BASE_PRELOAD", "HEAVY_PACKAGE_MODULES", "ForkserverPreload", "forkserver_preload"]
+__all__ = [
+    "BASE_PRELOAD",
+    "HEAVY_PACKAGE_MODULES",
+    "ForkserverPreload",
+    "forkserver_preload",
+    "imports_of",
+]
 
 # What every forkserver imports before it forks a rank.
 BASE_PRELOAD = ("mpdist.testing._worker", "numpy", "numpy.random")
@@ -36,7 +42,7 @@ _BASE_PACKAGES = frozenset({"mpdist", "numpy", "pytest", "_pytest", "pluggy", "p
 HEAVY_PACKAGE_MODULES = 50
 
 
-def _imports_of(module_names: Iterable[str], sizes: Counter[str]) -> dict[str, set[str]]:
+def imports_of(module_names: Iterable[str], sizes: Counter[str]) -> dict[str, set[str]]:
     """The modules (not stdlib) the given modules' globals come from, by top-level package.
 
     Small modules reached that way (a test's helper module) are looked into as well,
@@ -107,10 +113,10 @@ class ForkserverPreload:
         tops = {m: m.partition(".")[0] for m in self.server_modules}
         have = set(_BASE_PACKAGES) | set(tops.values())
         # What the preloaded test modules imported came along into the server.
-        have |= set(_imports_of([m for m, t in tops.items() if t not in _BASE_PACKAGES], sizes))
+        have |= set(imports_of([m for m, t in tops.items() if t not in _BASE_PACKAGES], sizes))
         return {
             top: modules
-            for top, modules in _imports_of(wanted, sizes).items()
+            for top, modules in imports_of(wanted, sizes).items()
             if top not in have and top not in self.test_tops and sizes[top] >= HEAVY_PACKAGE_MODULES
         }
 

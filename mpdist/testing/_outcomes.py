@@ -1,0 +1,84 @@
+"""How a rank's exception becomes its result: skipped, passed or failed, the same in both harnesses.
+
+Ranks are processes (``_worker``) or threads (``multithreaded``); either way a test
+body that raises is judged here, so a skip means the same in both:
+
+- ``unittest.SkipTest`` and pytest's ``skip()``: skipped, with their message;
+- ``SystemExit`` with one of torch's ``TEST_SKIPS`` exit codes (``skip_if_lt_x_gpu``
+  and friends call ``sys.exit(77)``): skipped, with torch's message for that code;
+- ``SystemExit`` with no code or 0: passed;
+- anything else: failed.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+import unittest
+from dataclasses import dataclass
+
+# What torch's threaded process group raises in every rank once one rank has failed.
+TORCH_THREADS_TERMINATED = "Test termination event occurs."
+
+
+@dataclass
+class Verdict:
+    """A rank's result as its exception decides it."""
+
+    status: str  # passed | skipped | failed
+    message: str = ""
+    exc_type: str | None = None
+    traceback: str = ""
+    exit_code: int | None = None  # the code of a ``sys.exit(code)`` that ended the test
+
+
+def torch_skip_message(code: object) -> str | None:
+    """torch's message for a ``TEST_SKIPS`` exit code (None: not one, or torch not loaded)."""
+    if "torch" not in sys.modules or not isinstance(code, int) or isinstance(code, bool):
+        return None
+    try:
+        from torch.testing._internal.common_distributed import TEST_SKIPS
+    except Exception:
+        return None
+    for skip in TEST_SKIPS.values():
+        if skip.exit_code == code:
+            return str(skip.message)
+    return None
+
+
+def format_exception(exc: BaseException, harness_file: str | None = None) -> str:
+    """The traceback of ``exc`` without the harness's own leading frames."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == harness_file:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def exception_name(kind: type[BaseException]) -> str:
+    """``ValueError`` for builtins, ``package.module.Error`` for everything else."""
+    if kind.__module__ in ("builtins", "__main__", "__mp_main__"):
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def judge(exc: BaseException, harness_file: str | None = None) -> Verdict:
+    """The result of a rank whose test body raised ``exc``."""
+    kind = type(exc)
+    if isinstance(exc, unittest.SkipTest):
+        return Verdict("skipped", str(exc))
+    if kind.__module__ == "_pytest.outcomes" and kind.__name__ == "Skipped":
+        return Verdict("skipped", str(getattr(exc, "msg", exc)))
+    if isinstance(exc, SystemExit):
+        message = torch_skip_message(exc.code)
+        if message is not None:
+            return Verdict("skipped", message)
+        if exc.code in (None, 0):
+            return Verdict("passed")
+        return Verdict(
+            "failed",
+            f"sys.exit({exc.code!r})",
+            "SystemExit",
+            format_exception(exc, harness_file),
+            exc.code if isinstance(exc.code, int) else None,
+        )
+    return Verdict("failed", str(exc), exception_name(kind), format_exception(exc, harness_file))
