@@ -7,6 +7,9 @@ processes or threads, and the whole suite must stay fast on two cores. Set
 torch's test utilities, which the compat and harness tests run, make a compile cache
 directory (by default ``/tmp/torchinductor_<user>``, left behind): the session points
 it at a temporary directory of its own and removes that at the end.
+
+The harness classes default to torch's 4 ranks; this suite pins 2 (``--ranks 2`` in
+the addopts, and ``MPDIST_WORLD_SIZE=2`` for pytester's inner sessions) to stay fast.
 """
 
 from __future__ import annotations
@@ -47,3 +50,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if path is not None:
         os.environ.pop(_INDUCTOR_DIR, None)
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester's inner sessions run at this suite's world size, 2 (``--ranks 2`` in addopts).
+
+    The harness classes default to 4 ranks, as torch's do; an inner session does not
+    read this project's addopts, so it gets the same pin through the environment. A
+    test about the default itself removes ``MPDIST_WORLD_SIZE``.
+    """
+    monkeypatch.setenv("MPDIST_WORLD_SIZE", "2")
+    return pytester

@@ -10,8 +10,15 @@ import os
 import sys
 from dataclasses import dataclass
 
+# Marked functions and spawn_ranks: the smallest world that exercises communication.
 DEFAULT_WORLD_SIZE = 2
+# The test case classes: torch's default, so a torch suite sees the world it was written for.
+CASE_DEFAULT_WORLD_SIZE = 4
 DEFAULT_TIMEOUT = 300.0
+
+# Per-test deadlines in seconds, by test method name, as torch's ``TIMEOUT_OVERRIDE``
+# (which is honoured as well when torch's test utilities are loaded).
+TIMEOUT_OVERRIDE: dict[str, float] = {}
 START_METHODS = ("forkserver", "spawn", "fork")
 
 
@@ -56,18 +63,34 @@ def _env_int(name: str) -> int | None:
         raise ValueError(f"${name} must be an integer, got {value!r}") from None
 
 
-def default_world_size() -> int:
-    """``--ranks``, else ``$MPDIST_WORLD_SIZE``, else 2."""
+def default_world_size(default: int = DEFAULT_WORLD_SIZE) -> int:
+    """``--ranks``, else ``$MPDIST_WORLD_SIZE``, else ``default``."""
     ranks = current().ranks
     if ranks is None:
         ranks = _env_int("MPDIST_WORLD_SIZE")
-    return DEFAULT_WORLD_SIZE if ranks is None else ranks
+    return default if ranks is None else ranks
 
 
-def default_timeout(class_timeout: float | None) -> float:
-    """The class attribute if set, else ``--mp-timeout``, else ``$MPDIST_TIMEOUT``, else 300 s."""
+def timeout_override(test_name: str) -> float | None:
+    """The deadline ``TIMEOUT_OVERRIDE`` (ours, else torch's if loaded) sets for ``test_name``."""
+    if test_name in TIMEOUT_OVERRIDE:
+        return float(TIMEOUT_OVERRIDE[test_name])
+    torch_utils = sys.modules.get("torch.testing._internal.common_distributed")
+    overrides = getattr(torch_utils, "TIMEOUT_OVERRIDE", None)
+    if isinstance(overrides, dict) and test_name in overrides:
+        return float(overrides[test_name])
+    return None
+
+
+def default_timeout(class_timeout: float | None, test_name: str | None = None) -> float:
+    """The deadline of one test, the first that is set of: the class attribute,
+    ``TIMEOUT_OVERRIDE[test_name]``, ``--mp-timeout``, ``$MPDIST_TIMEOUT``, 300 s."""
     if class_timeout is not None:
         return float(class_timeout)
+    if test_name is not None:
+        override = timeout_override(test_name)
+        if override is not None:
+            return override
     option = current().timeout
     if option is None:
         env = os.environ.get("MPDIST_TIMEOUT", "").strip()

@@ -21,6 +21,7 @@ from multiprocessing import connection as mp_connection
 from typing import Any
 
 from mpdist.testing import _preload, _reaper
+from mpdist.testing._outcomes import TORCH_THREADS_TERMINATED
 from mpdist.testing._worker import TaskSpec, rank_main
 
 # After the first failure, how long the other ranks get to notice the abort and report.
@@ -43,6 +44,7 @@ class RankResult:
     message: str = ""
     traceback: str = ""
     exitcode: int | None = None
+    exit_code: int | None = None  # the test body ended with sys.exit(exit_code)
     aborted: str | None = None  # the abort reason, if the parent aborted this rank
     stdout: str = ""
     stderr: str = ""
@@ -158,6 +160,8 @@ def is_consequence(failure: dict[str, Any]) -> bool:
     message = failure.get("message") or ""
     aborted = failure.get("aborted")
     if "aborted by the harness" in message or (aborted and aborted in message):
+        return True
+    if TORCH_THREADS_TERMINATED in message:  # torch's threaded world, stopped by the harness
         return True
     return (failure.get("exc_type") or "").endswith("DistNetworkError")
 
@@ -416,6 +420,7 @@ class RankSet:
                 r.traceback = rec.get("traceback", "")
                 r.aborted = rec.get("aborted")
                 r.duration = rec.get("duration", 0.0)
+                r.exit_code = rec.get("exit_code")
                 r.value = rec.get("value")
                 r.consequence = r.status == "failed" and is_consequence(rec)
             elif h.rank in self.spec.may_die and h.exited:

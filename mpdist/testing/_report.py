@@ -14,6 +14,7 @@ import unittest
 
 from mpdist.testing import _config
 from mpdist.testing._coordinator import Outcome, RankResult
+from mpdist.testing._outcomes import TORCH_THREADS_TERMINATED
 from mpdist.testing._reaper import signal_name
 
 
@@ -30,7 +31,8 @@ def _rank_line(r: RankResult, outcome: Outcome) -> str:
         prefix = f"rank {r.rank}: failed"
         if r.consequence and outcome.first_failure not in (None, r.rank):
             first = outcome.first_failure
-            if "aborted by the harness" in r.message or (r.aborted and r.aborted in r.message):
+            aborted = "aborted by the harness" in r.message or TORCH_THREADS_TERMINATED in r.message
+            if aborted or (r.aborted and r.aborted in r.message):
                 prefix += f" after the abort (rank {first} failed first)"
             else:
                 prefix += f" after losing a peer (rank {first} failed first)"

@@ -30,9 +30,7 @@ import signal
 import sys
 import threading
 import time
-import traceback
 import types
-import unittest
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +39,7 @@ import numpy.random  # noqa: F401 - numpy 2 imports it lazily; ranks seed it at 
 
 import mpdist
 from mpdist import distributed as dist
+from mpdist.testing import _outcomes
 
 # Exit status of a rank whose parent went away: its whole process group is killed.
 _ORPHAN_EXIT = 70
@@ -76,6 +75,7 @@ class TaskSpec:
     funcargs: bytes | None = None  # "function": pickled fixture values; "call": pickled args
     group_timeout: float | None = None  # seconds, for the group the harness initializes
     may_die: tuple[int, ...] = ()  # ranks allowed to exit without a result
+    destroy_groups: bool = True  # destroy the groups a test left up (destroy_pg_upon_exit)
     keep_group: bool = False  # pooled: a group made by with_comms may stay up for the next test
     group_file: str | None = None  # pooled: the store file of such a group (lives with the pool)
     env: dict[str, str] | None = None
@@ -381,19 +381,6 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def _torch_skip_message(code: object) -> str | None:
-    if "torch" not in sys.modules or not isinstance(code, int):
-        return None
-    try:
-        from torch.testing._internal.common_distributed import TEST_SKIPS
-    except Exception:
-        return None
-    for skip in TEST_SKIPS.values():
-        if skip.exit_code == code:
-            return skip.message
-    return None
-
-
 def _destroy_torch_group() -> None:
     tdist = sys.modules.get("torch.distributed")
     if tdist is None:
@@ -405,11 +392,7 @@ def _destroy_torch_group() -> None:
 
 def format_exception(exc: BaseException, harness_file: str = __file__) -> str:
     """The traceback of ``exc`` without the harness's own leading frames."""
-    tb = exc.__traceback__
-    # Drop the harness's own frames: the user's code is what failed.
-    while tb is not None and tb.tb_frame.f_code.co_filename == harness_file:
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    return _outcomes.format_exception(exc, harness_file)
 
 
 def _build_call(spec: TaskSpec, rank: int) -> Any:
@@ -424,11 +407,22 @@ def _build_call(spec: TaskSpec, rank: int) -> Any:
         case._mpdist_keep_group = spec.keep_group
         case._mpdist_group_file = spec.group_file
         body = getattr(cls, spec.method)
-        if harness_group[0] and not getattr(body, "_mpdist_with_comms", False):
-            # A group kept from the previous test would make this test's own init fail.
+        keeps = getattr(body, "_mpdist_with_comms", False) or getattr(
+            cls, "_mpdist_keeps_group", False
+        )
+        if not (harness_group[0] and keeps):
+            # A group left by the previous test (kept for with_comms, or not destroyed:
+            # destroy_pg_upon_exit) would make this test's own init fail.
             _drop_group()
+            _destroy_torch_group()
         # The class attribute, not the instance's parent-side wrapper: this is the body.
-        return body.__get__(case, cls)
+        bound = body.__get__(case, cls)
+
+        def run_case() -> Any:
+            case._mpdist_rank_setup()
+            return bound()
+
+        return run_case
     obj = _resolve(module, spec.qualname)
     if spec.kind == "call":
         args = pickle.loads(spec.funcargs) if spec.funcargs else ()
@@ -521,44 +515,25 @@ def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
         value = call()
         if spec.kind == "call":
             record["value"] = _pickle_value(value, rank)
-    except unittest.SkipTest as exc:
-        record.update(status="skipped", message=str(exc))
-    except SystemExit as exc:
-        failed_at = time.monotonic()
-        message = _torch_skip_message(exc.code)
-        if message is not None:
-            record.update(status="skipped", message=message)
-        elif exc.code in (None, 0):
-            record.update(status="passed")
-        else:
-            record.update(
-                status="failed",
-                exc_type="SystemExit",
-                message=f"sys.exit({exc.code!r})",
-                traceback=format_exception(exc),
-            )
     except BaseException as exc:
-        failed_at = time.monotonic()
-        kind = type(exc)
-        if kind.__module__ == "_pytest.outcomes" and kind.__name__ == "Skipped":
-            record.update(status="skipped", message=str(getattr(exc, "msg", exc)))
-        else:
-            record.update(
-                status="failed",
-                exc_type=f"{kind.__module__}.{kind.__qualname__}"
-                if kind.__module__ not in ("builtins", "__main__")
-                else kind.__qualname__,
-                message=str(exc),
-                traceback=format_exception(exc),
-            )
+        verdict = _outcomes.judge(exc, __file__)
+        record.update(status=verdict.status)
+        if verdict.status != "passed":
+            record.update(message=verdict.message)
+        if verdict.status == "failed":
+            failed_at = time.monotonic()
+            record.update(exc_type=verdict.exc_type, traceback=verdict.traceback)
+            record.update(exit_code=verdict.exit_code)
     finally:
         record["duration"] = time.perf_counter() - start
         record["aborted"] = chan.abort_reason
         if record["status"] == "failed":
             _announce_failure(record, failed_at, chan)
-        if not (spec.keep_group and record["status"] == "passed" and harness_group[0]):
+        if spec.destroy_groups and not (
+            spec.keep_group and record["status"] == "passed" and harness_group[0]
+        ):
             _drop_group()
-        _destroy_torch_group()
+            _destroy_torch_group()
         faulthandler.unregister(signal.SIGUSR1)
         if capture is not None:
             capture.restore()

@@ -70,32 +70,54 @@ def test_world_size_marker_makes_one_item_per_size(pytester: pytest.Pytester) ->
 def test_ranks_option_and_environment_set_the_default_world_size(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Precedence: a class's own world_size > --ranks > $MPDIST_WORLD_SIZE > the default,
+    # which is torch's 4 for the test case classes and 2 for marked functions.
     pytester.makepyfile(
         test_ranks=CASE
         + textwrap.dedent(
             """
             import os
 
-            EXPECTED = int(os.environ["EXPECTED"])
+            from mpdist.testing import MultiThreadedTestCase
+
+            CASES = int(os.environ["EXPECTED_CASES"])
+            FUNCTIONS = int(os.environ["EXPECTED_FUNCTIONS"])
 
             class TestRanks(MultiProcessTestCase):
                 def test_world_size(self):
-                    assert self.world_size == EXPECTED and 0 <= self.rank < EXPECTED
+                    assert self.world_size == CASES and 0 <= self.rank < CASES
+
+            class TestThreadRanks(MultiThreadedTestCase):
+                def test_world_size(self):
+                    assert self.world_size == CASES and 0 <= self.rank < CASES
+
+            class TestOwnSize(MultiProcessTestCase):
+                @property
+                def world_size(self):
+                    return 3
+
+                def test_world_size(self):
+                    assert self.world_size == 3 and 0 <= self.rank < 3
 
             @pytest.mark.mpdist(backend=None)
             def test_fn(rank, world_size):
-                assert world_size == EXPECTED
+                assert world_size == FUNCTIONS
             """
         )
     )
-    monkeypatch.setenv("EXPECTED", "3")
-    pytester.runpytest("--ranks", "3", "-p", "no:cacheprovider").assert_outcomes(passed=2)
-    monkeypatch.setenv("EXPECTED", "1")
-    monkeypatch.setenv("MPDIST_WORLD_SIZE", "1")
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
-    monkeypatch.setenv("EXPECTED", "2")
-    monkeypatch.delenv("MPDIST_WORLD_SIZE")
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    for option, env, cases, functions in [
+        (["--ranks", "1"], "2", 1, 1),
+        ([], "1", 1, 1),
+        ([], None, 4, 2),
+    ]:
+        monkeypatch.setenv("EXPECTED_CASES", str(cases))
+        monkeypatch.setenv("EXPECTED_FUNCTIONS", str(functions))
+        if env is None:
+            monkeypatch.delenv("MPDIST_WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("MPDIST_WORLD_SIZE", env)
+        result = pytester.runpytest(*option, "-p", "no:cacheprovider")
+        result.assert_outcomes(passed=4)
 
 
 def test_mpdist_function_runs_in_every_rank_with_fixtures_and_assert_rewriting(

@@ -156,7 +156,7 @@ class TestStuck(MultiThreadedTestCase):
 
 def test_multithreaded_test_case(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_threads=THREADS)
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--ranks", "2")
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(
         [
