@@ -145,6 +145,25 @@ class ForkserverPreload:
         self.last_set = tuple(self.modules(wanted))
         ctx.set_forkserver_preload(list(self.last_set))  # read when the server (re)starts
 
+    def start_early(self, ctx: Any, heavy_modules: list[str]) -> bool:
+        """Start the server now, preloading ``heavy_modules``, unless one already runs.
+
+        The server imports its preload list in its own process: started while the
+        parent is still importing the same package for collection, the two imports
+        run side by side instead of one after the other before the first test.
+        Returns whether a server was started.
+        """
+        import multiprocessing.forkserver
+
+        server = multiprocessing.forkserver._forkserver
+        if _own_server_pid(server) is not None or not hasattr(server, "_forkserver_pid"):
+            return False
+        self.heavy.update(dict.fromkeys(heavy_modules))
+        self.last_set = tuple(self.modules([]))
+        ctx.set_forkserver_preload(list(self.last_set))
+        multiprocessing.forkserver.ensure_running()
+        return True
+
 
 def _own_server_pid(server: Any) -> int | None:
     """The running forkserver's pid, if this process started it and it is alive."""

@@ -22,16 +22,20 @@ Usage::
 
 from __future__ import annotations
 
+import fnmatch
+import multiprocessing
 import os
 import pickle
+import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from _pytest.unittest import TestCaseFunction, UnitTestCase
 
-from mpdist.testing import _config, _coordinator, _pool
+from mpdist.testing import _config, _coordinator, _pool, _preload
 from mpdist.testing._coordinator import Outcome
 from mpdist.testing._report import MultiProcessFailure, format_outcome, raise_for, rerun_command
 from mpdist.testing._worker import TaskSpec
@@ -99,6 +103,37 @@ def pytest_configure(config: pytest.Config) -> None:
             under_pytest=True,
         )
     )
+
+
+# The torch modules a test file imports, read off its source before pytest imports it.
+_TORCH_IMPORTS = re.compile(rb"^[ \t]*(?:from|import)[ \t]+(torch(?:\.\w+)*)", re.MULTILINE)
+_early_start_key = pytest.StashKey[bool]()
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> None:
+    """Start the forkserver early for a harness test module that imports torch.
+
+    The server imports torch in its own process; started now, that runs beside the
+    parent's own import of the module, instead of after it, before the first test.
+    Only the first such module starts it; the usual preload rules apply afterwards.
+    """
+    config = parent.config
+    if file_path.suffix != ".py" or config.stash.get(_early_start_key, False):
+        return
+    if not any(fnmatch.fnmatch(file_path.name, p) for p in config.getini("python_files")):
+        return
+    if _config.start_method(None) != "forkserver" or _config.debug_rank() is not None:
+        return
+    try:
+        source = file_path.read_bytes()
+    except OSError:
+        return
+    modules = [m.decode() for m in _TORCH_IMPORTS.findall(source)]
+    if not modules or b"mpdist" not in source:
+        return
+    config.stash[_early_start_key] = True
+    ctx = multiprocessing.get_context("forkserver")
+    _preload.forkserver_preload.start_early(ctx, list(dict.fromkeys(modules)))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

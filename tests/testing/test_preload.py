@@ -133,3 +133,44 @@ def test_a_forkserver_with_a_live_child_is_not_idle() -> None:
         proc.join()
         proc.close()
     assert _preload._idle(server)
+
+
+def test_a_module_importing_torch_starts_the_forkserver_during_collection(
+    pytester: pytest.Pytester, pid_dir: str
+) -> None:
+    # A stand-in "torch" package (many modules, notes who imports it): the plugin reads
+    # "import torch" off the test file before importing it and starts the forkserver
+    # with torch preloaded, so the server's import runs beside the parent's.
+    pkg = pytester.mkpydir("torch")
+    names = [f"m{i}" for i in range(_preload.HEAVY_PACKAGE_MODULES + 5)]
+    for name in names:
+        (pkg / f"{name}.py").write_text("VALUE = 1\n")
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            from torch import {", ".join(names)}
+            open(os.path.join(os.environ["PID_DIR"], f"heavy-{{os.getpid()}}"), "w").close()
+            """
+        )
+    )
+    pytester.makepyfile(
+        test_uses_torch=module(
+            "ranks",
+            textwrap.dedent(
+                """
+                import multiprocessing.forkserver
+                import torch
+
+                def test_0_server_already_up():
+                    # no multi-rank test has run yet
+                    assert multiprocessing.forkserver._forkserver._forkserver_pid is not None
+                """
+            ),
+        )
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+    (server,) = servers(pid_dir, "ranks")  # one server forked every rank: no restart
+    assert server in importers(pid_dir)  # it preloaded "torch"
+    assert not importers(pid_dir) & rank_pids(pid_dir)
