@@ -55,7 +55,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--ranks",
         type=int,
         default=None,
-        help="default world size of multi-rank tests (else $MPDIST_WORLD_SIZE, else 2)",
+        help="world size of multi-rank tests (else $MPDIST_WORLD_SIZE, else 4 for the test "
+        "case classes and 2 for marked functions)",
     )
     group.addoption(
         "--mp-timeout",
@@ -233,7 +234,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def world_size(request: pytest.FixtureRequest) -> int:
-    """World size of an mpdist test (its marker's, else ``--ranks``, else 2)."""
+    """World size of an mpdist test (its marker's, else ``--ranks``, else ``$MPDIST_WORLD_SIZE``, else 2)."""
     marker = request.node.get_closest_marker("mpdist")
     if marker is not None and marker.kwargs.get("world_size") is not None:
         return int(marker.kwargs["world_size"])
