@@ -595,38 +595,38 @@ def test_fake_error_on_collective():
 # ------------------------------------------------------------------ Python ProcessGroup subclasses
 
 
-class DummyAttrProcessGroup(ProcessGroup):
+class RelabelledGroup(ProcessGroup):
+    """A Python group that answers every accessor itself, with values of its own."""
+
     def getRank(self):
-        return 123
+        return 7
 
     def getSize(self):
-        return 456
+        return 9
 
     def getBackendName(self):
-        return "dummy-attr"
+        return "relabelled"
 
     def setGroupName(self, name):
-        self._group_name = "py:" + name
+        self._label = f"mine/{name}"
 
     def getGroupName(self):
-        return self._group_name
+        return self._label
 
     def setGroupDesc(self, group_desc):
-        self._group_desc = "py:" + group_desc
+        self._description = f"described: {group_desc}"
 
     def getGroupDesc(self):
-        return self._group_desc
+        return self._description
 
 
 def test_attribute_overrides_route_through_accessors():
-    pg = DummyAttrProcessGroup(0, 1)
-    assert pg.name() == "dummy-attr"
-    assert pg.rank() == 123
-    assert pg.size() == 456
-    pg._set_group_name("name")
-    assert pg.group_name == "py:name"
-    pg._set_group_desc("desc")
-    assert pg.group_desc == "py:desc"
+    pg = RelabelledGroup(0, 1)
+    assert (pg.name(), pg.rank(), pg.size()) == ("relabelled", 7, 9)
+    pg._set_group_name("trainers")
+    assert pg.group_name == "mine/trainers"
+    pg._set_group_desc("the workers")
+    assert pg.group_desc == "described: the workers"
     base = ProcessGroup(2, 4)
     assert base.rank() == 2 and base.size() == 4
     with pytest.raises(NotImplementedError):
@@ -742,16 +742,16 @@ def test_extended_api_backend_gets_options_and_pg_options(unregister):
 
     def creator(options, pg_options):
         got["options"], got["pg_options"] = options, pg_options
-        return DummyAttrProcessGroup(options.group_rank, options.group_size)
+        return RelabelledGroup(options.group_rank, options.group_size)
 
-    Backend.register_backend("dummyattr", creator, extended_api=True)
+    Backend.register_backend("relabelled", creator, extended_api=True)
     dist.init_process_group(
-        "dummyattr", store=HashStore(), rank=0, world_size=1, pg_options="opts", group_name="name"
+        "relabelled", store=HashStore(), rank=0, world_size=1, pg_options="opts", group_name="job"
     )
     try:
         pg = dist.group.WORLD
         assert got["pg_options"] == "opts" and got["options"].group_size == 1
-        assert pg.rank() == 123 and pg.group_name == "py:name"
+        assert pg.rank() == 7 and pg.group_name == "mine/job"
         # the module API trusts its own bookkeeping, not the subclass's getRank
         assert dist.get_rank() == 0 and dist.get_rank(pg) == 0
     finally:
