@@ -92,8 +92,12 @@ def format_outcome(outcome: Outcome, include_output: bool = True, rerun: str | N
     return "\n".join(lines).rstrip("\n")
 
 
-class MultiProcessFailure(AssertionError):
-    """A multi-rank test failed; carries the :class:`Outcome` for the pytest plugin."""
+class MultiProcessFailure(AssertionError, RuntimeError):
+    """A multi-rank test failed; carries the :class:`Outcome` for the pytest plugin.
+
+    A ``RuntimeError`` too: torch's harness raises one when a rank fails, and torch
+    suites check for it (``assertRaises(RuntimeError)`` around a failing inner test).
+    """
 
     def __init__(self, outcome: Outcome, rerun: str | None = None) -> None:
         self.outcome = outcome

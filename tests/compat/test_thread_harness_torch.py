@@ -283,3 +283,25 @@ def test_classes_without_torch_keep_mpdists_world_alone() -> None:
     assert spawn_threads(body, 2, torch_world=True) == [(0, True), (1, True)]
     assert not tdist.is_initialized()
     assert not [t for t in threading.enumerate() if t.name.startswith("mpdist-rank-")]
+
+
+def test_a_failing_inner_run_raises_what_torch_raises(pytester: pytest.Pytester) -> None:
+    # torch's suites wrap a deliberately failing threaded run in assertRaises(RuntimeError).
+    result = run_inner(
+        pytester,
+        """
+        class TestExpectedFailure(unittest.TestCase):
+            def test_inner_failure_is_a_runtime_error(self):
+                @spawn_threads_and_init_comms(world_size=2)
+                def fails_on_rank_1(self):
+                    t = torch.ones(1)
+                    tdist.all_reduce(t)
+                    if tdist.get_rank() == 1:
+                        raise AssertionError("rank 1 fails on purpose")
+                    tdist.all_reduce(t)
+
+                with self.assertRaisesRegex(RuntimeError, "rank 1 fails on purpose"):
+                    fails_on_rank_1(self)
+        """,
+    )
+    result.assert_outcomes(passed=1)
