@@ -530,7 +530,7 @@ def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
         if record["status"] == "failed":
             _announce_failure(record, failed_at, chan)
         if spec.destroy_groups and not (
-            spec.keep_group and record["status"] == "passed" and harness_group[0]
+            spec.keep_group and record["status"] in ("passed", "skipped") and harness_group[0]
         ):
             _drop_group()
             _destroy_torch_group()
