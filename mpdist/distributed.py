@@ -2,10 +2,11 @@
 
 This is the only module that knows "the default group". Every function takes global
 ranks, checks its arguments locally (``TypeError`` / ``ValueError`` before anything is
-sent), translates ranks to group ranks and hands clean C-contiguous ndarrays to the
-group. mpdist's own backends are driven through their fast internal interface
-(``NativeProcessGroup._c_*``); any other ``ProcessGroup`` (a Python subclass) through
-its torch-style methods with option objects.
+sent), translates ranks to group ranks and calls the group's torch-style method with
+an options object (``pg.allreduce([t], opts) -> Work``), for mpdist's own groups and
+Python subclasses alike. ``opts.asyncOp`` (point-to-point: ``caller_blocks()``) tells
+the group whether the caller waits at once, so mpdist's groups run blocking calls in
+the calling thread.
 
 The default group and the groups made by ``new_group`` form a "world". A process has
 one world, except under the ``threaded`` backend, where each rank thread has its own
@@ -29,12 +30,7 @@ from mpdist import backends as _backends  # noqa: F401  (registers the built-in 
 from mpdist.algorithms.reduction import ReduceOp, check_op_dtype
 from mpdist.backends.fake import FakeStore
 from mpdist.backends.group_store import GroupStore
-from mpdist.backends.native import (
-    NativeProcessGroup,
-    checked_array,
-    checked_list,
-    row_splits,
-)
+from mpdist.backends.native import checked_array, checked_list
 from mpdist.process_group import (
     DEFAULT_TIMEOUT,
     AllgatherOptions,
@@ -50,6 +46,7 @@ from mpdist.process_group import (
     ScatterOptions,
     Work,
     _DistributedBackendOptions,
+    set_caller_blocks,
 )
 from mpdist.store import Store
 from mpdist.store.rendezvous import abort_pending as _abort_pending_rendezvous
@@ -154,7 +151,7 @@ _process_reserved = False
 
 # every live built-in group of this process, across worlds (for the harness hooks)
 _live_lock = threading.Lock()
-_live: dict[int, tuple[NativeProcessGroup, str]] = {}
+_live: dict[int, tuple[ProcessGroup, str]] = {}
 # groups being built (any backend), store -> label: the same hook aborts them, the trace names them
 _creating: dict[GroupStore, str] = {}
 
@@ -263,16 +260,14 @@ def _make_group(
         raise
     if getattr(pg, "_mpdist_thread_local", False):
         world.thread_local = True
-    if isinstance(pg, NativeProcessGroup):
-        pg._set_global_ranks(ranks)
-        if world.thread_local:
-            # the group's worker thread runs future callbacks: they see the rank's world
-            pg._worker_setup = functools.partial(setattr, _tls, "world", world)
+    pg.set_global_ranks(ranks)
+    if world.thread_local:
+        # the group's worker thread runs future callbacks: they see the rank's world
+        pg.run_on_own_threads(functools.partial(setattr, _tls, "world", world))
     with _live_lock:
         # one step, so that an abort sees either the store being built on or the group
         _creating.pop(store, None)
-        if isinstance(pg, NativeProcessGroup):
-            _live[id(pg)] = (pg, label)
+        _live[id(pg)] = (pg, label)
     world.groups[pg] = _GroupInfo(list(ranks), name, label, backend, timeout, store)
     return pg
 
@@ -414,12 +409,10 @@ def _build_default_world(
 
 def _shutdown(world: _World, pg: ProcessGroup) -> None:
     info = world.groups.pop(pg, None)
-    if isinstance(pg, NativeProcessGroup):
-        pg._worker_setup = None  # it references the world: break the cycle
-        with _live_lock:
-            _live.pop(id(pg), None)
-        pg._close()
-    elif info is not None:
+    pg.run_on_own_threads(None)  # it references the world: break the cycle
+    with _live_lock:
+        _live.pop(id(pg), None)
+    if info is not None:
         pg.shutdown()
 
 
@@ -747,10 +740,11 @@ def _check_op(op: Any, dtype: np.dtype, name: str) -> None:
 
 
 def _finish(work: Any, world: _World | None, pg: ProcessGroup, async_op: bool) -> Work | None:
-    """What a call on a Python group returns: its Work if ``async_op``, else None once done.
+    """What a collective returns: the group's Work if ``async_op``, else None once done.
 
-    A synchronous call waits with ``work.wait(timeout)``, the timeout positional (what a
-    Python ``Work`` subclass overrides, SPEC 2).
+    A group that ran a blocking call in the calling thread returned None or a completed
+    Work; otherwise a blocking call waits with ``work.wait(timeout)``, the timeout
+    positional (what a Python ``Work`` subclass overrides).
     """
     if async_op:
         return work
@@ -788,9 +782,9 @@ def all_reduce(
     if ops is None or op not in ops:
         checked_array(arr, "all_reduce", "tensor", out=True)
         _check_op(op, arr.dtype, "all_reduce")
-    if isinstance(pg, NativeProcessGroup):
-        return pg._c_allreduce(arr, op, "all_reduce", [tensor], async_op)
-    work = pg.allreduce([tensor], AllreduceOptions(reduceOp=op))
+    work = pg.allreduce([tensor], AllreduceOptions(reduceOp=op, asyncOp=async_op))
+    if work is None:  # ran in this thread: done
+        return None
     return _finish(work, world, pg, async_op)
 
 
@@ -802,10 +796,8 @@ def broadcast(
     if pg is None:
         return None
     root = _group_rank(world, pg, src, "src", "broadcast")
-    arr = checked_array(tensor, "broadcast", "tensor", out=root != _me(world, pg))
-    if isinstance(pg, NativeProcessGroup):
-        return pg._c_broadcast(arr, root, "broadcast", [tensor], async_op)
-    work = pg.broadcast([tensor], BroadcastOptions(rootRank=root))
+    checked_array(tensor, "broadcast", "tensor", out=root != _me(world, pg))
+    work = pg.broadcast([tensor], BroadcastOptions(rootRank=root, asyncOp=async_op))
     return _finish(work, world, pg, async_op)
 
 
@@ -823,9 +815,7 @@ def reduce(
     root = _group_rank(world, pg, dst, "dst", "reduce")
     arr = checked_array(tensor, "reduce", "tensor", out=True)
     _check_op(op, arr.dtype, "reduce")
-    if isinstance(pg, NativeProcessGroup):
-        return pg._c_reduce(arr, root, op, "reduce", [tensor], async_op)
-    work = pg.reduce([tensor], ReduceOptions(reduceOp=op, rootRank=root))
+    work = pg.reduce([tensor], ReduceOptions(reduceOp=op, rootRank=root, asyncOp=async_op))
     return _finish(work, world, pg, async_op)
 
 
@@ -838,10 +828,8 @@ def all_gather(
         return None
     inp = checked_array(tensor, "all_gather", "tensor")
     n = _size(world, pg)
-    outs = _array_list(tensor_list, "all_gather", "tensor_list", n, True, like=(inp, "tensor"))
-    if isinstance(pg, NativeProcessGroup):
-        return pg._c_allgather(outs, inp, "all_gather", [tensor_list], async_op)
-    work = pg.allgather([tensor_list], [tensor], AllgatherOptions())
+    _array_list(tensor_list, "all_gather", "tensor_list", n, True, like=(inp, "tensor"))
+    work = pg.allgather([tensor_list], [tensor], AllgatherOptions(asyncOp=async_op))
     return _finish(work, world, pg, async_op)
 
 
@@ -867,12 +855,8 @@ def all_gather_into_tensor(
     inp = checked_array(input_tensor, op, "input_tensor")
     n = _size(world, pg)
     _check_concat(out, inp, n, op, "output_tensor", "input_tensor")
-    if isinstance(pg, NativeProcessGroup):
-        return pg._c_allgather(
-            list(out.reshape(n, -1)), inp.reshape(-1), op, [output_tensor], async_op
-        )
     # torch 2.13 calls the group's all_gather_single (base class: _allgather_base)
-    work = pg.all_gather_single(output_tensor, input_tensor, AllgatherOptions())
+    work = pg.all_gather_single(output_tensor, input_tensor, AllgatherOptions(asyncOp=async_op))
     return _finish(work, world, pg, async_op)
 
 
@@ -895,9 +879,8 @@ def gather(
     if is_root:
         n = _size(world, pg)
         outs = _array_list(gather_list, "gather", "gather_list", n, True, like=(inp, "tensor"))
-    if isinstance(pg, NativeProcessGroup):
-        return pg._c_gather(inp, outs, root, "gather", [gather_list or []], async_op)
-    work = pg.gather([gather_list] if outs is not None else [], [tensor], GatherOptions(root))
+    outputs = [gather_list] if outs is not None else []
+    work = pg.gather(outputs, [tensor], GatherOptions(rootRank=root, asyncOp=async_op))
     return _finish(work, world, pg, async_op)
 
 
@@ -920,9 +903,8 @@ def scatter(
     if is_root:
         n = _size(world, pg)
         ins = _array_list(scatter_list, "scatter", "scatter_list", n, False, like=(out, "tensor"))
-    if isinstance(pg, NativeProcessGroup):
-        return pg._c_scatter(out, ins, root, "scatter", [tensor], async_op)
-    work = pg.scatter([tensor], [scatter_list] if ins is not None else [], ScatterOptions(root))
+    inputs = [scatter_list] if ins is not None else []
+    work = pg.scatter([tensor], inputs, ScatterOptions(rootRank=root, asyncOp=async_op))
     return _finish(work, world, pg, async_op)
 
 
@@ -939,11 +921,10 @@ def reduce_scatter(
         return None
     out = checked_array(output, "reduce_scatter", "output", out=True)
     n = _size(world, pg)
-    ins = _array_list(input_list, "reduce_scatter", "input_list", n, False, like=(out, "output"))
+    _array_list(input_list, "reduce_scatter", "input_list", n, False, like=(out, "output"))
     _check_op(op, out.dtype, "reduce_scatter")
-    if isinstance(pg, NativeProcessGroup):
-        return pg._c_reduce_scatter(out, ins, op, "reduce_scatter", [output], async_op)
-    work = pg.reduce_scatter([output], [input_list], ReduceScatterOptions(reduceOp=op))
+    opts = ReduceScatterOptions(reduceOp=op, asyncOp=async_op)
+    work = pg.reduce_scatter([output], [input_list], opts)
     return _finish(work, world, pg, async_op)
 
 
@@ -964,12 +945,9 @@ def reduce_scatter_tensor(
     n = _size(world, pg)
     _check_concat(inp, out, n, name, "input", "output")
     _check_op(op, out.dtype, name)
-    if isinstance(pg, NativeProcessGroup):
-        return pg._c_reduce_scatter(
-            out.reshape(-1), list(inp.reshape(n, -1)), op, name, [output], async_op
-        )
     # torch 2.13 calls the group's reduce_scatter_single (base class: _reduce_scatter_base)
-    work = pg.reduce_scatter_single(output, input, ReduceScatterOptions(reduceOp=op))
+    opts = ReduceScatterOptions(reduceOp=op, asyncOp=async_op)
+    work = pg.reduce_scatter_single(output, input, opts)
     return _finish(work, world, pg, async_op)
 
 
@@ -994,9 +972,8 @@ def all_to_all(
                     f"all_to_all: {what}[{i}] has dtype {x.dtype} but input_tensor_list[0] "
                     f"has dtype {dtype}; all entries must share one dtype"
                 )
-    if isinstance(pg, NativeProcessGroup):
-        return pg._c_alltoall(outs, ins, "all_to_all", list(output_tensor_list), async_op)
-    work = pg.alltoall(output_tensor_list, input_tensor_list, AllToAllOptions())
+    opts = AllToAllOptions(asyncOp=async_op)
+    work = pg.alltoall(output_tensor_list, input_tensor_list, opts)
     return _finish(work, world, pg, async_op)
 
 
@@ -1061,16 +1038,13 @@ def all_to_all_single(
     n = _size(world, pg)
     osplit = _splits(out, output_split_sizes, n, "output", "output_split_sizes")
     isplit = _splits(inp, input_split_sizes, n, "input", "input_split_sizes")
-    if isinstance(pg, NativeProcessGroup):
-        outs, ins = row_splits(out, osplit, n), row_splits(inp, isplit, n)
-        return pg._c_alltoall(outs, ins, name, [output], async_op)
     # the group gets the checked splits as ints; "split evenly" stays an empty list (torch's)
     work = pg.alltoall_base(
         output,
         input,
         osplit if output_split_sizes is not None and len(output_split_sizes) else [],
         isplit if input_split_sizes is not None and len(input_split_sizes) else [],
-        AllToAllOptions(),
+        AllToAllOptions(asyncOp=async_op),
     )
     return _finish(work, world, pg, async_op)
 
@@ -1090,11 +1064,13 @@ def _send(tensor: Any, dst: int, group: Any, tag: int, async_op: bool, op: str) 
         raise ValueError(
             "Invalid destination rank: should not be the same as rank of the current process."
         )
-    arr = checked_array(tensor, op, "tensor")
+    checked_array(tensor, op, "tensor")
     tag = _check_tag(tag, op)
-    if isinstance(pg, NativeProcessGroup):
-        return pg._c_send(arr, peer, tag, [tensor], async_op)
-    work = pg.send([tensor], peer, tag)
+    before = set_caller_blocks(not async_op)
+    try:
+        work = pg.send([tensor], peer, tag)
+    finally:
+        set_caller_blocks(before)
     return _finish(work, world, pg, async_op)
 
 
@@ -1119,12 +1095,16 @@ def _recv(tensor: Any, src: Any, group: Any, tag: int, async_op: bool, op: str) 
             raise ValueError(
                 "Invalid source rank: should not be the same as rank of the current process."
             )
-    arr = checked_array(tensor, op, "tensor", out=True)
+    checked_array(tensor, op, "tensor", out=True)
     tag = _check_tag(tag, op)
-    if isinstance(pg, NativeProcessGroup):
-        res = pg._c_recv(arr, peer, tag, [tensor], async_op)
-        return res if async_op else _global_rank(world, pg, res)
-    work = pg.recv([tensor], peer, tag) if peer is not None else pg.recv_anysource([tensor], tag)
+    before = set_caller_blocks(not async_op)
+    try:
+        if peer is not None:
+            work = pg.recv([tensor], peer, tag)
+        else:
+            work = pg.recv_anysource([tensor], tag)
+    finally:
+        set_caller_blocks(before)
     if async_op:
         return work
     _finish(work, world, pg, False)
@@ -1183,9 +1163,7 @@ def barrier(
     world, pg = _resolve(group, "barrier")
     if pg is None:
         return None
-    if isinstance(pg, NativeProcessGroup):
-        return pg._c_barrier("barrier", async_op)
-    work = pg.barrier(BarrierOptions())
+    work = pg.barrier(BarrierOptions(asyncOp=async_op))
     return _finish(work, world, pg, async_op)
 
 
@@ -1208,10 +1186,8 @@ def monitored_barrier(
     timeout = _check_timeout(timeout)
     if timeout.total_seconds() <= 0:
         raise ValueError(f"monitored_barrier: timeout must be positive, got {timeout}")
-    if isinstance(pg, NativeProcessGroup):
-        pg._c_monitored_barrier(timeout.total_seconds(), bool(wait_all_ranks))
-        return None
-    _finish(pg.barrier(BarrierOptions(timeout=timeout)), world, pg, False)
+    opts = BarrierOptions(timeout=timeout, asyncOp=False)
+    _finish(pg.monitored_barrier(opts, bool(wait_all_ranks)), world, pg, False)
     return None
 
 

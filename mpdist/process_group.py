@@ -255,6 +255,9 @@ def completed_work(outputs: list[Any], source: int = -1) -> Work:
 
 # ---------------------------------------------------------------------- options
 # Plain attribute bags with torch's field names; ranks in them are group ranks.
+# ``asyncOp`` is False when the caller waits for the operation at once (the module API's
+# blocking calls, as torch sets it): a group may then run it in the calling thread and
+# return None (or a completed Work) instead of a pending Work.
 
 
 @dataclass
@@ -263,6 +266,7 @@ class AllreduceOptions:
 
     reduceOp: ReduceOp = ReduceOp.SUM
     timeout: timedelta | None = None
+    asyncOp: bool = True
 
 
 @dataclass
@@ -272,6 +276,7 @@ class BroadcastOptions:
     rootRank: int = 0
     rootTensor: int = 0
     timeout: timedelta | None = None
+    asyncOp: bool = True
 
 
 @dataclass
@@ -282,6 +287,7 @@ class ReduceOptions:
     rootRank: int = 0
     rootTensor: int = 0
     timeout: timedelta | None = None
+    asyncOp: bool = True
 
 
 @dataclass
@@ -298,6 +304,7 @@ class GatherOptions:
 
     rootRank: int = 0
     timeout: timedelta | None = None
+    asyncOp: bool = True
 
 
 @dataclass
@@ -323,6 +330,7 @@ class AllToAllOptions:
     """Options of ``ProcessGroup.alltoall`` and ``alltoall_base``."""
 
     timeout: timedelta | None = None
+    asyncOp: bool = True
 
 
 @dataclass
@@ -331,6 +339,36 @@ class BarrierOptions:
 
     device_ids: list[int] = field(default_factory=list)
     timeout: timedelta | None = None
+    asyncOp: bool = True
+
+
+# ---------------------------------------------------------------------- blocking calls
+
+
+class _CallHint(threading.local):
+    blocking = False
+
+
+_call_hint = _CallHint()
+
+
+def caller_blocks() -> bool:
+    """Whether the point-to-point call being made waits for its result at once.
+
+    torch's ``send(tensors, dstRank, tag)`` / ``recv`` take no options, so no
+    ``asyncOp`` can say it; the module API's blocking ``send``/``recv`` set this hint
+    (thread-local) around the group call instead, and a group that can run the
+    operation in the calling thread returns it completed. Other groups ignore it.
+    """
+    return _call_hint.blocking
+
+
+def set_caller_blocks(blocking: bool) -> bool:
+    """Set the hint read by :func:`caller_blocks` (the module API, around one call);
+    returns the value it had, to be put back after the call."""
+    before = _call_hint.blocking
+    _call_hint.blocking = blocking
+    return before
 
 
 # ---------------------------------------------------------------------- ProcessGroup
@@ -550,6 +588,51 @@ class ProcessGroup:
     def barrier(self, opts: BarrierOptions | None = None) -> Work:
         """Wait until every rank of the group arrives."""
         raise self._unsupported("barrier")
+
+    def monitored_barrier(
+        self, opts: BarrierOptions | None = None, wait_all_ranks: bool = False
+    ) -> Work | None:
+        """A barrier that fails naming the ranks missing at ``opts.timeout``.
+
+        By default a plain ``barrier`` (whose Work the caller waits for); mpdist's own
+        groups name the missing ranks (all of them with ``wait_all_ranks``).
+        """
+        return self.barrier(opts)
+
+    # ---- mpdist's extension interface: what the module API and DDP use beyond torch's
+    # methods. A Python subclass gets working defaults and need not override any of it.
+
+    #: The group can run an operation in the calling thread: a blocking call
+    #: (``asyncOp=False``, :func:`caller_blocks`) runs inline and comes back completed,
+    #: and a Work of :meth:`allreduce_stepped` is advanced by its caller.
+    runs_in_caller: bool = False
+
+    def allreduce_stepped(self, tensors: list[Any], opts: AllreduceOptions | None = None) -> Work:
+        """An asynchronous allreduce that the calling thread may advance itself.
+
+        ``work._advance()`` moves it on without blocking, between pieces of the caller's
+        own work, and waiting finishes it; no communication thread is involved unless
+        another operation queues behind it. For callers that know a thread of their own
+        costs more than it hides (DDP with no core to spare). By default an ordinary
+        ``allreduce``.
+        """
+        return self.allreduce(tensors, opts)
+
+    def set_global_ranks(self, ranks: list[int]) -> None:
+        """Group rank i is global rank ``ranks[i]``: how the group's traces and errors
+        name ranks (the module API calls it when it registers the group)."""
+
+    def run_on_own_threads(self, setup: Callable[[], None] | None) -> None:
+        """Have ``setup()`` run first on every thread the group starts for itself (the
+        module API shares a rank thread's world with the group's worker this way)."""
+
+    def _abort(self, reason: str) -> None:
+        """Make this group's pending and future operations fail promptly with ``reason``."""
+        self.abort()
+
+    def _trace(self) -> str | None:
+        """The last operation this group entered ("all_reduce seq=12"), or None if unknown."""
+        return None
 
     def __repr__(self) -> str:
         try:

@@ -83,14 +83,20 @@ class CommProcessGroup(NativeProcessGroup):
         self._last_p2p: tuple[str, str, int | None, int, tuple[str, int] | None] | None = None
         # set when a timed wait handed the queued stepped ops over to the worker
         self._worker_runs_stepped = False
-        # run first on the worker thread (the module API uses it to share a thread-local world)
+        # run first on the worker thread (see run_on_own_threads)
         self._worker_setup: Callable[[], None] | None = None
 
-    def _set_global_ranks(self, ranks: list[int]) -> None:
-        super()._set_global_ranks(ranks)
+    def set_global_ranks(self, ranks: list[int]) -> None:
+        super().set_global_ranks(ranks)
         self._transport.rank_names = list(ranks)
 
     # ---------------------------------------------------------------- execution
+    def run_on_own_threads(self, setup: Callable[[], None] | None) -> None:
+        self._worker_setup = setup
+
+    def _default_timeout(self) -> float:
+        return float(self._timeout_s)
+
     def _dead(self) -> DistBackendError:
         return DistBackendError(
             f"process group {self.group_desc or self.group_name!r} has been destroyed"

@@ -32,6 +32,8 @@ from mpdist.process_group import (
     ReduceScatterOptions,
     ScatterOptions,
     Work,
+    caller_blocks,
+    completed_work,
 )
 from mpdist.transport.header import dtype_code
 
@@ -70,6 +72,11 @@ def _root(opts: Any) -> int:
     return int(getattr(opts, "rootRank", 0)) if opts is not None else 0
 
 
+def _async(opts: Any) -> bool:
+    # torch's default: a call without options (or without asyncOp) is asynchronous
+    return opts is None or getattr(opts, "asyncOp", True)
+
+
 def checked_list(xs: Any, op: str, what: str, out: bool = False) -> list[np.ndarray]:
     """``checked_array`` of each entry of ``xs`` (named ``what[i]`` in errors)."""
     return [checked_array(x, op, f"{what}[{i}]", out) for i, x in enumerate(xs)]
@@ -104,8 +111,7 @@ class NativeProcessGroup(ProcessGroup):
     def getBackendName(self) -> str:
         return self.backend_name
 
-    def _set_global_ranks(self, ranks: list[int]) -> None:
-        """Group rank i is global rank ``ranks[i]`` (how traces and errors name ranks)."""
+    def set_global_ranks(self, ranks: list[int]) -> None:
         self._global_ranks = list(ranks)
 
     # ---- the internal interface (group ranks, validated ndarrays); subclasses implement.
@@ -226,21 +232,34 @@ class NativeProcessGroup(ProcessGroup):
     def _close(self) -> None:
         """Release threads and sockets; idempotent."""
 
-    # ---- torch-style public methods (always asynchronous)
+    # ---- the public methods: the one way in, for the module API and for users alike.
+    # ``opts.asyncOp`` False (and, for point-to-point, ``caller_blocks()``) means the
+    # caller waits at once: the operation runs in the calling thread when nothing is
+    # queued ahead of it, and the method returns None (a receive: a completed Work that
+    # knows its source). Otherwise it returns a pending Work.
+    runs_in_caller = True
+
     def broadcast(self, tensors: list[Any], opts: BroadcastOptions | None = None) -> Work:
         root = _root(opts)
         arr = checked_array(tensors[0], "broadcast", "tensors[0]", out=root != self.rank())
-        return self._c_broadcast(arr, root, "broadcast", list(tensors), True)
+        return self._c_broadcast(arr, root, "broadcast", list(tensors), _async(opts))
 
     def allreduce(self, tensors: list[Any], opts: AllreduceOptions | None = None) -> Work:
         if not isinstance(tensors, (list, tuple)):
             tensors = [tensors]
+        arr = tensors[0]
+        # the latency path: a C-contiguous, aligned, writeable ndarray of a wire dtype is ready
+        if type(arr) is not np.ndarray or not arr.flags.carray or not dtype_code(arr.dtype):
+            arr = checked_array(arr, "allreduce", "tensors[0]", out=True)
+        return self._c_allreduce(arr, _op(opts), "all_reduce", list(tensors), _async(opts))
+
+    def allreduce_stepped(self, tensors: list[Any], opts: AllreduceOptions | None = None) -> Work:
         arr = checked_array(tensors[0], "allreduce", "tensors[0]", out=True)
-        return self._c_allreduce(arr, _op(opts), "all_reduce", list(tensors), True)
+        return self._c_allreduce_stepped(arr, _op(opts), "all_reduce", list(tensors))
 
     def reduce(self, tensors: list[Any], opts: ReduceOptions | None = None) -> Work:
         arr = checked_array(tensors[0], "reduce", "tensors[0]", out=True)
-        return self._c_reduce(arr, _root(opts), _op(opts), "reduce", list(tensors), True)
+        return self._c_reduce(arr, _root(opts), _op(opts), "reduce", list(tensors), _async(opts))
 
     def allgather(
         self,
@@ -250,7 +269,7 @@ class NativeProcessGroup(ProcessGroup):
     ) -> Work:
         outs = checked_list(output_tensors[0], "allgather", "output_tensors[0]", out=True)
         inp = checked_array(input_tensors[0], "allgather", "input_tensors[0]")
-        return self._c_allgather(outs, inp, "all_gather", list(output_tensors), True)
+        return self._c_allgather(outs, inp, "all_gather", list(output_tensors), _async(opts))
 
     def _allgather_base(
         self, output: Any, input: Any, opts: AllgatherOptions | None = None
@@ -259,7 +278,7 @@ class NativeProcessGroup(ProcessGroup):
             checked_array(output, "_allgather_base", "output", out=True).reshape(self.size(), -1)
         )
         inp = checked_array(input, "_allgather_base", "input").reshape(-1)
-        return self._c_allgather(outs, inp, "all_gather_into_tensor", [output], True)
+        return self._c_allgather(outs, inp, "all_gather_into_tensor", [output], _async(opts))
 
     def gather(
         self,
@@ -271,7 +290,7 @@ class NativeProcessGroup(ProcessGroup):
         if output_tensors:
             outs = checked_list(output_tensors[0], "gather", "output_tensors[0]", out=True)
         inp = checked_array(input_tensors[0], "gather", "input_tensors[0]")
-        return self._c_gather(inp, outs, _root(opts), "gather", list(output_tensors), True)
+        return self._c_gather(inp, outs, _root(opts), "gather", list(output_tensors), _async(opts))
 
     def scatter(
         self,
@@ -283,7 +302,7 @@ class NativeProcessGroup(ProcessGroup):
         if input_tensors:
             ins = checked_list(input_tensors[0], "scatter", "input_tensors[0]")
         out = checked_array(output_tensors[0], "scatter", "output_tensors[0]", out=True)
-        return self._c_scatter(out, ins, _root(opts), "scatter", list(output_tensors), True)
+        return self._c_scatter(out, ins, _root(opts), "scatter", list(output_tensors), _async(opts))
 
     def reduce_scatter(
         self,
@@ -294,7 +313,7 @@ class NativeProcessGroup(ProcessGroup):
         ins = checked_list(input_tensors[0], "reduce_scatter", "input_tensors[0]")
         out = checked_array(output_tensors[0], "reduce_scatter", "output_tensors[0]", out=True)
         return self._c_reduce_scatter(
-            out, ins, _op(opts), "reduce_scatter", list(output_tensors), True
+            out, ins, _op(opts), "reduce_scatter", list(output_tensors), _async(opts)
         )
 
     def _reduce_scatter_base(
@@ -303,7 +322,9 @@ class NativeProcessGroup(ProcessGroup):
         out = checked_array(output, "_reduce_scatter_base", "output", out=True).reshape(-1)
         inp = checked_array(input, "_reduce_scatter_base", "input")
         ins = list(inp.reshape(self.size(), -1))
-        return self._c_reduce_scatter(out, ins, _op(opts), "reduce_scatter_tensor", [output], True)
+        return self._c_reduce_scatter(
+            out, ins, _op(opts), "reduce_scatter_tensor", [output], _async(opts)
+        )
 
     def alltoall_base(
         self,
@@ -317,7 +338,7 @@ class NativeProcessGroup(ProcessGroup):
         inp = checked_array(input, "alltoall_base", "input")
         outs = row_splits(out, output_split_sizes, self.size())
         ins = row_splits(inp, input_split_sizes, self.size())
-        return self._c_alltoall(outs, ins, "all_to_all_single", [output], True)
+        return self._c_alltoall(outs, ins, "all_to_all_single", [output], _async(opts))
 
     def alltoall(
         self,
@@ -327,22 +348,40 @@ class NativeProcessGroup(ProcessGroup):
     ) -> Work:
         outs = checked_list(output_tensors, "alltoall", "output_tensors", out=True)
         ins = checked_list(input_tensors, "alltoall", "input_tensors")
-        return self._c_alltoall(outs, ins, "all_to_all", list(output_tensors), True)
+        return self._c_alltoall(outs, ins, "all_to_all", list(output_tensors), _async(opts))
 
     def send(self, tensors: list[Any], dstRank: int, tag: int = 0) -> Work:
         arr = checked_array(tensors[0], "send", "tensors[0]")
-        return self._c_send(arr, dstRank, tag, list(tensors), True)
+        return self._c_send(arr, dstRank, tag, list(tensors), not caller_blocks())
 
     def recv(self, tensors: list[Any], srcRank: int, tag: int = 0) -> Work:
         arr = checked_array(tensors[0], "recv", "tensors[0]", out=True)
-        return self._c_recv(arr, srcRank, tag, list(tensors), True)
+        return self._receive(arr, srcRank, tag, list(tensors))
 
     def recv_anysource(self, tensors: list[Any], tag: int = 0) -> Work:
         arr = checked_array(tensors[0], "recv_anysource", "tensors[0]", out=True)
-        return self._c_recv(arr, None, tag, list(tensors), True)
+        return self._receive(arr, None, tag, list(tensors))
+
+    def _receive(self, arr: np.ndarray, src: int | None, tag: int, outputs: list[Any]) -> Work:
+        if not caller_blocks():
+            return self._c_recv(arr, src, tag, outputs, True)
+        source = self._c_recv(arr, src, tag, outputs, False)
+        return completed_work(outputs, source)
 
     def barrier(self, opts: BarrierOptions | None = None) -> Work:
-        return self._c_barrier("barrier", True)
+        return self._c_barrier("barrier", _async(opts))
+
+    def monitored_barrier(
+        self, opts: BarrierOptions | None = None, wait_all_ranks: bool = False
+    ) -> Work | None:
+        timeout = opts.timeout if opts is not None else None
+        seconds = timeout.total_seconds() if timeout is not None else self._default_timeout()
+        self._c_monitored_barrier(seconds, bool(wait_all_ranks))
+        return None
+
+    def _default_timeout(self) -> float:
+        """Seconds a monitored barrier waits when its options name no timeout."""
+        return 1800.0
 
     def abort(self) -> None:
         self._abort("process group aborted")

@@ -22,7 +22,7 @@ ranks, the group's worker thread runs them while backward goes on. Where it has 
 ranks on two cores), such a thread has no core of its own: it only takes CPU time and the
 GIL from the backward it should hide behind (measured: 0.3-0.5 ms more per step than no
 overlap at all, on a 9 ms step). There the buckets are stepped all-reduces
-(``NativeProcessGroup._c_allreduce_stepped``): launching one sends this rank's data at
+(``ProcessGroup.allreduce_stepped``): launching one sends this rank's data at
 once, every later gradient hook advances it as far as the peers' data allows, without
 blocking, and the end of backward finishes it, all in the thread that runs backward.
 """
@@ -41,8 +41,7 @@ import numpy as np
 from mpdist import distributed as dist
 from mpdist.autograd import Tensor, queue_callback
 from mpdist.autograd.graph import Node
-from mpdist.backends.native import NativeProcessGroup
-from mpdist.process_group import Future, ProcessGroup, ReduceOp
+from mpdist.process_group import AllreduceOptions, Future, ProcessGroup, ReduceOp
 
 MiB = 1024 * 1024
 DEFAULT_FIRST_BUCKET_BYTES = 1 * MiB
@@ -250,7 +249,7 @@ class Reducer:
         self.comm_state: Any = None
         # mpdist's own groups run a synchronous all_reduce in the calling thread; a Python
         # ProcessGroup is driven only through allreduce() and the Work's future
-        self.inline_last = isinstance(process_group, NativeProcessGroup)
+        self.inline_last = process_group.runs_in_caller
         # On mpdist's own groups, where no core is left for a communication thread, the
         # buckets are reduced by stepped all-reduces that the hooks advance (module docstring)
         self.stepped = self.inline_last and not communication_thread_pays(self.world_size)
@@ -424,8 +423,8 @@ class Reducer:
                 return
             if self.stepped:
                 buf = bucket.buffer
-                work = self.process_group._c_allreduce_stepped(
-                    buf, ReduceOp.SUM, "all_reduce", [buf]
+                work = self.process_group.allreduce_stepped(
+                    [buf], AllreduceOptions(reduceOp=ReduceOp.SUM)
                 )
                 self.in_flight.append(work)
             else:
