@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import mpdist.distributed as dist
+from mpdist.distributed import _world as state
+from mpdist.distributed import queries
 from mpdist.backends.fake import FakeProcessGroup
 from mpdist.process_group import Backend, ProcessGroup
 from mpdist.store import HashStore
@@ -21,17 +23,17 @@ GUARD_S = 20.0
 
 def _reserved() -> bool:
     """Whether an init holds the process-wide default-group slot."""
-    return bool(getattr(dist, "_process_reserved", False))
+    return state.process_reserved
 
 
 def _registered() -> tuple[Any, ...]:
     """Everything the module API records about groups, process-wide."""
     return (
-        dist._process_world,
+        state.process_world,
         _reserved(),
-        dict(dist._live),
-        dict(dist._creating),
-        dict(dist._named),
+        dict(state._live),
+        dict(state._creating),
+        dict(queries._named),
     )
 
 
@@ -41,7 +43,7 @@ def clean_module_state() -> Iterator[None]:
     assert not dist.is_initialized()
     before = _registered()
     yield
-    while dist._process_world is not None:  # a failing test may leave one behind
+    while state.process_world is not None:  # a failing test may leave one behind
         dist.destroy_process_group()
     assert _registered() == before
 
@@ -103,7 +105,7 @@ def test_two_threads_racing_init_exactly_one_wins(monkeypatch: pytest.MonkeyPatc
     assert gate.calls == 1  # the loser never built a group
     assert dist.is_initialized() and dist.get_world_size() == 2
     pg = dist.group.WORLD
-    assert isinstance(pg, FakeProcessGroup) and dist._live[id(pg)][0] is pg
+    assert isinstance(pg, FakeProcessGroup) and state._live[id(pg)][0] is pg
     # the winner's group is the one in use, from any thread
     out = [np.zeros(2), np.zeros(2)]
     dist.all_gather(out, np.arange(2.0))
@@ -154,7 +156,7 @@ def test_failed_construction_frees_the_slot(monkeypatch: pytest.MonkeyPatch) -> 
         with pytest.raises(_Boom):
             dist.init_process_group("fake", rank=0, world_size=2)
     assert not dist.is_initialized()
-    assert not _reserved() and not dist._live and not dist._creating
+    assert not _reserved() and not state._live and not state._creating
     # the slot is free: a new init succeeds and is the default group
     dist.init_process_group("fake", rank=1, world_size=2)
     assert dist.get_rank() == 1 and isinstance(dist.group.WORLD, FakeProcessGroup)
@@ -195,7 +197,7 @@ def test_group_failing_after_creation_is_shut_down_and_unregistered(
         with pytest.raises(_Boom):
             dist.init_process_group("fake", rank=0, world_size=1)
     # before: the store stayed in the "being built" table (the trace named a group being built)
-    assert not dist._creating and dist._collective_trace() == "no collective entered"
+    assert not state._creating and dist._collective_trace() == "no collective entered"
     assert _NoNamePG.shut == 1
     dist.init_process_group("fake", rank=0, world_size=1)
     dist.destroy_process_group()
