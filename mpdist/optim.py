@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.autograd import Tensor
-from mpdist.autograd.tensor import zero_grads
+from mpdist.autograd._tensor import zero_grads
 
 
 class Optimizer:

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from mpdist.autograd._tensor import Tensor
 from mpdist.autograd.grad_mode import is_grad_enabled, no_grad
 from mpdist.autograd.graph import Node
-from mpdist.autograd.tensor import Tensor
 
 
 class FunctionCtx:

@@ -1,17 +1,17 @@
 """The recorded graph and the reverse pass: ``Node``, ``run_backward`` and ``queue_callback``.
 
-A ``Node`` is one recorded operation: its input tensors, the shapes of its outputs, and a
-function from output gradients to input gradients. Leaf tensors that require grad are the
-graph's sinks; their gradients accumulate into ``.grad`` once per backward call, after every
-contribution has arrived, so tensor hooks and post-accumulate hooks fire exactly once.
+A ``Node`` is one recorded operation: its inputs, the shapes of its outputs, and a function
+from output gradients to input gradients. The graph does not know the tensor class: its
+inputs and roots are any objects with the ``Variable`` interface (a value, whether it requires
+grad, the node that produced it and which output of it it is, and how a leaf accumulates a
+gradient), and gradients travel as ndarrays. Leaves that require grad are the graph's sinks;
+each receives its total gradient once per backward call, after every contribution has
+arrived, so tensor hooks and post-accumulate hooks fire exactly once.
 
-In-place writes made through Tensor methods are tracked per memory owner (the ndarray at the
-root of a view chain, so views and detached aliases count as one, as torch's views share their
-base's version counter). Backward refuses a node when an array it read or wrote was written in
-place after it was recorded, instead of differentiating with the new values. This is stricter
+Backward refuses a node when an array it read or wrote was written in place after it was
+recorded (``versions``), instead of differentiating with the new values. This is stricter
 than torch, which checks only the values an op saved: here every input and output of a node
-on the backward path counts. Writes through ``.data`` (numpy itself) are not tracked, as in
-torch.
+on the backward path counts.
 
 The pass is Kahn's algorithm over dependency counts. Among ready vertices, leaves go first
 and then the most recently recorded node, which is what lets a data-parallel wrapper start
@@ -23,51 +23,39 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from mpdist.autograd.grad_mode import no_grad
+from mpdist.autograd.versions import current_version, written_since
+from mpdist.autograd.versions import note_inplace_write as note_inplace_write
 
-if TYPE_CHECKING:
-    # tensor.py imports this module at its top, so the functions here that build Tensors
-    # import tensor.py when they run (both modules are loaded by then).
-    from mpdist.autograd.tensor import Tensor
-
-BackwardFn = Callable[[list[np.ndarray]], Sequence["np.ndarray | None"]]
+BackwardFn = Callable[[list[np.ndarray]], Sequence[Any]]
+# A gradient hook as the graph runs it: the incoming gradient in, a replacement (anything
+# ``np.asarray`` takes) or None out. Tensor hooks are stored wrapped to this shape.
+GradHook = Callable[[np.ndarray], Any]
 
 _seq = itertools.count()
 _local = threading.local()
 
 
-# Tracked in-place writes are numbered by one global serial. ``_last_write`` maps id(memory
-# owner) to the serial of its latest write; a finalizer drops the entry when the owner dies,
-# before its id can be reused. A node remembers the serial at its creation, so checking it
-# costs nothing unless some write happened since, and recording costs one int.
-_serial = 0
-_last_write: dict[int, int] = {}
-_write_lock = threading.Lock()
+class Variable(Protocol):
+    """What the graph needs of a value flowing through it (``Tensor`` provides it)."""
 
+    _data: np.ndarray  # the value (a node remembers its inputs' arrays)
+    _node: Node | None  # the node that produced it; None for a leaf
+    _out_index: int  # which output of ``_node`` it is
 
-def _owner(a: np.ndarray) -> np.ndarray:
-    """The ndarray that owns ``a``'s memory (``a`` itself unless it is a view)."""
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    return a
+    @property
+    def requires_grad(self) -> bool:
+        """Whether gradients flow to it."""
+        ...
 
-
-def note_inplace_write(a: np.ndarray) -> None:
-    """Record an in-place write into ``a`` (and so into every view of its memory)."""
-    global _serial
-    owner = _owner(a)
-    key = id(owner)
-    with _write_lock:
-        if key not in _last_write:
-            weakref.finalize(owner, _last_write.pop, key, None)
-        _serial += 1
-        _last_write[key] = _serial
+    def _accumulate_grad(self, grad: np.ndarray) -> None:
+        """A leaf's total gradient of one backward pass has arrived."""
+        ...
 
 
 class RemovableHandle:
@@ -98,7 +86,7 @@ class Node:
 
     def __init__(
         self,
-        inputs: Sequence[Tensor],
+        inputs: Sequence[Variable],
         backward: BackwardFn,
         out_meta: Sequence[tuple[tuple[int, ...], np.dtype]],
         name: str = "",
@@ -108,20 +96,20 @@ class Node:
         self.backward = backward
         self.out_meta = list(out_meta)
         # Hooks registered on non-leaf outputs, per output index.
-        self.out_hooks: list[dict[int, Callable]] = [{} for _ in out_meta]
+        self.out_hooks: list[dict[int, GradHook]] = [{} for _ in out_meta]
         self.seq = next(_seq)
         self.name = name
-        # The arrays this op read (its inputs) and wrote (``outputs``), and the write serial now.
+        # The arrays this op read (its inputs) and wrote (``outputs``), and the version now.
         self.arrays = [t._data for t in self.inputs]
         self.arrays.extend(outputs)
-        self.serial = _serial
+        self.serial = current_version()
 
     def check_unmodified(self) -> None:
         """RuntimeError when an array this op read or wrote was written in place since."""
-        if _serial == self.serial:
+        if current_version() == self.serial:
             return
         for a in self.arrays:
-            if _last_write.get(id(_owner(a)), -1) > self.serial:
+            if written_since(a, self.serial):
                 raise RuntimeError(
                     "one of the variables needed for gradient computation has been modified by "
                     f"an inplace operation: an input or output of {self.name or 'an op'} "
@@ -151,19 +139,13 @@ def in_backward() -> bool:
     return bool(getattr(_local, "callbacks", None))
 
 
-def _as_tensor_grad(g: Any) -> np.ndarray:
-    from mpdist.autograd.tensor import Tensor
-
-    return g.data if isinstance(g, Tensor) else np.asarray(g)
-
-
-def _run_hooks(hooks: dict[int, Callable], grad: np.ndarray) -> np.ndarray:
-    from mpdist.autograd.tensor import Tensor
-
+def run_hooks(hooks: dict[int, GradHook], grad: np.ndarray) -> np.ndarray:
+    """Pass ``grad`` through ``hooks`` in registration order; a hook that returns something
+    replaces the gradient (same shape required)."""
     for hook in list(hooks.values()):
-        out = hook(Tensor(grad))
+        out = hook(grad)
         if out is not None:
-            new = _as_tensor_grad(out)
+            new = np.asarray(out)
             if new.shape != grad.shape:
                 raise RuntimeError(
                     f"hook {hook!r} returned a gradient of shape {new.shape}, expected {grad.shape}"
@@ -172,7 +154,7 @@ def _run_hooks(hooks: dict[int, Callable], grad: np.ndarray) -> np.ndarray:
     return grad
 
 
-def _collect(roots: list[Tensor]) -> dict[Any, int]:
+def _collect(roots: list[Variable]) -> dict[Any, int]:
     """Every vertex reachable from the roots, with how many edges point into it."""
     deps: dict[Any, int] = {}
     stack: list[Any] = []
@@ -197,8 +179,9 @@ def _collect(roots: list[Tensor]) -> dict[Any, int]:
     return deps
 
 
-def run_backward(roots: Sequence[Tensor], grads: Sequence[np.ndarray]) -> None:
-    """Propagate ``grads`` (one per root) back through the graph into the leaves' ``.grad``."""
+def run_backward(roots: Sequence[Variable], grads: Sequence[np.ndarray]) -> None:
+    """Propagate ``grads`` (one per root) back through the graph to the leaves, each of
+    which receives its total through ``_accumulate_grad``."""
     roots = list(roots)
     deps = _collect(roots)
     # Pending gradients: per node a list over its outputs; per leaf one ndarray.
@@ -244,7 +227,7 @@ def run_backward(roots: Sequence[Tensor], grads: Sequence[np.ndarray]) -> None:
                         if g is None:
                             g = np.zeros(shape, dtype=dtype)
                         if v.out_hooks[i]:
-                            g = _run_hooks(v.out_hooks[i], g)
+                            g = run_hooks(v.out_hooks[i], g)
                         out_grads.append(g)
                     v.check_unmodified()
                     in_grads = v.backward(out_grads)
@@ -253,37 +236,18 @@ def run_backward(roots: Sequence[Tensor], grads: Sequence[np.ndarray]) -> None:
                             continue
                         child = t._node if t._node is not None else t
                         if g is not None:
-                            g = _as_tensor_grad(g)
-                            if g.dtype != t.data.dtype:
-                                g = g.astype(t.data.dtype)
+                            g = np.asarray(g)
+                            if g.dtype != t._data.dtype:
+                                g = g.astype(t._data.dtype)
                             add(child, t._out_index, g)
                         deps[child] -= 1
                         if deps[child] == 0:
                             push(child)
                 else:
-                    _accumulate_leaf(v, pending.pop(v, None))
+                    g = pending.pop(v, None)
+                    if g is not None:
+                        v._accumulate_grad(g)
             while callbacks:
                 callbacks.pop(0)()
     finally:
         stack.pop()
-
-
-def _accumulate_leaf(t: Tensor, g: np.ndarray | None) -> None:
-    from mpdist.autograd.tensor import Tensor
-
-    if g is None:
-        return
-    if t._hooks:
-        g = _run_hooks(t._hooks, g)
-    if g.shape != t.data.shape:
-        raise RuntimeError(
-            f"gradient of shape {g.shape} does not match the leaf's shape {t.data.shape}"
-        )
-    if t.grad is None:
-        # Own the array: the incoming one may alias an input of some op.
-        t.grad = Tensor(np.array(g, dtype=t.data.dtype, copy=True))
-    else:
-        # In place, so a .grad that is a view (DDP's gradient_as_bucket_view) stays a view.
-        np.add(t.grad.data, g, out=t.grad.data, casting="unsafe")
-    for hook in list(t._post_hooks.values()):
-        hook(t)

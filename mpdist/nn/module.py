@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mpdist.autograd import RemovableHandle, Tensor
-from mpdist.autograd.tensor import zero_grads
+from mpdist.autograd._tensor import zero_grads
 from mpdist.nn.parameter import Parameter
 
 

@@ -21,7 +21,7 @@ from mpdist import distributed as dist
 from mpdist.autograd import is_grad_enabled
 from mpdist.nn import Module
 from mpdist.parallel import reducer as _reducer
-from mpdist.parallel.join import Join
+from mpdist.parallel.join import Join, Joinable, JoinHook
 from mpdist.parallel.reducer import (
     DEFAULT_BUCKET_CAP_MB,
     CommHook,
@@ -58,7 +58,7 @@ def sync_module_states(arrays: Sequence[np.ndarray], pg: ProcessGroup, src: int)
                 off += a.size
 
 
-class DistributedDataParallel(Module):
+class DistributedDataParallel(Module, Joinable):
     """Wrap ``module`` so that backward averages gradients across the ranks of
     ``process_group`` (default: the world).
 
@@ -125,7 +125,7 @@ class DistributedDataParallel(Module):
         self.require_backward_grad_sync = True
         self.bucket_bytes_cap = int(bucket_cap_mb * MiB)
         self._comm_hook_registered = False
-        self._join: Any = None  # the active join() context, if any
+        self._join: Join | None = None  # the entered join() context, if any
         if init_sync:
             self._sync_states_from(0)
         self.reducer = Reducer(
@@ -163,8 +163,14 @@ class DistributedDataParallel(Module):
         self.reducer.check_prior_iteration_finished()
         sync = self.require_backward_grad_sync
         src = 0
-        if self._join is not None:
-            src = self._join.before_forward(sync and is_grad_enabled())
+        rnd = Join.notify_join_context(self, flag=sync and is_grad_enabled())
+        self.reducer.divisor = self.reducer.world_size
+        if rnd is not None:
+            src = rnd.first_active
+            assert self._join is not None
+            hook = self._join.hook_of(self)
+            if isinstance(hook, _DDPJoinHook) and not hook.divide_by_initial_world_size:
+                self.reducer.divisor = rnd.num_active
         if self.broadcast_buffers and sync and (self._join is None or is_grad_enabled()):
             self._broadcast_buffers(src)
         return inputs, kwargs
@@ -203,7 +209,27 @@ class DistributedDataParallel(Module):
         ``divide_by_initial_world_size=False`` (then by the number of ranks still training).
         ``throw_on_early_termination=True``: every rank raises as soon as one runs out.
         """
-        return Join(self, divide_by_initial_world_size, enable, throw_on_early_termination)
+        return Join(
+            [self],
+            enable,
+            throw_on_early_termination,
+            divide_by_initial_world_size=divide_by_initial_world_size,
+        )
+
+    def join_hook(self, **kwargs: Any) -> JoinHook:
+        """What this rank does once it has joined: shadow the others' iterations, then take
+        the final model from the highest-ranked last joiner (``Joinable``)."""
+        return _DDPJoinHook(self, kwargs.get("divide_by_initial_world_size", True))
+
+    @property
+    def join_device(self) -> str:
+        """mpdist modules live on the CPU."""
+        return "cpu"
+
+    @property
+    def join_process_group(self) -> ProcessGroup:
+        """The group gradients are averaged over."""
+        return self.process_group
 
     # ---------------------------------------------------------------- hooks
     def register_comm_hook(self, state: Any, hook: CommHook) -> None:
@@ -265,6 +291,33 @@ class DistributedDataParallel(Module):
 
     def extra_repr(self) -> str:
         return f"world_size={self.reducer.world_size}, buckets={len(self.reducer.buckets)}"
+
+
+class _DDPJoinHook(JoinHook):
+    """A joined rank's part in DDP's iterations: each round in which the active ranks sync
+    gradients, the buffer broadcast and a backward of zero gradients; at the end, the state
+    of the highest-ranked rank active in the last active round goes to every replica."""
+
+    def __init__(self, ddp: DistributedDataParallel, divide_by_initial_world_size: bool) -> None:
+        self.ddp = ddp
+        self.divide_by_initial_world_size = divide_by_initial_world_size
+
+    def main_hook(self) -> None:
+        ddp = self.ddp
+        assert ddp._join is not None and ddp._join.last_round is not None
+        rnd = ddp._join.last_round
+        if rnd.flag:
+            if ddp.broadcast_buffers:
+                ddp._broadcast_buffers(rnd.first_active)
+            ddp.reducer.shadow_backward()
+
+    def post_hook(self, is_last_joiner: bool) -> None:
+        ddp = self.ddp
+        assert ddp._join is not None
+        last = ddp._join.last_active_round
+        if last is not None:
+            ddp._sync_states_from(last.last_active)
+        ddp.reducer.divisor = ddp.reducer.world_size
 
 
 __all__ = ["DistributedDataParallel", "sync_module_states"]

@@ -3,32 +3,22 @@
 Each operation computes its result with numpy and, when recording, attaches a ``Node`` whose
 backward function sits right next to the forward line. Gradients of broadcast operands are
 summed back to the operand's shape (``_unbroadcast``). Only the operations the nn layers,
-losses, collectives and tests need are here.
+losses, collectives and tests need are here. What a tensor holds and the in-place writes,
+which record nothing, are in ``_tensor_base``; the graph that ``backward`` runs is ``graph``.
 """
 
 from __future__ import annotations
 
-import copy
-import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from mpdist.autograd._tensor_base import TensorBase, _index, _raw
 from mpdist.autograd.grad_mode import is_grad_enabled
-from mpdist.autograd.graph import Node, RemovableHandle, note_inplace_write, run_backward
+from mpdist.autograd.graph import Node, RemovableHandle, run_backward, run_hooks
 
 Axis = int | tuple[int, ...] | None
-
-
-def _raw(x: Any) -> Any:
-    """The numpy-level value of an operand; Python numbers stay Python numbers so they remain
-    'weak' under numpy's promotion rules (float32 tensor * 2.0 stays float32)."""
-    if isinstance(x, Tensor):
-        return x.data
-    if isinstance(x, (numbers.Number, np.ndarray)):
-        return x
-    return np.asarray(x)
 
 
 def _unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -67,6 +57,8 @@ def _binary(
     grad_b: Callable[[np.ndarray, Any, Any, np.ndarray], np.ndarray],
     name: str,
 ) -> Tensor:
+    """``fwd(a, b)`` recorded: each Tensor operand's gradient is its ``grad_*`` summed back
+    to its shape."""
     ad, bd = _raw(a), _raw(b)
     out = np.asarray(fwd(ad, bd))
     inputs: list[Tensor] = []
@@ -110,13 +102,30 @@ def _comparison(fwd: Callable[[Any, Any], Any]) -> Callable[[Tensor, Any], Tenso
 
 
 def _norm_axis(axis: Axis, ndim: int) -> tuple[int, ...]:
+    """``axis`` as a tuple of non-negative axes (all of them for None)."""
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     return tuple(a % ndim if ndim else a for a in axes)
 
 
-class Tensor:
+class _TensorHook:
+    """A ``register_hook`` hook as the graph runs it: the gradient array in, wrapped in a
+    Tensor for the hook; what the hook returns goes back as is."""
+
+    __slots__ = ("hook",)
+
+    def __init__(self, hook: Callable[[Tensor], Any]) -> None:
+        self.hook = hook
+
+    def __call__(self, grad: np.ndarray) -> Any:
+        return self.hook(Tensor(grad))
+
+    def __repr__(self) -> str:
+        return repr(self.hook)
+
+
+class Tensor(TensorBase):
     """A numpy array with reverse-mode autograd.
 
     ``.data`` is the live ndarray (optimizers update it in place), ``.grad`` is a Tensor or
@@ -127,52 +136,9 @@ class Tensor:
     backward through memory written since it was recorded refuses too.
     """
 
-    __array_ufunc__ = None
+    _grad: Tensor | None
 
-    def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
-        if isinstance(data, Tensor):
-            data = data.data
-        self.data = np.asarray(data, dtype=dtype)
-        self._grad: Tensor | None = None
-        self._node: Node | None = None
-        self._out_index = 0
-        self._requires_grad = False
-        self._hooks: dict[int, Callable] = {}
-        self._post_hooks: dict[int, Callable] = {}
-        self.requires_grad = requires_grad
-
-    # ----------------------------------------------------------------- attributes
-    @property
-    def data(self) -> np.ndarray:
-        """The live ndarray."""
-        return self._data
-
-    @data.setter
-    def data(self, value: Any) -> None:
-        self._data = value.data if isinstance(value, Tensor) else np.asarray(value)
-
-    @property
-    def requires_grad(self) -> bool:
-        """Whether gradients flow to (and, for leaves, accumulate in) this tensor."""
-        return self._requires_grad
-
-    @requires_grad.setter
-    def requires_grad(self, value: bool) -> None:
-        if self._node is not None and not value:
-            raise RuntimeError(
-                "you can only change requires_grad flags of leaf variables; use detach()"
-            )
-        if value and self.data.dtype.kind not in "fc":
-            raise RuntimeError(
-                f"Only Tensors of floating point and complex dtype can require gradients (got {self.data.dtype})"
-            )
-        self._requires_grad = bool(value)
-
-    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
-        """Set ``requires_grad`` in place and return self."""
-        self.requires_grad = requires_grad
-        return self
-
+    # ----------------------------------------------------------------- graph
     @property
     def grad(self) -> Tensor | None:
         """The accumulated gradient (leaves only), a Tensor or None; assignable."""
@@ -188,104 +154,6 @@ class Tensor:
                 )
         self._grad = value
 
-    @property
-    def is_leaf(self) -> bool:
-        """True for tensors not produced by a recorded operation."""
-        return self._node is None
-
-    @property
-    def grad_fn(self) -> Node | None:
-        """The node that produced this tensor, or None for leaves."""
-        return self._node
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The array's shape."""
-        return self.data.shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        """The array's dtype."""
-        return self.data.dtype
-
-    @property
-    def ndim(self) -> int:
-        """Number of dimensions."""
-        return self.data.ndim
-
-    def dim(self) -> int:
-        """Number of dimensions (torch spelling)."""
-        return self.data.ndim
-
-    def size(self, dim: int | None = None) -> Any:
-        """The shape, or one dimension's length."""
-        return self.data.shape if dim is None else self.data.shape[dim]
-
-    def numel(self) -> int:
-        """Number of elements."""
-        return int(self.data.size)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of data."""
-        return int(self.data.nbytes)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __iter__(self) -> Iterator[Tensor]:
-        for i in range(len(self)):
-            yield self[i]
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        arr = self.data if dtype is None else self.data.astype(dtype, copy=False)
-        return arr.copy() if copy else arr
-
-    def numpy(self) -> np.ndarray:
-        """The live ndarray (shares memory)."""
-        return self.data
-
-    def item(self) -> Any:
-        """The single element as a Python number."""
-        return self.data.item()
-
-    def tolist(self) -> Any:
-        """The data as nested Python lists."""
-        return self.data.tolist()
-
-    def __repr__(self) -> str:
-        body = np.array2string(self.data, separator=", ", prefix="tensor(")
-        extra = ""
-        if self._node is not None:
-            extra = f", grad_fn=<{self._node.name}>"
-        elif self.requires_grad:
-            extra = ", requires_grad=True"
-        return f"tensor({body}{extra})"
-
-    def __bool__(self) -> bool:
-        return bool(self.data)
-
-    def __float__(self) -> float:
-        return float(self.data)
-
-    def __int__(self) -> int:
-        return int(self.data)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Tensor:
-        # Hooks are deliberately not copied: they usually close over whoever registered them
-        # (a DDP reducer, say), which must not start receiving the copy's gradients.
-        if self._node is not None:
-            raise RuntimeError("only leaf tensors (not results of recorded ops) can be deep-copied")
-        new = type(self).__new__(type(self))
-        memo[id(self)] = new
-        for k, v in self.__dict__.items():
-            if k in ("_hooks", "_post_hooks"):
-                new.__dict__[k] = {}
-            else:
-                new.__dict__[k] = copy.deepcopy(v, memo)
-        return new
-
-    # ----------------------------------------------------------------- graph
     def backward(self, gradient: Any = None) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
 
@@ -306,7 +174,7 @@ class Tensor:
             raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
         hooks = self._hooks if self._node is None else self._node.out_hooks[self._out_index]
         handle = RemovableHandle(hooks)
-        hooks[handle.id] = hook
+        hooks[handle.id] = _TensorHook(hook)
         return handle
 
     def register_post_accumulate_grad_hook(self, hook: Callable[[Tensor], None]) -> RemovableHandle:
@@ -332,6 +200,24 @@ class Tensor:
 
         self.register_hook(keep)
 
+    def _accumulate_grad(self, grad: np.ndarray) -> None:
+        """Where a backward pass ends at this leaf (``graph.Variable``): ``grad`` is the total
+        of all contributions; run the hooks, add it to ``.grad``, run the post hooks."""
+        if self._hooks:
+            grad = run_hooks(self._hooks, grad)
+        if grad.shape != self.data.shape:
+            raise RuntimeError(
+                f"gradient of shape {grad.shape} does not match the leaf's shape {self.data.shape}"
+            )
+        if self.grad is None:
+            # Own the array: the incoming one may alias an input of some op.
+            self.grad = Tensor(np.array(grad, dtype=self.data.dtype, copy=True))
+        else:
+            # In place, so a .grad that is a view (DDP's gradient_as_bucket_view) stays a view.
+            np.add(self.grad.data, grad, out=self.grad.data, casting="unsafe")
+        for hook in list(self._post_hooks.values()):
+            hook(self)
+
     def detach(self) -> Tensor:
         """A leaf sharing this tensor's data, outside any graph."""
         return Tensor(self.data)
@@ -344,147 +230,11 @@ class Tensor:
         self._requires_grad = False
         return self
 
-    def data_ptr(self) -> int:
-        """Address of the first element (equal for tensors viewing the same memory)."""
-        return int(self.data.__array_interface__["data"][0])
-
-    def is_contiguous(self) -> bool:
-        """True when the data is C-contiguous."""
-        return bool(self.data.flags.c_contiguous)
-
     def contiguous(self) -> Tensor:
         """Self when C-contiguous, else a C-contiguous copy (recorded)."""
         if self.data.flags.c_contiguous:
             return self
         return _make(np.ascontiguousarray(self.data), [self], lambda g: [g], "contiguous")
-
-    def cpu(self) -> Tensor:
-        """Self: every mpdist tensor lives in host memory."""
-        return self
-
-    def equal(self, other: Any) -> bool:
-        """True when ``other`` has the same shape and the same values (torch.equal)."""
-        o = np.asarray(_raw(other))
-        return self.data.shape == o.shape and bool(np.array_equal(self.data, o))
-
-    # ----------------------------------------------------------------- in place (no graph)
-    # In-place operations write into ``.data`` itself (the same ndarray object, so views of it,
-    # DDP bucket views and optimizer state keep seeing the live values), keep the left
-    # operand's dtype and shape, return self, and are never recorded. mpdist records no
-    # in-place ops, so where torch would record one they refuse instead of silently dropping
-    # or corrupting a gradient (``_check_inplace``):
-    # * grad mode on and self requires grad: RuntimeError. A leaf gets torch's message; a
-    #   recorded result is refused because rewriting it would change the gradient of every
-    #   op that saved its value.
-    # * grad mode on and an operand requires grad: RuntimeError (torch would put self into
-    #   the graph; here that gradient would be lost).
-    # * under ``no_grad()`` everything is allowed, as in torch: the optimizer-step idiom
-    #   ``with no_grad(): p -= lr * p.grad``.
-    # Every write is noted (``note_inplace_write``), so a backward through a graph recorded
-    # before it, which read or produced that memory, refuses instead of using the new values.
-    def _check_inplace(self, op: str, *operands: Any) -> None:
-        if not is_grad_enabled():
-            return
-        if self.requires_grad:
-            if self._node is None:
-                raise RuntimeError(
-                    "a leaf Variable that requires grad is being used in an in-place operation."
-                )
-            raise RuntimeError(
-                f"{op}: in-place operations on a tensor that is part of the recorded graph "
-                f"(grad_fn=<{self._node.name}>) are not supported; use the out-of-place op, or "
-                "clone() first"
-            )
-        if any(isinstance(o, Tensor) and o.requires_grad for o in operands):
-            raise RuntimeError(
-                f"{op}: an operand requires grad, but in-place operations are not recorded and "
-                "its gradient would be lost; use the out-of-place op, or run it under no_grad()"
-            )
-
-    def _inplace_ufunc(self, op: str, ufunc: np.ufunc, other: Any) -> Tensor:
-        """``self.data = ufunc(self.data, other)`` in place: ``other`` broadcasts into self's
-        shape (never the other way) and must cast to self's dtype within its kind (torch
-        refuses float into int and so does this)."""
-        self._check_inplace(op, other)
-        o = _raw(other)
-        if not isinstance(o, numbers.Number):
-            _check_broadcast_into(op, self.data.shape, np.shape(o))
-        try:
-            ufunc(self.data, o, out=self.data, casting="same_kind")
-            note_inplace_write(self.data)
-        except np.exceptions.DTypePromotionError:
-            raise
-        except TypeError as e:
-            # numpy's UFuncTypeError; torch says it this way, as a RuntimeError.
-            raise RuntimeError(
-                f"{op}: result type {ufunc(self.data.flat[:1], o).dtype} can't be cast to the "
-                f"desired output type {self.data.dtype}"
-            ) from e
-        return self
-
-    def __setitem__(self, index: Any, value: Any) -> None:
-        self._check_inplace("__setitem__", value)
-        self.data[_index(index)] = _raw(value)
-        note_inplace_write(self.data)
-
-    def copy_(self, src: Any) -> Tensor:
-        """Copy ``src`` (broadcast to self's shape, cast to self's dtype) into the data."""
-        self._check_inplace("copy_", src)
-        s = _raw(src)
-        _check_broadcast_into("copy_", self.data.shape, np.shape(s))
-        np.copyto(self.data, s, casting="unsafe")
-        note_inplace_write(self.data)
-        return self
-
-    def zero_(self) -> Tensor:
-        """Fill with zeros in place."""
-        self._check_inplace("zero_")
-        self.data.fill(0)
-        note_inplace_write(self.data)
-        return self
-
-    def fill_(self, value: Any) -> Tensor:
-        """Fill with ``value`` in place."""
-        self._check_inplace("fill_", value)
-        self.data.fill(_raw(value))
-        note_inplace_write(self.data)
-        return self
-
-    def add_(self, other: Any, alpha: Any = 1) -> Tensor:
-        """``self += alpha * other`` in place."""
-        if alpha != 1:
-            self._check_inplace("add_", other)
-            other = alpha * _raw(other)
-        return self._inplace_ufunc("add_", np.add, other)
-
-    def sub_(self, other: Any, alpha: Any = 1) -> Tensor:
-        """``self -= alpha * other`` in place."""
-        if alpha != 1:
-            self._check_inplace("sub_", other)
-            other = alpha * _raw(other)
-        return self._inplace_ufunc("sub_", np.subtract, other)
-
-    def mul_(self, other: Any) -> Tensor:
-        """``self *= other`` in place."""
-        return self._inplace_ufunc("mul_", np.multiply, other)
-
-    def div_(self, other: Any) -> Tensor:
-        """``self /= other`` in place (true division: an integer tensor refuses)."""
-        return self._inplace_ufunc("div_", np.divide, other)
-
-    # ``t += x`` etc. Without these Python falls back to ``t = t + x``, which rebinds the name
-    # and leaves the original tensor (a module's parameter, say) unchanged.
-    def __iadd__(self, other: Any) -> Tensor:
-        return self._inplace_ufunc("__iadd__", np.add, other)
-
-    def __isub__(self, other: Any) -> Tensor:
-        return self._inplace_ufunc("__isub__", np.subtract, other)
-
-    def __imul__(self, other: Any) -> Tensor:
-        return self._inplace_ufunc("__imul__", np.multiply, other)
-
-    def __itruediv__(self, other: Any) -> Tensor:
-        return self._inplace_ufunc("__itruediv__", np.divide, other)
 
     # ----------------------------------------------------------------- arithmetic
     # Each pair is ``t op x`` and the reflected ``x op t``: one forward and one derivative per
@@ -717,28 +467,9 @@ class Tensor:
 
         return _make(self.data[idx], [self], backward, "index")
 
-
-def _check_broadcast_into(op: str, shape: tuple[int, ...], other: tuple[int, ...]) -> None:
-    """An in-place operand must broadcast to exactly ``shape``: the result cannot grow."""
-    try:
-        full = np.broadcast_shapes(shape, other)
-    except ValueError:
-        raise RuntimeError(
-            f"{op}: an operand of shape {list(other)} does not broadcast to the output shape "
-            f"{list(shape)}"
-        ) from None
-    if full != shape:
-        raise RuntimeError(
-            f"{op}: output with shape {list(shape)} doesn't match the broadcast shape {list(full)}"
-        )
-
-
-def _index(index: Any) -> Any:
-    if isinstance(index, Tensor):
-        return index.data
-    if isinstance(index, tuple):
-        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    return index
+    def __iter__(self) -> Iterator[Tensor]:
+        for i in range(len(self)):
+            yield self[i]
 
 
 def matmul(a: Any, b: Any) -> Tensor:
@@ -763,38 +494,6 @@ def matmul(a: Any, b: Any) -> Tensor:
         return [ga, gb]
 
     return _make(out, [a, b], backward, "matmul")
-
-
-def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
-    """A new leaf tensor holding a copy of ``data``."""
-    raw = data.data if isinstance(data, Tensor) else data
-    return Tensor(np.array(raw, dtype=dtype, copy=True), requires_grad=requires_grad)
-
-
-def stack(tensors: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
-    """Join same-shape tensors along a new axis."""
-    axis = axis if dim is None else dim
-    ts = [t if isinstance(t, Tensor) else Tensor(_raw(t)) for t in tensors]
-    out = np.stack([t.data for t in ts], axis=axis)
-    ax = axis % out.ndim
-
-    def backward(g: np.ndarray) -> list[np.ndarray]:
-        return [np.take(g, i, axis=ax) for i in range(len(ts))]
-
-    return _make(out, ts, backward, "stack")
-
-
-def cat(tensors: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
-    """Join tensors along an existing axis."""
-    axis = axis if dim is None else dim
-    ts = [t if isinstance(t, Tensor) else Tensor(_raw(t)) for t in tensors]
-    out = np.concatenate([t.data for t in ts], axis=axis)
-    bounds = np.cumsum([t.data.shape[axis] for t in ts])[:-1]
-
-    def backward(g: np.ndarray) -> list[np.ndarray]:
-        return list(np.split(g, bounds, axis=axis))
-
-    return _make(out, ts, backward, "cat")
 
 
 def backward(tensors: Any, grad_tensors: Any = None) -> None:
