@@ -23,6 +23,7 @@ from typing import Any
 
 from mpdist.algorithms.reduction import ReduceOp
 from mpdist.errors import DistError
+from mpdist.timeouts import GROUP_TIMEOUT, seconds
 
 __all__ = [
     "AllToAllOptions",
@@ -42,8 +43,8 @@ __all__ = [
     "create_work_from_future",
 ]
 
-# The default deadline of a group's operations (torch's default for CPU groups).
-DEFAULT_TIMEOUT = timedelta(minutes=30)
+# The default deadline of a group's operations (mpdist.timeouts: torch's for CPU groups).
+DEFAULT_TIMEOUT = GROUP_TIMEOUT
 
 _TIMED_OUT = "Operation timed out!"
 
@@ -51,15 +52,8 @@ _log = logging.getLogger(__name__)
 
 
 def _seconds(timeout: float | timedelta | None) -> float | None:
-    """A wait timeout as seconds; ``None`` (or a zero timedelta, torch's "no timeout") waits forever."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, timedelta):
-        secs = timeout.total_seconds()
-        return None if secs == 0 else secs
-    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-        return max(0.0, float(timeout))
-    raise TypeError(f"timeout must be a timedelta or seconds, got {type(timeout).__name__}")
+    """A wait's timeout as seconds: ``None`` waits forever, else mpdist.timeouts' rule."""
+    return None if timeout is None else seconds(timeout)
 
 
 # ---------------------------------------------------------------------- Future

@@ -21,12 +21,12 @@ from datetime import timedelta
 from typing import Any
 
 from mpdist.errors import DistStoreError
+from mpdist.timeouts import STORE_TIMEOUT, seconds
 
 __all__ = ["DEFAULT_TIMEOUT", "Store", "compare_set_outcome", "parse_counter", "timeout_seconds"]
 
-DEFAULT_TIMEOUT = timedelta(seconds=300)
-
-_FOREVER_S = 1e9
+# A store's waits default to the store kind of timeout (mpdist.timeouts).
+DEFAULT_TIMEOUT = STORE_TIMEOUT
 
 # Granularity of the polling fallback used by the default _wait hook.
 _DEFAULT_POLL_S = 0.001
@@ -64,18 +64,8 @@ def _to_bytes(value: Any, what: str = "value") -> bytes:
 
 
 def timeout_seconds(timeout: Any, what: str = "timeout") -> float | None:
-    """Convert a user timeout (timedelta or seconds) to float seconds; 0 means forever (None)."""
-    if isinstance(timeout, timedelta):
-        secs = timeout.total_seconds()
-    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-        secs = float(timeout)
-    else:
-        raise TypeError(f"{what} must be a datetime.timedelta, got {type(timeout).__name__}")
-    if secs != secs or secs < 0:  # NaN or negative
-        raise ValueError(f"{what} must be >= 0, got {timeout!r}")
-    # 0 is "forever", and so is anything past ~31 years (e.g. timedelta.max), which
-    # would overflow the timeouts of locks, selectors and sockets.
-    return None if secs == 0 or secs > _FOREVER_S else secs
+    """A user timeout (timedelta or seconds) as float seconds, None for forever (mpdist.timeouts)."""
+    return seconds(timeout, what)
 
 
 def _check_timedelta(timeout: Any, what: str = "timeout") -> timedelta:

@@ -10,11 +10,13 @@ import os
 import sys
 from dataclasses import dataclass
 
+from mpdist.timeouts import TEST_TIMEOUT
+
 # Marked functions and spawn_ranks: the smallest world that exercises communication.
 DEFAULT_WORLD_SIZE = 2
 # The test case classes: torch's default, so a torch suite sees the world it was written for.
 CASE_DEFAULT_WORLD_SIZE = 4
-DEFAULT_TIMEOUT = 300.0
+DEFAULT_TIMEOUT = TEST_TIMEOUT.total_seconds()
 
 # Per-test deadlines in seconds, by test method name, as torch's ``TIMEOUT_OVERRIDE``
 # (which is honoured as well when torch's test utilities are loaded).
