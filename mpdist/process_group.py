@@ -107,9 +107,9 @@ class Future:
         self._complete(None, result)
 
     def _wait_done(self, timeout: float | timedelta | None) -> bool:
+        secs = _seconds(timeout)  # a bad timeout is an error even when already done
         if self._done:
             return True
-        secs = _seconds(timeout)
         with self._cond:
             return self._cond.wait_for(lambda: self._done, secs)
 
