@@ -1,6 +1,6 @@
 """The harness's "last operation entered" hook names point-to-point ops too, not only collectives.
 
-``mpdist.distributed._collective_trace()`` is what the harness prints for a rank that
+``mpdist.distributed.debug.collective_trace()`` is what the harness prints for a rank that
 timed out. These tests run ranks as threads (threaded backend, ``spawn_threads``) so the
 whole process's trace is visible from any rank.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import mpdist as dist
-from mpdist.distributed import _collective_trace
+from mpdist.distributed.debug import abort_all_groups, collective_trace
 from mpdist.errors import DistBackendError
 from mpdist.testing import spawn_ranks, spawn_threads
 
@@ -42,17 +42,17 @@ def stuck_recv_job(rank: int, n: int, released: threading.Event) -> str:
     try:
         with pytest.raises(DistBackendError, match="timed out"):
             dist.recv(np.zeros(4), src=1)
-        return _collective_trace()
+        return collective_trace()
     finally:
         released.set()
 
 
 def test_rank_stuck_in_recv_shows_the_recv():
-    assert _collective_trace() == "no collective entered"
+    assert collective_trace() == "no collective entered"
     # the group timeout is what ends the stuck recv; nothing else runs under it
     traces = spawn_threads(stuck_recv_job, 2, threading.Event(), group_timeout=0.3)
     assert traces[0] == "recv(src=1, tag=0) on group 'default'"
-    assert _collective_trace() == "no collective entered"  # destroyed groups drop out
+    assert collective_trace() == "no collective entered"  # destroyed groups drop out
 
 
 def order_job(rank: int, n: int, sync: threading.Barrier) -> tuple[str, str]:
@@ -65,11 +65,11 @@ def order_job(rank: int, n: int, sync: threading.Barrier) -> tuple[str, str]:
         dist.irecv(x, src=0, tag=3).wait()
         dist.isend(x, dst=0, tag=4).wait()
     sync.wait()  # both ranks are past their point-to-point ops
-    after_p2p = _collective_trace()
+    after_p2p = collective_trace()
     sync.wait()  # both have read it before either enters the barrier
     dist.barrier()
     sync.wait()
-    after_barrier = _collective_trace()
+    after_barrier = collective_trace()
     sync.wait()  # neither destroys its group before both have read
     return after_p2p, after_barrier
 
@@ -93,12 +93,12 @@ def stuck_new_group_job(rank: int, n: int) -> str:
 
     def watch() -> None:
         deadline = time.monotonic() + 30
-        trace = _collective_trace()
+        trace = collective_trace()
         while "building group" not in trace and time.monotonic() < deadline:
             time.sleep(0.005)
-            trace = _collective_trace()
+            trace = collective_trace()
         seen.append(trace)
-        dist.distributed._abort_all_groups("the watcher has seen the trace")
+        abort_all_groups("the watcher has seen the trace")
 
     watcher = threading.Thread(target=watch, name="mpdist-test-watcher")
     watcher.start()

@@ -42,8 +42,6 @@ from mpdist.distributed.collectives import reduce_scatter as reduce_scatter
 from mpdist.distributed.collectives import reduce_scatter_tensor as reduce_scatter_tensor
 from mpdist.distributed.collectives import scatter as scatter
 from mpdist.distributed.collectives import send as send
-from mpdist.distributed.debug import _abort_all_groups as _abort_all_groups
-from mpdist.distributed.debug import _collective_trace as _collective_trace
 from mpdist.distributed.object_collectives import all_gather_object as all_gather_object
 from mpdist.distributed.object_collectives import broadcast_object_list as broadcast_object_list
 from mpdist.distributed.object_collectives import gather_object as gather_object

@@ -6,7 +6,6 @@ import threading
 from datetime import timedelta
 from typing import Any
 
-from mpdist.backends.group_store import GroupStore
 from mpdist.process_group import (
     DEFAULT_TIMEOUT,
     ProcessGroup,
@@ -66,12 +65,6 @@ _init_lock = threading.Lock()
 # thread of the threaded backend) from its check on, so a second caller fails at once
 # instead of both building a group; the lock is never held across the build itself.
 process_reserved = False
-
-# every live built-in group of this process, across worlds (for the harness hooks)
-_live_lock = threading.Lock()
-_live: dict[int, tuple[ProcessGroup, str]] = {}
-# groups being built (any backend), store -> label: the same hook aborts them, the trace names them
-_creating: dict[GroupStore, str] = {}
 
 
 def _current_world() -> _World | None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from mpdist import aborts
 from mpdist import backends as _backends  # noqa: F401  (registers the built-in backends)
 from mpdist.backends.fake import FakeStore
 from mpdist.backends.group_store import GroupStore
@@ -15,11 +16,8 @@ from mpdist.distributed import _world as state
 from mpdist.distributed._checks import _check_timeout, _is_int
 from mpdist.distributed._world import (
     GroupMember,
-    _creating,
     _GroupInfo,
     _init_lock,
-    _live,
-    _live_lock,
     _tls,
     _World,
     _world_or_raise,
@@ -46,9 +44,8 @@ def _make_group(
 ) -> ProcessGroup:
     creator, extended = Backend._creator(backend)
     # Registered for abort while it is built: a rank waiting for peers that never come
-    # (in the store, or for their connections) is stopped by ``_abort_all_groups``.
-    with _live_lock:
-        _creating[store] = label
+    # (in the store, or for their connections) is stopped by an abort (mpdist.aborts).
+    aborts.register(store, store.abort, label)
     pg: Any = None
     try:
         if extended:
@@ -66,8 +63,7 @@ def _make_group(
         if label == "default":
             pg._set_group_desc("default_pg")
     except BaseException:
-        with _live_lock:
-            _creating.pop(store, None)
+        aborts.unregister(store)
         if isinstance(pg, ProcessGroup):
             with contextlib.suppress(Exception):
                 pg.shutdown()
@@ -78,10 +74,9 @@ def _make_group(
     if world.thread_local:
         # the group's worker thread runs future callbacks: they see the rank's world
         pg.run_on_own_threads(functools.partial(setattr, _tls, "world", world))
-    with _live_lock:
-        # one step, so that an abort sees either the store being built on or the group
-        _creating.pop(store, None)
-        _live[id(pg)] = (pg, label)
+    # the group first: an abort in between reaches one of the two (and sticks anyway)
+    aborts.register(pg, pg._abort, label)
+    aborts.unregister(store)
     world.groups[pg] = _GroupInfo(list(ranks), name, label, backend, timeout, store)
     return pg
 
@@ -221,8 +216,7 @@ def _build_default_world(
 def _shutdown(world: _World, pg: ProcessGroup) -> None:
     info = world.groups.pop(pg, None)
     pg.run_on_own_threads(None)  # it references the world: break the cycle
-    with _live_lock:
-        _live.pop(id(pg), None)
+    aborts.unregister(pg)
     if info is not None:
         pg.shutdown()
 

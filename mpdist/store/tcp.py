@@ -24,6 +24,7 @@ import time
 import weakref
 from datetime import timedelta
 
+from mpdist import aborts
 from mpdist.errors import DistNetworkError, DistStoreError
 from mpdist.store import _protocol as proto
 from mpdist.store._protocol import Op, ProtocolError, Status
@@ -596,24 +597,18 @@ def _describe(op: Op) -> str:
     return f"{what} on the server"
 
 
-# TCPStores of this process still being built: abort_pending() reaches them, since no
-# process group (which the harness aborts) exists yet while a rank meets its master.
-_pending_lock = threading.Lock()
-_pending: set[TCPStore] = set()
-
-
 def abort_pending(reason: str) -> int:
     """Abort every TCPStore of this process still being constructed; return how many.
 
     That is, every instance still connecting to its master (retrying until the master
     listens), joining it, or, as master, waiting for its clients: the rendezvous of
     ``init_process_group`` with ``env://`` or ``tcp://``. Each raises ``DistStoreError``
-    naming the master's address and ``reason``. Safe from any thread.
+    naming the master's address and ``reason``. Safe from any thread. (A constructing
+    TCPStore is registered in mpdist.aborts, so the harness's abort reaches it too.)
     """
     if not isinstance(reason, str):
         raise TypeError(f"abort reason must be a str, got {type(reason).__name__}")
-    with _pending_lock:
-        stores = list(_pending)
+    stores = [t.obj for t in aborts.targets() if isinstance(t.obj, TCPStore)]
     for store in stores:
         store.abort(reason)
     return len(stores)
@@ -666,8 +661,8 @@ class TCPStore(Store):
         # abort() can end the construction from another thread at any point.
         self._client: _Client | None = _Client(host_name, port)
         self._server: _Server | None = None
-        with _pending_lock:
-            _pending.add(self)
+        # Registered while it is built: an abort (mpdist.aborts) ends the construction.
+        aborts.register(self, self.abort, f"TCPStore {host_name}:{port}")
         try:
             if is_master:
                 # "localhost" and friends bind loopback; only an explicit address listens wider.
@@ -678,15 +673,13 @@ class TCPStore(Store):
                 self._add(INIT_KEY, 1)
                 if is_master and wait_for_workers:
                     self._wait_for_workers(world_size)
-            with _pending_lock:
-                _pending.discard(self)
+            aborts.unregister(self)
             if self._client.closed:  # aborted after its last wait: no half-dead store
                 raise self._client._closed_error("connecting to the master")
             self._finalizer = weakref.finalize(self, _shutdown, self._client, self._server)
         except BaseException:
             # All or nothing: every socket and the server thread go, the error propagates.
-            with _pending_lock:
-                _pending.discard(self)
+            aborts.unregister(self)
             _shutdown(self._client, self._server)
             raise
 

@@ -39,15 +39,12 @@ import numpy.random  # noqa: F401 - numpy 2 imports it lazily; ranks seed it at 
 
 import mpdist
 from mpdist import distributed as dist
+from mpdist.distributed import debug
 from mpdist.testing import _outcomes
 
 # Exit status of a rank whose parent went away: its whole process group is killed.
 _ORPHAN_EXIT = 70
 
-# After an abort, how often the rank re-applies it (seconds, doubling up to the max) to
-# catch groups that were still being built when it came.
-_REABORT_FIRST = 0.02
-_REABORT_MAX = 0.5
 
 # [True] while the default group of this (pooled) worker was made by with_comms and may
 # serve the next test of the class; a list so decorators can flip it.
@@ -102,7 +99,7 @@ class TaskSpec:
 def collective_trace() -> str:
     """The last collective this process entered, as the collectives layer reports it."""
     try:
-        return dist._collective_trace()
+        return debug.collective_trace()
     except Exception as exc:  # the trace is diagnostics: never let it mask the dump
         return f"unavailable ({type(exc).__name__}: {exc})"
 
@@ -127,36 +124,27 @@ class _Channel:
             self.conn.send(msg)
 
     def _listen(self) -> None:
-        reabort = _REABORT_FIRST
         while True:
             try:
-                # An abort reaches the groups that are live or being built when it comes;
-                # a group started after it (by a test that had not started yet, or an init
-                # still in its rendezvous) was not aborted. Keep the abort in force, so
-                # such a group's first wait raises too; a fresh rank exits after its test,
-                # a pooled worker gets a new task (which clears it) or is discarded. Backs
-                # off: the common case costs a few wake-ups.
-                if self.abort_reason is not None and not self.conn.poll(reabort):
-                    with contextlib.suppress(Exception):
-                        dist._abort_all_groups(self.abort_reason or "")
-                    reabort = min(reabort * 2, _REABORT_MAX)
-                    continue
                 msg = self.conn.recv()
             except (EOFError, OSError):
                 self._parent_gone()
                 return
             kind = msg[0]
             if kind == "task":
+                # A pooled worker's next test starts with no abort in force.
                 self.abort_reason = None
+                debug.clear_abort()
                 self.tasks.put(msg[1])
             elif kind == "stop":
                 self.tasks.put(None)
                 return
             elif kind == "abort":
+                # The abort sticks (mpdist.aborts): a group built after it, by a test that
+                # had not got there yet or an init still in its rendezvous, fails too.
                 self.abort_reason = msg[1]
-                reabort = _REABORT_FIRST
                 with contextlib.suppress(Exception):
-                    dist._abort_all_groups(msg[1])
+                    debug.abort_all_groups(msg[1])
             elif kind == "dump":
                 self._dump()
 

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, TypeVar
 
 import mpdist
 from mpdist import distributed as dist
+from mpdist.distributed import debug
 from mpdist.store import HashStore
 from mpdist.testing import _config
 from mpdist.testing._asserts import ArrayAssertions
@@ -156,7 +157,7 @@ class ThreadRanks:
             self.cond.notify_all()
 
     def _abort(self, reason: str) -> None:
-        dist._abort_all_groups(reason)
+        debug.abort_all_groups(reason)  # sticks until the threads are done (cleared then)
         if self.torch is not None:
             self.torch.terminate()
 
@@ -171,26 +172,19 @@ class ThreadRanks:
         outcome = Outcome(test_id=test_id, world_size=self.world_size, timeout=timeout)
         start = time.monotonic()
         deadline = start + timeout
-        reason: str | None = None
-        reabort = 0.02
+        aborted = False
         with self.cond:
             while len(self.results) < self.world_size:
-                if self.first_failure is not None and reason is None:
-                    # First failure: make the others' pending collectives raise now.
-                    reason = f"aborted by the harness: rank {self.first_failure} failed"
+                if self.first_failure is not None and not aborted:
+                    # First failure: make the others' pending collectives raise now. The
+                    # abort sticks, so a thread that builds its group only later fails too.
+                    self._abort(f"aborted by the harness: rank {self.first_failure} failed")
+                    aborted = True
                     deadline = min(deadline, time.monotonic() + ABORT_GRACE)
-                if reason is not None:
-                    # Again at every wake-up (backing off): a thread that had not started
-                    # building its group at the first abort registers it only later.
-                    self._abort(reason)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                if reason is None:
-                    self.cond.wait(remaining)
-                else:
-                    self.cond.wait(min(remaining, reabort))
-                    reabort = min(reabort * 2, 0.5)
+                self.cond.wait(remaining)
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
         stuck = [t for t in self.threads if t.is_alive()]
@@ -214,10 +208,16 @@ class ThreadRanks:
             self._abort("aborted by the harness: the test timed out")
             for t in stuck:
                 t.join(1.0)
-        if self.torch is not None:
-            self.torch.uninstall()
+        self._finish()
         outcome.elapsed = time.monotonic() - start
         return outcome
+
+    def _finish(self) -> None:
+        # The threads are done (or given up on): the next test of this process starts
+        # with no abort in force and torch's world as it was.
+        debug.clear_abort()
+        if self.torch is not None:
+            self.torch.uninstall()
 
     def cleanup(self) -> None:
         """Stop whatever still runs (the test ended early: setUp failed, Ctrl-C)."""
@@ -225,8 +225,7 @@ class ThreadRanks:
             self._abort("aborted by the harness: the test is over")
             for t in self.threads:
                 t.join(1.0)
-        if self.torch is not None:
-            self.torch.uninstall()
+        self._finish()
 
 
 class MultiThreadedTestCase(ArrayAssertions, unittest.TestCase):

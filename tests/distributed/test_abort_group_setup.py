@@ -1,4 +1,4 @@
-"""``_abort_all_groups`` reaches a group that is still being built: a rank waiting in
+"""``abort_all_groups`` reaches a group that is still being built: a rank waiting in
 ``new_group`` for a peer that never comes raises ``DistBackendError(reason)`` at once instead
 of waiting out its timeout, both while it waits in the store and while the tcp transport
 waits for the peer's connection."""
@@ -14,7 +14,7 @@ import pytest
 import mpdist as dist
 from mpdist import DistBackendError, DistStoreError
 from mpdist.backends.group_store import GroupStore
-from mpdist.distributed import _abort_all_groups
+from mpdist.distributed.debug import abort_all_groups
 from mpdist.store import FileStore, HashStore
 from mpdist.testing import spawn_ranks, spawn_threads
 
@@ -66,7 +66,7 @@ def stuck_in_new_group(rank: int, n: int, path: str, stuck: int, needle: str) ->
 
         def abort() -> None:
             store.touched.wait()
-            _abort_all_groups(REASON)
+            abort_all_groups(REASON)
 
         aborter = threading.Thread(target=abort)
         aborter.start()
@@ -105,7 +105,7 @@ def rank_0_aborts_rank_1(rank: int, store: SignallingHashStore, stuck: Callable[
     rank 0 aborts every group once rank 1 is waiting, and ``stuck()`` must raise the reason."""
     if rank == 0:
         store.touched.wait()
-        _abort_all_groups(REASON)
+        abort_all_groups(REASON)
         return "aborter"
     store.armed = True
     try:
@@ -224,7 +224,7 @@ def rank_0_fails_before_its_master(rank: int, n: int, port: int) -> None:
 
 def test_harness_abort_reaches_a_rank_still_waiting_for_its_tcpstore_master():
     """Rank 1 waits in init_process_group for a master that rank 0 never starts. The
-    harness's abort (``_abort_all_groups``) ends that wait with an error naming the master,
+    harness's abort (``abort_all_groups``) ends that wait with an error naming the master,
     instead of rank 1 being killed when the abort grace period runs out."""
     import socket
 

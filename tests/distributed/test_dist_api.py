@@ -30,7 +30,7 @@ from mpdist import (
     Work,
     create_work_from_future,
 )
-from mpdist.distributed import _abort_all_groups, _collective_trace
+from mpdist.distributed.debug import abort_all_groups, collective_trace
 from mpdist.store import HashStore
 from mpdist.testing import FakeProcessGroup, FakeStore, spawn_threads
 
@@ -279,13 +279,13 @@ def abort_job(rank: int, n: int, entered: threading.Event) -> str:
             w.wait()
         return ""
     entered.wait()
-    trace = _collective_trace()
-    _abort_all_groups("harness says stop")
+    trace = collective_trace()
+    abort_all_groups("harness says stop")
     return trace
 
 
 def test_abort_all_groups_and_collective_trace():
-    assert _collective_trace() == "no collective entered"
+    assert collective_trace() == "no collective entered"
     traces = spawn_threads(abort_job, 2, threading.Event())
     assert "barrier seq=1 on group 'default'" in traces[1], traces[1]
 

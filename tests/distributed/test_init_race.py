@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 import mpdist.distributed as dist
+from mpdist import aborts
+from mpdist.backends.fake import FakeProcessGroup
 from mpdist.distributed import _world as state
 from mpdist.distributed import queries
-from mpdist.backends.fake import FakeProcessGroup
+from mpdist.distributed.debug import collective_trace
 from mpdist.process_group import Backend, ProcessGroup
 from mpdist.store import HashStore
 
@@ -31,8 +33,7 @@ def _registered() -> tuple[Any, ...]:
     return (
         state.process_world,
         _reserved(),
-        dict(state._live),
-        dict(state._creating),
+        tuple(aborts.targets()),
         dict(queries._named),
     )
 
@@ -105,7 +106,7 @@ def test_two_threads_racing_init_exactly_one_wins(monkeypatch: pytest.MonkeyPatc
     assert gate.calls == 1  # the loser never built a group
     assert dist.is_initialized() and dist.get_world_size() == 2
     pg = dist.group.WORLD
-    assert isinstance(pg, FakeProcessGroup) and state._live[id(pg)][0] is pg
+    assert isinstance(pg, FakeProcessGroup) and any(t.obj is pg for t in aborts.targets())
     # the winner's group is the one in use, from any thread
     out = [np.zeros(2), np.zeros(2)]
     dist.all_gather(out, np.arange(2.0))
@@ -156,7 +157,7 @@ def test_failed_construction_frees_the_slot(monkeypatch: pytest.MonkeyPatch) -> 
         with pytest.raises(_Boom):
             dist.init_process_group("fake", rank=0, world_size=2)
     assert not dist.is_initialized()
-    assert not _reserved() and not state._live and not state._creating
+    assert not _reserved() and not aborts.targets()
     # the slot is free: a new init succeeds and is the default group
     dist.init_process_group("fake", rank=1, world_size=2)
     assert dist.get_rank() == 1 and isinstance(dist.group.WORLD, FakeProcessGroup)
@@ -197,7 +198,7 @@ def test_group_failing_after_creation_is_shut_down_and_unregistered(
         with pytest.raises(_Boom):
             dist.init_process_group("fake", rank=0, world_size=1)
     # before: the store stayed in the "being built" table (the trace named a group being built)
-    assert not state._creating and dist._collective_trace() == "no collective entered"
+    assert not aborts.targets() and collective_trace() == "no collective entered"
     assert _NoNamePG.shut == 1
     dist.init_process_group("fake", rank=0, world_size=1)
     dist.destroy_process_group()
