@@ -42,8 +42,8 @@ def test_other_types_are_type_errors(value: object) -> None:
 
 def test_each_kind_of_wait_has_its_default() -> None:
     assert HashStore().timeout == STORE_TIMEOUT == timedelta(seconds=300)
-    assert GROUP_TIMEOUT == timedelta(minutes=30)
-    assert TEST_TIMEOUT == timedelta(seconds=300)
+    assert timedelta(minutes=30) == GROUP_TIMEOUT
+    assert timedelta(seconds=300) == TEST_TIMEOUT
 
 
 def test_work_waits_follow_the_rule() -> None:
