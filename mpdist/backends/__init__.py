@@ -16,7 +16,7 @@ __all__: list[str] = []
 
 
 # The real backends take the extended creator signature for the group's global ranks,
-# which their errors name (SPEC: peers are global ranks everywhere).
+# which their errors name (peers are named by their global ranks everywhere).
 
 
 def _create_tcp(options: _DistributedBackendOptions, pg_options: Any) -> ProcessGroup:

@@ -2,7 +2,7 @@
 
 Every Work is complete at once and shapes never change. all_reduce, broadcast, reduce,
 barrier, send and recv leave the data alone; the gathering collectives copy the local
-input where the output would have come from another rank (SPEC "Fake backend").
+input where the output would have come from another rank.
 With ``FakeProcessGroup.Options(error_on_collective=True)`` every collective raises.
 """
 
