@@ -73,7 +73,7 @@ class CommProcessGroup(NativeProcessGroup):
         # held by whoever is running an operation: keeps issue order between the caller
         # (inline synchronous ops) and the worker (queued ops)
         self._exec_lock = threading.Lock()
-        self._queue: deque[tuple[Callable[[], Any], list[Any], Work, bool] | None] = deque()
+        self._queue: deque[tuple[Callable[[], Any], list[Any], _QueuedWork, bool] | None] = deque()
         self._pending = 0
         self._worker: threading.Thread | None = None
         self._mb_count = 0
@@ -130,15 +130,11 @@ class CommProcessGroup(NativeProcessGroup):
         work = self._submit(fn, outputs, is_recv)
         if async_op:
             return work
-        fut = work._fut
-        fut._wait_done(None)
-        if fut._exc is not None:
-            raise fut._exc
-        return work._result
+        work.get_future().wait()  # re-raises the operation's failure
+        return work.value
 
-    def _submit(self, fn: Callable[[], Any], outputs: list[Any], is_recv: bool) -> Work:
-        work = Work()
-        work._result = None
+    def _submit(self, fn: Callable[[], Any], outputs: list[Any], is_recv: bool) -> _QueuedWork:
+        work = _QueuedWork(is_recv)
         with self._cond:
             if self._closed:
                 raise self._dead()
@@ -172,17 +168,15 @@ class CommProcessGroup(NativeProcessGroup):
                     item = self._queue.popleft()
                 if item is None:
                     return
-                fn, outputs, work, is_recv = item
+                fn, outputs, work, _ = item
                 exc: BaseException | None = None
                 try:
-                    work._result = fn()
+                    work.value = fn()
                 except BaseException as e:  # stored in the Work, re-raised by wait()
                     exc = e
                 with self._lock:
                     self._pending -= 1
-            if is_recv and exc is None:
-                work._source = work._result
-            work._fut._complete(None if exc else outputs, exc)
+            work.finish(outputs, exc)
 
     def _worker_has_work(self) -> bool:
         """Something for the worker is queued (hold ``_cond``): stepped ops are left to
@@ -274,8 +268,7 @@ class CommProcessGroup(NativeProcessGroup):
         finally:
             self._exec_lock.release()
         for work in finished:
-            err = work._steps.error
-            work._fut._complete(None if err else work._outputs, err)
+            work.finish(work._outputs, work._steps.error)
 
     def _c_allreduce(self, arr, op, name, outputs, async_op):
         comm = self._comm
@@ -406,13 +399,37 @@ def _stepped_tail(queue: deque[Any]) -> _SteppedWork | None:
     return last[2] if last is not None and isinstance(last[2], _SteppedWork) else None
 
 
-class _SteppedWork(Work):
+class _QueuedWork(Work):
+    """The Work of an operation queued for the group's worker: the operation's value (a
+    receive's source rank) is kept here, and the worker finishes it through its Future."""
+
+    def __init__(self, is_recv: bool = False, future: Future | None = None) -> None:
+        super().__init__(future)
+        self.is_recv = is_recv
+        self.value: Any = None
+
+    def finish(self, outputs: list[Any], exc: BaseException | None) -> None:
+        """Complete the Work: its Future gets ``outputs``, or ``exc`` to re-raise."""
+        fut = self.get_future()
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(outputs)
+
+    def source_rank(self) -> int:
+        if self.is_recv and self.is_success() and isinstance(self.value, int):
+            return self.value
+        return -1
+
+    _source_rank = source_rank
+
+
+class _SteppedWork(_QueuedWork):
     """The Work of a stepped allreduce: advanced by the issuing thread, finished by a wait
     (see the module docstring)."""
 
     def __init__(self, group: CommProcessGroup, steps: alg.Stepped, outputs: list[Any]) -> None:
-        super().__init__(_SteppedFuture(self))
-        self._result = None
+        super().__init__(future=_SteppedFuture(self))
         self._group = group
         self._steps = steps
         self._outputs = outputs
@@ -420,9 +437,9 @@ class _SteppedWork(Work):
         self._item = (lambda: steps.advance(block=True), outputs, self, False)
 
     def _advance(self) -> bool:
-        if not self._fut._done:
+        if not self.is_completed():
             self._group._advance_stepped(self, block=False)
-        return self._fut._done
+        return self.is_completed()
 
     def _finish(self) -> None:
         """Run it (and the stepped ops queued ahead of it) to the end in this thread."""
