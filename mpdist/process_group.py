@@ -192,7 +192,7 @@ class Work:
 
     def _advance(self) -> bool:
         """Move the operation on without blocking, where the caller drives it (see
-        ``NativeProcessGroup._c_allreduce_stepped``); True once it has completed."""
+        ``ProcessGroup.allreduce_stepped``); True once it has completed."""
         return self.is_completed()
 
     def is_success(self) -> bool:
@@ -620,11 +620,11 @@ class ProcessGroup:
         """Have ``setup()`` run first on every thread the group starts for itself (the
         module API shares a rank thread's world with the group's worker this way)."""
 
-    def _abort(self, reason: str) -> None:
+    def abort_with_reason(self, reason: str) -> None:
         """Make this group's pending and future operations fail promptly with ``reason``."""
         self.abort()
 
-    def _trace(self) -> str | None:
+    def last_operation(self) -> str | None:
         """The last operation this group entered ("all_reduce seq=12"), or None if unknown."""
         return None
 

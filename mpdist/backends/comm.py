@@ -186,7 +186,7 @@ class CommProcessGroup(NativeProcessGroup):
             return False
         return _stepped_tail(self._queue) is None or self._worker_runs_stepped
 
-    def _abort(self, reason: str) -> None:
+    def abort_with_reason(self, reason: str) -> None:
         self._transport.abort(reason)
         if isinstance(self._store, GroupStore):
             self._store.abort(reason)  # monitored_barrier waits on the store
@@ -208,7 +208,7 @@ class CommProcessGroup(NativeProcessGroup):
             worker.join()
         self._transport.close()
 
-    def _trace(self) -> str | None:
+    def last_operation(self) -> str | None:
         last = self._comm.last_op
         p2p = self._last_p2p
         # (name, seq) changes with every collective entered, so equal means none since the p2p op

@@ -221,12 +221,12 @@ class NativeProcessGroup(ProcessGroup):
     def _c_monitored_barrier(self, timeout_s: float, wait_all_ranks: bool) -> None:
         raise NotImplementedError
 
-    def _trace(self) -> str | None:
+    def last_operation(self) -> str | None:
         """The last operation this group entered, e.g. "all_reduce seq=12" or
         "recv(src=1, tag=0)" (global ranks); None before the first."""
         return None
 
-    def _abort(self, reason: str) -> None:
+    def abort_with_reason(self, reason: str) -> None:
         """Make pending and future operations fail promptly (any thread)."""
 
     def _close(self) -> None:
@@ -384,7 +384,7 @@ class NativeProcessGroup(ProcessGroup):
         return 1800.0
 
     def abort(self) -> None:
-        self._abort("process group aborted")
+        self.abort_with_reason("process group aborted")
 
     def shutdown(self) -> None:
         self._close()

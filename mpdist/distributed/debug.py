@@ -34,7 +34,7 @@ def collective_trace() -> str:
     lines, building = [], []
     for target in aborts.targets():
         if isinstance(target.obj, ProcessGroup):
-            last = target.obj._trace()
+            last = target.obj.last_operation()
             if last is not None:
                 lines.append(f"{last} on group {target.label!r}")
         elif isinstance(target.obj, GroupStore):

@@ -75,7 +75,7 @@ def _make_group(
         # the group's worker thread runs future callbacks: they see the rank's world
         pg.run_on_own_threads(functools.partial(setattr, _tls, "world", world))
     # the group first: an abort in between reaches one of the two (and sticks anyway)
-    aborts.register(pg, pg._abort, label)
+    aborts.register(pg, pg.abort_with_reason, label)
     aborts.unregister(store)
     world.groups[pg] = _GroupInfo(list(ranks), name, label, backend, timeout, store)
     return pg
