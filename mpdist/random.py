@@ -48,7 +48,8 @@ def initial_seed() -> int:
 
 def get_rng_state() -> dict[str, Any]:
     """A snapshot of this thread's generator, for ``set_rng_state``."""
-    return default_generator().bit_generator.state
+    # numpy types the getter as a Mapping; it builds a new dict on every read
+    return dict(default_generator().bit_generator.state)
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

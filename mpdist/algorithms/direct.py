@@ -19,6 +19,7 @@ def gather(
     """Root's ``outputs[i]`` <- rank i's ``input``."""
     t = comm.transport
     if comm.rank == root:
+        assert outputs is not None  # the root's list, checked by the caller
         reqs = [t.irecv(i, 0, as_bytes(outputs[i])) for i in range(comm.size) if i != root]
         # header-only announcement: ranks that disagree on the root fail at once, not on timeout
         reqs += [t.isend(i, _ANNOUNCE, _EMPTY) for i in range(comm.size) if i != root]
@@ -35,6 +36,7 @@ def scatter(
     """Rank i's ``output`` <- root's ``inputs[i]``."""
     t = comm.transport
     if comm.rank == root:
+        assert inputs is not None  # the root's list, checked by the caller
         reqs = [t.isend(i, 0, as_bytes(inputs[i])) for i in range(comm.size) if i != root]
         np.copyto(output, inputs[root].reshape(output.shape))
         t.wait(reqs, op_name, comm.timeout_s)

@@ -71,4 +71,5 @@ def recv(
     req = irecv(comm, array, src, tag, op_name=op_name)
     if not req.done:
         comm.transport.wait([req], op_name, comm.timeout_s)
+    assert req.src is not None  # a finished receive knows its sender
     return req.src

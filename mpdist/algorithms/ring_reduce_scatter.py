@@ -7,7 +7,7 @@ import numpy as np
 
 from mpdist.algorithms.communicator import Communicator
 from mpdist.algorithms.reduction import ReduceOp, reduce_into
-from mpdist.transport.base import as_bytes
+from mpdist.transport.base import RecvReq, as_bytes
 
 __all__ = ["reduce_scatter"]
 
@@ -26,7 +26,7 @@ def reduce_scatter(
     slots = [comm.scratch(i, n, out.dtype) for i in range(min(3, p - 1))]
     nslot = len(slots)
 
-    def post(s: int):
+    def post(s: int) -> RecvReq:
         return t.irecv(left, s, as_bytes(slots[s % nslot]))
 
     recvs = {0: post(0)}
