@@ -23,9 +23,11 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
+
 from mpdist import algorithms as alg
 from mpdist.errors import DistBackendError, DistStoreError
-from mpdist.process_group import Future, Work
+from mpdist.process_group import Future, ReduceOp, Work
 from mpdist.store import Store
 
 from .group_store import GroupStore
@@ -219,7 +221,9 @@ class CommProcessGroup(NativeProcessGroup):
         return None if last is None else f"{last[0]} seq={last[1]}"
 
     # ---------------------------------------------------------------- collectives
-    def _c_allreduce_stepped(self, arr, op, name, outputs):
+    def _c_allreduce_stepped(
+        self, arr: np.ndarray, op: ReduceOp, name: str, outputs: list[Any]
+    ) -> Work:
         comm = self._comm
         steps = alg.Stepped(comm, alg.allreduce_steps(comm, arr, op, op_name=name), name)
         work = _SteppedWork(self, steps, outputs)
@@ -227,14 +231,15 @@ class CommProcessGroup(NativeProcessGroup):
             if self._closed:
                 raise self._dead()
             q = self._queue
-            if (q and _stepped_tail(q) is None) or threading.current_thread() is self._worker:
-                # ordinary ops are queued (they go first; the worker will run this too), or
-                # we are the worker: an ordinary async op
-                steps = None
-            else:
+            # ordinary ops are queued (they go first; the worker will run this too), or
+            # we are the worker: an ordinary async op
+            ordinary = bool(q and _stepped_tail(q) is None) or (
+                threading.current_thread() is self._worker
+            )
+            if not ordinary:
                 q.append(work._item)
                 self._pending += 1
-        if steps is None:
+        if ordinary:
             return self._c_allreduce(arr, op, name, outputs, True)
         work._advance()  # the first step now: this rank's data goes out at once
         return work
@@ -252,7 +257,9 @@ class CommProcessGroup(NativeProcessGroup):
                     if not any(item is target._item for item in self._queue):
                         break  # done already (the worker ran it)
                     # stepped ops are queued ahead of any other op: this is one
-                    work = self._queue[0][2]
+                    head = self._queue[0]
+                    assert head is not None and isinstance(head[2], _SteppedWork)
+                    work = head[2]
                 steps = work._steps
                 # a failure is kept in steps.error and raised by wait(), as for any async op
                 with contextlib.suppress(Exception):
@@ -270,53 +277,105 @@ class CommProcessGroup(NativeProcessGroup):
         for work in finished:
             work.finish(work._outputs, work._steps.error)
 
-    def _c_allreduce(self, arr, op, name, outputs, async_op):
+    def _c_allreduce(
+        self, arr: np.ndarray, op: ReduceOp, name: str, outputs: list[Any], async_op: bool
+    ) -> Any:
         comm = self._comm
         return self._run(lambda: alg.allreduce(comm, arr, op, op_name=name), outputs, async_op)
 
-    def _c_broadcast(self, arr, root, name, outputs, async_op):
+    def _c_broadcast(
+        self, arr: np.ndarray, root: int, name: str, outputs: list[Any], async_op: bool
+    ) -> Any:
         comm = self._comm
         return self._run(lambda: alg.broadcast(comm, arr, root, op_name=name), outputs, async_op)
 
-    def _c_reduce(self, arr, root, op, name, outputs, async_op):
+    def _c_reduce(
+        self,
+        arr: np.ndarray,
+        root: int,
+        op: ReduceOp,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         comm = self._comm
         return self._run(lambda: alg.reduce(comm, arr, root, op, op_name=name), outputs, async_op)
 
-    def _c_allgather(self, out_list, inp, name, outputs, async_op):
+    def _c_allgather(
+        self,
+        out_list: list[np.ndarray],
+        inp: np.ndarray,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         comm = self._comm
         return self._run(
             lambda: alg.allgather(comm, out_list, inp, op_name=name), outputs, async_op
         )
 
-    def _c_gather(self, inp, out_list, root, name, outputs, async_op):
+    def _c_gather(
+        self,
+        inp: np.ndarray,
+        out_list: list[np.ndarray] | None,
+        root: int,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         comm = self._comm
         return self._run(
             lambda: alg.gather(comm, inp, out_list, root, op_name=name), outputs, async_op
         )
 
-    def _c_scatter(self, out, in_list, root, name, outputs, async_op):
+    def _c_scatter(
+        self,
+        out: np.ndarray,
+        in_list: list[np.ndarray] | None,
+        root: int,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         comm = self._comm
         return self._run(
             lambda: alg.scatter(comm, out, in_list, root, op_name=name), outputs, async_op
         )
 
-    def _c_reduce_scatter(self, out, in_list, op, name, outputs, async_op):
+    def _c_reduce_scatter(
+        self,
+        out: np.ndarray,
+        in_list: list[np.ndarray],
+        op: ReduceOp,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         comm = self._comm
         return self._run(
             lambda: alg.reduce_scatter(comm, out, in_list, op, op_name=name), outputs, async_op
         )
 
-    def _c_alltoall(self, out_list, in_list, name, outputs, async_op):
+    def _c_alltoall(
+        self,
+        out_list: list[np.ndarray],
+        in_list: list[np.ndarray],
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         comm = self._comm
         return self._run(
             lambda: alg.alltoall(comm, out_list, in_list, op_name=name), outputs, async_op
         )
 
-    def _c_barrier(self, name, async_op):
+    def _c_barrier(self, name: str, async_op: bool) -> Any:
         comm = self._comm
         return self._run(lambda: alg.barrier(comm, op_name=name), [], async_op)
 
-    def _c_send(self, arr, dst, tag, outputs, async_op):
+    def _c_send(
+        self, arr: np.ndarray, dst: int, tag: int, outputs: list[Any], async_op: bool
+    ) -> Any:
         comm = self._comm
         name = "isend" if async_op else "send"
 
@@ -326,7 +385,9 @@ class CommProcessGroup(NativeProcessGroup):
 
         return self._run(send, outputs, async_op)
 
-    def _c_recv(self, arr, src, tag, outputs, async_op):
+    def _c_recv(
+        self, arr: np.ndarray, src: int | None, tag: int, outputs: list[Any], async_op: bool
+    ) -> Any:
         comm = self._comm
         name = "irecv" if async_op else "recv"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mpdist.process_group import completed_work
+from mpdist.process_group import ReduceOp, completed_work
 from mpdist.store import HashStore
 
 from .native import NativeProcessGroup
@@ -63,56 +63,110 @@ class FakeProcessGroup(NativeProcessGroup):
         if self.options.error_on_collective:
             raise RuntimeError(_ERROR)
 
-    def _c_allreduce(self, arr, op, name, outputs, async_op):
+    def _c_allreduce(
+        self, arr: np.ndarray, op: ReduceOp, name: str, outputs: list[Any], async_op: bool
+    ) -> Any:
         self._collective()
         return self._done(outputs, async_op)
 
-    def _c_broadcast(self, arr, root, name, outputs, async_op):
+    def _c_broadcast(
+        self, arr: np.ndarray, root: int, name: str, outputs: list[Any], async_op: bool
+    ) -> Any:
         self._collective()
         return self._done(outputs, async_op)
 
-    def _c_reduce(self, arr, root, op, name, outputs, async_op):
+    def _c_reduce(
+        self,
+        arr: np.ndarray,
+        root: int,
+        op: ReduceOp,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         self._collective()
         return self._done(outputs, async_op)
 
-    def _c_allgather(self, out_list, inp, name, outputs, async_op):
+    def _c_allgather(
+        self,
+        out_list: list[np.ndarray],
+        inp: np.ndarray,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         self._collective()
         for out in out_list:
             _copy(out, inp)
         return self._done(outputs, async_op)
 
-    def _c_gather(self, inp, out_list, root, name, outputs, async_op):
+    def _c_gather(
+        self,
+        inp: np.ndarray,
+        out_list: list[np.ndarray] | None,
+        root: int,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         self._collective()
         if self.rank() == root and out_list:
             for out in out_list:
                 _copy(out, inp)
         return self._done(outputs, async_op)
 
-    def _c_scatter(self, out, in_list, root, name, outputs, async_op):
+    def _c_scatter(
+        self,
+        out: np.ndarray,
+        in_list: list[np.ndarray] | None,
+        root: int,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         self._collective()
         if self.rank() == root and in_list:
             _copy(out, in_list[self.rank()])
         return self._done(outputs, async_op)
 
-    def _c_reduce_scatter(self, out, in_list, op, name, outputs, async_op):
+    def _c_reduce_scatter(
+        self,
+        out: np.ndarray,
+        in_list: list[np.ndarray],
+        op: ReduceOp,
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         self._collective()
         _copy(out, in_list[self.rank()])
         return self._done(outputs, async_op)
 
-    def _c_alltoall(self, out_list, in_list, name, outputs, async_op):
+    def _c_alltoall(
+        self,
+        out_list: list[np.ndarray],
+        in_list: list[np.ndarray],
+        name: str,
+        outputs: list[Any],
+        async_op: bool,
+    ) -> Any:
         self._collective()
         for out, inp in zip(out_list, in_list, strict=True):
             _copy(out, inp)
         return self._done(outputs, async_op)
 
-    def _c_barrier(self, name, async_op):
+    def _c_barrier(self, name: str, async_op: bool) -> Any:
         self._collective()
         return self._done([], async_op)
 
-    def _c_send(self, arr, dst, tag, outputs, async_op):
+    def _c_send(
+        self, arr: np.ndarray, dst: int, tag: int, outputs: list[Any], async_op: bool
+    ) -> Any:
         return self._done(outputs, async_op)
 
-    def _c_recv(self, arr, src, tag, outputs, async_op):
+    def _c_recv(
+        self, arr: np.ndarray, src: int | None, tag: int, outputs: list[Any], async_op: bool
+    ) -> Any:
         return self._done(outputs, async_op, src if src is not None else 0)
 
     def _c_monitored_barrier(self, timeout_s: float, wait_all_ranks: bool) -> None:
