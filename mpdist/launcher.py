@@ -56,6 +56,8 @@ from typing import Any
 
 import psutil
 
+from mpdist._proctree import ProcessTree
+
 __all__ = ["main"]
 
 PROG = "mpdist run"
@@ -123,8 +125,6 @@ _VALUE_OPTION_NAMES = frozenset(name for names, _ in _VALUE_OPTIONS for name in 
 # A rank line longer than this is passed on in pieces rather than buffered without bound.
 _MAX_LINE = 1 << 20
 _READ_CHUNK = 1 << 16
-# How often to look at the processes while stopping them (descendants send no SIGCHLD here).
-_STOP_POLL_S = 0.02
 # How long SIGKILLed processes get to disappear before the launcher gives up on them.
 _KILL_WAIT_S = 10.0
 # Signals that stop the job (exit 130); a second one skips the grace period.
@@ -490,80 +490,37 @@ class _Job:
                 return "done", None
             self._pump(timeout)
 
-    def _tree(self) -> list[psutil.Process]:
-        """Every live process of the job: ranks and all their descendants."""
+    def _roots(self) -> list[int]:
+        """Where the job's process tree starts now: the live ranks, or every child we adopted."""
         if self.subreaper:
             # Orphans were adopted by us, so our children cover every descendant.
-            roots = [c for c in psutil.Process().children() if c.pid not in self.foreign]
-        else:
-            roots = []
-            for r in self.ranks:
-                # Only unreaped ranks: a reaped rank's pid may already belong to a stranger.
-                if r.proc.poll() is None:
-                    with contextlib.suppress(psutil.Error):
-                        roots.append(psutil.Process(r.proc.pid))
-        procs: list[psutil.Process] = []
-        for p in roots:
-            with contextlib.suppress(psutil.Error):
-                procs.extend([p, *p.children(recursive=True)])
-        live = []
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                if p.status() != psutil.STATUS_ZOMBIE:
-                    live.append(p)
-        return live
+            return [c.pid for c in psutil.Process().children() if c.pid not in self.foreign]
+        # Only unreaped ranks: a reaped rank's pid may already belong to a stranger.
+        return [r.proc.pid for r in self.ranks if r.proc.poll() is None]
 
-    def _signal_all(self, sig: int) -> None:
-        groups = {r.proc.pid for r in self.ranks}
-        for pgid in groups:
-            # A rank's process group outlives the rank while any descendant lives.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, sig)
-        for p in self._tree():
-            # Descendants that moved to another process group (setsid, setpgid).
-            with contextlib.suppress(psutil.Error, OSError):
-                if os.getpgid(p.pid) not in groups:
-                    p.send_signal(sig)
-
-    def _alive(self) -> bool:
+    def _pause(self, seconds: float) -> None:
+        """While stopping: forward output for up to ``seconds``, then record exits."""
+        self._pump(seconds)
         self._reap()
-        if self._tree():
-            return True
-        if self.subreaper:
-            return False
-        # Without adoption, a dead rank's descendants are only reachable as its group.
-        for r in self.ranks:
-            try:
-                os.killpg(r.proc.pid, 0)
-                return True
-            except (ProcessLookupError, PermissionError):
-                continue
-        return False
-
-    def _wait_gone(self, seconds: float, interruptible: bool) -> bool:
-        """Wait (forwarding output) until the job has no live process; False on timeout."""
-        deadline = time.monotonic() + seconds
-        while self._alive():
-            left = deadline - time.monotonic()
-            if left <= 0 or (interruptible and self.force):
-                return False
-            self._pump(min(left, _STOP_POLL_S))
-        return True
 
     def stop(self) -> None:
         """SIGTERM every rank's process tree, wait the grace period, SIGKILL what is left."""
-        if not self._alive():
+        # Every rank leads its own process group, which outlives it while a descendant lives.
+        tree = ProcessTree(self._roots, groups=[r.proc.pid for r in self.ranks])
+        self._reap()
+        if not tree.members():
             return
         if all(r.returncode is not None for r in self.ranks):
             _note("stopping processes the ranks left behind")
-        self._signal_all(signal.SIGTERM)
-        # A second Ctrl-C during the grace period cuts it short.
-        if self._wait_gone(self.cfg.stop_grace, interruptible=True):
-            return
-        self._signal_all(signal.SIGKILL)
-        if not self._wait_gone(_KILL_WAIT_S, interruptible=False):
-            left = ", ".join(str(p.pid) for p in self._tree())
-            _note(f"some processes could not be killed: {left}")
+        left = tree.stop(
+            self.cfg.stop_grace,
+            _KILL_WAIT_S,
+            pause=self._pause,
+            # A second Ctrl-C during the grace period cuts it short.
+            cut_short=lambda: self.force,
+        )
+        if left:
+            _note(f"some processes could not be killed: {', '.join(str(p.pid) for p in left)}")
 
     def finish(self) -> None:
         """Wait for every rank, forward the rest of the output, close everything."""

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from multiprocessing import connection as mp_connection
 from typing import Any
 
-from mpdist.testing import _preload, _reaper
-from mpdist.testing._outcomes import TORCH_THREADS_TERMINATED
+from mpdist import _proctree
+from mpdist.testing import _preload
+from mpdist.testing._outcomes import TORCH_THREADS_TERMINATED, signal_name
 from mpdist.testing._worker import TaskSpec, rank_main
 
 # After the first failure, how long the other ranks get to notice the abort and report.
@@ -242,7 +243,7 @@ class RankSet:
         elif h.failing is not None:
             failure = h.failing
         elif h.exited and not h.reaped and h.rank not in self.spec.may_die:
-            failure = {"exc_type": None, "message": _reaper.signal_name(_exitcode(h))}
+            failure = {"exc_type": None, "message": signal_name(_exitcode(h))}
         else:
             return None
         if failure is not None and h.failed_seen is None:
@@ -376,7 +377,7 @@ class RankSet:
             h.reaped = True
         pids = [h.pid for h in self.handles if h.pid is not None]
         pgids = [h.pgid for h in self.handles if h.pgid]
-        _reaper.kill_tree(pids, pgids, grace=grace)
+        _proctree.kill_tree(pids, pgids, grace=grace)
         for h in self.handles:
             if h.proc is not None and not h.exited:
                 h.proc.join(grace)
@@ -388,7 +389,7 @@ class RankSet:
             return
         self.closed = True
         if not self.pooled:
-            _reaper.sweep_groups([h.pgid for h in self.handles if h.pgid])
+            _proctree.sweep_groups([h.pgid for h in self.handles if h.pgid])
             for h in self.handles:
                 if h.conn is not None:
                     h.conn.close()
@@ -431,9 +432,7 @@ class RankSet:
                 r.status = "killed"
             else:
                 r.status = "lost"
-                r.message = (
-                    f"rank {h.rank} exited without reporting ({_reaper.signal_name(r.exitcode)})"
-                )
+                r.message = f"rank {h.rank} exited without reporting ({signal_name(r.exitcode)})"
             r.trace = h.trace
             r.stdout = _read(self.spec.out_path(h.rank))
             r.stderr = _read(self.spec.err_path(h.rank))

@@ -1,4 +1,4 @@
-"""How a rank's exception becomes its result: skipped, passed or failed, the same in both harnesses.
+"""How a rank's end becomes its result: skipped, passed or failed, the same in both harnesses.
 
 Ranks are processes (``_worker``) or threads (``multithreaded``); either way a test
 body that raises is judged here, so a skip means the same in both:
@@ -8,10 +8,14 @@ body that raises is judged here, so a skip means the same in both:
   and friends call ``sys.exit(77)``): skipped, with torch's message for that code;
 - ``SystemExit`` with no code or 0: passed;
 - anything else: failed.
+
+A rank process that ended without a word is described by its exit status
+(:func:`signal_name`).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 import unittest
@@ -82,3 +86,15 @@ def judge(exc: BaseException, harness_file: str | None = None) -> Verdict:
             exc.code if isinstance(exc.code, int) else None,
         )
     return Verdict("failed", str(exc), exception_name(kind), format_exception(exc, harness_file))
+
+
+def signal_name(exitcode: int | None) -> str:
+    """Describe a multiprocessing exit code: ``"exit code 3"`` or ``"signal SIGKILL"``."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"

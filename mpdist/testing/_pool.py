@@ -17,7 +17,7 @@ import time
 from multiprocessing import connection as mp_connection
 from typing import Any
 
-from mpdist.testing import _reaper
+from mpdist import _proctree
 from mpdist.testing._coordinator import RankSet, _Handle
 from mpdist.testing._worker import TaskSpec, pool_main
 
@@ -85,7 +85,7 @@ class WorkerPool:
         """Kill the workers now (after a failure, a timeout, or Ctrl-C)."""
         self.broken = True
         pids = [h.proc.pid for h in self.handles if h.proc is not None]
-        _reaper.kill_tree(pids, [h.pgid for h in self.handles if h.pgid], grace=0.5)
+        _proctree.kill_tree(pids, [h.pgid for h in self.handles if h.pgid], grace=0.5)
         self._release()
 
     def close(self) -> None:
@@ -98,7 +98,7 @@ class WorkerPool:
         for h in self.handles:
             h.proc.join(2.0)
         pids = [h.proc.pid for h in self.handles if h.proc.exitcode is None]
-        _reaper.kill_tree(pids, [h.pgid for h in self.handles if h.pgid], grace=0.5)
+        _proctree.kill_tree(pids, [h.pgid for h in self.handles if h.pgid], grace=0.5)
         self._release()
 
     def _release(self) -> None:

@@ -14,8 +14,7 @@ import unittest
 
 from mpdist.testing import _config
 from mpdist.testing._coordinator import Outcome, RankResult
-from mpdist.testing._outcomes import TORCH_THREADS_TERMINATED
-from mpdist.testing._reaper import signal_name
+from mpdist.testing._outcomes import TORCH_THREADS_TERMINATED, signal_name
 
 
 def _rank_line(r: RankResult, outcome: Outcome) -> str:

@@ -6,7 +6,7 @@ import subprocess
 
 from _harness_helpers import alive
 
-from mpdist.testing import _reaper
+from mpdist import _proctree
 
 
 def test_sweep_returns_only_once_the_orphans_are_dead() -> None:
@@ -24,5 +24,5 @@ def test_sweep_returns_only_once_the_orphans_are_dead() -> None:
         orphan = int(leader.stdout.readline())
         leader.wait()
         leader.stdout.close()
-        _reaper.sweep_groups([leader.pid])
+        _proctree.sweep_groups([leader.pid])
         assert not alive([orphan])
