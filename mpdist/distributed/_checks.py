@@ -47,13 +47,13 @@ def _resolve(group: Any, op: str) -> tuple[_World | None, ProcessGroup | None]:
         return w, w.default_pg
     if isinstance(group, int):
         if group == GroupMember.NON_GROUP_MEMBER:
-            w = _current_world()
-            me = w.rank if w is not None else -1
+            cur = _current_world()
+            me = cur.rank if cur is not None else -1
             warnings.warn(
                 f"Running {op} on global rank {me} which does not belong to the given group.",
                 stacklevel=3,
             )
-            return w, None
+            return cur, None
         raise TypeError(f"{op}: group must be a ProcessGroup, got {group!r}")
     if not isinstance(group, ProcessGroup):
         raise TypeError(f"{op}: group must be a ProcessGroup, got {type(group).__name__}")
@@ -64,8 +64,8 @@ def _group_rank(world: _World | None, pg: ProcessGroup, rank: Any, what: str, op
     """Global ``rank`` -> rank in ``pg``; ValueError if it is not a member."""
     if not _is_int(rank):
         raise TypeError(f"{op}: {what} must be an int (a global rank), got {rank!r}")
-    info = _info(world, pg)
-    if info is None:  # a group the module API did not create: its ranks are the global ones
+    if world is None or (info := world.groups.get(pg)) is None:
+        # a group the module API did not create: its ranks are the global ones
         if not 0 <= rank < _size(world, pg):
             raise ValueError(
                 f"{op}: invalid {what} rank {rank}; the group has {_size(world, pg)} ranks"
@@ -83,8 +83,9 @@ def _group_rank(world: _World | None, pg: ProcessGroup, rank: Any, what: str, op
 
 def _me(world: _World | None, pg: ProcessGroup) -> int:
     """This process's rank in ``pg`` as the module API knows it (a subclass may lie in getRank)."""
-    info = _info(world, pg)
-    return pg.rank() if info is None else info.rank_map[world.rank]
+    if world is None or (info := world.groups.get(pg)) is None:
+        return pg.rank()
+    return info.rank_map[world.rank]
 
 
 def _size(world: _World | None, pg: ProcessGroup) -> int:

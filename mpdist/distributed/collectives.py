@@ -56,6 +56,7 @@ def all_reduce(
         if world is None:
             raise ValueError(_UNINIT)
         pg = world.default_pg
+        assert pg is not None  # a world is published with its default group
     else:
         world, pg = _resolve(group, "all_reduce")
         if pg is None:
@@ -160,11 +161,12 @@ def gather(
     inp = checked_array(tensor, "gather", "tensor")
     is_root = root == _me(world, pg)
     _root_only(gather_list, is_root, "gather_list", "destination")
-    outs = None
+    outputs: list[list[Any]] = []
     if is_root:
+        assert gather_list is not None  # _root_only: the root passed one
         n = _size(world, pg)
-        outs = _array_list(gather_list, "gather", "gather_list", n, True, like=(inp, "tensor"))
-    outputs = [gather_list] if outs is not None else []
+        _array_list(gather_list, "gather", "gather_list", n, True, like=(inp, "tensor"))
+        outputs = [gather_list]
     work = pg.gather(outputs, [tensor], GatherOptions(rootRank=root, asyncOp=async_op))
     return _finish(work, world, pg, async_op)
 
@@ -184,11 +186,12 @@ def scatter(
     out = checked_array(tensor, "scatter", "tensor", out=True)
     is_root = root == _me(world, pg)
     _root_only(scatter_list, is_root, "scatter_list", "source")
-    ins = None
+    inputs: list[list[Any]] = []
     if is_root:
+        assert scatter_list is not None  # _root_only: the root passed one
         n = _size(world, pg)
-        ins = _array_list(scatter_list, "scatter", "scatter_list", n, False, like=(out, "tensor"))
-    inputs = [scatter_list] if ins is not None else []
+        _array_list(scatter_list, "scatter", "scatter_list", n, False, like=(out, "tensor"))
+        inputs = [scatter_list]
     work = pg.scatter([tensor], inputs, ScatterOptions(rootRank=root, asyncOp=async_op))
     return _finish(work, world, pg, async_op)
 

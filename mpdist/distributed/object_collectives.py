@@ -142,8 +142,8 @@ def scatter_object_list(
     width = np.zeros(1, dtype=np.int64)
     parts: list[np.ndarray] = []
     if is_root:
-        _object_list(scatter_object_input_list, name, "scatter_object_input_list", n)
-        parts = [_pickle(o) for o in scatter_object_input_list]
+        objs = _object_list(scatter_object_input_list, name, "scatter_object_input_list", n)
+        parts = [_pickle(o) for o in objs]
         width[0] = max(p.size for p in parts) + 8
     broadcast(width, src, group=pg)
     w = int(width[0])
