@@ -10,7 +10,7 @@ which record nothing, are in ``_tensor_base``; the graph that ``backward`` runs 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -434,7 +434,11 @@ class Tensor(TensorBase):
         """A 1-D reshape."""
         return self.reshape(-1)
 
-    def transpose(self, *axes: int) -> Tensor:
+    @overload
+    def transpose(self, *axes: int) -> Tensor: ...
+    @overload
+    def transpose(self, axes: Sequence[int], /) -> Tensor: ...
+    def transpose(self, *axes: Any) -> Tensor:
         """Permute axes with numpy's meaning (a full permutation; reversed by default)."""
         nd = self.data.ndim
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
@@ -499,6 +503,7 @@ def matmul(a: Any, b: Any) -> Tensor:
 def backward(tensors: Any, grad_tensors: Any = None) -> None:
     """Run one backward pass from several roots at once."""
     roots = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+    grads: list[Any]
     if grad_tensors is None:
         grads = [None] * len(roots)
     elif isinstance(grad_tensors, (Tensor, np.ndarray)):

@@ -38,8 +38,9 @@ class Function:
         raise NotImplementedError
 
     @staticmethod
-    def backward(ctx: FunctionCtx, *grad_outputs: Tensor) -> Any:
-        """Return one gradient (or None) per forward argument."""
+    def backward(ctx: FunctionCtx, *grad_outputs: Any) -> Any:
+        """Return one gradient (or None) per forward argument; ``grad_outputs`` are Tensors,
+        one per output. (Typed Any so that a subclass may name its own parameters.)"""
         raise NotImplementedError
 
     @classmethod

@@ -231,12 +231,13 @@ class Module:
     # ----------------------------------------------------------------- state
     def state_dict(
         self, destination: dict[str, Any] | None = None, prefix: str = "", keep_vars: bool = False
-    ) -> OrderedDict[str, Any]:
-        """Parameters and persistent buffers by dotted path.
+    ) -> dict[str, Any]:
+        """Parameters and persistent buffers by dotted path: a new OrderedDict, or
+        ``destination`` filled in and returned.
 
         Values are copies of the arrays (``keep_vars=True``: the Parameter/Tensor objects).
         """
-        dest: OrderedDict[str, Any] = OrderedDict() if destination is None else destination
+        dest: dict[str, Any] = OrderedDict() if destination is None else destination
         for name, p in self._parameters.items():
             if p is not None:
                 dest[prefix + name] = p if keep_vars else p.data.copy()
