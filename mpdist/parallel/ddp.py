@@ -43,7 +43,8 @@ def sync_module_states(arrays: Sequence[np.ndarray], pg: ProcessGroup, src: int)
     for group in by_dtype.values():
         start = 0
         while start < len(group):
-            chunk, nbytes = [], 0
+            chunk: list[np.ndarray] = []
+            nbytes = 0
             while start < len(group) and (
                 not chunk or nbytes + group[start].nbytes <= BROADCAST_BUCKET_BYTES
             ):

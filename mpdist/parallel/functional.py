@@ -78,12 +78,12 @@ def _check_linear(op: ReduceOp, name: str) -> None:
 
 class _Broadcast(Function):
     @staticmethod
-    def forward(ctx, src: int, group: Any, t: Tensor) -> np.ndarray:
+    def forward(ctx: Any, src: int, group: Any, t: Tensor) -> np.ndarray:
         ctx.src, ctx.group = src, group
         return _copied(dist.broadcast, t, src=src, group=group)
 
     @staticmethod
-    def backward(ctx, g: Tensor):
+    def backward(ctx: Any, g: Tensor) -> tuple[None, None, np.ndarray]:
         gx = _copied(dist.reduce, g, dst=ctx.src, op=ReduceOp.SUM, group=ctx.group)
         if _me(ctx.group) != ctx.src:
             gx[...] = 0
@@ -92,35 +92,35 @@ class _Broadcast(Function):
 
 class _Reduce(Function):
     @staticmethod
-    def forward(ctx, dst: int, op: ReduceOp, group: Any, t: Tensor) -> np.ndarray:
+    def forward(ctx: Any, dst: int, op: ReduceOp, group: Any, t: Tensor) -> np.ndarray:
         ctx.dst, ctx.group = dst, group
         return _copied(dist.reduce, t, dst=dst, op=op, group=group)
 
     @staticmethod
-    def backward(ctx, g: Tensor):
+    def backward(ctx: Any, g: Tensor) -> tuple[None, None, None, np.ndarray]:
         return None, None, None, _copied(dist.broadcast, g, src=ctx.dst, group=ctx.group)
 
 
 class _AllReduce(Function):
     @staticmethod
-    def forward(ctx, op: ReduceOp, group: Any, t: Tensor) -> np.ndarray:
+    def forward(ctx: Any, op: ReduceOp, group: Any, t: Tensor) -> np.ndarray:
         ctx.op, ctx.group = op, group
         return _copied(dist.all_reduce, t, op=op, group=group)
 
     @staticmethod
-    def backward(ctx, g: Tensor):
+    def backward(ctx: Any, g: Tensor) -> tuple[None, None, np.ndarray]:
         _check_linear(ctx.op, "all_reduce")
         return None, None, _copied(dist.all_reduce, g, op=ctx.op, group=ctx.group)
 
 
 class _AllGather(Function):
     @staticmethod
-    def forward(ctx, group: Any, t: Tensor) -> tuple[np.ndarray, ...]:
+    def forward(ctx: Any, group: Any, t: Tensor) -> tuple[np.ndarray, ...]:
         ctx.group = group
         return tuple(_all_gathered(t, group))
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):
+    def backward(ctx: Any, *grads: Tensor) -> tuple[None, np.ndarray]:
         ins = [_arr(g) for g in grads]
         gx = np.empty_like(ins[0])
         dist.reduce_scatter(gx, ins, op=ReduceOp.SUM, group=ctx.group)
@@ -129,36 +129,36 @@ class _AllGather(Function):
 
 class _Gather(Function):
     @staticmethod
-    def forward(ctx, dst: int, group: Any, t: Tensor) -> tuple[np.ndarray, ...]:
+    def forward(ctx: Any, dst: int, group: Any, t: Tensor) -> tuple[np.ndarray, ...]:
         ctx.dst, ctx.group = dst, group
         return tuple(_gathered(t, dst, group))
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):
+    def backward(ctx: Any, *grads: Tensor) -> tuple[None, None, np.ndarray]:
         return None, None, _scattered(grads, ctx.dst, ctx.group)
 
 
 class _Scatter(Function):
     @staticmethod
-    def forward(ctx, src: int, group: Any, *tensors: Tensor) -> np.ndarray:
+    def forward(ctx: Any, src: int, group: Any, *tensors: Tensor) -> np.ndarray:
         ctx.src, ctx.group = src, group
         return _scattered(tensors, src, group)
 
     @staticmethod
-    def backward(ctx, g: Tensor):
+    def backward(ctx: Any, g: Tensor) -> tuple[np.ndarray | None, ...]:
         return (None, None, *_gathered(g, ctx.src, ctx.group))
 
 
 class _ReduceScatter(Function):
     @staticmethod
-    def forward(ctx, op: ReduceOp, group: Any, out: Any, *tensors: Tensor) -> np.ndarray:
+    def forward(ctx: Any, op: ReduceOp, group: Any, out: Any, *tensors: Tensor) -> np.ndarray:
         ctx.group, ctx.op = group, op
         res = out.data if isinstance(out, Tensor) else out
         dist.reduce_scatter(res, [_arr(t) for t in tensors], op=op, group=group)
         return res
 
     @staticmethod
-    def backward(ctx, g: Tensor):
+    def backward(ctx: Any, g: Tensor) -> tuple[np.ndarray | None, ...]:
         _check_linear(ctx.op, "reduce_scatter")
         outs = _all_gathered(g, ctx.group)
         if ctx.op == ReduceOp.AVG:
@@ -168,7 +168,7 @@ class _ReduceScatter(Function):
 
 class _AllToAll(Function):
     @staticmethod
-    def forward(ctx, group: Any, n: int, *tensors: Any) -> tuple[np.ndarray, ...]:
+    def forward(ctx: Any, group: Any, n: int, *tensors: Any) -> tuple[np.ndarray, ...]:
         ctx.group, ctx.n = group, n
         outs, ins = list(tensors[:n]), tensors[n:]
         ctx.in_shapes = [np.shape(t.data if isinstance(t, Tensor) else t) for t in ins]
@@ -177,7 +177,7 @@ class _AllToAll(Function):
         return tuple(out_arrs)
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):
+    def backward(ctx: Any, *grads: Tensor) -> tuple[np.ndarray | None, ...]:
         gins = [np.empty(s, dtype=grads[0].dtype) for s in ctx.in_shapes]
         dist.all_to_all(gins, [_arr(g) for g in grads], group=ctx.group)
         return (None, None, *([None] * ctx.n), *gins)
@@ -186,7 +186,7 @@ class _AllToAll(Function):
 class _AllToAllSingle(Function):
     @staticmethod
     def forward(
-        ctx, group: Any, out_splits: Any, in_splits: Any, out: Any, inp: Tensor
+        ctx: Any, group: Any, out_splits: Any, in_splits: Any, out: Any, inp: Tensor
     ) -> np.ndarray:
         ctx.group, ctx.out_splits, ctx.in_splits = group, out_splits, in_splits
         ctx.in_shape = np.shape(inp.data if isinstance(inp, Tensor) else inp)
@@ -195,7 +195,7 @@ class _AllToAllSingle(Function):
         return res
 
     @staticmethod
-    def backward(ctx, g: Tensor):
+    def backward(ctx: Any, g: Tensor) -> tuple[None, None, None, None, np.ndarray]:
         gx = np.empty(ctx.in_shape, dtype=g.dtype)
         dist.all_to_all_single(gx, _arr(g), ctx.in_splits, ctx.out_splits, group=ctx.group)
         return None, None, None, None, gx

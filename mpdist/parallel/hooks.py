@@ -13,7 +13,7 @@ import numpy as np
 
 from mpdist import distributed as dist
 from mpdist.parallel.powersgd import PowerSGDState, batched_powerSGD_hook, powerSGD_hook
-from mpdist.parallel.reducer import GradBucket
+from mpdist.parallel.reducer import GradBucket, all_reduce_future
 from mpdist.process_group import Future, ProcessGroup
 
 
@@ -27,8 +27,7 @@ def _group(state: Any, bucket: GradBucket) -> ProcessGroup:
 
 def _allreduce_fut(pg: ProcessGroup, array: np.ndarray) -> Future:
     array /= dist.get_world_size(pg)
-    work = dist.all_reduce(array, group=pg, async_op=True)
-    return work.get_future().then(lambda fut: fut.value()[0])
+    return all_reduce_future(array, pg).then(lambda fut: fut.value()[0])
 
 
 def allreduce_hook(process_group: ProcessGroup | None, bucket: GradBucket) -> Future:
@@ -43,13 +42,13 @@ def fp16_compress_hook(process_group: ProcessGroup | None, bucket: GradBucket) -
     buffer = bucket.buffer()
     compressed = buffer.astype(np.float16)
     compressed /= dist.get_world_size(pg)
-    work = dist.all_reduce(compressed, group=pg, async_op=True)
+    reduced = all_reduce_future(compressed, pg)
 
     def decompress(fut: Future) -> np.ndarray:
         np.copyto(buffer, np.asarray(fut.value()[0]), casting="unsafe")
         return buffer
 
-    return work.get_future().then(decompress)
+    return reduced.then(decompress)
 
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mpdist import distributed as dist
-from mpdist.parallel.reducer import GradBucket
+from mpdist.parallel.reducer import GradBucket, all_reduce_future
 from mpdist.process_group import Future, ProcessGroup
 
 logger = logging.getLogger(__name__)
@@ -208,8 +208,7 @@ def _group(state: PowerSGDState, bucket: GradBucket) -> ProcessGroup:
 def _plain_allreduce(pg: ProcessGroup, buffer: np.ndarray) -> Future:
     """Average ``buffer`` like ``allreduce_hook``: divide first, then all-reduce(SUM)."""
     buffer /= dist.get_world_size(pg)
-    work = dist.all_reduce(buffer, group=pg, async_op=True)
-    return work.get_future().then(lambda fut: fut.value()[0])
+    return all_reduce_future(buffer, pg).then(lambda fut: fut.value()[0])
 
 
 def _add_error(state: PowerSGDState, index: int, buffer: np.ndarray) -> np.ndarray | None:
@@ -294,11 +293,11 @@ def powerSGD_hook(state: PowerSGDState, bucket: GradBucket) -> Future:
     for mat in to_compress:
         by_shape[mat.shape].append(mat)
     batches: list[tuple[np.ndarray, list[np.ndarray]]] = []  # (b x n x m, originals)
-    for mats in by_shape.values():
-        if state.batch_tensors_with_same_shape and len(mats) > 1:
-            batches.append((np.stack(mats), mats))
+    for same_shape in by_shape.values():
+        if state.batch_tensors_with_same_shape and len(same_shape) > 1:
+            batches.append((np.stack(same_shape), same_shape))
         else:
-            batches.extend((mat[np.newaxis], [mat]) for mat in mats)
+            batches.extend((mat[np.newaxis], [mat]) for mat in same_shape)
     ps, qs = [], []
     p_off = q_off = 0
     for mats, _ in batches:
@@ -318,7 +317,7 @@ def powerSGD_hook(state: PowerSGDState, bucket: GradBucket) -> Future:
         if uncompressed
         else np.empty(0, dtype=dtype)
     )
-    unc_fut = dist.all_reduce(flat_uncompressed, group=pg, async_op=True).get_future()
+    unc_fut = all_reduce_future(flat_uncompressed, pg)
 
     for (mats, _), q, p in zip(batches, qs, ps, strict=True):
         np.matmul(mats, q, out=p)
@@ -327,7 +326,7 @@ def powerSGD_hook(state: PowerSGDState, bucket: GradBucket) -> Future:
         _orthogonalize(p, state.orthogonalization_epsilon)
     for (mats, _), p, q in zip(batches, ps, qs, strict=True):
         np.matmul(mats.transpose(0, 2, 1), p, out=q)
-    q_fut = dist.all_reduce(q_mem, group=pg, async_op=True).get_future()
+    q_fut = all_reduce_future(q_mem, pg)
 
     def decompress(fut: Future) -> np.ndarray:
         fut.value()
@@ -391,7 +390,7 @@ def batched_powerSGD_hook(state: PowerSGDState, bucket: GradBucket) -> Future:
     dist.all_reduce(p, group=pg)  # the Q product needs the summed P: wait here
     _orthogonalize(p[np.newaxis])
     np.matmul(matrix.T, p, out=q)
-    q_fut = dist.all_reduce(q, group=pg, async_op=True).get_future()
+    q_fut = all_reduce_future(q, pg)
 
     def decompress(fut: Future) -> np.ndarray:
         fut.value()

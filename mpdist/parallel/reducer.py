@@ -133,6 +133,16 @@ class GradBucket:
         return self._is_last
 
 
+def all_reduce_future(array: np.ndarray, group: ProcessGroup) -> Future:
+    """The Future of an asynchronous all_reduce(SUM) of ``array`` in place over ``group``.
+
+    DDP's group always has this rank as a member (only for a non-member does
+    ``dist.all_reduce`` return no Work)."""
+    work = dist.all_reduce(array, group=group, async_op=True)
+    assert work is not None
+    return work.get_future()
+
+
 def _split(buffer: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
     """Consecutive views into the flat ``buffer``, one of each shape."""
     views, off = [], 0
@@ -329,8 +339,8 @@ class Reducer:
         self.num_iterations += 1
         if self.static_graph:
             if self.static_used is not None:
-                for i in np.flatnonzero(self.static_used == 0):
-                    self._mark_ready(int(i), unused=True)
+                for unused_i in np.flatnonzero(self.static_used == 0):
+                    self._mark_ready(int(unused_i), unused=True)
                 if self.ready.all():
                     self._finalize()
             # else: the first backward; _autograd_hook only notes what it uses
@@ -384,6 +394,7 @@ class Reducer:
                 bucket.saved[slot] = view.copy()  # restored if no rank used it
             view.fill(0)
         else:
+            assert p.grad is not None  # its gradient hook fired: the gradient is there
             grad = p.grad.data
             if grad is view:  # gradient_as_bucket_view: accumulated in place
                 if div is not None:
@@ -427,9 +438,9 @@ class Reducer:
                     [buf], AllreduceOptions(reduceOp=ReduceOp.SUM)
                 )
                 self.in_flight.append(work)
+                bucket.future = work.get_future()
             else:
-                work = dist.all_reduce(bucket.buffer, group=self.process_group, async_op=True)
-            bucket.future = work.get_future()
+                bucket.future = all_reduce_future(bucket.buffer, self.process_group)
             return
         bucket.future = self._reduce(self._grad_bucket(bucket, bucket.buffer, bucket.views))
 
@@ -459,8 +470,7 @@ class Reducer:
         if self.comm_hook is None:
             buf = gb.buffer()
             buf /= self.divisor
-            work = dist.all_reduce(buf, group=self.process_group, async_op=True)
-            return work.get_future()
+            return all_reduce_future(buf, self.process_group)
         fut = self.comm_hook(self.comm_state, gb)
         if not isinstance(fut, Future):
             raise RuntimeError(
