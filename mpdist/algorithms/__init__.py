@@ -9,6 +9,8 @@ pipelined ring (bandwidth); ``allreduce_steps`` is the same collective as a gene
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from mpdist.algorithms import (
@@ -84,7 +86,8 @@ def allreduce_algorithm(nbytes: int, size: int) -> str:
     return "ring"
 
 
-_ALLREDUCE_STEPS = {
+# (comm, flat, op, op_name) -> the algorithm's steps
+_ALLREDUCE_STEPS: dict[str, Callable[[Communicator, np.ndarray, ReduceOp, str], Steps]] = {
     "rd": recursive_doubling.allreduce_steps,
     "hd": halving_doubling.allreduce_steps,
     "ring": ring_allreduce.allreduce_steps,
