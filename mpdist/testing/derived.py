@@ -98,10 +98,11 @@ class MultiProcContinuousTest(MultiProcessTestCase):
     ``opts()`` (the group's ``pg_options``), ``device_type()`` ("cpu").
     """
 
-    world_size: int = -2  # type: ignore[assignment]  # unset, as torch spells it
+    world_size: int = -2  # unset, as torch spells it
     rank: int = -2
     rdvz_file: str | None = None
-    timeout: timedelta = timedelta(seconds=120)  # type: ignore[assignment]
+    # The group's timeout here (torch's meaning for this class), not the test's deadline.
+    timeout: ClassVar[timedelta] = timedelta(seconds=120)  # type: ignore[assignment]
     poison_pill: bool = False
     pg: Any = None
     reuse_processes: ClassVar[bool] = True
@@ -148,7 +149,10 @@ class MultiProcContinuousTest(MultiProcessTestCase):
     def _get_world_size(cls, device_type: str) -> int:
         """The class's world size, from a class attribute or a property."""
         attr = inspect.getattr_static(cls, "world_size", None)
-        size = attr.fget(object.__new__(cls)) if isinstance(attr, property) else cls.world_size
+        if isinstance(attr, property) and attr.fget is not None:
+            size = attr.fget(object.__new__(cls))
+        else:
+            size = cls.world_size
         if size == -2:
             return _config.default_world_size(_config.CASE_DEFAULT_WORLD_SIZE)
         return int(size)
