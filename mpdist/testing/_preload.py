@@ -4,15 +4,14 @@ multiprocessing reads a forkserver's preload list only when it starts the server
 running server cannot import anything more. Ranks forked from it inherit what it imported;
 anything else each rank imports itself, at every start. For light test modules that is
 cheap, but a heavy package (torch: 1-3 s per 2-rank test) is worth one restart of an idle
-server that preloads it (see ``ForkserverPreload``). Uses multiprocessing's private
-``_forkserver_pid`` and ``_stop`` (CPython 3.8-3.13); without them nothing is restarted.
+server that preloads it (see ``ForkserverPreload``). multiprocessing's private forkserver
+names are reached through ``_mp_internals``; without them nothing is restarted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import types
 import warnings
@@ -21,6 +20,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import psutil
+
+from mpdist.testing import _mp_internals
 
 __all__ = [
     "BASE_PRELOAD",
@@ -122,11 +123,8 @@ class ForkserverPreload:
 
     def prepare(self, ctx: Any, wanted: list[str]) -> None:
         """Set the preload list for ``wanted`` test modules; restart the server if it pays."""
-        import multiprocessing.forkserver  # not on every platform: only for this method
-
         self.test_tops.update(m.partition(".")[0] for m in wanted)
-        server = multiprocessing.forkserver._forkserver
-        pid = _own_server_pid(server)
+        pid = _own_server_pid()
         if pid is not None and pid != self.server_pid:
             # Started since the last look: with the list set then.
             self.server_pid, self.server_modules = pid, self.last_set
@@ -139,7 +137,7 @@ class ForkserverPreload:
             elif _idle(pid):  # (not idle: a pool's workers still run; the next test looks again)
                 for modules in lacking.values():
                     self.heavy.update(dict.fromkeys(sorted(modules)))
-                if _stop_server(server, pid):
+                if _mp_internals.stop_server(pid):
                     self.restarts += 1
                     self.server_pid, self.server_modules = None, ()
         self.last_set = tuple(self.modules(wanted))
@@ -153,21 +151,18 @@ class ForkserverPreload:
         run side by side instead of one after the other before the first test.
         Returns whether a server was started.
         """
-        import multiprocessing.forkserver
-
-        server = multiprocessing.forkserver._forkserver
-        if _own_server_pid(server) is not None or not hasattr(server, "_forkserver_pid"):
+        if _own_server_pid() is not None or not _mp_internals.server_visible():
             return False
         self.heavy.update(dict.fromkeys(heavy_modules))
         self.last_set = tuple(self.modules([]))
         ctx.set_forkserver_preload(list(self.last_set))
-        multiprocessing.forkserver.ensure_running()
+        _mp_internals.start_server()
         return True
 
 
-def _own_server_pid(server: Any) -> int | None:
+def _own_server_pid() -> int | None:
     """The running forkserver's pid, if this process started it and it is alive."""
-    pid = getattr(server, "_forkserver_pid", None)
+    pid = _mp_internals.server_pid()
     if pid is None:
         return None
     try:
@@ -189,22 +184,6 @@ def _idle(pid: int) -> bool:
         with contextlib.suppress(psutil.NoSuchProcess):
             if child.status() != psutil.STATUS_ZOMBIE:
                 return False
-    return True
-
-
-def _stop_server(server: Any, pid: int) -> bool:
-    """Stop and reap the forkserver (the next start launches a new one); False if it can't."""
-    if not hasattr(server, "_stop"):
-        return False
-    # SIGTERM first: stopping by closing the "alive" pipe alone would wait for every
-    # holder of its other end, and a stray descendant of an old rank could be one.
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGTERM)
-    try:
-        server._stop()  # closes our end of the alive pipe, reaps it, removes its socket
-    except (ChildProcessError, OSError):
-        server._forkserver_pid = None
-        server._forkserver_address = None
     return True
 
 
