@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from mpdist.testing import _torch_internals
 from mpdist.testing._world import uses_torch
 
 # A message for a failed comparison: appended to the generated one, or a callable that
@@ -146,25 +147,6 @@ def _holds_tensors(values: tuple[Any, ...], torch_tensor: type) -> tuple[bool, b
     return found_torch, False
 
 
-# Set once torch's test utilities failed to import: trying again at every comparison
-# would search the import path every time.
-_torch_utils_broken: list[bool] = []
-
-
-def _torch_test_case_class() -> type[unittest.TestCase] | None:
-    """torch's ``TestCase`` if torch is imported and its test utilities import, else None."""
-    if "torch" not in sys.modules or _torch_utils_broken:
-        return None
-    try:
-        from torch.testing._internal.common_utils import TestCase
-    except Exception:
-        # torch's test utilities need expecttest, a torch dev dependency: without it
-        # the comparison stays ours.
-        _torch_utils_broken.append(True)
-        return None
-    return TestCase
-
-
 # uses_torch() by class, with the class's ``torch_world`` it was worked out for: it walks
 # the test module's globals (a fraction of a millisecond) and assertEqual runs in loops.
 _uses_torch_cache: weakref.WeakKeyDictionary[type, tuple[Any, bool]] = weakref.WeakKeyDictionary()
@@ -193,7 +175,7 @@ class ArrayAssertions:
 
     def _mpdist_torch_case(self) -> Any:
         """The torch ``TestCase`` that compares for this test (None without torch's utilities)."""
-        torch_case_class = _torch_test_case_class()
+        torch_case_class = _torch_internals.test_case_class()
         if torch_case_class is None:
             return None
         # object.__getattribute__: never __getattr__, even on a half-built (unpickled) instance.
@@ -275,7 +257,7 @@ class ArrayAssertions:
         )
         if name.startswith("_") or name == self.__dict__.get("_testMethodName"):
             raise missing
-        torch_case_class = _torch_test_case_class()
+        torch_case_class = _torch_internals.test_case_class()
         if (
             torch_case_class is None
             or not hasattr(torch_case_class, name)

@@ -10,6 +10,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from mpdist.testing import _torch_internals
 from mpdist.timeouts import TEST_TIMEOUT
 
 # Marked functions and spawn_ranks: the smallest world that exercises communication.
@@ -77,11 +78,7 @@ def timeout_override(test_name: str) -> float | None:
     """The deadline ``TIMEOUT_OVERRIDE`` (ours, else torch's if loaded) sets for ``test_name``."""
     if test_name in TIMEOUT_OVERRIDE:
         return float(TIMEOUT_OVERRIDE[test_name])
-    torch_utils = sys.modules.get("torch.testing._internal.common_distributed")
-    overrides = getattr(torch_utils, "TIMEOUT_OVERRIDE", None)
-    if isinstance(overrides, dict) and test_name in overrides:
-        return float(overrides[test_name])
-    return None
+    return _torch_internals.timeout_override(test_name)
 
 
 def default_timeout(class_timeout: float | None, test_name: str | None = None) -> float:

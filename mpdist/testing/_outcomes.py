@@ -16,10 +16,11 @@ A rank process that ended without a word is described by its exit status
 from __future__ import annotations
 
 import signal
-import sys
 import traceback
 import unittest
 from dataclasses import dataclass
+
+from mpdist.testing import _torch_internals
 
 # What torch's threaded process group raises in every rank once one rank has failed.
 TORCH_THREADS_TERMINATED = "Test termination event occurs."
@@ -34,20 +35,6 @@ class Verdict:
     exc_type: str | None = None
     traceback: str = ""
     exit_code: int | None = None  # the code of a ``sys.exit(code)`` that ended the test
-
-
-def torch_skip_message(code: object) -> str | None:
-    """torch's message for a ``TEST_SKIPS`` exit code (None: not one, or torch not loaded)."""
-    if "torch" not in sys.modules or not isinstance(code, int) or isinstance(code, bool):
-        return None
-    try:
-        from torch.testing._internal.common_distributed import TEST_SKIPS
-    except Exception:
-        return None
-    for skip in TEST_SKIPS.values():
-        if skip.exit_code == code:
-            return str(skip.message)
-    return None
 
 
 def format_exception(exc: BaseException, harness_file: str | None = None) -> str:
@@ -73,7 +60,7 @@ def judge(exc: BaseException, harness_file: str | None = None) -> Verdict:
     if kind.__module__ == "_pytest.outcomes" and kind.__name__ == "Skipped":
         return Verdict("skipped", str(getattr(exc, "msg", exc)))
     if isinstance(exc, SystemExit):
-        message = torch_skip_message(exc.code)
+        message = _torch_internals.skip_message(exc.code)
         if message is not None:
             return Verdict("skipped", message)
         if exc.code in (None, 0):

@@ -23,6 +23,7 @@ import types
 from collections import Counter
 from typing import Any
 
+from mpdist.testing import _torch_internals
 from mpdist.testing._outcomes import TORCH_THREADS_TERMINATED
 from mpdist.testing._preload import imports_of
 
@@ -63,7 +64,7 @@ def default_group(c10d: types.ModuleType) -> Any:
         from mpdist import distributed
 
         return distributed._get_default_group()
-    return c10d.distributed_c10d._get_default_group()
+    return _torch_internals.default_group(c10d)
 
 
 class TorchThreadedWorld:
@@ -81,22 +82,19 @@ class TorchThreadedWorld:
         self.store: Any = None
 
     def install(self) -> None:
-        import torch
         import torch.distributed as c10d
-        from torch.testing._internal.distributed import multi_threaded_pg
 
-        torch._C._distributed_c10d._set_thread_isolation_mode(True)
+        _torch_internals.set_thread_isolation(True)
         try:
-            multi_threaded_pg.ProcessLocalGroup.reset()
-            self.world = multi_threaded_pg._install_threaded_pg()
+            _torch_internals.reset_threaded_groups()
+            self.world = _torch_internals.install_threaded_world()
             self.store = c10d.HashStore()
         except BaseException:
-            torch._C._distributed_c10d._set_thread_isolation_mode(False)
+            _torch_internals.set_thread_isolation(False)
             raise
 
     def _installed(self) -> bool:
-        c10d = sys.modules.get("torch.distributed.distributed_c10d")
-        return self.world is not None and getattr(c10d, "_world", None) is self.world
+        return self.world is not None and _torch_internals.threaded_world_is(self.world)
 
     def enter(self, rank: int) -> None:
         """Make torch's default group of this thread the threaded group of rank ``rank``."""
@@ -116,21 +114,16 @@ class TorchThreadedWorld:
         """Wake every rank waiting in a torch collective; they raise ``SystemExit``."""
         if self.world is None:
             return
-        from torch.testing._internal.distributed import multi_threaded_pg
-
-        multi_threaded_pg.ProcessLocalGroup.exception_handle(RuntimeError(TORCH_THREADS_TERMINATED))
+        _torch_internals.fail_threaded_collectives(RuntimeError(TORCH_THREADS_TERMINATED))
 
     def uninstall(self) -> None:
         """Put torch's global world back as it was before :meth:`install`."""
         if self.world is None:
             return
-        import torch
-        from torch.testing._internal.distributed import multi_threaded_pg
-
         try:
-            multi_threaded_pg.ProcessLocalGroup.reset()
+            _torch_internals.reset_threaded_groups()
             if self._installed():
-                multi_threaded_pg._uninstall_threaded_pg()
+                _torch_internals.uninstall_threaded_world()
         finally:
             self.world = None
-            torch._C._distributed_c10d._set_thread_isolation_mode(False)
+            _torch_internals.set_thread_isolation(False)
