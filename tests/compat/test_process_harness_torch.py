@@ -49,6 +49,9 @@ class TwoRanks(MultiProcessTestCase):
         tdist.init_process_group(
             "gloo", store=tdist.FileStore(self.file_name, 2), rank=self.rank, world_size=2
         )
+        # Both ranks are connected before either may end: a rank whose test returns at
+        # once would otherwise exit while its peer still sets up gloo's mesh.
+        tdist.barrier()
 """
 
 
