@@ -16,6 +16,7 @@ A rank process that ended without a word is described by its exit status
 from __future__ import annotations
 
 import signal
+import sys
 import traceback
 import unittest
 from dataclasses import dataclass
@@ -52,12 +53,20 @@ def exception_name(kind: type[BaseException]) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
+def _pytest_skip_exception() -> type[BaseException] | None:
+    """What ``pytest.skip()`` raises (public as ``pytest.skip.Exception``), if pytest is imported."""
+    pytest = sys.modules.get("pytest")
+    kind = getattr(getattr(pytest, "skip", None), "Exception", None)
+    return kind if isinstance(kind, type) and issubclass(kind, BaseException) else None
+
+
 def judge(exc: BaseException, harness_file: str | None = None) -> Verdict:
     """The result of a rank whose test body raised ``exc``."""
     kind = type(exc)
     if isinstance(exc, unittest.SkipTest):
         return Verdict("skipped", str(exc))
-    if kind.__module__ == "_pytest.outcomes" and kind.__name__ == "Skipped":
+    pytest_skip = _pytest_skip_exception()
+    if pytest_skip is not None and isinstance(exc, pytest_skip):
         return Verdict("skipped", str(getattr(exc, "msg", exc)))
     if isinstance(exc, SystemExit):
         message = _torch_internals.skip_message(exc.code)

@@ -19,8 +19,6 @@ import contextlib
 import faulthandler
 import importlib
 import importlib.util
-import inspect
-import io
 import marshal
 import os
 import pickle
@@ -40,7 +38,7 @@ import numpy.random  # noqa: F401 - numpy 2 imports it lazily; ranks seed it at 
 import mpdist
 from mpdist import distributed as dist
 from mpdist.distributed import debug
-from mpdist.testing import _outcomes
+from mpdist.testing import _outcomes, _pytest_internals
 
 # Exit status of a rank whose parent went away: its whole process group is killed.
 _ORPHAN_EXIT = 70
@@ -238,12 +236,10 @@ def rewritten_code(path: str) -> bytes:
         return hit[1]
     import ast
 
-    from _pytest.assertion.rewrite import rewrite_asserts
-
     with open(path, "rb") as f:
         source = f.read()
     tree = ast.parse(source, filename=path)
-    rewrite_asserts(tree, source, path, None)
+    _pytest_internals.rewrite_asserts(tree, source, path)
     blob = marshal.dumps(compile(tree, path, "exec", dont_inherit=True))
     _compiled[path] = (stamp, blob)
     return blob
@@ -254,65 +250,13 @@ def _load_rewritten(name: str, path: str, code: bytes | None) -> types.ModuleTyp
     # so a failing plain `assert` in a rank explains itself.
     if path in _rewritten:
         return _rewritten[path]
-    _install_reprcompare()
+    _pytest_internals.explain_comparisons()
     module = types.ModuleType(name)
     module.__file__ = path
     sys.modules.setdefault(name, module)
     exec(marshal.loads(code if code is not None else rewritten_code(path)), module.__dict__)
     _rewritten[path] = module
     return module
-
-
-class _QuietConfig:
-    """Just enough of a pytest Config for pytest's comparison explanations."""
-
-    def get_verbosity(self, *args: Any) -> int:
-        return 0
-
-    def getoption(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def get_terminal_writer(self) -> Any:
-        from _pytest._io import TerminalWriter
-
-        return TerminalWriter(file=io.StringIO())
-
-
-def _comparison_lines(util: types.ModuleType, op: str, left: object, right: object) -> list[str]:
-    # pytest's own explanation of a failed comparison, whichever pytest is installed:
-    # before 9.2 it takes a Config first, from 9.2 on keyword-only settings.
-    compare = util.assertrepr_compare
-    params = inspect.signature(compare).parameters
-    if "config" in params:
-        return list(compare(_QuietConfig(), op, left, right) or [])
-    kwargs: dict[str, Any] = {}
-    if "verbose" in params:
-        kwargs["verbose"] = 0
-    if "highlighter" in params:
-        kwargs["highlighter"] = getattr(util, "dummy_highlighter", lambda source, lexer="": source)
-    if "assertion_text_diff_style" in params:
-        kwargs["assertion_text_diff_style"] = "ndiff"
-    return list(compare(op, left, right, **kwargs) or [])
-
-
-def _install_reprcompare() -> None:
-    # In the parent pytest explains `assert a == b` through a hook; ranks have no
-    # session, so use pytest's own explanations directly.
-    from _pytest.assertion import util
-
-    if util._reprcompare is not None:
-        return
-
-    def explain(op: str, left: object, right: object) -> str | None:
-        try:
-            lines = _comparison_lines(util, op, left, right)
-        except Exception:
-            return None
-        if not lines:
-            return None
-        return "\n~".join(line.replace("\n", "\\n") for line in lines).replace("%", "%%")
-
-    util._reprcompare = explain
 
 
 def _load_module(

@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pytest.unittest import TestCaseFunction, UnitTestCase
 
-from mpdist.testing import _config, _coordinator, _pool, _preload
+from mpdist.testing import _config, _coordinator, _pool, _preload, _pytest_internals
 from mpdist.testing._coordinator import Outcome
 from mpdist.testing._report import MultiProcessFailure, format_outcome, raise_for, rerun_command
 from mpdist.testing._worker import TaskSpec
@@ -144,14 +143,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 # -- MultiProcessTestCase collection: node ids, world_size marker ----------------------------
 
+# pytest's unittest item and collector (None if this pytest lacks them: its own unittest
+# collection then runs the harness's classes; see _pytest_internals).
+_UNITTEST_NODES = _pytest_internals.unittest_nodes()
+_CaseItem: Any = _UNITTEST_NODES[0] if _UNITTEST_NODES else pytest.Function
+_CaseCollector: Any = _UNITTEST_NODES[1] if _UNITTEST_NODES else pytest.Class
 
-class MultiProcessTestCaseFunction(TestCaseFunction):
+
+class MultiProcessTestCaseFunction(_CaseItem):
     """A MultiProcessTestCase method as a pytest item; knows its node id and world size."""
 
     mpdist_world_size: int | None = None
 
-    def _getinstance(self) -> Any:
+    def make_instance(self) -> Any:
         # The item may be named "test_x[ws2]"; the method is still test_x.
+        assert isinstance(self.parent, pytest.Class)
         return self._configure(self.parent.obj(self.originalname))
 
     def _configure(self, case: Any) -> Any:
@@ -166,7 +172,7 @@ class MultiProcessTestCaseFunction(TestCaseFunction):
         self._configure(self.instance)
 
 
-class MultiProcessTestCaseClass(UnitTestCase):
+class MultiProcessTestCaseClass(_CaseCollector):
     """Collects MultiProcessTestCase methods, one item per size of a ``world_size`` marker."""
 
     def collect(self) -> Iterator[Any]:
@@ -174,7 +180,7 @@ class MultiProcessTestCaseClass(UnitTestCase):
         marker = self.get_closest_marker("world_size")
         sizes = _sizes(marker) if marker is not None else None
         for item in super().collect():
-            if not isinstance(item, TestCaseFunction):
+            if not isinstance(item, pytest.Function):
                 yield item
                 continue
             if sizes is None:
@@ -185,18 +191,8 @@ class MultiProcessTestCaseClass(UnitTestCase):
                     self, name=f"{item.name}[ws{n}]", originalname=item.name
                 )
                 new.mpdist_world_size = n
-                _keep_size_in_nodeid(new, item.name, f"ws{n}")
+                _pytest_internals.set_param_id(new, item.name, f"ws{n}")
                 yield new
-
-
-def _keep_size_in_nodeid(item: Any, method: str, param_id: str) -> None:
-    # pytest >= 9.2 builds a Function's node id from originalname and its callspec, not
-    # from its name: without this every size of a test would share one id
-    # ("test_x" twice instead of "test_x[ws1]", "test_x[ws4]").
-    node_id = getattr(item, "_id", None)
-    if node_id is None or not hasattr(node_id, "with_params") or node_id.params is not None:
-        return  # older pytest: the id came from the name, "[wsN]" included
-    item._id = item.parent.id.child(method).with_params(param_id)
 
 
 def _sizes(marker: pytest.Mark) -> list[int]:
@@ -210,6 +206,8 @@ def _sizes(marker: pytest.Mark) -> list[int]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pycollect_makeitem(collector: Any, name: str, obj: object) -> Any:
+    if _UNITTEST_NODES is None:
+        return None
     if isinstance(obj, type) and issubclass(obj, (MultiProcessTestCase, MultiThreadedTestCase)):
         if obj in (MultiProcessTestCase, MultiThreadedTestCase) or not getattr(
             obj, "__test__", True
@@ -259,7 +257,7 @@ def _function_spec(item: pytest.Function, workdir: str) -> tuple[TaskSpec, float
     world_size = item.funcargs.get("world_size")
     if not isinstance(world_size, int):
         world_size = marker.kwargs.get("world_size") or _config.default_world_size()
-    argnames = item._fixtureinfo.argnames
+    argnames = _pytest_internals.requested_fixtures(item)
     kwargs: dict[str, Any] = {}
     for name in argnames:
         value = item.funcargs[name]
@@ -287,7 +285,7 @@ def _function_spec(item: pytest.Function, workdir: str) -> tuple[TaskSpec, float
         file_name=os.path.join(workdir, "store"),
         workdir=workdir,
         test_id=item.nodeid,
-        rewrite="@py_builtins" in vars(module),
+        rewrite=_pytest_internals.was_rewritten(module),
         backend=marker.kwargs.get("backend", "tcp"),
         funcargs=pickle.dumps(kwargs),
         env=dict(os.environ),
@@ -340,7 +338,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     else:
         outcome = getattr(item, "_mpdist_outcome", None)
         if outcome is None:
-            instance = getattr(item, "_instance", None)
+            # pytest's instance of a test case, the same the test ran on (teardown drops it).
+            instance = item.instance if isinstance(item, pytest.Function) else None
             outcome = getattr(instance, "_mpdist_outcome", None)
     if outcome is None:
         return report

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from mpdist.testing import _config, _coordinator
+from mpdist.testing import _config, _coordinator, _pytest_internals
 from mpdist.testing._report import raise_for, rerun_command
 from mpdist.testing._worker import TaskSpec
 from mpdist.testing.multiprocess import make_workdir, module_path, preload_for, remove_workdir
@@ -81,7 +81,7 @@ def spawn_ranks(
             file_name=file_name,
             workdir=workdir,
             test_id=nodeid or f"{module}.{qualname}",
-            rewrite="@py_builtins" in vars(sys.modules.get(module, sys)),
+            rewrite=_pytest_internals.was_rewritten(sys.modules.get(module, sys)),
             backend=backend,
             funcargs=payload,
             group_timeout=group_timeout,
