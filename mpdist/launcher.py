@@ -546,6 +546,7 @@ class _Job:
         os.close(self.wake_w)
         if self.subreaper:
             self._reap_orphans()
+            assert self.prctl is not None  # how the launcher became a subreaper
             self.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
             self.subreaper = False
 
