@@ -107,11 +107,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # The torch modules a test file imports, read off its source before pytest imports it.
 _TORCH_IMPORTS = re.compile(rb"^[ \t]*(?:from|import)[ \t]+(torch(?:\.\w+)*)", re.MULTILINE)
+# What starts rank processes (a module using only MultiThreadedTestCase needs no server).
+_PROCESS_HARNESS = re.compile(
+    rb"MultiProcessTestCase|DistributedTestBase|MultiProcContinuousTest|spawn_ranks|mark\.mpdist"
+)
 _early_start_key = pytest.StashKey[bool]()
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> None:
-    """Start the forkserver early for a harness test module that imports torch.
+    """Start the forkserver early for a process-harness test module that imports torch.
 
     The server imports torch in its own process; started now, that runs beside the
     parent's own import of the module, instead of after it, before the first test.
@@ -129,7 +133,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> None:
     except OSError:
         return
     modules = [m.decode() for m in _TORCH_IMPORTS.findall(source)]
-    if not modules or b"mpdist" not in source:
+    if not modules or b"mpdist" not in source or not _PROCESS_HARNESS.search(source):
         return
     config.stash[_early_start_key] = True
     ctx = multiprocessing.get_context("forkserver")

@@ -135,12 +135,8 @@ def test_a_forkserver_with_a_live_child_is_not_idle() -> None:
     assert _preload._idle(server)
 
 
-def test_a_module_importing_torch_starts_the_forkserver_during_collection(
-    pytester: pytest.Pytester, pid_dir: str
-) -> None:
-    # A stand-in "torch" package (many modules, notes who imports it): the plugin reads
-    # "import torch" off the test file before importing it and starts the forkserver
-    # with torch preloaded, so the server's import runs beside the parent's.
+def stand_in_torch(pytester: pytest.Pytester) -> None:
+    """A package named torch, heavy enough to preload, that notes who imports it."""
     pkg = pytester.mkpydir("torch")
     names = [f"m{i}" for i in range(_preload.HEAVY_PACKAGE_MODULES + 5)]
     for name in names:
@@ -154,6 +150,15 @@ def test_a_module_importing_torch_starts_the_forkserver_during_collection(
             """
         )
     )
+
+
+def test_a_module_importing_torch_starts_the_forkserver_during_collection(
+    pytester: pytest.Pytester, pid_dir: str
+) -> None:
+    # The plugin reads "import torch" off a process-harness test file before importing it
+    # and starts the forkserver with torch preloaded, so the server's import runs beside
+    # the parent's.
+    stand_in_torch(pytester)
     pytester.makepyfile(
         test_uses_torch=module(
             "ranks",
@@ -174,3 +179,29 @@ def test_a_module_importing_torch_starts_the_forkserver_during_collection(
     (server,) = servers(pid_dir, "ranks")  # one server forked every rank: no restart
     assert server in importers(pid_dir)  # it preloaded "torch"
     assert not importers(pid_dir) & rank_pids(pid_dir)
+
+
+def test_a_thread_harness_module_starts_no_forkserver(
+    pytester: pytest.Pytester, pid_dir: str
+) -> None:
+    # Rank threads need no server: starting one would only import torch a second time.
+    stand_in_torch(pytester)
+    pytester.makepyfile(
+        test_threads_only=textwrap.dedent(
+            """
+            import multiprocessing.forkserver
+            import torch
+            from mpdist.testing import MultiThreadedTestCase
+
+            class TestThreads(MultiThreadedTestCase):
+                torch_world = False
+                world_size = 2
+
+                def test_no_server(self):
+                    assert multiprocessing.forkserver._forkserver._forkserver_pid is None
+            """
+        )
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+    assert len(importers(pid_dir)) == 1  # the test process only
