@@ -22,7 +22,9 @@ from typing import Any
 
 from mpdist import _proctree
 from mpdist.testing import _preload
-from mpdist.testing._outcomes import TORCH_THREADS_TERMINATED, signal_name
+from mpdist.testing import _records as records
+from mpdist.testing._outcomes import signal_name
+from mpdist.testing._records import RankRecord, is_consequence
 from mpdist.testing._worker import TaskSpec, rank_main
 
 # After the first failure, how long the other ranks get to notice the abort and report.
@@ -108,16 +110,16 @@ class _Handle:
         self.conn = conn
         self.pid: int | None = proc.pid if proc is not None else None
         self.pgid = 0
-        self.record: dict[str, Any] | None = None
+        self.record: RankRecord | None = None
         self.exited = False
         self.conn_open = True
         self.trace: str | None = None
         self.dumped = False
-        self.failing: dict[str, Any] | None = None  # the rank's failure notice
+        self.failing: RankRecord | None = None  # the rank's failure, announced early
         self.failed_seen: float | None = None  # parent's clock when it saw this rank fail
         self.reaped = False  # killed by the harness (timeout, grace period): not a failure
 
-    def send(self, msg: tuple) -> bool:
+    def send(self, msg: object) -> bool:
         if not self.conn_open:
             return False
         try:
@@ -136,16 +138,15 @@ class _Handle:
             except (EOFError, OSError):
                 self.conn_open = False
                 return
-            kind = msg[0]
-            if kind == "started":
-                self.pid, self.pgid = msg[1], msg[2]
-            elif kind == "failing":
-                self.failing = msg[1]
-            elif kind == "result":
-                self.record = msg[1]
-            elif kind == "dumped":
+            if isinstance(msg, records.Started):
+                self.pid, self.pgid = msg.pid, msg.pgid
+            elif isinstance(msg, records.Failing):
+                self.failing = msg.record
+            elif isinstance(msg, records.Finished):
+                self.record = msg.record
+            elif isinstance(msg, records.Dumped):
                 self.dumped = True
-                self.trace = msg[1]
+                self.trace = msg.trace
 
 
 def _exitcode(h: _Handle) -> int | None:
@@ -154,17 +155,6 @@ def _exitcode(h: _Handle) -> int | None:
         return h.proc.exitcode if h.proc is not None else None
     except ValueError:
         return None
-
-
-def is_consequence(failure: dict[str, Any]) -> bool:
-    """Whether a rank's failure was caused by another rank's: the harness's abort, a lost peer."""
-    message = failure.get("message") or ""
-    aborted = failure.get("aborted")
-    if "aborted by the harness" in message or (aborted and aborted in message):
-        return True
-    if TORCH_THREADS_TERMINATED in message:  # torch's threaded world, stopped by the harness
-        return True
-    return (failure.get("exc_type") or "").endswith("DistNetworkError")
 
 
 def _read(path: str) -> str:
@@ -236,27 +226,29 @@ class RankSet:
             h.proc.join(1.0)
         h.exited = True
 
-    def _failure(self, h: _Handle, now: float) -> dict[str, Any] | None:
+    def _failure(self, h: _Handle, now: float) -> RankRecord | None:
         """What is known of ``h``'s failure (notice, record, or death), or None."""
+        failure: RankRecord | None
         if h.record is not None:
-            failure = h.record if h.record.get("status") == "failed" else None
+            failure = h.record if h.record.status == "failed" else None
         elif h.failing is not None:
             failure = h.failing
         elif h.exited and not h.reaped and h.rank not in self.spec.may_die:
-            failure = {"exc_type": None, "message": signal_name(_exitcode(h))}
+            failure = RankRecord(h.rank, "failed", message=signal_name(_exitcode(h)))
         else:
             return None
         if failure is not None and h.failed_seen is None:
             h.failed_seen = now
         return failure
 
-    def _failure_key(self, h: _Handle, failure: dict[str, Any]) -> tuple[bool, float, int]:
+    def _failure_key(self, h: _Handle, failure: RankRecord) -> tuple[bool, float, int]:
         # Causes before consequences; then by when the rank caught its exception (a rank
         # that died without a word: when the parent saw it die); then by rank.
-        when = failure.get("failed_at") or h.failed_seen or 0.0
-        return (is_consequence(failure), when, h.rank)
+        when = failure.failed_at or h.failed_seen or 0.0
+        consequence = is_consequence(failure.exc_type, failure.message, failure.aborted)
+        return (consequence, when, h.rank)
 
-    def first_failed(self, now: float) -> tuple[_Handle, dict[str, Any]] | None:
+    def first_failed(self, now: float) -> tuple[_Handle, RankRecord] | None:
         """The rank whose failure came first (causes before consequences), if any failed."""
         failures = []
         for h in self.handles:
@@ -277,7 +269,7 @@ class RankSet:
             return None
         h, failure = first
         self.first_failure = h.rank
-        what = f"{failure.get('exc_type') or ''}: {failure.get('message') or ''}".strip(": ")
+        what = f"{failure.exc_type or ''}: {failure.message}".strip(": ")
         reason = (
             f"aborted by the harness: rank {h.rank} failed ({what.splitlines()[0] if what else ''})"
         )
@@ -288,7 +280,7 @@ class RankSet:
                 and other.failing is None
                 and not other.exited
             ):
-                other.send(("abort", reason))
+                other.send(records.Abort(reason))
         return now + ABORT_GRACE
 
     def wait(self, timeout: float | None) -> tuple[bool, bool]:
@@ -339,7 +331,7 @@ class RankSet:
     def dump(self) -> None:
         """Ask every live rank for its stacks; SIGUSR1 (faulthandler) for ranks that can't answer."""
         live = self._active()
-        asked = [h for h in live if h.send(("dump",))]
+        asked = [h for h in live if h.send(records.Dump())]
         end = time.monotonic() + DUMP_WAIT
         while any(not h.dumped for h in asked) and time.monotonic() < end:
             conns = [h.conn for h in asked if not h.dumped and h.conn_open]
@@ -415,15 +407,17 @@ class RankSet:
                 except ValueError:
                     r.exitcode = None
             if rec is not None:
-                r.status = rec["status"]
-                r.exc_type = rec.get("exc_type")
-                r.message = rec.get("message", "")
-                r.traceback = rec.get("traceback", "")
-                r.aborted = rec.get("aborted")
-                r.duration = rec.get("duration", 0.0)
-                r.exit_code = rec.get("exit_code")
-                r.value = rec.get("value")
-                r.consequence = r.status == "failed" and is_consequence(rec)
+                r.status = rec.status
+                r.exc_type = rec.exc_type
+                r.message = rec.message
+                r.traceback = rec.traceback
+                r.aborted = rec.aborted
+                r.duration = rec.duration
+                r.exit_code = rec.exit_code
+                r.value = rec.value
+                r.consequence = r.status == "failed" and is_consequence(
+                    rec.exc_type, rec.message, rec.aborted
+                )
             elif h.rank in self.spec.may_die and h.exited:
                 r.status = "passed"  # allowed to die: no result, no failure
             elif timed_out:

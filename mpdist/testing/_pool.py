@@ -18,6 +18,7 @@ from multiprocessing import connection as mp_connection
 from typing import Any
 
 from mpdist import _proctree
+from mpdist.testing import _records as records
 from mpdist.testing._coordinator import RankSet, _Handle
 from mpdist.testing._worker import TaskSpec, pool_main
 
@@ -77,7 +78,7 @@ class WorkerPool:
             h.failing = None
             h.failed_seen = None
             h.reaped = False
-            if not h.send(("task", spec)):
+            if not h.send(records.Task(spec)):
                 h.exited = True
         return RankSet(spec, self.handles, pooled=True)
 
@@ -94,7 +95,7 @@ class WorkerPool:
             return
         self.broken = True
         for h in self.handles:
-            h.send(("stop",))
+            h.send(records.Stop())
         for h in self.handles:
             h.proc.join(2.0)
         pids = [h.proc.pid for h in self.handles if h.proc.exitcode is None]

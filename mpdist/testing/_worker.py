@@ -1,16 +1,17 @@
 """What runs inside a rank process: load the test, run it, send one result record to the parent.
 
-A rank talks to the parent over one duplex pipe. A listener thread owns the
-receiving end, so the parent can reach a rank that is stuck in a collective:
-``("abort", reason)`` aborts every process group of the rank (pending
-collectives raise), ``("dump",)`` writes the stacks of all threads and the last
-collective entered to the rank's dump file. The main thread sends
-``("started", pid, pgid)`` once and ``("result", record)`` per test; a failing
-test also sends ``("failing", notice)`` before its group is torn down, so the
-parent hears of the cause before the peers report the lost connection.
+A rank talks to the parent over one duplex pipe, in the messages of
+:mod:`mpdist.testing._records`. A listener thread owns the receiving end, so the
+parent can reach a rank that is stuck in a collective: ``Abort`` aborts everything
+of the rank that waits on other ranks (pending collectives raise; the abort sticks
+until the next task), ``Dump`` writes the stacks of all threads and the last
+collective entered to the rank's dump file. The main thread sends ``Started`` once
+and ``Finished`` per test; a failing test also sends ``Failing`` before its group is
+torn down, so the parent hears of the cause before the peers report the lost
+connection.
 
 Fresh ranks enter through :func:`rank_main` (one test, then exit); pooled
-workers through :func:`pool_main` (tests arrive as ``("task", spec)``).
+workers through :func:`pool_main` (tests arrive as ``Task``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import mpdist
 from mpdist import distributed as dist
 from mpdist.distributed import debug
 from mpdist.testing import _outcomes, _pytest_internals
+from mpdist.testing import _records as records
 
 # Exit status of a rank whose parent went away: its whole process group is killed.
 _ORPHAN_EXIT = 70
@@ -117,7 +119,7 @@ class _Channel:
         self.thread = threading.Thread(target=self._listen, name="mpdist-harness", daemon=True)
         self.thread.start()
 
-    def send(self, msg: tuple) -> None:
+    def send(self, msg: object) -> None:
         with self.lock:
             self.conn.send(msg)
 
@@ -128,22 +130,21 @@ class _Channel:
             except (EOFError, OSError):
                 self._parent_gone()
                 return
-            kind = msg[0]
-            if kind == "task":
+            if isinstance(msg, records.Task):
                 # A pooled worker's next test starts with no abort in force.
                 self.abort_reason = None
                 debug.clear_abort()
-                self.tasks.put(msg[1])
-            elif kind == "stop":
+                self.tasks.put(msg.spec)
+            elif isinstance(msg, records.Stop):
                 self.tasks.put(None)
                 return
-            elif kind == "abort":
+            elif isinstance(msg, records.Abort):
                 # The abort sticks (mpdist.aborts): a group built after it, by a test that
                 # had not got there yet or an init still in its rendezvous, fails too.
-                self.abort_reason = msg[1]
+                self.abort_reason = msg.reason
                 with contextlib.suppress(Exception):
-                    debug.abort_all_groups(msg[1])
-            elif kind == "dump":
+                    debug.abort_all_groups(msg.reason)
+            elif isinstance(msg, records.Dump):
                 self._dump()
 
     def _parent_gone(self) -> None:
@@ -164,7 +165,7 @@ class _Channel:
                 f.flush()
                 faulthandler.dump_traceback(f, all_threads=True)
         with contextlib.suppress(OSError):
-            self.send(("dumped", trace))
+            self.send(records.Dumped(trace))
 
 
 class _Capture:
@@ -414,30 +415,27 @@ def _apply_env(spec: TaskSpec) -> None:
             os.chdir(spec.cwd)
 
 
-def _announce_failure(record: dict[str, Any], failed_at: float, chan: _Channel) -> None:
+def _announce_failure(record: records.RankRecord, chan: _Channel) -> None:
     # Tell the parent before this rank's group is torn down: closing the group makes the
     # peers fail too, and the parent must hear about the cause before the consequences.
-    # failed_at (time.monotonic(), one clock for every process of the machine) orders the
-    # failures of several ranks by when each was caught.
-    record["failed_at"] = failed_at
-    notice = {k: record.get(k) for k in ("rank", "exc_type", "message", "aborted", "failed_at")}
+    # record.failed_at (time.monotonic(), one clock for every process of the machine)
+    # orders the failures of several ranks by when each was caught.
     with contextlib.suppress(OSError, ValueError):
-        chan.send(("failing", notice))
+        chan.send(records.Failing(record))
 
 
-def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
+def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> records.RankRecord:
     """Run one test in this rank and return its result record."""
     chan.spec = spec
-    debug = spec.debug_rank == rank
-    capture = None if debug else _Capture(spec.out_path(rank), spec.err_path(rank))
+    on_terminal = spec.debug_rank == rank
+    capture = None if on_terminal else _Capture(spec.out_path(rank), spec.err_path(rank))
     dump_file = open(spec.dump_path(rank), "a")  # noqa: SIM115 - faulthandler needs it open
     faulthandler.register(signal.SIGUSR1, file=dump_file, all_threads=True)
     if capture is not None:
         with contextlib.suppress(Exception):
             sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    record: dict[str, Any] = {"rank": rank, "status": "passed", "pid": os.getpid()}
+    record = records.RankRecord(rank=rank, pid=os.getpid())
     start = time.perf_counter()
-    failed_at = 0.0
     try:
         _apply_env(spec)
         call = _build_call(spec, rank)
@@ -446,23 +444,23 @@ def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
             _init_group(spec, rank)
         value = call()
         if spec.kind == "call":
-            record["value"] = _pickle_value(value, rank)
+            record.value = _pickle_value(value, rank)
     except BaseException as exc:
         verdict = _outcomes.judge(exc, __file__)
-        record.update(status=verdict.status)
+        record.status = verdict.status
         if verdict.status != "passed":
-            record.update(message=verdict.message)
+            record.message = verdict.message
         if verdict.status == "failed":
-            failed_at = time.monotonic()
-            record.update(exc_type=verdict.exc_type, traceback=verdict.traceback)
-            record.update(exit_code=verdict.exit_code)
+            record.failed_at = time.monotonic()
+            record.exc_type, record.traceback = verdict.exc_type, verdict.traceback
+            record.exit_code = verdict.exit_code
     finally:
-        record["duration"] = time.perf_counter() - start
-        record["aborted"] = chan.abort_reason
-        if record["status"] == "failed":
-            _announce_failure(record, failed_at, chan)
+        record.duration = time.perf_counter() - start
+        record.aborted = chan.abort_reason
+        if record.status == "failed":
+            _announce_failure(record, chan)
         if spec.destroy_groups and not (
-            spec.keep_group and record["status"] in ("passed", "skipped") and harness_group[0]
+            spec.keep_group and record.status in ("passed", "skipped") and harness_group[0]
         ):
             _drop_group()
             _destroy_torch_group()
@@ -474,11 +472,11 @@ def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> dict[str, Any]:
     return record
 
 
-def _process_setup(rank: int, debug: bool) -> bool:
+def _process_setup(rank: int, on_terminal: bool) -> bool:
     """Per-process setup of a rank; returns whether the rank leads its own process group."""
     # Fatal signals (segfault, abort) print every thread's stack to the rank's stderr.
     faulthandler.enable(all_threads=True)
-    if debug:
+    if on_terminal:
         _attach_terminal()
         return False
     # Own process group: Ctrl-C at the terminal reaches only the parent (which stops
@@ -495,10 +493,10 @@ def rank_main(spec: TaskSpec, rank: int, conn: Any) -> None:
     own = _process_setup(rank, spec.debug_rank == rank)
     chan = _Channel(conn, rank)
     chan.own_group = own
-    chan.send(("started", os.getpid(), os.getpgrp() if own else 0))
+    chan.send(records.Started(os.getpid(), os.getpgrp() if own else 0))
     record = run_task(spec, rank, chan)
     chan.done = True
-    chan.send(("result", record))
+    chan.send(records.Finished(record))
 
 
 def pool_main(rank: int, conn: Any) -> None:
@@ -506,12 +504,12 @@ def pool_main(rank: int, conn: Any) -> None:
     own = _process_setup(rank, False)
     chan = _Channel(conn, rank)
     chan.own_group = own
-    chan.send(("started", os.getpid(), os.getpgrp() if own else 0))
+    chan.send(records.Started(os.getpid(), os.getpgrp() if own else 0))
     while True:
         spec = chan.tasks.get()
         if spec is None:
             break
         record = run_task(spec, rank, chan)
-        chan.send(("result", record))
+        chan.send(records.Finished(record))
     chan.done = True
     _drop_group()

@@ -31,8 +31,9 @@ from mpdist.distributed import debug
 from mpdist.store import HashStore
 from mpdist.testing import _config
 from mpdist.testing._asserts import ArrayAssertions
-from mpdist.testing._coordinator import Outcome, RankResult, is_consequence
+from mpdist.testing._coordinator import Outcome, RankResult
 from mpdist.testing._outcomes import judge
+from mpdist.testing._records import is_consequence
 from mpdist.testing._report import raise_for, rerun_command
 from mpdist.testing._worker import collective_trace, seed_everything
 from mpdist.testing._world import TorchThreadedWorld, uses_torch
@@ -146,9 +147,7 @@ class ThreadRanks:
             return
         result.exc_type, result.exit_code = verdict.exc_type, verdict.exit_code
         result.traceback = f"in thread {threading.current_thread().name!r}:\n{verdict.traceback}"
-        result.consequence = is_consequence(
-            {"exc_type": result.exc_type, "message": result.message}
-        )
+        result.consequence = is_consequence(result.exc_type, result.message)
         # Noted before this rank's groups are destroyed (which makes the peers fail):
         # the first failure is the one caught first, causes before consequences.
         with self.cond:

@@ -16,6 +16,7 @@ from _harness_helpers import alive, leftover_files
 
 from mpdist import distributed as dist
 from mpdist.testing import MultiProcessFailure, _coordinator, spawn_ranks, spawn_threads
+from mpdist.testing._records import RankRecord
 from mpdist.testing._worker import TaskSpec
 
 
@@ -61,10 +62,14 @@ def test_causes_come_before_consequences_then_the_earliest() -> None:
     )  # fmt: skip
     handles = [_coordinator._Handle(rank, None, None) for rank in range(3)]
     lost = "all_reduce: rank 0 lost its connection to rank 2"
-    handles[0].failing = {"exc_type": "mpdist.errors.DistNetworkError", "message": lost}
-    handles[0].failing["failed_at"] = 1.0
-    handles[1].failing = {"exc_type": "ValueError", "message": "later", "failed_at": 5.0}
-    handles[2].failing = {"exc_type": "ValueError", "message": "first", "failed_at": 2.0}
+    network = "mpdist.errors.DistNetworkError"
+    handles[0].failing = RankRecord(0, "failed", exc_type=network, message=lost, failed_at=1.0)
+    handles[1].failing = RankRecord(
+        1, "failed", exc_type="ValueError", message="later", failed_at=5.0
+    )
+    handles[2].failing = RankRecord(
+        2, "failed", exc_type="ValueError", message="first", failed_at=2.0
+    )
     first = _coordinator.RankSet(spec, handles, pooled=False).first_failed(now=0.0)
     assert first is not None and first[0].rank == 2
 
