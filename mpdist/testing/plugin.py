@@ -112,6 +112,8 @@ _PROCESS_HARNESS = re.compile(
     rb"MultiProcessTestCase|DistributedTestBase|MultiProcContinuousTest|spawn_ranks|mark\.mpdist"
 )
 _early_start_key = pytest.StashKey[bool]()
+# The outcome of an mpdist-marked function, for its report.
+_outcome_key = pytest.StashKey[Outcome]()
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> None:
@@ -310,7 +312,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         spec, timeout = _function_spec(pyfuncitem, workdir)
         ctx = _coordinator.get_context(_config.start_method(None), preload_for(spec.module))
         outcome = _coordinator.run_ranks(spec, ctx=ctx, timeout=timeout)
-        pyfuncitem._mpdist_outcome = outcome  # type: ignore[attr-defined]
+        pyfuncitem.stash[_outcome_key] = outcome
         raise_for(outcome, rerun_command(pyfuncitem.nodeid, pyfuncitem.nodeid, spec.world_size))
     finally:
         remove_workdir(workdir)
@@ -340,7 +342,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         failure = call.excinfo.value
         outcome = failure.outcome
     else:
-        outcome = getattr(item, "_mpdist_outcome", None)
+        outcome = item.stash.get(_outcome_key, None)
         if outcome is None:
             # pytest's instance of a test case, the same the test ran on (teardown drops it).
             instance = item.instance if isinstance(item, pytest.Function) else None
