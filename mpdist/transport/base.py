@@ -29,6 +29,7 @@ import contextlib
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,11 +42,13 @@ from mpdist.transport.header import (
     KIND_ERROR,
     KIND_P2P,
     MAGIC,
+    Header,
+    HeaderFields,
     dtype_name,
     op_name_of,
 )
 
-__all__ = ["Transport", "SendReq", "RecvReq", "as_bytes"]
+__all__ = ["Transport", "Collective", "SendReq", "RecvReq", "as_bytes"]
 
 _REDOPS = ["SUM", "AVG", "PRODUCT", "MIN", "MAX", "BAND", "BOR", "BXOR"]
 
@@ -59,6 +62,21 @@ def as_bytes(array: np.ndarray) -> memoryview:
         if array.nbytes == 0:
             return memoryview(bytearray())
         return memoryview(array.reshape(-1).view(np.uint8))
+
+
+@dataclass(slots=True)
+class Collective:
+    """The collective in progress, as :meth:`Transport.begin` entered it: what the header
+    of every message of it must agree with (``Header`` fields of the same names)."""
+
+    seq: int = 0
+    op: int = 0
+    redop: int = 0
+    dtype: int = 0
+    root: int = -1
+    total: int = 0
+    sig: int = 0
+    op_name: str = ""
 
 
 class SendReq:
@@ -93,7 +111,7 @@ class RecvReq:
 class Transport:
     """Base class of TcpTransport and LocalTransport: matching, waiting and error handling.
 
-    Subclasses implement ``_post(peer, hdr, buf, req)``, ``_progress(timeout_s)``,
+    Subclasses implement ``_post(peer, header_fields, buf, req)``, ``_progress(timeout_s)``,
     ``_peer_closed(peer)``, ``_notify(peers, err_kind, text, origin, flags)``, ``_wake()`` and
     ``_shutdown()``.
     """
@@ -110,14 +128,16 @@ class Transport:
         # how ranks are named in error messages (e.g. global ranks of a subgroup)
         self.rank_names: list[int] | None = list(rank_names) if rank_names is not None else None
         self.timeout_s = float(timeout_s) if timeout_s and timeout_s > 0 else 1e9
-        # the collective in progress: (seq, op, redop, dtype, root, total, sig, op_name)
-        self._cur: tuple | None = None
+        # the collective in progress (None between collectives); one record, refilled by
+        # every begin(): no allocation on the small-message path
+        self._cur: Collective | None = None
+        self._coll = Collective()
         self._last_seq = 0
         self._history: deque[tuple[int, str]] = deque(maxlen=8)  # (seq, op name) for errors
         self._posted: dict[tuple[int, int, int], RecvReq] = {}
-        self._stash: dict[tuple[int, int, int], tuple[tuple, bytes]] = {}
+        self._stash: dict[tuple[int, int, int], tuple[Header, bytes]] = {}
         self._p2p_posted: list[RecvReq] = []
-        self._p2p_stash: list[tuple[int, tuple, bytes]] = []
+        self._p2p_stash: list[tuple[int, Header, bytes]] = []
         self._error: DistError | None = None
         # the error to pass on to peers (a mismatch or lost peer, ours or relayed; not an
         # abort), and the peers that know it already
@@ -144,20 +164,29 @@ class Transport:
         """Enter collective number ``seq``; every collective message is checked against this."""
         if self._error is not None or self._abort_reason is not None:
             raise self._sticky()
-        self._cur = (seq, op, redop, dtype, root, total, sig, op_name)
+        c = self._coll
+        c.seq = seq
+        c.op = op
+        c.redop = redop
+        c.dtype = dtype
+        c.root = root
+        c.total = total
+        c.sig = sig
+        c.op_name = op_name
+        self._cur = c
         self._last_seq = seq
         self._history.append((seq, op_name))
         if self._stash:
             # a peer that ran ahead already sent data for this collective: check it now
-            for key, (hdr, _) in list(self._stash.items()):
-                if key[1] == seq:
+            for (peer, _, _), (hdr, _) in list(self._stash.items()):
+                if hdr.seq == seq:
                     try:
-                        self._check_coll(key[0], hdr)
+                        self._check_coll(peer, hdr)
                     except DistError as e:
                         self._fail(e, list(range(self.size)))
                         raise
-                elif key[1] < seq:
-                    e = self._stale(key[0], hdr)
+                elif hdr.seq < seq:
+                    e = self._stale(peer, hdr)
                     self._fail(e, list(range(self.size)))
                     raise e
 
@@ -168,34 +197,35 @@ class Transport:
     def isend(self, peer: int, step: int, buf: memoryview) -> SendReq:
         """Post message ``step`` of the current collective to ``peer``."""
         c = self._cur
-        hdr = (
+        fields = (
             MAGIC,
             KIND_COLL,
-            c[2],
-            c[1],
-            c[3],
+            c.redop,
+            c.op,
+            c.dtype,
             0,
-            c[4],
+            c.root,
             0,
             step,
-            c[0],
-            c[5],
-            c[6],
+            c.seq,
+            c.total,
+            c.sig,
             buf.nbytes,
             0,
         )
         req = SendReq(peer)
-        self._post(peer, hdr, buf, req)
+        self._post(peer, fields, buf, req)
         return req
 
     def irecv(self, peer: int, step: int, buf: memoryview) -> RecvReq:
         """Post the receive of message ``step`` of the current collective from ``peer``."""
-        key = (peer, self._cur[0], step)
+        key = (peer, self._cur.seq, step)
         req = RecvReq(peer, buf)
         if self._stash:
             ent = self._stash.pop(key, None)
             if ent is not None:
-                self._fill(req, ent[0], ent[1], peer)
+                hdr, payload = ent
+                self._fill(req, hdr, payload, peer)
                 return req
         self._posted[key] = req
         return req
@@ -223,9 +253,10 @@ class Transport:
         """Post a point-to-point message to ``peer`` with ``tag``."""
         if self._error is not None or self._abort_reason is not None:
             raise self._sticky()
-        hdr = (MAGIC, KIND_P2P, 0, op, dtype, 0, -1, tag, 0, 0, buf.nbytes, 0, buf.nbytes, 0)
+        n = buf.nbytes
+        fields = (MAGIC, KIND_P2P, 0, op, dtype, 0, -1, tag, 0, 0, n, 0, n, 0)
         req = SendReq(peer)
-        self._post(peer, hdr, buf, req)
+        self._post(peer, fields, buf, req)
         return req
 
     def irecv_p2p(self, src: int | None, tag: int, buf: memoryview, dtype: int) -> RecvReq:
@@ -234,7 +265,7 @@ class Transport:
             raise self._sticky()
         req = RecvReq(src, buf, tag, dtype)
         for i, (peer, hdr, payload) in enumerate(self._p2p_stash):
-            if hdr[7] == tag and (src is None or src == peer):
+            if hdr.tag == tag and (src is None or src == peer):
                 del self._p2p_stash[i]
                 self._fill(req, hdr, payload, peer)
                 return req
@@ -405,11 +436,11 @@ class Transport:
         with contextlib.suppress(Exception):
             self._notify(targets, kind, text, origin, flags)
 
-    def _remote_error(self, peer: int, hdr: tuple, payload: bytes) -> DistError:
+    def _remote_error(self, peer: int, hdr: Header, payload: bytes) -> DistError:
         text = bytes(payload).decode("utf-8", "replace")
-        cls = DistNetworkError if hdr[3] == ERR_NETWORK else DistBackendError
+        cls = DistNetworkError if hdr.op == ERR_NETWORK else DistBackendError
         # the root field of an ERROR names the rank that detected it (-1: the sender)
-        origin = hdr[6] if 0 <= hdr[6] < self.size and hdr[6] != self.rank else peer
+        origin = hdr.root if 0 <= hdr.root < self.size and hdr.root != self.rank else peer
         me = self._n(self.rank)
         if origin == peer:
             where = f"reported by rank {self._n(peer)} to rank {me}"
@@ -424,47 +455,47 @@ class Transport:
         err._mpdist_sender = peer
         return err
 
-    def _check_coll(self, peer: int, hdr: tuple) -> None:
+    def _check_coll(self, peer: int, hdr: Header) -> None:
         c = self._cur
         if (
-            hdr[3] != c[1]
-            or hdr[2] != c[2]
-            or hdr[4] != c[3]
-            or hdr[6] != c[4]
-            or hdr[10] != c[5]
-            or hdr[11] != c[6]
+            hdr.op != c.op
+            or hdr.redop != c.redop
+            or hdr.dtype != c.dtype
+            or hdr.root != c.root
+            or hdr.total != c.total
+            or hdr.sig != c.sig
         ):
             raise self._mismatch(peer, hdr)
 
-    def _mismatch(self, peer: int, hdr: tuple) -> DistBackendError:
+    def _mismatch(self, peer: int, hdr: Header) -> DistBackendError:
         c = self._cur
         me, them = f"rank {self._n(self.rank)}", f"rank {self._n(peer)}"
-        mine_op = c[7]
+        mine_op = c.op_name
         diffs = []
 
         def differ(mine: str, theirs: str) -> None:
             diffs.append(f"{mine} on {me} vs {theirs} on {them}")
 
-        if hdr[3] != c[1]:
-            diffs.append(f"{me} called {mine_op} but {them} called {op_name_of(hdr[3])}")
-        if hdr[4] != c[3]:
-            differ(f"dtype {dtype_name(c[3])}", dtype_name(hdr[4]))
-        if hdr[10] != c[5]:
-            differ(f"{c[5]} bytes", f"{hdr[10]} bytes")
-        elif hdr[11] != c[6]:
+        if hdr.op != c.op:
+            diffs.append(f"{me} called {mine_op} but {them} called {op_name_of(hdr.op)}")
+        if hdr.dtype != c.dtype:
+            differ(f"dtype {dtype_name(c.dtype)}", dtype_name(hdr.dtype))
+        if hdr.total != c.total:
+            differ(f"{c.total} bytes", f"{hdr.total} bytes")
+        elif hdr.sig != c.sig:
             diffs.append(f"different shapes on {me} and {them}")
-        if hdr[6] != c[4]:
-            differ(f"root {c[4]}", f"root {hdr[6]}")
-        if hdr[2] != c[2]:
-            differ(f"reduce op {_redop(c[2])}", _redop(hdr[2]))
+        if hdr.root != c.root:
+            differ(f"root {c.root}", f"root {hdr.root}")
+        if hdr.redop != c.redop:
+            differ(f"reduce op {_redop(c.redop)}", _redop(hdr.redop))
         return DistBackendError(
-            f"{mine_op}: mismatch between {me} and {them} in collective #{c[0]}: "
+            f"{mine_op}: mismatch between {me} and {them} in collective #{c.seq}: "
             + "; ".join(diffs)
         )
 
-    def _stale(self, peer: int, hdr: tuple) -> DistBackendError:
-        theirs = op_name_of(hdr[3])
-        mine = next((name for seq, name in self._history if seq == hdr[9]), None)
+    def _stale(self, peer: int, hdr: Header) -> DistBackendError:
+        theirs = op_name_of(hdr.op)
+        mine = next((name for seq, name in self._history if seq == hdr.seq), None)
         if mine is not None and mine != theirs:
             what = (
                 f"rank {self._n(self.rank)} called {mine} but rank {self._n(peer)} called {theirs}"
@@ -473,55 +504,66 @@ class Transport:
             what = "the ranks called different collectives or disagree on the root"
         return DistBackendError(
             f"{mine or theirs}: mismatch between rank {self._n(self.rank)} and rank {self._n(peer)} in collective "
-            f"#{hdr[9]}: {what} (rank {self._n(peer)} sent data that rank {self._n(self.rank)} did not expect)"
+            f"#{hdr.seq}: {what} (rank {self._n(peer)} sent data that rank {self._n(self.rank)} did not expect)"
         )
 
-    def _size_mismatch(self, req: RecvReq, hdr: tuple, peer: int) -> DistBackendError:
-        if hdr[1] == KIND_P2P:
+    def _size_mismatch(self, req: RecvReq, hdr: Header, peer: int) -> DistBackendError:
+        if hdr.kind == KIND_P2P:
             return DistBackendError(
                 f"recv: rank {self._n(self.rank)} posted a receive of {req.nbytes} bytes "
                 f"({dtype_name(req.dtype)}) with tag {req.tag} but rank {self._n(peer)} sent "
-                f"{hdr[12]} bytes ({dtype_name(hdr[4])})"
+                f"{hdr.nbytes} bytes ({dtype_name(hdr.dtype)})"
             )
-        name = self._cur[7] if self._cur else op_name_of(hdr[3])
+        name = self._cur.op_name if self._cur else op_name_of(hdr.op)
         return DistBackendError(
             f"{name}: mismatch between rank {self._n(self.rank)} and rank {self._n(peer)}: rank {self._n(self.rank)} "
-            f"expected a message of {req.nbytes} bytes but rank {self._n(peer)} sent {hdr[12]} bytes"
+            f"expected a message of {req.nbytes} bytes but rank {self._n(peer)} sent {hdr.nbytes} bytes"
         )
 
     # ------------------------------------------------------------------ matching
-    def _on_header(self, peer: int, hdr: tuple) -> RecvReq | None:
+    def _on_header(self, peer: int, hdr: Header) -> RecvReq | None:
         """Where an incoming payload goes: a posted request, or None (stash it)."""
-        kind = hdr[1]
+        kind = hdr.kind
         if kind == KIND_COLL:
-            seq = hdr[9]
+            seq = hdr.seq
             c = self._cur
-            if c is not None and seq == c[0]:
-                self._check_coll(peer, hdr)
-                req = self._posted.pop((peer, seq, hdr[8]), None)
-                if req is not None and req.nbytes != hdr[12]:
+            if c is not None and seq == c.seq:
+                # _check_coll, inline: this runs for every collective message
+                if (
+                    hdr.op != c.op
+                    or hdr.redop != c.redop
+                    or hdr.dtype != c.dtype
+                    or hdr.root != c.root
+                    or hdr.total != c.total
+                    or hdr.sig != c.sig
+                ):
+                    raise self._mismatch(peer, hdr)
+                req = self._posted.pop((peer, seq, hdr.step), None)
+                if req is not None and req.nbytes != hdr.nbytes:
                     raise self._size_mismatch(req, hdr, peer)
                 return req
             if seq <= self._last_seq:
                 raise self._stale(peer, hdr)
             return None
         if kind == KIND_P2P:
-            tag = hdr[7]
+            tag = hdr.tag
             for i, req in enumerate(self._p2p_posted):
                 if req.tag == tag and (req.peer is None or req.peer == peer):
                     del self._p2p_posted[i]
-                    if req.nbytes != hdr[12] or (req.dtype and hdr[4] and req.dtype != hdr[4]):
+                    if req.nbytes != hdr.nbytes or (
+                        req.dtype and hdr.dtype and req.dtype != hdr.dtype
+                    ):
                         raise self._size_mismatch(req, hdr, peer)
                     req.src = peer
                     return req
             return None
         return None
 
-    def _on_stashed(self, peer: int, hdr: tuple, payload: bytes) -> None:
+    def _on_stashed(self, peer: int, hdr: Header, payload: bytes) -> None:
         """A whole payload arrived that had no posted request when its header came."""
-        kind = hdr[1]
+        kind = hdr.kind
         if kind == KIND_COLL:
-            key = (peer, hdr[9], hdr[8])
+            key = (peer, hdr.seq, hdr.step)
             req = self._posted.pop(key, None)
             if req is not None:
                 self._fill(req, hdr, payload, peer)
@@ -535,12 +577,12 @@ class Transport:
                 self._p2p_stash.append((peer, hdr, payload))
         elif kind == KIND_ERROR:
             err = self._remote_error(peer, hdr, payload)
-            if hdr[5] & FLAG_FAREWELL:
+            if hdr.flags & FLAG_FAREWELL:
                 self._farewell.setdefault(peer, err)
             else:
                 raise err
 
-    def _fill(self, req: RecvReq, hdr: tuple, payload: bytes, peer: int) -> None:
+    def _fill(self, req: RecvReq, hdr: Header, payload: bytes, peer: int) -> None:
         self._check_size(req, hdr, peer)
         if req.nbytes:
             req.buf[:] = payload
@@ -548,11 +590,11 @@ class Transport:
         req.src = peer
         req.done = True
 
-    def _check_size(self, req: RecvReq, hdr: tuple, peer: int) -> None:
+    def _check_size(self, req: RecvReq, hdr: Header, peer: int) -> None:
         """Fail (on every rank of a collective) if the stashed message ``hdr`` does not fit
         the receive ``req`` it matched."""
-        if req.nbytes != hdr[12] or (
-            hdr[1] == KIND_P2P and req.dtype and hdr[4] and req.dtype != hdr[4]
+        if req.nbytes != hdr.nbytes or (
+            hdr.kind == KIND_P2P and req.dtype and hdr.dtype and req.dtype != hdr.dtype
         ):
             err = self._size_mismatch(req, hdr, peer)
             self._fail(err, list(range(self.size)) if self._cur else [peer])
@@ -591,7 +633,8 @@ class Transport:
         self.close()
 
     # ------------------------------------------------------------------ subclass hooks
-    def _post(self, peer: int, hdr: tuple, buf: memoryview, req: SendReq) -> None:
+    def _post(self, peer: int, fields: HeaderFields, buf: memoryview, req: SendReq) -> None:
+        """Send ``buf`` to ``peer`` behind the header ``fields``; ``req.done`` once sent."""
         raise NotImplementedError
 
     def _progress(self, timeout_s: float) -> None:

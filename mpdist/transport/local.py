@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any
 
 from mpdist.transport.base import RecvReq, SendReq, Transport
-from mpdist.transport.header import KIND_ERROR, MAGIC
+from mpdist.transport.header import KIND_ERROR, MAGIC, Header, HeaderFields
 
 __all__ = ["LocalTransport"]
 
@@ -30,13 +30,14 @@ class _Hub:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.inboxes: list[deque[tuple[int, tuple | None, Any]]] = [deque() for _ in range(size)]
+        # messages: (sender, header, payload); (sender, None, None) says it closed
+        self.inboxes: list[deque[tuple[int, Header | None, Any]]] = [deque() for _ in range(size)]
         self.conds = [threading.Condition(threading.Lock()) for _ in range(size)]
         self.closed = [False] * size
         self.refs = 0
         self.attached = 0  # ranks that ever attached: the hub lives until all came and went
 
-    def deliver(self, dst: int, msg: tuple[int, tuple | None, Any]) -> bool:
+    def deliver(self, dst: int, msg: tuple[int, Header | None, Any]) -> bool:
         cond = self.conds[dst]
         with cond:
             if self.closed[dst]:
@@ -77,12 +78,12 @@ class LocalTransport(Transport):
         self._cond = hub.conds[rank]
         self._gone = [False] * size
 
-    def _post(self, peer: int, hdr: tuple, buf: Any, req: SendReq) -> None:
+    def _post(self, peer: int, fields: HeaderFields, buf: Any, req: SendReq) -> None:
         if peer == self.rank or not 0 <= peer < self.size:
             raise ValueError(
                 f"rank {self._n(self.rank)} cannot send to rank {self._n(peer)} (itself or not in group)"
             )
-        if self._hub.deliver(peer, (self.rank, hdr, bytes(buf))):
+        if self._hub.deliver(peer, (self.rank, Header(*fields), bytes(buf))):
             req.done = True
         else:
             self._gone[peer] = True
@@ -91,7 +92,7 @@ class LocalTransport(Transport):
         """A receive that lends the payload the sender copied (immutable, owned by the
         message) instead of copying it again into ``buf``: one copy per payload."""
         if self._stash:
-            ent = self._stash.pop((peer, self._cur[0], step), None)
+            ent = self._stash.pop((peer, self._cur.seq, step), None)
             if ent is not None:
                 hdr, payload = ent
                 req = RecvReq(peer, buf)
@@ -115,7 +116,7 @@ class LocalTransport(Transport):
                 self._gone[src] = True
                 continue
             try:
-                req = None if hdr[1] == KIND_ERROR else self._on_header(src, hdr)
+                req = None if hdr.kind == KIND_ERROR else self._on_header(src, hdr)
                 if req is not None:
                     if req.view is not None:  # a borrowing receive reads the sent copy
                         req.view = memoryview(payload)
@@ -139,7 +140,8 @@ class LocalTransport(Transport):
 
     def _notify(self, peers: list[int], kind: int, text: str, origin: int, flags: int) -> None:
         payload = text.encode("utf-8", "replace")
-        hdr = (MAGIC, KIND_ERROR, 0, kind, 0, flags, origin, 0, 0, 0, 0, 0, len(payload), 0)
+        n = len(payload)
+        hdr = Header(MAGIC, KIND_ERROR, 0, kind, 0, flags, origin, 0, 0, 0, 0, 0, n, 0)
         for peer in peers:
             self._hub.deliver(peer, (self.rank, hdr, payload))
 

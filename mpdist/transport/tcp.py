@@ -39,6 +39,8 @@ from mpdist.transport.header import (
     HELLO_SHM,
     KIND_ERROR,
     MAGIC,
+    Header,
+    HeaderFields,
 )
 from mpdist.transport.shm import Ring, ring_path, shm_dir, sweep_stale_rings
 
@@ -55,7 +57,20 @@ _LOWAT_CAP = 512 << 10
 _CLOSE_DRAIN_S = 3.0  # close waits at most this long for peers to take what we sent
 _TCP_CLOSE = 7  # tcpi_state of a connection that was reset (linux/tcp_states.h)
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
-_POLLINOUT = _POLLIN | select.POLLOUT
+_POLLOUT = select.POLLOUT
+_POLLINOUT = _POLLIN | _POLLOUT
+
+
+class _Outgoing:
+    """A message queued for a peer's socket: what is left of it to write, and its request."""
+
+    __slots__ = ("bufs", "req", "started")
+
+    def __init__(self, bufs: list[Any], req: SendReq, started: bool) -> None:
+        self.bufs = bufs  # the buffers (header, payload) still to write, the first partly
+        self.req = req  # done once the last byte went to the kernel
+        # some of it was written already: it must be finished (the stream stays well formed)
+        self.started = started
 
 
 class _Peer:
@@ -85,11 +100,11 @@ class _Peer:
         self.rank = rank
         self.sock = sock
         self.fd = sock.fileno()
-        self.txq: deque[list[Any]] = deque()  # items: [remaining buffers, SendReq, started]
+        self.txq: deque[_Outgoing] = deque()
         self.hbuf = bytearray(HEADER_SIZE)
         self.hmv = memoryview(self.hbuf)
         self.hgot = 0
-        self.rx_hdr: tuple | None = None
+        self.rx_hdr: Header | None = None
         self.rx_req: RecvReq | None = None
         self.rx_mv: memoryview | None = None
         self.rx_got = 0
@@ -353,7 +368,7 @@ class TcpTransport(Transport):
         self._poll.register(p.fd, _POLLIN)
 
     # ------------------------------------------------------------------ sending
-    def _post(self, peer: int, hdr: tuple, buf: memoryview, req: SendReq) -> None:
+    def _post(self, peer: int, fields: HeaderFields, buf: memoryview, req: SendReq) -> None:
         p = self._peers[peer]
         if p is None:
             raise ValueError(
@@ -366,10 +381,14 @@ class TcpTransport(Transport):
             if off is not None:
                 # the payload goes through shared memory: copied now, so the send is done
                 ring.data[off : off + n] = buf
-                hb = HEADER.pack(*hdr[:5], FLAG_SHM, *hdr[6:13], off)
+                # the header says so, and where
+                hdr = Header(*fields)
+                hdr.flags = FLAG_SHM
+                hdr.aux = off
+                hb = hdr.pack()
                 req.done = True
                 if p.txq:
-                    p.txq.append([[hb], SendReq(peer), False])
+                    p.txq.append(_Outgoing([hb], SendReq(peer), False))
                     return
                 try:
                     sent = p.sock.send(hb)
@@ -379,14 +398,14 @@ class TcpTransport(Transport):
                     self._stop_sending(p)
                     return
                 if sent < HEADER_SIZE:
-                    p.txq.append([[hb[sent:]], SendReq(peer), sent > 0])
+                    p.txq.append(_Outgoing([hb[sent:]], SendReq(peer), sent > 0))
                     self._want_write(p)
                 return
-        hb = HEADER.pack(*hdr)
+        hb = HEADER.pack(*fields)
         if p.closed:
             return  # wait() reports the lost peer
         if p.txq:
-            p.txq.append([[hb, buf], req, False])
+            p.txq.append(_Outgoing([hb, buf], req, False))
             return
         try:
             sent = p.sock.sendmsg([hb, buf]) if n else p.sock.send(hb)
@@ -399,7 +418,7 @@ class TcpTransport(Transport):
             req.done = True
             return
         bufs = [hb[sent:], buf] if sent < HEADER_SIZE else [buf[sent - HEADER_SIZE :]]
-        p.txq.append([bufs, req, sent > 0])
+        p.txq.append(_Outgoing(bufs, req, sent > 0))
         self._want_write(p)
 
     def _want_write(self, p: _Peer) -> None:
@@ -413,7 +432,7 @@ class TcpTransport(Transport):
         sock = p.sock
         while txq:
             item = txq[0]
-            bufs = item[0]
+            bufs = item.bufs
             try:
                 sent = sock.sendmsg(bufs)
             except (BlockingIOError, InterruptedError):
@@ -421,7 +440,7 @@ class TcpTransport(Transport):
             except OSError:
                 self._stop_sending(p)
                 return
-            item[2] = True
+            item.started = True
             while sent:
                 b = bufs[0]
                 n = len(b)
@@ -436,7 +455,7 @@ class TcpTransport(Transport):
                 bufs.pop(0)
             if bufs:
                 return
-            item[1].done = True
+            item.req.done = True
             txq.popleft()
         if not p.closed:
             try:
@@ -453,7 +472,7 @@ class TcpTransport(Transport):
             got = p.hgot if mv is None else p.rx_got
             try:
                 if mv is None:
-                    n = sock.recv_into(p.hmv[got:])
+                    n = sock.recv_into(p.hmv[got:] if got else p.hmv)
                 else:
                     n = sock.recv_into(mv[got:] if got else mv)
             except (BlockingIOError, InterruptedError):
@@ -468,18 +487,18 @@ class TcpTransport(Transport):
                 if p.hgot < HEADER_SIZE:
                     continue
                 p.hgot = 0
-                hdr = HEADER.unpack(p.hbuf)
-                if hdr[0] != MAGIC:
+                hdr = Header(*HEADER.unpack(p.hbuf))
+                if hdr.magic != MAGIC:
                     self._lose(p)
                     raise DistNetworkError(
                         f"rank {self._n(self.rank)}: corrupt message header from rank {self._n(p.rank)}"
                     )
-                plen = hdr[12]
-                req = None if hdr[1] == KIND_ERROR else self._on_header(p.rank, hdr)
-                if hdr[5] & FLAG_SHM:
+                plen = hdr.nbytes
+                req = None if hdr.kind == KIND_ERROR else self._on_header(p.rank, hdr)
+                if hdr.flags & FLAG_SHM:
                     # the payload is waiting in our ring from that peer: copy out, free space
                     ring = p.rx_ring
-                    off = hdr[13]
+                    off = hdr.aux
                     if ring is None or off + plen > ring.capacity:
                         self._lose(p)
                         raise DistNetworkError(
@@ -610,7 +629,7 @@ class TcpTransport(Transport):
             p = by_fd.get(fd)
             if p is None or p.gone:
                 continue
-            if ev & select.POLLOUT:
+            if ev & _POLLOUT:
                 self._write(p)
             # read even when the write just failed: an ERROR the peer sent before closing
             # is waiting there, and it must win over "lost its connection"
@@ -634,20 +653,19 @@ class TcpTransport(Transport):
         """Send an ERROR message (detected by ``origin``) to ``peers`` and push it out for a
         bounded time."""
         payload = text.encode("utf-8", "replace")
-        hb = HEADER.pack(
-            MAGIC, KIND_ERROR, 0, kind, 0, flags, origin, 0, 0, 0, 0, 0, len(payload), 0
-        )
+        n = len(payload)
+        hb = HEADER.pack(MAGIC, KIND_ERROR, 0, kind, 0, flags, origin, 0, 0, 0, 0, 0, n, 0)
         live = []
         for peer in peers:
             p = self._peers[peer]
             if p is None or p.closed:
                 continue
             # keep a half-sent message (the stream must stay well formed), drop the rest
-            head = p.txq[0] if p.txq and p.txq[0][2] else None
+            head = p.txq[0] if p.txq and p.txq[0].started else None
             p.txq.clear()
             if head is not None:
                 p.txq.append(head)
-            p.txq.append([[hb, payload], SendReq(peer), False])
+            p.txq.append(_Outgoing([hb, payload], SendReq(peer), False))
             live.append(p)
         deadline = time.monotonic() + min(2.0, self.timeout_s)
         while live and time.monotonic() < deadline:
