@@ -30,13 +30,13 @@ from mpdist.errors import DistBackendError, DistStoreError
 from mpdist.process_group import Future, ReduceOp, Work
 from mpdist.store import Store
 
+from .builtin import BuiltinProcessGroup
 from .group_store import GroupStore
-from .native import NativeProcessGroup
 
 __all__ = ["CommProcessGroup"]
 
 
-class CommProcessGroup(NativeProcessGroup):
+class CommProcessGroup(BuiltinProcessGroup):
     """A group whose collectives are ``mpdist.algorithms`` over ``transport_class``."""
 
     backend_name = "undefined"

@@ -15,7 +15,7 @@ import numpy as np
 from mpdist.process_group import ReduceOp, completed_work
 from mpdist.store import HashStore
 
-from .native import NativeProcessGroup
+from .builtin import BuiltinProcessGroup
 
 __all__ = ["FakeProcessGroup", "FakeStore"]
 
@@ -34,7 +34,7 @@ def _copy(dst: np.ndarray, src: np.ndarray) -> None:
         dst.reshape(-1)[:n] = src.reshape(-1)[:n]
 
 
-class FakeProcessGroup(NativeProcessGroup):
+class FakeProcessGroup(BuiltinProcessGroup):
     """A group of ``world_size`` ranks where this process plays ``rank`` and nothing is sent."""
 
     backend_name = "fake"

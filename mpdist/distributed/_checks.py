@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.algorithms.reduction import ReduceOp, check_op_dtype
-from mpdist.backends.native import checked_list
+from mpdist.backends.builtin import checked_list
 from mpdist.distributed._world import (
     GroupMember,
     _current_world,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.algorithms.reduction import ReduceOp
-from mpdist.backends.native import checked_array
+from mpdist.backends.builtin import checked_array
 from mpdist.distributed import _world as state
 from mpdist.distributed._checks import (
     _array_list,

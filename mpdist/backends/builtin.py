@@ -1,16 +1,14 @@
-"""NativeProcessGroup: the fast internal interface shared by mpdist's own backends.
+"""BuiltinProcessGroup: the base of the built-in groups, torch's methods written once over a few primitives.
 
-The module API (``mpdist.distributed``) validates arguments, translates global ranks to
-group ranks and then calls the ``_c_*`` methods here with clean C-contiguous ndarrays.
-Each ``_c_*`` method takes ``outputs`` (what the Work's future resolves to) and
-``async_op``: synchronous calls return the operation's value (``None``, or the source
-rank of a receive), asynchronous ones a ``Work``.
-
-The torch-style public methods (``allreduce(arrays, opts)``, ...) are written once on
-top of ``_c_*`` so a user holding a group object can call them directly, as in torch;
-they are always asynchronous and return a ``Work``. Both entry points check array
-arguments with the one ``checked_array`` here (dtype, contiguity, writeable outputs);
-list lengths, shapes and ranks are the module API's to check.
+Every caller, the module API (``mpdist.distributed``) included, uses the torch-style
+public methods (``allreduce([arrays], opts) -> Work``, ...). They check their array
+arguments with the one :func:`checked_array` here (dtype, contiguity, writeable
+outputs) and call the primitives a backend implements, the ``_c_*`` methods, with
+clean C-contiguous ndarrays in group ranks. A primitive takes ``outputs`` (what the
+Work's future resolves to) and ``async_op``: run in the calling thread it returns the
+operation's value (None, or a receive's source rank), else a pending ``Work``.
+``opts.asyncOp`` False (point-to-point: ``caller_blocks()``) picks the former. List
+lengths, shapes and global ranks are the module API's to check.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ from mpdist.process_group import (
 )
 from mpdist.transport.header import dtype_code
 
-__all__ = ["NativeProcessGroup", "checked_array", "checked_list", "row_splits"]
+__all__ = ["BuiltinProcessGroup", "checked_array", "checked_list", "row_splits"]
 
 
 def checked_array(x: Any, op: str, what: str, out: bool = False) -> np.ndarray:
@@ -98,7 +96,7 @@ def row_splits(arr: np.ndarray, splits: list[int] | None, parts: int) -> list[np
     return views
 
 
-class NativeProcessGroup(ProcessGroup):
+class BuiltinProcessGroup(ProcessGroup):
     """Base of the built-in backends: ``_c_*`` for the module API, torch-style methods on top."""
 
     backend_name = "undefined"
