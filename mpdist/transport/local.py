@@ -32,7 +32,7 @@ class _Hub:
         self.size = size
         # messages: (sender, header, payload); (sender, None, None) says it closed
         self.inboxes: list[deque[tuple[int, Header | None, Any]]] = [deque() for _ in range(size)]
-        self.conds = [threading.Condition(threading.Lock()) for _ in range(size)]
+        self.conds = [threading.Condition() for _ in range(size)]
         self.closed = [False] * size
         self.refs = 0
         self.attached = 0  # ranks that ever attached: the hub lives until all came and went
