@@ -138,7 +138,9 @@ class Server:
                         with contextlib.suppress(OSError):
                             self.wake_r.recv(64)
                     else:
-                        conn = self.conns.get(sock)  # type: ignore[arg-type]
+                        # Every registered fileobj is a socket (the selector types it
+                        # int | HasFileno); a client's stays in conns until it is dropped.
+                        conn = self.conns.get(sock) if isinstance(sock, socket.socket) else None
                         if conn is None:
                             continue
                         try:
@@ -237,11 +239,14 @@ class Server:
 
     # ------------------------------------------------------------ operations
     def _handle(self, conn: _Conn, op: Op, f: list[bytes]) -> None:
+        # Fields arrive as bytes; the tables (data, by_key) are keyed by the decoded str.
+        # Hence key_b for a key field as received, key for its decoded form.
         data = self.data
         if op is Op.SET:
-            key, value = _args(f, 2)
-            data[key.decode()] = value
-            self._changed(key.decode())
+            key_b, value = _args(f, 2)
+            key = key_b.decode()
+            data[key] = value
+            self._changed(key)
             self._reply(conn, Status.OK, [])
         elif op in (Op.GET, Op.WAIT, Op.MULTI_GET):
             if not f:
@@ -252,8 +257,8 @@ class Server:
                 raise ProtocolError("GET takes one key")
             self._park(_Waiter(conn, op, keys, 0, timeout))
         elif op is Op.WAIT_COUNT:
-            t, key, n = _args(f, 3)
-            self._park(_Waiter(conn, op, [key.decode()], int(n), proto.decode_timeout(t)))
+            t, key_b, n = _args(f, 3)
+            self._park(_Waiter(conn, op, [key_b.decode()], int(n), proto.decode_timeout(t)))
         elif op is Op.ADD:
             key_b, amount = _args(f, 2)
             key = key_b.decode()
@@ -279,8 +284,8 @@ class Server:
             ok = all(k.decode() in data for k in f)
             self._reply(conn, Status.OK, [b"1" if ok else b"0"])
         elif op is Op.DELETE_KEY:
-            (key,) = _args(f, 1)
-            found = data.pop(key.decode(), None) is not None
+            (key_b,) = _args(f, 1)
+            found = data.pop(key_b.decode(), None) is not None
             self._reply(conn, Status.OK, [b"1" if found else b"0"])
         elif op is Op.NUM_KEYS:
             _args(f, 0)
