@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import timedelta
 
+from mpdist.store import Store
 from mpdist.transport.tcp import TcpTransport
 
 from .comm import CommProcessGroup
-from .group_store import GroupStore
 
 __all__ = ["TcpProcessGroup"]
-
-
-class _Transport(TcpTransport):
-    """TcpTransport whose mesh setup an abort of the group's store interrupts.
-
-    The store waits are ``GroupStore``'s to interrupt; the wait for peers to connect is the
-    transport's, so its ``abort`` is registered with the store before the mesh is built.
-    """
-
-    def _connect_mesh(self, store: Any) -> None:
-        if isinstance(store, GroupStore):
-            store.add_abort_callback(self.abort)
-        super()._connect_mesh(store)
 
 
 class TcpProcessGroup(CommProcessGroup):
@@ -33,4 +20,19 @@ class TcpProcessGroup(CommProcessGroup):
     """
 
     backend_name = "tcp"
-    transport_class = _Transport
+    transport_class = TcpTransport
+
+    def __init__(
+        self,
+        store: Store,
+        rank: int,
+        size: int,
+        timeout: timedelta,
+        *,
+        global_ranks: list[int] | None = None,
+    ) -> None:
+        # Construct, register for abort, connect: the base class makes the transport (which
+        # connects nothing yet) and registers its abort with the group's store, so an abort
+        # of a group still being built stops the connect below, however far it got.
+        super().__init__(store, rank, size, timeout, global_ranks=global_ranks)
+        self._transport.connect()  # closes the transport if it fails

@@ -1,22 +1,20 @@
-"""TcpTransport: a full mesh of TCP connections (one per pair of ranks) on 127.0.0.1.
+"""TcpTransport: the transport API over a full mesh of TCP connections on 127.0.0.1.
 
-Setup: every rank listens on an ephemeral loopback port and publishes ``host:port`` in the
-group's store; rank 0 publishes a random group id and secret. Rank i connects to every rank
-j < i and accepts every j > i; each connection starts with a handshake (magic, rank, group
-id, secret) that the acceptor checks (a stranger is closed and the mesh carries on) and
-answers with its own. The listener is closed once the mesh is complete.
+Construct, then ``connect()`` (Gloo's ``Context`` then ``connectFullMesh``): the constructor
+only makes the local state, so the transport can be registered for ``abort()`` before
+``connect()`` blocks meeting the peers (``mpdist.transport.mesh`` builds the mesh).
 
 Data: non-blocking sockets driven by ``poll`` from the calling thread; headers and payloads
 go out with ``sendmsg`` of memoryviews and come in with ``recv_into`` the destination
 buffer, so payloads are never copied in Python unless they arrive before their receive is
-posted (then they are stashed). A socketpair wakes a blocked poll on ``abort()``.
+posted (then they are stashed). Big payloads go through the shared-memory ring of the pair
+instead (``mpdist.transport.shm``). A socketpair wakes a blocked poll on ``abort()``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hmac
 import os
 import select
 import socket
@@ -32,8 +30,6 @@ from mpdist.errors import DistNetworkError
 from mpdist.transport.base import RecvReq, SendReq, Transport
 from mpdist.transport.header import (
     FLAG_SHM,
-    HANDSHAKE,
-    HANDSHAKE_MAGIC,
     HEADER,
     HEADER_SIZE,
     HELLO_SHM,
@@ -42,11 +38,11 @@ from mpdist.transport.header import (
     Header,
     HeaderFields,
 )
+from mpdist.transport.mesh import connect_full_mesh, group_token
 from mpdist.transport.shm import Ring, ring_path, shm_dir, sweep_stale_rings
 
 __all__ = ["TcpTransport"]
 
-_SOCK_BUF = 4 << 20
 _LOWAT_MIN = 128 << 10
 _POOL_MIN = 64 << 10  # stash buffers at least this big are recycled ...
 _POOL_CAP = 64 << 20  # ... up to this many bytes
@@ -118,17 +114,13 @@ class _Peer:
         self.gone = False
 
 
-def _tune(sock: socket.socket) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, opt, _SOCK_BUF)
-
-
 class TcpTransport(Transport):
-    """The group's ranks connected pairwise over TCP (see the module docstring).
+    """The group's ranks connected pairwise over TCP (see the module docstring):
+    ``TcpTransport(store, rank, size, timeout_s)``, then :meth:`connect`.
 
     ``store`` must be unique to the group (a PrefixStore); it needs ``set``, blocking ``get``.
+    ``abort(reason)`` and ``close()`` work at any point, also on a transport that is still
+    connecting or not connected yet.
     """
 
     def __init__(
@@ -159,146 +151,58 @@ class TcpTransport(Transport):
         self._wake_w.setblocking(False)
         self._poll.register(self._wake_r.fileno(), select.POLLIN)
         self._wake_fd = self._wake_r.fileno()
-        if size > 1:
-            try:
-                self._connect_mesh(store)
-            except BaseException:
-                self._shutdown()
-                self._closed = True
-                raise
+        self._store: Any = store
+        self._gid = self._secret = b""
+        self._connected = False
 
     # ------------------------------------------------------------------ setup
-    def _connect_mesh(self, store: Any) -> None:
-        rank, size = self.rank, self.size
+    def connect(self) -> TcpTransport:
+        """Connect the full mesh (Gloo's ``connectFullMesh``); returns the transport.
+
+        Blocks until every peer is connected, the timeout passes (``DistNetworkError``
+        naming the ranks that never came) or ``abort(reason)`` is called from another
+        thread, before or during the wait (``DistBackendError(reason)``). A transport whose
+        connect failed is closed. Call it once, before any operation.
+        """
+        with self._lock:
+            if self._closed:
+                raise self._sticky()
+            if self._connected:
+                raise RuntimeError(f"rank {self._n(self.rank)}: connect() was called already")
+            try:
+                if self.size > 1:
+                    self._check_abort()  # aborted before it began
+                    self._connect_mesh()
+            except BaseException:
+                self.close()
+                raise
+            finally:
+                self._store = None  # the store is for meeting the peers only
+            self._connected = True
+        return self
+
+    def _connect_mesh(self) -> None:
         deadline = time.monotonic() + self.timeout_s
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        pending: dict[socket.socket, bytearray] = {}  # accepted, handshake not complete
-        waiting_ack: dict[socket.socket, tuple[int, bytearray]] = {}
-        try:
-            _tune(listener)  # before listen(): accepted sockets inherit the buffer sizes
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(size + 16)
-            listener.setblocking(False)
-            if rank == 0:
-                token = os.urandom(48)
-                store.set("mpdist_tcp/token", token.hex())
-            else:
-                token = bytes.fromhex(_text(store.get("mpdist_tcp/token")))
-            self._gid, self._secret = token[:16], token[16:]
-            flags = self._create_rings()
-            host, port = listener.getsockname()[:2]
-            store.set(f"mpdist_tcp/addr/{rank}", f"{host}:{port}")
-            hello = HANDSHAKE.pack(HANDSHAKE_MAGIC, rank, flags, self._gid, self._secret)
-
-            # connect to lower ranks; their listen backlog holds us until they accept
-            for peer in range(rank):
-                host, _, port = _text(store.get(f"mpdist_tcp/addr/{peer}")).rpartition(":")
-                remaining = max(deadline - time.monotonic(), 0.001)
-                try:
-                    sock = socket.create_connection((host, int(port)), timeout=remaining)
-                except OSError as e:
-                    raise DistNetworkError(
-                        f"rank {self._n(rank)}: cannot connect to rank {self._n(peer)} at {host}:{port}: {e}"
-                    ) from e
-                try:
-                    _tune(sock)
-                    sock.sendall(hello)
-                except OSError as e:
-                    sock.close()
-                    raise self._handshake_lost(peer, e) from e
-                sock.setblocking(False)
-                waiting_ack[sock] = (peer, bytearray())
-
-            poll = select.poll()
-            poll.register(listener.fileno(), select.POLLIN)
-            # abort() from another thread writes to the wake socket: watching it here is
-            # what lets an abort stop a rank waiting for peers that never connect
-            poll.register(self._wake_fd, select.POLLIN)
-            fds: dict[int, socket.socket] = {
-                listener.fileno(): listener,
-                self._wake_fd: self._wake_r,
-            }
-            for sock in waiting_ack:
-                poll.register(sock.fileno(), select.POLLIN)
-                fds[sock.fileno()] = sock
-            need_accept = size - 1 - rank
-            while need_accept or waiting_ack:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    missing = [
-                        self._n(p) for p in range(size) if p != rank and self._peers[p] is None
-                    ]
-                    raise DistNetworkError(
-                        f"rank {self._n(rank)}: timed out after {self.timeout_s:g} s connecting the "
-                        f"TCP mesh; no connection from rank(s) {missing}"
-                    )
-                self._check_abort()
-                for fd, _ev in poll.poll(remaining * 1000):
-                    sock = fds[fd]
-                    if sock is self._wake_r:
-                        self._drain_wake()  # abort() woke us: the loop's check raises
-                        continue
-                    if sock is listener:
-                        try:
-                            conn, _ = listener.accept()
-                        except BlockingIOError:
-                            continue
-                        conn.setblocking(False)
-                        pending[conn] = bytearray()
-                        poll.register(conn.fileno(), select.POLLIN)
-                        fds[conn.fileno()] = conn
-                        continue
-                    if sock in pending:
-                        buf = pending[sock]
-                        ok, eof = _read_some(sock, buf, HANDSHAKE.size)
-                        if len(buf) < HANDSHAKE.size and not eof:
-                            continue
-                        peer = self._check_hello(buf) if ok and not eof else None
-                        if peer is not None and (peer <= rank or self._peers[peer] is not None):
-                            peer = None
-                        poll.unregister(fd)
-                        del fds[fd]
-                        del pending[sock]
-                        if peer is None:
-                            sock.close()  # a stranger, or garbage: refuse; the mesh goes on
-                            continue
-                        try:
-                            _tune(sock)
-                            sock.setblocking(True)
-                            sock.sendall(hello)
-                        except OSError as e:
-                            sock.close()
-                            raise self._handshake_lost(peer, e) from e
-                        sock.setblocking(False)
-                        self._add_peer(peer, sock)
-                        need_accept -= 1
-                    elif sock in waiting_ack:
-                        peer, buf = waiting_ack[sock]
-                        ok, eof = _read_some(sock, buf, HANDSHAKE.size)
-                        if len(buf) < HANDSHAKE.size and not eof:
-                            continue
-                        if eof or self._check_hello(buf) != peer:
-                            raise self._handshake_lost(peer)
-                        poll.unregister(fd)
-                        del fds[fd]
-                        del waiting_ack[sock]
-                        self._add_peer(peer, sock)
-        except BaseException:
-            for sock in list(pending) + list(waiting_ack):
-                sock.close()
-            raise
-        finally:
-            listener.close()
-        for sock in pending:  # strangers still mid-handshake
-            sock.close()
-        self._attach_rings()
-
-    def _handshake_lost(self, peer: int, cause: OSError | None = None) -> DistNetworkError:
-        why = "" if cause is None else f": {cause}"
-        return DistNetworkError(
-            f"rank {self._n(self.rank)}: rank {self._n(peer)} closed or refused the connection "
-            f"during the handshake{why}"
+        self._gid, self._secret = group_token(self._store, self.rank)
+        self._check_abort()  # close() or abort() while we waited in the store
+        flags = self._create_rings()
+        links = connect_full_mesh(
+            self._store,
+            self.rank,
+            self.size,
+            self._gid,
+            self._secret,
+            flags,
+            deadline=deadline,
+            timeout_s=self.timeout_s,
+            wake=self._wake_r,
+            check_abort=self._check_abort,
+            name=self._n,
         )
+        for peer, link in sorted(links.items()):
+            self._peer_flags[peer] = link.flags
+            self._add_peer(peer, link.sock)
+        self._attach_rings()
 
     def _create_rings(self) -> int:
         """Create the shared-memory rings our peers will write to; returns the hello flags.
@@ -352,15 +256,6 @@ class TcpTransport(Transport):
                 ring.close()
         self._own_rings.clear()
 
-    def _check_hello(self, buf: bytearray) -> int | None:
-        magic, peer, flags, gid, secret = HANDSHAKE.unpack(bytes(buf[: HANDSHAKE.size]))
-        if magic != HANDSHAKE_MAGIC or not hmac.compare_digest(gid, self._gid):
-            return None
-        if not hmac.compare_digest(secret, self._secret) or peer >= self.size:
-            return None
-        self._peer_flags[peer] = flags
-        return peer
-
     def _add_peer(self, peer: int, sock: socket.socket) -> None:
         p = _Peer(peer, sock)
         self._peers[peer] = p
@@ -371,6 +266,7 @@ class TcpTransport(Transport):
     def _post(self, peer: int, fields: HeaderFields, buf: memoryview, req: SendReq) -> None:
         p = self._peers[peer]
         if p is None:
+            self._check_connected()
             raise ValueError(
                 f"rank {self._n(self.rank)} cannot send to rank {self._n(peer)} (itself or not in group)"
             )
@@ -641,7 +537,16 @@ class TcpTransport(Transport):
 
     def _peer_closed(self, peer: int) -> bool:
         p = self._peers[peer]
-        return p is None or p.gone
+        if p is None:
+            self._check_connected()
+            return True  # ourselves
+        return p.gone
+
+    def _check_connected(self) -> None:
+        if not self._connected:
+            raise RuntimeError(
+                f"rank {self._n(self.rank)}: the transport is not connected (call connect() first)"
+            )
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(OSError):  # BlockingIOError once it is empty
@@ -758,21 +663,3 @@ def _undelivered(sock: socket.socket) -> bool:
     except OSError:
         return False
     return struct.unpack("i", out)[0] > 0
-
-
-def _read_some(sock: socket.socket, buf: bytearray, want: int) -> tuple[bool, bool]:
-    """Append up to ``want - len(buf)`` bytes; returns (ok, eof)."""
-    try:
-        data = sock.recv(want - len(buf))
-    except (BlockingIOError, InterruptedError):
-        return True, False
-    except OSError:
-        return False, True
-    if not data:
-        return False, True
-    buf += data
-    return True, False
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

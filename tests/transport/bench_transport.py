@@ -59,7 +59,7 @@ def mpdist_worker(path: str, rank: int, size: int, ops: list[str], sizes: list[s
     import mpdist.algorithms as A
     from mpdist.transport import TcpTransport
 
-    t = TcpTransport(DirStore(path, 60.0), rank, size, 60.0)
+    t = TcpTransport(DirStore(path, 60.0), rank, size, 60.0).connect()
     comm = A.Communicator(t, 60.0)
     res = _measure(
         ops,

@@ -68,7 +68,8 @@ def make_transport(
 ):
     if kind == "local":
         return LocalTransport(store, rank, size, timeout, rank_names=rank_names)
-    return TcpTransport(store, rank, size, timeout, rank_names=rank_names, shm=kind == "tcp")
+    t = TcpTransport(store, rank, size, timeout, rank_names=rank_names, shm=kind == "tcp")
+    return t.connect()
 
 
 def run_ranks(

@@ -70,7 +70,7 @@ def mesh_with_scripted_peer(n_real: int) -> tuple[list[TcpTransport], ScriptedPe
 
     def make(r: int) -> None:
         try:
-            ts[r] = TcpTransport(store, r, n_real + 1, 10.0, shm=False)
+            ts[r] = TcpTransport(store, r, n_real + 1, 10.0, shm=False).connect()
         except BaseException as e:  # re-raised below
             errs.append(e)
 

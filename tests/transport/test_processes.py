@@ -15,7 +15,7 @@ from mpdist.transport import TcpTransport
 
 def collectives(rank: int, size: int, path: str) -> tuple:
     """Rank job: the collectives over a raw TcpTransport; what each rank ends up with."""
-    t = TcpTransport(DirStore(path), rank, size, 30.0)
+    t = TcpTransport(DirStore(path), rank, size, 30.0).connect()
     try:
         comm = A.Communicator(t, 30.0)
         small = np.arange(5, dtype=np.float64) + rank
@@ -33,7 +33,7 @@ def collectives(rank: int, size: int, path: str) -> tuple:
 
 def dies(rank: int, size: int, path: str) -> str:
     """Rank job: the last rank leaves without a goodbye; the others report what they saw."""
-    t = TcpTransport(DirStore(path), rank, size, 30.0)
+    t = TcpTransport(DirStore(path), rank, size, 30.0).connect()
     try:
         comm = A.Communicator(t, 30.0)
         try:

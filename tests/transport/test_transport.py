@@ -168,34 +168,73 @@ class _SignallingStore(DictStore):
 
 def test_abort_stops_a_transport_waiting_for_its_peers_to_connect() -> None:
     store = _SignallingStore()
-    building: list[TcpTransport] = []
-
-    class Watched(TcpTransport):
-        # the only way to reach a transport whose constructor has not returned
-        def _connect_mesh(self, store) -> None:
-            building.append(self)
-            super()._connect_mesh(store)
+    # constructing connects nothing: the transport exists to be aborted before it connects
+    t = TcpTransport(store, 0, 2, 60.0)
 
     def abort() -> None:
         store.published.wait(30)
-        building[0].abort("stop building")
+        t.abort("stop building")
 
     aborter = threading.Thread(target=abort)
     aborter.start()
     try:
         # rank 1 never comes; without the abort this would wait out the 60 s timeout
         with pytest.raises(DistBackendError, match="^stop building$"):
-            Watched(store, 0, 2, 60.0)
+            t.connect()
     finally:
         store.published.set()
         aborter.join()
-    assert building[0]._closed
+    assert t._closed
+
+
+def test_construction_connects_nothing_and_connect_does() -> None:
+    store = DictStore()
+    ts = [TcpTransport(store, r, 2, 10.0) for r in range(2)]  # one thread: would hang if it met
+    assert not store.check(["mpdist_tcp/token"])
+    try:
+        with pytest.raises(RuntimeError, match="not connected .call connect.. first"):
+            ts[0].isend_p2p(1, 0, memoryview(bytearray(1)), 0, 0)
+        with pytest.raises(RuntimeError, match="not connected .call connect.. first"):
+            ts[1].wait([ts[1].irecv_p2p(0, 99, memoryview(bytearray(1)), 0)], "recv")
+        th = threading.Thread(target=ts[1].connect)
+        th.start()
+        assert ts[0].connect() is ts[0]
+        th.join(20)
+        comm = [A.Communicator(t, 10.0) for t in ts]
+        A.send(comm[0], np.arange(3.0), 1)
+        out = np.zeros(3)
+        assert A.recv(comm[1], out, 0) == 0
+        assert out.tolist() == [0.0, 1.0, 2.0]
+        with pytest.raises(RuntimeError, match="connect.. was called already"):
+            ts[0].connect()
+    finally:
+        for t in ts:
+            t.close()
+
+
+def test_abort_or_close_before_connect_makes_connect_raise_at_once() -> None:
+    aborted = TcpTransport(DictStore(), 0, 2, 60.0)
+    aborted.abort("stop before it began")
+    with pytest.raises(DistBackendError, match="^stop before it began$"):
+        aborted.connect()  # rank 1 never comes: without the abort, a 60 s wait
+    assert aborted._closed
+    closed = TcpTransport(DictStore(), 0, 2, 60.0)
+    closed.close()
+    with pytest.raises(DistBackendError, match="transport was closed"):
+        closed.connect()
+
+
+def test_a_single_rank_connects_to_nobody() -> None:
+    store = DictStore()
+    t = TcpTransport(store, 0, 1, 1.0).connect()
+    assert not store.check(["mpdist_tcp/token"])
+    t.close()
 
 
 def test_mesh_timeout_names_missing_ranks_by_rank_names() -> None:
     # ranks 1 and 2 of the group (global ranks 6 and 8) never come
     with pytest.raises(DistNetworkError, match=r"no connection from rank\(s\) \[6, 8\]"):
-        TcpTransport(DictStore(), 0, 3, 0.2, rank_names=[4, 6, 8])
+        TcpTransport(DictStore(), 0, 3, 0.2, rank_names=[4, 6, 8]).connect()
 
 
 def test_stranger_is_refused_and_mesh_carries_on() -> None:
@@ -203,7 +242,7 @@ def test_stranger_is_refused_and_mesh_carries_on() -> None:
     results: dict[int, object] = {}
 
     def rank(r: int) -> None:
-        t = TcpTransport(store, r, 2, 10.0)
+        t = TcpTransport(store, r, 2, 10.0).connect()
         try:
             comm = A.Communicator(t, 10.0)
             x = np.array([r + 1.0])
@@ -255,7 +294,7 @@ def test_a_handshake_that_cannot_be_sent_is_a_network_error_and_leaks_no_socket(
     def transport(rank: int) -> None:
         failing.add(threading.get_ident())
         try:
-            TcpTransport(store, rank, 2, 10.0, rank_names=[5, 7])
+            TcpTransport(store, rank, 2, 10.0, rank_names=[5, 7]).connect()
         except BaseException as e:  # checked below
             result.append(e)
 
