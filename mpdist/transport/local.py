@@ -32,18 +32,21 @@ class _Hub:
         self.size = size
         # messages: (sender, header, payload); (sender, None, None) says it closed
         self.inboxes: list[deque[tuple[int, Header | None, Any]]] = [deque() for _ in range(size)]
-        self.conds = [threading.Condition() for _ in range(size)]
+        # an inbox's lock and the condition on it: the lock is taken directly (a C context
+        # manager; the Condition's own __enter__/__exit__ are Python calls), and an RLock
+        # makes Condition.notify's ownership check a C call too
+        self.locks = [threading.RLock() for _ in range(size)]
+        self.conds = [threading.Condition(lock) for lock in self.locks]
         self.closed = [False] * size
         self.refs = 0
         self.attached = 0  # ranks that ever attached: the hub lives until all came and went
 
     def deliver(self, dst: int, msg: tuple[int, Header | None, Any]) -> bool:
-        cond = self.conds[dst]
-        with cond:
+        with self.locks[dst]:
             if self.closed[dst]:
                 return False
             self.inboxes[dst].append(msg)
-            cond.notify()
+            self.conds[dst].notify()
         return True
 
 
@@ -75,6 +78,7 @@ class LocalTransport(Transport):
         self._hub_id = hub_id
         self._hub = hub
         self._inbox = hub.inboxes[rank]
+        self._lock_inbox = hub.locks[rank]
         self._cond = hub.conds[rank]
         self._gone = [False] * size
 
@@ -103,10 +107,9 @@ class LocalTransport(Transport):
         return super().irecv_borrow(peer, step, buf)
 
     def _progress(self, timeout_s: float) -> None:
-        cond = self._cond
-        with cond:
+        with self._lock_inbox:
             if not self._inbox and self._abort_reason is None:
-                cond.wait(timeout_s)
+                self._cond.wait(timeout_s)
             msgs = list(self._inbox)
             self._inbox.clear()
         if self._abort_reason is not None:
@@ -127,7 +130,7 @@ class LocalTransport(Transport):
                     self._on_stashed(src, hdr, payload)
             except BaseException:
                 # keep what we did not look at yet (the error is sticky anyway)
-                with cond:
+                with self._lock_inbox:
                     self._inbox.extendleft(reversed(msgs[i + 1 :]))
                 raise
 
@@ -135,7 +138,7 @@ class LocalTransport(Transport):
         return self._gone[peer]
 
     def _wake(self) -> None:
-        with self._cond:
+        with self._lock_inbox:
             self._cond.notify_all()
 
     def _notify(self, peers: list[int], kind: int, text: str, origin: int, flags: int) -> None:
@@ -147,7 +150,7 @@ class LocalTransport(Transport):
 
     def _shutdown(self) -> None:
         hub = self._hub
-        with self._cond:
+        with self._lock_inbox:
             hub.closed[self.rank] = True
             self._inbox.clear()
         for peer in range(self.size):

@@ -504,20 +504,19 @@ class TcpTransport(Transport):
 
     # ------------------------------------------------------------------ progress
     def _progress(self, timeout_s: float) -> None:
-        spin = self.spin_s
-        if timeout_s > 0 and spin <= 0:
-            # one system call: poll returns at once when something is ready already
-            events = self._poll.poll(timeout_s * 1000.0)
-        else:
-            events = self._poll.poll(0)
-            if not events and timeout_s > 0:
+        # poll(0) first: with a timeout the kernel sets up a wait on every socket even when
+        # something is ready already, which costs more than a second call when it is not
+        events = self._poll.poll(0)
+        if not events and timeout_s > 0:
+            spin = self.spin_s
+            if spin > 0:
                 # a peer usually answers within microseconds: poll without sleeping for a
                 # moment, since a sleep and wakeup costs more than that on a busy machine
                 end = time.monotonic() + min(spin, timeout_s)
                 while not events and time.monotonic() < end:
                     events = self._poll.poll(0)
-                if not events:
-                    events = self._poll.poll(timeout_s * 1000.0)
+            if not events:
+                events = self._poll.poll(max(timeout_s * 1000.0, 0.0))
         by_fd = self._by_fd
         for fd, ev in events:
             if fd == self._wake_fd:
