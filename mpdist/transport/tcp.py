@@ -504,8 +504,9 @@ class TcpTransport(Transport):
 
     # ------------------------------------------------------------------ progress
     def _progress(self, timeout_s: float) -> None:
-        # poll(0) first: with a timeout the kernel sets up a wait on every socket even when
-        # something is ready already, which costs more than a second call when it is not
+        # poll(0) first: given a timeout, the kernel sets up a wait on every socket even when
+        # something is ready already (the common case), and that costs more than the second
+        # call made when nothing is
         events = self._poll.poll(0)
         if not events and timeout_s > 0:
             spin = self.spin_s
