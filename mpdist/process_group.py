@@ -23,7 +23,7 @@ from typing import Any
 
 from mpdist.algorithms.reduction import ReduceOp
 from mpdist.errors import DistError
-from mpdist.timeouts import GROUP_TIMEOUT, seconds
+from mpdist.timeouts import FOREVER_S, GROUP_TIMEOUT, seconds
 
 __all__ = [
     "AllToAllOptions",
@@ -53,7 +53,13 @@ _log = logging.getLogger(__name__)
 
 def _seconds(timeout: float | timedelta | None) -> float | None:
     """A wait's timeout as seconds: ``None`` waits forever, else mpdist.timeouts' rule."""
-    return None if timeout is None else seconds(timeout)
+    if timeout is None:
+        return None
+    if type(timeout) is timedelta:  # the common case (a group's timeout), answered quickly
+        secs = timeout.total_seconds()
+        if 0 < secs <= FOREVER_S:
+            return secs
+    return seconds(timeout)
 
 
 # ---------------------------------------------------------------------- Future
@@ -67,7 +73,10 @@ class Future:
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        # Made by the first waiter that has to block: most futures are waited for only
+        # once they are done, or never, and a Condition costs microseconds to build.
+        self._cond: threading.Condition | None = None
         self._done = False
         self._value: Any = None
         self._exc: BaseException | None = None
@@ -78,12 +87,13 @@ class Future:
         return self._done
 
     def _complete(self, value: Any, exc: BaseException | None) -> None:
-        with self._cond:
+        with self._lock:
             if self._done:
                 raise RuntimeError("Future can only be marked completed once.")
             self._value, self._exc, self._done = value, exc, True
             callbacks, self._callbacks = self._callbacks, []
-            self._cond.notify_all()
+            if self._cond is not None:
+                self._cond.notify_all()
         for cb in callbacks:
             self._run_callback(cb)
 
@@ -110,7 +120,9 @@ class Future:
         secs = _seconds(timeout)  # a bad timeout is an error even when already done
         if self._done:
             return True
-        with self._cond:
+        with self._lock:
+            if self._cond is None:
+                self._cond = threading.Condition(self._lock)
             return self._cond.wait_for(lambda: self._done, secs)
 
     def wait(self, timeout: float | timedelta | None = None) -> Any:
@@ -148,7 +160,7 @@ class Future:
     def add_done_callback(self, callback: Callable[[Future], Any]) -> None:
         """Run ``callback(self)`` when complete (at once if already complete); an exception
         it raises is logged and ignored (use ``then`` to keep it)."""
-        with self._cond:
+        with self._lock:
             if not self._done:
                 self._callbacks.append(callback)
                 return
@@ -254,7 +266,7 @@ def completed_work(outputs: list[Any], source: int = -1) -> Work:
 # return None (or a completed Work) instead of a pending Work.
 
 
-@dataclass
+@dataclass(slots=True)
 class AllreduceOptions:
     """Options of ``ProcessGroup.allreduce``."""
 
@@ -263,7 +275,7 @@ class AllreduceOptions:
     asyncOp: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class BroadcastOptions:
     """Options of ``ProcessGroup.broadcast``: the root's group rank."""
 
@@ -273,7 +285,7 @@ class BroadcastOptions:
     asyncOp: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class ReduceOptions:
     """Options of ``ProcessGroup.reduce``."""
 
@@ -284,7 +296,7 @@ class ReduceOptions:
     asyncOp: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class AllgatherOptions:
     """Options of ``ProcessGroup.allgather`` and ``_allgather_base``."""
 
@@ -292,7 +304,7 @@ class AllgatherOptions:
     asyncOp: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class GatherOptions:
     """Options of ``ProcessGroup.gather``."""
 
@@ -301,7 +313,7 @@ class GatherOptions:
     asyncOp: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class ScatterOptions:
     """Options of ``ProcessGroup.scatter``."""
 
@@ -310,7 +322,7 @@ class ScatterOptions:
     asyncOp: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class ReduceScatterOptions:
     """Options of ``ProcessGroup.reduce_scatter`` and ``_reduce_scatter_base``."""
 
@@ -319,7 +331,7 @@ class ReduceScatterOptions:
     asyncOp: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class AllToAllOptions:
     """Options of ``ProcessGroup.alltoall`` and ``alltoall_base``."""
 
@@ -327,7 +339,7 @@ class AllToAllOptions:
     asyncOp: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class BarrierOptions:
     """Options of ``ProcessGroup.barrier``."""
 

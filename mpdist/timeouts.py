@@ -23,14 +23,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-__all__ = ["GROUP_TIMEOUT", "STORE_TIMEOUT", "TEST_TIMEOUT", "seconds"]
+__all__ = ["FOREVER_S", "GROUP_TIMEOUT", "STORE_TIMEOUT", "TEST_TIMEOUT", "seconds"]
 
 STORE_TIMEOUT = timedelta(seconds=300)
 GROUP_TIMEOUT = timedelta(minutes=30)
 TEST_TIMEOUT = timedelta(seconds=300)
 
 # Longer than this is forever: it would overflow the timeouts of locks, selectors and sockets.
-_FOREVER_S = 1e9
+FOREVER_S = 1e9
 
 
 def seconds(timeout: Any, what: str = "timeout") -> float | None:
@@ -43,4 +43,4 @@ def seconds(timeout: Any, what: str = "timeout") -> float | None:
         raise TypeError(f"{what} must be a datetime.timedelta, got {type(timeout).__name__}")
     if secs != secs or secs < 0:  # NaN or negative
         raise ValueError(f"{what} must be >= 0, got {timeout!r}")
-    return None if secs == 0 or secs > _FOREVER_S else secs
+    return None if secs == 0 or secs > FOREVER_S else secs

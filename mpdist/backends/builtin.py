@@ -41,6 +41,10 @@ __all__ = ["BuiltinProcessGroup", "checked_array", "checked_list", "row_splits"]
 def checked_array(x: Any, op: str, what: str, out: bool = False) -> np.ndarray:
     """The ndarray of an array argument, checked before anything is sent: a dtype the
     transports carry, C-contiguous, and writeable if ``out`` (the result lands in it)."""
+    if type(x) is np.ndarray:  # the common case, checked with one look at the flags
+        flags = x.flags
+        if (flags.carray if out else flags.c_contiguous) and dtype_code(x.dtype):
+            return x
     if not isinstance(x, np.ndarray):
         data = getattr(x, "data", None)  # an mpdist Tensor: its live ndarray
         if not isinstance(data, np.ndarray):
@@ -58,6 +62,8 @@ def checked_array(x: Any, op: str, what: str, out: bool = False) -> np.ndarray:
 
 
 def _op(opts: Any, default: ReduceOp = ReduceOp.SUM) -> ReduceOp:
+    if type(opts) is AllreduceOptions:  # the module API's, on the latency path
+        return opts.reduceOp
     # torch lets the options slot hold a bare ReduceOp
     if opts is None:
         return default
@@ -67,6 +73,8 @@ def _op(opts: Any, default: ReduceOp = ReduceOp.SUM) -> ReduceOp:
 
 
 def _root(opts: Any) -> int:
+    if type(opts) is BroadcastOptions:  # the module API's, on the latency path
+        return opts.rootRank
     return int(getattr(opts, "rootRank", 0)) if opts is not None else 0
 
 
@@ -77,7 +85,14 @@ def _async(opts: Any) -> bool:
 
 def checked_list(xs: Any, op: str, what: str, out: bool = False) -> list[np.ndarray]:
     """``checked_array`` of each entry of ``xs`` (named ``what[i]`` in errors)."""
-    return [checked_array(x, op, f"{what}[{i}]", out) for i, x in enumerate(xs)]
+    arrays = list(xs)
+    for i, x in enumerate(arrays):
+        if type(x) is np.ndarray:  # checked_array's fast path, without naming the entry
+            flags = x.flags
+            if (flags.carray if out else flags.c_contiguous) and dtype_code(x.dtype):
+                continue
+        arrays[i] = checked_array(x, op, f"{what}[{i}]", out)
+    return arrays
 
 
 def row_splits(arr: np.ndarray, splits: list[int] | None, parts: int) -> list[np.ndarray]:
@@ -239,7 +254,7 @@ class BuiltinProcessGroup(ProcessGroup):
 
     def broadcast(self, tensors: list[Any], opts: BroadcastOptions | None = None) -> Work:
         root = _root(opts)
-        arr = checked_array(tensors[0], "broadcast", "tensors[0]", out=root != self.rank())
+        arr = checked_array(tensors[0], "broadcast", "tensors[0]", out=root != self._pg_rank)
         return self._c_broadcast(arr, root, "broadcast", list(tensors), _async(opts))
 
     def allreduce(self, tensors: list[Any], opts: AllreduceOptions | None = None) -> Work:
