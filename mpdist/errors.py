@@ -12,17 +12,35 @@ All errors derive from ``RuntimeError`` so code written against
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 __all__ = [
     "DistError",
     "DistBackendError",
     "DistNetworkError",
     "DistStoreError",
     "QueueEmptyError",
+    "RemoteOrigin",
 ]
+
+
+@dataclass(frozen=True)
+class RemoteOrigin:
+    """Where an error a peer reported came from (``DistError.remote``): the error's
+    ``text`` as the detecting rank wrote it, the transport rank that detected it
+    (``origin``) and the peer whose message brought it here (``sender``)."""
+
+    text: str
+    origin: int
+    sender: int
 
 
 class DistError(RuntimeError):
     """Base class of every error raised by mpdist's distributed layers."""
+
+    # set by a transport on an error that a peer reported to this rank; None when it
+    # was raised here
+    remote: RemoteOrigin | None = None
 
 
 class DistBackendError(DistError):

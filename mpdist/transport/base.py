@@ -30,10 +30,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 
-from mpdist.errors import DistBackendError, DistError, DistNetworkError
+from mpdist.errors import DistBackendError, DistError, DistNetworkError, RemoteOrigin
 from mpdist.transport.header import (
     ERR_BACKEND,
     ERR_NETWORK,
@@ -48,20 +49,27 @@ from mpdist.transport.header import (
     op_name_of,
 )
 
-__all__ = ["Transport", "Collective", "SendReq", "RecvReq", "as_bytes"]
+__all__ = ["Transport", "Collective", "SendReq", "RecvReq", "Payload", "as_bytes"]
 
 _REDOPS = ["SUM", "AVG", "PRODUCT", "MIN", "MAX", "BAND", "BOR", "BXOR"]
+
+# A payload that arrived before its receive was posted, kept until one is: bytes
+# (LocalTransport's copies, empty payloads) or a memoryview of the array TcpTransport
+# read it into (``arr.data``, whose ``obj`` is that array)
+Payload: TypeAlias = bytes | memoryview
 
 
 def as_bytes(array: np.ndarray) -> memoryview:
     """A writable flat byte view of a C-contiguous array, without copying."""
+    # array.data is memoryview(array) (numpy's stubs declare the buffer protocol of an
+    # ndarray only for Python >= 3.12, so memoryview(array) does not type-check here)
     try:
-        return memoryview(array).cast("B")
+        return array.data.cast("B")
     except (TypeError, ValueError):
         # zero-size arrays and dtypes outside the buffer protocol
         if array.nbytes == 0:
             return memoryview(bytearray())
-        return memoryview(array.reshape(-1).view(np.uint8))
+        return array.reshape(-1).view(np.uint8).data
 
 
 @dataclass(slots=True)
@@ -128,16 +136,19 @@ class Transport:
         # how ranks are named in error messages (e.g. global ranks of a subgroup)
         self.rank_names: list[int] | None = list(rank_names) if rank_names is not None else None
         self.timeout_s = float(timeout_s) if timeout_s and timeout_s > 0 else 1e9
-        # the collective in progress (None between collectives); one record, refilled by
-        # every begin(): no allocation on the small-message path
-        self._cur: Collective | None = None
+        # the collective in progress: _coll, one record refilled by every begin() (no
+        # allocation on the small-message path), or _idle between collectives, whose seq
+        # (-1) matches no message (a header's seq is unsigned). Always a record, so that
+        # isend/irecv/_on_header read it with no None check per message.
         self._coll = Collective()
+        self._idle = Collective(seq=-1)
+        self._cur = self._idle
         self._last_seq = 0
         self._history: deque[tuple[int, str]] = deque(maxlen=8)  # (seq, op name) for errors
         self._posted: dict[tuple[int, int, int], RecvReq] = {}
-        self._stash: dict[tuple[int, int, int], tuple[Header, bytes]] = {}
+        self._stash: dict[tuple[int, int, int], tuple[Header, Payload]] = {}
         self._p2p_posted: list[RecvReq] = []
-        self._p2p_stash: list[tuple[int, Header, bytes]] = []
+        self._p2p_stash: list[tuple[int, Header, Payload]] = []
         self._error: DistError | None = None
         # the error to pass on to peers (a mismatch or lost peer, ours or relayed; not an
         # abort), and the peers that know it already
@@ -186,13 +197,17 @@ class Transport:
                         self._fail(e, list(range(self.size)))
                         raise
                 elif hdr.seq < seq:
-                    e = self._stale(peer, hdr)
-                    self._fail(e, list(range(self.size)))
-                    raise e
+                    err = self._stale(peer, hdr)
+                    self._fail(err, list(range(self.size)))
+                    raise err
 
     def end(self) -> None:
         """Leave the current collective."""
-        self._cur = None
+        self._cur = self._idle
+
+    def _in_collective(self) -> bool:
+        """Whether a collective is in progress (between begin() and end())."""
+        return self._cur is not self._idle
 
     def isend(self, peer: int, step: int, buf: memoryview) -> SendReq:
         """Post message ``step`` of the current collective to ``peer``."""
@@ -344,16 +359,17 @@ class Transport:
         that must hear of it."""
         if e is self._error or self._error is not None:
             return
-        if getattr(e, "_mpdist_remote", False):
+        remote = e.remote
+        if remote is not None:
             self._error = self._cause = e
-            self._told.add(e._mpdist_sender)
-            if self._cur is not None:
+            self._told.add(remote.sender)
+            if self._in_collective():
                 # every rank takes part in a collective: tell the others now, the
                 # rank that detected it may have told only some (or gone meanwhile)
                 self._tell(list(range(self.size)))
         elif self._abort_reason is not None:
             self._error = e
-        elif self._cur is not None:
+        elif self._in_collective():
             self._fail(e, list(range(self.size)))
         else:
             self._fail(e, sorted({r.peer for r in reqs if r.peer is not None}))
@@ -420,7 +436,8 @@ class Transport:
         exc = self._cause
         if exc is None:
             return
-        origin = getattr(exc, "_mpdist_origin", self.rank)
+        remote = exc.remote
+        origin = remote.origin if remote is not None else self.rank
         told = self._told
         targets = [
             p
@@ -431,12 +448,12 @@ class Transport:
             return
         told.update(targets)
         kind = ERR_NETWORK if isinstance(exc, DistNetworkError) else ERR_BACKEND
-        text = getattr(exc, "_mpdist_text", None) or str(exc)
+        text = (remote.text if remote is not None else None) or str(exc)
         # best effort: the peer may be gone as well
         with contextlib.suppress(Exception):
             self._notify(targets, kind, text, origin, flags)
 
-    def _remote_error(self, peer: int, hdr: Header, payload: bytes) -> DistError:
+    def _remote_error(self, peer: int, hdr: Header, payload: Payload) -> DistError:
         text = bytes(payload).decode("utf-8", "replace")
         cls = DistNetworkError if hdr.op == ERR_NETWORK else DistBackendError
         # the root field of an ERROR names the rank that detected it (-1: the sender)
@@ -449,10 +466,7 @@ class Transport:
                 f"reported by rank {self._n(origin)} to rank {me}, relayed by rank {self._n(peer)}"
             )
         err = cls(f"{text} ({where})")
-        err._mpdist_remote = True
-        err._mpdist_text = text
-        err._mpdist_origin = origin
-        err._mpdist_sender = peer
+        err.remote = RemoteOrigin(text, origin, peer)
         return err
 
     def _check_coll(self, peer: int, hdr: Header) -> None:
@@ -514,7 +528,7 @@ class Transport:
                 f"({dtype_name(req.dtype)}) with tag {req.tag} but rank {self._n(peer)} sent "
                 f"{hdr.nbytes} bytes ({dtype_name(hdr.dtype)})"
             )
-        name = self._cur.op_name if self._cur else op_name_of(hdr.op)
+        name = self._cur.op_name if self._in_collective() else op_name_of(hdr.op)
         return DistBackendError(
             f"{name}: mismatch between rank {self._n(self.rank)} and rank {self._n(peer)}: rank {self._n(self.rank)} "
             f"expected a message of {req.nbytes} bytes but rank {self._n(peer)} sent {hdr.nbytes} bytes"
@@ -527,7 +541,7 @@ class Transport:
         if kind == KIND_COLL:
             seq = hdr.seq
             c = self._cur
-            if c is not None and seq == c.seq:
+            if seq == c.seq:  # never between collectives: _idle.seq is -1
                 # _check_coll, inline: this runs for every collective message
                 if (
                     hdr.op != c.op
@@ -559,7 +573,7 @@ class Transport:
             return None
         return None
 
-    def _on_stashed(self, peer: int, hdr: Header, payload: bytes) -> None:
+    def _on_stashed(self, peer: int, hdr: Header, payload: Payload) -> None:
         """A whole payload arrived that had no posted request when its header came."""
         kind = hdr.kind
         if kind == KIND_COLL:
@@ -582,7 +596,7 @@ class Transport:
             else:
                 raise err
 
-    def _fill(self, req: RecvReq, hdr: Header, payload: bytes, peer: int) -> None:
+    def _fill(self, req: RecvReq, hdr: Header, payload: Payload, peer: int) -> None:
         self._check_size(req, hdr, peer)
         if req.nbytes:
             req.buf[:] = payload
@@ -597,10 +611,10 @@ class Transport:
             hdr.kind == KIND_P2P and req.dtype and hdr.dtype and req.dtype != hdr.dtype
         ):
             err = self._size_mismatch(req, hdr, peer)
-            self._fail(err, list(range(self.size)) if self._cur else [peer])
+            self._fail(err, list(range(self.size)) if self._in_collective() else [peer])
             raise err
 
-    def _recycle(self, payload: object) -> None:
+    def _recycle(self, payload: Payload) -> None:
         """A stashed payload has been copied out; a subclass may reuse its buffer."""
 
     # ------------------------------------------------------------------ lifecycle

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.errors import DistNetworkError
-from mpdist.transport.base import RecvReq, SendReq, Transport
+from mpdist.transport.base import Payload, RecvReq, SendReq, Transport
 from mpdist.transport.header import (
     FLAG_SHM,
     HEADER,
@@ -414,8 +414,8 @@ class TcpTransport(Transport):
                         req.done = True
                         return
                     else:
-                        payload = self._stash_buf(plen)
-                        memoryview(payload)[:] = ring.data[off : off + plen]
+                        payload = self._stash_buf(plen).data
+                        payload[:] = ring.data[off : off + plen]
                         ring.release(token)
                         self._on_stashed(p.rank, hdr, payload)
                     continue
@@ -428,7 +428,7 @@ class TcpTransport(Transport):
                     if plen == 0:
                         self._on_stashed(p.rank, hdr, b"")
                         continue
-                    mv = memoryview(self._stash_buf(plen))
+                    mv = self._stash_buf(plen).data
                 p.rx_hdr = hdr
                 p.rx_req = req
                 p.rx_mv = mv
@@ -459,9 +459,14 @@ class TcpTransport(Transport):
                 # raise BlockingIOError; poll is level-triggered and brings us back if needed.
                 req.done = True
                 return
-            self._on_stashed(p.rank, p.rx_hdr, mv.obj)
+            rx_hdr = p.rx_hdr
+            assert rx_hdr is not None  # set with rx_mv when the payload began
+            self._on_stashed(p.rank, rx_hdr, mv)
 
     def _give_back(self, lease: object) -> None:
+        assert isinstance(lease, tuple)  # (ring, token), lent by _read
+        ring: Ring
+        token: int
         ring, token = lease
         ring.release(token)
 
@@ -472,13 +477,17 @@ class TcpTransport(Transport):
             return bufs.pop()
         return np.empty(n, np.uint8)
 
-    def _recycle(self, payload: object) -> None:
-        if type(payload) is np.ndarray:
+    def _recycle(self, payload: Payload) -> None:
+        # our stashed payloads are memoryviews of _stash_buf arrays (bytes: empty ones)
+        if type(payload) is memoryview:
             n = payload.nbytes
             if n >= _POOL_MIN and self._pool_bytes + n <= _POOL_CAP:
+                arr = payload.obj
+                if not isinstance(arr, np.ndarray):
+                    return
                 bufs = self._pool.setdefault(n, [])
                 if len(bufs) < 4:
-                    bufs.append(payload)
+                    bufs.append(arr)
                     self._pool_bytes += n
 
     def _stop_sending(self, p: _Peer) -> None:
@@ -623,21 +632,19 @@ class TcpTransport(Transport):
                     poll.register(p.fd, select.POLLIN)
             # acks do not wake a poll: look again every few ms
             poll.poll(min(remaining, 0.01) * 1000)
-        for p in self._peers:
-            if p is None:
-                continue
+        peers = [p for p in self._peers if p is not None]
+        for p in peers:
             with contextlib.suppress(OSError):
                 p.sock.close()
             p.closed = p.gone = True
         self._by_fd.clear()
         self._wake_r.close()
         self._wake_w.close()
-        for p in self._peers:
-            if p is not None and p.tx_ring is not None:
+        for p in peers:
+            if p.tx_ring is not None:
                 with contextlib.suppress(BufferError):
                     p.tx_ring.close()
-            if p is not None:
-                p.rx_ring = p.tx_ring = None
+            p.rx_ring = p.tx_ring = None
         self._drop_own_rings()
 
 
