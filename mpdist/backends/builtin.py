@@ -255,16 +255,16 @@ class BuiltinProcessGroup(ProcessGroup):
     def broadcast(self, tensors: list[Any], opts: BroadcastOptions | None = None) -> Work:
         root = _root(opts)
         arr = checked_array(tensors[0], "broadcast", "tensors[0]", out=root != self._pg_rank)
-        return self._c_broadcast(arr, root, "broadcast", list(tensors), _async(opts))
+        return self._c_broadcast(arr, root, "broadcast", tensors, _async(opts))
 
     def allreduce(self, tensors: list[Any], opts: AllreduceOptions | None = None) -> Work:
-        if not isinstance(tensors, (list, tuple)):
-            tensors = [tensors]
+        if type(tensors) is not list:
+            tensors = list(tensors) if isinstance(tensors, tuple) else [tensors]
         arr = tensors[0]
         # the latency path: a C-contiguous, aligned, writeable ndarray of a wire dtype is ready
         if type(arr) is not np.ndarray or not arr.flags.carray or not dtype_code(arr.dtype):
             arr = checked_array(arr, "allreduce", "tensors[0]", out=True)
-        return self._c_allreduce(arr, _op(opts), "all_reduce", list(tensors), _async(opts))
+        return self._c_allreduce(arr, _op(opts), "all_reduce", tensors, _async(opts))
 
     def allreduce_stepped(self, tensors: list[Any], opts: AllreduceOptions | None = None) -> Work:
         arr = checked_array(tensors[0], "allreduce", "tensors[0]", out=True)
@@ -379,7 +379,9 @@ class BuiltinProcessGroup(ProcessGroup):
         if not caller_blocks():
             return self._c_recv(arr, src, tag, outputs, True)
         source = self._c_recv(arr, src, tag, outputs, False)
-        return completed_work(outputs, source)
+        if src is not None:
+            return None  # type: ignore[return-value]  # ran here, from a known source: done
+        return completed_work(outputs, source)  # the caller learns who sent it
 
     def barrier(self, opts: BarrierOptions | None = None) -> Work:
         return self._c_barrier("barrier", _async(opts))

@@ -10,12 +10,14 @@ import numpy as np
 
 from mpdist.algorithms.reduction import ReduceOp, check_op_dtype
 from mpdist.backends.builtin import checked_list
+from mpdist.distributed import _world as state
 from mpdist.distributed._world import (
+    _UNINIT,
     GroupMember,
     _current_world,
     _info,
+    _tls,
     _World,
-    _world_or_raise,
 )
 from mpdist.process_group import (
     DEFAULT_TIMEOUT,
@@ -43,7 +45,9 @@ def _check_timeout(timeout: Any) -> timedelta:
 def _resolve(group: Any, op: str) -> tuple[_World | None, ProcessGroup | None]:
     """(world, group) for a collective; group None means "not a member: skip"."""
     if group is None:
-        w = _world_or_raise()
+        w = getattr(_tls, "world", None) or state.process_world  # _world_or_raise, inlined
+        if w is None:
+            raise ValueError(_UNINIT)
         return w, w.default_pg
     if isinstance(group, int):
         if group == GroupMember.NON_GROUP_MEMBER:
@@ -62,16 +66,18 @@ def _resolve(group: Any, op: str) -> tuple[_World | None, ProcessGroup | None]:
 
 def _group_rank(world: _World | None, pg: ProcessGroup, rank: Any, what: str, op: str) -> int:
     """Global ``rank`` -> rank in ``pg``; ValueError if it is not a member."""
-    if not _is_int(rank):
-        raise TypeError(f"{op}: {what} must be an int (a global rank), got {rank!r}")
+    if type(rank) is not int:
+        if not _is_int(rank):
+            raise TypeError(f"{op}: {what} must be an int (a global rank), got {rank!r}")
+        rank = int(rank)
     if world is None or (info := world.groups.get(pg)) is None:
         # a group the module API did not create: its ranks are the global ones
         if not 0 <= rank < _size(world, pg):
             raise ValueError(
                 f"{op}: invalid {what} rank {rank}; the group has {_size(world, pg)} ranks"
             )
-        return int(rank)
-    r = info.rank_map.get(int(rank))
+        return rank
+    r = info.rank_map.get(rank)
     if r is None:
         if pg is world.default_pg:
             raise ValueError(

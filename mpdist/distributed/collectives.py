@@ -395,7 +395,8 @@ def _recv(tensor: Any, src: Any, group: Any, tag: int, async_op: bool, op: str) 
         set_caller_blocks(before)
     if async_op:
         return work
-    _finish(work, world, pg, False)
+    if work is not None:  # None: the group ran it here and the source is the one asked for
+        _finish(work, world, pg, False)
     if peer is None:
         getter = getattr(work, "source_rank", None) or getattr(work, "_source_rank", None)
         peer = getter() if getter is not None else -1
