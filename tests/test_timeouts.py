@@ -53,3 +53,29 @@ def test_work_waits_follow_the_rule() -> None:
     assert work.wait(0) and work.wait(timedelta(0)) and work.wait(None)  # done: no waiting
     with pytest.raises(ValueError):
         work.wait(-1)
+
+
+def _reduce_after_a_pause(rank: int, world_size: int) -> list[float]:
+    import time
+
+    import numpy as np
+
+    import mpdist as dist
+
+    if rank == 1:
+        time.sleep(0.2)  # rank 0 waits for it: a 0 timeout must not end that wait
+    a = np.ones(2)
+    dist.all_reduce(a)
+    return a.tolist()
+
+
+def test_a_group_timeout_follows_the_rule() -> None:
+    import mpdist as dist
+    from mpdist.testing import spawn_threads
+
+    # 0 is forever (it used to time out at the first wait), a negative timeout is refused.
+    assert spawn_threads(_reduce_after_a_pause, 2, group_timeout=0) == [[2.0, 2.0]] * 2
+    with pytest.raises(ValueError, match="must be >= 0"):
+        dist.init_process_group(
+            "threaded", store=HashStore(), rank=0, world_size=1, timeout=timedelta(seconds=-1)
+        )

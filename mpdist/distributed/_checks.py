@@ -24,6 +24,7 @@ from mpdist.process_group import (
     ProcessGroup,
     Work,
 )
+from mpdist.timeouts import FOREVER_S, seconds
 
 
 def _is_int(x: Any) -> bool:
@@ -32,6 +33,8 @@ def _is_int(x: Any) -> bool:
 
 
 def _check_timeout(timeout: Any) -> timedelta:
+    """A group's timeout by mpdist.timeouts' rule: None is the group default, 0 is forever
+    (a timedelta past every deadline), negative is a ValueError."""
     if timeout is None:
         return DEFAULT_TIMEOUT
     if not isinstance(timeout, timedelta):
@@ -39,6 +42,8 @@ def _check_timeout(timeout: Any) -> timedelta:
             "Expected timeout argument to be of type datetime.timedelta, "
             f"got {type(timeout).__name__}"
         )
+    if seconds(timeout) is None:
+        return timedelta(seconds=FOREVER_S)
     return timeout
 
 
