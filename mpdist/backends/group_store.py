@@ -36,8 +36,8 @@ class GroupStore(PrefixStore):
         self._abort_lock = threading.Lock()
         self._abort_reason: str | None = None
         self._on_abort: list[Callable[[str], object]] = []
-        # every callback ever added: a second registration is a no-op (the tcp transport
-        # registers itself before building its mesh, and its group does too)
+        # every callback ever added: registering the same one again is a no-op, so a caller
+        # need not know whether someone registered it before
         self._registered: list[Callable[[str], object]] = []
 
     # ------------------------------------------------------------------ abort
