@@ -323,11 +323,6 @@ def _destroy_torch_group() -> None:
             tdist.destroy_process_group()
 
 
-def format_exception(exc: BaseException, harness_file: str = __file__) -> str:
-    """The traceback of ``exc`` without the harness's own leading frames."""
-    return _outcomes.format_exception(exc, harness_file)
-
-
 def _build_call(spec: TaskSpec, rank: int) -> Any:
     module = _load_module(spec.module, spec.path, spec.rewrite, spec.code)
     if spec.kind == "case":
