@@ -73,8 +73,6 @@ def _op(opts: Any, default: ReduceOp = ReduceOp.SUM) -> ReduceOp:
 
 
 def _root(opts: Any) -> int:
-    if type(opts) is BroadcastOptions:  # the module API's, on the latency path
-        return opts.rootRank
     return int(getattr(opts, "rootRank", 0)) if opts is not None else 0
 
 
@@ -253,9 +251,12 @@ class BuiltinProcessGroup(ProcessGroup):
     runs_in_caller = True
 
     def broadcast(self, tensors: list[Any], opts: BroadcastOptions | None = None) -> Work:
-        root = _root(opts)
+        if type(opts) is BroadcastOptions:  # the module API's: read in place of two calls
+            root, async_op = opts.rootRank, opts.asyncOp
+        else:
+            root, async_op = _root(opts), _async(opts)
         arr = checked_array(tensors[0], "broadcast", "tensors[0]", out=root != self._pg_rank)
-        return self._c_broadcast(arr, root, "broadcast", tensors, _async(opts))
+        return self._c_broadcast(arr, root, "broadcast", tensors, async_op)
 
     def allreduce(self, tensors: list[Any], opts: AllreduceOptions | None = None) -> Work:
         if type(tensors) is not list:
@@ -264,6 +265,8 @@ class BuiltinProcessGroup(ProcessGroup):
         # the latency path: a C-contiguous, aligned, writeable ndarray of a wire dtype is ready
         if type(arr) is not np.ndarray or not arr.flags.carray or not dtype_code(arr.dtype):
             arr = checked_array(arr, "allreduce", "tensors[0]", out=True)
+        if type(opts) is AllreduceOptions:  # the module API's: read in place of two calls
+            return self._c_allreduce(arr, opts.reduceOp, "all_reduce", tensors, opts.asyncOp)
         return self._c_allreduce(arr, _op(opts), "all_reduce", tensors, _async(opts))
 
     def allreduce_stepped(self, tensors: list[Any], opts: AllreduceOptions | None = None) -> Work:

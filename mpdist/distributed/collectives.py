@@ -41,6 +41,9 @@ from mpdist.process_group import (
     set_caller_blocks,
 )
 
+# The options of the small-message collectives (all_reduce, broadcast, all_gather) are
+# built positionally: keyword arguments cost a dataclass 100 ns more per call.
+
 
 def all_reduce(
     tensor: Any,
@@ -68,7 +71,7 @@ def all_reduce(
     if ops is None or op not in ops:
         checked_array(arr, "all_reduce", "tensor", out=True)
         _check_op(op, arr.dtype, "all_reduce")
-    work = pg.allreduce([tensor], AllreduceOptions(reduceOp=op, asyncOp=async_op))
+    work = pg.allreduce([tensor], AllreduceOptions(op, None, async_op))
     if work is None:  # ran in this thread: done
         return None
     return _finish(work, world, pg, async_op)
@@ -83,7 +86,7 @@ def broadcast(
         return None
     root = _group_rank(world, pg, src, "src", "broadcast")
     checked_array(tensor, "broadcast", "tensor", out=root != _me(world, pg))
-    work = pg.broadcast([tensor], BroadcastOptions(rootRank=root, asyncOp=async_op))
+    work = pg.broadcast([tensor], BroadcastOptions(root, 0, None, async_op))
     return _finish(work, world, pg, async_op)
 
 
@@ -115,7 +118,7 @@ def all_gather(
     inp = checked_array(tensor, "all_gather", "tensor")
     n = _size(world, pg)
     _array_list(tensor_list, "all_gather", "tensor_list", n, True, like=(inp, "tensor"))
-    work = pg.allgather([tensor_list], [tensor], AllgatherOptions(asyncOp=async_op))
+    work = pg.allgather([tensor_list], [tensor], AllgatherOptions(None, async_op))
     return _finish(work, world, pg, async_op)
 
 
@@ -142,7 +145,7 @@ def all_gather_into_tensor(
     n = _size(world, pg)
     _check_concat(out, inp, n, op, "output_tensor", "input_tensor")
     # torch 2.13 calls the group's all_gather_single (base class: _allgather_base)
-    work = pg.all_gather_single(output_tensor, input_tensor, AllgatherOptions(asyncOp=async_op))
+    work = pg.all_gather_single(output_tensor, input_tensor, AllgatherOptions(None, async_op))
     return _finish(work, world, pg, async_op)
 
 
