@@ -6,6 +6,7 @@ stores for rendezvous, process groups with TCP collectives, and (in
 """
 
 from mpdist import distributed, process_group
+from mpdist.autograd.device import device
 from mpdist.distributed import *  # noqa: F403  (the module API: distributed.__all__)
 from mpdist.errors import (
     DistBackendError,
@@ -31,6 +32,7 @@ __all__ = [
     "PrefixStore",
     "Store",
     "TCPStore",
+    "device",
     "manual_seed",
 ]
 # The module API and the process-group classes are listed once, in their own modules.

@@ -15,10 +15,12 @@ from typing import Any, overload
 import numpy as np
 
 from mpdist.autograd._tensor_base import TensorBase, _index, _raw
+from mpdist.autograd.device import parse_to
 from mpdist.autograd.grad_mode import is_grad_enabled
 from mpdist.autograd.graph import Node, RemovableHandle, run_backward, run_hooks
 
 Axis = int | tuple[int, ...] | None
+Real = float  # ``float`` inside the Tensor class body names the method
 
 
 def _unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -47,6 +49,38 @@ def _make(
         out._node = Node(inputs, lambda gs: backward(gs[0]), [(arr.shape, arr.dtype)], name, [arr])
         out._requires_grad = True
     return out
+
+
+def _make_many(
+    datas: Sequence[np.ndarray],
+    inputs: Sequence[Tensor],
+    backward: Callable[[list[np.ndarray]], Sequence[np.ndarray | None]],
+    name: str,
+) -> tuple[Tensor, ...]:
+    """``_make`` for an op with several outputs: one node; ``backward`` gets one gradient per
+    output (zeros for outputs that received none)."""
+    outs = tuple(Tensor(d) for d in datas)
+    if is_grad_enabled() and any(t.requires_grad for t in inputs):
+        node = Node(
+            inputs,
+            backward,
+            [(o._data.shape, o._data.dtype) for o in outs],
+            name,
+            [o._data for o in outs],
+        )
+        for i, o in enumerate(outs):
+            o._node, o._out_index, o._requires_grad = node, i, True
+    return outs
+
+
+def _dim(dim: int, ndim: int) -> int:
+    """``dim`` as a non-negative axis, with torch's error when it is out of range."""
+    span = max(ndim, 1)
+    if not -span <= dim < span:
+        raise IndexError(
+            f"Dimension out of range (expected to be in range of [{-span}, {span - 1}], but got {dim})"
+        )
+    return dim % span
 
 
 def _binary(
@@ -336,9 +370,23 @@ class Tensor(TensorBase):
         return self if self.data.dtype == np.float64 else self.astype(np.float64)
 
     def astype(self, dtype: Any) -> Tensor:
-        """Cast to ``dtype``; the gradient is cast back."""
+        """Cast to ``dtype``; the gradient is cast back. A cast to a dtype that cannot carry
+        gradients (integers, bool) is not recorded, as in torch."""
+        out = self.data.astype(dtype)
+        if out.dtype.kind not in "fc":
+            return Tensor(out)
         src = self.data.dtype
-        return _make(self.data.astype(dtype), [self], lambda g: [g.astype(src)], "astype")
+        return _make(out, [self], lambda g: [g.astype(src)], "astype")
+
+    def to(self, *args: Any, **kwargs: Any) -> Tensor:
+        """torch's ``to``: ``to(dtype)``, ``to(device)``, ``to(device, dtype)``, ``to(other)``
+        (other's dtype), with ``non_blocking``/``copy`` flags. The device must be the CPU and
+        changes nothing; a new dtype is a recorded cast; self comes back when nothing changes
+        and ``copy`` is False."""
+        req = parse_to(args, kwargs)
+        if req.dtype is not None and req.dtype != self.data.dtype:
+            return self.astype(req.dtype)
+        return self.clone() if req.copy else self
 
     # ----------------------------------------------------------------- reductions
     def sum(
@@ -430,9 +478,92 @@ class Tensor(TensorBase):
                 axes.add(d % span)
         return self.reshape(tuple(n for i, n in enumerate(shape) if not (i in axes and n == 1)))
 
-    def flatten(self) -> Tensor:
-        """A 1-D reshape."""
-        return self.reshape(-1)
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+        """Merge the axes ``start_dim..end_dim`` (all by default) into one (recorded reshape;
+        a 0-d tensor becomes 1-d)."""
+        shape = self.data.shape
+        start, end = _dim(start_dim, len(shape)), _dim(end_dim, len(shape))
+        if start > end:
+            raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
+        if not shape:
+            return self.reshape(1)
+        merged = int(np.prod(shape[start : end + 1]))
+        return self.reshape(shape[:start] + (merged,) + shape[end + 1 :])
+
+    def split(
+        self, split_size_or_sections: int | Sequence[int], dim: int = 0
+    ) -> tuple[Tensor, ...]:
+        """Cut along ``dim`` into pieces of ``split_size`` (the last may be smaller) or of the
+        listed sizes (which must add up to the axis length). Views of the data; one recorded
+        node whose backward joins the pieces' gradients."""
+        ax = _dim(dim, self.data.ndim)
+        n = self.data.shape[ax]
+        if isinstance(split_size_or_sections, (int, np.integer)):
+            size = int(split_size_or_sections)
+            if size < 0:
+                raise RuntimeError(
+                    f"split expects split_size be non-negative, but got split_size={size}"
+                )
+            if size == 0 and n != 0:
+                raise RuntimeError(
+                    f"split_size can only be 0 if dimension size is 0, but got dimension size of {n}"
+                )
+            sizes = [size] * (n // size) + ([n % size] if n % size else []) if n else [0]
+        else:
+            sizes = [int(s) for s in split_size_or_sections]
+            if sum(sizes) != n or any(s < 0 for s in sizes):
+                raise RuntimeError(
+                    f"split_with_sizes expects split_sizes to sum exactly to {n} (input tensor's "
+                    f"size at dimension {dim}), but got split_sizes={sizes}"
+                )
+        return self._split(sizes, ax)
+
+    def chunk(self, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
+        """``split`` into ``chunks`` pieces of ceil(length / chunks) (fewer pieces when the
+        length runs out first, as in torch)."""
+        if chunks <= 0:
+            raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
+        ax = _dim(dim, self.data.ndim)
+        n = self.data.shape[ax]
+        if n == 0:
+            return self._split([0] * chunks, ax)
+        return self.split(-(-n // chunks), ax)
+
+    def _split(self, sizes: list[int], ax: int) -> tuple[Tensor, ...]:
+        """The pieces of the given sizes along axis ``ax`` (views), recorded as one node."""
+        bounds = np.cumsum([0] + sizes)
+        lead = (slice(None),) * ax
+        datas = [
+            self.data[lead + (slice(int(b), int(e)),)]
+            for b, e in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        return _make_many(datas, [self], lambda gs: [np.concatenate(gs, axis=ax)], "split")
+
+    # ----------------------------------------------------------------- tests (not recorded)
+    def isnan(self) -> Tensor:
+        """Elementwise NaN test: a boolean tensor."""
+        return Tensor(np.isnan(self.data))
+
+    def any(self, dim: int | None = None, keepdim: bool = False) -> Tensor:
+        """Whether any element (along ``dim``, or at all) is nonzero: a boolean tensor."""
+        return Tensor(np.any(self.data, axis=dim, keepdims=keepdim))
+
+    def all(self, dim: int | None = None, keepdim: bool = False) -> Tensor:
+        """Whether every element (along ``dim``, or at all) is nonzero: a boolean tensor."""
+        return Tensor(np.all(self.data, axis=dim, keepdims=keepdim))
+
+    def allclose(
+        self, other: Tensor, rtol: Real = 1e-05, atol: Real = 1e-08, equal_nan: bool = False
+    ) -> bool:
+        """``|self - other| <= atol + rtol * |other|`` everywhere (broadcasting). Like torch,
+        ``other`` must be a Tensor of the same dtype."""
+        if not isinstance(other, TensorBase):
+            raise TypeError(
+                f"allclose(): argument 'other' (position 2) must be Tensor, not {type(other).__name__}"
+            )
+        if other.data.dtype != self.data.dtype:
+            raise RuntimeError(f"{self.data.dtype} did not match {other.data.dtype}")
+        return bool(np.allclose(self.data, other.data, rtol=rtol, atol=atol, equal_nan=equal_nan))
 
     @overload
     def transpose(self, *axes: int) -> Tensor: ...

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from mpdist.autograd.device import CPU, device
 from mpdist.autograd.grad_mode import is_grad_enabled
 from mpdist.autograd.graph import GradHook, Node
 from mpdist.autograd.versions import note_inplace_write
@@ -135,6 +136,21 @@ class TensorBase:
         return self.data.dtype
 
     @property
+    def device(self) -> device:
+        """Where the data lives: always ``device(type='cpu')``."""
+        return CPU
+
+    @property
+    def is_cuda(self) -> bool:
+        """False: mpdist tensors live in host memory."""
+        return False
+
+    @property
+    def is_cpu(self) -> bool:
+        """True: mpdist tensors live in host memory."""
+        return True
+
+    @property
     def ndim(self) -> int:
         """Number of dimensions."""
         return self.data.ndim
@@ -218,6 +234,10 @@ class TensorBase:
     def cpu(self: _T) -> _T:
         """Self: every mpdist tensor lives in host memory."""
         return self
+
+    def cuda(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused: mpdist runs on the CPU."""
+        raise ValueError("mpdist runs on the CPU: tensors cannot move to 'cuda'")
 
     def equal(self, other: Any) -> bool:
         """True when ``other`` has the same shape and the same values (torch.equal)."""

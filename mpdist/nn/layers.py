@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.autograd import Tensor
+from mpdist.autograd.device import check_device
 from mpdist.nn import functional as F
 from mpdist.nn import init
 from mpdist.nn.module import Module
@@ -15,12 +16,20 @@ from mpdist.nn.parameter import Parameter
 
 
 class Linear(Module):
-    """``y = x @ weight.T + bias``; weight ``(out, in)``, torch's uniform initialisation."""
+    """``y = x @ weight.T + bias``; weight ``(out, in)``, torch's uniform initialisation.
+    ``dtype`` defaults to float32; ``device`` must be the CPU (or None)."""
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, dtype: Any = np.float32
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__()
+        check_device(device)
+        dtype = np.float32 if dtype is None else dtype
         self.in_features = in_features
         self.out_features = out_features
         self.weight = Parameter(np.empty((out_features, in_features), dtype=dtype))

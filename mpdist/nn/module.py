@@ -15,6 +15,7 @@ import numpy as np
 
 from mpdist.autograd import RemovableHandle, Tensor
 from mpdist.autograd._tensor import zero_grads
+from mpdist.autograd.device import parse_to
 from mpdist.nn.parameter import Parameter
 
 
@@ -314,13 +315,27 @@ class Module:
         fn(self)
         return self
 
-    def to(self, dtype: Any) -> Module:
-        """Cast floating parameters and buffers to ``dtype`` (in place; the objects stay)."""
+    def to(self, *args: Any, **kwargs: Any) -> Module:
+        """torch's ``Module.to``: ``to(dtype)``, ``to(device)``, ``to(device, dtype)``,
+        ``to(tensor)``. Floating parameters and buffers (and their grads) are cast to the
+        dtype in place (the objects stay); a device must be the CPU and changes nothing."""
+        dtype = parse_to(args, kwargs).dtype
+        if dtype is None:
+            return self
+        if dtype.kind not in "fc":
+            raise TypeError(
+                "nn.Module.to only accepts floating point or complex dtypes, but got desired "
+                f"dtype={dtype}"
+            )
         for t in list(self.parameters()) + list(self.buffers()):
             if t.data.dtype.kind == "f":
                 t.data = t.data.astype(dtype)
                 if t.grad is not None:
                     t.grad = t.grad.data.astype(dtype)
+        return self
+
+    def cpu(self) -> Module:
+        """Self: every mpdist module lives on the CPU."""
         return self
 
     def float(self) -> Module:

@@ -95,12 +95,20 @@ class DistributedDataParallel(Module, Joinable):
             raise TypeError(
                 f"DistributedDataParallel wraps an mpdist.nn.Module, got {type(module).__name__}"
             )
-        if device_ids is not None or output_device is not None:
+        # As torch with a CPU module: None or an empty device_ids (and a falsy output_device)
+        # mean the module's own device; anything naming a device is refused.
+        if device_ids is not None and len(device_ids) > 1:
+            raise ValueError("device_ids can only be None or contain a single element.")
+        if device_ids or output_device:
             raise ValueError(
                 "DistributedDataParallel device_ids and output_device arguments only work with "
-                f"device modules; mpdist modules live on the CPU, but got device_ids {device_ids}, "
-                f"output_device {output_device}."
+                "single-device/multiple-device GPU modules or CPU modules, but got device_ids "
+                f"{device_ids}, output_device {output_device}, and module parameters "
+                "{device(type='cpu')} (mpdist modules live on the CPU: pass device_ids=None)."
             )
+        self.device_ids: list[int] | None = None
+        self.output_device: int | None = None
+        self.device_type = "cpu"
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         if not named:
             raise RuntimeError(

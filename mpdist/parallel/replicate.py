@@ -9,6 +9,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
+from mpdist.autograd.device import device
 from mpdist.nn import Module, ParameterList
 from mpdist.parallel.ddp import DistributedDataParallel
 
@@ -16,7 +17,10 @@ _STATES: weakref.WeakKeyDictionary[Module, _ReplicateState] = weakref.WeakKeyDic
 
 
 class _ReplicateState:
-    """Per-module replicate state; ``_ddp`` is None until the first forward."""
+    """Per-module replicate state; ``_ddp`` is None until the first forward, which also sets
+    ``_ddp_weakref`` (torch's tests read the DDP object through it)."""
+
+    _ddp_weakref: weakref.ref[DistributedDataParallel]
 
     def __init__(
         self, module: Module, ignored_modules: set[Module], ddp_kwargs: dict[str, Any]
@@ -54,6 +58,7 @@ class _ReplicateState:
         self._param_names = [n for n, _ in named]
         self._param_list = ParameterList([p for _, p in named])
         self._ddp = DistributedDataParallel(self._param_list, **self.ddp_kwargs)
+        self._ddp_weakref = weakref.ref(self._ddp)
 
     def pre_forward(self, module: Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         self.lazy_init()
@@ -67,15 +72,16 @@ class _ReplicateState:
 
 def replicate(
     module: Module,
-    device_id: int | None = None,
+    device_id: int | device | None = None,
     ignored_modules: Iterable[Module] | None = None,
     **kwargs: Any,
 ) -> Module:
     """Make ``module`` data parallel in place and return it.
 
     ``kwargs`` go to ``DistributedDataParallel`` (``process_group``, ``bucket_cap_mb``,
-    ``find_unused_parameters``, ...). ``device_id`` may be None or an int (mpdist runs on the
-    CPU, so an int names nothing further).
+    ``find_unused_parameters``, ...). ``device_id`` is None, a CPU device (both: DDP gets
+    ``device_ids=None``) or an int, which DDP gets as ``device_ids=[device_id]`` and refuses at
+    the first forward, as torch's does for a CPU module.
     """
     if not isinstance(module, Module):
         raise TypeError(f"replicate() expects an mpdist.nn.Module, got {type(module).__name__}")
@@ -84,7 +90,9 @@ def replicate(
             "Each distinct composable distributed API can only be applied to a module once. "
             f"replicate has already been applied to {type(module).__name__}."
         )
-    if device_id is not None and (isinstance(device_id, bool) or not isinstance(device_id, int)):
+    if device_id is not None and (
+        isinstance(device_id, bool) or not isinstance(device_id, (int, device))
+    ):
         raise RuntimeError(
             f"Expected device_id to be int or mpdist device, but got {type(device_id)}"
         )
@@ -96,6 +104,9 @@ def replicate(
             raise TypeError(f"ignored_modules must contain Modules, got {type(m).__name__}")
     # Everything below an ignored module is ignored too.
     ignored = {sub for m in ignored for sub in m.modules()}
+    kwargs["device_ids"] = (
+        None if device_id is None or isinstance(device_id, device) else [device_id]
+    )
     state = _ReplicateState(module, ignored, dict(kwargs))
     _STATES[module] = state
     module.register_forward_pre_hook(state.pre_forward, with_kwargs=True)
