@@ -22,6 +22,7 @@ BENCHMARKS = {
     "collectives": "mpdist.benchmarks.collectives",
     "harness": "mpdist.benchmarks.harness",
     "ddp": "mpdist.benchmarks.ddp",
+    "layers": "mpdist.benchmarks.layers",
 }
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.autograd import Function, Tensor
+from mpdist.nn.conv import conv2d as conv2d  # F.conv2d lives with Conv2d
 
 
 def _t(x: Any) -> Tensor:
