@@ -134,6 +134,19 @@ def queue_callback(callback: Callable[[], None]) -> None:
     stack[-1].append(callback)
 
 
+def queue_outer_callback(callback: Callable[[], None]) -> None:
+    """Run ``callback`` when the outermost backward pass running in this thread has finished.
+
+    Like ``queue_callback``, but a backward started inside another one (a reentrant
+    checkpoint recomputing its segment) does not end the wait: DDP finishes its reduction
+    only once every gradient of the iteration is in, whichever pass produced it.
+    """
+    stack = getattr(_local, "callbacks", None)
+    if not stack:
+        raise RuntimeError("queue_outer_callback() can only be called during a backward pass")
+    stack[0].append(callback)
+
+
 def in_backward() -> bool:
     """True while this thread is inside ``backward()``."""
     return bool(getattr(_local, "callbacks", None))
@@ -179,9 +192,20 @@ def _collect(roots: list[Variable]) -> dict[Any, int]:
     return deps
 
 
-def run_backward(roots: Sequence[Variable], grads: Sequence[np.ndarray]) -> None:
+def reachable_leaves(roots: Sequence[Variable]) -> list[Variable]:
+    """The leaves requiring grad that a backward from ``roots`` would reach, in a fixed order."""
+    return [v for v in _collect(list(roots)) if not isinstance(v, Node)]
+
+
+def run_backward(
+    roots: Sequence[Variable],
+    grads: Sequence[np.ndarray],
+    sink: Callable[[Variable, np.ndarray], None] | None = None,
+) -> None:
     """Propagate ``grads`` (one per root) back through the graph to the leaves, each of
-    which receives its total through ``_accumulate_grad``."""
+    which receives its total through ``_accumulate_grad``, or, given ``sink``, through
+    ``sink(leaf, total)`` instead (nothing accumulated, no leaf hooks: torch's
+    ``autograd.grad``, which a non-reentrant checkpoint's recomputation uses)."""
     roots = list(roots)
     deps = _collect(roots)
     # Pending gradients: per node a list over its outputs; per leaf one ndarray.
@@ -246,7 +270,10 @@ def run_backward(roots: Sequence[Variable], grads: Sequence[np.ndarray]) -> None
                 else:
                     g = pending.pop(v, None)
                     if g is not None:
-                        v._accumulate_grad(g)
+                        if sink is None:
+                            v._accumulate_grad(g)
+                        else:
+                            sink(v, g)
             while callbacks:
                 callbacks.pop(0)()
     finally:

@@ -5,8 +5,15 @@ their gradients), into flat buffers of one dtype each: the first bucket is cappe
 communication starts early, the rest at ``bucket_cap_mb``. A post-accumulate-grad hook on
 each parameter copies its gradient into its bucket slot; when a bucket's last slot is filled
 the bucket is handed to the communication hook. Buckets are launched strictly in index order
-on every rank, so ranks issue identical collective sequences. When the backward pass ends, a
-queued callback waits for every bucket and writes the averaged values back into ``.grad``.
+on every rank, so ranks issue identical collective sequences. When the outermost backward
+pass of the thread ends, a queued callback waits for every bucket and writes the averaged
+values back into ``.grad``. (Not the innermost: a reentrant checkpoint differentiates its
+segment in a backward nested inside the running one, and the gradients of the parameters
+outside the segment arrive after that nested pass has ended.)
+
+With ``static_graph`` a parameter may receive its gradient in several passes of one
+iteration (a segment checkpointed twice, reentrantly): the first iteration counts each
+parameter's gradient hooks, and later ones mark it ready when the last of them has fired.
 
 The default reduction (no comm hook) is the hot path, so it avoids work the general one
 does: the division by the world size happens while the gradient is copied into its slot (no
@@ -39,8 +46,8 @@ from typing import Any
 import numpy as np
 
 from mpdist import distributed as dist
-from mpdist.autograd import Tensor, queue_callback
-from mpdist.autograd.graph import Node
+from mpdist.autograd import Tensor
+from mpdist.autograd.graph import Node, queue_outer_callback
 from mpdist.process_group import AllreduceOptions, Future, ProcessGroup, ReduceOp
 
 MiB = 1024 * 1024
@@ -279,7 +286,8 @@ class Reducer:
         # them any rank used; None until that backward is over. Later backwards must use
         # the same ones: the unused are marked ready up front, with no graph traversal.
         self.static_graph = static_graph
-        self.static_used: np.ndarray | None = None
+        self.static_used: np.ndarray | None = None  # gradient hooks per parameter, counted
+        self.hooks_left: np.ndarray | None = None  # of this iteration, per parameter
         self.static_globally_used: np.ndarray | None = None
         # The hooks hold the reducer weakly, and are removed when it is collected, so a DDP
         # wrapper that is dropped stops costing anything (and its buckets are freed).
@@ -311,12 +319,23 @@ class Reducer:
         missing = self.unfinished
         self.unfinished = None
         names = ", ".join(self.names[i] for i in missing)
+        if self.static_graph:
+            cause = (
+                "This error indicates that your training graph has changed in this iteration, "
+                "e.g., one parameter is used in first iteration, but then got unused in the "
+                "second iteration. this is not compatible with static_graph set to True."
+            )
+        else:
+            cause = (
+                "This error indicates that your module has parameters that were not used in "
+                "producing loss. You can enable unused parameter detection by passing the "
+                "keyword argument `find_unused_parameters=True` to "
+                "`mpdist.parallel.DistributedDataParallel`, and by making sure all `forward` "
+                "function outputs participate in calculating loss."
+            )
         raise RuntimeError(
             "Expected to have finished reduction in the prior iteration before starting a new "
-            "one. This error indicates that your module has parameters that were not used in "
-            "producing loss. You can enable unused parameter detection by passing the keyword "
-            "argument `find_unused_parameters=True` to `mpdist.parallel.DistributedDataParallel`, "
-            "and by making sure all `forward` function outputs participate in calculating loss.\n"
+            f"one. {cause}\n"
             f"Parameter indices which did not receive grad for rank {self.rank}: "
             + " ".join(str(i) for i in missing)
             + f"\nParameters which did not receive grad for rank {self.rank}: {names}"
@@ -339,6 +358,7 @@ class Reducer:
         self.num_iterations += 1
         if self.static_graph:
             if self.static_used is not None:
+                self.hooks_left = self.static_used.copy()
                 for unused_i in np.flatnonzero(self.static_used == 0):
                     self._mark_ready(int(unused_i), unused=True)
                 if self.ready.all():
@@ -356,29 +376,45 @@ class Reducer:
     def _autograd_hook(self, index: int, param: Tensor) -> None:
         if not self.expect_hooks:
             return  # outside a synced DDP iteration (no_sync, or a forward not through DDP)
-        if self.static_graph and self.static_used is None:
-            # the first backward of a static graph: everything is reduced at its end, when
-            # the parameters it used are known (_finalize)
-            if not self.finalize_queued:
-                self.finalize_queued = True
-                queue_callback(self._finalize)
-            self.locally_used[index] = 1
-            return
-        if self.ready[index]:
-            if self.static_used is not None and not self.static_used[index]:
-                raise RuntimeError(
-                    f"The training graph has changed: parameter {index} ({self.names[index]}) "
-                    "received a gradient, but the first iteration did not use it. With "
-                    "static_graph=True every iteration must use the same parameters."
-                )
-            raise RuntimeError(
-                f"Expected to mark a variable ready only once. Parameter {index} "
-                f"({self.names[index]}) received a gradient twice in one iteration; "
-                "DDP supports one backward per forward."
-            )
         if not self.finalize_queued:
             self.finalize_queued = True
-            queue_callback(self._finalize)
+            queue_outer_callback(self._finalize)
+        if self.static_graph and self.static_used is None:
+            # the first backward of a static graph: everything is reduced at its end, when
+            # the parameters it used, and how often, are known (_finalize)
+            self.locally_used[index] += 1
+            return
+        if self.hooks_left is not None:  # static graph, after the first iteration
+            if self.hooks_left[index] == 0:
+                assert self.static_used is not None
+                raise RuntimeError(
+                    "Your training graph has changed in this iteration, e.g., one parameter is "
+                    "unused in first iteration, but then got used in the second iteration. "
+                    f"this is not compatible with static_graph set to True: parameter {index} "
+                    f"({self.names[index]}) received more gradients than the "
+                    f"{self.static_used[index]} it received in the first iteration; with "
+                    "static_graph=True every iteration must use the same parameters, as often."
+                )
+            self.hooks_left[index] -= 1
+            self.locally_used[index] = 1
+            if self.hooks_left[index] == 0:
+                self._mark_ready(index, unused=False)
+            return
+        if self.ready[index]:
+            raise RuntimeError(
+                f"Expected to mark a variable ready only once. Parameter {index} "
+                f"({self.names[index]}) received a second gradient in one iteration; "
+                "DDP supports one backward per forward and one gradient per parameter in it. "
+                "The usual causes: 1) the parameter is used outside the module's `forward`, or "
+                "by several forward/backward passes at once; 2) it is reused in several "
+                "reentrant backward passes: every checkpoint(..., use_reentrant=True) over the "
+                "same part of the model differentiates that part's parameters in a pass of "
+                "its own. Use use_reentrant=False, or static_graph=True if the graph is the same "
+                "every iteration; 3) find_unused_parameters=True took the parameter for unused "
+                "because the forward output does not reach it through the graph (a reentrant "
+                "checkpoint hides its parameters that way); again use_reentrant=False or "
+                "static_graph=True."
+            )
         self.locally_used[index] = 1
         self._mark_ready(index, unused=False)
 
@@ -505,6 +541,7 @@ class Reducer:
     def _finalize(self) -> None:
         self.finalize_queued = False
         self.expect_hooks = False
+        self.hooks_left = None
         _armed().discard(self)
         if self.static_graph and self.static_used is None:
             self.static_used = self.locally_used.copy()
