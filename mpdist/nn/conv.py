@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from mpdist.autograd import Function, Tensor
 from mpdist.nn import init
+from mpdist.nn._factory import factory_dtype
 from mpdist.nn.module import Module
 from mpdist.nn.parameter import Parameter
 
@@ -265,7 +266,8 @@ def conv2d(
 
 class Conv2d(Module):
     """2-D convolution layer with torch's ``nn.Conv2d`` signature, parameters (``weight``
-    (out, in/groups, kH, kW), ``bias`` (out,)) and initialisation."""
+    (out, in/groups, kH, kW), ``bias`` (out,)) and initialisation. ``dtype`` defaults to
+    float32; ``device`` must be the CPU (or None)."""
 
     def __init__(
         self,
@@ -282,6 +284,7 @@ class Conv2d(Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
+        dtype = factory_dtype(device, dtype)
         if not _is_int(groups) or groups <= 0:
             raise ValueError("groups must be a positive integer")
         if in_channels % groups != 0:
@@ -305,7 +308,6 @@ class Conv2d(Module):
         )
         self.padding = padding if isinstance(padding, str) else _pair("padding", padding)
         self.padding_mode = padding_mode
-        dtype = np.float32 if dtype is None else dtype
         shape = (out_channels, in_channels // groups) + self.kernel_size
         self.weight = Parameter(np.empty(shape, dtype=dtype))
         if bias:

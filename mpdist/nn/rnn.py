@@ -18,6 +18,7 @@ import numpy as np
 
 from mpdist.autograd import Function, Tensor, cat, stack
 from mpdist.nn import init
+from mpdist.nn._factory import factory_dtype
 from mpdist.nn.module import Module
 from mpdist.nn.parameter import Parameter
 from mpdist.random import default_generator
@@ -170,10 +171,6 @@ def _check_dropout(dropout: Any, num_layers: int) -> float:
     return float(dropout)
 
 
-def _float_dtype(dtype: Any) -> Any:
-    return np.float32 if dtype is None else dtype
-
-
 class LSTM(Module):
     """A multi-layer LSTM with torch's ``nn.LSTM`` signature, parameter names
     (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, plus
@@ -211,7 +208,7 @@ class LSTM(Module):
         self.bias, self.batch_first = bias, batch_first
         self.dropout = _check_dropout(dropout, num_layers)
         self.bidirectional, self.proj_size = bidirectional, proj_size
-        dtype = _float_dtype(dtype)
+        dtype = factory_dtype(device, dtype)
         directions = 2 if bidirectional else 1
         self._flat_weights_names: list[str] = []
         for layer in range(num_layers):
@@ -345,7 +342,7 @@ class LSTMCell(Module):
     ) -> None:
         super().__init__()
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
-        dtype = _float_dtype(dtype)
+        dtype = factory_dtype(device, dtype)
         self.weight_ih = Parameter(np.empty((4 * hidden_size, input_size), dtype=dtype))
         self.weight_hh = Parameter(np.empty((4 * hidden_size, hidden_size), dtype=dtype))
         if bias:
