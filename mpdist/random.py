@@ -1,4 +1,6 @@
-"""The parameter RNG: ``manual_seed`` makes parameter initialisation reproducible.
+"""The one RNG per rank behind ``manual_seed``: parameter initialisation (``nn.init``) and the
+random tensor functions (``autograd.randn``, ``rand``, ``randint``, ``randperm``) draw from it,
+so ``manual_seed(s)`` makes both reproducible, as ``torch.manual_seed`` does.
 
 Each thread has its own generator, because the threaded backend runs every rank as a thread
 and ranks must not consume each other's random numbers. A thread's generator is created on
@@ -20,7 +22,8 @@ _process_seed = DEFAULT_SEED
 
 
 def manual_seed(seed: int) -> np.random.Generator:
-    """Seed this thread's parameter generator (and set the seed new threads start from)."""
+    """Seed this thread's generator (and set the seed new threads start from); also
+    ``mpdist.autograd.manual_seed``."""
     global _process_seed
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"manual_seed expects an int, got {type(seed).__name__}")
@@ -32,7 +35,7 @@ def manual_seed(seed: int) -> np.random.Generator:
 
 
 def default_generator() -> np.random.Generator:
-    """This thread's parameter generator (what ``nn.init`` draws from)."""
+    """This thread's generator (what ``nn.init`` and the random tensor functions draw from)."""
     gen = getattr(_local, "gen", None)
     if gen is None:
         _local.seed = _process_seed
