@@ -276,3 +276,48 @@ def test_over_tcp_processes_equals_batchnorm(rank, world_size) -> None:
         np.testing.assert_allclose(y, yf[part], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(gx, gxf[part], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(m.running_var.data, ref.running_var.data, rtol=1e-12)
+
+
+@pytest.mark.parametrize("comm_thread", [False, True], ids=["stepped", "comm-thread"])
+def test_ddp_buckets_in_flight_around_the_backward_all_reduce(monkeypatch, comm_thread) -> None:
+    """A BatchNorm between layers whose gradient buckets are already being reduced when its
+    backward all-reduces: DDP + SyncBatchNorm still trains as one model on the whole batch."""
+    from mpdist.optim import SGD
+    from mpdist.parallel import reducer
+
+    monkeypatch.setattr(reducer, "DEFAULT_FIRST_BUCKET_BYTES", 200)
+    monkeypatch.setattr(reducer, "communication_thread_pays", lambda world_size: comm_thread)
+
+    def net() -> nn.Module:
+        return affine(
+            nn.Sequential(
+                nn.Linear(4, 6, dtype=np.float64),
+                nn.BatchNorm1d(6, dtype=np.float64),
+                nn.ReLU(),
+                nn.Linear(6, 6, dtype=np.float64),
+                nn.BatchNorm1d(6, dtype=np.float64),
+                nn.Linear(6, 2, dtype=np.float64),
+            )
+        )
+
+    def train(model, rank, ws):
+        opt = SGD(model.parameters(), lr=0.1)
+        for step in range(STEPS):
+            x, r = batch(step, 8, (4,)), weights(step, (8, 2))
+            part = slice(rank * 8 // ws, (rank + 1) * 8 // ws)
+            opt.zero_grad()
+            # each rank's loss is its share of the full loss; DDP averages, so scale by ws
+            ((model(x[part]) * r[part]).sum() * ws).backward()
+            opt.step()
+        return [p.data.copy() for p in model.parameters()]
+
+    def body(rank, world_size):
+        model = DDP(nn.SyncBatchNorm.convert_sync_batchnorm(net()), bucket_cap_mb=0.0002)
+        assert len(model.reducer.buckets) > 2
+        return train(model, rank, world_size)
+
+    per_rank = spawn_threads(body, 2)
+    ref = train(net(), 0, 1)
+    for params in per_rank:
+        for p, q in zip(params, ref, strict=True):
+            np.testing.assert_allclose(p, q, rtol=1e-9, atol=1e-12)
