@@ -112,7 +112,7 @@ class _BatchNorm(Module):
         """The constructor's settings, as torch prints them."""
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None or not self.affine}, "
+            f"affine={self.affine}, bias={self.bias is not None}, "
             f"track_running_stats={self.track_running_stats}"
         )
 

@@ -220,6 +220,15 @@ def test_batchnorm_matches_torch_over_train_and_eval_steps(name, kwargs, shape) 
             np.testing.assert_allclose(ours.state_dict()[k], v.numpy(), rtol=1e-6, err_msg=k)
 
 
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"affine": False}, {"bias": False}, {"momentum": None, "eps": 1e-3}]
+)
+def test_batchnorm_repr_matches_torch(kwargs) -> None:
+    torch = pytest.importorskip("torch")
+    assert repr(nn.BatchNorm2d(3, **kwargs)) == repr(torch.nn.BatchNorm2d(3, **kwargs))
+    assert repr(nn.SyncBatchNorm(3, **kwargs)) == repr(torch.nn.SyncBatchNorm(3, **kwargs))
+
+
 def test_batchnorm_loads_a_torch_state_dict() -> None:
     torch = pytest.importorskip("torch")
     theirs = torch.nn.BatchNorm2d(3)
