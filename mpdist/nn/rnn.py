@@ -369,24 +369,30 @@ class LSTMCell(Module):
                 f"input has inconsistent input_size: got {x.shape[-1]} expected {self.input_size}"
             )
         batched = x.ndim == 2
-        if not batched:
-            x = x.unsqueeze(0)
         h0 = c0 = None
         if hx is not None:
             h0, c0 = _t(hx[0]), _t(hx[1])
-            if not batched:
-                h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
             for i, t in enumerate((h0, c0)):
-                if t.ndim != 2 or t.shape[0] != x.shape[0]:
+                if t.ndim != x.ndim:
+                    raise RuntimeError(
+                        f"LSTMCell: Expected hx[{i}] to be {x.ndim}D like the input, got "
+                        f"{t.ndim}D instead"
+                    )
+            if not batched:
+                x, h0, c0 = x.unsqueeze(0), h0.unsqueeze(0), c0.unsqueeze(0)
+            for i, t in enumerate((h0, c0)):
+                if t.shape[0] != x.shape[0]:
                     raise RuntimeError(
                         f"Input batch size {x.shape[0]} doesn't match hidden{i} batch size "
-                        f"{t.shape[0] if t.ndim else 0}"
+                        f"{t.shape[0]}"
                     )
                 if t.shape[1] != self.hidden_size:
                     raise RuntimeError(
                         f"hidden{i} has inconsistent hidden_size: got {t.shape[1]}, expected "
                         f"{self.hidden_size}"
                     )
+        elif not batched:
+            x = x.unsqueeze(0)
         dtype = np.result_type(x.dtype, self.weight_ih.dtype)
         if x.dtype != dtype:
             x = x.astype(dtype)
