@@ -19,6 +19,31 @@ def _channel_shape(ndim: int, c: int) -> tuple[int, ...]:
     return (1, c) + (1,) * (ndim - 2)
 
 
+def _batch_moments(
+    a: np.ndarray, axes: tuple[int, ...], sum_across_ranks: SumAcrossRanks | None
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Count, mean and biased variance per channel (float64), of this batch or of every
+    rank's batch together."""
+    c = a.shape[1]
+    if sum_across_ranks is None:
+        n = a.size // c if c else 0
+        if n == 0:
+            return 0, np.zeros(c), np.zeros(c)
+        # two passes: exact even where the mean dwarfs the spread
+        mean = a.mean(axis=axes, dtype=np.float64)
+        centered = a - mean.reshape(_channel_shape(a.ndim, c))
+        return n, mean, np.square(centered, dtype=np.float64).mean(axis=axes)
+    # one all-reduce, so sums: float64 leaves E[x^2] - E[x]^2 room to cancel
+    stats = np.empty(2 * c + 1, dtype=np.float64)
+    stats[0] = a.size // c
+    stats[1 : c + 1] = a.sum(axis=axes, dtype=np.float64)
+    stats[c + 1 :] = np.square(a, dtype=np.float64).sum(axis=axes)
+    sum_across_ranks(stats)
+    n = int(round(stats[0]))
+    mean = stats[1 : c + 1] / max(n, 1)
+    return n, mean, np.maximum(stats[c + 1 :] / max(n, 1) - mean * mean, 0.0)
+
+
 class BatchNormTrain(Function):
     """Batch normalization with the statistics of this batch, over every axis but 1.
 
@@ -45,16 +70,7 @@ class BatchNormTrain(Function):
         a = x.data
         c = a.shape[1]
         axes = (0,) + tuple(range(2, a.ndim))
-        # float64 sums: the variance comes from E[x^2] - E[x]^2, so the squares need the room
-        stats = np.empty(2 * c + 1, dtype=np.float64)
-        stats[0] = a.size // c
-        stats[1 : c + 1] = a.sum(axis=axes, dtype=np.float64)
-        stats[c + 1 :] = np.square(a, dtype=np.float64).sum(axis=axes)
-        if sum_across_ranks is not None:
-            sum_across_ranks(stats)
-        n = int(round(stats[0]))
-        mean = stats[1 : c + 1] / max(n, 1)
-        var = np.maximum(stats[c + 1 :] / max(n, 1) - mean * mean, 0.0)
+        n, mean, var = _batch_moments(a, axes, sum_across_ranks)
         invstd = 1.0 / np.sqrt(var + eps)
         if running_mean is not None and running_var is not None and n > 0:
             # an empty global batch says nothing about the data: the running stats stay
@@ -65,12 +81,15 @@ class BatchNormTrain(Function):
             running_var += momentum * unbiased
         shape = _channel_shape(a.ndim, c)
         out_dtype = np.result_type(a.dtype, *(t.dtype for t in (weight, bias) if t is not None))
-        scale = invstd if weight is None else invstd * weight.data
-        shift = -mean * scale if bias is None else bias.data - mean * scale
+        scale = (invstd if weight is None else invstd * weight.data).reshape(shape)
+        # centred first: a * scale - mean * scale would cancel where the mean dwarfs the spread
+        out = (a - mean.reshape(shape)) * scale
+        if bias is not None:
+            out += bias.data.reshape(shape)
         ctx.x, ctx.weight, ctx.count, ctx.axes = a, weight, n, axes
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.mean, ctx.invstd, ctx.sum_across_ranks = mean, invstd, sum_across_ranks
-        return (a * scale.reshape(shape) + shift.reshape(shape)).astype(out_dtype, copy=False)
+        return out.astype(out_dtype, copy=False)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:

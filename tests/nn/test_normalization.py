@@ -52,6 +52,13 @@ def test_batchnorm_training_output_is_normalized_per_channel() -> None:
     np.testing.assert_allclose(y.var(axis=(0, 2, 3)), 1, rtol=1e-4)  # eps=1e-5 shrinks it
 
 
+def test_a_mean_that_dwarfs_the_spread_keeps_full_precision() -> None:
+    x = data(16, 3) * 1e-3 + 1e6
+    y = nn.BatchNorm1d(3, eps=0.0, dtype=np.float64)(x).data
+    centred = x - x.mean(axis=0)
+    np.testing.assert_allclose(y, centred / centred.std(axis=0), rtol=1e-6, atol=1e-6)
+
+
 def test_running_stats_follow_the_momentum_rule_with_the_unbiased_variance() -> None:
     bn = nn.BatchNorm1d(2, momentum=0.3, dtype=np.float64)
     rm, rv = np.zeros(2), np.ones(2)
