@@ -696,14 +696,17 @@ class Backend(str):
         extended_api: bool = False,
         devices: str | list[str] | None = None,
     ) -> None:
-        """Register ``func`` as the creator of backend ``name``; a duplicate name is an error."""
+        """Register ``func`` as the creator of backend ``name``. A name registered already
+        (a built-in one too) gets the new creator, as in torch: a module that registers its
+        backend at import, like torch's ``fake_pg.py``, may be imported after mpdist's own
+        registration of that name, or twice."""
         if not isinstance(name, str) or not name:
             raise TypeError(f"backend name must be a non-empty str, got {name!r}")
         if not callable(func):
             raise TypeError(f"backend creator must be callable, got {type(func).__name__}")
         key = name.lower()
         with cls._plugins_lock:
-            if key in cls._plugins or key == cls.UNDEFINED:
+            if key == cls.UNDEFINED:  # names no backend: Backend("undefined") is the unset one
                 raise ValueError(f"{name.upper()} c10d backend already exist")
             cls._plugins[key] = (func, bool(extended_api))
             setattr(cls, name.upper(), key)

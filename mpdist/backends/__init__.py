@@ -40,7 +40,7 @@ def _create_threaded(options: _DistributedBackendOptions, pg_options: Any) -> Pr
 def _create_fake(options: _DistributedBackendOptions, pg_options: Any) -> ProcessGroup:
     from .fake import FakeProcessGroup
 
-    return FakeProcessGroup(options.group_rank, options.group_size, pg_options)
+    return FakeProcessGroup._create_internal(options.group_rank, options.group_size, pg_options)
 
 
 for _name, _creator, _ext in (

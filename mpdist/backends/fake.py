@@ -4,6 +4,9 @@ Every Work is complete at once and shapes never change. all_reduce, broadcast, r
 barrier, send and recv leave the data alone; the gathering collectives copy the local
 input where the output would have come from another rank.
 With ``FakeProcessGroup.Options(error_on_collective=True)`` every collective raises.
+As in torch, the class has no public constructor: ``init_process_group("fake", ...)`` or
+``FakeProcessGroup._create_internal(rank, world_size, options)`` builds one, and the store
+it is given is never touched (an empty ``Store`` subclass, torch's ``FakeStore``, will do).
 """
 
 from __future__ import annotations
@@ -35,9 +38,13 @@ def _copy(dst: np.ndarray, src: np.ndarray) -> None:
 
 
 class FakeProcessGroup(BuiltinProcessGroup):
-    """A group of ``world_size`` ranks where this process plays ``rank`` and nothing is sent."""
+    """A group of ``world_size`` ranks where this process plays ``rank`` and nothing is sent.
+
+    Built by ``_create_internal`` (torch's spelling); calling the class is a ``TypeError``.
+    """
 
     backend_name = "fake"
+    options: FakeProcessGroup.Options
 
     class Options:
         """Options of the fake backend: ``error_on_collective`` makes every collective raise."""
@@ -48,11 +55,22 @@ class FakeProcessGroup(BuiltinProcessGroup):
         def __repr__(self) -> str:
             return f"FakeProcessGroup.Options(error_on_collective={self.error_on_collective})"
 
-    def __init__(
-        self, rank: int, world_size: int, options: FakeProcessGroup.Options | None = None
-    ) -> None:
-        super().__init__(rank, world_size)
-        self.options = options if options is not None else FakeProcessGroup.Options()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(
+            "mpdist.backends.fake.FakeProcessGroup: No constructor defined! Build one with "
+            "FakeProcessGroup._create_internal(rank, world_size, options), or through "
+            "init_process_group('fake', ...)"
+        )
+
+    @classmethod
+    def _create_internal(
+        cls, rank: int, world_size: int, options: FakeProcessGroup.Options | None = None
+    ) -> FakeProcessGroup:
+        """A fake group in which this process plays ``rank`` of ``world_size`` ranks."""
+        pg = cls.__new__(cls)
+        BuiltinProcessGroup.__init__(pg, rank, world_size)
+        pg.options = options if options is not None else FakeProcessGroup.Options()
+        return pg
 
     def _done(self, outputs: list[Any], async_op: bool, value: Any = None) -> Any:
         if async_op:

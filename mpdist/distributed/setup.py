@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -29,6 +30,9 @@ from mpdist.process_group import (
 )
 from mpdist.store import Store
 from mpdist.store.rendezvous import rendezvous
+
+# the init count of the fake backend, whose store is never touched (_build_default_world)
+_fake_inits = itertools.count(1)
 
 
 def _make_group(
@@ -190,8 +194,13 @@ def _build_default_world(
     world.store, world.owns_store, world.pg_options = store, owns_store, pg_options
     try:
         # Each init on a store gets fresh keys: ranks count their own inits on it, and
-        # every rank goes through the same init/destroy sequence, so the counts agree.
-        generation = store.add(f"mpdist/init/{rank}", 1)
+        # every rank goes through the same init/destroy sequence, so the counts agree. The
+        # fake backend never touches its store (torch's FakeStore implements nothing), and
+        # its keys are read by nobody: a process-wide count does.
+        if name == Backend.FAKE:
+            generation = next(_fake_inits)
+        else:
+            generation = store.add(f"mpdist/init/{rank}", 1)
         world.prefix = f"mpdist/{generation}"
         pg_name = group_name or "0"
         pg = _make_group(
@@ -224,8 +233,15 @@ def _shutdown(world: _World, pg: ProcessGroup) -> None:
 def destroy_process_group(group: ProcessGroup | None = None) -> None:
     """Destroy ``group``; with no argument every group: threads and sockets closed.
 
-    Afterwards ``init_process_group`` may be called again.
+    Afterwards ``init_process_group`` may be called again. With nothing initialized, the
+    default group is None: an ``AssertionError``, as in torch (whose tests' ``tearDown``
+    catches it).
     """
+    if group is None and state._current_world() is None:
+        raise AssertionError(
+            "Process group cannot be None: the default process group has not been "
+            "initialized (or was destroyed already), so there is nothing to destroy"
+        )
     world = _world_or_raise()
     if group is None or group is world.default_pg:
         # subgroups first, the default group (whose store they share) last

@@ -58,11 +58,13 @@ def test_use_before_init_raises_the_spec_text():
         lambda: dist.get_world_size(),
         lambda: dist.barrier(),
         lambda: dist.new_group([0]),
-        lambda: dist.destroy_process_group(),
     ):
         with pytest.raises(ValueError) as info:
             call()
         assert str(info.value) == UNINIT
+    # torch's text and type for this one: its tests' tearDown catches AssertionError
+    with pytest.raises(AssertionError, match="Process group cannot be None"):
+        dist.destroy_process_group()
 
 
 def test_init_argument_errors():
@@ -588,7 +590,7 @@ def test_fake_error_on_collective():
             assert str(info.value) == text
     finally:
         dist.destroy_process_group()
-    pg = FakeProcessGroup(0, 2)
+    pg = FakeProcessGroup._create_internal(0, 2)
     assert not pg.options.error_on_collective and pg.rank() == 0 and pg.size() == 2
 
 
@@ -706,10 +708,11 @@ def test_registered_python_backend_serves_the_module_api(unregister):
 
     Backend.register_backend("plustwo", creator)
     assert Backend("PLUSTWO") == "plustwo" and Backend.PLUSTWO == "plustwo"
+    # registering a name again replaces its creator, as torch 2.13 does (the fake backend's
+    # case is in test_torch_compat_items.py); "undefined" names no backend
+    Backend.register_backend("plustwo", creator)
     with pytest.raises(ValueError, match="already exist"):
-        Backend.register_backend("plustwo", creator)
-    with pytest.raises(ValueError, match="already exist"):
-        Backend.register_backend("tcp", creator)
+        Backend.register_backend("undefined", creator)
     dist.init_process_group("plustwo", store=HashStore(), rank=0, world_size=1)
     try:
         pg = dist.group.WORLD

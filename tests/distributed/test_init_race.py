@@ -65,7 +65,7 @@ class _Gate:
         if first:
             self.entered.set()
             assert self.release.wait(GUARD_S), "the test never released the first init"
-        return FakeProcessGroup(options.group_rank, options.group_size, pg_options)
+        return FakeProcessGroup._create_internal(options.group_rank, options.group_size, pg_options)
 
 
 def _init_in_thread(results: dict[str, Any], key: str) -> threading.Thread:
