@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-import mpdist.autograd as _autograd
+from mpdist.autograd import device as _device
 
 
 def _check_device(device: Any) -> None:
@@ -19,17 +19,7 @@ def _check_device(device: Any) -> None:
         if kind != "cpu":
             raise ValueError(f"mpdist runs on the CPU only; got device {device!r}")
         return
-    # ``mpdist.autograd.device`` judges names and indices (raising for anything not the CPU)
-    make = getattr(_autograd, "device", None)
-    if make is not None:
-        make(device)
-        return
-    if isinstance(device, str):
-        kind = device.split(":", 1)[0]
-    elif isinstance(device, (int, np.integer)) and not isinstance(device, bool):
-        kind = "cpu"
-    if kind != "cpu":
-        raise ValueError(f"mpdist runs on the CPU only; got device {device!r}")
+    _device(device)  # judges names and indices: anything but the CPU is a ValueError
 
 
 def factory_dtype(device: Any = None, dtype: Any = None) -> np.dtype:
