@@ -109,13 +109,20 @@ def _binary(
     return _make(out, inputs, lambda g: [f(g) for f in fns], name)
 
 
+# numpy ufunc -> the recorded op that computes it on Tensors (``Tensor.__array_ufunc__``).
+# The binary ops and comparisons register themselves as their dunder methods are made; the
+# unary ones are listed after the class.
+_UFUNC_OPS: dict[np.ufunc, Callable[..., Any]] = {}
+
+
 def _binary_methods(
-    fwd: Callable[[Any, Any], Any],
+    fwd: np.ufunc,
     grad_a: Callable[[np.ndarray, Any, Any, np.ndarray], np.ndarray],
     grad_b: Callable[[np.ndarray, Any, Any, np.ndarray], np.ndarray],
     name: str,
 ) -> tuple[Callable[[Tensor, Any], Tensor], Callable[[Tensor, Any], Tensor]]:
-    """The dunder method of a binary op and its reflected twin (``__add__``, ``__radd__``)."""
+    """The dunder method of a binary op and its reflected twin (``__add__``, ``__radd__``);
+    the ufunc ``fwd`` on Tensors (``np.add(a, t)``) records the same op."""
 
     def method(self: Tensor, other: Any) -> Tensor:
         return _binary(self, other, fwd, grad_a, grad_b, name)
@@ -123,16 +130,57 @@ def _binary_methods(
     def reflected(self: Tensor, other: Any) -> Tensor:
         return _binary(other, self, fwd, grad_a, grad_b, name)
 
+    _UFUNC_OPS[fwd] = lambda a, b: _binary(a, b, fwd, grad_a, grad_b, name)
     return method, reflected
 
 
-def _comparison(fwd: Callable[[Any, Any], Any]) -> Callable[[Tensor, Any], Tensor]:
-    """A comparison dunder method: an elementwise boolean Tensor, not recorded."""
+def _comparison(fwd: np.ufunc) -> Callable[[Tensor, Any], Tensor]:
+    """A comparison dunder method: an elementwise boolean Tensor, not recorded (the ufunc on
+    Tensors, ``np.less(a, t)``, gives the same)."""
 
     def method(self: Tensor, other: Any) -> Tensor:
         return Tensor(fwd(self.data, _raw(other)))
 
+    _UFUNC_OPS[fwd] = lambda a, b: Tensor(fwd(_raw(a), _raw(b)))
     return method
+
+
+def _identity(equal: bool) -> Callable[[Any, Any], bool]:
+    """``np.equal``/``np.not_equal`` with a Tensor operand: identity, as ``Tensor.__eq__`` is,
+    so ``ndarray == Tensor`` stays False (``in`` checks over lists mixing both keep working)."""
+    return lambda a, b: (a is b) == equal
+
+
+_UFUNC_OPS[np.equal] = _identity(True)
+_UFUNC_OPS[np.not_equal] = _identity(False)
+
+
+def _apply_ufunc(
+    ufunc: np.ufunc, method: str, inputs: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """numpy's call of a ufunc with a Tensor operand (``Tensor.__array_ufunc__``)."""
+    name = ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
+    op = _UFUNC_OPS.get(ufunc) if method == "__call__" else None
+    if op is None:
+        raise TypeError(
+            f"numpy.{name} has no autograd op for mpdist Tensors; use .data for a plain array "
+            f"(numpy.{name}(t.data))"
+        )
+    out = kwargs.pop("out", None)
+    if kwargs:
+        raise TypeError(
+            f"numpy.{name} on mpdist Tensors takes no keyword arguments other than out=, got "
+            f"{', '.join(sorted(kwargs))}"
+        )
+    if out is None:
+        return op(*inputs)
+    if any(isinstance(o, TensorBase) for o in out):
+        raise TypeError(
+            f"numpy.{name}(..., out=...) cannot write into an mpdist Tensor (that write would not "
+            "be recorded); use the Tensor's in-place methods (add_, copy_, ...) or out=t.data"
+        )
+    # Plain arrays as out= ask for plain values there (``ndarray += Tensor``): nothing records.
+    return ufunc(*(_raw(x) for x in inputs), out=out)
 
 
 def _norm_axis(axis: Axis, ndim: int) -> tuple[int, ...]:
@@ -163,14 +211,27 @@ class Tensor(TensorBase):
     """A numpy array with reverse-mode autograd.
 
     ``.data`` is the live ndarray (optimizers update it in place), ``.grad`` is a Tensor or
-    None (assignable), ``np.asarray(t)`` gives the data. Numpy's ufunc machinery is switched
-    off (``__array_ufunc__ = None``) so ``ndarray + Tensor`` records like ``Tensor + ndarray``.
+    None (assignable), ``np.asarray(t)`` gives the data. A numpy ufunc that has an autograd op
+    records it (``np.cos(t)``, ``np.add(a, t)``, and so ``ndarray + Tensor`` records like
+    ``Tensor + ndarray``); any other ufunc is a ``TypeError`` pointing to ``.data``.
     In-place ops (``+=``, ``add_``, ``copy_``, ...) write ``.data`` itself and are not
     recorded: with grad mode on they refuse a tensor or operand that requires grad, and a
     backward through memory written since it was recorded refuses too.
     """
 
     _grad: Tensor | None
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        """numpy ufuncs on Tensors. Those with an autograd op (``np.add``, ``np.multiply``,
+        ``np.exp``, ``np.matmul``, ...) record it and return a Tensor; comparisons give
+        boolean Tensors. Any other ufunc, a ufunc method (``np.add.reduce``) or an extra
+        keyword is a ``TypeError`` naming it (``.data`` gives a plain array); so is ``out=``
+        naming a Tensor. ``out=`` naming plain arrays gets the plain values."""
+        if method == "__call__" and not kwargs:  # the common case (``ndarray + Tensor``) first
+            op = _UFUNC_OPS.get(ufunc)
+            if op is not None:
+                return op(*inputs)
+        return _apply_ufunc(ufunc, method, inputs, kwargs)
 
     # ----------------------------------------------------------------- graph
     @property
@@ -605,6 +666,23 @@ class Tensor(TensorBase):
     def __iter__(self) -> Iterator[Tensor]:
         for i in range(len(self)):
             yield self[i]
+
+
+_UFUNC_OPS.update(
+    {
+        np.negative: Tensor.__neg__,
+        np.positive: Tensor.__pos__,
+        np.exp: Tensor.exp,
+        np.log: Tensor.log,
+        np.sin: Tensor.sin,
+        np.cos: Tensor.cos,
+        np.tanh: Tensor.tanh,
+        np.sqrt: Tensor.sqrt,
+        np.absolute: Tensor.abs,
+        np.isnan: Tensor.isnan,
+        np.matmul: lambda a, b: matmul(a, b),
+    }
+)
 
 
 def matmul(a: Any, b: Any) -> Tensor:

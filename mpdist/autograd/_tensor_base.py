@@ -62,14 +62,14 @@ class TensorBase:
     """The state of a tensor and what reads or writes it without building a new tensor.
 
     ``.data`` is the live ndarray (optimizers update it in place), ``np.asarray(t)`` gives
-    it. Numpy's ufunc machinery is switched off (``__array_ufunc__ = None``) so
-    ``ndarray + Tensor`` records like ``Tensor + ndarray``. In-place ops (``+=``, ``add_``,
+    it. Numpy's ufunc machinery is switched off here (``__array_ufunc__ = None``: numpy defers
+    to the reflected operators); ``Tensor`` turns it on for the ufuncs it records. In-place ops (``+=``, ``add_``,
     ``copy_``, ...) write ``.data`` itself and are not recorded: with grad mode on they refuse
     a tensor or operand that requires grad, and a backward through memory written since it
     was recorded refuses too.
     """
 
-    __array_ufunc__ = None
+    __array_ufunc__: Any = None
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
         if isinstance(data, TensorBase):
