@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from mpdist.autograd import Tensor
-from mpdist.autograd.device import check_device
 from mpdist.nn import functional as F
 from mpdist.nn import init
+from mpdist.nn._factory import factory_dtype
 from mpdist.nn.module import Module
 from mpdist.nn.parameter import Parameter
 
@@ -28,8 +28,7 @@ class Linear(Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        check_device(device)
-        dtype = np.float32 if dtype is None else dtype
+        dtype = factory_dtype(device, dtype)
         self.in_features = in_features
         self.out_features = out_features
         self.weight = Parameter(np.empty((out_features, in_features), dtype=dtype))
