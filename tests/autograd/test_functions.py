@@ -195,6 +195,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], Arrays]] = {
     "flatten": (lambda L, x: L.flatten(x.reshape(3, 2, 2)), [X]),
     "flatten start": (lambda L, x: L.flatten(x.reshape(3, 2, 2), 1), [X]),
     "flatten range": (lambda L, x: L.flatten(x.reshape(3, 2, 2), 0, 1), [X]),
+    "flatten 0-d": (lambda L, x: L.flatten(x.sum()), [X]),
     "split size": (lambda L, x: L.split(x, 3, dim=1), [X]),
     "split sections": (lambda L, x: L.split(x, [1, 2], 0), [X]),
     "chunk": (lambda L, x: L.chunk(x, 3, dim=1), [X]),
