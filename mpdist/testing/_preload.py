@@ -11,6 +11,7 @@ names are reached through ``_mp_internals``; without them nothing is restarted.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import types
@@ -21,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from mpdist.testing import _mp_internals
+from mpdist.testing import _mp_internals, _pytest_internals, _worker
 
 __all__ = [
     "BASE_PRELOAD",
@@ -102,11 +103,36 @@ class ForkserverPreload:
         self.restarts = 0
 
     def modules(self, wanted: list[str]) -> list[str]:
-        """The preload list for the next server start."""
+        """The modules the next server start loads: its imports and the ``wanted`` tests."""
         modules = list(BASE_PRELOAD)
         if "pytest" in sys.modules:
             modules.append("pytest")
         return modules + [m for m in [*self.heavy, *wanted] if m not in modules]
+
+    def _set_list(self, ctx: Any, wanted: list[str], tests: dict[str, str]) -> None:
+        """Give ``ctx`` the preload list for the next server start.
+
+        Test modules that run with rewritten asserts (``tests``: name -> path, and those
+        of ``wanted`` pytest rewrote) are not imported plainly: the server runs them as
+        the ranks would, listed in ``$MPDIST_SERVER_TEST_MODULES`` for ``_server_modules``.
+        """
+        tests = dict(tests)
+        plain = []
+        for name in wanted:
+            module = sys.modules.get(name)
+            path = getattr(module, "__file__", None)
+            if module is not None and path and _pytest_internals.was_rewritten(module):
+                tests[name] = path
+            else:
+                plain.append(name)
+        self.last_set = tuple(self.modules([*plain, *tests]))
+        preload = self.modules(plain)
+        if tests:
+            os.environ[_worker.SERVER_MODULES_ENV] = json.dumps(list(tests.items()))
+            preload.append("mpdist.testing._server_modules")
+        else:
+            os.environ.pop(_worker.SERVER_MODULES_ENV, None)
+        ctx.set_forkserver_preload(preload)  # read when the server (re)starts
 
     def missing(self, wanted: list[str]) -> dict[str, set[str]]:
         """Modules of heavy packages the ``wanted`` modules use that the server has not loaded."""
@@ -140,22 +166,24 @@ class ForkserverPreload:
                 if _mp_internals.stop_server(pid):
                     self.restarts += 1
                     self.server_pid, self.server_modules = None, ()
-        self.last_set = tuple(self.modules(wanted))
-        ctx.set_forkserver_preload(list(self.last_set))  # read when the server (re)starts
+        self._set_list(ctx, wanted, {})
 
-    def start_early(self, ctx: Any, heavy_modules: list[str]) -> bool:
+    def start_early(
+        self, ctx: Any, heavy_modules: list[str], tests: dict[str, str] | None = None
+    ) -> bool:
         """Start the server now, preloading ``heavy_modules``, unless one already runs.
 
         The server imports its preload list in its own process: started while the
         parent is still importing the same package for collection, the two imports
         run side by side instead of one after the other before the first test.
+        ``tests`` (name -> path) are test modules the server runs with rewritten asserts.
         Returns whether a server was started.
         """
         if _own_server_pid() is not None or not _mp_internals.server_visible():
             return False
         self.heavy.update(dict.fromkeys(heavy_modules))
-        self.last_set = tuple(self.modules([]))
-        ctx.set_forkserver_preload(list(self.last_set))
+        self.test_tops.update(name.partition(".")[0] for name in tests or {})
+        self._set_list(ctx, [], tests or {})
         _mp_internals.start_server()
         return True
 

@@ -20,6 +20,7 @@ import contextlib
 import faulthandler
 import importlib
 import importlib.util
+import json
 import marshal
 import os
 import pickle
@@ -219,8 +220,19 @@ def _same_file(module: types.ModuleType, path: str | None) -> bool:
         return False
 
 
-_rewritten: dict[str, types.ModuleType] = {}
+# Test modules run here with rewritten asserts: (name, path) -> (file stamp, module). A
+# forkserver that ran a test module (load_server_modules) hands it to every rank it forks.
+_rewritten: dict[tuple[str, str], tuple[tuple[int, int], types.ModuleType]] = {}
 _compiled: dict[str, tuple[tuple[int, int], bytes]] = {}  # path -> (file stamp, code)
+
+# The test modules a forkserver runs before it forks ranks: a JSON list of [name, path]
+# pairs, set by the parent (see _preload.ForkserverPreload) and read by load_server_modules.
+SERVER_MODULES_ENV = "MPDIST_SERVER_TEST_MODULES"
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_size)
 
 
 def rewritten_code(path: str) -> bytes:
@@ -230,8 +242,7 @@ def rewritten_code(path: str) -> bytes:
     parsing, rewriting and compiling a typical test module takes 20-30 ms, which every
     rank of every test would otherwise spend again.
     """
-    st = os.stat(path)
-    stamp = (st.st_mtime_ns, st.st_size)
+    stamp = _stamp(path)
     hit = _compiled.get(path)
     if hit is not None and hit[0] == stamp:
         return hit[1]
@@ -249,15 +260,50 @@ def rewritten_code(path: str) -> bytes:
 def _load_rewritten(name: str, path: str, code: bytes | None) -> types.ModuleType:
     # pytest rewrote the module's asserts in the parent; run the same rewritten code here
     # so a failing plain `assert` in a rank explains itself.
-    if path in _rewritten:
-        return _rewritten[path]
+    stamp = _stamp(path)
+    hit = _rewritten.get((name, path))
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
     _pytest_internals.explain_comparisons()
     module = types.ModuleType(name)
     module.__file__ = path
-    sys.modules.setdefault(name, module)
+    if hit is not None and sys.modules.get(name) is hit[1]:
+        sys.modules[name] = module  # the file changed since it ran here: the new version
+    else:
+        sys.modules.setdefault(name, module)
     exec(marshal.loads(code if code is not None else rewritten_code(path)), module.__dict__)
-    _rewritten[path] = module
+    _rewritten[(name, path)] = (stamp, module)
     return module
+
+
+def load_server_modules() -> None:
+    """Run the test modules listed in ``$MPDIST_SERVER_TEST_MODULES``, asserts rewritten.
+
+    Called in the harness's forkserver (the last module it preloads), so that the ranks
+    it forks find their test module loaded: a rank running a torch test module itself
+    spends 0.1-0.2 s on it, at every test. A module that fails here is dropped; the rank
+    then loads it itself and reports what is wrong.
+    """
+    listed = os.environ.get(SERVER_MODULES_ENV)
+    if not listed:
+        return
+    for name, path in json.loads(listed):
+        # pytest puts a test module's root on sys.path when it imports the module, which
+        # may not have happened yet in the parent when this server started
+        root = os.path.dirname(path)
+        for _ in range(name.count(".")):
+            root = os.path.dirname(root)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        before = sys.modules.get(name)
+        try:
+            _load_rewritten(name, path, None)
+        except (Exception, SystemExit):
+            _rewritten.pop((name, path), None)
+            if before is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = before
 
 
 def _load_module(

@@ -22,7 +22,6 @@ Usage::
 
 from __future__ import annotations
 
-import fnmatch
 import multiprocessing
 import os
 import pickle
@@ -116,18 +115,20 @@ _early_start_key = pytest.StashKey[bool]()
 _outcome_key = pytest.StashKey[Outcome]()
 
 
-def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> None:
+def pytest_collectstart(collector: pytest.Collector) -> None:
     """Start the forkserver early for a process-harness test module that imports torch.
 
-    The server imports torch in its own process; started now, that runs beside the
-    parent's own import of the module, instead of after it, before the first test.
+    The server imports torch, and runs the test module itself, in its own process;
+    started now, that runs beside the parent's own import of the module, instead of
+    after it, and no rank of the module's tests loads the module again.
     Only the first such module starts it; the usual preload rules apply afterwards.
+    (Collection start, not ``pytest_collect_file``: pytest makes a node for every file
+    of a directory it looks into, but imports only the modules it was asked for.)
     """
-    config = parent.config
-    if file_path.suffix != ".py" or config.stash.get(_early_start_key, False):
+    config = collector.config
+    if not isinstance(collector, pytest.Module) or config.stash.get(_early_start_key, False):
         return
-    if not any(fnmatch.fnmatch(file_path.name, p) for p in config.getini("python_files")):
-        return
+    file_path = collector.path
     if _config.start_method(None) != "forkserver" or _config.debug_rank() is not None:
         return
     try:
@@ -139,7 +140,21 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> None:
         return
     config.stash[_early_start_key] = True
     ctx = multiprocessing.get_context("forkserver")
-    _preload.forkserver_preload.start_early(ctx, list(dict.fromkeys(modules)))
+    tests = {}
+    if config.getoption("assertmode", "plain") == "rewrite":
+        tests[_module_name(file_path)] = str(file_path)
+    _preload.forkserver_preload.start_early(ctx, list(dict.fromkeys(modules)), tests)
+
+
+def _module_name(file_path: Path) -> str:
+    """The name pytest imports a test file under (its default "prepend" import mode):
+    the file's stem, prefixed by the packages (directories with ``__init__.py``) above it."""
+    parts = [file_path.stem]
+    directory = file_path.parent
+    while (directory / "__init__.py").is_file() and directory.parent != directory:
+        parts.insert(0, directory.name)
+        directory = directory.parent
+    return ".".join(parts)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import textwrap
 import threading
 from typing import Any
@@ -17,6 +18,7 @@ from mpdist.testing import _coordinator, _preload
 # Ranks note which forkserver forked them (their parent) and who imported the heavy package.
 NOTE = """
 import os
+import sys
 import pytest
 import numpy as np
 import mpdist as dist
@@ -71,7 +73,11 @@ def importers(pid_dir: str) -> set[int]:
 
 
 def rank_pids(pid_dir: str) -> set[int]:
-    return {int(n.rsplit("-", 1)[1]) for n in os.listdir(pid_dir) if not n.startswith("heavy-")}
+    return {
+        int(n.rsplit("-", 1)[1])
+        for n in os.listdir(pid_dir)
+        if not n.startswith(("heavy-", "body-"))
+    }
 
 
 def test_a_later_module_with_a_heavy_package_gets_it_preloaded(
@@ -205,3 +211,78 @@ def test_a_thread_harness_module_starts_no_forkserver(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
     result.assert_outcomes(passed=1)
     assert len(importers(pid_dir)) == 1  # the test process only
+
+
+# A test module that notes every process running its body, and a rank-side plain assert
+# whose explanation only pytest's rewriting gives.
+RUNS_NOTED = """
+import os
+import sys
+open(os.path.join(os.environ["PID_DIR"], f"body-{os.getpid()}"), "w").close()
+"""
+
+EXPLAINED = """
+@pytest.mark.mpdist(world_size=2)
+def test_explained(rank, world_size):
+    note("ranks")
+    assert [1, 2, rank] == [1, 2, 7]
+"""
+
+
+def bodies(pid_dir: str) -> set[int]:
+    return {int(n.split("-")[1]) for n in os.listdir(pid_dir) if n.startswith("body-")}
+
+
+def test_the_forkserver_runs_the_test_module_so_no_rank_loads_it(
+    pytester: pytest.Pytester, pid_dir: str
+) -> None:
+    # Started during collection of the module pytest was asked for (not of the first file
+    # of its directory), the server runs that module, asserts rewritten, once; each rank
+    # it forks finds the module loaded (a torch test module costs a rank 0.1-0.2 s).
+    stand_in_torch(pytester)
+    pytester.makepyfile(
+        test_a_not_asked_for=module("other", RUNS_NOTED + "import torch\n"),
+        test_b_asked_for=module("ranks", RUNS_NOTED + "import torch\n") + EXPLAINED,
+    )
+    result = pytester.runpytest_subprocess(
+        "test_b_asked_for.py", "-p", "no:cacheprovider", "-p", "no:randomly"
+    )
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*At index 2 diff: 0 != 7*"])  # rewritten in the rank
+    (server,) = servers(pid_dir, "ranks")
+    # the body ran twice: in pytest's process and in the server; never in a rank
+    assert server in bodies(pid_dir) and len(bodies(pid_dir)) == 2
+    assert not bodies(pid_dir) & rank_pids(pid_dir)
+    assert not servers(pid_dir, "other")
+
+
+def test_a_module_without_torch_runs_in_the_first_server_too(
+    pytester: pytest.Pytester, pid_dir: str
+) -> None:
+    # No early start: the server starts with the first multi-rank test and runs its module.
+    pytester.makepyfile(test_light=module("ranks", RUNS_NOTED) + EXPLAINED)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*At index 2 diff: 0 != 7*"])
+    (server,) = servers(pid_dir, "ranks")
+    assert server in bodies(pid_dir)
+    assert not bodies(pid_dir) & rank_pids(pid_dir)
+
+
+def test_a_module_changed_since_it_ran_runs_again(tmp_path: Any) -> None:
+    # A server (or pooled rank) that ran a test module must not hand out an old version.
+    from mpdist.testing import _worker
+
+    path = tmp_path / "mpdist_changed_module.py"
+    name = "mpdist_changed_module"
+    path.write_text("VALUE = 1\n")
+    try:
+        first = _worker._load_rewritten(name, str(path), None)
+        assert _worker._load_rewritten(name, str(path), None) is first
+        path.write_text("VALUE = 22\n")
+        second = _worker._load_rewritten(name, str(path), None)
+        assert (first.VALUE, second.VALUE) == (1, 22)
+        assert sys.modules[name] is second
+    finally:
+        sys.modules.pop(name, None)
+        _worker._rewritten.pop((name, str(path)), None)
