@@ -304,6 +304,26 @@ class AllgatherOptions:
     asyncOp: bool = True
 
 
+# The module API's options for the small-message collectives. It has checked the arrays
+# it passes (type, dtype, layout, writeability of outputs) before calling the group, so a
+# built-in group skips checking them again; any other group sees ordinary options.
+
+
+@dataclass(slots=True)
+class CheckedAllreduceOptions(AllreduceOptions):
+    """``AllreduceOptions`` from a caller that has checked the tensors (the module API)."""
+
+
+@dataclass(slots=True)
+class CheckedBroadcastOptions(BroadcastOptions):
+    """``BroadcastOptions`` from a caller that has checked the tensors (the module API)."""
+
+
+@dataclass(slots=True)
+class CheckedAllgatherOptions(AllgatherOptions):
+    """``AllgatherOptions`` from a caller that has checked the tensors (the module API)."""
+
+
 @dataclass(slots=True)
 class GatherOptions:
     """Options of ``ProcessGroup.gather``."""

@@ -23,6 +23,9 @@ from mpdist.process_group import (
     AllToAllOptions,
     BarrierOptions,
     BroadcastOptions,
+    CheckedAllgatherOptions,
+    CheckedAllreduceOptions,
+    CheckedBroadcastOptions,
     GatherOptions,
     ProcessGroup,
     ReduceOp,
@@ -62,7 +65,7 @@ def checked_array(x: Any, op: str, what: str, out: bool = False) -> np.ndarray:
 
 
 def _op(opts: Any, default: ReduceOp = ReduceOp.SUM) -> ReduceOp:
-    if type(opts) is AllreduceOptions:  # the module API's, on the latency path
+    if type(opts) is AllreduceOptions:  # the usual options object, answered quickly
         return opts.reduceOp
     # torch lets the options slot hold a bare ReduceOp
     if opts is None:
@@ -251,22 +254,24 @@ class BuiltinProcessGroup(ProcessGroup):
     runs_in_caller = True
 
     def broadcast(self, tensors: list[Any], opts: BroadcastOptions | None = None) -> Work:
-        if type(opts) is BroadcastOptions:  # the module API's: read in place of two calls
-            root, async_op = opts.rootRank, opts.asyncOp
-        else:
-            root, async_op = _root(opts), _async(opts)
+        if type(opts) is CheckedBroadcastOptions:  # the module API's: checked, on the latency path
+            arr = tensors[0]
+            if type(arr) is not np.ndarray:
+                arr = arr.data
+            return self._c_broadcast(arr, opts.rootRank, "broadcast", tensors, opts.asyncOp)
+        root = _root(opts)
         arr = checked_array(tensors[0], "broadcast", "tensors[0]", out=root != self._pg_rank)
-        return self._c_broadcast(arr, root, "broadcast", tensors, async_op)
+        return self._c_broadcast(arr, root, "broadcast", tensors, _async(opts))
 
     def allreduce(self, tensors: list[Any], opts: AllreduceOptions | None = None) -> Work:
+        if type(opts) is CheckedAllreduceOptions:  # the module API's: checked, on the latency path
+            arr = tensors[0]
+            if type(arr) is not np.ndarray:
+                arr = arr.data
+            return self._c_allreduce(arr, opts.reduceOp, "all_reduce", tensors, opts.asyncOp)
         if type(tensors) is not list:
             tensors = list(tensors) if isinstance(tensors, tuple) else [tensors]
-        arr = tensors[0]
-        # the latency path: a C-contiguous, aligned, writeable ndarray of a wire dtype is ready
-        if type(arr) is not np.ndarray or not arr.flags.carray or not dtype_code(arr.dtype):
-            arr = checked_array(arr, "allreduce", "tensors[0]", out=True)
-        if type(opts) is AllreduceOptions:  # the module API's: read in place of two calls
-            return self._c_allreduce(arr, opts.reduceOp, "all_reduce", tensors, opts.asyncOp)
+        arr = checked_array(tensors[0], "allreduce", "tensors[0]", out=True)
         return self._c_allreduce(arr, _op(opts), "all_reduce", tensors, _async(opts))
 
     def allreduce_stepped(self, tensors: list[Any], opts: AllreduceOptions | None = None) -> Work:
@@ -283,6 +288,12 @@ class BuiltinProcessGroup(ProcessGroup):
         input_tensors: list[Any],
         opts: AllgatherOptions | None = None,
     ) -> Work:
+        if type(opts) is CheckedAllgatherOptions:  # the module API's: checked, on the latency path
+            outs = [x if type(x) is np.ndarray else x.data for x in output_tensors[0]]
+            inp = input_tensors[0]
+            if type(inp) is not np.ndarray:
+                inp = inp.data
+            return self._c_allgather(outs, inp, "all_gather", output_tensors, opts.asyncOp)
         outs = checked_list(output_tensors[0], "allgather", "output_tensors[0]", out=True)
         inp = checked_array(input_tensors[0], "allgather", "input_tensors[0]")
         return self._c_allgather(outs, inp, "all_gather", list(output_tensors), _async(opts))

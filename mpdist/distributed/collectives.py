@@ -28,10 +28,11 @@ from mpdist.distributed._world import _UNINIT, _info, _tls
 from mpdist.process_group import (
     DEFAULT_TIMEOUT,
     AllgatherOptions,
-    AllreduceOptions,
     AllToAllOptions,
     BarrierOptions,
-    BroadcastOptions,
+    CheckedAllgatherOptions,
+    CheckedAllreduceOptions,
+    CheckedBroadcastOptions,
     GatherOptions,
     ProcessGroup,
     ReduceOptions,
@@ -41,8 +42,9 @@ from mpdist.process_group import (
     set_caller_blocks,
 )
 
-# The options of the small-message collectives (all_reduce, broadcast, all_gather) are
-# built positionally: keyword arguments cost a dataclass 100 ns more per call.
+# The small-message collectives (all_reduce, broadcast, all_gather) check their arguments
+# here and hand the group Checked*Options, built positionally (keyword arguments cost a
+# dataclass 100 ns more per call): a built-in group then skips checking them again.
 
 
 def all_reduce(
@@ -71,7 +73,7 @@ def all_reduce(
     if ops is None or op not in ops:
         checked_array(arr, "all_reduce", "tensor", out=True)
         _check_op(op, arr.dtype, "all_reduce")
-    work = pg.allreduce([tensor], AllreduceOptions(op, None, async_op))
+    work = pg.allreduce([tensor], CheckedAllreduceOptions(op, None, async_op))
     if work is None:  # ran in this thread: done
         return None
     return _finish(work, world, pg, async_op)
@@ -86,7 +88,9 @@ def broadcast(
         return None
     root = _group_rank(world, pg, src, "src", "broadcast")
     checked_array(tensor, "broadcast", "tensor", out=root != _me(world, pg))
-    work = pg.broadcast([tensor], BroadcastOptions(root, 0, None, async_op))
+    work = pg.broadcast([tensor], CheckedBroadcastOptions(root, 0, None, async_op))
+    if work is None:  # ran in this thread: done
+        return None
     return _finish(work, world, pg, async_op)
 
 
@@ -118,7 +122,9 @@ def all_gather(
     inp = checked_array(tensor, "all_gather", "tensor")
     n = _size(world, pg)
     _array_list(tensor_list, "all_gather", "tensor_list", n, True, like=(inp, "tensor"))
-    work = pg.allgather([tensor_list], [tensor], AllgatherOptions(None, async_op))
+    work = pg.allgather([tensor_list], [tensor], CheckedAllgatherOptions(None, async_op))
+    if work is None:  # ran in this thread: done
+        return None
     return _finish(work, world, pg, async_op)
 
 
