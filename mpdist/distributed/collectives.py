@@ -10,6 +10,7 @@ import numpy as np
 from mpdist.algorithms.reduction import ReduceOp
 from mpdist.backends.builtin import checked_array
 from mpdist.distributed import _world as state
+from mpdist.distributed import dispatch
 from mpdist.distributed._checks import (
     _array_list,
     _check_op,
@@ -54,6 +55,8 @@ def all_reduce(
     async_op: bool = False,
 ) -> Work | None:
     """Reduce ``tensor`` across the group in place; every rank gets the same bits."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_ALL_REDUCE, (tensor, op, group, async_op))
     # the latency path (a 4-byte all_reduce is tens of microseconds end to end): common
     # cases are decided with as few Python operations as possible
     if group is None:
@@ -83,6 +86,8 @@ def broadcast(
     tensor: Any, src: int = 0, group: ProcessGroup | None = None, async_op: bool = False
 ) -> Work | None:
     """Copy global rank ``src``'s ``tensor`` into every rank's ``tensor``."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_BROADCAST, (tensor, src, group, async_op))
     world, pg = _resolve(group, "broadcast")
     if pg is None:
         return None
@@ -102,6 +107,8 @@ def reduce(
     async_op: bool = False,
 ) -> Work | None:
     """Reduce ``tensor`` onto global rank ``dst``; other ranks' contents are unspecified."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_REDUCE, (tensor, dst, op, group, async_op))
     world, pg = _resolve(group, "reduce")
     if pg is None:
         return None
@@ -116,6 +123,8 @@ def all_gather(
     tensor_list: list[Any], tensor: Any, group: ProcessGroup | None = None, async_op: bool = False
 ) -> Work | None:
     """``tensor_list[i]`` <- rank i's ``tensor``; one entry per rank, same shape and dtype."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_ALL_GATHER, (tensor_list, tensor, group, async_op))
     world, pg = _resolve(group, "all_gather")
     if pg is None:
         return None
@@ -142,6 +151,10 @@ def all_gather_into_tensor(
     output_tensor: Any, input_tensor: Any, group: ProcessGroup | None = None, async_op: bool = False
 ) -> Work | None:
     """``output_tensor`` <- every rank's ``input_tensor``, concatenated on axis 0 (or stacked)."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(
+            _OP_ALL_GATHER_INTO_TENSOR, (output_tensor, input_tensor, group, async_op)
+        )
     world, pg = _resolve(group, "all_gather_into_tensor")
     if pg is None:
         return None
@@ -163,6 +176,8 @@ def gather(
     async_op: bool = False,
 ) -> Work | None:
     """On global rank ``dst``, ``gather_list[i]`` <- rank i's ``tensor`` (list on dst only)."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_GATHER, (tensor, gather_list, dst, group, async_op))
     world, pg = _resolve(group, "gather")
     if pg is None:
         return None
@@ -188,6 +203,8 @@ def scatter(
     async_op: bool = False,
 ) -> Work | None:
     """Rank i's ``tensor`` <- global rank ``src``'s ``scatter_list[i]`` (list on src only)."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_SCATTER, (tensor, scatter_list, src, group, async_op))
     world, pg = _resolve(group, "scatter")
     if pg is None:
         return None
@@ -213,6 +230,8 @@ def reduce_scatter(
     async_op: bool = False,
 ) -> Work | None:
     """``output`` <- the reduction over ranks of their ``input_list[my_rank]``."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_REDUCE_SCATTER, (output, input_list, op, group, async_op))
     world, pg = _resolve(group, "reduce_scatter")
     if pg is None:
         return None
@@ -233,6 +252,8 @@ def reduce_scatter_tensor(
     async_op: bool = False,
 ) -> Work | None:
     """``output`` <- the reduction over ranks of chunk ``my_rank`` of ``input`` along axis 0."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_REDUCE_SCATTER_TENSOR, (output, input, op, group, async_op))
     name = "reduce_scatter_tensor"
     world, pg = _resolve(group, name)
     if pg is None:
@@ -255,6 +276,10 @@ def all_to_all(
     async_op: bool = False,
 ) -> Work | None:
     """``output_tensor_list[i]`` <- rank i's ``input_tensor_list[my_rank]``; uneven shapes allowed."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(
+            _OP_ALL_TO_ALL, (output_tensor_list, input_tensor_list, group, async_op)
+        )
     world, pg = _resolve(group, "all_to_all")
     if pg is None:
         return None
@@ -318,6 +343,11 @@ def all_to_all_single(
 
     Splits count rows on axis 0; None splits evenly.
     """
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(
+            _OP_ALL_TO_ALL_SINGLE,
+            (output, input, output_split_sizes, input_split_sizes, group, async_op),
+        )
     name = "all_to_all_single"
     world, pg = _resolve(group, name)
     if pg is None:
@@ -373,11 +403,15 @@ def _send(tensor: Any, dst: int, group: Any, tag: int, async_op: bool, op: str) 
 
 def send(tensor: Any, dst: int, group: ProcessGroup | None = None, tag: int = 0) -> None:
     """Send ``tensor`` to global rank ``dst``; matched by the receiver's (source, tag)."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_SEND, (tensor, dst, group, tag))
     _send(tensor, dst, group, tag, False, "send")
 
 
 def isend(tensor: Any, dst: int, group: ProcessGroup | None = None, tag: int = 0) -> Work | None:
     """Asynchronous ``send``: returns a Work."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_ISEND, (tensor, dst, group, tag))
     return _send(tensor, dst, group, tag, True, "isend")
 
 
@@ -416,6 +450,8 @@ def recv(
     tensor: Any, src: int | None = None, group: ProcessGroup | None = None, tag: int = 0
 ) -> int:
     """Receive into ``tensor`` from global rank ``src`` (None: any rank); returns the sender."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_RECV, (tensor, src, group, tag))
     return _recv(tensor, src, group, tag, False, "recv")
 
 
@@ -423,6 +459,8 @@ def irecv(
     tensor: Any, src: int | None = None, group: ProcessGroup | None = None, tag: int = 0
 ) -> Work | None:
     """Asynchronous ``recv``: returns a Work (``work.source_rank()`` is the sender's group rank)."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_IRECV, (tensor, src, group, tag))
     return _recv(tensor, src, group, tag, True, "irecv")
 
 
@@ -458,6 +496,8 @@ def barrier(
     group: ProcessGroup | None = None, async_op: bool = False, device_ids: Any = None
 ) -> Work | None:
     """Wait until every rank of the group has called ``barrier``."""
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_BARRIER, (group, async_op, device_ids))
     world, pg = _resolve(group, "barrier")
     if pg is None:
         return None
@@ -475,6 +515,8 @@ def monitored_barrier(
     With ``wait_all_ranks`` every missing rank is named, else the first one. The ranks
     that did arrive raise the same error.
     """
+    if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
+        return dispatch.run(_OP_MONITORED_BARRIER, (group, timeout, wait_all_ranks))
     world, pg = _resolve(group, "monitored_barrier")
     if pg is None:
         return None
@@ -487,3 +529,28 @@ def monitored_barrier(
     opts = BarrierOptions(timeout=timeout, asyncOp=False)
     _finish(pg.monitored_barrier(opts, bool(wait_all_ranks)), world, pg, False)
     return None
+
+
+# What a collective mode (mpdist.distributed.dispatch) is handed: the ops, named as torch
+# names them.
+_OP_ALL_REDUCE = dispatch.CollectiveOp("c10d.allreduce_.default", all_reduce)
+_OP_BROADCAST = dispatch.CollectiveOp("c10d.broadcast_.default", broadcast)
+_OP_REDUCE = dispatch.CollectiveOp("c10d.reduce_.default", reduce)
+_OP_ALL_GATHER = dispatch.CollectiveOp("c10d.allgather_.default", all_gather)
+_OP_ALL_GATHER_INTO_TENSOR = dispatch.CollectiveOp(
+    "c10d._allgather_base_.default", all_gather_into_tensor
+)
+_OP_GATHER = dispatch.CollectiveOp("c10d.gather_.default", gather)
+_OP_SCATTER = dispatch.CollectiveOp("c10d.scatter_.default", scatter)
+_OP_REDUCE_SCATTER = dispatch.CollectiveOp("c10d.reduce_scatter_.default", reduce_scatter)
+_OP_REDUCE_SCATTER_TENSOR = dispatch.CollectiveOp(
+    "c10d._reduce_scatter_base_.default", reduce_scatter_tensor
+)
+_OP_ALL_TO_ALL = dispatch.CollectiveOp("c10d.alltoall_.default", all_to_all)
+_OP_ALL_TO_ALL_SINGLE = dispatch.CollectiveOp("c10d.alltoall_base_.default", all_to_all_single)
+_OP_SEND = dispatch.CollectiveOp("c10d.send.default", send)
+_OP_ISEND = dispatch.CollectiveOp("c10d.send.default", isend)
+_OP_RECV = dispatch.CollectiveOp("c10d.recv_.default", recv)
+_OP_IRECV = dispatch.CollectiveOp("c10d.recv_.default", irecv)
+_OP_BARRIER = dispatch.CollectiveOp("c10d.barrier.default", barrier)
+_OP_MONITORED_BARRIER = dispatch.CollectiveOp("c10d.monitored_barrier_.default", monitored_barrier)
