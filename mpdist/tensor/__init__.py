@@ -1,0 +1,1 @@
+"""mpdist.tensor: distributed tensors (DTensor) over a DeviceMesh, torch.distributed.tensor's counterpart."""
