@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["CollectiveOp", "Mode", "active", "intercepting", "pop", "push", "run"]
+from mpdist import ops
+
+__all__ = ["CollectiveMode", "CollectiveOp", "Mode", "active", "intercepting", "pop", "push", "run"]
 
 # Modes pushed in all threads together: the collectives' first, cheap test.
 active = 0
@@ -64,11 +66,21 @@ class CollectiveOp:
     ``op(*args, **kwargs)`` runs ``fn`` through the modes outside the one calling it.
     """
 
-    __slots__ = ("fn", "name")
+    __slots__ = ("_overload", "fn", "name")
 
     def __init__(self, name: str, fn: Callable[..., Any]) -> None:
         self.name = name
         self.fn = fn
+        self._overload = ops.overload(name)
+
+    @property
+    def overloadpacket(self) -> ops.OpOverloadPacket | None:
+        """The operator's name object (``mpdist.ops.c10d.allreduce_``), as torch's ``func.overloadpacket``."""
+        return None if self._overload is None else self._overload.overloadpacket
+
+    @property
+    def _overloadpacket(self) -> ops.OpOverloadPacket | None:  # torch's spelling, which modes use
+        return self.overloadpacket
 
     def __str__(self) -> str:
         return self.name
@@ -125,3 +137,33 @@ def pop(mode: Mode) -> None:
     modes.pop()
     with _count_lock:
         active -= 1
+
+
+_M = TypeVar("_M", bound="CollectiveMode")
+
+
+class CollectiveMode:
+    """A context manager that makes itself the thread's innermost collective mode while entered.
+
+    Subclasses override :meth:`__collective__`; the default runs each op unchanged. Entering
+    the same mode twice (nested) stacks it twice, as torch's dispatch modes do: it then sees
+    each op twice. Modes are per thread: enter and exit a mode in the same thread, innermost
+    first. Exported as ``mpdist.testing.CollectiveMode``.
+    """
+
+    def __collective__(
+        self,
+        func: CollectiveOp,
+        types: tuple[type, ...],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        """Handle one collective; ``func(*args, **kwargs)`` runs it (the default does just that)."""
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self: _M) -> _M:
+        push(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pop(self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mpdist.backends.fake import FakeProcessGroup as FakeProcessGroup
 from mpdist.backends.fake import FakeStore as FakeStore
+from mpdist.distributed.dispatch import CollectiveMode as CollectiveMode
 from mpdist.testing._config import TIMEOUT_OVERRIDE as TIMEOUT_OVERRIDE
 from mpdist.testing._report import MultiProcessFailure as MultiProcessFailure
 from mpdist.testing.decorators import requires_world_size as requires_world_size
@@ -11,6 +12,7 @@ from mpdist.testing.decorators import skip_if_lt_x_ranks as skip_if_lt_x_ranks
 from mpdist.testing.decorators import with_comms as with_comms
 from mpdist.testing.derived import DistributedTestBase as DistributedTestBase
 from mpdist.testing.derived import MultiProcContinuousTest as MultiProcContinuousTest
+from mpdist.testing.filecheck import FileCheck as FileCheck
 from mpdist.testing.multiprocess import MultiProcessTestCase as MultiProcessTestCase
 from mpdist.testing.multithreaded import MultiThreadedTestCase as MultiThreadedTestCase
 from mpdist.testing.multithreaded import spawn_threads as spawn_threads
