@@ -45,7 +45,15 @@ class Function:
 
     @classmethod
     def apply(cls, *args: Any, **kwargs: Any) -> Any:
-        """Run forward and, when recording, attach a node whose backward calls ``backward``."""
+        """Run forward and, when recording, attach a node whose backward calls ``backward``.
+
+        A Tensor subclass whose class defines ``__function_apply__(fn, args, kwargs)`` (DTensor:
+        its data is one rank's piece) runs the Function its own way instead."""
+        for a in args:
+            if isinstance(a, Tensor) and type(a) is not Tensor:
+                override = getattr(type(a), "__function_apply__", None)
+                if override is not None:
+                    return override(cls, args, kwargs)
         positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
         tensors = [args[i] for i in positions]
         ctx = FunctionCtx(tuple(isinstance(a, Tensor) and a.requires_grad for a in args))

@@ -260,7 +260,9 @@ def run_backward(
                             continue
                         child = t._node if t._node is not None else t
                         if g is not None:
-                            g = np.asarray(g)
+                            # asanyarray: a gradient that is an ndarray subclass keeps its
+                            # class (a DTensor's gradient carries its placements that way).
+                            g = np.asanyarray(g)
                             if g.dtype != t._data.dtype:
                                 g = g.astype(t._data.dtype)
                             add(child, t._out_index, g)
