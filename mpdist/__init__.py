@@ -6,6 +6,7 @@ stores for rendezvous, process groups with TCP collectives, and (in
 """
 
 from mpdist import distributed, process_group
+from mpdist import distributed as distributed_c10d  # noqa: F401  (torch.distributed.distributed_c10d)
 from mpdist.autograd.device import device
 from mpdist.distributed import *  # noqa: F403  (the module API: distributed.__all__)
 from mpdist.errors import (
@@ -16,6 +17,7 @@ from mpdist.errors import (
     QueueEmptyError,
 )
 from mpdist.process_group import *  # noqa: F403  (Work, Future, options: process_group.__all__)
+from mpdist.process_group import Work as _Work  # noqa: F401  (torch.distributed._Work)
 from mpdist.random import manual_seed
 from mpdist.store import FileStore, HashStore, PrefixStore, Store, TCPStore
 

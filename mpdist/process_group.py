@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -71,6 +72,10 @@ class Future:
     ``set_result`` / ``set_exception`` complete it once; ``wait`` blocks and returns the
     value or raises the stored exception; ``then`` chains a callback into a new Future.
     """
+
+    def __class_getitem__(cls, item: Any) -> types.GenericAlias:
+        """``Future[Tensor]`` in annotations works at run time, as with torch's generic Future."""
+        return types.GenericAlias(cls, item)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
