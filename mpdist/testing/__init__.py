@@ -20,3 +20,4 @@ from mpdist.testing.multithreaded import (
     spawn_threads_and_init_comms as spawn_threads_and_init_comms,
 )
 from mpdist.testing.spawn import spawn_ranks as spawn_ranks
+from mpdist.testing.trace import trace_collectives as trace_collectives
