@@ -13,6 +13,14 @@ class Parameter(Tensor):
     """A Tensor that requires grad by default and registers itself on Module attribute
     assignment. It shares the array it was given (no copy)."""
 
+    def __new__(cls, data: Any = None, requires_grad: bool = True) -> Any:
+        # A Tensor subclass that must stay itself as a parameter (a DTensor) says how through
+        # ``__as_parameter__``: Parameter(dtensor) is then a DTensor that is a Parameter.
+        make = getattr(type(data), "__as_parameter__", None)
+        if make is not None:
+            return make(data, requires_grad)
+        return super().__new__(cls)
+
     def __init__(self, data: Any = None, requires_grad: bool = True) -> None:
         if data is None:
             data = np.empty((0,), dtype=np.float32)
