@@ -1,9 +1,10 @@
 """The built-in process-group backends, registered with ``Backend`` on import.
 
 ``tcp`` (alias ``gloo``): one process per rank over a TCP mesh; ``threaded``: ranks are
-threads of one process; ``fake``: no communication at all. The creators import their
-module when a group of that backend is first created, so registering costs nothing
-(``mpdist.distributed`` imports ``fake`` anyway, for ``FakeStore``).
+threads of one process; ``fake``: no communication at all; ``mpi``: MPI through mpi4py.
+The creators import their module when a group of that backend is first created, so
+registering costs nothing (``mpdist.distributed`` imports ``fake`` anyway, for
+``FakeStore``; nothing imports mpi4py until an ``mpi`` group is made).
 """
 
 from __future__ import annotations
@@ -43,11 +44,19 @@ def _create_fake(options: _DistributedBackendOptions, pg_options: Any) -> Proces
     return FakeProcessGroup._create_internal(options.group_rank, options.group_size, pg_options)
 
 
+def _create_mpi(options: _DistributedBackendOptions, pg_options: Any) -> ProcessGroup:
+    from . import mpi  # imports mpi4py (and initializes MPI) only now
+
+    o = options
+    return mpi.create(o.group_rank, o.group_size, o.global_ranks_in_group, o.timeout, pg_options)
+
+
 for _name, _creator, _ext in (
     ("tcp", _create_tcp, True),
     ("gloo", _create_tcp, True),
     ("threaded", _create_threaded, True),
     ("fake", _create_fake, True),
+    ("mpi", _create_mpi, True),
 ):
     if _name not in Backend._plugins:  # a re-import must not trip the duplicate check
         Backend.register_backend(_name, _creator, extended_api=_ext)

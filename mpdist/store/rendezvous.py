@@ -23,6 +23,14 @@ missing rank is reported as "k/n clients joined" rather than as a later hang.
 
 ``file:///path?rank=R&world_size=N`` opens ``FileStore(path, N)``.
 
+``mpi://`` (needs mpi4py) lets MPI agree on the rest: rank and world size are
+``MPI.COMM_WORLD``'s (a given ``rank``/``world_size`` must match), rank 0 starts the
+``TCPStore`` server on a port the OS picks (loopback when every rank runs on its host,
+else its host's address) and broadcasts where it is; the others connect. It is what
+``None`` means for a process started by an MPI launcher (Open MPI's
+``OMPI_COMM_WORLD_SIZE``, PMIx's ``PMIX_RANK``, MPICH/Hydra's and Slurm's PMI
+``PMI_SIZE``) when neither ``MASTER_ADDR`` nor ``RANK`` is set and mpi4py is installed.
+
 Missing or malformed values raise ``ValueError`` naming the variable or query
 parameter, before any socket or file is opened.
 
@@ -34,7 +42,9 @@ naming the master's address and the reason.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import socket
 from collections.abc import Mapping
 from datetime import timedelta
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -247,6 +257,56 @@ def _file_rendezvous(
     return store, rank, world_size
 
 
+def _mpi_launched(env: Mapping[str, str]) -> bool:
+    """Whether an MPI launcher started this process and left the rendezvous to MPI
+    (no ``MASTER_ADDR``/``RANK`` of its own), with mpi4py there to ask."""
+    if env.get("MASTER_ADDR", "").strip() or env.get("RANK", "").strip():
+        return False
+    if not any(v in env for v in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE")):
+        return False
+    return importlib.util.find_spec("mpi4py") is not None
+
+
+def _mpi_rendezvous(
+    query: Mapping[str, int], rank: int, world_size: int, timeout: timedelta
+) -> tuple[Store, int, int]:
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise _error("mpi", "mpi4py is not installed (pip install 'mpdist[mpi]')") from None
+    comm = MPI.COMM_WORLD
+    me, size = comm.Get_rank(), comm.Get_size()
+    for name, given, actual in (
+        ("rank", _merge("mpi", "rank", rank, query), me),
+        ("world_size", _merge("mpi", "world_size", world_size, query), size),
+    ):
+        if given is not None and given != actual:
+            raise _error("mpi", f"{name}={given} was given but MPI.COMM_WORLD says {actual}")
+    one_host = len(set(comm.allgather(socket.gethostname()))) == 1
+    found: tuple[str, int, str] = ("", 0, "")
+    store: Store | None = None
+    if me == 0:
+        host = "127.0.0.1" if one_host else socket.gethostbyname(socket.gethostname())
+        try:
+            if host.startswith("127.") and not one_host:
+                raise ValueError(
+                    f"this host's name resolves to {host}, which the other hosts cannot reach; "
+                    "set MASTER_ADDR and MASTER_PORT (env://) instead"
+                )
+            master = TCPStore(
+                host, 0, world_size=size, is_master=True, timeout=timeout, wait_for_workers=False
+            )
+            store, found = master, (host, master.port, "")
+        except Exception as e:  # every rank must hear of it, or they wait in bcast
+            found = (host, 0, f"{type(e).__name__}: {e}")
+    host, port, why = comm.bcast(found, root=0)
+    if why:
+        raise _error("mpi", f"rank 0 could not start the store on {host}: {why}")
+    if store is None:
+        store = TCPStore(host, port, world_size=size, is_master=False, timeout=timeout)
+    return store, me, size
+
+
 def _check_int(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"rendezvous {name} must be an int, got {type(value).__name__}")
@@ -263,22 +323,23 @@ def rendezvous(
 ) -> tuple[Store, int, int]:
     """Meet the other ranks as ``init_method`` says; return ``(store, rank, world_size)``.
 
-    ``init_method`` is ``None`` (same as ``"env://"``), ``"env://"``,
+    ``init_method`` is ``None`` (``"env://"``, or ``"mpi://"`` under an MPI launcher:
+    see the module docstring), ``"env://"``, ``"mpi://"``,
     ``"file:///path?rank=R&world_size=N"`` or ``"tcp://host:port?rank=R&world_size=N"``.
     ``rank`` / ``world_size`` of ``-1`` mean "not given"; given values override
     the environment (``env://``) and may stand in for the URL's query parameters.
     ``environ`` replaces ``os.environ`` (for tests). Raises ``ValueError`` naming
     the missing or malformed variable or parameter, ``TypeError`` for wrong types.
     """
+    env = os.environ if environ is None else environ
     if init_method is None:
-        init_method = "env://"
+        init_method = "mpi://" if _mpi_launched(env) else "env://"
     if not isinstance(init_method, str):
         raise TypeError(f"init_method must be a str or None, got {type(init_method).__name__}")
     rank = _check_int("rank", rank)
     world_size = _check_int("world_size", world_size)
     if not isinstance(timeout, timedelta):
         raise TypeError(f"timeout must be a datetime.timedelta, got {type(timeout).__name__}")
-    env = os.environ if environ is None else environ
 
     scheme, sep, _ = init_method.partition("://")
     if not sep:
@@ -287,14 +348,16 @@ def rendezvous(
         )
     scheme = scheme.lower()
     parts = urlsplit(init_method)
-    if scheme not in ("env", "tcp", "file"):
+    if scheme not in ("env", "tcp", "file", "mpi"):
         raise ValueError(
             f"No rendezvous handler for {scheme}:// (init_method {init_method!r}); "
-            "expected env://, file:// or tcp://"
+            "expected env://, file://, tcp:// or mpi://"
         )
     query = _parse_query(scheme, parts.query)
     if scheme == "env":
         return _env_rendezvous(query, rank, world_size, timeout, env)
+    if scheme == "mpi":
+        return _mpi_rendezvous(query, rank, world_size, timeout)
     if scheme == "tcp":
         return _tcp_rendezvous(parts.netloc, query, rank, world_size, timeout)
     return _file_rendezvous(parts.netloc, parts.path, query, rank, world_size, timeout)
