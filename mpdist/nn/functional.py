@@ -37,7 +37,8 @@ class _Linear(Function):
         x, w = ctx.x, ctx.w
         g2 = g.data.reshape(-1, w.shape[0])
         gx = (g2 @ w).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        gw = g2.T @ x.reshape(-1, w.shape[1]) if ctx.needs_input_grad[1] else None
+        # Rows counted from g: with no input features (an empty shard) -1 is ambiguous.
+        gw = g2.T @ x.reshape(g2.shape[0], w.shape[1]) if ctx.needs_input_grad[1] else None
         gb = g2.sum(axis=0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb
 
