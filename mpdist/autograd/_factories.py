@@ -3,8 +3,8 @@
 ``randperm``), or from several tensors (``stack``, ``cat``: recorded, each backward right
 under its forward).
 
-They take torch's keywords: ``dtype`` (default float32 for floating values, as torch's default
-dtype; int64 for integers), ``device`` (the CPU or None), ``requires_grad``. Sizes are ints or
+They take torch's keywords: ``dtype`` (for floating values the default dtype, float32 unless
+``set_default_dtype`` changed it; int64 for integers), ``device`` (the CPU or None), ``requires_grad``. Sizes are ints or
 one tuple (``zeros(2, 3)``, ``zeros((2, 3))``, ``zeros(size=(2, 3))``). The random ones draw
 from this rank's generator (``mpdist.random``), the one that ``manual_seed`` seeds and
 parameter initialisation uses; ``generator=`` takes a numpy ``Generator`` instead.
@@ -21,10 +21,9 @@ import numpy as np
 from mpdist.autograd._tensor import Tensor, _make
 from mpdist.autograd._tensor_base import TensorBase, _raw
 from mpdist.autograd.device import check_device
+from mpdist.autograd.dtypes import default_complex_dtype, get_default_dtype
 from mpdist.random import default_generator
 
-DEFAULT_FLOAT = np.dtype(np.float32)
-_DEFAULT_COMPLEX = np.dtype(np.complex64)
 _INT = np.dtype(np.int64)
 
 
@@ -89,19 +88,19 @@ def tensor(
     arr = np.array(raw, dtype=dtype, copy=True)
     if dtype is None and not isinstance(raw, np.ndarray) and not _has_float64(raw):
         if arr.dtype == np.float64:
-            arr = arr.astype(DEFAULT_FLOAT)
+            arr = arr.astype(get_default_dtype())
         elif arr.dtype == np.complex128:
-            arr = arr.astype(_DEFAULT_COMPLEX)
+            arr = arr.astype(default_complex_dtype())
     return _new(arr, None, device, requires_grad)
 
 
 def zeros(
     *dims: Any, size: Any = None, dtype: Any = None, device: Any = None, requires_grad: bool = False
 ) -> Tensor:
-    """A tensor of zeros (float32 unless ``dtype``)."""
+    """A tensor of zeros (the default dtype unless ``dtype``)."""
     shape = _sized("zeros", dims, size)
     return _new(
-        np.zeros(shape, dtype=DEFAULT_FLOAT if dtype is None else dtype),
+        np.zeros(shape, dtype=get_default_dtype() if dtype is None else dtype),
         None,
         device,
         requires_grad,
@@ -111,20 +110,23 @@ def zeros(
 def ones(
     *dims: Any, size: Any = None, dtype: Any = None, device: Any = None, requires_grad: bool = False
 ) -> Tensor:
-    """A tensor of ones (float32 unless ``dtype``)."""
+    """A tensor of ones (the default dtype unless ``dtype``)."""
     shape = _sized("ones", dims, size)
     return _new(
-        np.ones(shape, dtype=DEFAULT_FLOAT if dtype is None else dtype), None, device, requires_grad
+        np.ones(shape, dtype=get_default_dtype() if dtype is None else dtype),
+        None,
+        device,
+        requires_grad,
     )
 
 
 def empty(
     *dims: Any, size: Any = None, dtype: Any = None, device: Any = None, requires_grad: bool = False
 ) -> Tensor:
-    """A tensor whose values are whatever the memory held (float32 unless ``dtype``)."""
+    """A tensor whose values are whatever the memory held (the default dtype unless ``dtype``)."""
     shape = _sized("empty", dims, size)
     return _new(
-        np.empty(shape, dtype=DEFAULT_FLOAT if dtype is None else dtype),
+        np.empty(shape, dtype=get_default_dtype() if dtype is None else dtype),
         None,
         device,
         requires_grad,
@@ -138,9 +140,9 @@ def _fill_dtype(value: Any) -> np.dtype:
     if isinstance(value, numbers.Integral):
         return _INT
     if isinstance(value, numbers.Real):
-        return DEFAULT_FLOAT
+        return get_default_dtype()
     if isinstance(value, numbers.Complex):
-        return _DEFAULT_COMPLEX
+        return default_complex_dtype()
     return np.asarray(value).dtype
 
 
@@ -190,6 +192,58 @@ def empty_like(
     return _new(np.empty(shape, dt), None, device, requires_grad)
 
 
+def full_like(
+    input: Any,
+    fill_value: Any,
+    *,
+    dtype: Any = None,
+    device: Any = None,
+    requires_grad: bool = False,
+    **_: Any,
+) -> Tensor:
+    """``fill_value`` in ``input``'s shape and dtype (the value cast to it, as torch does)."""
+    shape, dt = _like(input, dtype)
+    return _new(np.full(shape, _raw(fill_value), dtype=dt), None, device, requires_grad)
+
+
+def _random_like(name: str, input: Any, dtype: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype of a random ``*_like`` factory: a real floating dtype only."""
+    shape, dt = _like(input, dtype)
+    if dt.kind != "f":  # complex samples would need two draws per value
+        raise RuntimeError(f"{name}: expected a floating point dtype, got {dt}")
+    return shape, dt
+
+
+def randn_like(
+    input: Any,
+    *,
+    generator: np.random.Generator | None = None,
+    dtype: Any = None,
+    device: Any = None,
+    requires_grad: bool = False,
+    **_: Any,
+) -> Tensor:
+    """``randn`` in ``input``'s shape and dtype (a floating one), from this rank's generator."""
+    shape, dt = _random_like("randn_like", input, dtype)
+    arr = _generator(generator).standard_normal(shape)
+    return _new(np.asarray(arr), dt, device, requires_grad)
+
+
+def rand_like(
+    input: Any,
+    *,
+    generator: np.random.Generator | None = None,
+    dtype: Any = None,
+    device: Any = None,
+    requires_grad: bool = False,
+    **_: Any,
+) -> Tensor:
+    """``rand`` in ``input``'s shape and dtype (a floating one), from this rank's generator."""
+    shape, dt = _random_like("rand_like", input, dtype)
+    arr = _generator(generator).random(shape)
+    return _new(np.asarray(arr), dt, device, requires_grad)
+
+
 def arange(
     start: Any,
     end: Any = None,
@@ -206,7 +260,7 @@ def arange(
     bounds = [_raw(b) for b in (start, end, step)]
     if step == 0:
         raise RuntimeError("step must be nonzero")
-    default = _INT if all(isinstance(b, numbers.Integral) for b in bounds) else DEFAULT_FLOAT
+    default = _INT if all(isinstance(b, numbers.Integral) for b in bounds) else get_default_dtype()
     # computed in float64 (or int64), then cast: values do not depend on the target precision
     arr = np.arange(*bounds, dtype=None if default == _INT else np.float64)
     return _new(arr, dtype, device, requires_grad, default)
@@ -224,11 +278,11 @@ def randn(
     device: Any = None,
     requires_grad: bool = False,
 ) -> Tensor:
-    """Standard normal samples from this rank's generator (float32 unless ``dtype``; the
+    """Standard normal samples from this rank's generator (the default dtype unless ``dtype``; the
     samples are drawn in float64 and rounded, so a seed gives the same values in any dtype)."""
     shape = _sized("randn", dims, size)
     arr = _generator(generator).standard_normal(shape)
-    return _new(np.asarray(arr), dtype, device, requires_grad, DEFAULT_FLOAT)
+    return _new(np.asarray(arr), dtype, device, requires_grad, get_default_dtype())
 
 
 def rand(
@@ -239,10 +293,10 @@ def rand(
     device: Any = None,
     requires_grad: bool = False,
 ) -> Tensor:
-    """Uniform samples in [0, 1) from this rank's generator (float32 unless ``dtype``)."""
+    """Uniform samples in [0, 1) from this rank's generator (the default dtype unless ``dtype``)."""
     shape = _sized("rand", dims, size)
     arr = _generator(generator).random(shape)
-    return _new(np.asarray(arr), dtype, device, requires_grad, DEFAULT_FLOAT)
+    return _new(np.asarray(arr), dtype, device, requires_grad, get_default_dtype())
 
 
 def randint(

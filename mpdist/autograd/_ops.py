@@ -71,16 +71,52 @@ def relu(input: Tensor) -> Tensor:
     return _tensor_arg("relu", input).relu()
 
 
+def _numpy_spelling(
+    fn: str, dim: Axis, keepdim: bool, axis: Axis, keepdims: bool | None
+) -> tuple[Axis, bool]:
+    """``dim``/``keepdim`` from torch's or numpy's spelling (torch takes ``axis=`` and
+    ``keepdims=`` too), not both."""
+    if axis is not None:
+        if dim is not None:
+            raise TypeError(f"{fn}() received both dim and its alias axis")
+        dim = axis
+    if keepdims is not None:
+        keepdim = keepdim or keepdims
+    return dim, keepdim
+
+
 def sum(  # noqa: A001  (torch.sum)
-    input: Tensor, dim: Axis = None, keepdim: bool = False, *, dtype: Any = None
+    input: Tensor,
+    dim: Axis = None,
+    keepdim: bool = False,
+    *,
+    dtype: Any = None,
+    axis: Axis = None,
+    keepdims: bool | None = None,
 ) -> Tensor:
-    """Sum over ``dim`` (all by default), optionally cast to ``dtype`` first (recorded)."""
+    """Sum over ``dim`` (all by default), optionally cast to ``dtype`` first (recorded).
+    ``axis``/``keepdims`` are accepted for ``dim``/``keepdim``, as torch does."""
+    dim, keepdim = _numpy_spelling("sum", dim, keepdim, axis, keepdims)
     return _tensor_arg("sum", input).sum(dim=dim, keepdim=keepdim, dtype=dtype)
 
 
-def mean(input: Tensor, dim: Axis = None, keepdim: bool = False, *, dtype: Any = None) -> Tensor:
-    """Mean over ``dim`` (all by default) (recorded)."""
+def mean(
+    input: Tensor,
+    dim: Axis = None,
+    keepdim: bool = False,
+    *,
+    dtype: Any = None,
+    axis: Axis = None,
+    keepdims: bool | None = None,
+) -> Tensor:
+    """Mean over ``dim`` (all by default) (recorded); ``axis``/``keepdims`` as for ``sum``."""
+    dim, keepdim = _numpy_spelling("mean", dim, keepdim, axis, keepdims)
     return _tensor_arg("mean", input).mean(dim=dim, keepdim=keepdim, dtype=dtype)
+
+
+def is_tensor(obj: Any) -> bool:
+    """Whether ``obj`` is a Tensor (a Parameter is one); arrays and numbers are not."""
+    return isinstance(obj, Tensor)
 
 
 def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:

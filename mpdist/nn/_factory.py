@@ -1,4 +1,5 @@
-"""The ``device=`` and ``dtype=`` keywords of layer constructors: CPU only, float32 by default."""
+"""The ``device=`` and ``dtype=`` keywords of layer constructors: CPU only, the default dtype
+(``mpdist.autograd.get_default_dtype()``, float32 unless changed) when none is given."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.autograd import device as _device
+from mpdist.autograd import get_default_dtype
 
 
 def _check_device(device: Any) -> None:
@@ -25,7 +27,7 @@ def _check_device(device: Any) -> None:
 def factory_dtype(device: Any = None, dtype: Any = None) -> np.dtype:
     """The dtype a layer makes its parameters and float buffers in, after checking ``device``."""
     _check_device(device)
-    dt = np.dtype(np.float32 if dtype is None else dtype)
+    dt = np.dtype(get_default_dtype() if dtype is None else dtype)
     if dt.kind != "f":
         raise TypeError(f"layers need a floating point dtype, got {dt}")
     return dt
