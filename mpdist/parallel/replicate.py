@@ -93,8 +93,10 @@ def replicate(
     if device_id is not None and (
         isinstance(device_id, bool) or not isinstance(device_id, (int, device))
     ):
+        # torch's text first: ported tests match it with assertRaisesRegex.
         raise RuntimeError(
-            f"Expected device_id to be int or mpdist device, but got {type(device_id)}"
+            f"Expected device_id to be int or torch.device, but got {type(device_id)} "
+            "(torch.device is mpdist.device here: mpdist runs on the CPU)"
         )
     if "device_ids" in kwargs:
         raise RuntimeError("replicate() takes device_id, not DistributedDataParallel's device_ids")

@@ -94,7 +94,7 @@ def test_state_dict_parity_and_errors() -> None:
         assert type(rep) is Net
         with pytest.raises(RuntimeError, match="only be applied to a module once"):
             replicate(rep)
-        with pytest.raises(RuntimeError, match="Expected device_id to be int or mpdist device"):
+        with pytest.raises(RuntimeError, match="Expected device_id to be int or torch.device"):
             replicate(Net(), device_id="cuda:0")
         assert replicate.state(plain) is None
 

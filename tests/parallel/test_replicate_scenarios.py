@@ -118,6 +118,6 @@ def test_state_dict_is_the_plain_models(rank: int, world_size: int, how: str) ->
 
 @pytest.mark.parametrize("bad", [["cpu"], "cpu", 0.5, True], ids=repr)
 def test_device_id_must_be_an_int(bad: Any) -> None:
-    with pytest.raises(RuntimeError, match="Expected device_id to be int or mpdist device"):
+    with pytest.raises(RuntimeError, match="Expected device_id to be int or torch.device"):
         replicate(Tower(), device_id=bad)
     assert replicate.state(replicate(Tower(), device_id=0)) is not None
