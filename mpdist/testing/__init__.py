@@ -7,6 +7,7 @@ from mpdist.backends.fake import FakeStore as FakeStore
 from mpdist.distributed.dispatch import CollectiveMode as CollectiveMode
 from mpdist.testing._config import TIMEOUT_OVERRIDE as TIMEOUT_OVERRIDE
 from mpdist.testing._report import MultiProcessFailure as MultiProcessFailure
+from mpdist.testing._report import MultiProcessTimeout as MultiProcessTimeout
 from mpdist.testing.decorators import requires_world_size as requires_world_size
 from mpdist.testing.decorators import skip_if_lt_x_ranks as skip_if_lt_x_ranks
 from mpdist.testing.decorators import with_comms as with_comms

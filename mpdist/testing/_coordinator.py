@@ -12,6 +12,7 @@ healthy pool.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -21,7 +22,7 @@ from multiprocessing import connection as mp_connection
 from typing import Any
 
 from mpdist import _proctree
-from mpdist.testing import _preload
+from mpdist.testing import _config, _preload
 from mpdist.testing import _records as records
 from mpdist.testing._outcomes import signal_name
 from mpdist.testing._records import RankRecord, is_consequence
@@ -226,11 +227,13 @@ class RankSet:
             h.proc.join(1.0)
         h.exited = True
 
-    def _failure(self, h: _Handle, now: float) -> RankRecord | None:
-        """What is known of ``h``'s failure (notice, record, or death), or None."""
+    def _failure(self, h: _Handle, now: float, early: bool = True) -> RankRecord | None:
+        """What is known of ``h``'s failure (notice, record, death, early exit), or None."""
         failure: RankRecord | None
         if h.record is not None:
             failure = h.record if h.record.status == "failed" else None
+            if failure is None and early:
+                failure = self._left_early(h, now)
         elif h.failing is not None:
             failure = h.failing
         elif h.exited and not h.reaped and h.rank not in self.spec.may_die:
@@ -240,6 +243,40 @@ class RankSet:
         if failure is not None and h.failed_seen is None:
             h.failed_seen = now
         return failure
+
+    def _left_early(self, h: _Handle, now: float) -> RankRecord | None:
+        """``h``'s ``sys.exit(0)`` as a failure, if a peer that was still running then failed.
+
+        A rank that leaves a test early takes its end of every connection with it; its
+        peers then fail with a lost connection. The rank that left is the cause, not the
+        peer that noticed. A ``sys.exit(0)`` after which no peer fails stays a pass.
+        """
+        rec = h.record
+        if rec is None or rec.status != "passed" or rec.exit_code is None:
+            return None
+        if h.rank in self.spec.may_die:
+            return None
+        running = []
+        for other in self.handles:
+            if other is h:
+                continue
+            failure = self._failure(other, now, early=False)
+            if failure is None:
+                continue
+            when = failure.failed_at or other.failed_seen or now
+            if when >= rec.failed_at:
+                running.append(other.rank)
+        if not running:
+            return None
+        return dataclasses.replace(
+            rec,
+            status="failed",
+            exc_type="SystemExit",
+            message=(
+                f"sys.exit({rec.exit_code}): rank {h.rank} left the test while ranks "
+                f"{running} were still running (they failed after it)"
+            ),
+        )
 
     def _failure_key(self, h: _Handle, failure: RankRecord) -> tuple[bool, float, int]:
         # Causes before consequences; then by when the rank caught its exception (a rank
@@ -407,6 +444,8 @@ class RankSet:
                 except ValueError:
                     r.exitcode = None
             if rec is not None:
+                # A sys.exit(0) that left failing peers behind is this rank's failure.
+                rec = self._failure(h, time.monotonic()) or rec
                 r.status = rec.status
                 r.exc_type = rec.exc_type
                 r.message = rec.message
@@ -436,7 +475,11 @@ class RankSet:
 
 
 def start(spec: TaskSpec, *, ctx: Any = None, pool: Any = None) -> RankSet:
-    """Start the ranks of ``spec`` (fresh processes, or the workers of ``pool``)."""
+    """Start the ranks of ``spec`` (fresh processes, or the workers of ``pool``).
+
+    A world larger than the run allows (``--max-ranks``) is skipped, or fails, first.
+    """
+    _config.check_capacity(spec.world_size)
     if pool is not None:
         return pool.submit(spec)
     return RankSet.start_fresh(spec, ctx)
@@ -466,8 +509,8 @@ def finish(rs: RankSet, *, timeout: float | None, pool: Any = None) -> Outcome:
         abandon(rs, pool)
         raise
     outcome.timed_out = timed_out
-    outcome.first_failure = rs.first_failure
     outcome.results = rs.results(timed_out)
+    outcome.first_failure = rs.first_failure  # as settled by results(), with every record in
     rs.close()
     if pool is not None and outcome.status == "failed":
         pool.discard()

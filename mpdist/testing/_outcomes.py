@@ -6,7 +6,8 @@ body that raises is judged here, so a skip means the same in both:
 - ``unittest.SkipTest`` and pytest's ``skip()``: skipped, with their message;
 - ``SystemExit`` with one of torch's ``TEST_SKIPS`` exit codes (``skip_if_lt_x_gpu``
   and friends call ``sys.exit(77)``): skipped, with torch's message for that code;
-- ``SystemExit`` with no code or 0: passed;
+- ``SystemExit`` with no code or 0: passed (its exit code kept: a rank that leaves this
+  way while its peers still run is named as the cause if they then fail);
 - anything else: failed.
 
 A rank process that ended without a word is described by its exit status
@@ -73,7 +74,7 @@ def judge(exc: BaseException, harness_file: str | None = None) -> Verdict:
         if message is not None:
             return Verdict("skipped", message)
         if exc.code in (None, 0):
-            return Verdict("passed")
+            return Verdict("passed", exit_code=0)
         return Verdict(
             "failed",
             f"sys.exit({exc.code!r})",

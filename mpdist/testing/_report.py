@@ -70,9 +70,26 @@ def headline(outcome: Outcome) -> str:
     )
 
 
+def first_line(outcome: Outcome) -> str | None:
+    """``rank k: ExcType: message`` of the rank that failed first (None if no rank failed).
+
+    The failure text starts with it, so that a rerun filter (``--only-rerun``,
+    ``--rerun-except``) or a CI annotation sees the real error, not the harness's.
+    """
+    first = next((r for r in outcome.results if r.rank == outcome.first_failure), None)
+    if first is None or first.status not in ("failed", "lost"):
+        return None
+    if first.status == "lost" or not first.exc_type:
+        what = first.message or f"exited without reporting a result ({signal_name(first.exitcode)})"
+        return f"rank {first.rank}: {what.splitlines()[0]}"
+    message = first.message.splitlines()[0] if first.message else ""
+    return f"rank {first.rank}: {first.exc_type}: {message}".rstrip(": ")
+
+
 def format_outcome(outcome: Outcome, include_output: bool = True, rerun: str | None = None) -> str:
-    """The full failure text."""
-    lines = [headline(outcome), ""]
+    """The full failure text: the first failure's line, the headline, then every rank."""
+    first = first_line(outcome)
+    lines = ([first] if first else []) + [headline(outcome), ""]
     for r in _ordered(outcome):
         lines.append(f"=== {_rank_line(r, outcome)}")
         if r.status in ("failed", "timeout", "lost", "killed") and r.traceback:
@@ -91,17 +108,23 @@ def format_outcome(outcome: Outcome, include_output: bool = True, rerun: str | N
     return "\n".join(lines).rstrip("\n")
 
 
-class MultiProcessFailure(AssertionError, RuntimeError):
+class MultiProcessFailure(RuntimeError):
     """A multi-rank test failed; carries the :class:`Outcome` for the pytest plugin.
 
-    A ``RuntimeError`` too: torch's harness raises one when a rank fails, and torch
-    suites check for it (``assertRaises(RuntimeError)`` around a failing inner test).
+    A ``RuntimeError``, as torch's harness raises when a rank fails (torch suites check
+    ``assertRaises(RuntimeError)`` around a failing inner test); not an
+    ``AssertionError``, so ``--rerun-except AssertionError`` tells a rank's failed
+    assertion (named in the text's first line) from a crash or a timeout.
     """
 
     def __init__(self, outcome: Outcome, rerun: str | None = None) -> None:
         self.outcome = outcome
         self.rerun = rerun
         super().__init__(format_outcome(outcome, include_output=True, rerun=rerun))
+
+
+class MultiProcessTimeout(MultiProcessFailure):
+    """A multi-rank test ran past its deadline; its ranks were dumped and killed."""
 
 
 def rerun_command(nodeid: str | None, unittest_id: str, world_size: int) -> str:
@@ -120,10 +143,13 @@ def rerun_command(nodeid: str | None, unittest_id: str, world_size: int) -> str:
 
 
 def raise_for(outcome: Outcome, rerun: str | None = None) -> None:
-    """Make ``outcome`` the test's outcome: return (passed), SkipTest, or MultiProcessFailure."""
+    """Make ``outcome`` the test's outcome: return (passed), SkipTest, MultiProcessTimeout
+    or MultiProcessFailure."""
     status = outcome.status
     if status == "passed":
         return
     if status == "skipped":
         raise unittest.SkipTest(outcome.skip_reason)
+    if outcome.timed_out:
+        raise MultiProcessTimeout(outcome, rerun)
     raise MultiProcessFailure(outcome, rerun)

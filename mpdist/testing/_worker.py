@@ -491,10 +491,12 @@ def run_task(spec: TaskSpec, rank: int, chan: _Channel) -> records.RankRecord:
         record.status = verdict.status
         if verdict.status != "passed":
             record.message = verdict.message
-        if verdict.status == "failed":
+        record.exit_code = verdict.exit_code
+        if verdict.status == "failed" or verdict.exit_code is not None:
+            # For sys.exit(0) too: when the rank left, in case its peers were still running.
             record.failed_at = time.monotonic()
+        if verdict.status == "failed":
             record.exc_type, record.traceback = verdict.exc_type, verdict.traceback
-            record.exit_code = verdict.exit_code
     finally:
         record.duration = time.perf_counter() - start
         record.aborted = chan.abort_reason

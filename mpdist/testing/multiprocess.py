@@ -201,8 +201,9 @@ class MultiProcessTestCase(ArrayAssertions, unittest.TestCase):
         )
         method_name = _config.start_method(self.start_method)
         ctx = _coordinator.get_context(method_name, preload_for(cls.__module__))
+        _config.check_capacity(world_size)  # before a pool of that size is started
         pool = None
-        if self.reuse_processes and debug is None:
+        if _config.reuse_processes(self.reuse_processes) and debug is None:
             key = (cls, world_size, method_name)
             fresh = key not in _pool._pools
             pool = _pool.get_pool(key, ctx, world_size)

@@ -1,11 +1,16 @@
 """The mpdist pytest plugin, registered through the ``pytest11`` entry point.
 
-It adds the command-line options shared by every multi-rank test
-(``--ranks``, ``--mp-timeout``, ``--mp-start-method``, ``--mp-debug-rank``),
-the markers ``world_size(*sizes)`` and ``mpdist(world_size=None, backend="tcp")``,
-the fixtures ``rank`` and ``world_size``, and the reporting: one outcome per
-test with every rank's traceback, per-rank output as report sections, and a
-command that reruns just the failing test.
+It adds the command-line options and ini keys shared by every multi-rank test
+(``--ranks`` / ``mpdist_ranks``, ``--mp-timeout`` / ``mpdist_timeout``,
+``--mp-start-method`` / ``mpdist_start_method``, ``--max-ranks`` / ``mpdist_max_ranks``,
+``mpdist_reuse_processes``, ``--mp-debug-rank``), a report header line, the markers
+``world_size(*sizes)`` and ``mpdist(world_size=None, backend="tcp")``, the fixtures
+``rank`` and ``world_size``, and the reporting: one outcome per test with every rank's
+traceback, per-rank output as report sections (and in JUnit XML, with the test's world
+size and failing ranks as properties), and a command that reruns just the failing test.
+It fits the plugins a distributed suite runs with: pytest-timeout's deadline becomes the
+harness's (stack dumps, the process tree killed), and ``-n auto`` under pytest-xdist starts
+as many workers as the cpus hold ranks.
 
 Usage::
 
@@ -17,34 +22,33 @@ Usage::
 
     pytest --ranks 4 --mp-timeout 60          # default world size, per-test deadline
     pytest --mp-debug-rank 1 -k test_sum      # rank 1 on the terminal: breakpoint() works
-    pytest -n auto                            # xdist: no port or file clashes
+    pytest -n auto                            # xdist: cpus // ranks workers, no clashes
+
+Only what registering options needs is imported with this module (pytest loads it in
+every session of an environment where mpdist is installed); the harness itself is
+imported when a session first meets a multi-rank test.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import pickle
 import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from mpdist.testing import _config, _coordinator, _pool, _preload, _pytest_internals
-from mpdist.testing._coordinator import Outcome
-from mpdist.testing._report import MultiProcessFailure, format_outcome, raise_for, rerun_command
-from mpdist.testing._worker import TaskSpec
-from mpdist.testing.multiprocess import (
-    MultiProcessTestCase,
-    make_workdir,
-    module_path,
-    preload_for,
-    remove_workdir,
-)
-from mpdist.testing.multithreaded import MultiThreadedTestCase
+from mpdist.testing import _config, _pytest_internals
+
+if TYPE_CHECKING:
+    from mpdist.testing._coordinator import Outcome
+    from mpdist.testing._worker import TaskSpec
+
+# pytest-timeout's own timer stays behind the harness's deadline as a backstop, this
+# much later, in case the harness itself hangs (dumping and killing take a few seconds).
+TIMEOUT_BACKSTOP = 60.0
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,6 +73,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="how rank processes start (default: forkserver on Linux, spawn elsewhere)",
     )
     group.addoption(
+        "--max-ranks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="skip tests whose world size is over N (also $MPDIST_MAX_WORLD_SIZE, ini "
+        "mpdist_max_ranks)",
+    )
+    group.addoption(
+        "--max-ranks-error",
+        action="store_true",
+        default=False,
+        help="fail, instead of skipping, tests whose world size is over --max-ranks",
+    )
+    group.addoption(
         "--mp-debug-rank",
         type=int,
         default=None,
@@ -76,6 +94,63 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run rank K attached to the terminal (breakpoint() works), no timeout "
         "(also $MPDIST_DEBUG_RANK)",
     )
+    # Precedence of each: the test's own (marker, class attribute) > command line > env > ini.
+    parser.addini("mpdist_ranks", "default world size of multi-rank tests (as --ranks)")
+    parser.addini("mpdist_timeout", "seconds a multi-rank test may run (as --mp-timeout)")
+    parser.addini("mpdist_start_method", "how rank processes start: forkserver, spawn or fork")
+    parser.addini("mpdist_max_ranks", "skip tests whose world size is over this (as --max-ranks)")
+    parser.addini(
+        "mpdist_reuse_processes",
+        "false turns worker reuse (reuse_processes = True classes) off for the run "
+        "(as $MPDIST_REUSE_PROCESSES=0)",
+    )
+
+
+def _ini(config: pytest.Config, name: str) -> str | None:
+    value = config.getini(name)
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _settings(config: pytest.Config) -> _config.Settings:
+    """The session's settings: its command-line options and ini keys, checked."""
+    option = config.option
+    rerun: list[str] = []
+    if getattr(option, "mp_start_method", None):
+        rerun += ["--mp-start-method", option.mp_start_method]
+    ranks, timeout, method, max_ranks, reuse = (
+        _ini(config, f"mpdist_{key}")
+        for key in ("ranks", "timeout", "start_method", "max_ranks", "reuse_processes")
+    )
+    if method is not None and method not in _config.START_METHODS:
+        raise pytest.UsageError(
+            f"ini mpdist_start_method must be one of {', '.join(_config.START_METHODS)}, "
+            f"got {method!r}"
+        )
+    try:
+        return _config.Settings(
+            ranks=getattr(option, "ranks", None),
+            timeout=getattr(option, "mp_timeout", None),
+            start_method=getattr(option, "mp_start_method", None),
+            debug_rank=getattr(option, "mp_debug_rank", None),
+            max_ranks=getattr(option, "max_ranks", None),
+            max_ranks_error=bool(getattr(option, "max_ranks_error", False)),
+            rerun_args=tuple(rerun),
+            under_pytest=True,
+            ini_ranks=None if ranks is None else _config.parse_int(ranks, "ini mpdist_ranks"),
+            ini_timeout=(
+                None if timeout is None else _config.parse_float(timeout, "ini mpdist_timeout")
+            ),
+            ini_start_method=method,
+            ini_max_ranks=(
+                None if max_ranks is None else _config.parse_int(max_ranks, "ini mpdist_max_ranks")
+            ),
+            ini_reuse_processes=(
+                None if reuse is None else _config.parse_bool(reuse, "ini mpdist_reuse_processes")
+            ),
+        )
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -89,19 +164,45 @@ def pytest_configure(config: pytest.Config) -> None:
         'mpdist(world_size=None, backend="tcp", timeout=None): run this test function in '
         "every rank with the default process group initialized; fixtures rank and world_size",
     )
-    rerun: list[str] = []
-    if config.option.mp_start_method:
-        rerun += ["--mp-start-method", config.option.mp_start_method]
-    _config.push(
-        _config.Settings(
-            ranks=config.option.ranks,
-            timeout=config.option.mp_timeout,
-            start_method=config.option.mp_start_method,
-            debug_rank=config.option.mp_debug_rank,
-            rerun_args=tuple(rerun),
-            under_pytest=True,
-        )
+    _config.push(_settings(config))
+    config.stash[_thread_vars_key] = _set_thread_vars()
+
+
+_thread_vars_key = pytest.StashKey[list[str]]()
+
+
+def _set_thread_vars() -> list[str]:
+    """Size the ranks' BLAS / OpenMP thread pools to the cpus each rank gets, unless the
+    user did: the cpus shared by every rank of every xdist worker. Set in this process's
+    environment, which the ranks (and a forkserver started later) inherit. The names set."""
+    workers = _config.parse_int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"), "xdist workers")
+    threads = _config.blas_threads(_config.default_world_size(), workers)
+    names = [name for name in _config.THREAD_VARS if name not in os.environ]
+    for name in names:
+        os.environ[name] = str(threads)
+    return names
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """``mpdist 0.1.0: ranks=2 (from --ranks), timeout=120 s (from --mp-timeout), ...``."""
+    from mpdist import __version__
+
+    ranks, ranks_from = _config.world_size_and_source()
+    ranks_text = (
+        f"ranks={ranks} (from {ranks_from})"
+        if ranks_from != "default"
+        else f"ranks={_config.CASE_DEFAULT_WORLD_SIZE} for test classes, {ranks} for functions"
     )
+    timeout, timeout_from = _config.run_timeout_and_source()
+    timeout_text = f"timeout={timeout:g} s" + (
+        f" (from {timeout_from})" if timeout_from != "default" else ""
+    )
+    parts = [ranks_text, timeout_text, f"start={_config.start_method(None)}"]
+    limit = _config.max_world_size()
+    if limit is not None:
+        parts.append(f"max ranks={limit[0]} (from {limit[1]})")
+    parts.append(f"cpus={_config.usable_cpus()}")
+    return f"mpdist {__version__}: " + ", ".join(parts)
 
 
 # The torch modules a test file imports, read off its source before pytest imports it.
@@ -111,8 +212,9 @@ _PROCESS_HARNESS = re.compile(
     rb"MultiProcessTestCase|DistributedTestBase|MultiProcContinuousTest|spawn_ranks|mark\.mpdist"
 )
 _early_start_key = pytest.StashKey[bool]()
-# The outcome of an mpdist-marked function, for its report.
-_outcome_key = pytest.StashKey[Outcome]()
+# The outcome of an mpdist-marked function, for its report; of every multi-rank test once
+# its call report is made, for the teardown report (JUnit) and its properties.
+_outcome_key = pytest.StashKey["Outcome"]()
 
 
 def pytest_collectstart(collector: pytest.Collector) -> None:
@@ -139,6 +241,10 @@ def pytest_collectstart(collector: pytest.Collector) -> None:
     if not modules or b"mpdist" not in source or not _PROCESS_HARNESS.search(source):
         return
     config.stash[_early_start_key] = True
+    import multiprocessing
+
+    from mpdist.testing import _preload
+
     ctx = multiprocessing.get_context("forkserver")
     tests = {}
     if config.getoption("assertmode", "plain") == "rewrite":
@@ -158,8 +264,12 @@ def _module_name(file_path: Path) -> str:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    _pool.close_all()
+    pool = sys.modules.get("mpdist.testing._pool")
+    if pool is not None:
+        pool.close_all()
     _config.pop()
+    for name in config.stash.get(_thread_vars_key, []):
+        os.environ.pop(name, None)
 
 
 # -- MultiProcessTestCase collection: node ids, world_size marker ----------------------------
@@ -194,10 +304,15 @@ class MultiProcessTestCaseFunction(_CaseItem):
 
 
 class MultiProcessTestCaseClass(_CaseCollector):
-    """Collects MultiProcessTestCase methods, one item per size of a ``world_size`` marker."""
+    """Collects MultiProcessTestCase methods, one item per size of a ``world_size`` marker.
+
+    A class that keeps its ranks alive (``reuse_processes``) is marked ``xdist_group``
+    when pytest-xdist is loaded, so that ``--dist loadgroup`` runs it on one worker.
+    """
 
     def collect(self) -> Iterator[Any]:
         _ = self.obj  # markers of the class are read when its object is first fetched
+        self._group_for_xdist()
         marker = self.get_closest_marker("world_size")
         sizes = _sizes(marker) if marker is not None else None
         for item in super().collect():
@@ -215,6 +330,14 @@ class MultiProcessTestCaseClass(_CaseCollector):
                 _pytest_internals.set_param_id(new, item.name, f"ws{n}")
                 yield new
 
+    def _group_for_xdist(self) -> None:
+        if not self.config.pluginmanager.hasplugin("xdist"):
+            return
+        if self.get_closest_marker("xdist_group") is not None:
+            return  # the user's own grouping
+        if _config.reuse_processes(bool(getattr(self.obj, "reuse_processes", False))):
+            self.add_marker(pytest.mark.xdist_group(name=f"mpdist:{self.nodeid}"))
+
 
 def _sizes(marker: pytest.Mark) -> list[int]:
     sizes = list(marker.args)
@@ -225,14 +348,23 @@ def _sizes(marker: pytest.Mark) -> list[int]:
     return sizes
 
 
+def _harness_classes() -> tuple[type, ...]:
+    # A class can only derive from the harness's classes once mpdist.testing is imported.
+    if "mpdist.testing.multithreaded" not in sys.modules:
+        return ()
+    from mpdist.testing.multiprocess import MultiProcessTestCase
+    from mpdist.testing.multithreaded import MultiThreadedTestCase
+
+    return (MultiProcessTestCase, MultiThreadedTestCase)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pycollect_makeitem(collector: Any, name: str, obj: object) -> Any:
-    if _UNITTEST_NODES is None:
+    if _UNITTEST_NODES is None or not isinstance(obj, type):
         return None
-    if isinstance(obj, type) and issubclass(obj, (MultiProcessTestCase, MultiThreadedTestCase)):
-        if obj in (MultiProcessTestCase, MultiThreadedTestCase) or not getattr(
-            obj, "__test__", True
-        ):
+    bases = _harness_classes()
+    if bases and issubclass(obj, bases):
+        if obj in bases or not getattr(obj, "__test__", True):
             return None
         return MultiProcessTestCaseClass.from_parent(collector, name=name, obj=obj)
     return None
@@ -253,7 +385,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def world_size(request: pytest.FixtureRequest) -> int:
-    """World size of an mpdist test (its marker's, else ``--ranks``, else ``$MPDIST_WORLD_SIZE``, else 2)."""
+    """World size of an mpdist test (its marker's, else ``--ranks``, else ``$MPDIST_WORLD_SIZE``,
+    else ini ``mpdist_ranks``, else 2)."""
     marker = request.node.get_closest_marker("mpdist")
     if marker is not None and marker.kwargs.get("world_size") is not None:
         return int(marker.kwargs["world_size"])
@@ -267,6 +400,11 @@ def rank() -> int:
 
 
 def _function_spec(item: pytest.Function, workdir: str) -> tuple[TaskSpec, float | None]:
+    import pickle
+
+    from mpdist.testing._worker import TaskSpec
+    from mpdist.testing.multiprocess import module_path
+
     marker = item.get_closest_marker("mpdist")
     assert marker is not None
     unknown = set(marker.kwargs) - {"world_size", "backend", "timeout"}
@@ -278,6 +416,7 @@ def _function_spec(item: pytest.Function, workdir: str) -> tuple[TaskSpec, float
     world_size = item.funcargs.get("world_size")
     if not isinstance(world_size, int):
         world_size = marker.kwargs.get("world_size") or _config.default_world_size()
+    _config.check_capacity(int(world_size))
     argnames = _pytest_internals.requested_fixtures(item)
     kwargs: dict[str, Any] = {}
     for name in argnames:
@@ -322,6 +461,10 @@ def _function_spec(item: pytest.Function, workdir: str) -> tuple[TaskSpec, float
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if pyfuncitem.get_closest_marker("mpdist") is None:
         return None
+    from mpdist.testing import _coordinator
+    from mpdist.testing._report import raise_for, rerun_command
+    from mpdist.testing.multiprocess import make_workdir, preload_for, remove_workdir
+
     workdir = make_workdir()
     try:
         spec, timeout = _function_spec(pyfuncitem, workdir)
@@ -332,6 +475,67 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     finally:
         remove_workdir(workdir)
     return True
+
+
+# -- pytest-timeout ----------------------------------------------------------------------------
+
+
+def _is_multi_rank(item: pytest.Item) -> bool:
+    return isinstance(item, MultiProcessTestCaseFunction) or (
+        isinstance(item, pytest.Function) and item.get_closest_marker("mpdist") is not None
+    )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout's deadline for a multi-rank test becomes the harness's.
+
+    At the deadline every rank dumps its stacks and the process tree is killed: the
+    test fails as a normal :class:`~mpdist.testing.MultiProcessTimeout`, which
+    pytest-timeout's own methods (a signal in the parent, or ``os._exit`` of the whole
+    session) could not give. pytest-timeout's timer still runs, ``TIMEOUT_BACKSTOP``
+    seconds later, in case the harness itself hangs.
+    """
+    timeout = getattr(settings, "timeout", None)
+    if not _is_multi_rank(item) or not timeout or timeout <= 0:
+        return None
+    _config.current().item_timeout = float(timeout)
+    if _config.debug_rank() is not None:
+        return True  # a rank on the terminal, maybe in a debugger: no deadline at all
+    timeout_plugin = item.config.pluginmanager.get_plugin("timeout")
+    set_timer = getattr(timeout_plugin, "pytest_timeout_set_timer", None)
+    replace = getattr(settings, "_replace", None)
+    if set_timer is not None and replace is not None:
+        set_timer(item=item, settings=replace(timeout=float(timeout) + TIMEOUT_BACKSTOP))
+    return True
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
+    """The test is over: its pytest-timeout deadline no longer applies (pytest-timeout's
+    own hook then cancels the backstop)."""
+    _config.current().item_timeout = None
+    return None
+
+
+# -- pytest-xdist ------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` / ``-n logical``: as many workers as the usable cpus hold the run's ranks.
+
+    The ranks are the run's default world size (``--ranks``, ``$MPDIST_WORLD_SIZE``, ini
+    ``mpdist_ranks``, else the test classes' 4); ``$PYTEST_XDIST_AUTO_NUM_WORKERS`` wins.
+    """
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own hook reads it
+    _config.push(_settings(config))  # called before pytest_configure pushes them
+    try:
+        ranks = _config.default_world_size(_config.CASE_DEFAULT_WORLD_SIZE)
+    finally:
+        _config.pop()
+    return max(1, _config.usable_cpus() // max(1, ranks))
 
 
 # -- reporting ---------------------------------------------------------------------------------
@@ -346,14 +550,59 @@ def _sections(outcome: Outcome) -> list[tuple[str, str]]:
     return sections
 
 
+def _junit_sections(outcome: Outcome) -> list[tuple[str, str]]:
+    """Every rank's output, each block headed ``--- rank k ---``, as junitxml reads it
+    (from the teardown report, under ``Captured stdout`` / ``Captured stderr``)."""
+    sections = []
+    for name in ("stdout", "stderr"):
+        blocks = [
+            f"--- rank {r.rank} ---\n{text if text.endswith(chr(10)) else text + chr(10)}"
+            for r in outcome.results
+            if (text := getattr(r, name))
+        ]
+        if blocks:
+            sections.append((f"Captured {name} ranks", "".join(blocks)))
+    return sections
+
+
+def _properties(outcome: Outcome) -> list[tuple[str, object]]:
+    failed = [r.rank for r in outcome.results if r.status not in ("passed", "skipped")]
+    first = "" if outcome.first_failure is None else str(outcome.first_failure)
+    return [
+        ("mpdist_world_size", str(outcome.world_size)),
+        ("mpdist_failed_ranks", ",".join(map(str, failed))),
+        ("mpdist_first_failing_rank", first),
+        ("mpdist_timed_out", "yes" if outcome.timed_out else "no"),
+    ]
+
+
+def _set_properties(item: pytest.Item, outcome: Outcome) -> None:
+    # Replaced, not appended: a rerun (pytest-rerunfailures) reuses the item.
+    props = _properties(outcome)
+    names = {name for name, _ in props}
+    item.user_properties[:] = [p for p in item.user_properties if p[0] not in names] + props
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if call.when != "call":
+    if call.when == "setup":
+        if _outcome_key in item.stash:  # a rerun starts without the last run's outcome
+            del item.stash[_outcome_key]
         return report
+    if call.when == "teardown":
+        ran = item.stash.get(_outcome_key, None)
+        if ran is not None and getattr(item.config.option, "xmlpath", None):
+            report.sections.extend(_junit_sections(ran))
+        return report
+    failure_type = getattr(sys.modules.get("mpdist.testing._report"), "MultiProcessFailure", None)
     outcome: Outcome | None = None
     failure = None
-    if call.excinfo is not None and isinstance(call.excinfo.value, MultiProcessFailure):
+    if (
+        failure_type is not None
+        and call.excinfo is not None
+        and isinstance(call.excinfo.value, failure_type)
+    ):
         failure = call.excinfo.value
         outcome = failure.outcome
     else:
@@ -364,6 +613,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             outcome = getattr(instance, "_mpdist_outcome", None)
     if outcome is None:
         return report
+    from mpdist.testing._report import format_outcome
+
+    item.stash[_outcome_key] = outcome
+    _set_properties(item, outcome)
+    report.user_properties = list(item.user_properties)
     sections = _sections(outcome)
     report.sections.extend(sections)
     if failure is not None and report.failed:

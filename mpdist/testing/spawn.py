@@ -48,7 +48,8 @@ def spawn_ranks(
     it to ``fn``. ``timeout`` bounds the whole run (default ``--mp-timeout`` or 300 s);
     ``group_timeout`` (seconds) is the group's own timeout. Ranks in ``may_die`` may exit
     without a result (their value is None). A failing rank raises
-    :class:`~mpdist.testing._report.MultiProcessFailure` (an AssertionError).
+    :class:`~mpdist.testing.MultiProcessFailure` (a RuntimeError; past the
+    deadline its subclass :class:`~mpdist.testing.MultiProcessTimeout`).
     """
     if not callable(fn):
         raise TypeError(f"spawn_ranks needs a callable, got {type(fn).__name__}")

@@ -15,7 +15,13 @@ import pytest
 from _harness_helpers import alive, leftover_files
 
 from mpdist import distributed as dist
-from mpdist.testing import MultiProcessFailure, _coordinator, spawn_ranks, spawn_threads
+from mpdist.testing import (
+    MultiProcessFailure,
+    MultiProcessTimeout,
+    _coordinator,
+    spawn_ranks,
+    spawn_threads,
+)
 from mpdist.testing._records import RankRecord
 from mpdist.testing._worker import TaskSpec
 
@@ -40,7 +46,9 @@ def test_the_rank_that_failed_first_is_named_first(world_size: int, culprit: int
             spawn_ranks(fail_while_peers_reduce, world_size, culprit)
         text = str(info.value)
         others = [r for r in range(world_size) if r != culprit]
-        assert text.splitlines()[0].endswith(
+        # The first line is the cause itself, then the harness's headline.
+        assert text.splitlines()[0] == f"rank {culprit}: ValueError: real failure in rank {culprit}"
+        assert text.splitlines()[1].endswith(
             f"failed in rank {culprit} (world size {world_size}); failing ranks: "
             f"{sorted([*others, culprit])} ({others} only because rank {culprit} failed)"
         ), text
@@ -85,7 +93,7 @@ def test_threads_name_the_first_failure_first() -> None:
         with pytest.raises(MultiProcessFailure) as info:
             spawn_threads(fail_while_peer_threads_reduce, 3)
         text = str(info.value)
-        assert "failed in rank 2 " in text.splitlines()[0], text
+        assert "failed in rank 2 " in text.splitlines()[1], text
         sections = _rank_sections(text)
         assert sections[0] == "=== rank 2: failed: ValueError: real failure"
         assert all("(rank 2 failed first)" in line for line in sections[1:]), text
@@ -110,7 +118,7 @@ def test_a_rank_killed_after_the_abort_grace_shows_its_stack(
     with pytest.raises(MultiProcessFailure) as info:
         spawn_ranks(deaf_to_the_abort, 2, pid_file, backend=None)
     text = str(info.value)
-    assert "failed in rank 1 " in text.splitlines()[0]
+    assert "failed in rank 1 " in text.splitlines()[1]
     assert "=== rank 0: killed after rank 1 failed" in text
     dump = text.split("--- rank 0 stack dump ---", 1)[1]
     assert "in deaf_to_the_abort" in dump  # the frame it was stuck in
@@ -137,7 +145,7 @@ def test_a_rank_stuck_in_new_group_is_dumped_and_killed_after_a_failure(
     with pytest.raises(MultiProcessFailure) as info:
         spawn_ranks(stuck_in_new_group, 2, True, marker, group_timeout=60)
     text = str(info.value)
-    assert "failed in rank 1 " in text.splitlines()[0]
+    assert "failed in rank 1 " in text.splitlines()[1]
     rank0 = text.split("=== rank 0: ", 1)[1]
     # The abort may or may not reach a group still connecting its mesh; either way the
     # report says rank 0 was in new_group.
@@ -157,7 +165,8 @@ def test_a_rank_stuck_in_new_group_is_dumped_and_killed_at_the_timeout(
             stuck_in_new_group, 2, False, str(tmp_path / "entering"), timeout=5, group_timeout=60
         )
     text = str(info.value)
-    assert "timed out after 5 s" in text.splitlines()[0]
+    assert isinstance(info.value, MultiProcessTimeout)
+    assert "timed out after 5 s" in text.splitlines()[0]  # no rank failed: the headline first
     assert "ranks still running: [0, 1]" in text.splitlines()[0]
     rank0 = text.split("--- rank 0 stack dump ---", 1)[1].split("=== rank 1", 1)[0]
     assert "in new_group" in rank0, text
@@ -191,7 +200,7 @@ def test_the_abort_reaches_a_group_built_after_it(tmp_path) -> None:
     with pytest.raises(MultiProcessFailure) as info:
         spawn_ranks(group_built_after_the_abort, 3, store_file, marker, backend=None)
     text = str(info.value)
-    assert "failed in rank 2 " in text.splitlines()[0], text
+    assert "failed in rank 2 " in text.splitlines()[1], text
     # Not killed after the grace period: the re-applied abort stopped one of them, and the
     # other was aborted as well or lost that peer, whichever came first.
     lines = {
@@ -223,5 +232,5 @@ def test_a_rank_killed_by_the_harness_is_never_the_first_failure(
     with pytest.raises(MultiProcessFailure) as info:
         spawn_ranks(network_error_then_deaf, 2, str(tmp_path / "m"), backend=None)
     text = str(info.value)
-    assert "failed in rank 0 " in text.splitlines()[0], text
+    assert "failed in rank 0 " in text.splitlines()[1], text
     assert "=== rank 1: killed after rank 0 failed" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -243,7 +244,14 @@ def test_file_run_directly_with_unittest_main(pytester: pytest.Pytester) -> None
     )
     assert proc.returncode == 1, proc.stderr
     assert "Ran 2 tests" in proc.stderr
-    assert "FAILED (failures=1)" in proc.stderr
+    # A RuntimeError, as torch's harness raises: unittest counts it as an error.
+    assert "FAILED (errors=1)" in proc.stderr
+    # Both ranks fail; the one that failed first heads the text.
+    assert re.search(
+        r"^mpdist\.testing\._report\.MultiProcessFailure: rank (\d): KeyError: 'rank \1'$",
+        proc.stderr,
+        re.MULTILINE,
+    ), proc.stderr
     assert "=== rank 0: failed: KeyError: 'rank 0'" in proc.stderr
     assert f"MPDIST_WORLD_SIZE=2 python {path} TestDirect.test_fails" in proc.stderr
 
