@@ -26,6 +26,7 @@ from mpdist.distributed._world import is_initialized as is_initialized
 from mpdist.distributed.collectives import P2POp as P2POp
 from mpdist.distributed.collectives import all_gather as all_gather
 from mpdist.distributed.collectives import all_gather_into_tensor as all_gather_into_tensor
+from mpdist.distributed.collectives import all_gather_single as all_gather_single
 from mpdist.distributed.collectives import all_reduce as all_reduce
 from mpdist.distributed.collectives import all_to_all as all_to_all
 from mpdist.distributed.collectives import all_to_all_single as all_to_all_single
@@ -39,6 +40,7 @@ from mpdist.distributed.collectives import monitored_barrier as monitored_barrie
 from mpdist.distributed.collectives import recv as recv
 from mpdist.distributed.collectives import reduce as reduce
 from mpdist.distributed.collectives import reduce_scatter as reduce_scatter
+from mpdist.distributed.collectives import reduce_scatter_single as reduce_scatter_single
 from mpdist.distributed.collectives import reduce_scatter_tensor as reduce_scatter_tensor
 from mpdist.distributed.collectives import scatter as scatter
 from mpdist.distributed.collectives import send as send
@@ -69,6 +71,7 @@ __all__ = [
     "batch_isend_irecv",
     "all_gather",
     "all_gather_into_tensor",
+    "all_gather_single",
     "all_gather_object",
     "all_reduce",
     "all_to_all",
@@ -98,6 +101,7 @@ __all__ = [
     "reduce",
     "reduce_scatter",
     "reduce_scatter_tensor",
+    "reduce_scatter_single",
     "scatter",
     "scatter_object_list",
     "send",

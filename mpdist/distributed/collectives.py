@@ -168,6 +168,13 @@ def all_gather_into_tensor(
     return _finish(work, world, pg, async_op)
 
 
+def all_gather_single(
+    output_tensor: Any, input_tensor: Any, group: ProcessGroup | None = None, async_op: bool = False
+) -> Work | None:
+    """torch 2.13's name for :func:`all_gather_into_tensor` (the same operation)."""
+    return all_gather_into_tensor(output_tensor, input_tensor, group, async_op)
+
+
 def gather(
     tensor: Any,
     gather_list: list[Any] | None = None,
@@ -267,6 +274,17 @@ def reduce_scatter_tensor(
     opts = ReduceScatterOptions(reduceOp=op, asyncOp=async_op)
     work = pg.reduce_scatter_single(output, input, opts)
     return _finish(work, world, pg, async_op)
+
+
+def reduce_scatter_single(
+    output: Any,
+    input: Any,
+    op: ReduceOp = ReduceOp.SUM,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> Work | None:
+    """torch 2.13's name for :func:`reduce_scatter_tensor` (the same operation)."""
+    return reduce_scatter_tensor(output, input, op, group, async_op)
 
 
 def all_to_all(
