@@ -36,6 +36,7 @@ blocking, and the end of backward finishes it, all in the thread that runs backw
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import threading
@@ -180,7 +181,8 @@ _REDUCED = object()
 
 
 def _reachable_leaves(outputs: Any) -> set[int]:
-    """ids of leaf tensors reachable from the tensors inside ``outputs``."""
+    """ids of leaf tensors reachable from the tensors inside ``outputs`` (found in dicts,
+    lists, tuples and dataclass instances, nested, as torch's DDP looks for them)."""
     roots: list[Tensor] = []
 
     def collect(x: Any) -> None:
@@ -192,6 +194,9 @@ def _reachable_leaves(outputs: Any) -> set[int]:
         elif isinstance(x, (list, tuple)):
             for v in x:
                 collect(v)
+        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+            for f in dataclasses.fields(x):
+                collect(getattr(x, f.name))
 
     collect(outputs)
     seen_nodes: set[int] = set()
