@@ -1,7 +1,8 @@
 """Turn an :class:`~mpdist.testing._coordinator.Outcome` into text and one test outcome.
 
-A failure shows every rank, the first failing rank first, each labelled
-``rank k``; tracebacks, exit codes or signal names, the stack dumps of ranks
+A failure's text starts with ``rank k: ExcType: message`` of the first failing
+rank (what rerun filters and CI annotations match), then a headline, then every
+rank, the first failing rank first, each labelled ``rank k``; tracebacks, exit codes or signal names, the stack dumps of ranks
 that were still running at a timeout or had to be killed after another rank
 failed, and (when not shown as pytest report sections) each rank's output.
 """
