@@ -35,10 +35,12 @@ class _Linear(Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Any, ...]:
         x, w = ctx.x, ctx.w
-        g2 = g.data.reshape(-1, w.shape[0])
+        # Rows counted, not -1: with no features in or out (an empty shard of a DTensor
+        # weight) numpy cannot infer a -1.
+        rows = math.prod(x.shape[:-1])
+        g2 = g.data.reshape(rows, w.shape[0])
         gx = (g2 @ w).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        # Rows counted from g: with no input features (an empty shard) -1 is ambiguous.
-        gw = g2.T @ x.reshape(g2.shape[0], w.shape[1]) if ctx.needs_input_grad[1] else None
+        gw = g2.T @ x.reshape(rows, w.shape[1]) if ctx.needs_input_grad[1] else None
         gb = g2.sum(axis=0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb
 
