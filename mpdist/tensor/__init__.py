@@ -11,16 +11,29 @@ distribute_*), ``_ops`` (the operators' sharding rules).
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from mpdist.tensor import _ops as _ops  # registers the sharding rules
 from mpdist.tensor._api import DTensor, distribute_module, distribute_tensor
 from mpdist.tensor.placement_types import Partial, Placement, Replicate, Shard
 
 __all__ = [
     "DTensor",
+    "DeviceMesh",
     "Partial",
     "Placement",
     "Replicate",
     "Shard",
     "distribute_module",
     "distribute_tensor",
+    "init_device_mesh",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # DeviceMesh and init_device_mesh are mpdist.device_mesh's, looked up when first asked
+    # for (torch.distributed.tensor re-exports them too).
+    if name in ("DeviceMesh", "init_device_mesh"):
+        return getattr(importlib.import_module("mpdist.device_mesh"), name)
+    raise AttributeError(f"module 'mpdist.tensor' has no attribute {name!r}")

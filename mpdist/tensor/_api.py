@@ -579,6 +579,9 @@ class DTensorParameter(DTensor, Parameter):
     """A DTensor registered as a module parameter (what ``nn.Parameter(dtensor)`` gives):
     ``isinstance`` of both, a leaf that requires grad by default."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> DTensorParameter:
+        return object.__new__(cls)  # not Parameter.__new__: the arguments are DTensor's
+
     def __init__(self, local: Any, spec: Any = None, *, requires_grad: bool = True) -> None:
         if isinstance(local, DTensor):
             return  # Parameter(dtensor): built by __as_parameter__ already
