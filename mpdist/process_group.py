@@ -700,6 +700,7 @@ class Backend(str):
     GLOO = "gloo"
     THREADED = "threaded"
     FAKE = "fake"
+    MPI = "mpi"
 
     # lower-case name -> (creator, extended_api)
     _plugins: dict[str, tuple[Callable[..., ProcessGroup], bool]] = {}
