@@ -176,7 +176,10 @@ def _set_thread_vars() -> list[str]:
     user did: the cpus shared by every rank of every xdist worker. Set in this process's
     environment, which the ranks (and a forkserver started later) inherit. The names set."""
     workers = _config.parse_int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"), "xdist workers")
-    threads = _config.blas_threads(_config.default_world_size(), workers)
+    # The run's world size; unset, the test classes' 4 (the larger default: never oversubscribe).
+    threads = _config.blas_threads(
+        _config.default_world_size(_config.CASE_DEFAULT_WORLD_SIZE), workers
+    )
     names = [name for name in _config.THREAD_VARS if name not in os.environ]
     for name in names:
         os.environ[name] = str(threads)
