@@ -1,10 +1,14 @@
-"""``python -m mpdist bench``: time per collective, algbw and busbw like nccl-tests, optionally vs gloo.
+"""``python -m mpdist bench``: time per collective, algbw and busbw like nccl-tests, optionally vs gloo or MPI.
 
-Every rank is a real process started from an explicit ``spawn`` context; the ranks meet
+Every rank is a real process (from a ``spawn`` context, or ``mpiexec``); the ranks meet
 through a FileStore in a temporary directory. For each (op, size) row every rank runs a
 few warm-up calls, meets the others at a barrier and then times each call separately;
 the row reports the slowest rank's median. ``--vs gloo`` runs torch's gloo backend over
 the same rows in the same invocation (separate processes) and prints mpdist/gloo.
+``--vs mpi`` runs mpdist's ``mpi`` backend and the same calls on raw mpi4py, each as an
+``mpiexec`` job the bench starts (``_mpi_job``), and prints mpi/mpi4py, mpdist's own
+microseconds per call on top of MPI's, and mpdist/mpi4py. One runner drives every
+library's ranks; the rows alternate between the libraries.
 
 Sizes follow nccl-tests: the size of the largest buffer of the op (the gathered output
 of all_gather, the input of reduce_scatter); ``busbw`` scales ``algbw = size / time`` by
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import multiprocessing as mp
 import os
 import statistics
@@ -24,7 +29,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -80,7 +85,8 @@ def _iters(nbytes: int, requested: int | None) -> tuple[int, int]:
 
 
 class _Impl:
-    """One library's view of the collectives: buffers and a call per op."""
+    """One library's view of the collectives: buffers and a call per op, through torch's
+    API (mpdist's backends, the ``mpi`` one included, and torch's gloo)."""
 
     def __init__(self, lib: str, rank: int, n: int, path: str, dtype: str) -> None:
         self.lib, self.rank, self.n = lib, rank, n
@@ -103,15 +109,32 @@ class _Impl:
                 lib, store=self.store, rank=rank, world_size=n, timeout=timedelta(seconds=120)
             )
 
+    def describe(self) -> str:
+        """What the table's title says of this library's setup ("" for nothing)."""
+        if self.lib != "mpi":
+            return ""
+        from mpdist.backends.mpi import check_shapes_default
+
+        return "header check " + ("on" if check_shapes_default(None) else "off")
+
     def array(self, count: int, fill: float) -> Any:
         # reductions run in place over and over: zeros keep the values finite
         a = np.full(count, fill, dtype=self.np_dtype)
         return self.torch.from_numpy(a) if self.lib == "gloo" else a
 
+    def rows(self, n: int, part: int, fill: float) -> list[Any]:
+        """A list argument: ``n`` rows of one array, the layout every library (MPI's
+        one-buffer calls too) moves with no staging copy."""
+        return list(self.array(n * part, fill).reshape(n, part))
+
+    def counts(self, nbytes: int) -> tuple[int, int]:
+        """(elements of the op's largest buffer, elements of one rank's part of it)."""
+        count = max(1, nbytes // self.np_dtype.itemsize)
+        return count, max(1, count // self.n)
+
     def prepare(self, op: str, nbytes: int) -> Callable[[], None]:
         n, d = self.n, self.d
-        count = max(1, nbytes // self.np_dtype.itemsize)
-        part = max(1, count // n)
+        count, part = self.counts(nbytes)
         if op == "all_reduce":
             buf = self.array(count, 0.0)
             return lambda: d.all_reduce(buf)
@@ -122,12 +145,12 @@ class _Impl:
             buf = self.array(count, 0.0)
             return lambda: d.reduce(buf, dst=0)
         if op == "all_gather":
-            outs = [self.array(part, 0.0) for _ in range(n)]
+            outs = self.rows(n, part, 0.0)
             inp = self.array(part, 1.0)
             return lambda: d.all_gather(outs, inp)
         if op == "reduce_scatter":
             out = self.array(part, 0.0)
-            ins = [self.array(part, 1.0) for _ in range(n)]
+            ins = self.rows(n, part, 1.0)
             return lambda: d.reduce_scatter(out, ins)
         if op == "all_to_all":
             out = self.array(part * n, 0.0)
@@ -144,6 +167,57 @@ class _Impl:
         self.d.destroy_process_group()
         if self.lib != "gloo":
             self.store.close()
+
+
+class _RawMpi(_Impl):
+    """mpi4py's buffer API on ``COMM_WORLD`` with no mpdist in between: the calls a user
+    of MPI would write for each row, what the ``mpi`` backend is measured against."""
+
+    def __init__(self, lib: str, rank: int, n: int, path: str, dtype: str) -> None:
+        from mpi4py import MPI
+
+        self.lib, self.rank, self.n = lib, rank, n
+        self.np_dtype = np.dtype(dtype)
+        self.mpi, self.comm = MPI, MPI.COMM_WORLD
+
+    def describe(self) -> str:
+        return " ".join(self.mpi.Get_library_version().splitlines()[0].split())
+
+    def prepare(self, op: str, nbytes: int) -> Callable[[], None]:
+        n, comm, MPI = self.n, self.comm, self.mpi
+        count, part = self.counts(nbytes)
+        if op == "all_reduce":
+            buf = self.array(count, 0.0)
+            return lambda: comm.Allreduce(MPI.IN_PLACE, buf, MPI.SUM)
+        if op == "broadcast":
+            buf = self.array(count, 1.0)
+            return lambda: comm.Bcast(buf, 0)
+        if op == "reduce":
+            buf = self.array(count, 0.0)
+            if self.rank == 0:
+                return lambda: comm.Reduce(MPI.IN_PLACE, buf, MPI.SUM, 0)
+            return lambda: comm.Reduce(buf, None, MPI.SUM, 0)
+        if op == "all_gather":
+            out = self.array(part * n, 0.0)
+            inp = self.array(part, 1.0)
+            return lambda: comm.Allgather(inp, out)
+        if op == "reduce_scatter":
+            out = self.array(part, 0.0)
+            inp = self.array(part * n, 1.0)
+            return lambda: comm.Reduce_scatter_block(inp, out, MPI.SUM)
+        if op == "all_to_all":
+            out = self.array(part * n, 0.0)
+            inp = self.array(part * n, 1.0)
+            return lambda: comm.Alltoall(inp, out)
+        if op == "barrier":
+            return lambda: comm.Barrier()
+        raise ValueError(f"unknown op {op!r}")
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def close(self) -> None:
+        pass  # mpi4py finalizes MPI when the rank exits
 
 
 def _time_row(impl: _Impl, op: str, nbytes: int, iters: int | None) -> float | None:
@@ -172,8 +246,8 @@ def _rank_main(
     """A rank process: join the group, then time the rows the parent sends until ``None``."""
     np.seterr(all="ignore")
     try:
-        impl = _Impl(lib, rank, n, path, dtype)
-        conn.send(("ready", None))
+        impl = (_RawMpi if lib == "mpi4py" else _Impl)(lib, rank, n, path, dtype)
+        conn.send(("ready", impl.describe()))
         while (row := conn.recv()) is not None:
             conn.send(("ok", _time_row(impl, row[0], row[1], iters)))
         impl.close()
@@ -184,20 +258,18 @@ def _rank_main(
         conn.close()
 
 
-class _Ranks:
-    """``n`` rank processes of one library, driven row by row over duplex pipes."""
+class _Spawned:
+    """Rank processes started here from a ``spawn`` context, one duplex pipe each."""
 
-    def __init__(self, lib: str, n: int, tmp: str, iters: int | None, dtype: str) -> None:
-        self.lib = lib
+    def __init__(self, lib: str, n: int, store_path: str, iters: int | None, dtype: str) -> None:
         ctx = mp.get_context("spawn")
-        path = os.path.join(tmp, f"store-{lib}")
         self.procs: list[Any] = []
         self.conns: list[Any] = []
         for rank in range(n):
             parent, child = ctx.Pipe(duplex=True)
             p = ctx.Process(
                 target=_rank_main,
-                args=(lib, rank, n, path, iters, dtype, child),
+                args=(lib, rank, n, store_path, iters, dtype, child),
                 name=f"bench-{lib}-rank{rank}",
             )
             p.start()
@@ -205,20 +277,59 @@ class _Ranks:
             self.procs.append(p)
             self.conns.append(parent)
 
-    def _collect(self) -> list[Any]:
+    def connect(self) -> list[Any]:
+        return self.conns
+
+    def output(self) -> str:
+        return ""  # the ranks print to the bench's own stderr
+
+    def stop(self, grace: float = 30.0) -> None:
+        for p in self.procs:
+            p.join(timeout=grace)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for c in self.conns:
+            c.close()
+
+
+class _Ranks:
+    """``n`` rank processes of one library, driven row by row over duplex connections:
+    spawned here, or for an MPI library one ``mpiexec`` job whose ranks connect back
+    (``_mpi_job``). Either way each rank runs ``_rank_main``."""
+
+    def __init__(self, lib: str, n: int, tmp: str, iters: int | None, dtype: str) -> None:
+        from ._mpi_job import MPI_LIBS, MpiJob
+
+        self.lib = lib
+        self.info = ""  # rank 0's description of its library's setup
+        self.conns: list[Any] = []
+        path = os.path.join(tmp, f"store-{lib}")
+        self.job: _Spawned | MpiJob
+        if lib in MPI_LIBS:
+            self.job = MpiJob(lib, n, path, iters, dtype, os.path.join(tmp, f"{lib}.log"))
+        else:
+            self.job = _Spawned(lib, n, path, iters, dtype)
+
+    def _collect(self, timeout: float | None = None) -> list[Any]:
         out = []
         for rank, c in enumerate(self.conns):
             try:
+                if timeout is not None and not c.poll(timeout):
+                    raise RuntimeError(f"{self.lib} rank {rank} gave no answer in {timeout} s")
                 kind, value = c.recv()
             except EOFError:
-                raise RuntimeError(f"{self.lib} rank {rank} died without a result") from None
+                raise RuntimeError(
+                    f"{self.lib} rank {rank} died without a result\n{self.job.output()}"
+                ) from None
             if kind == "error":
                 raise RuntimeError(f"{self.lib} rank {rank} failed:\n{value}")
             out.append(value)
         return out
 
     def ready(self) -> None:
-        self._collect()
+        self.conns = self.job.connect()
+        self.info = self._collect()[0] or ""
 
     def row(self, op: str, nbytes: int) -> float | None:
         """The slowest rank's median time of one row (None if the library lacks the op)."""
@@ -231,23 +342,26 @@ class _Ranks:
         try:
             for c in self.conns:
                 c.send(None)
-            self._collect()
+            # a rank stuck in a collective (a peer failed) must not stall the bench for ever
+            self._collect(timeout=60.0)
         finally:
-            for p in self.procs:
-                p.join(timeout=30)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
+            # ranks never connected wait for nothing: stop them at once
+            self.job.stop(grace=30.0 if self.conns else 0.0)
             for c in self.conns:
                 c.close()
 
 
+class _Results(NamedTuple):
+    times: dict[str, list[float | None]]  # library -> one time per row (None: n/a)
+    info: dict[str, str]  # library -> its rank 0's description of its setup
+
+
 def _run(
     libs: list[str], n: int, rows: list[tuple[str, int]], iters: int | None, dtype: str
-) -> dict[str, list[float | None]]:
+) -> _Results:
     """Every row for every library; rows alternate between libraries so that load from
-    elsewhere on the machine hits both sides alike."""
-    results: dict[str, list[float | None]] = {lib: [] for lib in libs}
+    elsewhere on the machine hits every side alike."""
+    results = _Results({lib: [] for lib in libs}, {})
     with tempfile.TemporaryDirectory(prefix="mpdist-bench-") as tmp:
         groups: list[_Ranks] = []
         try:
@@ -255,9 +369,10 @@ def _run(
                 groups.append(_Ranks(lib, n, tmp, iters, dtype))
             for g in groups:
                 g.ready()
+                results.info[g.lib] = g.info
             for op, nbytes in rows:
                 for g in groups:
-                    results[g.lib].append(g.row(op, nbytes))
+                    results.times[g.lib].append(g.row(op, nbytes))
         finally:
             for g in groups:
                 # a failure is already reported; every process is joined or killed regardless
@@ -269,6 +384,10 @@ def _run(
 # ---------------------------------------------------------------------- CLI
 
 
+# what each --vs adds to the run: torch's gloo; mpdist's mpi backend and raw mpi4py
+_VS = {"gloo": ("gloo",), "mpi": ("mpi", "mpi4py")}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mpdist bench",
@@ -277,9 +396,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", "-n", type=int, default=2, help="number of rank processes")
     p.add_argument("--ops", default=DEFAULT_OPS, help=f"comma list from {','.join(OPS)}")
     p.add_argument("--sizes", default=DEFAULT_SIZES, help="comma list of sizes: 4,64K,1M,16M,128M")
-    p.add_argument("--backend", default="tcp", help="mpdist backend (tcp)")
+    p.add_argument("--backend", default="tcp", help="mpdist backend (tcp; mpi runs under mpiexec)")
     p.add_argument(
-        "--vs", choices=["gloo"], default=None, help="also run torch's gloo and print the ratio"
+        "--vs",
+        choices=sorted(_VS),
+        action="append",
+        default=[],
+        help="also run torch's gloo, or mpdist's mpi backend and raw mpi4py under mpiexec, "
+        "and print the ratios (repeatable)",
     )
     p.add_argument(
         "--iters", type=int, default=None, help="timed iterations per row (default: by size)"
@@ -288,8 +412,61 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _busbw(op: str, size: int, n: int, t: float) -> float:
+    return (size / t / 1e9) * _BUS[op](n) if size and n > 1 else 0.0
+
+
+class _Column(NamedTuple):
+    """A comparison column: its heading and its text for row ``i``."""
+
+    head: str
+    cell: Callable[[int], str]
+
+
+def _columns(
+    vs: list[str],
+    ours: str,
+    times: dict[str, list[float | None]],
+    rows: list[tuple[str, int]],
+    n: int,
+) -> list[_Column]:
+    """The columns ``--vs`` adds: each other library's time and busbw, and the ratios."""
+
+    def us(lib: str) -> Callable[[int], str]:
+        return lambda i: "n/a" if (t := times[lib][i]) is None else f"{t * 1e6:.1f}"
+
+    def busbw(lib: str) -> Callable[[int], str]:
+        return lambda i: "" if (t := times[lib][i]) is None else f"{_busbw(*rows[i], n, t):.3f}"
+
+    def both(a: str, b: str, fmt: Callable[[float, float], str]) -> Callable[[int], str]:
+        def cell(i: int) -> str:
+            ta, tb = times[a][i], times[b][i]
+            return "" if ta is None or tb is None else fmt(ta, tb)
+
+        return cell
+
+    def ratio(a: str, b: str) -> _Column:
+        return _Column(f"{a}/{b}", both(a, b, lambda x, y: f"{x / y:.2f}"))
+
+    cols: list[_Column] = []
+    if "gloo" in vs:
+        cols += [_Column("gloo(us)", us("gloo")), _Column("gloo busbw", busbw("gloo"))]
+        cols.append(ratio(ours, "gloo"))
+    if "mpi" in vs:
+        cols += [_Column("mpi(us)", us("mpi")), _Column("mpi4py(us)", us("mpi4py"))]
+        cols += [_Column("mpi4py busbw", busbw("mpi4py")), ratio("mpi", "mpi4py")]
+        # mpdist's own cost per call on top of MPI's (the header check included when on)
+        cols.append(
+            _Column("mpi-mpi4py(us)", both("mpi", "mpi4py", lambda x, y: f"{(x - y) * 1e6:+.1f}"))
+        )
+        cols.append(ratio(ours, "mpi4py"))
+    return list({c.head: c for c in cols}.values())  # once each, as under --backend mpi
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table; returns the exit code."""
+    from ._mpi_job import MPI_LIBS, find_mpiexec
+
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     n = args.world_size
     if n < 1:
@@ -306,47 +483,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (argparse.ArgumentTypeError, TypeError) as e:
         print(f"mpdist bench: {e}", file=sys.stderr)
         return 2
-    if args.vs == "gloo":
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            print("mpdist bench: --vs gloo needs torch installed", file=sys.stderr)
-            return 2
+    vs = list(dict.fromkeys(args.vs))
+    libs = list(dict.fromkeys([args.backend, *(lib for v in vs for lib in _VS[v])]))
+    if "gloo" in vs and importlib.util.find_spec("torch") is None:
+        print("mpdist bench: --vs gloo needs torch installed", file=sys.stderr)
+        return 2
+    if any(lib in MPI_LIBS for lib in libs) and (
+        importlib.util.find_spec("mpi4py") is None or find_mpiexec() is None
+    ):
+        print(
+            "mpdist bench: MPI needs mpi4py and mpiexec: pip install 'mpdist[mpi]'",
+            file=sys.stderr,
+        )
+        return 2
     rows = [(op, s) for op in ops for s in ([0] if op == "barrier" else sizes)]
 
-    libs = [args.backend] + (["gloo"] if args.vs else [])
     try:
-        results = _run(libs, n, rows, args.iters, dtype)
+        times, info = _run(libs, n, rows, args.iters, dtype)
     except RuntimeError as e:
         print(f"mpdist bench: {e}", file=sys.stderr)
         return 1
-    ours = results[args.backend]
-    theirs = results.get("gloo")
+    ours = times[args.backend]
 
+    def label(lib: str) -> str:
+        return f"{lib} [{info[lib]}]" if info.get(lib) else lib
+
+    against = {
+        "gloo": "torch gloo",
+        "mpi": f"mpdist {label('mpi')} and raw {label('mpi4py')} under mpiexec",
+    }
     print(
-        f"# mpdist {args.backend} collectives: world size {n}, {dtype}, "
-        f"median time per op of the slowest rank" + (" (vs torch gloo)" if theirs else "")
+        f"# mpdist {label(args.backend)} collectives: world size {n}, {dtype}, "
+        f"median time per op of the slowest rank"
+        + (f" (vs {'; '.join(against[v] for v in vs)})" if vs else "")
     )
+    cols = _columns(vs, args.backend, times, rows, n)
+    widths = [max(10, len(c.head)) for c in cols]
     head = f"{'op':>15} {'size':>6} {'time(us)':>10} {'algbw(GB/s)':>12} {'busbw(GB/s)':>12}"
-    if theirs:
-        head += f" {'gloo(us)':>10} {'gloo busbw':>11} {'ratio':>6}"
-    print(head)
+    print(head + "".join(f" {c.head:>{w}}" for c, w in zip(cols, widths, strict=True)))
     for i, (op, size) in enumerate(rows):
         t = ours[i]
         if t is None:
             line = f"{op:>15} {_fmt_size(size):>6} {'n/a':>10} {'':>12} {'':>12}"
         else:
             algbw = size / t / 1e9 if size else 0.0
-            busbw = algbw * _BUS[op](n) if n > 1 else 0.0
+            busbw = _busbw(op, size, n, t)
             line = f"{op:>15} {_fmt_size(size):>6} {t * 1e6:>10.1f} {algbw:>12.3f} {busbw:>12.3f}"
-        if theirs:
-            g = theirs[i]
-            if g is None or t is None:
-                line += f" {'n/a' if g is None else f'{g * 1e6:.1f}':>10} {'':>11} {'':>6}"
-            else:
-                gbus = (size / g / 1e9) * _BUS[op](n) if size and n > 1 else 0.0
-                line += f" {g * 1e6:>10.1f} {gbus:>11.3f} {t / g:>6.2f}"
-        print(line)
+        print(line + "".join(f" {c.cell(i):>{w}}" for c, w in zip(cols, widths, strict=True)))
     return 0
 
 
