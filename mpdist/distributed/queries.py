@@ -93,6 +93,24 @@ def _resolve_process_group(group_name: str) -> ProcessGroup:
     )
 
 
+def _find_pg_by_ranks_and_tag(tag: str, ranks: list[int]) -> ProcessGroup | None:
+    """The caller's group whose members are exactly ``ranks`` (global, any order), or None.
+
+    torch's private name; ``tag`` is accepted and ignored (mpdist groups have no tags). The
+    default group wins over a subgroup with the same members.
+    """
+    world = _current_world()
+    if world is None:
+        return None
+    wanted = sorted(ranks)
+    if world.default_pg is not None and wanted == list(range(world.size)):
+        return world.default_pg
+    for g, info in world.groups.items():
+        if sorted(info.ranks) == wanted:
+            return g
+    return None
+
+
 def get_backend(group: ProcessGroup | None = None) -> str:
     """The backend name of ``group`` (default: the world)."""
     world = _world_or_raise()
