@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 
+from mpdist import _auth
 from mpdist.errors import DistNetworkError, DistStoreError
 from mpdist.store import _protocol as proto
 from mpdist.store._protocol import Op, ProtocolError
@@ -39,12 +40,14 @@ class Client:
 
     ``close(reason)`` from any thread ends every pending connect, retry pause and answer
     wait at once (it shuts their sockets down); with a reason, they and every later call
-    raise an error naming the server's address and the reason.
+    raise an error naming the server's address and the reason. With ``key``, every new
+    connection proves it holds the secret (``mpdist._auth``) before its first request.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, key: bytes | None = None) -> None:
         self.host = host
         self.port = port
+        self.key = key
         self.idle: list[socket.socket] = []
         self.busy: set[socket.socket] = set()
         self.connecting: set[socket.socket] = set()
@@ -135,14 +138,34 @@ class Client:
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if err:
                         raise OSError(err, os.strerror(err))
+                sock.setblocking(True)
+                if self.key is not None:
+                    # Still in `connecting`: close() shuts it down, ending the handshake.
+                    self._authenticate(sock, timeout)
             finally:
                 with self.lock:
                     self.connecting.discard(sock)
-            sock.setblocking(True)
             return sock
         except BaseException:
             sock.close()
             raise
+
+    def _authenticate(self, sock: socket.socket, timeout: float | None) -> None:
+        assert self.key is not None
+        sock.settimeout(timeout)
+        try:
+            _auth.initiate(sock, self.key)
+        except _auth.Refused as e:
+            if self.closed:
+                raise OSError(errno.ECONNABORTED, "the TCPStore client was closed") from None
+            # Not retried: another attempt would meet the same server with the same secret.
+            raise DistStoreError(
+                f"TCPStore: authentication with the server at {self.host}:{self.port} "
+                f"failed ({e}): the server has no secret or a different one "
+                f"(secret=, {_auth.SECRET_ENV} or {_auth.SECRET_FILE_ENV} must agree)"
+            ) from None
+        finally:
+            sock.settimeout(None)
 
     # ------------------------------------------------------------ errors
     def closed_error(self, what: str) -> DistStoreError:
@@ -192,9 +215,12 @@ class Client:
                     f"TCPStore: {op.name.lower()} timed out: no answer from the server at "
                     f"{self.host}:{self.port}"
                 ) from None
+            hint = ""
+            if isinstance(e, ConnectionResetError) and self.key is None:
+                hint = f" (if the server requires a secret: set {_auth.SECRET_ENV} or pass secret=)"
             raise DistNetworkError(
                 f"TCPStore: lost the connection to the server at {self.host}:{self.port} "
-                f"during {op.name.lower()}: {e}"
+                f"during {op.name.lower()}: {e}{hint}"
             ) from None
         finally:
             with self.lock:

@@ -4,6 +4,12 @@ Requests that must block (``get``, ``wait``, ``multi_get``, a wait for a count) 
 here until their keys are set or their deadline passes, so clients never poll: a client
 sends one frame and blocks reading the answer. A connection that sends anything that is not
 a valid frame (see ``_protocol``) is dropped; the server and its other clients carry on.
+
+With a key, a connection must first prove it holds the secret (``mpdist._auth``'s handshake,
+fed from this loop): until then the server reads only the fixed handshake sizes (never a
+claimed length), answers no command, and drops, without an answer and counted in
+``refused``, a connection that fails, stalls past the handshake timeout, or is the oldest of
+too many mid-handshake.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import socket
 import threading
 import time
 
+from mpdist import _auth
 from mpdist.errors import DistNetworkError
 from mpdist.store import _protocol as proto
 from mpdist.store._protocol import Op, ProtocolError, Status
@@ -48,20 +55,25 @@ class _Waiter:
 class _Conn:
     """Server-side state of one client connection."""
 
-    __slots__ = ("sock", "inbuf", "outbuf", "waiter", "writing")
+    __slots__ = ("sock", "inbuf", "outbuf", "waiter", "writing", "auth", "auth_deadline")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, auth: _auth.Responder | None) -> None:
         self.sock = sock
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.waiter: _Waiter | None = None
         self.writing = False
+        self.auth = auth  # None once authenticated (or when the server has no key)
+        self.auth_deadline = 0.0
 
 
 class Server:
     """The master's store server: a listening socket and one selector thread."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, key: bytes | None = None) -> None:
+        self.key = key
+        # Connections refused by the handshake (the counter tests read).
+        self.refused = 0
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             # SO_REUSEADDR lets a restarted master reuse a port whose old connections
@@ -92,6 +104,8 @@ class Server:
             self.deadlines: list[tuple[float, int, _Waiter]] = []
             self.seq = itertools.count()
             self.conns: dict[socket.socket, _Conn] = {}
+            # Mid-handshake connections, oldest first (their deadlines in the same order).
+            self.pending: dict[_Conn, None] = {}
             self.stopping = False
             self.thread = threading.Thread(
                 target=self._run, name=f"mpdist-tcpstore-server:{self.port}", daemon=True
@@ -130,6 +144,9 @@ class Server:
                 timeout = _MAX_SELECT_S
                 if self.deadlines:
                     timeout = min(timeout, max(0.0, self.deadlines[0][0] - time.monotonic()))
+                if self.pending:
+                    first = next(iter(self.pending)).auth_deadline
+                    timeout = min(timeout, max(0.0, first - time.monotonic()))
                 for key, mask in self.sel.select(timeout):
                     sock = key.fileobj
                     if sock is self.listener:
@@ -166,32 +183,69 @@ class Server:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(sock)
+            conn = _Conn(sock, None if self.key is None else _auth.Responder(self.key))
             self.conns[sock] = conn
             self.sel.register(sock, selectors.EVENT_READ, None)
+            if conn.auth is not None:
+                conn.auth_deadline = time.monotonic() + _auth.HANDSHAKE_TIMEOUT_S
+                self.pending[conn] = None
+                if len(self.pending) > _auth.MAX_PENDING:  # a flood: the oldest goes
+                    self._refuse(next(iter(self.pending)))
+
+    def _refuse(self, conn: _Conn) -> None:
+        """Drop a connection that failed the handshake, without an answer; count it."""
+        self.refused += 1
+        _auth.note_refusal("tcpstore")
+        self._drop(conn)
 
     def _drop(self, conn: _Conn) -> None:
         if conn.waiter is not None:
             conn.waiter.done = True
             conn.waiter = None
         self.conns.pop(conn.sock, None)
+        self.pending.pop(conn, None)
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(conn.sock)
         conn.sock.close()
 
     def _read(self, conn: _Conn) -> None:
+        auth = conn.auth
+        # Before the handshake is done, read no more than its next message.
+        want = _RECV_CHUNK if auth is None else auth.wanted - len(conn.inbuf)
         try:
-            chunk = conn.sock.recv(_RECV_CHUNK)
+            chunk = conn.sock.recv(want)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self._drop(conn)
-            return
-        if not chunk:
-            self._drop(conn)
+            chunk = b""
+        if not chunk:  # hung up (before the handshake was done: a refusal)
+            if auth is None:
+                self._drop(conn)
+            else:
+                self._refuse(conn)
             return
         conn.inbuf += chunk
-        self._process(conn)
+        if auth is None:
+            self._process(conn)
+        elif not auth.plausible(conn.inbuf):
+            self._refuse(conn)
+        elif len(conn.inbuf) == auth.wanted:
+            self._authenticate(conn, auth)
+
+    def _authenticate(self, conn: _Conn, auth: _auth.Responder) -> None:
+        message = bytes(conn.inbuf)
+        conn.inbuf.clear()
+        try:
+            answer = auth.receive(message)
+        except _auth.Refused:
+            self._refuse(conn)
+            return
+        if auth.done:
+            conn.auth = None
+            self.pending.pop(conn, None)
+        if answer:
+            conn.outbuf += answer
+            self._flush(conn)
 
     def _process(self, conn: _Conn) -> None:
         # One request at a time per connection: a parked request holds the rest back.
@@ -361,6 +415,11 @@ class Server:
 
     def _expire(self) -> None:
         now = time.monotonic()
+        while self.pending:
+            oldest = next(iter(self.pending))
+            if oldest.auth_deadline > now:
+                break
+            self._refuse(oldest)  # too slow to prove anything: a slow-loris or a stranger
         while self.deadlines and self.deadlines[0][0] <= now:
             _, _, w = heapq.heappop(self.deadlines)
             if w.done:

@@ -6,6 +6,11 @@ talks to it through a client (``_tcp_client``: a small pool of connections, so t
 threads may block at once), in the frames of ``_protocol``. This module is the ``Store``
 on top: construction (all or nothing, abortable while it meets the master), the hooks
 and their errors.
+
+With a secret (``secret=``, else the job's: ``MPDIST_JOB_SECRET`` or
+``MPDIST_JOB_SECRET_FILE``), every connection to the server first proves it holds it
+(``mpdist._auth``); without one the store is open to anyone who can reach the port, as
+torch's is, and binding it beyond loopback warns once per process.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import weakref
 from datetime import timedelta
 
-from mpdist import aborts
+from mpdist import _auth, aborts
 from mpdist.errors import DistStoreError
 from mpdist.store import _protocol as proto
 from mpdist.store._protocol import Op, Status
@@ -61,6 +66,9 @@ class TCPStore(Store):
     ``port=0`` on the master lets the OS pick a free port, reported by ``.port``.
     With ``world_size`` given, every instance counts itself in the ``"init/"`` key and
     the master (if ``wait_for_workers``) waits until ``world_size`` instances joined.
+    ``secret`` (bytes or str, at least 16 bytes; default: the job secret from the
+    environment, if any) makes every connection authenticate: a client without it, or
+    with another, is refused before it can read or write a key.
     """
 
     def __init__(
@@ -71,6 +79,8 @@ class TCPStore(Store):
         is_master: bool = False,
         timeout: timedelta = DEFAULT_TIMEOUT,
         wait_for_workers: bool = True,
+        *,
+        secret: bytes | str | None = None,
     ) -> None:
         if not isinstance(host_name, str):
             raise TypeError(f"TCPStore host must be a str, got {type(host_name).__name__}")
@@ -86,6 +96,10 @@ class TCPStore(Store):
             raise ValueError(f"TCPStore world_size must be >= 1, got {world_size}")
         if not is_master and port == 0:
             raise ValueError("TCPStore: a client needs the master's port (port=0 is master-only)")
+        if secret is not None and not isinstance(secret, (bytes, str)):
+            raise TypeError(f"TCPStore secret must be bytes or str, got {type(secret).__name__}")
+        raw = _auth.job_secret() if secret is None else _auth.secret_key(secret, "TCPStore secret")
+        key = None if raw is None else _auth.derive_key(raw, b"tcpstore")
         super().__init__(timeout)
         self._host = host_name
         self._world_size = world_size
@@ -93,15 +107,18 @@ class TCPStore(Store):
         self._port = port
         # The client exists (holding nothing) before anything can block, so that
         # abort() can end the construction from another thread at any point.
-        self._client: Client | None = Client(host_name, port)
+        self._client: Client | None = Client(host_name, port, key)
         self._server: Server | None = None
         # Registered while it is built: an abort (mpdist.aborts) ends the construction.
         aborts.register(self, self.abort, f"TCPStore {host_name}:{port}")
         try:
             if is_master:
                 # "localhost" and friends bind loopback; only an explicit address listens wider.
-                self._server = Server(host_name, port)
+                self._server = Server(host_name, port, key)
                 self._port = self._client.port = self._server.port
+                bound = self._server.listener.getsockname()[0]
+                if key is None and not _auth.is_loopback(bound):
+                    _auth.warn_unauthenticated_bind("TCPStore", f"{bound}:{self._port}")
             self._client.open(self._timeout_s())
             if world_size is not None:
                 self._add(INIT_KEY, 1)
@@ -154,6 +171,16 @@ class TCPStore(Store):
     def port(self) -> int:
         """The server's port (the one the OS picked when created with port 0)."""
         return self._port
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether connections to the server prove they hold a secret."""
+        return self._client is not None and self._client.key is not None
+
+    @property
+    def refused_connections(self) -> int:
+        """On the master: connections its server refused (failed or stalled handshakes)."""
+        return 0 if self._server is None else self._server.refused
 
     @property
     def world_size(self) -> int | None:

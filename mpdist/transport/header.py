@@ -17,9 +17,7 @@ __all__ = [
     "HeaderFields",
     "HEADER",
     "HEADER_SIZE",
-    "HANDSHAKE",
     "MAGIC",
-    "HANDSHAKE_MAGIC",
     "HELLO_SHM",
     "FLAG_SHM",
     "FLAG_FAREWELL",
@@ -37,7 +35,6 @@ __all__ = [
 ]
 
 MAGIC = 0x4D50  # "MP"
-HANDSHAKE_MAGIC = b"MPDT"
 
 # kind of message
 KIND_COLL = 0
@@ -107,9 +104,7 @@ class Header:
         )
 
 
-# magic 4s, rank I, flags I, group id 16s, secret 32s
-HANDSHAKE = struct.Struct("<4sII16s32s")
-HELLO_SHM = 1  # handshake flag: this rank can carry payloads in shared-memory rings
+HELLO_SHM = 1  # handshake flag (mpdist.transport.mesh.Claims): this rank can carry payloads in shared-memory rings
 FLAG_SHM = 1  # header flag: the payload is in the sender's shared-memory ring, not on TCP
 # ERROR flag: why the sender is leaving; raised only by an operation that finds it gone
 FLAG_FAREWELL = 2

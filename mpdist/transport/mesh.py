@@ -1,12 +1,16 @@
-"""Connecting a group's full TCP mesh: one checked loopback connection per pair of ranks.
+"""Connecting a group's full TCP mesh: one authenticated loopback connection per pair of ranks.
 
 Every rank listens on an ephemeral loopback port and publishes ``host:port`` in the group's
-store; rank 0 publishes a random group id and secret (:func:`group_token`). Rank i connects
-to every rank j < i and accepts every j > i (:func:`connect_full_mesh`); each connection
-starts with a handshake (magic, rank, flags, group id, secret) that the acceptor checks (a
-stranger is closed and the mesh carries on) and answers with its own. The listener is
-closed once the mesh is complete. What goes over the connections afterwards is
-``mpdist.transport.tcp``'s business.
+store; rank 0 publishes a random group id (:func:`group_token`). Rank i connects to every
+rank j < i and accepts every j > i (:func:`connect_full_mesh`). Each connection starts with
+``mpdist._auth``'s handshake under the group's key, the connecting rank's hello claiming
+(rank, flags, group id) (:class:`Claims`): a stranger, or anything that is not a handshake,
+is closed without an answer and counted (``mpdist._auth.refusals("mesh")``), and the mesh
+carries on. The key derives from the job secret (``MPDIST_JOB_SECRET`` /
+``MPDIST_JOB_SECRET_FILE``) and the group id when there is one, so nothing secret is in the
+store; without one, rank 0 also publishes a random group secret in the store (which is then
+as private as the store is). The listener is closed once the mesh is complete. What goes over
+the connections afterwards is ``mpdist.transport.tcp``'s business.
 """
 
 from __future__ import annotations
@@ -16,17 +20,21 @@ import hmac
 import os
 import select
 import socket
+import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from mpdist import _auth
 from mpdist.errors import DistNetworkError
-from mpdist.transport.header import HANDSHAKE, HANDSHAKE_MAGIC
 
-__all__ = ["Link", "group_token", "connect_full_mesh"]
+__all__ = ["Claims", "Link", "group_token", "connect_full_mesh", "initiate"]
 
 _SOCK_BUF = 4 << 20
 _TOKEN_KEY = "mpdist_tcp/token"
+_GID_SIZE = 16
+_GROUP_SECRET_SIZE = 32
 
 
 def _addr_key(rank: int) -> str:
@@ -40,15 +48,61 @@ class Link(NamedTuple):
     flags: int
 
 
+_CLAIMS = struct.Struct("<II16s")  # rank, flags, group id
+_CLAIMS_SIZE = _CLAIMS.size
+
+
+class Claims(NamedTuple):
+    """Who a rank says it is in its hello (authenticated by the handshake's proofs)."""
+
+    rank: int
+    flags: int
+    gid: bytes
+
+    def pack(self) -> bytes:
+        return _CLAIMS.pack(self.rank, self.flags, self.gid)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Claims:
+        rank, flags, gid = _CLAIMS.unpack(data)
+        return cls(rank, flags, gid)
+
+
+@dataclass
+class _Pending:
+    """An accepted connection whose handshake is not complete."""
+
+    side: _auth.Responder
+    buf: bytearray = field(default_factory=bytearray)
+
+
 def group_token(store: Any, rank: int) -> tuple[bytes, bytes]:
-    """(group id, secret) of the group: rank 0 makes them and publishes them in ``store``,
-    the other ranks wait for them there."""
+    """(group id, handshake key) of the group: rank 0 makes the id (and, without a job
+    secret, a group secret) and publishes it in ``store``; the other ranks wait for it."""
+    job = _auth.job_secret()
     if rank == 0:
-        token = os.urandom(48)
+        token = os.urandom(_GID_SIZE if job is not None else _GID_SIZE + _GROUP_SECRET_SIZE)
         store.set(_TOKEN_KEY, token.hex())
     else:
         token = bytes.fromhex(_text(store.get(_TOKEN_KEY)))
-    return token[:16], token[16:]
+        if (len(token) == _GID_SIZE) != (job is not None):
+            has = "has" if len(token) == _GID_SIZE else "has no"
+            raise DistNetworkError(
+                f"rank {rank}: rank 0 {has} job secret ({_auth.SECRET_ENV} or "
+                f"{_auth.SECRET_FILE_ENV}) and this rank {'has none' if job is None else 'has one'}"
+                ": every rank of a job must get the same"
+            )
+    gid = token[:_GID_SIZE]
+    secret = job if job is not None else token[_GID_SIZE:]
+    return gid, _auth.derive_key(secret, b"mesh/" + gid)
+
+
+def initiate(sock: socket.socket, key: bytes, claims: Claims) -> Claims:
+    """The connecting side's handshake on a blocking ``sock``: the acceptor's claims.
+
+    Raises ``mpdist._auth.Refused`` when the acceptor does not hold ``key``, ``OSError``.
+    """
+    return Claims.unpack(_auth.initiate(sock, key, claims.pack(), _CLAIMS_SIZE))
 
 
 def connect_full_mesh(
@@ -56,7 +110,7 @@ def connect_full_mesh(
     rank: int,
     size: int,
     gid: bytes,
-    secret: bytes,
+    key: bytes,
     flags: int,
     *,
     deadline: float,
@@ -75,20 +129,18 @@ def connect_full_mesh(
     """
     links: dict[int, Link] = {}
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    pending: dict[socket.socket, bytearray] = {}  # accepted, handshake not complete
-    waiting_ack: dict[socket.socket, tuple[int, bytearray]] = {}
+    pending: dict[socket.socket, _Pending] = {}  # accepted, handshake not complete
+    waiting_ack: dict[socket.socket, tuple[int, _auth.Initiator, bytearray]] = {}
+    ours = Claims(rank, flags, gid).pack()
     done = False
 
-    def check_hello(buf: bytearray) -> tuple[int, int] | None:
-        """(rank, flags) of a peer's hello, or None if it is not one of ours."""
-        magic, peer, peer_flags, peer_gid, peer_secret = HANDSHAKE.unpack(
-            bytes(buf[: HANDSHAKE.size])
-        )
-        if magic != HANDSHAKE_MAGIC or not hmac.compare_digest(peer_gid, gid):
-            return None
-        if not hmac.compare_digest(peer_secret, secret) or peer >= size:
-            return None
-        return peer, peer_flags
+    def wanted_claims(claims: Claims, expect: int | None) -> bool:
+        """Whether a peer's claims are those of a rank we are still waiting for."""
+        if not hmac.compare_digest(claims.gid, gid) or claims.rank >= size:
+            return False
+        if expect is not None:
+            return claims.rank == expect
+        return claims.rank > rank and claims.rank not in links
 
     def handshake_lost(peer: int, cause: OSError | None = None) -> DistNetworkError:
         why = "" if cause is None else f": {cause}"
@@ -97,6 +149,27 @@ def connect_full_mesh(
             f"during the handshake{why}"
         )
 
+    def forget(sock: socket.socket) -> None:
+        poll.unregister(sock.fileno())
+        del fds[sock.fileno()]
+
+    def refuse(sock: socket.socket) -> None:
+        """A stranger, or garbage: closed without an answer, counted; the mesh goes on."""
+        forget(sock)
+        del pending[sock]
+        sock.close()
+        _auth.note_refusal("mesh")
+
+    def send_blocking(sock: socket.socket, data: bytes) -> None:
+        # A few dozen bytes into a fresh socket's (tuned, 4 MiB) send buffer: never blocks.
+        sock.setblocking(True)
+        try:
+            sock.sendall(data)
+        finally:
+            sock.setblocking(False)
+
+    poll = select.poll()
+    fds: dict[int, socket.socket] = {}
     try:
         _tune(listener)  # before listen(): accepted sockets inherit the buffer sizes
         listener.bind(("127.0.0.1", 0))
@@ -104,7 +177,6 @@ def connect_full_mesh(
         listener.setblocking(False)
         host, port = listener.getsockname()[:2]
         store.set(_addr_key(rank), f"{host}:{port}")
-        hello = HANDSHAKE.pack(HANDSHAKE_MAGIC, rank, flags, gid, secret)
 
         # connect to lower ranks; their listen backlog holds us until they accept
         for peer in range(rank):
@@ -116,21 +188,21 @@ def connect_full_mesh(
                 raise DistNetworkError(
                     f"rank {name(rank)}: cannot connect to rank {name(peer)} at {host}:{port}: {e}"
                 ) from e
+            initiator = _auth.Initiator(key, ours, _CLAIMS_SIZE)
             try:
                 _tune(sock)
-                sock.sendall(hello)
+                sock.sendall(initiator.hello)
             except OSError as e:
                 sock.close()
                 raise handshake_lost(peer, e) from e
             sock.setblocking(False)
-            waiting_ack[sock] = (peer, bytearray())
+            waiting_ack[sock] = (peer, initiator, bytearray())
 
-        poll = select.poll()
         poll.register(listener.fileno(), select.POLLIN)
         # an abort from another thread writes to the wake socket: watching it here is what
         # lets an abort stop a rank waiting for peers that never connect
         poll.register(wake.fileno(), select.POLLIN)
-        fds: dict[int, socket.socket] = {listener.fileno(): listener, wake.fileno(): wake}
+        fds.update({listener.fileno(): listener, wake.fileno(): wake})
         for sock in waiting_ack:
             poll.register(sock.fileno(), select.POLLIN)
             fds[sock.fileno()] = sock
@@ -145,6 +217,8 @@ def connect_full_mesh(
                 )
             check_abort()
             for fd, _ev in poll.poll(remaining * 1000):
+                if fd not in fds:  # closed earlier in this round (a refused stranger)
+                    continue
                 sock = fds[fd]
                 if sock is wake:
                     with contextlib.suppress(OSError):  # BlockingIOError once it is empty
@@ -154,50 +228,66 @@ def connect_full_mesh(
                 if sock is listener:
                     try:
                         conn, _ = listener.accept()
-                    except BlockingIOError:
+                    except OSError:  # nothing to accept after all, or out of descriptors
                         continue
                     conn.setblocking(False)
-                    pending[conn] = bytearray()
+                    pending[conn] = _Pending(_auth.Responder(key, ours, _CLAIMS_SIZE))
                     poll.register(conn.fileno(), select.POLLIN)
                     fds[conn.fileno()] = conn
+                    if len(pending) > _auth.MAX_PENDING:  # a flood: the oldest goes
+                        refuse(next(iter(pending)))
                     continue
                 if sock in pending:
-                    buf = pending[sock]
-                    ok, eof = _read_some(sock, buf, HANDSHAKE.size)
-                    if len(buf) < HANDSHAKE.size and not eof:
+                    state = pending[sock]
+                    side = state.side
+                    ok, eof = _read_some(sock, state.buf, side.wanted)
+                    if eof or not ok or not side.plausible(state.buf):
+                        refuse(sock)
                         continue
-                    hello_of = check_hello(buf) if ok and not eof else None
-                    if hello_of is not None and (hello_of[0] <= rank or hello_of[0] in links):
-                        hello_of = None
-                    poll.unregister(fd)
-                    del fds[fd]
-                    del pending[sock]
-                    if hello_of is None:
-                        sock.close()  # a stranger, or garbage: refuse; the mesh goes on
+                    if len(state.buf) < side.wanted:
                         continue
-                    peer = hello_of[0]
+                    message = bytes(state.buf)
+                    state.buf.clear()
                     try:
-                        _tune(sock)
-                        sock.setblocking(True)
-                        sock.sendall(hello)
-                    except OSError as e:
-                        sock.close()
-                        raise handshake_lost(peer, e) from e
-                    sock.setblocking(False)
-                    links[peer] = Link(sock, hello_of[1])
-                    need_accept -= 1
-                elif sock in waiting_ack:
-                    peer, buf = waiting_ack[sock]
-                    ok, eof = _read_some(sock, buf, HANDSHAKE.size)
-                    if len(buf) < HANDSHAKE.size and not eof:
+                        answer = side.receive(message)
+                    except _auth.Refused:
+                        refuse(sock)
                         continue
-                    hello_of = None if eof else check_hello(buf)
-                    if hello_of is None or hello_of[0] != peer:
-                        raise handshake_lost(peer)
-                    poll.unregister(fd)
-                    del fds[fd]
+                    claims = Claims.unpack(side.peer_claims)
+                    if not wanted_claims(claims, None):
+                        refuse(sock)
+                        continue
+                    if answer:  # their hello: answer with ours and our proof
+                        try:
+                            _tune(sock)
+                            send_blocking(sock, answer)
+                        except OSError as e:
+                            forget(sock)
+                            del pending[sock]
+                            sock.close()
+                            raise handshake_lost(claims.rank, e) from e
+                    if side.done:  # their proof checked: this is rank claims.rank
+                        forget(sock)
+                        del pending[sock]
+                        links[claims.rank] = Link(sock, claims.flags)
+                        need_accept -= 1
+                elif sock in waiting_ack:
+                    peer, initiator, buf = waiting_ack[sock]
+                    ok, eof = _read_some(sock, buf, initiator.wanted)
+                    if len(buf) < initiator.wanted and not eof:
+                        continue
+                    try:
+                        if eof:
+                            raise _auth.Refused("closed")
+                        finish = initiator.receive(bytes(buf))
+                        if not wanted_claims(Claims.unpack(initiator.peer_claims), peer):
+                            raise _auth.Refused("not the rank we connected to")
+                        send_blocking(sock, finish)
+                    except (_auth.Refused, OSError) as e:
+                        raise handshake_lost(peer, e if isinstance(e, OSError) else None) from e
+                    forget(sock)
                     del waiting_ack[sock]
-                    links[peer] = Link(sock, hello_of[1])
+                    links[peer] = Link(sock, Claims.unpack(initiator.peer_claims).flags)
         done = True
         return links
     finally:

@@ -217,14 +217,13 @@ def test_peer_that_exits_mid_job_raises_network_error_naming_it():
 
 def with_stranger(rank: int, n: int, path: str) -> float:
     from mpdist.store import FileStore
-    from mpdist.transport.header import HANDSHAKE
 
     store = FileStore(path, n)
     if rank == n - 1:
         # before joining, knock on rank 0's door with a bogus handshake: refused
         host, _, port = store.get("mpdist/1/0/mpdist_tcp/addr/0").decode().rpartition(":")
         with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(b"\x00" * HANDSHAKE.size)
+            s.sendall(b"\x00" * 16)
             assert s.recv(1) == b""
     dist.init_process_group("tcp", store=store, rank=rank, world_size=n)
     a = np.full(2, rank + 1.0)

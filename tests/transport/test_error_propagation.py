@@ -22,12 +22,11 @@ from mpdist.errors import DistBackendError, DistNetworkError
 from mpdist.transport import TcpTransport, as_bytes
 from mpdist.transport.header import (
     ERR_BACKEND,
-    HANDSHAKE,
-    HANDSHAKE_MAGIC,
     HEADER,
     KIND_ERROR,
     MAGIC,
 )
+from mpdist.transport.mesh import Claims, group_token, initiate
 
 TEXT = "all_reduce: mismatch between rank {me} and rank 0 in collective #1: dtype float32 vs int64"
 
@@ -38,17 +37,13 @@ class ScriptedPeer:
 
     def __init__(self, store: DictStore, rank: int) -> None:
         self.rank = rank
-        token = bytes.fromhex(store.get("mpdist_tcp/token").decode())
-        hello = HANDSHAKE.pack(HANDSHAKE_MAGIC, rank, 0, token[:16], token[16:])
+        gid, key = group_token(store, rank)
         self.socks: list[socket.socket] = []
         for peer in range(rank):
             host, _, port = store.get(f"mpdist_tcp/addr/{peer}").decode().rpartition(":")
             s = socket.create_connection((host, int(port)), timeout=10)
             self.socks.append(s)
-            s.sendall(hello)
-            got = b""
-            while len(got) < HANDSHAKE.size:
-                got += s.recv(HANDSHAKE.size - len(got))
+            initiate(s, key, Claims(rank, 0, gid))
 
     def send_error(self, peer: int, text: str, origin: int = -1) -> None:
         payload = text.encode()

@@ -11,9 +11,10 @@ import pytest
 from mesh_helpers import KINDS, DictStore, leak_snapshot, make_transport, run_ranks, shm_files
 
 import mpdist.algorithms as A
+from mpdist import _auth
 from mpdist.errors import DistBackendError, DistNetworkError
 from mpdist.transport import LocalTransport, TcpTransport
-from mpdist.transport.header import HANDSHAKE, HANDSHAKE_MAGIC
+from mpdist.transport.mesh import Claims, group_token
 from mpdist.transport.shm import Ring, sweep_stale_rings
 
 
@@ -258,7 +259,7 @@ def test_stranger_is_refused_and_mesh_carries_on() -> None:
     bad = socket.create_connection((host, int(port)))
     silent = socket.create_connection((host, int(port)))
     try:
-        bad.sendall(HANDSHAKE.pack(HANDSHAKE_MAGIC, 1, 0, b"x" * 16, b"y" * 32))
+        bad.sendall(_auth.Initiator(b"k" * 32, Claims(1, 0, b"x" * 16).pack(), 24).hello)
         th1 = threading.Thread(target=rank, args=(1,))
         th1.start()
         th0.join(20)
@@ -302,10 +303,10 @@ def test_a_handshake_that_cannot_be_sent_is_a_network_error_and_leaks_no_socket(
     if side == "acceptor":
         th = threading.Thread(target=transport, args=(0,))
         th.start()
-        token = bytes.fromhex(store.get("mpdist_tcp/token").decode())
+        gid, key = group_token(store, 1)
         host, _, port = store.get("mpdist_tcp/addr/0").decode().rpartition(":")
         peer = socket.create_connection((host, int(port)), timeout=10)
-        peer.sendall(HANDSHAKE.pack(HANDSHAKE_MAGIC, 1, 0, token[:16], token[16:]))
+        peer.sendall(_auth.Initiator(key, Claims(1, 0, gid).pack(), 24).hello)
         th.join(20)
         assert peer.recv(100) == b""  # closed, not left open
         who = "rank 5: rank 7"
