@@ -21,6 +21,11 @@ set->get->set->get round trip. Waking through inotify (tried, via ctypes) was fa
 on an idle box (0.25 ms) but on the loaded one its wake-ups came in multiples of the
 4 ms scheduler tick (medians of 4-16 ms), so polling it is.
 
+The file is created 0600. An existing file that others may write (group or world write
+bit) or that another user owns is refused with a ``DistStoreError`` naming it and its mode:
+whoever can write the log can rewrite every key. (0644, what ``open(path, "wb")`` makes
+under the usual umask, is accepted.)
+
 Every opener bumps a refcount record; when ``world_size`` instances have closed
 (``close()``, the context manager, or garbage collection) and none is open, the last
 closer removes the file and its lock file. ``world_size=-1`` never removes.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import struct
 import threading
 import time
@@ -107,6 +113,11 @@ class _Log:
             self.fd = os.open(path, flags, 0o600)
         except OSError as e:
             raise DistStoreError(f"FileStore: cannot open {path!r}: {e}") from e
+        try:
+            _check_private(path, self.fd)
+        except BaseException:
+            os.close(self.fd)
+            raise
         # thread_local=False: the lock belongs to this instance; self.mutex already
         # serialises the threads of this process that share the instance.
         self.flock = filelock.FileLock(self.lock_path, mode=0o600, thread_local=False)
@@ -275,6 +286,22 @@ class _Log:
                 os.close(self.fd)
         if remove:
             _unlink(self.lock_path)
+
+
+def _check_private(path: str, fd: int) -> None:
+    """Refuse a store file that another user owns or that others may write."""
+    st = os.fstat(fd)  # the file opened, not whatever the path names by now
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid():
+        raise DistStoreError(
+            f"FileStore: refusing {path!r} (mode {mode:04o}): it belongs to uid {st.st_uid}, "
+            "not to this user, who could then read and rewrite every key"
+        )
+    if mode & 0o022:
+        raise DistStoreError(
+            f"FileStore: refusing {path!r} (mode {mode:04o}): others may write it and so "
+            f"rewrite every key; chmod go-w {path}"
+        )
 
 
 def _unlink(path: str) -> None:

@@ -73,6 +73,9 @@ class Ring:
         try:
             if create:
                 os.ftruncate(fd, _CTRL + capacity)
+            elif os.fstat(fd).st_uid != os.geteuid() or os.fstat(fd).st_mode & 0o077:
+                # created 0600 by the peer (same user): anything else is not its ring
+                raise PermissionError(f"ring file {path!r} is not private to this user")
             self._mm = mmap.mmap(fd, _CTRL + capacity)
         except BaseException:
             if create:  # nobody else knows the file yet: it must not stay in /dev/shm
