@@ -480,6 +480,9 @@ def start(spec: TaskSpec, *, ctx: Any = None, pool: Any = None) -> RankSet:
     A world larger than the run allows (``--max-ranks``) is skipped, or fails, first.
     """
     _config.check_capacity(spec.world_size)
+    from mpdist.testing._job_secret import give_job_secret  # the ranks' shared job secret
+
+    give_job_secret(spec)
     if pool is not None:
         return pool.submit(spec)
     return RankSet.start_fresh(spec, ctx)

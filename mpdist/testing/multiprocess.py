@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 from mpdist.testing import _config, _coordinator, _pool
 from mpdist.testing._asserts import ArrayAssertions
+from mpdist.testing._job_secret import make_private_file
 from mpdist.testing._report import raise_for, rerun_command
 from mpdist.testing._worker import TaskSpec
 
@@ -155,7 +156,7 @@ class MultiProcessTestCase(ArrayAssertions, unittest.TestCase):
             self._mpdist_workdir = make_workdir()
             self.file_name = os.path.join(self._mpdist_workdir, "store")
             # An empty file, as torch's harness gives (FileStore accepts it).
-            open(self.file_name, "wb").close()
+            make_private_file(self.file_name)  # 0600: FileStore refuses what others may write
             self.addCleanup(self._mpdist_cleanup)
 
     def _spawn_processes(self) -> None:
