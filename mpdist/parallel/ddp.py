@@ -10,7 +10,6 @@ keep them identical.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from mpdist import distributed as dist
 from mpdist.autograd import is_grad_enabled
 from mpdist.nn import Module
 from mpdist.parallel import reducer as _reducer
+from mpdist.parallel.hooks import check_signature
 from mpdist.parallel.join import Join, Joinable, JoinHook
 from mpdist.parallel.reducer import (
     DEFAULT_BUCKET_CAP_MB,
@@ -134,6 +134,7 @@ class DistributedDataParallel(Module, Joinable):
         self.require_backward_grad_sync = True
         self.bucket_bytes_cap = int(bucket_cap_mb * MiB)
         self._comm_hook_registered = False
+        self._error: str | None = None  # the last error logged, as torch's DDP logger keeps it
         self._join: Join | None = None  # the entered join() context, if any
         if init_sync:
             self._sync_states_from(0)
@@ -243,18 +244,16 @@ class DistributedDataParallel(Module, Joinable):
     # ---------------------------------------------------------------- hooks
     def register_comm_hook(self, state: Any, hook: CommHook) -> None:
         """Replace bucket all-reduce with ``hook(state, bucket) -> Future`` (once)."""
-        if self._comm_hook_registered:
-            raise RuntimeError(
-                "register_comm_hook or register_builtin_comm_hook can only be called once."
-            )
-        if not callable(hook):
-            raise TypeError(f"communication hook must be callable, got {type(hook).__name__}")
         try:
-            n = len(inspect.signature(hook).parameters)
-        except (TypeError, ValueError):
-            n = 2
-        if n != 2:
-            raise ValueError(f"communication hook must take (state, bucket), got {n} parameters")
+            check_signature(hook)
+            if self._comm_hook_registered:
+                raise RuntimeError(
+                    "register_comm_hook or register_builtin_comm_hook can only be called once."
+                )
+        except (TypeError, ValueError, RuntimeError) as e:
+            # torch logs a refused hook in the logging data ("has_error", "error")
+            self._error = f"{type(e)}: {e}"
+            raise
         self._comm_hook_registered = True
         self.reducer.comm_hook = hook
         self.reducer.comm_state = state
@@ -294,6 +293,8 @@ class DistributedDataParallel(Module, Joinable):
         }
         if r.comm_hook is not None:
             data["comm_hook"] = getattr(r.comm_hook, "__qualname__", repr(r.comm_hook))
+        if self._error is not None:
+            data["has_error"], data["error"] = 1, self._error
         if not self.static_graph and r.first_used is not None:
             data["can_set_static_graph"] = int(r.graph_static)
         return data

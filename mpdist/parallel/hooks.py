@@ -7,6 +7,8 @@ group, or None for the DDP instance's own group.
 
 from __future__ import annotations
 
+import inspect
+import types
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,51 @@ from mpdist import distributed as dist
 from mpdist.parallel.powersgd import PowerSGDState, batched_powerSGD_hook, powerSGD_hook
 from mpdist.parallel.reducer import GradBucket, all_reduce_future
 from mpdist.process_group import Future, ProcessGroup
+
+
+def _names(annotation: Any, cls: type) -> bool:
+    """Whether an annotation names ``cls``: the class, a subscripted form of it
+    (``Future[Tensor]``), or a string whose last dotted name is the class's (an annotation
+    left unevaluated under ``from __future__ import annotations``, or one naming torch's)."""
+    if annotation is cls:
+        return True
+    if isinstance(annotation, types.GenericAlias):
+        return annotation.__origin__ is cls
+    if isinstance(annotation, str):
+        return annotation.split("[", 1)[0].rsplit(".", 1)[-1] == cls.__name__
+    return False
+
+
+def check_signature(hook: Any) -> None:
+    """Refuse at registration, with torch's errors, a hook that cannot be one: not callable
+    (``TypeError``), not taking ``(state, bucket)``, or annotated with a bucket other than a
+    ``GradBucket`` or a return other than a ``Future`` (``ValueError``)."""
+    if not callable(hook):
+        raise TypeError(
+            f"Communication hook must be callable. Got {type(hook).__name__}; a hook is "
+            "hook(state, bucket) -> Future."
+        )
+    try:
+        sig = inspect.signature(hook)
+    except (TypeError, ValueError):  # a builtin without a signature: judged when it runs
+        return
+    params = list(sig.parameters.values())
+    if len(params) != 2:
+        raise ValueError(
+            f"Communication hook must take (state, bucket), got {len(params)} parameters"
+        )
+    bucket = params[1].annotation
+    if bucket is not inspect.Parameter.empty and not _names(bucket, GradBucket):
+        raise ValueError(
+            "Communication hook: bucket annotation should be dist.GradBucket. "
+            f"(mpdist.parallel.GradBucket), got {bucket!r}"
+        )
+    ret = sig.return_annotation
+    if ret is not inspect.Signature.empty and not _names(ret, Future):
+        raise ValueError(
+            "Communication hook: return annotation should be torch.futures.Future[torch.Tensor]. "
+            f"(mpdist.Future), got {ret!r}"
+        )
 
 
 def _group(state: Any, bucket: GradBucket) -> ProcessGroup:

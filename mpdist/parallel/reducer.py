@@ -515,7 +515,8 @@ class Reducer:
         fut = self.comm_hook(self.comm_state, gb)
         if not isinstance(fut, Future):
             raise RuntimeError(
-                f"a communication hook must return an mpdist.Future, got {type(fut).__name__}"
+                "DDP communication hook's callback must return a torch.futures.Future object, "
+                f"but got {type(fut).__module__}.{type(fut).__qualname__} (an mpdist.Future)"
             )
         return fut
 
