@@ -45,12 +45,16 @@ def skip_if_lt_x_ranks(n: int) -> Callable[[F], F]:
     return requires_world_size(n)
 
 
-def with_comms(fn: F | None = None, *, backend: str | None = None) -> Any:
+def with_comms(
+    fn: F | bool | None = None, *, backend: str | None = None, eager_init: bool = False
+) -> Any:
     """Run the method with the default group initialized (``self.backend`` or "tcp").
 
-    Usable bare (``@with_comms``) or with a backend (``@with_comms(backend="tcp")``).
+    Usable bare (``@with_comms``), with a backend (``@with_comms(backend="tcp")``), or as
+    torch's DTensor decorator (``@with_comms(eager_init=True)``, ``@with_comms(True)``:
+    eager init binds a group to an accelerator, which means nothing on the CPU).
     """
-    if fn is None:
+    if fn is None or isinstance(fn, bool):
         return functools.partial(with_comms, backend=backend)
 
     @functools.wraps(fn)
