@@ -10,6 +10,14 @@ Every rank gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``,
 ``GROUP_RANK`` (the node rank), ``MASTER_ADDR`` and ``MASTER_PORT``, so
 ``mpdist.init_process_group()`` with no arguments meets the others (env://).
 
+Job secret. The ranks' store and meshes authenticate with a job secret (see
+``mpdist._auth``): ``--secret-file FILE`` (a 0600 file of this user; every node of a
+multi-node job passes the same secret) is handed to the ranks as
+``MPDIST_JOB_SECRET_FILE``; else a ``MPDIST_JOB_SECRET`` or ``MPDIST_JOB_SECRET_FILE``
+already in the environment is passed on; else a one-node job gets a fresh random secret
+in its ranks' environment (never on a command line), and a multi-node job, which cannot
+share one that way, runs without and the launcher says so.
+
 Master port. With ``--master-port`` the launcher of node 0 checks the port is
 free before starting anything. Without it (one node only) the launcher asks the
 OS for a free port. To close the race between choosing the port and rank 0
@@ -56,6 +64,7 @@ from typing import Any
 
 import psutil
 
+from mpdist import _auth
 from mpdist._proctree import ProcessTree
 
 __all__ = ["main"]
@@ -107,6 +116,16 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
             default=None,
             metavar="P",
             help="port of rank 0's store; required with --nnodes > 1 (default: a free port)",
+        ),
+    ),
+    (
+        ("--secret-file", "--secret_file"),
+        dict(
+            dest="secret_file",
+            default=None,
+            metavar="FILE",
+            help="a 0600 file holding the job secret the ranks authenticate with "
+            "(default: $MPDIST_JOB_SECRET(_FILE), else a fresh one on one node)",
         ),
     ),
     (
@@ -175,6 +194,7 @@ class _Config:
     master_addr: str
     master_port: int | None
     stop_grace: float
+    secret_file: str | None
     module: bool
     program: str
     program_args: list[str]
@@ -215,6 +235,12 @@ def _parse(argv: Sequence[str]) -> _Config:
         raise _UsageError("--master-addr must not be empty")
     if not ns.stop_grace >= 0:
         raise _UsageError(f"--stop-grace must be >= 0, got {ns.stop_grace}")
+    secret_file = None if ns.secret_file is None else os.path.abspath(ns.secret_file)
+    if secret_file is not None:
+        try:
+            _auth.job_secret({_auth.SECRET_FILE_ENV: secret_file})
+        except ValueError as exc:
+            raise _UsageError(f"--secret-file: {exc}") from None
     program = rest[0]
     if not ns.module and not os.path.isfile(program):
         raise _UsageError(f"script not found: {program!r} (use -m to run a module)")
@@ -225,6 +251,7 @@ def _parse(argv: Sequence[str]) -> _Config:
         master_addr=ns.master_addr.strip(),
         master_port=ns.master_port,
         stop_grace=ns.stop_grace,
+        secret_file=secret_file,
         module=ns.module,
         program=program,
         program_args=rest[1:],
@@ -307,9 +334,10 @@ class _Rank:
 class _Job:
     """The running ranks of one ``mpdist run``: start, forward output, stop."""
 
-    def __init__(self, cfg: _Config, master_port: int) -> None:
+    def __init__(self, cfg: _Config, master_port: int, secret: dict[str, str]) -> None:
         self.cfg = cfg
         self.master_port = master_port
+        self.secret = secret  # the job-secret variable the ranks get (none: unauthenticated)
         self.ranks: list[_Rank] = []
         self.sel = selectors.DefaultSelector()
         self.streams = 0
@@ -330,6 +358,9 @@ class _Job:
     def _env(self, local_rank: int) -> dict[str, str]:
         cfg = self.cfg
         env = dict(os.environ)
+        env.pop(_auth.SECRET_ENV, None)
+        env.pop(_auth.SECRET_FILE_ENV, None)
+        env.update(self.secret)
         env.update(
             RANK=str(cfg.node_rank * cfg.nproc + local_rank),
             WORLD_SIZE=str(cfg.nnodes * cfg.nproc),
@@ -551,6 +582,23 @@ class _Job:
             self.subreaper = False
 
 
+def _job_secret(cfg: _Config) -> dict[str, str]:
+    """The job-secret variable for the ranks' environment; ``ValueError`` if the one set is bad."""
+    if cfg.secret_file is not None:
+        return {_auth.SECRET_FILE_ENV: cfg.secret_file}
+    for name in (_auth.SECRET_ENV, _auth.SECRET_FILE_ENV):
+        if os.environ.get(name):
+            _auth.job_secret()  # checked here, once, rather than failing in every rank
+            return {name: os.environ[name]}
+    if cfg.nnodes == 1:
+        return {_auth.SECRET_ENV: _auth.new_secret()}
+    _note(
+        "warning: no job secret (--secret-file, or MPDIST_JOB_SECRET on every node): "
+        "anyone who can reach the master port can read and write the job's store"
+    )
+    return {}
+
+
 def _note(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
@@ -567,6 +615,12 @@ def main(argv: list[str]) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 
+    try:
+        secret = _job_secret(cfg)
+    except ValueError as exc:
+        _note(f"error: {exc}")
+        return 2
+
     reservation: socket.socket | None = None
     if cfg.node_rank == 0:
         # Rank 0 runs here: make sure its port is free now, and keep it ours until the end.
@@ -578,7 +632,7 @@ def main(argv: list[str]) -> int:
             return 2
     master_port = cfg.master_port or (reservation.getsockname()[1] if reservation else 0)
 
-    job = _Job(cfg, master_port)
+    job = _Job(cfg, master_port, secret)
     outcome, failed = "interrupted", None
     try:
         with job.signals() as wakes:

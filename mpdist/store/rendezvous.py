@@ -30,6 +30,11 @@ else its host's address) and broadcasts where it is; the others connect. It is w
 ``None`` means for a process started by an MPI launcher (Open MPI's
 ``OMPI_COMM_WORLD_SIZE``, PMIx's ``PMIX_RANK``, MPICH/Hydra's and Slurm's PMI
 ``PMI_SIZE``) when neither ``MASTER_ADDR`` nor ``RANK`` is set and mpi4py is installed.
+Without a job secret in the environment, rank 0 makes one and broadcasts it with the
+address, so the store authenticates its clients there too.
+
+The store authenticates with the job secret (``MPDIST_JOB_SECRET`` or
+``MPDIST_JOB_SECRET_FILE``, read from ``environ`` for ``env://``), when there is one.
 
 Missing or malformed values raise ``ValueError`` naming the variable or query
 parameter, before any socket or file is opened.
@@ -47,8 +52,10 @@ import os
 import socket
 from collections.abc import Mapping
 from datetime import timedelta
+from typing import NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from mpdist import _auth
 from mpdist.store.base import Store
 from mpdist.store.file import FileStore
 from mpdist.store.tcp import TCPStore, abort_pending
@@ -195,10 +202,18 @@ def _env_rendezvous(
     query: Mapping[str, int], rank: int, world_size: int, timeout: timedelta, env: Mapping[str, str]
 ) -> tuple[Store, int, int]:
     addr, port, rank, world_size = _env_params(query, rank, world_size, env)
-    return _tcp_store(addr, port, rank, world_size, timeout), rank, world_size
+    secret = _auth.job_secret(env)
+    return _tcp_store(addr, port, rank, world_size, timeout, secret), rank, world_size
 
 
-def _tcp_store(host: str, port: int, rank: int, world_size: int, timeout: timedelta) -> Store:
+def _tcp_store(
+    host: str,
+    port: int,
+    rank: int,
+    world_size: int,
+    timeout: timedelta,
+    secret: bytes | None = None,
+) -> Store:
     return TCPStore(
         host,
         port,
@@ -206,6 +221,7 @@ def _tcp_store(host: str, port: int, rank: int, world_size: int, timeout: timede
         is_master=rank == 0,
         timeout=timeout,
         wait_for_workers=True,
+        secret=secret,
     )
 
 
@@ -267,6 +283,15 @@ def _mpi_launched(env: Mapping[str, str]) -> bool:
     return importlib.util.find_spec("mpi4py") is not None
 
 
+class _MpiMaster(NamedTuple):
+    """What rank 0 broadcasts under mpi://: where its store is, or why it is not."""
+
+    host: str
+    port: int
+    error: str
+    secret: bytes | None  # the one it made when the environment had none
+
+
 def _mpi_rendezvous(
     query: Mapping[str, int], rank: int, world_size: int, timeout: timedelta
 ) -> tuple[Store, int, int]:
@@ -283,27 +308,51 @@ def _mpi_rendezvous(
         if given is not None and given != actual:
             raise _error("mpi", f"{name}={given} was given but MPI.COMM_WORLD says {actual}")
     one_host = len(set(comm.allgather(socket.gethostname()))) == 1
-    found: tuple[str, int, str] = ("", 0, "")
+    try:
+        own, own_error = _auth.job_secret(), ""
+    except ValueError as e:  # raised after the broadcast: rank 0 must not leave the others
+        own, own_error = None, str(e)
+    found = _MpiMaster("", 0, "", None)
     store: Store | None = None
     if me == 0:
         host = "127.0.0.1" if one_host else socket.gethostbyname(socket.gethostname())
+        made = None if own is not None else _auth.new_secret().encode()
         try:
+            if own_error:
+                raise ValueError(own_error)
             if host.startswith("127.") and not one_host:
                 raise ValueError(
                     f"this host's name resolves to {host}, which the other hosts cannot reach; "
                     "set MASTER_ADDR and MASTER_PORT (env://) instead"
                 )
             master = TCPStore(
-                host, 0, world_size=size, is_master=True, timeout=timeout, wait_for_workers=False
+                host,
+                0,
+                world_size=size,
+                is_master=True,
+                timeout=timeout,
+                wait_for_workers=False,
+                secret=made if made is not None else own,
             )
-            store, found = master, (host, master.port, "")
+            store, found = master, _MpiMaster(host, master.port, "", made)
         except Exception as e:  # every rank must hear of it, or they wait in bcast
-            found = (host, 0, f"{type(e).__name__}: {e}")
-    host, port, why = comm.bcast(found, root=0)
-    if why:
-        raise _error("mpi", f"rank 0 could not start the store on {host}: {why}")
+            found = _MpiMaster(host, 0, f"{type(e).__name__}: {e}", None)
+    master_at = _MpiMaster(*comm.bcast(tuple(found), root=0))
+    if master_at.error:
+        raise _error(
+            "mpi", f"rank 0 could not start the store on {master_at.host}: {master_at.error}"
+        )
+    if own_error:
+        raise _error("mpi", own_error)
     if store is None:
-        store = TCPStore(host, port, world_size=size, is_master=False, timeout=timeout)
+        store = TCPStore(
+            master_at.host,
+            master_at.port,
+            world_size=size,
+            is_master=False,
+            timeout=timeout,
+            secret=master_at.secret if master_at.secret is not None else own,
+        )
     return store, me, size
 
 
