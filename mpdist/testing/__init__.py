@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mpdist.backends.fake import FakeProcessGroup as FakeProcessGroup
 from mpdist.backends.fake import FakeStore as FakeStore
 from mpdist.distributed.dispatch import CollectiveMode as CollectiveMode
@@ -22,3 +24,14 @@ from mpdist.testing.multithreaded import (
 )
 from mpdist.testing.spawn import spawn_ranks as spawn_ranks
 from mpdist.testing.trace import trace_collectives as trace_collectives
+
+# the DTensor test helpers (testing/dtensor.py) import nn and the device mesh: only on demand
+_DTENSOR_HELPERS = ("DTensorTestBase", "MLPModule", "MLPStacked")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DTENSOR_HELPERS:
+        from mpdist.testing import dtensor
+
+        return getattr(dtensor, name)
+    raise AttributeError(f"module 'mpdist.testing' has no attribute {name!r}")
