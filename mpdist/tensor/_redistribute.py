@@ -15,7 +15,13 @@ On a mesh of several dimensions shards nest (the first mesh dimension cuts first
 plan has two passes: from the last mesh dimension to the first, it gathers every shard that
 changes, and every shard nested inside a mesh dimension that changes the same tensor
 dimension; then, from the first mesh dimension to the last, it makes the target placements.
-The collectives go through the module API, so collective modes see them.
+
+The collectives are ``mpdist._functional_collectives`` (waited for at once), so collective
+modes and ``CommDebugMode`` see them under torch's names (``c10d_functional.all_gather_into_tensor``,
+``all_reduce``, ``reduce_scatter_tensor``), as torch's DTensor issues them. ``Shard(i) ->
+Shard(j)`` is one operator, ``_dtensor.shard_dim_alltoall`` (torch's name for it), carried
+by an all-to-all: torch's gloo CPU path gathers everything and keeps a chunk instead (and
+counts an all-gather); mpdist's CPU groups have a real all-to-all, as torch's accelerators do.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mpdist import _functional_collectives as funcol
 from mpdist import distributed as dist
-from mpdist.process_group import ReduceOp
+from mpdist.autograd import Tensor
+from mpdist.distributed import dispatch
 from mpdist.tensor.placement_types import (
     Partial,
     Placement,
@@ -36,8 +44,6 @@ from mpdist.tensor.placement_types import (
     chunk_bounds,
     local_layout,
 )
-
-_REDUCE_OPS = {"sum": ReduceOp.SUM, "avg": ReduceOp.AVG, "max": ReduceOp.MAX, "min": ReduceOp.MIN}
 
 
 class Spec(NamedTuple):
@@ -90,8 +96,7 @@ def _all_gather(arr: np.ndarray, axis: int, full: int, mesh: Any, d: int) -> np.
     group, n, _ = _group_size_rank(mesh, d)
     step = -(-full // n)
     inp = np.ascontiguousarray(np.moveaxis(_pad(arr, axis, step), axis, 0))
-    out = np.empty((n * step,) + inp.shape[1:], dtype=arr.dtype)
-    dist.all_gather_into_tensor(out, inp, group=group)
+    out = funcol.wait_tensor(funcol.all_gather_tensor(Tensor(inp), 0, group)).data
     pieces = []
     for r in range(n):
         start, stop = chunk_bounds(full, n, r)
@@ -105,16 +110,14 @@ def _reduce_scatter(arr: np.ndarray, axis: int, op: str, mesh: Any, d: int) -> n
     full = arr.shape[axis]
     step = -(-full // n)
     inp = np.ascontiguousarray(np.moveaxis(_pad(arr, axis, n * step), axis, 0))
-    out = np.empty((step,) + inp.shape[1:], dtype=arr.dtype)
-    dist.reduce_scatter_tensor(out, inp, op=_REDUCE_OPS[op], group=group)
+    out = funcol.wait_tensor(funcol.reduce_scatter_tensor(Tensor(inp), op, 0, group)).data
     start, stop = chunk_bounds(full, n, me)
     return np.moveaxis(out[: stop - start], 0, axis)
 
 
 def _all_reduce(arr: np.ndarray, op: str, mesh: Any, d: int) -> np.ndarray:
-    out = np.array(arr, copy=True, order="C")
-    dist.all_reduce(out, op=_REDUCE_OPS[op], group=mesh.get_group(d))
-    return out
+    res = funcol.all_reduce(Tensor(arr), op, mesh.get_group(d))  # it copies
+    return funcol.wait_tensor(res).data
 
 
 def _local_chunk(arr: np.ndarray, axis: int, mesh: Any, d: int) -> np.ndarray:
@@ -137,8 +140,7 @@ def _all_to_all(
     # Put dst first and split it into n rows of blocks: block r goes to rank r.
     x = np.moveaxis(x, dst, 0)
     send = np.ascontiguousarray(x.reshape((n, dstep) + x.shape[1:]))
-    recv = np.empty_like(send)
-    dist.all_to_all_single(recv, send, group=group)
+    recv = _call_shard_dim_alltoall(send, src, dst, group.group_name)
     src_after = src if src < dst else src - 1  # src's axis in x (dst moved out of the way)
     mine = chunk_bounds(dst_full, n, me)
     pieces = []
@@ -150,6 +152,29 @@ def _all_to_all(
         pieces.append(block[tuple(idx)])
     joined = np.concatenate(pieces, axis=src_after + 1)
     return np.moveaxis(joined, 0, dst)
+
+
+def _exchange_blocks(send: np.ndarray, gather_dim: int, shard_dim: int, group_name: str) -> Any:
+    """``_dtensor.shard_dim_alltoall``: block ``r`` of ``send`` (axis 0) goes to group rank
+    ``r``; the blocks that arrive, in rank order (torch's arguments: the dims are for modes
+    to read, the blocks are already cut)."""
+    recv = np.empty_like(send)
+    dist.all_to_all_single(recv, send, group=dist._resolve_process_group(group_name))
+    return recv
+
+
+_OP_SHARD_DIM_ALLTOALL = dispatch.CollectiveOp(
+    "_dtensor.shard_dim_alltoall.default", _exchange_blocks
+)
+
+
+def _call_shard_dim_alltoall(
+    send: np.ndarray, gather_dim: int, shard_dim: int, group_name: str
+) -> np.ndarray:
+    args = (send, gather_dim, shard_dim, group_name)
+    if dispatch.active and dispatch.intercepting():
+        return np.asarray(dispatch.run(_OP_SHARD_DIM_ALLTOALL, args))
+    return _exchange_blocks(*args)
 
 
 def partition_value(arr: np.ndarray, p: Partial, mesh: Any, d: int) -> np.ndarray:

@@ -9,52 +9,13 @@ from typing import Any
 import numpy as np
 
 from mpdist.autograd import Tensor
+from mpdist.device_mesh import DeviceMesh, init_device_mesh
 from mpdist.tensor import DTensor, Replicate, distribute_tensor
 
 
-def mesh(*shape: int) -> Any:
-    """A CPU mesh of ``shape`` over the default group's ranks, in order."""
-    try:
-        from mpdist.device_mesh import init_device_mesh
-    except ImportError:  # until mpdist.device_mesh lands (issue 12 item 1)
-        return _GroupMesh(shape)
+def mesh(*shape: int) -> DeviceMesh:
+    """A CPU DeviceMesh of ``shape`` over the default group's ranks, in row-major order."""
     return init_device_mesh("cpu", tuple(shape))
-
-
-class _GroupMesh:
-    """The part of torch's DeviceMesh API DTensor uses, over ``new_group``s (one per slice
-    of each mesh dimension, created in the same order on every rank)."""
-
-    def __init__(self, shape: Sequence[int]) -> None:
-        from mpdist import distributed as dist
-
-        self.mesh = np.arange(int(np.prod(shape))).reshape(shape)
-        self.shape, self.ndim = tuple(shape), len(shape)
-        me = dist.get_rank()
-        self._coord = tuple(int(c) for c in np.argwhere(self.mesh == me)[0])
-        self._groups = []
-        for d in range(self.ndim):
-            mine = None
-            for ranks in np.moveaxis(self.mesh, d, -1).reshape(-1, self.shape[d]):
-                group = dist.new_group([int(r) for r in ranks])
-                if me in ranks:
-                    mine = group
-            self._groups.append(mine)
-
-    def size(self, mesh_dim: int | None = None) -> int:
-        return int(self.mesh.size) if mesh_dim is None else self.shape[mesh_dim]
-
-    def get_group(self, mesh_dim: int | None = None) -> Any:
-        return self._groups[mesh_dim or 0]
-
-    def get_local_rank(self, mesh_dim: int | None = None) -> int:
-        return self._coord[mesh_dim or 0]
-
-    def get_coordinate(self) -> list[int]:
-        return list(self._coord)
-
-    def __repr__(self) -> str:
-        return f"DeviceMesh({self.shape})"
 
 
 def arr(seed: int, *shape: int) -> np.ndarray:

@@ -117,12 +117,15 @@ def test_every_pair_on_a_2d_mesh(shape) -> None:
 
 # forward collective, backward collective (gradient placed like the output)
 EXPECTED_COMMS = {
-    ("S0", "R"): ("c10d._allgather_base_", None),
-    ("S0", "S1"): ("c10d.alltoall_base_", "c10d.alltoall_base_"),
-    ("R", "S0"): (None, "c10d._allgather_base_"),
-    ("P", "R"): ("c10d.allreduce_", None),
-    ("P", "S0"): ("c10d._reduce_scatter_base_", "c10d._allgather_base_"),
-    ("R", "P"): (None, "c10d.allreduce_"),
+    ("S0", "R"): ("c10d_functional.all_gather_into_tensor", None),
+    ("S0", "S1"): ("_dtensor.shard_dim_alltoall", "_dtensor.shard_dim_alltoall"),
+    ("R", "S0"): (None, "c10d_functional.all_gather_into_tensor"),
+    ("P", "R"): ("c10d_functional.all_reduce", None),
+    ("P", "S0"): (
+        "c10d_functional.reduce_scatter_tensor",
+        "c10d_functional.all_gather_into_tensor",
+    ),
+    ("R", "P"): (None, "c10d_functional.all_reduce"),
 }
 _P = {"S0": Shard(0), "S1": Shard(1), "R": Replicate(), "P": Partial()}
 
@@ -161,7 +164,7 @@ def test_a_partial_gradient_of_a_gather_is_reduce_scattered() -> None:
         return {str(k): v for k, v in bwd.get_comm_counts().items()}, x.grad.full_tensor().data
 
     for counts, g in spawn_threads(body, 2):
-        assert counts == {"c10d._reduce_scatter_base_": 1}
+        assert counts == {"c10d_functional.reduce_scatter_tensor": 1}
         np.testing.assert_allclose(g, np.full((5, 3), 3.0))  # 1 + 2: the ranks' terms summed
 
 
@@ -195,7 +198,7 @@ def test_from_local_and_to_local() -> None:
 
     for g, counts in spawn_threads(body, 2):
         np.testing.assert_allclose(g, np.ones((4, 4)) @ arr(7, 6, 4).T)
-        assert counts == {"c10d.allreduce_": 1}
+        assert counts == {"c10d_functional.all_reduce": 1}
 
 
 def test_full_tensor_grad_placements_and_partial_loss() -> None:
