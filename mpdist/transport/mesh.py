@@ -155,10 +155,10 @@ def connect_full_mesh(
 
     def refuse(sock: socket.socket) -> None:
         """A stranger, or garbage: closed without an answer, counted; the mesh goes on."""
+        _auth.note_refusal("mesh")  # counted before the stranger can see the close
         forget(sock)
         del pending[sock]
         sock.close()
-        _auth.note_refusal("mesh")
 
     def send_blocking(sock: socket.socket, data: bytes) -> None:
         # A few dozen bytes into a fresh socket's (tuned, 4 MiB) send buffer: never blocks.
