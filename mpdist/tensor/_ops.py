@@ -15,7 +15,7 @@ rank, so a pending sum passes through unreduced, as in torch).
 
 The rules cover what the nn layers and losses use: elementwise arithmetic and activations,
 ``matmul`` / ``F.linear`` (column- and row-wise weights), ``sum`` / ``mean``, views that
-keep the sharded dimensions, ``transpose``, ``softmax`` / ``log_softmax`` / ``gelu``.
+keep the sharded dimensions, ``transpose``, ``softmax`` / ``log_softmax`` / ``gelu``, ``layer_norm``.
 Anything else is a ``NotImplementedError`` naming the op and the placements.
 """
 
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.autograd import Tensor
+from mpdist.nn import _normalize
 from mpdist.tensor._api import (
     OP_RULES,
     DTensor,
@@ -551,6 +552,28 @@ def _gelu(fn_cls: Any, x: Any, approximate: str) -> DTensor:
     return _unary("gelu", lambda xl: fn_cls.apply(xl, approximate))(x)
 
 
+def _layer_norm(fn_cls: Any, x: Any, weight: Any, bias: Any, ndims: int, eps: float) -> DTensor:
+    """LayerNorm over the last ``ndims`` dims: those dims gathered (and Partials reduced),
+    shards of the other dims kept (sequence parallelism); weight and bias replicated (their
+    gradients arrive Partial from sharded rows and are summed where they are used)."""
+    if any(not isinstance(t, DTensor) for t in (x, weight, bias) if t is not None):
+        raise _mixed("layer_norm")
+    mesh = _same_mesh("layer_norm", *[t for t in (x, weight, bias) if t is not None])
+    normed = range(x.ndim - ndims, x.ndim)
+    x = _to(
+        x,
+        [
+            Replicate()
+            if isinstance(p, Partial) or (isinstance(p, Shard) and p.dim in normed)
+            else p
+            for p in x.placements
+        ],
+    )
+    reps = [Replicate()] * len(x.placements)
+    args = [x, *(None if t is None else _to(t, reps) for t in (weight, bias)), ndims, eps]
+    return local_op("layer_norm", args, mesh, x.placements, x.shape, lambda *ls: fn_cls.apply(*ls))
+
+
 def _function(name: str, rule: Callable[..., DTensor]) -> Callable[..., DTensor]:
     """A rule for an ``autograd.Function`` subclass: it gets the Function class first."""
     from mpdist.nn import functional as F
@@ -596,5 +619,6 @@ OP_RULES.update(
         "_Softmax": _function("_Softmax", _along_axis),
         "_LogSoftmax": _function("_LogSoftmax", _along_axis),
         "_Gelu": _function("_Gelu", _gelu),
+        "LayerNorm": lambda *args: _layer_norm(_normalize.LayerNorm, *args),
     }
 )
