@@ -23,6 +23,7 @@ BENCHMARKS = {
     "harness": "mpdist.benchmarks.harness",
     "ddp": "mpdist.benchmarks.ddp",
     "layers": "mpdist.benchmarks.layers",
+    "tp": "mpdist.benchmarks.tp",
 }
 
 

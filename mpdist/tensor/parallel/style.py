@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from mpdist.autograd import Tensor
 from mpdist.nn.layers import Linear
 from mpdist.nn.module import Module
@@ -62,9 +64,12 @@ class ParallelStyle:
 
 # ----------------------------------------------------------------- shared pieces
 def _to_dtensor(x: Any, mesh: Any, layout: Placement, who: str) -> DTensor:
-    """``x`` as a DTensor: a DTensor as it is, a Tensor as this rank's piece of ``layout``."""
+    """``x`` as a DTensor: a DTensor as it is, a Tensor (or an ndarray, which mpdist's
+    layers take too) as this rank's piece of ``layout``."""
     if isinstance(x, DTensor):
         return x
+    if isinstance(x, np.ndarray):
+        x = Tensor(x)
     if not isinstance(x, Tensor):
         raise ValueError(
             f"expecting input of {who} to be an mpdist Tensor or DTensor, but got "
@@ -271,6 +276,8 @@ def _convert(
     DTensor (a Tensor taken as this rank's piece of ``layout``), moved to ``desired``."""
     if layout is None:
         return x
+    if isinstance(x, np.ndarray):
+        x = Tensor(x)
     if not isinstance(x, Tensor):
         raise AssertionError("expecting input to be a torch.Tensor!")
     d = x if isinstance(x, DTensor) else DTensor.from_local(x, mesh, (layout,), run_check=False)
