@@ -11,6 +11,7 @@ as in torch, and is skipped.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from fnmatch import fnmatch
 from typing import Any
 
@@ -23,7 +24,7 @@ __all__ = ["parallelize_module"]
 def parallelize_module(
     module: Module,
     device_mesh: Any = None,
-    parallelize_plan: ParallelStyle | dict[str, ParallelStyle] | None = None,
+    parallelize_plan: ParallelStyle | Mapping[str, ParallelStyle] | None = None,
     *,
     src_data_rank: int | None = 0,
 ) -> Module:
@@ -49,7 +50,7 @@ def parallelize_module(
     if isinstance(parallelize_plan, ParallelStyle):
         parallelize_plan.src_data_rank = src_data_rank
         return parallelize_plan._apply(module, device_mesh)
-    if not isinstance(parallelize_plan, dict):
+    if not isinstance(parallelize_plan, Mapping):
         raise TypeError(
             "Expect Union[ParallelStyle, Dict[str, ParallelStyle]] for parallelize_plan, "
             f"{type(parallelize_plan)} found!"
