@@ -12,12 +12,16 @@ TESTS = textwrap.dedent(
     import sys
 
     import pytest
+    import mpdist as dist
     from mpdist.testing import MultiProcessTestCase
 
     @pytest.mark.mpdist
     def test_fails_in_rank_one(rank):
         print(f"out of rank {rank}")
         print(f"err of rank {rank}", file=sys.stderr)
+        # both ranks have printed before rank 1 fails: a failure stops the other ranks, and
+        # a rank stopped before it printed (a slow start on a loaded machine) has no output
+        dist.barrier()
         assert rank == 0
 
     class TestCase(MultiProcessTestCase):
