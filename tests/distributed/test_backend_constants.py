@@ -7,8 +7,15 @@ import pytest
 from mpdist import Backend
 
 
-def test_mpi_constant_names_the_registered_mpi_backend() -> None:
-    assert Backend.MPI == "mpi" == Backend("MPI") and "mpi" in Backend.backend_list()
+def test_mpi_constant() -> None:
+    assert Backend.MPI == "mpi"
+
+
+def test_each_constant_names_a_backend_registered_once_mpdist_is_imported() -> None:
+    # as torch.distributed.Backend("mpi") is valid right after the import
+    for const in ("TCP", "GLOO", "THREADED", "FAKE", "MPI"):
+        name = getattr(Backend, const)
+        assert Backend(const) == name and name in Backend.backend_list(), const
 
 
 def test_constants_equal_torchs() -> None:
