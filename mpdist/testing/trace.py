@@ -26,6 +26,7 @@ import dataclasses
 import enum
 import functools
 import inspect
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -122,9 +123,32 @@ def trace_collectives(fn: Callable[..., Any]) -> Callable[..., CollectiveTrace]:
     def traced(*args: Any, **kwargs: Any) -> CollectiveTrace:
         with _Tracer() as tracer:
             result = fn(*args, **kwargs)
+            _wait_outputs(result)
         return CollectiveTrace(tuple(tracer.ops), result)
 
     return traced
+
+
+def _wait_outputs(result: Any) -> None:
+    """Wait, inside the trace, for the functional collectives ``fn`` returned unwaited.
+
+    A traced function's outputs are complete values, as in torch's ``make_fx`` graph, which
+    ends with a ``wait_tensor`` for each collective whose result it returns.
+    """
+    collectives = sys.modules.get("mpdist._functional_collectives")
+    if collectives is None:  # nothing can be pending
+        return
+    pending = collectives.AsyncCollectiveTensor
+    todo = [result]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, pending):
+            if not value.completed:
+                value.trigger_wait()
+        elif isinstance(value, (list, tuple)):
+            todo.extend(value)
+        elif isinstance(value, dict):
+            todo.extend(value.values())
 
 
 class _Tracer(CollectiveMode):

@@ -174,3 +174,23 @@ def test_without_a_process_group_the_group_is_unknown() -> None:
     assert trace.ops[0].group == GroupMeta(None, None)
     assert trace.graph == "graph():\n    %0 = c10d.barrier.default()  group=? ranks=?\n"
     assert trace.result == "done"
+
+
+def test_a_functional_collective_returned_unwaited_is_waited_inside_the_trace() -> None:
+    # As torch's make_fx graph of all_gather_tensor ends with its wait_tensor: the traced
+    # function's outputs are complete values.
+    from mpdist import _functional_collectives as funcol
+
+    dist.init_process_group("fake", rank=0, world_size=2, store=dist.HashStore())
+    try:
+        group = dist.distributed_c10d._get_default_group()
+        trace = trace_collectives(lambda t: funcol.all_gather_tensor(t, 0, group))(np.ones((2, 2)))
+        names = [op.name for op in trace.ops]
+        assert names == [
+            "_c10d_functional.all_gather_into_tensor.default",
+            "_c10d_functional.wait_tensor.default",
+        ]
+        FileCheck().check("all_gather").check("wait_tensor").run(trace.graph)
+        assert trace.result.completed and trace.result.shape == (4, 2)
+    finally:
+        dist.destroy_process_group()
