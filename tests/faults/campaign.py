@@ -131,14 +131,14 @@ def _run_op(i: int, op: Op, rank: int, members: list[int], group: object) -> Non
         out = [np.zeros(op.size) for _ in members]
         works.append(dist.all_gather(out, _value(i, rank, op.size), group=g, async_op=op.async_op))
         _wait(works)
-        for r, got in zip(members, out):
+        for r, got in zip(members, out, strict=True):
             _check(name, got, _value(i, r, op.size))
     elif op.kind == "all_to_all":
         ins = [_value(i, rank, op.size) + 10 * j for j in range(n)]
         out = [np.zeros(op.size) for _ in members]
         works.append(dist.all_to_all(out, ins, group=g, async_op=op.async_op))
         _wait(works)
-        for r, got in zip(members, out):
+        for r, got in zip(members, out, strict=True):
             _check(name, got, _value(i, r, op.size) + 10 * me)
     elif op.kind == "send_recv":
         # a ring inside the group: send to the next member, receive from the previous one
