@@ -52,7 +52,8 @@ def _shm_rings(pids: list[int]) -> list[str]:
         names = os.listdir("/dev/shm")
     except OSError:
         return []
-    return [n for n in names if any(str(p) in n for p in pids)]
+    # ring files are named mpdist-<owner pid>-<group>-<src>-<dst> (mpdist.transport.shm)
+    return [n for n in names if n.startswith(tuple(f"mpdist-{p}-" for p in pids))]
 
 
 def _alive(pids: list[int]) -> list[int]:
