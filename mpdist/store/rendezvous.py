@@ -2,18 +2,33 @@
 
 ``init_process_group`` calls :func:`rendezvous` when it is not handed a store.
 
-``env://`` (also what ``None`` means) reads the environment:
+``env://`` (also what ``None`` means) reads the environment a launcher leaves:
 
-* rank: ``RANK``, else ``SLURM_PROCID`` (a task started by ``srun``), else
-  ``OMPI_COMM_WORLD_RANK`` (a process started by Open MPI's ``mpirun``);
-* world size: ``WORLD_SIZE``, else ``SLURM_NTASKS``, else ``OMPI_COMM_WORLD_SIZE``;
-* ``MASTER_PORT``: always required (1..65535);
-* ``MASTER_ADDR``: required, except when the environment shows that every rank
-  runs on this host (world size 1; ``LOCAL_WORLD_SIZE`` equal to the world size;
-  a Slurm job on one node, ``SLURM_NNODES=1``; Open MPI's
-  ``OMPI_COMM_WORLD_LOCAL_SIZE`` equal to its world size): then ``127.0.0.1``.
-  A silent loopback default in a multi-node job would make every node meet only
-  itself and hang until the timeout, so there it is an error instead.
+* rank, world size, local rank and local world size, from the first launcher whose
+  rank variable is set, in this order: torch's (``RANK``, ``WORLD_SIZE``,
+  ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``: ``mpdist run``, torchrun), Slurm's ``srun``
+  (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, ``SLURM_NTASKS_PER_NODE``),
+  Open MPI (``OMPI_COMM_WORLD_*``), MPICH / Intel MPI's Hydra (``PMI_RANK``,
+  ``PMI_SIZE``, ``MPI_LOCALRANKID``, ``MPI_LOCALNRANKS``), MVAPICH
+  (``MV2_COMM_WORLD_*``), PMIx (``PMIX_RANK``); :func:`launch_info` reads them;
+* ``MASTER_ADDR`` / ``MASTER_PORT`` when set. Without ``MASTER_ADDR``: ``127.0.0.1``
+  when the environment shows every rank runs on this host (world size 1, local world
+  size equal to the world size, ``SLURM_NNODES=1``); under Slurm the first host of
+  the step's (else the job's) node list, ``node[01-04,07]`` expanded; under an MPI
+  launcher on several hosts an error saying to set ``MASTER_ADDR`` or to install the
+  ``mpi`` extra (with mpi4py, ``None`` means ``mpi://`` there, see below). Without
+  ``MASTER_PORT``: under Slurm a port derived from ``SLURM_JOB_ID`` and
+  ``SLURM_STEP_ID``; under an MPI launcher on one host a port derived from the
+  launcher's job id (Open MPI's / PMIx's, else the parent process all of this host's
+  ranks share, Hydra's proxy); otherwise an error. A silent loopback default in a
+  multi-node job would make every node meet only itself and hang until the timeout,
+  so there it is an error instead.
+* Under torchrun (``TORCHELASTIC_RUN_ID`` set), whose agent already serves its own
+  store on ``MASTER_PORT`` (``TORCHELASTIC_USE_AGENT_STORE=True``): when every rank
+  runs on this host, a ``FileStore`` in the temporary directory named after the run
+  id, ``MASTER_PORT`` and the agent's pid (the ranks' parent), so runs never share
+  one; on several hosts a ``ValueError`` at once that says to start the job with
+  ``mpdist run``.
 
 An explicit ``rank`` / ``world_size`` argument (``>= 0``) overrides the
 environment. ``tcp://host:port?rank=R&world_size=N`` is the same without the
@@ -29,7 +44,7 @@ missing rank is reported as "k/n clients joined" rather than as a later hang.
 else its host's address) and broadcasts where it is; the others connect. It is what
 ``None`` means for a process started by an MPI launcher (Open MPI's
 ``OMPI_COMM_WORLD_SIZE``, PMIx's ``PMIX_RANK``, MPICH/Hydra's and Slurm's PMI
-``PMI_SIZE``) when neither ``MASTER_ADDR`` nor ``RANK`` is set and mpi4py is installed.
+``PMI_SIZE``, MVAPICH's ``MV2_COMM_WORLD_SIZE``) when neither ``MASTER_ADDR`` nor ``RANK`` is set and mpi4py is installed.
 Without a job secret in the environment, rank 0 makes one and broadcasts it with the
 address, so the store authenticates its clients there too.
 
@@ -49,7 +64,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import socket
+import tempfile
+import zlib
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import NamedTuple
@@ -60,14 +78,70 @@ from mpdist.store.base import Store
 from mpdist.store.file import FileStore
 from mpdist.store.tcp import TCPStore, abort_pending
 
-__all__ = ["abort_pending", "rendezvous"]
+__all__ = ["LaunchInfo", "abort_pending", "launch_info", "rendezvous"]
 
-# (rank variable, world size variable), by precedence.
-_ENV_SOURCES = (
-    ("RANK", "WORLD_SIZE"),
-    ("SLURM_PROCID", "SLURM_NTASKS"),
-    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+
+class _Launcher(NamedTuple):
+    """The variables one launcher sets for its processes (None: it sets none)."""
+
+    name: str
+    rank: str
+    size: str | None
+    local_rank: str | None
+    local_size: str | None
+    mpi: bool  # an MPI launcher: mpi4py can meet the other ranks through it
+
+
+# By precedence: the first launcher whose rank variable is set gives the rank.
+_LAUNCHERS = (
+    _Launcher("torch", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", False),
+    _Launcher(
+        "Slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", False
+    ),
+    _Launcher(
+        "Open MPI",
+        "OMPI_COMM_WORLD_RANK",
+        "OMPI_COMM_WORLD_SIZE",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        True,
+    ),
+    _Launcher(
+        "MPICH/Intel MPI (Hydra)",
+        "PMI_RANK",
+        "PMI_SIZE",
+        "MPI_LOCALRANKID",
+        "MPI_LOCALNRANKS",
+        True,
+    ),
+    _Launcher(
+        "MVAPICH",
+        "MV2_COMM_WORLD_RANK",
+        "MV2_COMM_WORLD_SIZE",
+        "MV2_COMM_WORLD_LOCAL_RANK",
+        "MV2_COMM_WORLD_LOCAL_SIZE",
+        True,
+    ),
+    _Launcher("PMIx", "PMIX_RANK", None, None, None, True),
 )
+# The launcher's job id, when there is one, to derive a port all ranks agree on.
+_MPI_JOB_IDS = ("OMPI_MCA_ess_base_jobid", "OMPI_MCA_orte_ess_jobid", "PMIX_NAMESPACE", "MPIRUN_ID")
+# One host expression of a Slurm node list (text and [ranges] groups), and the whole list.
+_HOST_EXPR = re.compile(r"(?:[^,\[\]]|\[[^\[\]]*\])+")
+_HOSTLIST = re.compile(rf"{_HOST_EXPR.pattern}(?:,{_HOST_EXPR.pattern})*")
+# Derived ports fall below Linux's ephemeral range (32768..), where the OS picks ports.
+_DERIVED_PORT_BASE, _DERIVED_PORT_SPAN = 15000, 15000
+
+
+class LaunchInfo(NamedTuple):
+    """Where this process sits in its job, as its launcher's environment says (None: not said)."""
+
+    rank: int | None
+    world_size: int | None
+    local_rank: int | None
+    local_world_size: int | None
+    launcher: str | None  # "torch", "Slurm", "Open MPI", ...: whose rank variable was read
+
 
 # Query parameters torch accepts that mean nothing here; ignored so ported URLs keep working.
 _IGNORED_QUERY = frozenset({"use_libuv"})
@@ -141,36 +215,162 @@ def _env_int(env: Mapping[str, str], names: tuple[str, ...], arg: int) -> tuple[
     return None
 
 
-def _all_ranks_local(env: Mapping[str, str], world_size: int, size_src: str) -> bool:
+def _launcher(env: Mapping[str, str]) -> _Launcher | None:
+    """The first launcher (by precedence) whose rank variable is set in ``env``."""
+    for launcher in _LAUNCHERS:
+        if env.get(launcher.rank, "").strip():
+            return launcher
+    return None
+
+
+def _optional_int(env: Mapping[str, str], name: str | None) -> int | None:
+    text = env.get(name, "").strip() if name is not None else ""
+    return _parse_int("env", name or "", text, "environment variable") if text else None
+
+
+def launch_info(environ: Mapping[str, str] | None = None) -> LaunchInfo:
+    """Rank, world size, local rank and local world size from the launcher's variables.
+
+    The launcher is the first (torch's ``RANK``, Slurm, Open MPI, MPICH/Intel MPI Hydra,
+    MVAPICH, PMIx) whose rank variable is set; its other variables give the rest, and a
+    world size it does not give comes from the first other launcher that does. Raises
+    ``ValueError`` naming a variable that is set but not an integer.
+    """
+    env = os.environ if environ is None else environ
+    launcher = _launcher(env)
+    if launcher is None:
+        return LaunchInfo(None, None, None, None, None)
+    size = _optional_int(env, launcher.size)
+    if size is None:
+        found = _env_int(env, tuple(x.size for x in _LAUNCHERS if x.size is not None), -1)
+        size = None if found is None else found[0]
+    return LaunchInfo(
+        _optional_int(env, launcher.rank),
+        size,
+        _optional_int(env, launcher.local_rank),
+        _optional_int(env, launcher.local_size),
+        launcher.name,
+    )
+
+
+def expand_hostlist(nodelist: str) -> list[str]:
+    """Slurm's compressed host list as names: ``"node[01-03,07],gpu1"`` -> node01, node02,
+    node03, node07, gpu1 (zero padding kept). ``ValueError`` on a malformed list."""
+    if not _HOSTLIST.fullmatch(nodelist):
+        raise ValueError(f"malformed Slurm node list {nodelist!r}")
+    hosts: list[str] = []
+    for expr in _HOST_EXPR.findall(nodelist):
+        names = [""]
+        for text, ranges in re.findall(r"([^\[]+)|\[([^\]]*)\]", expr):
+            if text:
+                names = [n + text for n in names]
+                continue
+            items: list[str] = []
+            for part in ranges.split(","):
+                lo, dash, hi = part.partition("-")
+                hi = hi if dash else lo
+                if not (lo.isdigit() and hi.isdigit()) or int(hi) < int(lo):
+                    raise ValueError(f"malformed Slurm node list {nodelist!r} (range {part!r})")
+                items += [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)]
+            names = [n + i for n in names for i in items]
+        hosts += names
+    return hosts
+
+
+def derived_port(job_id: str) -> int:
+    """A port every rank of a job computes alike from its job id (in 15000..29999, below the
+    ephemeral range, so the OS does not hand it out for outgoing connections)."""
+    return _DERIVED_PORT_BASE + zlib.crc32(job_id.encode()) % _DERIVED_PORT_SPAN
+
+
+def _slurm_nodes(env: Mapping[str, str]) -> str | None:
+    # The step's nodes, where srun started the ranks (rank 0 on the first); else the job's.
+    return (env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "").strip() or None
+
+
+def _all_ranks_local(env: Mapping[str, str], world_size: int, info: LaunchInfo) -> bool:
     """Whether the environment proves every rank runs on this host (then loopback is right)."""
     if world_size == 1:
         return True
-    if env.get("LOCAL_WORLD_SIZE", "").strip() == str(world_size):
+    if info.local_world_size == world_size:
         return True
-    if (
-        size_src == "SLURM_NTASKS"
-        and (env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES")) == "1"
-    ):
-        return True
-    return size_src == "OMPI_COMM_WORLD_SIZE" and env.get("OMPI_COMM_WORLD_LOCAL_SIZE") == str(
-        world_size
+    return info.launcher == "Slurm" and (
+        (env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES")) == "1"
     )
 
 
-def _env_params(
+def _under_torchrun(env: Mapping[str, str]) -> bool:
+    """torchrun's agent serves its own (torch) store on MASTER_PORT: not one mpdist can use."""
+    return bool(env.get("TORCHELASTIC_RUN_ID")) and env.get(
+        "TORCHELASTIC_USE_AGENT_STORE", ""
+    ).strip().lower() in ("true", "1")
+
+
+def _torchrun_store_path(env: Mapping[str, str]) -> str:
+    """The FileStore the ranks of one torchrun agent share: the run id, the agent's port and
+    the agent's pid (every worker's parent) make it one run's, never an earlier run's."""
+    run = re.sub(r"[^A-Za-z0-9_.-]", "_", env.get("TORCHELASTIC_RUN_ID", ""))
+    restart = env.get("TORCHELASTIC_RESTART_COUNT", "0").strip()
+    port = env.get("MASTER_PORT", "").strip()
+    name = f"mpdist-torchrun-{run}-{port}-{os.getppid()}-{restart}.store"
+    return os.path.join(tempfile.gettempdir(), name)
+
+
+def _master_port(env: Mapping[str, str], info: LaunchInfo, all_local: bool) -> int:
+    port_text = env.get("MASTER_PORT", "").strip()
+    if port_text:
+        return _check_port(
+            "env",
+            "environment variable MASTER_PORT",
+            _parse_int("env", "MASTER_PORT", port_text, "environment variable"),
+        )
+    if info.launcher == "Slurm" and env.get("SLURM_JOB_ID", "").strip():
+        job = f"{env['SLURM_JOB_ID'].strip()}.{env.get('SLURM_STEP_ID', '').strip()}"
+        return derived_port(f"slurm:{job}")
+    launcher = next((x for x in _LAUNCHERS if x.name == info.launcher), None)
+    if launcher is not None and launcher.mpi and all_local:
+        job_id = next((env[v] for v in _MPI_JOB_IDS if env.get(v, "").strip()), None)
+        # Hydra names no job: the ranks of one host share their parent, its proxy.
+        return derived_port(f"mpi:{job_id or os.getppid()}")
+    raise _error("env", "environment variable MASTER_PORT expected, but not set")
+
+
+def _master_addr(env: Mapping[str, str], info: LaunchInfo, all_local: bool) -> str:
+    addr = env.get("MASTER_ADDR", "").strip()
+    if addr:
+        return addr
+    if all_local:
+        return "127.0.0.1"
+    nodes = _slurm_nodes(env)
+    if info.launcher == "Slurm" and nodes is not None:
+        try:
+            return expand_hostlist(nodes)[0]
+        except ValueError as e:
+            raise _error("env", f"{e}; set MASTER_ADDR") from None
+    launcher = next((x for x in _LAUNCHERS if x.name == info.launcher), None)
+    if launcher is not None and launcher.mpi:
+        raise _error(
+            "env",
+            f"environment variable MASTER_ADDR expected, but not set: started by {launcher.name} "
+            "on several hosts, set MASTER_ADDR (the host of rank 0) and MASTER_PORT, or install "
+            "the mpi extra (pip install 'mpdist[mpi]') and use init_method='mpi://' "
+            "(the default under an MPI launcher when mpi4py is installed)",
+        )
+    raise _error("env", "environment variable MASTER_ADDR expected, but not set")
+
+
+def _env_ranks(
     query: Mapping[str, int], rank: int, world_size: int, env: Mapping[str, str]
-) -> tuple[str, int, int, int]:
-    """Resolve env:// to ``(master_addr, master_port, rank, world_size)``; opens nothing."""
+) -> tuple[int, int]:
+    """env://'s rank and world size: the arguments, else the launchers' variables; checked."""
     rank_arg = _merge("env", "rank", rank, query)
     size_arg = _merge("env", "world_size", world_size, query)
-    found_rank = _env_int(
-        env, tuple(r for r, _ in _ENV_SOURCES), -1 if rank_arg is None else rank_arg
-    )
+    ranks = tuple(x.rank for x in _LAUNCHERS)
+    found_rank = _env_int(env, ranks, -1 if rank_arg is None else rank_arg)
     if found_rank is None:
         raise _error("env", "environment variable RANK expected, but not set")
-    found_size = _env_int(
-        env, tuple(s for _, s in _ENV_SOURCES), -1 if size_arg is None else size_arg
-    )
+    sizes = tuple(x.size for x in _LAUNCHERS if x.size is not None)
+    found_size = _env_int(env, sizes, -1 if size_arg is None else size_arg)
     if found_size is None:
         raise _error("env", "environment variable WORLD_SIZE expected, but not set")
     (rank, rank_src), (world_size, size_src) = found_rank, found_size
@@ -181,26 +381,42 @@ def _env_params(
         "rank" if rank_src == "argument" else rank_src,
         "world_size" if size_src == "argument" else size_src,
     )
+    return rank, world_size
 
-    port_text = env.get("MASTER_PORT")
-    if port_text is None or port_text.strip() == "":
-        raise _error("env", "environment variable MASTER_PORT expected, but not set")
-    port = _check_port(
-        "env",
-        "environment variable MASTER_PORT",
-        _parse_int("env", "MASTER_PORT", port_text, "environment variable"),
-    )
-    addr = env.get("MASTER_ADDR", "").strip()
-    if not addr:
-        if not _all_ranks_local(env, world_size, size_src):
-            raise _error("env", "environment variable MASTER_ADDR expected, but not set")
-        addr = "127.0.0.1"
-    return addr, port, rank, world_size
+
+def _env_params(
+    query: Mapping[str, int], rank: int, world_size: int, env: Mapping[str, str]
+) -> tuple[str, int, int, int]:
+    """Resolve env:// to ``(master_addr, master_port, rank, world_size)``; opens nothing."""
+    rank, world_size = _env_ranks(query, rank, world_size, env)
+    info = launch_info(env)
+    all_local = _all_ranks_local(env, world_size, info)
+    addr = _master_addr(env, info, all_local)
+    return addr, _master_port(env, info, all_local), rank, world_size
+
+
+def _torchrun_store(
+    query: Mapping[str, int], rank: int, world_size: int, timeout: timedelta, env: Mapping[str, str]
+) -> tuple[Store, int, int]:
+    rank, world_size = _env_ranks(query, rank, world_size, env)
+    if not _all_ranks_local(env, world_size, launch_info(env)):
+        raise _error(
+            "env",
+            "started by torchrun on several hosts: torchrun's agent serves its own store on "
+            f"MASTER_PORT={env.get('MASTER_PORT', '?')} (TORCHELASTIC_USE_AGENT_STORE=True), "
+            "which mpdist cannot share; start the job with `mpdist run` (python -m mpdist run "
+            "--nnodes N --node-rank R --master-addr A --master-port P --nproc K script.py) instead",
+        )
+    store = FileStore(_torchrun_store_path(env), world_size)
+    store.set_timeout(timeout)
+    return store, rank, world_size
 
 
 def _env_rendezvous(
     query: Mapping[str, int], rank: int, world_size: int, timeout: timedelta, env: Mapping[str, str]
 ) -> tuple[Store, int, int]:
+    if _under_torchrun(env):
+        return _torchrun_store(query, rank, world_size, timeout, env)
     addr, port, rank, world_size = _env_params(query, rank, world_size, env)
     secret = _auth.job_secret(env)
     return _tcp_store(addr, port, rank, world_size, timeout, secret), rank, world_size
@@ -278,7 +494,9 @@ def _mpi_launched(env: Mapping[str, str]) -> bool:
     (no ``MASTER_ADDR``/``RANK`` of its own), with mpi4py there to ask."""
     if env.get("MASTER_ADDR", "").strip() or env.get("RANK", "").strip():
         return False
-    if not any(v in env for v in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE")):
+    if _under_torchrun(env) or not any(
+        v in env for v in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+    ):
         return False
     return importlib.util.find_spec("mpi4py") is not None
 
