@@ -79,9 +79,28 @@ class LocalStateDictConfig(StateDictConfig):
     """LOCAL_STATE_DICT options."""
 
 
+# the classes below import the enums above
+from mpdist.fsdp._flat import live_unsharded_bytes, peak_unsharded_bytes  # noqa: E402
+from mpdist.fsdp.fully_sharded_data_parallel import FullyShardedDataParallel  # noqa: E402
+from mpdist.fsdp._fully_shard import (  # noqa: E402
+    CPUOffloadPolicy,
+    FSDPModule,
+    MixedPrecisionPolicy,
+    OffloadPolicy,
+    fully_shard,
+)
+
 __all__ = [
     "BackwardPrefetch",
+    "FullyShardedDataParallel",
+    "live_unsharded_bytes",
+    "peak_unsharded_bytes",
     "CPUOffload",
+    "CPUOffloadPolicy",
+    "FSDPModule",
+    "MixedPrecisionPolicy",
+    "OffloadPolicy",
+    "fully_shard",
     "FullStateDictConfig",
     "LocalStateDictConfig",
     "MixedPrecision",

@@ -26,4 +26,22 @@ from mpdist.parallel.ddp import DistributedDataParallel
 from mpdist.parallel.reducer import GradBucket
 from mpdist.parallel.replicate import replicate
 
-__all__ = ["DistributedDataParallel", "GradBucket", "functional", "hooks", "replicate"]
+
+
+def __getattr__(name: str) -> object:
+    # mpdist.fsdp builds on this package, so its re-export is resolved on first use
+    if name == "FullyShardedDataParallel":
+        from mpdist.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel
+    raise AttributeError(f"module 'mpdist.parallel' has no attribute {name!r}")
+
+
+__all__ = [
+    "DistributedDataParallel",
+    "FullyShardedDataParallel",
+    "GradBucket",
+    "functional",
+    "hooks",
+    "replicate",
+]

@@ -1,0 +1,153 @@
+"""State dicts of a ``FullyShardedDataParallel`` model, under the unwrapped model's keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mpdist import distributed as dist
+from mpdist.fsdp import FullStateDictConfig, StateDictConfig
+from mpdist.nn import Module
+
+WRAPPED = "_fsdp_wrapped_module."
+
+
+def clean(key: str) -> str:
+    """A key without FSDP's wrapper levels."""
+    return key.replace(WRAPPED, "")
+
+
+def _units(root: Module) -> list[tuple[str, Any]]:
+    from mpdist.fsdp.fully_sharded_data_parallel import FullyShardedDataParallel
+
+    return [
+        (clean(n + "." if n else ""), m)
+        for n, m in root.named_modules()
+        if isinstance(m, FullyShardedDataParallel)
+    ]
+
+
+def _buffers(root: Module) -> dict[str, np.ndarray]:
+    out = {}
+    for owner_name, owner in root.named_modules():
+        for name, b in owner._buffers.items():
+            if b is not None and name not in owner._non_persistent_buffers:
+                key = clean((owner_name + "." if owner_name else "") + name)
+                out[key] = b.data.copy()
+    return out
+
+
+def _gathered(unit: Any) -> np.ndarray:
+    h = unit._handle
+    full = h.gather()
+    if not h.armed:
+        h.free()
+    return full
+
+
+def full_state_dict(root: Module, config: StateDictConfig) -> dict[str, Any]:
+    """Every parameter whole (``rank0_only``: only rank 0 gets anything)."""
+    out: dict[str, Any] = {}
+    for prefix, u in _units(root):
+        full = _gathered(u)
+        for e in u._handle.entries:
+            a = full[e.offset : e.offset + e.numel].reshape(e.shape).copy()
+            if e.dtensor is not None:
+                from mpdist.tensor import DTensor
+
+                mesh, placements, gshape = e.dtensor
+                from mpdist.fsdp._flat import _contiguous_stride
+
+                a = DTensor.from_local(
+                    a, mesh, placements, shape=gshape, stride=_contiguous_stride(gshape)
+                )
+            out[prefix + e.fqn] = a
+    out.update(_buffers(root))
+    rank0_only = isinstance(config, FullStateDictConfig) and config.rank0_only
+    if rank0_only and dist.get_rank(root._groups.shard) != 0:
+        return {}
+    return out
+
+
+def sharded_state_dict(root: Module) -> dict[str, Any]:
+    """Every parameter as a DTensor placed ``Shard(0)`` over the unit's ranks."""
+    from mpdist.device_mesh import DeviceMesh
+    from mpdist.tensor import DTensor, Shard
+
+    out: dict[str, Any] = {}
+    for prefix, u in _units(root):
+        h = u._handle
+        pg = h.groups.shard
+        ranks = [dist.get_global_rank(pg, r) for r in range(dist.get_world_size(pg))]
+        mesh = DeviceMesh("cpu", ranks, _init_backend=False)
+        full = _gathered(u)
+        for e in h.entries:
+            if e.dtensor is not None:
+                raise NotImplementedError(
+                    "SHARDED_STATE_DICT of tensor-parallel parameters; use FULL_STATE_DICT"
+                )
+            whole = full[e.offset : e.offset + e.numel].reshape(e.shape)
+            if not e.shape:
+                raise NotImplementedError("SHARDED_STATE_DICT of a 0-d parameter")
+            size = -(-e.shape[0] // h.world)  # torch.chunk's pieces: the last may be short
+            mine = whole[h.rank * size : (h.rank + 1) * size].copy()
+            out[prefix + e.fqn] = DTensor.from_local(
+                mine, mesh, [Shard(0)], shape=e.shape, stride=_stride(e.shape)
+            )
+    out.update(_buffers(root))
+    return out
+
+
+def _stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    from mpdist.fsdp._flat import _contiguous_stride
+
+    return _contiguous_stride(shape)
+
+
+def load_into(root: Module, state_dict: dict[str, Any], strict: bool) -> Any:
+    """Write full arrays or DTensors (gathered whole) into the shards and the buffers."""
+    from mpdist.nn.module import IncompatibleKeys
+
+    expected: set[str] = set()
+    for prefix, u in _units(root):
+        h = u._handle
+        lo = h.rank * h.shard_size
+        full = np.zeros(h.padded, dtype=h.flat_param.data.dtype)
+        for e in h.entries:
+            key = prefix + e.fqn
+            expected.add(key)
+            if key not in state_dict:
+                full[e.offset : e.offset + e.numel] = 0
+                continue
+            v = state_dict[key]
+            if hasattr(v, "full_tensor") and e.dtensor is None:
+                v = v.full_tensor()
+            elif hasattr(v, "to_local"):
+                v = v.to_local()
+            arr = np.asarray(v.data if hasattr(v, "data") else v)
+            if arr.size != e.numel:
+                raise RuntimeError(
+                    f"Error(s) in loading state_dict: size mismatch for {key}: copying a param "
+                    f"with shape {arr.shape}, the shape in current model is {e.shape}."
+                )
+            full[e.offset : e.offset + e.numel] = arr.reshape(-1)
+        h.flat_param.data[...] = full[lo : lo + h.shard_size]
+    buffers = {}
+    for owner_name, owner in root.named_modules():
+        for name, b in owner._buffers.items():
+            if b is not None and name not in owner._non_persistent_buffers:
+                buffers[clean((owner_name + "." if owner_name else "") + name)] = b
+    for key, b in buffers.items():
+        expected.add(key)
+        if key in state_dict:
+            v = state_dict[key]
+            b.data[...] = np.asarray(v.data if hasattr(v, "data") else v)
+    missing = sorted(expected - set(state_dict))
+    unexpected = sorted(set(state_dict) - expected)
+    if strict and (missing or unexpected):
+        raise RuntimeError(
+            "Error(s) in loading state_dict for FullyShardedDataParallel: "
+            f"Missing key(s): {missing}. Unexpected key(s): {unexpected}."
+        )
+    return IncompatibleKeys(missing, unexpected)
