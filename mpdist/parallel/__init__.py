@@ -27,7 +27,6 @@ from mpdist.parallel.reducer import GradBucket
 from mpdist.parallel.replicate import replicate
 
 
-
 def __getattr__(name: str) -> object:
     # mpdist.fsdp builds on this package, so its re-export is resolved on first use
     if name == "FullyShardedDataParallel":
