@@ -352,13 +352,17 @@ def _sizes(marker: pytest.Mark) -> list[int]:
 
 
 def _harness_classes() -> tuple[type, ...]:
-    # A class can only derive from the harness's classes once mpdist.testing is imported.
-    if "mpdist.testing.multithreaded" not in sys.modules:
-        return ()
-    from mpdist.testing.multiprocess import MultiProcessTestCase
-    from mpdist.testing.multithreaded import MultiThreadedTestCase
-
-    return (MultiProcessTestCase, MultiThreadedTestCase)
+    """The harness's test case classes imported so far: a class can only derive from one
+    once its module is imported (``mpdist.testing`` imports each on first use)."""
+    found = []
+    for module_name, class_name in (
+        ("mpdist.testing.multiprocess", "MultiProcessTestCase"),
+        ("mpdist.testing.multithreaded", "MultiThreadedTestCase"),
+    ):
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
 
 
 @pytest.hookimpl(tryfirst=True)
