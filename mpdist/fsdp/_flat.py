@@ -80,6 +80,7 @@ class ShardGroups:
     shard: ProcessGroup
     replicate: ProcessGroup | None
     sharded: bool  # False for NO_SHARD: every rank holds the whole flat array
+    mesh: Any = None  # a 1-D DeviceMesh over ``shard`` (given, or made for a sharded state dict)
 
 
 class FlatParamHandle:

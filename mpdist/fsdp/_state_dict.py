@@ -76,11 +76,16 @@ def sharded_state_dict(root: Module) -> dict[str, Any]:
     from mpdist.tensor import DTensor, Shard
 
     out: dict[str, Any] = {}
+    meshes: dict[int, Any] = {}  # one mesh per shard group, made (collectively) on first use
     for prefix, u in _units(root):
         h = u._handle
         pg = h.groups.shard
-        ranks = [dist.get_global_rank(pg, r) for r in range(dist.get_world_size(pg))]
-        mesh = DeviceMesh("cpu", ranks, _init_backend=False)
+        if h.groups.mesh is None:
+            if id(pg) not in meshes:
+                ranks = [dist.get_global_rank(pg, r) for r in range(dist.get_world_size(pg))]
+                meshes[id(pg)] = DeviceMesh("cpu", ranks)
+            h.groups.mesh = meshes[id(pg)]
+        mesh = h.groups.mesh
         full = _gathered(u)
         for e in h.entries:
             if e.dtensor is not None:

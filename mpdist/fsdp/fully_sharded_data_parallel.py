@@ -61,7 +61,9 @@ def _resolve_groups(
                 f"{strategy.name} shards over a 1-D device_mesh, got a {device_mesh.ndim}-D mesh "
                 '(pass one dimension of it, e.g. mesh["dp"])'
             )
-        return ShardGroups(device_mesh.get_group(0), None, strategy != ShardingStrategy.NO_SHARD)
+        return ShardGroups(
+            device_mesh.get_group(0), None, strategy != ShardingStrategy.NO_SHARD, device_mesh
+        )
     if strategy in _HYBRID:
         if isinstance(process_group, tuple):
             intra, inter = process_group
