@@ -26,10 +26,24 @@ binding it, the launcher keeps a bound but non-listening socket with
 to no other ``bind(port=0)`` or outgoing connection, while rank 0's store server
 (which binds with ``SO_REUSEADDR``) can still listen on it.
 
+Slurm. Inside a Slurm job (one ``mpdist run`` per node, e.g. ``srun
+--ntasks-per-node=1 python -m mpdist run --nproc 4 train.py``) ``--nnodes`` and
+``--node-rank`` default to ``SLURM_NNODES`` and ``SLURM_NODEID``, and with several
+nodes ``--master-addr`` / ``--master-port`` to the first host of the node list and a
+port derived from the job and step ids (as env:// derives them).
+
+Threads. Each rank gets ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and
+``MKL_NUM_THREADS`` = max(1, usable cpus // ranks on this node), the test harness's
+rule, unless the user set them: N ranks with a BLAS pool of all cpus each would
+oversubscribe the node N times.
+
 Output. Each line a rank writes to stdout or stderr is written to the
 launcher's stdout or stderr as one ``[rank k] ...`` line (k is the global
 rank), so lines of different ranks never mix within a line. Ranks run with
-``PYTHONUNBUFFERED=1`` so lines appear as they are printed.
+``PYTHONUNBUFFERED=1`` so lines appear as they are printed. ``--ranks-filter 0,2``
+passes only those ranks' lines to the terminal; ``--log-dir DIR`` also writes every
+rank's lines, unprefixed, to ``DIR/rank<k>.stdout`` and ``DIR/rank<k>.stderr``;
+``--timestamp`` starts each line (terminal and files) with the time it was read.
 
 Exit. When every rank exits 0 the launcher exits 0. When a rank fails first,
 the others are stopped and the launcher exits with that rank's code; a rank
@@ -60,12 +74,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import psutil
 
 from mpdist import _auth
 from mpdist._proctree import ProcessTree
+from mpdist.store import rendezvous
+from mpdist.testing._config import THREAD_VARS, blas_threads
 
 __all__ = ["main"]
 
@@ -87,25 +103,31 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     ),
     (
         ("--nnodes",),
-        dict(type=int, default=1, metavar="M", help="number of nodes (default 1)"),
+        dict(
+            type=int,
+            default=None,
+            metavar="M",
+            help="number of nodes (default: $SLURM_NNODES under Slurm, else 1)",
+        ),
     ),
     (
         ("--node-rank", "--node_rank"),
         dict(
             dest="node_rank",
             type=int,
-            default=0,
+            default=None,
             metavar="R",
-            help="this node's index, 0..M-1 (default 0)",
+            help="this node's index, 0..M-1 (default: $SLURM_NODEID under Slurm, else 0)",
         ),
     ),
     (
         ("--master-addr", "--master_addr"),
         dict(
             dest="master_addr",
-            default="127.0.0.1",
+            default=None,
             metavar="A",
-            help="address of node 0, where rank 0 runs the store (default 127.0.0.1)",
+            help="address of node 0, where rank 0 runs the store (default: the first host "
+            "of Slurm's node list with several nodes, else 127.0.0.1)",
         ),
     ),
     (
@@ -115,7 +137,26 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
             type=int,
             default=None,
             metavar="P",
-            help="port of rank 0's store; required with --nnodes > 1 (default: a free port)",
+            help="port of rank 0's store; required with --nnodes > 1 outside Slurm "
+            "(default: one derived from Slurm's job id, else a free port)",
+        ),
+    ),
+    (
+        ("--log-dir", "--log_dir"),
+        dict(
+            dest="log_dir",
+            default=None,
+            metavar="DIR",
+            help="also write each rank's output to DIR/rank<k>.stdout and DIR/rank<k>.stderr",
+        ),
+    ),
+    (
+        ("--ranks-filter", "--ranks_filter"),
+        dict(
+            dest="ranks_filter",
+            default=None,
+            metavar="K,...",
+            help="only these global ranks' output reaches the terminal (default: all)",
         ),
     ),
     (
@@ -178,6 +219,11 @@ def _parser() -> argparse.ArgumentParser:
     for names, kwargs in _VALUE_OPTIONS:
         p.add_argument(*names, **kwargs)
     p.add_argument(
+        "--timestamp",
+        action="store_true",
+        help="start each output line with the time it was read (HH:MM:SS.mmm)",
+    )
+    p.add_argument(
         "-m",
         "--module",
         action="store_true",
@@ -198,6 +244,9 @@ class _Config:
     module: bool
     program: str
     program_args: list[str]
+    log_dir: str | None = None
+    ranks_filter: frozenset[int] | None = None  # None: every rank's output reaches the terminal
+    timestamp: bool = False
 
 
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -213,10 +262,63 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return list(argv), []
 
 
+def _slurm_int(name: str) -> int | None:
+    """A Slurm variable as an int, when this runs inside a Slurm job and it is set."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return None
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise _UsageError(f"${name} must be an integer, got {text!r}") from None
+
+
+def _slurm_master(nnodes: int) -> tuple[str | None, int | None]:
+    """Node 0's address and a port for a multi-node job under Slurm, as env:// derives them."""
+    if nnodes == 1 or not os.environ.get("SLURM_JOB_ID"):
+        return None, None
+    env = os.environ
+    nodes = rendezvous._slurm_nodes(env)
+    try:
+        addr = rendezvous.expand_hostlist(nodes)[0] if nodes else None
+    except ValueError as exc:
+        raise _UsageError(f"{exc}; give --master-addr") from None
+    job = f"{env['SLURM_JOB_ID'].strip()}.{env.get('SLURM_STEP_ID', '').strip()}"
+    return addr, rendezvous.derived_port(f"slurm:{job}")
+
+
+def _ranks_filter(text: str | None, world_size: int) -> frozenset[int] | None:
+    if text is None:
+        return None
+    ranks = set()
+    for part in text.split(","):
+        try:
+            rank = int(part.strip())
+        except ValueError:
+            raise _UsageError(f"--ranks-filter takes global ranks like 0,2, got {text!r}") from None
+        if not 0 <= rank < world_size:
+            raise _UsageError(f"--ranks-filter: rank {rank} is not in 0..{world_size - 1}")
+        ranks.add(rank)
+    return frozenset(ranks)
+
+
 def _parse(argv: Sequence[str]) -> _Config:
     opts, rest = _split_argv(argv)
     parser = _parser()
     ns = parser.parse_args(opts)
+    # Under Slurm (one `mpdist run` per node, e.g. srun --ntasks-per-node=1) the job says
+    # how many nodes there are and which one this is; the command line still wins.
+    if ns.nnodes is None:
+        ns.nnodes = _slurm_int("SLURM_NNODES") or _slurm_int("SLURM_JOB_NUM_NODES") or 1
+    if ns.node_rank is None:
+        ns.node_rank = (_slurm_int("SLURM_NODEID") or 0) if ns.nnodes > 1 else 0
+    slurm_addr, slurm_port = _slurm_master(ns.nnodes)
+    if ns.master_addr is None:
+        ns.master_addr = slurm_addr or "127.0.0.1"
+    if ns.master_port is None:
+        ns.master_port = slurm_port
     if not rest:
         raise _UsageError("a module name is required after -m" if ns.module else "no script given")
     if ns.nproc < 1:
@@ -241,6 +343,13 @@ def _parse(argv: Sequence[str]) -> _Config:
             _auth.job_secret({_auth.SECRET_FILE_ENV: secret_file})
         except ValueError as exc:
             raise _UsageError(f"--secret-file: {exc}") from None
+    ranks_filter = _ranks_filter(ns.ranks_filter, ns.nnodes * ns.nproc)
+    log_dir = None if ns.log_dir is None else os.path.abspath(ns.log_dir)
+    if log_dir is not None:
+        try:
+            os.makedirs(log_dir, exist_ok=True)
+        except OSError as exc:
+            raise _UsageError(f"--log-dir {ns.log_dir}: {exc.strerror or exc}") from None
     program = rest[0]
     if not ns.module and not os.path.isfile(program):
         raise _UsageError(f"script not found: {program!r} (use -m to run a module)")
@@ -255,6 +364,9 @@ def _parse(argv: Sequence[str]) -> _Config:
         module=ns.module,
         program=program,
         program_args=rest[1:],
+        log_dir=log_dir,
+        ranks_filter=ranks_filter,
+        timestamp=ns.timestamp,
     )
 
 
@@ -321,6 +433,7 @@ class _Stream:
     fd: int
     target: int  # 1 (stdout) or 2 (stderr)
     buf: bytearray = field(default_factory=bytearray)
+    log: BinaryIO | None = None  # --log-dir's file for this rank and stream
 
 
 @dataclass
@@ -361,6 +474,9 @@ class _Job:
         env.pop(_auth.SECRET_ENV, None)
         env.pop(_auth.SECRET_FILE_ENV, None)
         env.update(self.secret)
+        # The node's cpus shared by its ranks' BLAS / OpenMP pools, unless the user sized them.
+        threads = str(blas_threads(cfg.nproc))
+        env.update({name: threads for name in THREAD_VARS if name not in os.environ})
         env.update(
             RANK=str(cfg.node_rank * cfg.nproc + local_rank),
             WORLD_SIZE=str(cfg.nnodes * cfg.nproc),
@@ -400,7 +516,11 @@ class _Job:
                 assert pipe is not None
                 fd = pipe.fileno()
                 os.set_blocking(fd, False)
-                self.sel.register(fd, selectors.EVENT_READ, (r, _Stream(fd, target)))
+                log = None
+                if cfg.log_dir is not None:
+                    name = f"rank{r.rank}.{'stdout' if target == 1 else 'stderr'}"
+                    log = open(os.path.join(cfg.log_dir, name), "wb")  # noqa: SIM115
+                self.sel.register(fd, selectors.EVENT_READ, (r, _Stream(fd, target, log=log)))
                 self.streams += 1
 
     # ---- output -------------------------------------------------------------------------
@@ -430,8 +550,18 @@ class _Job:
         if len(buf) >= _MAX_LINE or (eof and buf):
             lines.append(bytes(buf))
             buf.clear()
-        if lines:
-            prefix = f"[rank {r.rank}] ".encode()
+        if not lines:
+            return
+        stamp = b""
+        if self.cfg.timestamp:
+            now = time.time()
+            stamp = time.strftime("%H:%M:%S", time.localtime(now)).encode()
+            stamp += f".{int(now % 1 * 1000):03d} ".encode()
+        if stream.log is not None:
+            stream.log.write(b"".join(stamp + line + b"\n" for line in lines))
+            stream.log.flush()
+        if self.cfg.ranks_filter is None or r.rank in self.cfg.ranks_filter:
+            prefix = stamp + f"[rank {r.rank}] ".encode()
             self._emit(stream.target, b"".join(prefix + line + b"\n" for line in lines))
 
     def _pump(self, timeout: float | None) -> None:
@@ -452,6 +582,8 @@ class _Job:
                 self._forward(r, stream, eof=False)
             else:
                 self._forward(r, stream, eof=True)
+                if stream.log is not None:
+                    stream.log.close()
                 self.sel.unregister(stream.fd)
                 self.streams -= 1
 
@@ -568,6 +700,8 @@ class _Job:
             if key.data is not None:
                 r, stream = key.data
                 self._forward(r, stream, eof=True)
+                if stream.log is not None:
+                    stream.log.close()
         self.sel.close()
         for r in self.ranks:
             for pipe in (r.proc.stdout, r.proc.stderr):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -62,7 +64,9 @@ def launch(args: list, cwd: Path, **kw) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def launched(cwd: Path, *arg_lists: list) -> Iterator[list[subprocess.Popen]]:
+def launched(
+    cwd: Path, *arg_lists: list, env: dict[str, str] | None = None
+) -> Iterator[list[subprocess.Popen]]:
     """Start ``mpdist run *args`` in the background for each argument list, with text pipes.
 
     Whatever happens in the block, no launcher is left running after it: one still running
@@ -75,6 +79,7 @@ def launched(cwd: Path, *arg_lists: list) -> Iterator[list[subprocess.Popen]]:
                 subprocess.Popen(
                     command(args),
                     cwd=cwd,
+                    env=env,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     text=True,
@@ -351,6 +356,8 @@ def test_two_nodes_get_global_ranks(tmp_path, held_port):
         (["--stop-grace", "-1", "x.py"], "--stop-grace must be >= 0"),
         (["--bogus", "x.py"], "unrecognized arguments: --bogus"),
         (["missing.py"], "script not found: 'missing.py'"),
+        (["--nproc", "2", "--ranks-filter", "0,x", "x.py"], "--ranks-filter takes global ranks"),
+        (["--nproc", "2", "--ranks-filter", "2", "x.py"], "rank 2 is not in 0..1"),
     ],
 )
 def test_bad_arguments(argv, message, capsys, tmp_path, monkeypatch):
@@ -428,3 +435,113 @@ def test_two_launchers_form_one_world(tmp_path, held_port):
     outputs = run_nodes(tmp_path, common, s, [1, 0])
     got = {**by_rank(outputs[0]), **by_rank(outputs[1])}
     assert got == {k: [f"{k} 4 [10.0, 10.0, 10.0, 10.0, 10.0]"] for k in range(4)}
+
+
+# ---- --log-dir, --ranks-filter, --timestamp, threads, Slurm defaults ---------------------------
+
+TALKER = """
+import os, sys
+rank = os.environ["RANK"]
+print(f"out {rank}")
+print(f"err {rank}", file=sys.stderr)
+print(*(os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")))
+"""
+
+
+def test_log_dir_keeps_every_ranks_output_and_ranks_filter_the_terminal(tmp_path):
+    s = script(tmp_path, "talk.py", TALKER)
+    logs = tmp_path / "logs" / "deep"
+    res = launch(["--nproc", 3, "--log-dir", logs, "--ranks-filter", "0,2", s], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert sorted(by_rank(res.stdout)) == [0, 2]
+    assert sorted(by_rank(res.stderr)) == [0, 2]
+    for rank in range(3):  # the files hold every rank, filtered or not, unprefixed
+        out = (logs / f"rank{rank}.stdout").read_text().splitlines()
+        assert out[0] == f"out {rank}"
+        assert (logs / f"rank{rank}.stderr").read_text() == f"err {rank}\n"
+
+
+def test_timestamp_starts_every_line(tmp_path):
+    s = script(tmp_path, "talk.py", TALKER)
+    res = launch(["--nproc", 2, "--timestamp", "--log-dir", tmp_path / "l", s], tmp_path)
+    assert res.returncode == 0, res.stderr
+    stamp = r"\d\d:\d\d:\d\d\.\d{3} "
+    lines = res.stdout.splitlines() + res.stderr.splitlines()
+    assert len(lines) == 6
+    assert all(re.fullmatch(stamp + r"\[rank [01]\] .*", line) for line in lines), lines
+    assert re.fullmatch(stamp + "err 1\n", (tmp_path / "l" / "rank1.stderr").read_text())
+
+
+def test_thread_pools_sized_to_the_ranks_unless_set(tmp_path, monkeypatch):
+    from mpdist.testing._config import blas_threads
+
+    s = script(tmp_path, "talk.py", TALKER)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    want = str(blas_threads(2))
+    res = launch(["--nproc", 2, s], tmp_path, env=env)
+    assert res.returncode == 0, res.stderr
+    assert [lines[1] for lines in by_rank(res.stdout).values()] == [f"{want} {want} {want}"] * 2
+    res = launch(["--nproc", 2, s], tmp_path, env={**env, "OMP_NUM_THREADS": "7"})
+    assert [lines[1] for lines in by_rank(res.stdout).values()] == [f"7 {want} {want}"] * 2
+
+
+def test_slurm_gives_nnodes_node_rank_and_master(tmp_path):
+    """Two launchers, one per Slurm "node", with no node or master options at all."""
+    from mpdist.store.rendezvous import derived_port
+
+    job = next(j for j in range(5000, 6000) if _port_free(derived_port(f"slurm:{j}.0")))
+    s = script(
+        tmp_path,
+        "where.py",
+        """
+        import os, numpy as np, mpdist
+        mpdist.init_process_group("tcp")
+        x = np.array([mpdist.get_rank() + 1.0])
+        mpdist.all_reduce(x)
+        print(os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["MASTER_ADDR"],
+              os.environ["MASTER_PORT"], x[0])
+        mpdist.destroy_process_group()
+        """,
+    )
+    slurm = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")},
+        "SLURM_JOB_ID": str(job),
+        "SLURM_STEP_ID": "0",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NODELIST": "localhost,node[2]",  # node 0 first: not the default 127.0.0.1
+        "MPDIST_JOB_SECRET": "s" * 32,  # a multi-node job shares one secret
+    }
+    envs = [{**slurm, "SLURM_NODEID": str(n)} for n in (0, 1)]
+    procs = []
+    try:
+        for env in envs:
+            procs.append(
+                subprocess.Popen(
+                    command(["--nproc", 1, s]),
+                    cwd=tmp_path,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        results = [p.communicate(timeout=LAUNCH_TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert [p.returncode for p in procs] == [0, 0], results
+    port = derived_port(f"slurm:{job}.0")
+    for node, (out, _) in enumerate(results):
+        assert by_rank(out) == {node: [f"{node} 2 localhost {port} 3.0"]}
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
