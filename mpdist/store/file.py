@@ -26,6 +26,15 @@ bit) or that another user owns is refused with a ``DistStoreError`` naming it an
 whoever can write the log can rewrite every key. (0644, what ``open(path, "wb")`` makes
 under the usual umask, is accepted.)
 
+Compaction: the log would grow forever (every ``add`` is a new record). A writer that
+finds the file past ``COMPACT_BYTES`` and more than twice the size of its live records
+rewrites the live keys, under the writer lock, into ``<path>.compact`` and renames that
+over ``path`` (atomic). Until the rename the old log is untouched, after it the new one is
+complete: a writer killed at any point loses no key (a stale ``.compact`` is overwritten
+by the next compaction). Other instances follow without coordination: a writer compares
+the path's inode with its descriptor's under the lock; a reader sees its file's link
+count drop to 0 in the ``fstat`` it polls anyway; both reopen the path and replay it.
+
 Every opener bumps a refcount record; when ``world_size`` instances have closed
 (``close()``, the context manager, or garbage collection) and none is open, the last
 closer removes the file and its lock file. ``world_size=-1`` never removes.
@@ -56,6 +65,9 @@ REFCOUNT_KEY = "/mpdist/filestore/refcount"
 
 # Longest close() waits for the writer lock before giving up on the refcount.
 _CLOSE_LOCK_S = 30.0
+
+# A log past this size is compacted once it is more than twice its live records.
+COMPACT_BYTES = 1 << 20
 
 _MAGIC = b"MPFS"
 _HDR = struct.Struct("<4sBIII")  # magic, kind, key length, value length, crc32
@@ -105,19 +117,11 @@ class _Log:
         self.pid = os.getpid()
         self.cache: dict[str, bytes] = {}
         self.offset = 0
+        self.compact_at = COMPACT_BYTES
         self.mutex = threading.RLock()
         self.closed = False
         self.lock_timeout = lock_timeout
-        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        try:
-            self.fd = os.open(path, flags, 0o600)
-        except OSError as e:
-            raise DistStoreError(f"FileStore: cannot open {path!r}: {e}") from e
-        try:
-            _check_private(path, self.fd)
-        except BaseException:
-            os.close(self.fd)
-            raise
+        self.fd = _open(path, create=True)
         # thread_local=False: the lock belongs to this instance; self.mutex already
         # serialises the threads of this process that share the instance.
         self.flock = filelock.FileLock(self.lock_path, mode=0o600, thread_local=False)
@@ -201,8 +205,36 @@ class _Log:
         finally:
             self.offset += pos
 
+    def _replaced(self, locked: bool) -> bool:
+        """Whether a compaction renamed a new log over the path since we opened ours.
+
+        Under the lock the path's inode is authoritative; without it, the link count of
+        our file (0 once renamed over, or removed by the last closer) says it cheaply.
+        """
+        st = os.fstat(self.fd)
+        if not locked:
+            return st.st_nlink == 0
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False  # removed by the last closer: nothing to follow
+        return (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev)
+
+    def _follow(self) -> None:
+        """Switch to the log now at the path and replay it from the start."""
+        try:
+            fd = _open(self.path, create=False)
+        except DistStoreError as e:
+            if isinstance(e.__cause__, FileNotFoundError):
+                return  # removed by the last closer: keep reading what we have
+            raise
+        os.close(self.fd)
+        self.fd, self.offset, self.cache = fd, 0, {}
+
     def refresh(self, locked: bool) -> None:
         """Bring the cache up to date with the file (call with self.mutex held)."""
+        if self._replaced(locked):
+            self._follow()
         try:
             self._parse_new()
         except _Incomplete as bad:
@@ -219,8 +251,10 @@ class _Log:
         return DistStoreError(f"FileStore {self.path!r}: {bad.why} at offset {bad.offset}")
 
     def grown(self, seen: int) -> bool:
-        """Cheap check (one fstat) whether the file changed since it was ``seen`` bytes long."""
-        return os.fstat(self.fd).st_size != seen
+        """Cheap check (one fstat) whether the file changed since it was ``seen`` bytes long
+        (or was replaced by a compaction)."""
+        st = os.fstat(self.fd)
+        return st.st_size != seen or st.st_nlink == 0
 
     # ---------------------------------------------------------------- writing
     def append_records(self, buf: bytes) -> None:
@@ -242,6 +276,37 @@ class _Log:
         # We hold the lock and had replayed up to the end, so the new bytes are ours:
         # parse them back instead of tracking each kind twice.
         self._parse_new()
+        if self.offset > self.compact_at:
+            self.compact()
+
+    def compact(self) -> None:
+        """Rewrite the live keys into a new log renamed over the path (lock held, cache
+        current), if the log is more than twice their size."""
+        live = b"".join(_record(_SET, k.encode(), v) for k, v in self.cache.items())
+        if self.offset <= 2 * len(live):
+            # Mostly live data: wait until it doubles again before looking.
+            self.compact_at = max(COMPACT_BYTES, 2 * self.offset)
+            return
+        tmp = self.path + ".compact"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC, 0o600)
+            try:
+                _check_private(tmp, fd)
+                view = memoryview(live)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            # Atomic: the path names the old complete log or the new complete one.
+            os.rename(tmp, self.path)
+        except OSError:
+            # Disk full, say: the old log is still whole; try again once it doubles.
+            self.compact_at = 2 * self.offset
+            _unlink(tmp)
+            return
+        self._follow()
+        self._parse_new()
+        self.compact_at = max(COMPACT_BYTES, 2 * len(live))
 
     # ---------------------------------------------------------------- lifetime
     def bump_refcount(self, opening: bool) -> tuple[int, int]:
@@ -278,6 +343,7 @@ class _Log:
                     remove = self.world_size > 0 and closes >= self.world_size and opens <= closes
                     if remove:
                         _unlink(self.path)
+                        _unlink(self.path + ".compact")  # left by a writer killed mid-way
             except (DistStoreError, OSError):
                 # close() runs from finalizers too; a corrupt or vanished file must not
                 # stop the descriptor from being released.
@@ -286,6 +352,24 @@ class _Log:
                 os.close(self.fd)
         if remove:
             _unlink(self.lock_path)
+
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _open(path: str, create: bool) -> int:
+    """A checked descriptor of the log at ``path`` (appending; created 0600 if ``create``)."""
+    flags = os.O_RDWR | os.O_APPEND | _CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        raise DistStoreError(f"FileStore: cannot open {path!r}: {e}") from e
+    try:
+        _check_private(path, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _check_private(path: str, fd: int) -> None:
