@@ -171,13 +171,19 @@ def _wait(works: list) -> None:
             w.wait()
 
 
-def run_plan(rank: int, world_size: int, case: Case, pid_dir: str | None) -> int:
-    """A rank's side of ``case``; returns how many collectives it completed."""
+def run_plan(
+    rank: int, world_size: int, case: Case, pid_dir: str | None, group: object = None
+) -> int:
+    """A rank's side of ``case``; returns how many collectives it completed.
+
+    ``group`` is the subgroup (of :func:`subgroup_ranks`), made here if not given.
+    """
     if pid_dir is not None:
         with open(os.path.join(pid_dir, str(rank)), "w") as f:
             f.write(str(os.getpid()))
     members = subgroup_ranks(world_size)
-    group = dist.new_group(members)  # every rank takes part in creating it
+    if group is None:
+        group = dist.new_group(members)  # every rank takes part in creating it
     done = 0
     for i, op in enumerate(case.ops):
         if rank == case.culprit and i == case.at:
