@@ -63,7 +63,13 @@ def headline(outcome: Outcome) -> str:
             f"(world size {outcome.world_size}); ranks still running: {stuck}"
         )
     failed = [r.rank for r in outcome.results if r.status not in ("passed", "skipped")]
-    caused = [r.rank for r in outcome.results if r.status == "killed" or r.consequence]
+    # The first failure may itself look like a consequence (every rank lost a connection):
+    # it is the one the others are blamed on, never listed among them.
+    caused = [
+        r.rank
+        for r in outcome.results
+        if (r.status == "killed" or r.consequence) and r.rank != outcome.first_failure
+    ]
     because = f" ({caused} only because rank {outcome.first_failure} failed)" if caused else ""
     return (
         f"{outcome.test_id} failed in rank {outcome.first_failure} "

@@ -141,5 +141,8 @@ def test_fault(world_size: int, fault: str, seed: int, tmp_path, monkeypatch) ->
         with open(table, "a") as f:
             f.write(f"{world_size}\t{fault}\t{seed}\t{got}\t{leaks or ''}\t{elapsed:.1f}\n")
     assert got in ("clear error", "harness report"), f"{got}; {rerun}\n{text}"
+    caused = re.search(r"\((\[[\d, ]*\]) only because rank (\d+) failed\)", text)
+    if caused:  # the rank blamed is not among those that failed because of it
+        assert caused[2] not in caused[1].strip("[]").split(", "), f"{rerun}\n{text}"
     assert not leaks, f"left behind: {leaks}; {rerun}"
     assert len(pids) == world_size, f"not every rank started: {pids}; {rerun}\n{text}"
