@@ -33,6 +33,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mpdist.benchmarks import output
+
 __all__ = ["main", "parse_size"]
 
 OPS = ("all_reduce", "broadcast", "reduce", "all_gather", "reduce_scatter", "all_to_all", "barrier")
@@ -409,7 +411,36 @@ def _parser() -> argparse.ArgumentParser:
         "--iters", type=int, default=None, help="timed iterations per row (default: by size)"
     )
     p.add_argument("--dtype", default="float32", help="element type (default float32)")
+    output.add_options(p, plot=True)
     return p
+
+
+# The name each library's results carry in --json records and in the plot's legend.
+_LIB_NAMES = {"tcp": "mpdist tcp", "gloo": "torch gloo", "mpi": "mpdist mpi", "mpi4py": "mpi4py"}
+
+
+def _records(
+    libs: list[str],
+    times: dict[str, list[float | None]],
+    rows: list[tuple[str, int]],
+    n: int,
+    dtype: str,
+) -> list[dict[str, object]]:
+    """One --json record per table row: the op and size, and each library's numbers."""
+    records: list[dict[str, object]] = []
+    for i, (op, size) in enumerate(rows):
+        results: dict[str, dict[str, float | None]] = {}
+        for lib in libs:
+            t = times[lib][i]
+            results[_LIB_NAMES.get(lib, lib)] = {
+                "time_us": None if t is None else t * 1e6,
+                "algbw_GBps": None if t is None else (size / t / 1e9 if size else 0.0),
+                "busbw_GBps": None if t is None else _busbw(op, size, n, t),
+            }
+        records.append(
+            {"op": op, "bytes": size, "dtype": dtype, "world_size": n, "results": results}
+        )
+    return records
 
 
 def _busbw(op: str, size: int, n: int, t: float) -> float:
@@ -497,6 +528,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     rows = [(op, s) for op in ops for s in ([0] if op == "barrier" else sizes)]
+    problem = output.check_options(args)
+    if problem is not None:
+        print(f"mpdist bench: {problem}", file=sys.stderr)
+        return 2
 
     try:
         times, info = _run(libs, n, rows, args.iters, dtype)
@@ -512,11 +547,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gloo": "torch gloo",
         "mpi": f"mpdist {label('mpi')} and raw {label('mpi4py')} under mpiexec",
     }
-    print(
-        f"# mpdist {label(args.backend)} collectives: world size {n}, {dtype}, "
+    title = (
+        f"mpdist {label(args.backend)} collectives: world size {n}, {dtype}, "
         f"median time per op of the slowest rank"
         + (f" (vs {'; '.join(against[v] for v in vs)})" if vs else "")
     )
+    print(f"# {title}")
     cols = _columns(vs, args.backend, times, rows, n)
     widths = [max(10, len(c.head)) for c in cols]
     head = f"{'op':>15} {'size':>6} {'time(us)':>10} {'algbw(GB/s)':>12} {'busbw(GB/s)':>12}"
@@ -530,6 +566,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             busbw = _busbw(op, size, n, t)
             line = f"{op:>15} {_fmt_size(size):>6} {t * 1e6:>10.1f} {algbw:>12.3f} {busbw:>12.3f}"
         print(line + "".join(f" {c.cell(i):>{w}}" for c, w in zip(cols, widths, strict=True)))
+    records = _records(libs, times, rows, n, dtype)
+    output.write_json(args.json, "collectives", records, args)
+    output.plot_collectives(args.plot, records, title, _fmt_size)
     return 0
 
 

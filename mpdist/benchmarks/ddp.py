@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from mpdist.benchmarks import output
+
 __all__ = ["main"]
 
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -292,11 +294,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="torch DDP over gloo side by side (default: when torch is installed)",
     )
+    output.add_options(p)
     args = p.parse_args(list(argv) if argv is not None else None)
     if args.world_size < 2:
         p.error("--world-size must be at least 2")
     if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.repeat < 1:
         p.error("--steps, --batch and --repeat must be positive, --warmup non-negative")
+    if (problem := output.check_options(args)) is not None:
+        p.error(problem)
     try:
         import torch  # noqa: F401
 
@@ -355,11 +360,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if torch_runs:
         head += f" {'torch wall':>11} {'torch cpu':>10}"
     print(head)
+    records: list[dict[str, object]] = []
     for mode in MODES:
         line = f"{names[mode]:<52} {med(runs, mode, 0):7.2f} {med(runs, mode, 1):7.2f}"
+        record: dict[str, object] = {
+            "configuration": mode,
+            "description": names[mode],
+            "wall_ms": med(runs, mode, 0),
+            "cpu_ms": med(runs, mode, 1),
+        }
         if torch_runs and mode in torch_runs[0]:
             line += f" {med(torch_runs, mode, 0):11.2f} {med(torch_runs, mode, 1):10.2f}"
+            record.update(
+                torch_wall_ms=med(torch_runs, mode, 0), torch_cpu_ms=med(torch_runs, mode, 1)
+            )
         print(line)
+        records.append(record)
+    output.write_json(args.json, "ddp", records, args)
 
     def ratios(rs: list[dict[str, tuple[float, float]]], i: int, on: str = "overlap") -> str:
         per_run = [r["no overlap"][i] / r[on][i] for r in rs]

@@ -22,6 +22,8 @@ import textwrap
 import time
 from collections.abc import Sequence
 
+from mpdist.benchmarks import output
+
 _FRESH = """
 import numpy as np
 from mpdist import distributed as dist
@@ -177,9 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--torch-tests", type=int, default=3, help="tests in the torch run (default 3)"
     )
     parser.add_argument("--no-torch", action="store_true", help="skip torch's harness")
+    output.add_options(parser)
     args = parser.parse_args(list(argv or []))
     if args.tests < 2:
         parser.error("--tests must be at least 2")
+    if (problem := output.check_options(args)) is not None:
+        parser.error(problem)
+    records: list[dict[str, object]] = []
     runs = [
         ("fresh", "mpdist, fresh processes", _FRESH, _FRESH_METHOD, args.tests),
         ("reuse", "mpdist, worker reuse + with_comms", _REUSE, _REUSE_METHOD, args.tests),
@@ -207,5 +213,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{label:42} {r['n']:>5} {r['first'] * 1e3:>7.1f}ms {r['median'] * 1e3:>7.1f}ms "
                 f"{r['mean'] * 1e3:>7.1f}ms {r['wall']:>7.2f}s"
             )
+            records.append(
+                {
+                    "harness": label,
+                    "tests": r["n"],
+                    "first_s": r["first"],
+                    "median_s": r["median"],
+                    "mean_s": r["mean"],
+                    "wall_s": r["wall"],
+                }
+            )
     print("per-test = setup + call + teardown; median/mean exclude the first test (start-up)")
+    output.write_json(args.json, "harness", records, args)
     return 1 if failed else 0

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from mpdist.benchmarks import output
+
 __all__ = ["main"]
 
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -165,9 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="torch side by side (default: when torch is installed)",
     )
+    output.add_options(p)
     args = p.parse_args(list(argv) if argv is not None else None)
     if args.steps < 1 or args.warmup < 0 or args.repeat < 1 or args.threads < 1:
         p.error("--steps, --repeat and --threads must be positive, --warmup non-negative")
+    if (problem := output.check_options(args)) is not None:
+        p.error(problem)
     try:
         import torch  # noqa: F401
 
@@ -204,4 +209,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     if vs_torch:
         print("(ratio: mpdist time / torch time; below 3x is the target)")
+    output.write_json(
+        args.json,
+        "layers",
+        [
+            {
+                "layer": row,
+                "description": name,
+                "mpdist_ms": best("mpdist", row),
+                "torch_ms": best("torch", row) if vs_torch else None,
+            }
+            for row, name in ROWS.items()
+        ],
+        args,
+    )
     return 0

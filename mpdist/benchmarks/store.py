@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from mpdist import store as st
+from mpdist.benchmarks import output
 
 _TIMEOUT = timedelta(seconds=60)
 
@@ -136,7 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=1000, help="set+get repetitions")
     parser.add_argument("--round-trips", type=int, default=300, help="cross-process round trips")
     parser.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
+    output.add_options(parser)
     args = parser.parse_args(list(argv or []))
+    if (problem := output.check_options(args)) is not None:
+        parser.error(problem)
     try:
         if args.no_torch:
             raise ImportError
@@ -172,6 +176,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(line)
     print("medians; round trip = A set -> B get -> B set -> A get, two processes")
+    output.write_json(
+        args.json,
+        "store",
+        [
+            {
+                "store": name,
+                "set_get_s": sg,
+                "round_trip_s": rt,
+                "torch_set_get_s": tsg,
+                "torch_round_trip_s": trt,
+            }
+            for name, (sg, rt), (tsg, trt) in rows
+        ],
+        args,
+    )
     if hasattr(os, "getloadavg"):
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"{os.cpu_count()} CPUs, load average {load} (latency grows with load)")

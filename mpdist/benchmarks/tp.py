@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from mpdist.benchmarks import output
+
 __all__ = ["main"]
 
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -218,9 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads-per-rank", type=int, default=1, help="BLAS threads per process")
+    output.add_options(p)
     args = p.parse_args(list(argv) if argv is not None else None)
     if args.world_size < 2:
         p.error("--world-size must be at least 2")
+    if (problem := output.check_options(args)) is not None:
+        p.error(problem)
     if min(args.steps, args.batch, args.hidden) < 1 or args.warmup < 0:
         p.error("--steps, --batch and --hidden must be positive, --warmup non-negative")
     if args.hidden % args.world_size or args.batch % args.world_size:
@@ -252,9 +257,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"{'row (ms per step)':<48} {'wall':>8} {'cpu':>8} {'vs one':>7}")
     one = res["single"][0]
+    records: list[dict[str, object]] = []
     for row in ROWS:
         wall, c = res[row]
         print(f"{names[row]:<48} {wall * 1e3:8.2f} {c * 1e3:8.2f} {one / wall:6.2f}x")
+        records.append(
+            {
+                "row": row,
+                "description": names[row],
+                "wall_ms": wall * 1e3,
+                "cpu_ms": c * 1e3,
+                "speedup_vs_one": one / wall,
+            }
+        )
+    records[ROWS.index("tp timed")].update(collectives_ms=comm * 1e3, collectives_per_step=count)
+    output.write_json(args.json, "tp", records, args)
     timed = res["tp timed"][0]
     print(
         f"TP step, where the time goes: collectives {comm * 1e3:.2f} ms ({count} per step, "
