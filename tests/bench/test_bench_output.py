@@ -147,6 +147,7 @@ def test_json_into_a_missing_directory_is_refused(tmp_path, capsys):
         ("layers", ["--steps", 1, "--warmup", 0, "--vs", "none"], None, "layer"),
         ("tp", ["--steps", 1, "--warmup", 0, "--hidden", 8, "--batch", 4], None, "row"),
         ("ddp", ["--steps", 1, "--warmup", 0, "--batch", 2, "--vs", "none"], None, "configuration"),
+        ("harness", ["--tests", 2, "--no-torch"], None, "harness"),
     ],
 )
 def test_every_bench_writes_json(tmp_path, name, args, first_words, key):
@@ -158,5 +159,6 @@ def test_every_bench_writes_json(tmp_path, name, args, first_words, key):
     if first_words is not None:
         assert len(records) == len(table_rows(res.stdout, first_words))
     for r in records:  # each record's description is a printed row
-        if "description" in r:
-            assert any(line.startswith(r["description"]) for line in res.stdout.splitlines())
+        text = r.get("description", r.get("harness"))
+        if text is not None:
+            assert any(line.startswith(text) for line in res.stdout.splitlines())
