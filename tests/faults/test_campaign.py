@@ -118,6 +118,7 @@ def test_fault(world_size: int, fault: str, seed: int, tmp_path, monkeypatch) ->
     monkeypatch.setenv("TMPDIR", str(private))
     me = psutil.Process()
     fds, threads = me.num_fds(), threading.active_count()
+    children = {p.pid for p in me.children(recursive=True)}
     group_timeout = STOP_GROUP_TIMEOUT if fault == "sigstop" else GROUP_TIMEOUT
     start = time.monotonic()
     with pytest.raises(MultiProcessFailure) as info:
@@ -128,8 +129,11 @@ def test_fault(world_size: int, fault: str, seed: int, tmp_path, monkeypatch) ->
     text = str(info.value)
     got = outcome(case, text, isinstance(info.value, MultiProcessTimeout), elapsed)
     pids = [int((pid_dir / n).read_text()) for n in os.listdir(pid_dir)]
+    # pids: the ranks that reached the plan (a rank may be stopped while still joining the
+    # group); any other new descendant (ranks are the forkserver's children) is caught too
+    new = [p.pid for p in me.children(recursive=True) if p.pid not in children]
     leaks = {
-        "processes": _alive(pids),
+        "processes": _alive(sorted(set(pids) | set(new))),
         "shm rings": _shm_rings(pids),
         "temp files": os.listdir(private),
         "parent fds": me.num_fds() - fds,
@@ -145,4 +149,3 @@ def test_fault(world_size: int, fault: str, seed: int, tmp_path, monkeypatch) ->
     if caused:  # the rank blamed is not among those that failed because of it
         assert caused[2] not in caused[1].strip("[]").split(", "), f"{rerun}\n{text}"
     assert not leaks, f"left behind: {leaks}; {rerun}"
-    assert len(pids) == world_size, f"not every rank started: {pids}; {rerun}\n{text}"
