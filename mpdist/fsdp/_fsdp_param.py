@@ -1,0 +1,331 @@
+"""One ``fully_shard`` unit's parameters: their ``Shard(0)`` pieces, the unsharded storage
+gathered for forward and backward, and the unit's two collectives (one all-gather of every
+piece, one reduce-scatter of every gradient).
+
+The unsharded parameters are plain Tensors whose arrays are views into one anonymous
+memory map per unit. The autograd graph keeps references to those arrays (an op saves its
+inputs for backward), so freeing them by dropping references would free nothing; instead
+``free`` tells the kernel to drop the map's pages (``MADV_DONTNEED``: the arrays stay valid
+and read zeros) and ``unshard`` refills the same arrays before backward. That is torch's
+"resize the storage to zero" on numpy, and it makes the memory claim real: the bytes of a
+unit's unsharded parameters are resident only between its ``unshard`` and ``reshard``.
+``live_unsharded_bytes`` / ``peak_unsharded_bytes`` count them (per rank: per thread, so
+that the threaded backend's ranks count apart).
+"""
+
+from __future__ import annotations
+
+import mmap
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mpdist import distributed as dist
+from mpdist.autograd import Tensor
+from mpdist.nn.module import Module
+from mpdist.nn.parameter import Parameter
+from mpdist.process_group import ProcessGroup, ReduceOp
+from mpdist.tensor._api import DTensor, DTensorParameter
+from mpdist.tensor._redistribute import Spec
+from mpdist.tensor.placement_types import Replicate, Shard, chunk_bounds
+
+_meter = threading.local()
+
+
+def _count(nbytes: int) -> None:
+    live = getattr(_meter, "live", 0) + nbytes
+    _meter.live = live
+    _meter.peak = max(getattr(_meter, "peak", 0), live)
+
+
+def live_unsharded_bytes() -> int:
+    """Bytes of unsharded parameters (and their all-gather buffers) resident on this rank."""
+    return int(getattr(_meter, "live", 0))
+
+
+def peak_unsharded_bytes(reset: bool = False) -> int:
+    """The most ``live_unsharded_bytes`` has been since the last reset; ``reset`` starts over."""
+    peak = int(getattr(_meter, "peak", 0))
+    if reset:
+        _meter.peak = live_unsharded_bytes()
+    return peak
+
+
+class _Storage:
+    """A flat array in an anonymous memory map whose pages can be given back to the kernel."""
+
+    def __init__(self, numel: int, dtype: np.dtype) -> None:
+        self.nbytes = numel * dtype.itemsize
+        self._map = mmap.mmap(-1, max(self.nbytes, 1))
+        self.array = np.frombuffer(self._map, dtype=dtype, count=numel)
+        self.resident = True
+        _count(self.nbytes)
+
+    def materialize(self) -> None:
+        """Count the pages as resident again (they come back, zeroed, when written)."""
+        if not self.resident:
+            self.resident = True
+            _count(self.nbytes)
+
+    def free(self) -> None:
+        """Give the pages back; the array stays valid and reads zeros until refilled."""
+        if self.resident:
+            self.resident = False
+            _count(-self.nbytes)
+            if self.nbytes >= mmap.PAGESIZE:
+                self._map.madvise(mmap.MADV_DONTNEED)
+
+
+@dataclass
+class FSDPParam:
+    """One managed parameter: where it is registered, its piece, its unsharded Tensor."""
+
+    module: Module
+    name: str
+    sharded: DTensorParameter  # what the module holds outside forward
+    full_shape: tuple[int, ...]  # the shape gathered (a TP parameter: its TP piece's)
+    inner: Spec | None  # a TP parameter's own spec (the unsharded one is a DTensor on it)
+    rows: int  # length of dim 0 of ``full_shape``
+    start: int  # this rank's first row
+    stop: int
+    padded_rows: int  # ceil(rows / shard size): every rank's piece padded to it
+    offset: int = 0  # in the unit's packed piece buffer (elements)
+    full_offset: int = 0  # in the unit's unsharded storage (elements)
+    unsharded: Tensor | None = None
+    hooks: list[Any] = field(default_factory=list)
+
+    @property
+    def row_numel(self) -> int:
+        return int(np.prod(self.full_shape[1:], dtype=np.int64))
+
+    @property
+    def padded_numel(self) -> int:
+        return self.padded_rows * self.row_numel
+
+    @property
+    def numel(self) -> int:
+        return self.rows * self.row_numel
+
+
+@dataclass
+class _Pending:
+    """A collective in flight and what to do with its result once it is waited for."""
+
+    work: Any
+    finish: Callable[[], None]
+
+
+class FSDPParamGroup:
+    """The unit of communication of one ``fully_shard`` call."""
+
+    def __init__(
+        self,
+        params: list[FSDPParam],
+        shard_group: ProcessGroup,
+        replicate_group: ProcessGroup | None,
+        param_dtype: np.dtype,
+        reduce_dtype: np.dtype,
+    ) -> None:
+        self.params = params
+        self.shard_group = shard_group
+        self.replicate_group = replicate_group
+        self.shard_size = dist.get_world_size(shard_group)
+        self.dp_size = self.shard_size * (
+            dist.get_world_size(replicate_group) if replicate_group is not None else 1
+        )
+        self.param_dtype = param_dtype
+        self.reduce_dtype = reduce_dtype
+        off = full = 0
+        for p in params:
+            p.offset, p.full_offset = off, full
+            off += p.padded_numel
+            full += p.numel
+        self.packed = off
+        self.storage = _Storage(full, param_dtype) if params else None
+        self._make_unsharded()
+        self.unsharded = True  # the storage is fresh; reshard() frees it
+        self._gather: _Pending | None = None
+        self._reduce: _Pending | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the unit's unsharded parameters."""
+        return self.storage.nbytes if self.storage is not None else 0
+
+    def _make_unsharded(self) -> None:
+        assert self.storage is not None or not self.params
+        for p in self.params:
+            assert self.storage is not None
+            view = self.storage.array[p.full_offset : p.full_offset + p.numel]
+            arr = view.reshape(p.full_shape)
+            t: Tensor
+            if p.inner is not None:
+                t = DTensorParameter(arr, p.inner, requires_grad=p.sharded.requires_grad)
+            else:
+                t = Parameter(arr, requires_grad=p.sharded.requires_grad)
+            p.unsharded = t
+
+    # ------------------------------------------------------------------ all-gather
+    def _pack_pieces(self) -> np.ndarray:
+        send = np.zeros(self.packed, dtype=self.param_dtype)
+        for p in self.params:
+            local = p.sharded.data.reshape(-1)
+            send[p.offset : p.offset + local.size] = local
+        return send
+
+    def start_unshard(self, async_op: bool) -> None:
+        """Issue the all-gather (if the parameters are not gathered or on their way)."""
+        if self.unsharded or self._gather is not None or self.storage is None:
+            return
+        send = self._pack_pieces()
+        out = np.empty(self.shard_size * self.packed, dtype=self.param_dtype)
+        _count(out.nbytes)
+        work = dist.all_gather_into_tensor(out, send, group=self.shard_group, async_op=async_op)
+        storage = self.storage
+
+        def finish() -> None:
+            storage.materialize()
+            blocks = out.reshape(self.shard_size, self.packed)
+            for p in self.params:
+                rows = blocks[:, p.offset : p.offset + p.padded_numel]
+                rows = rows.reshape((self.shard_size * p.padded_rows,) + p.full_shape[1:])
+                dst = storage.array[p.full_offset : p.full_offset + p.numel]
+                dst.reshape(p.full_shape)[...] = rows[: p.rows]
+            _count(-out.nbytes)
+
+        self._gather = _Pending(work, finish)
+
+    def wait_unshard(self) -> None:
+        """Finish the all-gather: the unsharded parameters hold the full values."""
+        if self._gather is None:
+            return
+        pending, self._gather = self._gather, None
+        if pending.work is not None:
+            pending.work.wait()
+        pending.finish()
+        self.unsharded = True
+
+    def unshard(self, async_op: bool = False) -> None:
+        """Gather the parameters (``async_op``: only issue; ``wait_unshard`` finishes)."""
+        self.start_unshard(async_op)
+        if not async_op:
+            self.wait_unshard()
+
+    def use_unsharded(self) -> None:
+        """Register the unsharded parameters on their modules (for forward)."""
+        for p in self.params:
+            assert p.unsharded is not None
+            p.module._parameters[p.name] = p.unsharded
+
+    def use_sharded(self) -> None:
+        """Register the sharded DTensor parameters on their modules (outside forward)."""
+        for p in self.params:
+            p.module._parameters[p.name] = p.sharded
+
+    def reshard(self) -> None:
+        """Free the unsharded parameters' memory (an in-flight all-gather is finished first)."""
+        self.wait_unshard()
+        self.use_sharded()
+        if self.unsharded and self.storage is not None:
+            self.storage.free()
+        self.unsharded = False
+
+    # ------------------------------------------------------------------ reduce-scatter
+    def has_grads(self) -> bool:
+        """Whether some unsharded parameter holds a gradient."""
+        return any(p.unsharded is not None and p.unsharded.grad is not None for p in self.params)
+
+    def start_reduce(self, async_op: bool) -> None:
+        """Reduce-scatter the unsharded gradients (averaged over the data-parallel ranks)
+        into the pieces' ``.grad``; the unsharded gradients are dropped."""
+        self.wait_reduce()
+        n, rank = self.shard_size, dist.get_rank(self.shard_group)
+        send = np.zeros((n, self.packed), dtype=self.reduce_dtype)
+        todo: list[FSDPParam] = []
+        for p in self.params:
+            assert p.unsharded is not None
+            g = p.unsharded.grad
+            if g is None:
+                continue
+            todo.append(p)
+            full = np.asarray(g.data).reshape((p.rows, -1))
+            for r in range(n):
+                a, b = chunk_bounds(p.rows, n, r)
+                send[r, p.offset : p.offset + (b - a) * p.row_numel] = full[a:b].reshape(-1)
+            p.unsharded.grad = None
+        if not todo:
+            return
+        out = np.empty(self.packed, dtype=self.reduce_dtype)
+        work = dist.reduce_scatter_tensor(
+            out, send.reshape(-1), ReduceOp.SUM, group=self.shard_group, async_op=async_op
+        )
+        del rank
+
+        def finish() -> None:
+            if self.replicate_group is not None:
+                dist.all_reduce(out, group=self.replicate_group)
+            np.divide(out, self.dp_size, out=out)
+            for p in todo:
+                local = out[p.offset : p.offset + (p.stop - p.start) * p.row_numel]
+                piece = local.reshape(p.sharded.data.shape).astype(p.sharded.data.dtype)
+                grad = p.sharded.grad
+                if isinstance(grad, DTensor):
+                    np.add(grad.data, piece, out=grad.data)
+                else:
+                    p.sharded.grad = DTensor(piece, p.sharded._spec)
+
+        self._reduce = _Pending(work, finish)
+        if not async_op:
+            self.wait_reduce()
+
+    def wait_reduce(self) -> None:
+        """Finish a reduce-scatter in flight."""
+        if self._reduce is None:
+            return
+        pending, self._reduce = self._reduce, None
+        if pending.work is not None:
+            pending.work.wait()
+        pending.finish()
+
+
+def shard_param(
+    module: Module,
+    name: str,
+    param: Parameter,
+    mesh: Any,
+) -> FSDPParam:
+    """``param`` cut into ``Shard(0)`` pieces on ``mesh``'s last dimension (replicated on a
+    2-D mesh's first): the piece is this rank's ``torch.chunk`` of the rows."""
+    shard_dim = mesh.ndim - 1
+    n = int(mesh.size(shard_dim))
+    me = int(mesh.get_local_rank(shard_dim))
+    if isinstance(param, DTensor):
+        raise NotImplementedError(
+            f"fully_shard: parameter {name!r} of {type(module).__name__} is already a DTensor "
+            f"(placements {param.placements}); fully_shard over tensor parallelism is not "
+            "supported yet"
+        )
+    inner = None
+    full = np.asarray(param.data)
+    if full.ndim == 0:
+        raise ValueError(f"fully_shard: parameter {name!r} is 0-d; Shard(0) needs a dimension")
+    rows = int(full.shape[0])
+    start, stop = chunk_bounds(rows, n, me)
+    piece = np.array(full[start:stop], copy=True)
+    placements = (Replicate(), Shard(0)) if mesh.ndim == 2 else (Shard(0),)
+    spec = Spec(mesh, placements, tuple(full.shape))
+    sharded = DTensorParameter(piece, spec, requires_grad=param.requires_grad)
+    return FSDPParam(
+        module=module,
+        name=name,
+        sharded=sharded,
+        full_shape=tuple(int(s) for s in full.shape),
+        inner=inner,
+        rows=rows,
+        start=start,
+        stop=stop,
+        padded_rows=-(-rows // n),
+    )
