@@ -33,6 +33,10 @@ def __getattr__(name: str) -> object:
         from mpdist.fsdp import FullyShardedDataParallel
 
         return FullyShardedDataParallel
+    if name == "fully_shard":
+        from mpdist.fsdp import fully_shard
+
+        return fully_shard
     raise AttributeError(f"module 'mpdist.parallel' has no attribute {name!r}")
 
 
@@ -40,6 +44,7 @@ __all__ = [
     "DistributedDataParallel",
     "FullyShardedDataParallel",
     "GradBucket",
+    "fully_shard",
     "functional",
     "hooks",
     "replicate",

@@ -39,6 +39,8 @@ class _ReplicateState:
             return
         if module is not self.module() and module in _STATES:
             return  # replicated on its own
+        if module is not self.module() and "_fsdp_state" in module.__dict__:
+            return  # fully_shard manages its parameters (mpdist.fsdp._fully_shard)
         for name, p in module._parameters.items():
             if p is not None and p.requires_grad and id(p) not in seen:
                 seen.add(id(p))
