@@ -24,6 +24,7 @@ BENCHMARKS = {
     "ddp": "mpdist.benchmarks.ddp",
     "layers": "mpdist.benchmarks.layers",
     "tp": "mpdist.benchmarks.tp",
+    "fsdp": "mpdist.benchmarks.fsdp",
 }
 
 
