@@ -8,8 +8,9 @@ torch's test utilities, which the compat and harness tests run, make a compile c
 directory (by default ``/tmp/torchinductor_<user>``, left behind): the session points
 it at a temporary directory of its own and removes that at the end.
 
-The harness classes default to torch's 4 ranks; this suite pins 2 (``--ranks 2`` in
-the addopts, and ``MPDIST_WORLD_SIZE=2`` for pytester's inner sessions) to stay fast.
+The harness classes default to torch's 4 ranks; this suite runs at 2 (ini ``mpdist_ranks``,
+which ``MPDIST_WORLD_SIZE`` beats, so CI's ws4 jobs run it at 4; ``MPDIST_WORLD_SIZE=2``
+for pytester's inner sessions) to stay fast.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """pytester's inner sessions run at this suite's world size, 2 (``--ranks 2`` in addopts).
+    """pytester's inner sessions run at this suite's world size, 2 (ini ``mpdist_ranks``).
 
     The harness classes default to 4 ranks, as torch's do; an inner session does not
     read this project's addopts, so it gets the same pin through the environment. A
