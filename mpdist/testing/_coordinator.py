@@ -429,10 +429,23 @@ class RankSet:
 
     # -- results -----------------------------------------------------------------------
 
+    def _unresponsive_cause(self, first: tuple[_Handle, RankRecord] | None) -> _Handle | None:
+        """The rank to blame when the first failure is a timeout waiting for other ranks and
+        a rank neither finished, failed nor answered the abort (it was killed after the
+        grace period): a hung or stopped rank is noticed only by its peers' timeouts, and
+        the peer that times out first may be waiting on another peer that waits on it."""
+        if first is None or "timed out" not in first[1].message:
+            return None
+        silent = [h for h in self.handles if h.record is None and h.failing is None and h.reaped]
+        return min(silent, key=lambda h: h.rank) if silent else None
+
     def results(self, timed_out: bool) -> list[RankResult]:
         # Every record is in now: settle which rank failed first for the report.
         first = self.first_failed(time.monotonic())
-        if first is not None:
+        hung = None if timed_out else self._unresponsive_cause(first)
+        if hung is not None:
+            self.first_failure = hung.rank
+        elif first is not None:
             self.first_failure = first[0].rank
         out = []
         for h in self.handles:
@@ -454,8 +467,17 @@ class RankSet:
                 r.duration = rec.duration
                 r.exit_code = rec.exit_code
                 r.value = rec.value
-                r.consequence = r.status == "failed" and is_consequence(
-                    rec.exc_type, rec.message, rec.aborted
+                r.consequence = r.status == "failed" and (
+                    is_consequence(rec.exc_type, rec.message, rec.aborted)
+                    or (hung is not None and "timed out" in rec.message)
+                )
+            elif h is hung:
+                r.status = "failed"
+                r.exc_type = "Unresponsive"
+                r.message = (
+                    f"rank {h.rank} stopped responding: it neither finished nor failed while "
+                    "its peers timed out waiting, and did not answer the harness's abort "
+                    f"(killed after the grace period, {signal_name(r.exitcode)})"
                 )
             elif h.rank in self.spec.may_die and h.exited:
                 r.status = "passed"  # allowed to die: no result, no failure

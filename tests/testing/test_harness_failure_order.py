@@ -234,3 +234,29 @@ def test_a_rank_killed_by_the_harness_is_never_the_first_failure(
     text = str(info.value)
     assert "failed in rank 0 " in text.splitlines()[1], text
     assert "=== rank 1: killed after rank 0 failed" in text
+
+
+def stop_while_a_chain_waits(rank: int, world_size: int) -> None:
+    # rank 0 stops; rank 1 waits for rank 0, rank 2 for rank 1: rank 2 times out first,
+    # naming rank 1, which itself only waits for the stopped rank 0
+    if rank == 0:
+        os.kill(os.getpid(), 19)  # SIGSTOP: alive, silent, deaf to the harness's abort
+    elif rank == 1:
+        time.sleep(1.0)
+        dist.recv(np.zeros(1), src=0)
+    else:
+        dist.recv(np.zeros(1), src=1)
+
+
+def test_a_stopped_rank_is_named_although_a_peer_timed_out_first() -> None:
+    with pytest.raises(MultiProcessFailure) as info:
+        spawn_ranks(stop_while_a_chain_waits, 3, timeout=60, group_timeout=2.0)
+    text = str(info.value)
+    assert not isinstance(info.value, MultiProcessTimeout)
+    assert text.splitlines()[0].startswith("rank 0: Unresponsive: rank 0 stopped responding"), text
+    assert "failed in rank 0 (world size 3)" in text.splitlines()[1], text
+    sections = _rank_sections(text)
+    assert sections[0].startswith("=== rank 0: failed: Unresponsive"), text
+    assert any(
+        "rank 2: failed after" in line and "rank 0 failed first" in line for line in sections
+    )
