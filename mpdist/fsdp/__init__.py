@@ -81,7 +81,6 @@ class LocalStateDictConfig(StateDictConfig):
 
 # the classes below import the enums above
 from mpdist.fsdp._flat import live_unsharded_bytes, peak_unsharded_bytes  # noqa: E402
-from mpdist.fsdp.fully_sharded_data_parallel import FullyShardedDataParallel  # noqa: E402
 from mpdist.fsdp._fully_shard import (  # noqa: E402
     CPUOffloadPolicy,
     FSDPModule,
@@ -89,6 +88,7 @@ from mpdist.fsdp._fully_shard import (  # noqa: E402
     OffloadPolicy,
     fully_shard,
 )
+from mpdist.fsdp.fully_sharded_data_parallel import FullyShardedDataParallel  # noqa: E402
 
 __all__ = [
     "BackwardPrefetch",

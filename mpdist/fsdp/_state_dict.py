@@ -71,7 +71,8 @@ def full_state_dict(root: Module, config: StateDictConfig) -> dict[str, Any]:
 
 
 def sharded_state_dict(root: Module) -> dict[str, Any]:
-    """Every parameter as a DTensor placed ``Shard(0)`` over the unit's ranks."""
+    """Every parameter as a DTensor placed ``Shard(0)`` over the unit's ranks; a
+    tensor-parallel parameter as its TP DTensor (not cut further over the dp ranks)."""
     from mpdist.device_mesh import DeviceMesh
     from mpdist.tensor import DTensor, Shard
 
@@ -88,11 +89,16 @@ def sharded_state_dict(root: Module) -> dict[str, Any]:
         mesh = h.groups.mesh
         full = _gathered(u)
         for e in h.entries:
-            if e.dtensor is not None:
-                raise NotImplementedError(
-                    "SHARDED_STATE_DICT of tensor-parallel parameters; use FULL_STATE_DICT"
-                )
             whole = full[e.offset : e.offset + e.numel].reshape(e.shape)
+            if e.dtensor is not None:
+                # A tensor-parallel parameter is its TP DTensor, whole on every dp rank:
+                # TP Shard(0) with dp Shard(0) inside it has no placement of its own
+                # (torch's _StridedShard), and the TP piece is what loading needs.
+                tp_mesh, placements, gshape = e.dtensor
+                out[prefix + e.fqn] = DTensor.from_local(
+                    whole.copy(), tp_mesh, placements, shape=gshape, stride=_stride(gshape)
+                )
+                continue
             if not e.shape:
                 raise NotImplementedError("SHARDED_STATE_DICT of a 0-d parameter")
             size = -(-e.shape[0] // h.world)  # torch.chunk's pieces: the last may be short
