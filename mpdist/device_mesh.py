@@ -19,6 +19,7 @@ rank (duplicates, negatives, out of range: ``ValueError``), and ``device_type`` 
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -117,6 +118,19 @@ def _row_major_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+_thread_serials = itertools.count()
+_this_thread = threading.local()
+
+
+def _thread_serial() -> int:
+    """The calling thread's number, which no other thread of the process gets (a thread's
+    ``threading.get_ident()`` is handed to the next thread once it ends)."""
+    serial = getattr(_this_thread, "serial", None)
+    if serial is None:
+        serial = _this_thread.serial = next(_thread_serials)
+    return int(serial)
+
+
 class DeviceMesh:
     """An n-D array of global ranks with a process group along each dimension.
 
@@ -145,7 +159,7 @@ class DeviceMesh:
         self._root: DeviceMesh | None = None
         self._names = names
         # the threaded backend's ranks share a process: meshes of two ranks are not equal
-        self._thread_id = threading.get_ident() if dist.get_backend() == "threaded" else None
+        self._thread_id = _thread_serial() if dist.get_backend() == "threaded" else None
         self._rank = dist.get_rank()
         self._root_coord = tuple(int(c[0]) for c in np.nonzero(arr == self._rank))
         self._groups = self._init_groups() if _init_backend else []

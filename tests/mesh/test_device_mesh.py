@@ -120,6 +120,13 @@ def test_threads_meshes_are_equal_within_a_rank_only() -> None:
     assert a0 != a1 and a0 == a0 and tp0 == tp0
 
 
+def test_threads_meshes_of_threads_one_after_another_are_not_equal() -> None:
+    # a thread's ident goes to the next thread once it ends: the key must not reuse it
+    meshes = [spawn_threads(lambda r, w: init_device_mesh("cpu", (1,)), 1)[0] for _ in range(3)]
+    assert meshes[0] != meshes[1] and meshes[1] != meshes[2] and meshes[0] != meshes[2]
+    assert len({hash(m) for m in meshes}) == 3
+
+
 # -- the fake backend: one process, world size 4 ------------------------------------------------
 
 
