@@ -71,6 +71,7 @@ class FlatEntry:
     offset: int
     numel: int
     dtensor: Any  # None, or (mesh, placements, global shape) of a tensor-parallel parameter
+    guard: Any = None  # the OutsideForward the owner shows while the root's forward runs
 
 
 @dataclass

@@ -96,6 +96,7 @@ class FSDPParam:
     full_offset: int = 0  # in the unit's unsharded storage (elements)
     unsharded: Tensor | None = None
     hooks: list[Any] = field(default_factory=list)
+    guard: Any = None  # the OutsideForward its module shows while the root's forward runs
 
     @property
     def row_numel(self) -> int:

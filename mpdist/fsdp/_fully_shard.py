@@ -36,6 +36,7 @@ from mpdist.autograd.dtypes import get_default_dtype
 from mpdist.autograd.grad_mode import is_grad_enabled
 from mpdist.autograd.graph import queue_outer_callback
 from mpdist.fsdp._fsdp_param import FSDPParam, FSDPParamGroup, shard_param
+from mpdist.fsdp._misuse import OutsideForward, check_same_across_ranks, show_guard
 from mpdist.nn.module import Module
 from mpdist.parallel.reducer import communication_thread_pays
 from mpdist.tensor._api import DTensor
@@ -98,6 +99,7 @@ class _FSDPState:
         self.prev_order: list[_FSDPState] = []
         self.callback_queued = False
         self.backward_started = False
+        self.guarding = False  # root: its forward is running, resharded units show guards
         self.arrived = 0
         for p in group.params:
             assert p.unsharded is not None
@@ -143,6 +145,7 @@ class _FSDPState:
         root.order.append(self)
         self.group.unshard()
         self.group.use_unsharded()
+        self._show_guards(False)
         self._prefetch(+1)
         mp = self.mp_policy
         if mp.cast_forward_inputs and mp.param_dtype is not None:
@@ -153,6 +156,7 @@ class _FSDPState:
     def post_forward(self, module: Module, args: tuple, output: Any) -> Any:
         if self.reshard_after_forward and not self.is_root:
             self.group.reshard()
+            self._show_guards(self.root.guarding)
         if self.mp_policy.output_dtype is not None:
             output = _cast(output, np.dtype(self.mp_policy.output_dtype))
         if is_grad_enabled():
@@ -160,6 +164,22 @@ class _FSDPState:
                 if t.requires_grad:
                     t.register_hook(self._pre_backward)
         return output
+
+    # ------------------------------------------------------------------ misuse
+    def guard_all(self, on: bool) -> None:
+        """Root only: while its forward runs, every resharded unit's parameters show a guard
+        (``_misuse``) on their modules; ``on=False`` takes the guards away."""
+        self.guarding = on
+        names = {id(m): n for n, m in self.module.named_modules()} if on else {}
+        for s in self.states:
+            for p in s.group.params:
+                fqn = f"{names.get(id(p.module), '?')}.{p.name}".lstrip(".")
+                p.guard = OutsideForward(fqn, "fully_shard", _REMEDY) if on else None
+            s._show_guards(on and not s.group.unsharded)
+
+    def _show_guards(self, on: bool) -> None:
+        for p in self.group.params:
+            show_guard(p.module, p.name, p.guard if on else None)
 
     # ------------------------------------------------------------------ backward
     def _pre_backward(self, grad: Any) -> None:
@@ -239,6 +259,17 @@ class FSDPModule:
             return [self._fsdp()]
         mods: Iterable[Module] = self.modules()  # type: ignore[attr-defined]
         return [s for m in mods if (s := _state(m)) is not None]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        state = self._fsdp()
+        state._lazy_init()
+        if not state.is_root:
+            return super().__call__(*args, **kwargs)  # type: ignore[misc]
+        state.guard_all(True)
+        try:
+            return super().__call__(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            state.guard_all(False)
 
     def unshard(self, async_op: bool = False) -> UnshardHandle | None:
         """Gather this unit's parameters now (``async_op``: return a handle to wait on).
@@ -336,6 +367,10 @@ class UnshardHandle:
 
 
 _CLASSES: dict[type, type] = {}
+_REMEDY = (
+    "Call fully_shard on a module that contains every use of it (their common parent), or "
+    "unshard() its unit first."
+)
 
 
 def _fsdp_class(cls: type) -> type:
@@ -403,6 +438,13 @@ def fully_shard(
     mesh = _check_mesh(mesh)
     found: list[tuple[Module, str, Any]] = []
     _managed(module, found, set(), True)
+    names = {id(m): n for n, m in module.named_modules()}
+    for d in range(mesh.ndim):  # every data-parallel rank must start from the same values
+        check_same_across_ranks(
+            [(f"{names[id(m)]}.{n}".lstrip("."), np.asarray(p.data)) for m, n, p in found],
+            mesh.get_group(d),
+            "fully_shard",
+        )
     params: list[FSDPParam] = [shard_param(m, n, p, mesh) for m, n, p in found]
     dtypes = {p.sharded.data.dtype for p in params}
     param_dtype = _dtype(mp.param_dtype)

@@ -11,7 +11,6 @@ the full array from forward to the end of backward; NO_SHARD keeps everything an
 from __future__ import annotations
 
 import contextlib
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +28,7 @@ from mpdist.fsdp import (
     StateDictType,
 )
 from mpdist.fsdp._flat import FlatEntry, FlatParamHandle, ShardGroups
+from mpdist.fsdp._misuse import OutsideForward, check_same_across_ranks, show_guard
 from mpdist.fsdp.wrap import apply_policy
 from mpdist.nn import Module
 from mpdist.parallel.ddp import sync_module_states as _broadcast_arrays
@@ -37,6 +37,10 @@ from mpdist.process_group import ProcessGroup, ReduceOp
 _HYBRID = (ShardingStrategy.HYBRID_SHARD, ShardingStrategy._HYBRID_SHARD_ZERO2)
 _KEEP_AFTER_FORWARD = (ShardingStrategy.SHARD_GRAD_OP, ShardingStrategy._HYBRID_SHARD_ZERO2)
 WRAPPED = "_fsdp_wrapped_module"
+_REMEDY = (
+    "Wrap the modules that use it in one FullyShardedDataParallel unit (their common "
+    "parent), or read it inside summon_full_params()."
+)
 
 
 def _resolve_groups(
@@ -67,6 +71,16 @@ def _resolve_groups(
     if strategy in _HYBRID:
         if isinstance(process_group, tuple):
             intra, inter = process_group
+            _check_member(intra, "the intra-node process_group")
+            _check_member(inter, "the inter-node process_group")
+            common = set(dist.get_process_group_ranks(intra)) & set(
+                dist.get_process_group_ranks(inter)
+            )
+            if common != {dist.get_rank()}:
+                raise ValueError(
+                    f"{strategy.name}: the (intra-node, inter-node) process groups must share "
+                    f"only this rank ({dist.get_rank()}), they share ranks {sorted(common)}"
+                )
             return ShardGroups(intra, inter, True)
         raise ValueError(
             f"{strategy.name} needs a 2-D device_mesh or a (intra-node, inter-node) "
@@ -78,24 +92,15 @@ def _resolve_groups(
             "Default process group has not been initialized, please make sure to call "
             "init_process_group."
         )
+    _check_member(pg, "process_group")
     return ShardGroups(pg, None, strategy != ShardingStrategy.NO_SHARD)
 
 
-def _check_same_across_ranks(named: list[tuple[str, np.ndarray]], pg: ProcessGroup) -> None:
-    """Raise naming the parameters whose values differ between ranks."""
-    if not named:
-        return
-    sums = np.array([zlib.crc32(np.ascontiguousarray(a).tobytes()) for _, a in named], np.int64)
-    world = dist.get_world_size(pg)
-    flat = np.empty(world * sums.size, dtype=np.int64)
-    dist.all_gather_into_tensor(flat, sums, group=pg)
-    every = flat.reshape(world, sums.size)
-    differ = [named[i][0] for i in np.flatnonzero((every != every[0]).any(axis=0))]
-    if differ:
-        raise RuntimeError(
-            "FSDP expects the same parameter values on every rank at construction, but "
-            f"{', '.join(differ)} differ across ranks. Pass sync_module_states=True to "
-            "broadcast rank 0's values, or seed every rank the same way."
+def _check_member(pg: ProcessGroup, what: str) -> None:
+    if dist.get_rank(pg) < 0:
+        raise ValueError(
+            f"FSDP: this rank ({dist.get_rank()}) is not a member of {what}; every rank "
+            "that wraps the module must be in its group"
         )
 
 
@@ -187,8 +192,8 @@ class FullyShardedDataParallel(Module):
                     states, self._groups.replicate, dist.get_global_rank(self._groups.replicate, 0)
                 )
         else:
-            _check_same_across_ranks(
-                [(e.fqn, a) for e, a in zip(entries, arrays, strict=True)], everyone
+            check_same_across_ranks(
+                [(e.fqn, a) for e, a in zip(entries, arrays, strict=True)], everyone, "FSDP"
             )
         return FlatParamHandle(entries, arrays, self._groups, self.use_orig_params)
 
@@ -213,6 +218,8 @@ class FullyShardedDataParallel(Module):
         grad = h.set_requires_grad()
         if h.armed:  # a previous forward's backward never ran: start over
             h.leaves, h.armed = [], False
+        if self._is_root:
+            self._guard_units(True)
         tensors = h.views(grad)
         for e, t in zip(h.entries, tensors, strict=True):
             e.module.__dict__[e.name] = t
@@ -221,12 +228,31 @@ class FullyShardedDataParallel(Module):
         finally:
             for e in h.entries:
                 e.module.__dict__.pop(e.name, None)
+                show_guard(e.module, e.name, e.guard)
+            if self._is_root:
+                self._guard_units(False)
         if grad and h.entries:
             h.arm(_on_leaf_grad)
             _register_pre_backward(out, h)
         if self.sharding_strategy not in _KEEP_AFTER_FORWARD or not grad:
             h.free()
         return out
+
+    def _guard_units(self, on: bool) -> None:
+        """Root only: while its forward runs, each unit's parameters show a guard outside
+        that unit's forward (``_misuse``); ``on=False`` takes the guards away."""
+        from mpdist.fsdp._state_dict import clean
+
+        for name, u in self.named_modules():
+            if not isinstance(u, FullyShardedDataParallel):
+                continue
+            for e in u._handle.entries:
+                if on:
+                    fqn = clean(f"{name}.{WRAPPED}.{e.fqn}" if name else f"{WRAPPED}.{e.fqn}")
+                    e.guard = OutsideForward(fqn, "FSDP", _REMEDY)
+                else:
+                    e.guard = None
+                show_guard(e.module, e.name, e.guard)
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:

@@ -151,3 +151,22 @@ def _mesh_errors(rank: int, ws: int) -> None:
 
 def test_mesh_not_matching_the_strategy_is_an_error() -> None:
     spawn_threads(_mesh_errors, 2)
+
+
+def _groups_not_matching(rank: int, ws: int) -> None:
+    halves = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    mine, other = halves[rank // 2], halves[1 - rank // 2]
+    with pytest.raises(ValueError, match=rf"this rank \({rank}\) is not a member of process_group"):
+        FSDP(nn.Linear(2, 3), process_group=other)
+    # hybrid: the intra- and inter-node groups must cross at this rank only
+    pair = sorted(dist.get_process_group_ranks(mine))
+    with pytest.raises(ValueError, match=rf"must share only this rank .* share ranks \{pair}"):
+        FSDP(
+            nn.Linear(2, 3),
+            process_group=(mine, mine),
+            sharding_strategy=ShardingStrategy.HYBRID_SHARD,
+        )
+
+
+def test_group_this_rank_is_not_in_is_an_error() -> None:
+    spawn_threads(_groups_not_matching, 4)
