@@ -22,8 +22,14 @@ import tempfile
 import pytest
 from hypothesis import HealthCheck, settings
 
-# pytester drives inner pytest runs in the harness and compat tests.
+# pytester drives inner pytest runs in the harness and compat tests. Its in-process runs
+# drop the modules first imported inside them; mpdist's package caches the names it hands
+# out, so the module API is imported here, once, before any inner run.
 pytest_plugins = ["pytester"]
+
+import mpdist.distributed  # noqa: E402, F401
+import mpdist.process_group  # noqa: E402, F401
+import mpdist.store  # noqa: E402, F401
 
 settings.register_profile(
     "ci",
