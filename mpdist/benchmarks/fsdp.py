@@ -1,12 +1,15 @@
-"""``python -m mpdist bench fsdp``: step time and peak gathered-parameter bytes per rank of an
-MLP under mpdist's ``fully_shard``, side by side with torch's ``fully_shard`` on gloo.
+"""``python -m mpdist bench fsdp``: step time and parameter bytes per rank of an MLP under
+mpdist's ``fully_shard``, FSDP1 (FULL_SHARD, SHARD_GRAD_OP) and DDP, side by side with
+torch's ``fully_shard`` on gloo.
 
 The model: ``--layers`` (8) Linear layers of width ``--hidden`` (1024) with ReLUs between,
-float32; each Linear is a ``fully_shard`` unit, then the root. A step is zero_grad +
-forward + MSE + backward + SGD on the rank's ``--batch / world`` rows. Ranks are spawned
+float32; under ``fully_shard`` and FSDP1 each Linear is a unit, then the root. Every row
+goes through one rank function and one timing loop; only the wrapping differs. A step is
+zero_grad + forward + MSE + backward + SGD on the rank's ``--batch / world`` rows. Ranks are spawned
 processes (one BLAS thread each) meeting through a file store; every step starts at a
-barrier and counts as the slowest rank's wall time. Rows: each ``--world-size`` with mpdist,
-then torch (where installed); the ratio column is mpdist / torch.
+barrier and counts as the slowest rank's wall time. Rows: each ``--world-size`` with mpdist's
+``--kinds``, then torch's ``fully_shard`` (where installed); the ratio column is mpdist's
+``fully_shard`` / torch's.
 """
 
 from __future__ import annotations
@@ -28,12 +31,26 @@ __all__ = ["main"]
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _mpdist_rank(rank: int, world: int, path: str, cfg: dict[str, Any]) -> tuple[list[float], int]:
+KINDS = ("fully_shard", "FULL_SHARD", "SHARD_GRAD_OP", "DDP")  # mpdist's rows, in order
+
+
+def _timed_steps(step: Any, barrier: Any, cfg: dict[str, Any]) -> list[float]:
+    """Seconds of each measured step (warm-up steps dropped); each starts at a barrier."""
+    times: list[float] = []
+    for _ in range(cfg["warmup"] + cfg["steps"]):
+        barrier()
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return times[cfg["warmup"] :]
+
+
+def _mpdist_rank(
+    rank: int, world: int, path: str, cfg: dict[str, Any]
+) -> tuple[list[float], int, int]:
     import mpdist
     from mpdist import distributed as dist
     from mpdist import nn
-    from mpdist.fsdp import fully_shard
-    from mpdist.fsdp._fsdp_param import peak_unsharded_bytes
     from mpdist.nn import functional as F
     from mpdist.optim import SGD
 
@@ -44,30 +61,57 @@ def _mpdist_rank(rank: int, world: int, path: str, cfg: dict[str, Any]) -> tuple
         layers.append(nn.Linear(cfg["hidden"], cfg["hidden"]))
         if i < cfg["layers"] - 1:
             layers.append(nn.ReLU())
-    model = nn.Sequential(*layers)
-    for layer in layers:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer)
-    fully_shard(model)
+    model: Any = nn.Sequential(*layers)
+    kind = cfg["kind"]
+    if kind == "fully_shard":
+        from mpdist.fsdp import fully_shard
+        from mpdist.fsdp._fsdp_param import peak_unsharded_bytes
+
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
+        meter = peak_unsharded_bytes
+    elif kind == "DDP":
+        from mpdist.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model)
+
+        def meter(reset: bool = False) -> int:
+            return 0  # nothing is gathered: every rank holds every parameter
+
+    else:
+        from mpdist.fsdp import FullyShardedDataParallel, ShardingStrategy
+        from mpdist.fsdp import peak_unsharded_bytes as meter
+        from mpdist.fsdp.wrap import ModuleWrapPolicy
+
+        model = FullyShardedDataParallel(
+            model,
+            auto_wrap_policy=ModuleWrapPolicy({nn.Linear}),
+            sharding_strategy=ShardingStrategy[kind],
+        )
+    held = sum(np.asarray(p.data).nbytes for p in model.parameters())
     opt = SGD(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(rank)
     rows = cfg["batch"] // world
     x = rng.standard_normal((rows, cfg["hidden"])).astype(np.float32)
     y = rng.standard_normal((rows, cfg["hidden"])).astype(np.float32)
-    times: list[float] = []
-    for _ in range(cfg["warmup"] + cfg["steps"]):
-        dist.barrier()
-        t = time.perf_counter()
+
+    def step() -> None:
         opt.zero_grad()
         F.mse_loss(model(x), y).backward()
         opt.step()
-        times.append(time.perf_counter() - t)
-    peak = peak_unsharded_bytes()
+
+    meter(reset=True)
+    times = _timed_steps(step, dist.barrier, cfg)
+    peak = meter()
     dist.destroy_process_group()
-    return times[cfg["warmup"] :], peak
+    return times, held, peak
 
 
-def _torch_rank(rank: int, world: int, path: str, cfg: dict[str, Any]) -> tuple[list[float], int]:
+def _torch_rank(
+    rank: int, world: int, path: str, cfg: dict[str, Any]
+) -> tuple[list[float], int, int]:
     import torch
     import torch.distributed as tdist
     from torch.distributed.fsdp import fully_shard
@@ -88,16 +132,15 @@ def _torch_rank(rank: int, world: int, path: str, cfg: dict[str, Any]) -> tuple[
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     rows = cfg["batch"] // world
     x, y = torch.randn(rows, cfg["hidden"]), torch.randn(rows, cfg["hidden"])
-    times: list[float] = []
-    for _ in range(cfg["warmup"] + cfg["steps"]):
-        tdist.barrier()
-        t = time.perf_counter()
+
+    def step() -> None:
         opt.zero_grad()
         torch.nn.functional.mse_loss(model(x), y).backward()
         opt.step()
-        times.append(time.perf_counter() - t)
+
+    times = _timed_steps(step, tdist.barrier, cfg)
     tdist.destroy_process_group()
-    return times[cfg["warmup"] :], -1
+    return times, -1, -1
 
 
 def _rank_main(lib: str, rank: int, world: int, path: str, cfg: dict[str, Any], q: Any) -> None:
@@ -110,8 +153,9 @@ def _rank_main(lib: str, rank: int, world: int, path: str, cfg: dict[str, Any], 
         q.put((rank, None, traceback.format_exc()))
 
 
-def _run(lib: str, world: int, cfg: dict[str, Any]) -> tuple[float, int]:
-    """Median step time (slowest rank per step) and the largest peak of any rank."""
+def _run(lib: str, world: int, cfg: dict[str, Any]) -> tuple[float, int, int]:
+    """Median step time (slowest rank per step), and the most parameter bytes any rank holds
+    between steps and gathers at its peak."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,10 +170,24 @@ def _run(lib: str, world: int, cfg: dict[str, Any]) -> tuple[float, int]:
             p.join(timeout=60)
     errors = [err for _, _, err in results if err]
     if errors:
-        raise RuntimeError(f"{lib} on {world} ranks failed:\n{errors[0]}")
+        raise RuntimeError(f"{lib} {cfg['kind']} on {world} ranks failed:\n{errors[0]}")
     per_rank = [res for _, res, _ in sorted(results, key=lambda r: r[0])]
     steps = [max(ts) for ts in zip(*(res[0] for res in per_rank), strict=True)]
-    return statistics.median(steps), max(res[1] for res in per_rank)
+    return (
+        statistics.median(steps),
+        max(res[1] for res in per_rank),
+        max(res[2] for res in per_rank),
+    )
+
+
+_LABEL = {"fully_shard": "fully_shard", "DDP": "DDP"}  # else: "FSDP <strategy>"
+
+
+def _row(name: str, step: float, held: int, peak: int, ratio: str) -> str:
+    kib = (f"{held / 2**10:.1f}", f"{peak / 2**10:.1f}", f"{(held + peak) / 2**10:.1f}")
+    if held < 0:
+        kib = ("-", "-", "-")
+    return f"{name:<36}{step * 1e3:>10.1f}{kib[0]:>14}{kib[1]:>14}{kib[2]:>14}{ratio:>14}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--world-size", type=int, nargs="+", default=[2, 4])
+    parser.add_argument(
+        "--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="mpdist's rows"
+    )
     parser.add_argument("--no-torch", action="store_true", help="skip torch's rows")
     args = parser.parse_args(argv)
     if any(args.batch % w for w in args.world_size):
@@ -149,24 +210,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import torch  # noqa: F401
 
-        have_torch = not args.no_torch
+        have_torch = not args.no_torch and "fully_shard" in args.kinds
     except ImportError:
         have_torch = False
     unit = args.hidden * (args.hidden + 1) * 4
     print(
-        f"fully_shard: {args.layers} x Linear({args.hidden}) float32, batch {args.batch}, "
-        f"{args.steps} steps (median of the slowest rank); one unit {unit / 2**20:.2f} MiB"
+        f"{args.layers} x Linear({args.hidden}) float32, batch {args.batch}, {args.steps} steps "
+        f"(median of the slowest rank); one unit {unit / 2**20:.2f} MiB\nKiB per rank: held = "
+        "parameters kept between steps, gathered = peak unsharded, peak = their sum"
     )
-    print(f"{'row':<28}{'step ms':>10}{'peak gathered KiB':>20}{'mpdist/torch':>14}")
+    head = ("step ms", "held KiB", "gathered KiB", "peak KiB", "mpdist/torch")
+    print(f"{'row':<36}" + "".join(f"{h:>14}" if i else f"{h:>10}" for i, h in enumerate(head)))
     for world in args.world_size:
-        t_mp, peak = _run("mpdist", world, cfg)
-        t_torch = _run("torch", world, cfg)[0] if have_torch else None
-        ratio = f"{t_mp / t_torch:.2f}" if t_torch else "-"
-        print(
-            f"{f'mpdist fully_shard {world} ranks':<28}{t_mp * 1e3:>10.1f}{peak / 2**10:>20.1f}{ratio:>14}"
-        )
+        t_torch = None
+        if have_torch:
+            t_torch = _run("torch", world, {**cfg, "kind": "fully_shard"})[0]
+        for kind in args.kinds:
+            step, held, peak = _run("mpdist", world, {**cfg, "kind": kind})
+            ratio = f"{step / t_torch:.2f}" if t_torch and kind == "fully_shard" else "-"
+            label = _LABEL.get(kind, f"FSDP {kind}")
+            print(_row(f"mpdist {label} {world} ranks", step, held, peak, ratio))
         if t_torch:
-            print(
-                f"{f'torch fully_shard {world} ranks':<28}{t_torch * 1e3:>10.1f}{'-':>20}{'':>14}"
-            )
+            print(_row(f"torch fully_shard {world} ranks", t_torch, -1, -1, ""))
     return 0
