@@ -84,7 +84,7 @@ def _cpu_model() -> str:
 
 def machine_info() -> dict[str, Any]:
     """Where and when the numbers were taken: host, CPU, cpus usable here, load, versions."""
-    from mpdist.testing._config import usable_cpus
+    from mpdist._cpus import usable_cpus
 
     return {
         "hostname": socket.gethostname(),

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -47,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from mpdist import distributed as dist
+from mpdist._cpus import local_ranks, usable_cpus
 from mpdist.autograd import Tensor
 from mpdist.autograd.graph import Node, queue_outer_callback
 from mpdist.process_group import AllreduceOptions, Future, ProcessGroup, ReduceOp
@@ -62,12 +62,7 @@ def communication_thread_pays(world_size: int) -> bool:
     """True if this host has more cores than ranks, so that a communication thread has a
     core to run on while the ranks compute. Ranks on this host: ``LOCAL_WORLD_SIZE`` (set
     by ``mpdist run`` and torchrun), else ``world_size`` (all of them, the safe guess)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    return cores > (int(local) if local.isdigit() else world_size)
+    return usable_cpus() > local_ranks(world_size)
 
 
 def compute_bucket_assignment(

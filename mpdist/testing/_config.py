@@ -9,12 +9,12 @@ environment, the ini file (``mpdist_*`` keys), the default.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import unittest
 from dataclasses import dataclass
 
+from mpdist._cpus import usable_cpus as usable_cpus
 from mpdist.testing import _torch_internals
 from mpdist.timeouts import TEST_TIMEOUT
 
@@ -220,38 +220,6 @@ def reuse_processes(class_value: bool) -> bool:
         return parse_bool(env, "$MPDIST_REUSE_PROCESSES")
     ini = current().ini_reuse_processes
     return True if ini is None else ini
-
-
-def _cgroup_cpus() -> float | None:
-    """The CPU quota of this process's cgroup in cpus (v2 ``cpu.max``, v1 CFS), if limited."""
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            return int(quota) / int(period)
-        return None
-    except (OSError, ValueError):
-        pass
-    try:
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
-            quota_us = int(f.read())
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
-            period_us = int(f.read())
-    except (OSError, ValueError):
-        return None
-    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
-
-
-def usable_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by its cgroup's quota."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    quota = _cgroup_cpus()
-    if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return max(1, cpus)
 
 
 def blas_threads(ranks: int, workers: int = 1, cpus: int | None = None) -> int:

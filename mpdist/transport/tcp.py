@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mpdist._cpus import local_ranks, usable_cpus
 from mpdist.errors import DistNetworkError
 from mpdist.transport.base import Payload, RecvReq, SendReq, Transport
 from mpdist.transport.header import (
@@ -48,7 +49,21 @@ _POOL_MIN = 64 << 10  # stash buffers at least this big are recycled ...
 _POOL_CAP = 64 << 20  # ... up to this many bytes
 _SHM_MIN = 16 << 10  # payloads at least this big go through the shared-memory ring
 _SHM_CAP = 16 << 20  # bytes per ring (one per direction and pair; pages only when touched)
-_SPIN_S = float(os.environ.get("MPDIST_SPIN_US", "0")) * 1e-6
+# How long a wait polls without sleeping before it blocks in poll(). A blocked rank's wakeup
+# costs tens of microseconds (on a virtual machine above all: the idle vCPU halts), more
+# than a peer's answer in a small exchange takes to arrive; a spinning rank holds its core,
+# so it spins only while this host has a core for every local rank. MPDIST_SPIN_US overrides.
+_SPIN_ENV = os.environ.get("MPDIST_SPIN_US")
+_DEFAULT_SPIN_S = 50e-6
+
+
+def default_spin_s(size: int) -> float:
+    """The spin of a transport of ``size`` ranks (see ``_DEFAULT_SPIN_S``)."""
+    if _SPIN_ENV is not None:
+        return float(_SPIN_ENV) * 1e-6
+    return _DEFAULT_SPIN_S if local_ranks(size) <= usable_cpus() else 0.0
+
+
 _LOWAT_CAP = 512 << 10
 _CLOSE_DRAIN_S = 3.0  # close waits at most this long for peers to take what we sent
 _TCP_CLOSE = 7  # tcpi_state of a connection that was reset (linux/tcp_states.h)
@@ -134,7 +149,7 @@ class TcpTransport(Transport):
         shm: bool | None = None,
     ) -> None:
         super().__init__(rank, size, timeout_s, rank_names)
-        self.spin_s = _SPIN_S
+        self.spin_s = default_spin_s(size)
         self._peers: list[_Peer | None] = [None] * size
         # shared-memory rings for big payloads: on by default where /dev/shm exists
         # (env MPDIST_SHM=0 or shm=False turns them off)
