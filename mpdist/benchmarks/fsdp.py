@@ -64,8 +64,7 @@ def _mpdist_rank(
     model: Any = nn.Sequential(*layers)
     kind = cfg["kind"]
     if kind == "fully_shard":
-        from mpdist.fsdp import fully_shard
-        from mpdist.fsdp._fsdp_param import peak_unsharded_bytes
+        from mpdist.fsdp import fully_shard, peak_unsharded_bytes
 
         for layer in layers:
             if isinstance(layer, nn.Linear):

@@ -80,7 +80,6 @@ class LocalStateDictConfig(StateDictConfig):
 
 
 # the classes below import the enums above
-from mpdist.fsdp._flat import live_unsharded_bytes, peak_unsharded_bytes  # noqa: E402
 from mpdist.fsdp._fully_shard import (  # noqa: E402
     CPUOffloadPolicy,
     FSDPModule,
@@ -88,6 +87,7 @@ from mpdist.fsdp._fully_shard import (  # noqa: E402
     OffloadPolicy,
     fully_shard,
 )
+from mpdist.fsdp._storage import live_unsharded_bytes, peak_unsharded_bytes  # noqa: E402
 from mpdist.fsdp.fully_sharded_data_parallel import FullyShardedDataParallel  # noqa: E402
 
 __all__ = [

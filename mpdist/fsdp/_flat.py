@@ -10,15 +10,14 @@ gradient, reduce-scattered (summed, divided by the number of ranks) into ``flat_
 (NO_SHARD: all-reduced; hybrid: reduce-scattered within the shard group, then all-reduced
 across the replicas).
 
-The live-buffer count (``live_unsharded_bytes``) is what FSDP itself holds unsharded: a
-unit's full array counts from its all-gather to its reshard. (numpy cannot shrink an array
-under its views, so the autograd graph of a forward keeps the views it saved until backward
-has used them; the count is of FSDP's buffers, not of the process's memory.)
+A sharded unit's full array is a ``Storage`` (``_storage``, shared with ``fully_shard``):
+``free`` gives its pages back to the kernel while the forward's graph keeps its views, and
+the gather before backward refills the same array, so the unit's unsharded bytes are
+resident (and counted by ``_storage``'s meter) only from its all-gather to its reshard.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,37 +26,10 @@ import numpy as np
 
 from mpdist import distributed as dist
 from mpdist.autograd import Tensor, is_grad_enabled
+from mpdist.fsdp._storage import Storage
 from mpdist.nn import Module, Parameter
 from mpdist.parallel.reducer import communication_thread_pays
 from mpdist.process_group import ProcessGroup, ReduceOp
-
-_lock = threading.Lock()
-_live: dict[int, int] = {}  # per thread (a rank under "threaded"): bytes held unsharded now
-_peak: dict[int, int] = {}
-
-
-def _count(delta: int) -> None:
-    tid = threading.get_ident()
-    with _lock:
-        now = _live.get(tid, 0) + delta
-        _live[tid] = now
-        _peak[tid] = max(_peak.get(tid, 0), now)
-
-
-def live_unsharded_bytes() -> int:
-    """Bytes of unsharded parameter buffers this rank's FSDP units hold right now."""
-    return _live.get(threading.get_ident(), 0)
-
-
-def peak_unsharded_bytes(reset: bool = False) -> int:
-    """The most bytes of unsharded parameter buffers this rank held at once (since the last
-    reset); ``reset=True`` starts counting again from what is live now."""
-    tid = threading.get_ident()
-    with _lock:
-        peak = _peak.get(tid, 0)
-        if reset:
-            _peak[tid] = _live.get(tid, 0)
-    return peak
 
 
 @dataclass
@@ -111,7 +83,9 @@ class FlatParamHandle:
             full[e.offset : e.offset + e.numel] = a.reshape(-1)
         lo = self.rank * self.shard_size
         self.flat_param = Parameter(full[lo : lo + self.shard_size].copy())
-        self.full: np.ndarray | None = None  # the unsharded flat array while FSDP holds it
+        # the unsharded flat array, its pages resident only while gathered (sharded units)
+        self.storage = Storage(self.padded, dtype, resident=False) if groups.sharded else None
+        self.full: np.ndarray | None = None  # the storage's array while it is gathered
         self.leaves: list[Tensor] = []
         self.pending = 0  # leaves whose gradient has not arrived in this backward
         self.armed = False  # a forward with grad ran; its gradient reduction is due
@@ -153,30 +127,29 @@ class FlatParamHandle:
 
     # ------------------------------------------------------------ gather / free
     def gather(self) -> np.ndarray:
-        """The full flat array, all-gathered from the shards (a new buffer, counted live)."""
-        if not self.groups.sharded:
+        """The full flat array, all-gathered from the shards into the unit's storage (the
+        array every earlier view of it sees); counted live until ``free``."""
+        if self.storage is None:
             return self.flat_param.data  # NO_SHARD: the parameter is the full array
         if self.full is not None:
             return self.full
-        full = np.empty(self.padded, dtype=self.flat_param.data.dtype)
+        self.storage.materialize()
+        full = self.storage.array
         dist.all_gather_into_tensor(full, self.flat_param.data, group=self.groups.shard)
         self.full = full
-        _count(full.nbytes)
         return full
 
     def refill(self) -> None:
-        """Gather again into the array the forward's graph is viewing (before backward)."""
-        if self.full is None and self.leaves and self.groups.sharded:
-            target = self.leaves[0].data.base if self.leaves[0].data.base is not None else None
-            full = self.gather()
-            if target is not None and target.shape == full.shape and target is not full:
-                np.copyto(target, full)
+        """Gather again before backward: the forward's graph views the same storage."""
+        if self.leaves:
+            self.gather()
 
     def free(self) -> None:
-        """Drop FSDP's unsharded buffer (a sharded unit only)."""
-        if self.full is not None and self.groups.sharded:
-            _count(-self.full.nbytes)
+        """Give the unsharded array's pages back (a sharded unit only); it reads zeros until
+        the next gather."""
+        if self.storage is not None and self.full is not None:
             self.full = None
+            self.storage.free()
 
     def views(self, requires_grad: bool) -> list[Any]:
         """One leaf per original parameter over the gathered array, what the module computes

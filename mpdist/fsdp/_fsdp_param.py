@@ -2,21 +2,14 @@
 gathered for forward and backward, and the unit's two collectives (one all-gather of every
 piece, one reduce-scatter of every gradient).
 
-The unsharded parameters are plain Tensors whose arrays are views into one anonymous
-memory map per unit. The autograd graph keeps references to those arrays (an op saves its
-inputs for backward), so freeing them by dropping references would free nothing; instead
-``free`` tells the kernel to drop the map's pages (``MADV_DONTNEED``: the arrays stay valid
-and read zeros) and ``unshard`` refills the same arrays before backward. That is torch's
-"resize the storage to zero" on numpy, and it makes the memory claim real: the bytes of a
-unit's unsharded parameters are resident only between its ``unshard`` and ``reshard``.
-``live_unsharded_bytes`` / ``peak_unsharded_bytes`` count them (per rank: per thread, so
-that the threaded backend's ranks count apart).
+The unsharded parameters are plain Tensors whose arrays are views into one ``Storage`` per
+unit (``_storage``: its pages are given back on ``reshard`` and refilled by ``unshard``
+before backward), so a unit's unsharded bytes are resident only between its ``unshard`` and
+``reshard``; ``_storage``'s meter counts them.
 """
 
 from __future__ import annotations
 
-import mmap
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,58 +18,13 @@ import numpy as np
 
 from mpdist import distributed as dist
 from mpdist.autograd import Tensor
+from mpdist.fsdp._storage import Storage, count
 from mpdist.nn.module import Module
 from mpdist.nn.parameter import Parameter
 from mpdist.process_group import ProcessGroup, ReduceOp
 from mpdist.tensor._api import DTensor, DTensorParameter
 from mpdist.tensor._redistribute import Spec
 from mpdist.tensor.placement_types import Replicate, Shard, chunk_bounds
-
-_meter = threading.local()
-
-
-def _count(nbytes: int) -> None:
-    live = getattr(_meter, "live", 0) + nbytes
-    _meter.live = live
-    _meter.peak = max(getattr(_meter, "peak", 0), live)
-
-
-def live_unsharded_bytes() -> int:
-    """Bytes of unsharded parameters (and their all-gather buffers) resident on this rank."""
-    return int(getattr(_meter, "live", 0))
-
-
-def peak_unsharded_bytes(reset: bool = False) -> int:
-    """The most ``live_unsharded_bytes`` has been since the last reset; ``reset`` starts over."""
-    peak = int(getattr(_meter, "peak", 0))
-    if reset:
-        _meter.peak = live_unsharded_bytes()
-    return peak
-
-
-class _Storage:
-    """A flat array in an anonymous memory map whose pages can be given back to the kernel."""
-
-    def __init__(self, numel: int, dtype: np.dtype) -> None:
-        self.nbytes = numel * dtype.itemsize
-        self._map = mmap.mmap(-1, max(self.nbytes, 1))
-        self.array = np.frombuffer(self._map, dtype=dtype, count=numel)
-        self.resident = True
-        _count(self.nbytes)
-
-    def materialize(self) -> None:
-        """Count the pages as resident again (they come back, zeroed, when written)."""
-        if not self.resident:
-            self.resident = True
-            _count(self.nbytes)
-
-    def free(self) -> None:
-        """Give the pages back; the array stays valid and reads zeros until refilled."""
-        if self.resident:
-            self.resident = False
-            _count(-self.nbytes)
-            if self.nbytes >= mmap.PAGESIZE:
-                self._map.madvise(mmap.MADV_DONTNEED)
 
 
 @dataclass
@@ -145,7 +93,7 @@ class FSDPParamGroup:
             off += p.padded_numel
             full += p.numel
         self.packed = off
-        self.storage = _Storage(full, param_dtype) if params else None
+        self.storage = Storage(full, param_dtype) if params else None
         self._make_unsharded()
         self.unsharded = True  # the storage is fresh; reshard() frees it
         self._gather: _Pending | None = None
@@ -183,7 +131,7 @@ class FSDPParamGroup:
             return
         send = self._pack_pieces()
         out = np.empty(self.shard_size * self.packed, dtype=self.param_dtype)
-        _count(out.nbytes)
+        count(out.nbytes)
         work = dist.all_gather_into_tensor(out, send, group=self.shard_group, async_op=async_op)
         storage = self.storage
 
@@ -195,7 +143,7 @@ class FSDPParamGroup:
                 rows = rows.reshape((self.shard_size * p.padded_rows,) + p.full_shape[1:])
                 dst = storage.array[p.full_offset : p.full_offset + p.numel]
                 dst.reshape(p.full_shape)[...] = rows[: p.rows]
-            _count(-out.nbytes)
+            count(-out.nbytes)
 
         self._gather = _Pending(work, finish)
 

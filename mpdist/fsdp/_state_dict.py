@@ -42,6 +42,7 @@ def _gathered(unit: Any) -> np.ndarray:
     h = unit._handle
     full = h.gather()
     if not h.armed:
+        full = full.copy()  # free() gives the storage's pages back: they would read zeros
         h.free()
     return full
 

@@ -14,8 +14,7 @@ import pytest
 import mpdist
 from mpdist import nn
 from mpdist.device_mesh import init_device_mesh
-from mpdist.fsdp import fully_shard
-from mpdist.fsdp._fsdp_param import live_unsharded_bytes, peak_unsharded_bytes
+from mpdist.fsdp import fully_shard, live_unsharded_bytes, peak_unsharded_bytes
 from mpdist.nn import functional as F
 from mpdist.optim import SGD, Adam
 from mpdist.parallel import replicate
