@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 
 from mpdist.benchmarks import output
+from mpdist.benchmarks._env import blas_threads, torch_side
 
 __all__ = ["main"]
 
-_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 WIDTHS = (512, 512, 512, 512, 512, 16)  # 1,058,832 parameters
 MODES = ("single", "single global", "overlap", "no overlap", "overlap, other")
 DDP_MODES = MODES[2:]
@@ -221,22 +221,14 @@ def _run(
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     # A fixed number of BLAS threads per process: N ranks on N cores must not oversubscribe.
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    os.environ.update({k: str(cfg["threads"]) for k in _THREAD_VARS})
     with tempfile.TemporaryDirectory(prefix="mpdist-bench-ddp-") as tmp:
         path = os.path.join(tmp, "store")
         procs = [
             ctx.Process(target=_rank_main, args=(lib, r, world, path, cfg, q)) for r in range(world)
         ]
-        try:
+        with blas_threads(cfg["threads"]):
             for pr in procs:
                 pr.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         per_rank: dict[int, dict[str, tuple[float, float]]] = {}
         buckets: dict[str, int] = {}
         try:
@@ -302,16 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--steps, --batch and --repeat must be positive, --warmup non-negative")
     if (problem := output.check_options(args)) is not None:
         p.error(problem)
-    try:
-        import torch  # noqa: F401
-
-        have_torch = True
-    except ImportError:
-        have_torch = False
-    if args.vs == "torch" and not have_torch:
-        print("mpdist bench ddp: --vs torch needs torch installed", file=sys.stderr)
+    vs_torch = torch_side(args.vs, "ddp")
+    if vs_torch is None:
         return 2
-    vs_torch = have_torch if args.vs is None else args.vs == "torch"
 
     cfg = dict(
         batch=args.batch,

@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from mpdist.benchmarks import output
+from mpdist.benchmarks._env import blas_threads, torch_side
 
 __all__ = ["main"]
 
-_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 CONV = dict(batch=32, in_channels=3, out_channels=16, size=32, kernel=3, padding=1)
 LSTM_SHAPE = dict(batch=12, seq=100, input=256, hidden=256, layers=3)
 ROWS = {
@@ -118,27 +116,12 @@ def _measure(cfg: dict[str, Any], q: Any) -> None:
         q.put(("error", traceback.format_exc()))
 
 
-@contextmanager
-def _blas_threads(n: int) -> Iterator[None]:
-    """The BLAS thread variables set to ``n`` for processes started inside the block."""
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    os.environ.update({k: str(n) for k in _THREAD_VARS})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _run(cfg: dict[str, Any]) -> dict[str, dict[str, float]]:
     """One run in a fresh spawned process: library -> row -> median seconds per step."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     proc = ctx.Process(target=_measure, args=(cfg, q))
-    with _blas_threads(cfg["threads"]):
+    with blas_threads(cfg["threads"]):
         proc.start()
     try:
         status, payload = q.get(timeout=900)
@@ -173,16 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--steps, --repeat and --threads must be positive, --warmup non-negative")
     if (problem := output.check_options(args)) is not None:
         p.error(problem)
-    try:
-        import torch  # noqa: F401
-
-        have_torch = True
-    except ImportError:
-        have_torch = False
-    if args.vs == "torch" and not have_torch:
-        print("mpdist bench layers: --vs torch needs torch installed", file=sys.stderr)
+    vs_torch = torch_side(args.vs, "layers")
+    if vs_torch is None:
         return 2
-    vs_torch = have_torch if args.vs is None else args.vs == "torch"
     cfg = dict(steps=args.steps, warmup=args.warmup, threads=args.threads, vs_torch=vs_torch)
     try:
         runs = [_run(cfg) for _ in range(args.repeat)]

@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 
 from mpdist.benchmarks import output
+from mpdist.benchmarks._env import blas_threads
 
 __all__ = ["main"]
 
-_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 ROWS = ("single", "tp", "tp timed", "ddp")
 
 
@@ -170,22 +170,14 @@ def _run(world: int, cfg: dict[str, Any]) -> tuple[dict[str, tuple[float, float]
     rank's median collective seconds in a timed TP step, collectives per TP step)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    os.environ.update({k: str(cfg["threads"]) for k in _THREAD_VARS})
     with tempfile.TemporaryDirectory(prefix="mpdist-bench-tp-") as tmp:
         path = os.path.join(tmp, "store")
         procs = [
             ctx.Process(target=_rank_main, args=(r, world, path, cfg, q)) for r in range(world)
         ]
-        try:
+        with blas_threads(cfg["threads"]):
             for pr in procs:
                 pr.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         per_rank: dict[int, dict[str, tuple[float, float]]] = {}
         comm: dict[int, tuple[float, int]] = {}
         try:
