@@ -44,6 +44,7 @@ class Settings:
     max_ranks_error: bool = False
     rerun_args: tuple[str, ...] = ()
     under_pytest: bool = False
+    mpi: bool = False  # pytest --mpi: tests run SPMD on the MPI ranks (_mpi_mode)
     # the ini file's mpdist_* values (None: not set there)
     ini_ranks: int | None = None
     ini_timeout: float | None = None

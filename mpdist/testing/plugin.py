@@ -94,6 +94,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run rank K attached to the terminal (breakpoint() works), no timeout "
         "(also $MPDIST_DEBUG_RANK)",
     )
+    group.addoption(
+        "--mpi",
+        action="store_true",
+        default=False,
+        help="run under mpiexec: multi-rank tests run SPMD on the MPI ranks, rank 0 reports "
+        "(mpiexec -n N python -m pytest --mpi)",
+    )
     # Precedence of each: the test's own (marker, class attribute) > command line > env > ini.
     parser.addini("mpdist_ranks", "default world size of multi-rank tests (as --ranks)")
     parser.addini("mpdist_timeout", "seconds a multi-rank test may run (as --mp-timeout)")
@@ -127,8 +134,14 @@ def _settings(config: pytest.Config) -> _config.Settings:
             f"ini mpdist_start_method must be one of {', '.join(_config.START_METHODS)}, "
             f"got {method!r}"
         )
+    mpi = bool(getattr(option, "mpi", False))
+    if mpi and getattr(option, "ranks", None) is None:
+        from mpdist.testing import _mpi_mode
+
+        option.ranks = _mpi_mode.communicator_size()  # the world size is the communicator's
     try:
         return _config.Settings(
+            mpi=mpi,
             ranks=getattr(option, "ranks", None),
             timeout=getattr(option, "mp_timeout", None),
             start_method=getattr(option, "mp_start_method", None),
@@ -166,6 +179,18 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     _config.push(_settings(config))
     config.stash[_thread_vars_key] = _set_thread_vars()
+    if _config.current().mpi:
+        from mpdist.testing import _mpi_mode
+
+        _mpi_mode.start(config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _config.current().mpi:
+        from mpdist.testing import _mpi_mode
+
+        _mpi_mode.quiet(session.config)  # before the terminal reporter's header
 
 
 _thread_vars_key = pytest.StashKey[list[str]]()
@@ -236,6 +261,8 @@ def pytest_collectstart(collector: pytest.Collector) -> None:
     file_path = collector.path
     if _config.start_method(None) != "forkserver" or _config.debug_rank() is not None:
         return
+    if _config.current().mpi:
+        return  # nothing is spawned
     try:
         source = file_path.read_bytes()
     except OSError:
@@ -270,6 +297,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     pool = sys.modules.get("mpdist.testing._pool")
     if pool is not None:
         pool.close_all()
+    mpi_mode = sys.modules.get("mpdist.testing._mpi_mode")
+    if mpi_mode is not None and _config.current().mpi:
+        mpi_mode.stop()
     _config.pop()
     for name in config.stash.get(_thread_vars_key, []):
         os.environ.pop(name, None)
@@ -304,6 +334,14 @@ class MultiProcessTestCaseFunction(_CaseItem):
         super().setup()
         # pytest may have built the instance before the world size was attached.
         self._configure(self.instance)
+
+    def runtest(self) -> None:
+        if _config.current().mpi:
+            from mpdist.testing import _mpi_mode
+
+            _mpi_mode.run_case(self)  # SPMD on the MPI ranks, no parent side
+            return
+        super().runtest()
 
 
 class MultiProcessTestCaseClass(_CaseCollector):
@@ -468,6 +506,11 @@ def _function_spec(item: pytest.Function, workdir: str) -> tuple[TaskSpec, float
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if pyfuncitem.get_closest_marker("mpdist") is None:
         return None
+    if _config.current().mpi:
+        from mpdist.testing import _mpi_mode
+
+        _mpi_mode.run_function(pyfuncitem)
+        return True
     from mpdist.testing import _coordinator
     from mpdist.testing._report import raise_for, rerun_command
     from mpdist.testing.multiprocess import make_workdir, preload_for, remove_workdir
