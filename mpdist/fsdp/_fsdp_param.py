@@ -138,11 +138,13 @@ class FSDPParamGroup:
         def finish() -> None:
             storage.materialize()
             blocks = out.reshape(self.shard_size, self.packed)
+            # each rank's rows straight into place: one copy, no gathered temporary
             for p in self.params:
-                rows = blocks[:, p.offset : p.offset + p.padded_numel]
-                rows = rows.reshape((self.shard_size * p.padded_rows,) + p.full_shape[1:])
-                dst = storage.array[p.full_offset : p.full_offset + p.numel]
-                dst.reshape(p.full_shape)[...] = rows[: p.rows]
+                for r in range(self.shard_size):
+                    a, b = chunk_bounds(p.rows, self.shard_size, r)
+                    n = (b - a) * p.row_numel
+                    dst = p.full_offset + a * p.row_numel
+                    storage.array[dst : dst + n] = blocks[r, p.offset : p.offset + n]
             count(-out.nbytes)
 
         self._gather = _Pending(work, finish)

