@@ -94,43 +94,39 @@ def tensor(
     return _new(arr, None, device, requires_grad)
 
 
-def zeros(
-    *dims: Any, size: Any = None, dtype: Any = None, device: Any = None, requires_grad: bool = False
+def _made(
+    make: Any, name: str, dims: Any, size: Any, dtype: Any, device: Any, requires_grad: bool
 ) -> Tensor:
-    """A tensor of zeros (the default dtype unless ``dtype``)."""
-    shape = _sized("zeros", dims, size)
+    """``make(shape, dtype)`` (np.zeros, np.ones, np.empty) as a tensor of the default dtype
+    unless ``dtype``, the shape given as ``*dims`` or ``size=``."""
+    shape = _sized(name, dims, size)
     return _new(
-        np.zeros(shape, dtype=get_default_dtype() if dtype is None else dtype),
+        make(shape, dtype=get_default_dtype() if dtype is None else dtype),
         None,
         device,
         requires_grad,
     )
+
+
+def zeros(
+    *dims: Any, size: Any = None, dtype: Any = None, device: Any = None, requires_grad: bool = False
+) -> Tensor:
+    """A tensor of zeros (the default dtype unless ``dtype``)."""
+    return _made(np.zeros, "zeros", dims, size, dtype, device, requires_grad)
 
 
 def ones(
     *dims: Any, size: Any = None, dtype: Any = None, device: Any = None, requires_grad: bool = False
 ) -> Tensor:
     """A tensor of ones (the default dtype unless ``dtype``)."""
-    shape = _sized("ones", dims, size)
-    return _new(
-        np.ones(shape, dtype=get_default_dtype() if dtype is None else dtype),
-        None,
-        device,
-        requires_grad,
-    )
+    return _made(np.ones, "ones", dims, size, dtype, device, requires_grad)
 
 
 def empty(
     *dims: Any, size: Any = None, dtype: Any = None, device: Any = None, requires_grad: bool = False
 ) -> Tensor:
     """A tensor whose values are whatever the memory held (the default dtype unless ``dtype``)."""
-    shape = _sized("empty", dims, size)
-    return _new(
-        np.empty(shape, dtype=get_default_dtype() if dtype is None else dtype),
-        None,
-        device,
-        requires_grad,
-    )
+    return _made(np.empty, "empty", dims, size, dtype, device, requires_grad)
 
 
 def _fill_dtype(value: Any) -> np.dtype:
