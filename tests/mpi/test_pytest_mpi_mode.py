@@ -1,0 +1,163 @@
+"""``mpiexec -n N python -m pytest --mpi``: a generated test file run by real MPI jobs.
+
+Each job is a subprocess bounded by a timeout; its exit status and rank 0's report are
+checked, and no process of the job may outlive it. Skipped without mpi4py or mpiexec.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+pytest.importorskip("mpi4py")
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+if MPIEXEC is None:
+    pytest.skip("mpiexec is not installed (pip install 'mpdist[mpi]')", allow_module_level=True)
+
+from mpdist._proctree import kill_tree  # noqa: E402
+
+TESTS = """
+import time
+import numpy as np
+import pytest
+from mpdist import distributed as dist
+from mpdist.testing import MultiProcessTestCase
+
+@pytest.mark.mpdist
+def test_sum(rank, world_size, tmp_path):
+    a = np.full(3, float(rank))
+    dist.all_reduce(a)
+    assert (a == sum(range(world_size))).all()
+    (tmp_path / f"rank{rank}").write_text("here")
+    dist.barrier()
+    assert len(list(tmp_path.iterdir())) == world_size  # one tmp_path, rank 0's, for all
+
+@pytest.mark.mpdist
+def test_rank_one_fails(rank, world_size):
+    print(f"rank {rank} says hello")
+    if rank == 1:
+        raise ValueError(f"boom from rank 1 of {world_size}")
+    a = np.ones(2)
+    dist.all_reduce(a)
+
+@pytest.mark.mpdist(world_size=7)
+def test_seven_ranks(rank):
+    raise AssertionError("never runs")
+
+class TestCase(MultiProcessTestCase):
+    def test_case_sees_the_world(self):
+        assert 0 <= self.rank < self.world_size
+
+@pytest.mark.mpdist
+def test_group_back_after_a_failure(rank, world_size):
+    a = np.ones(2)
+    dist.all_reduce(a)
+    assert a[0] == world_size == dist.get_world_size()
+"""
+
+HANG = """
+import time
+import numpy as np
+import pytest
+from mpdist import distributed as dist
+
+@pytest.mark.mpdist(timeout=3)
+def test_rank_one_hangs(rank):
+    if rank == 1:
+        print("rank 1 goes to sleep")
+        time.sleep(600)
+    a = np.ones(2)
+    dist.all_reduce(a)
+"""
+
+
+def _run(n: int, where: str, *args: str, timeout: float = 120.0) -> tuple[int, str]:
+    """Run pytest --mpi on ``n`` ranks in ``where``: (exit status, output). No process of
+    the job outlives the call; a job that outlives ``timeout`` fails the test."""
+    env = dict(os.environ)
+    for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "MPDIST_WORLD_SIZE"):
+        env.pop(var, None)
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "pytest", "--mpi"]
+    cmd += ["-p", "no:cacheprovider", "-p", "no:randomly", *args]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=where,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree([proc.pid], [proc.pid])
+        out, _ = proc.communicate()
+        pytest.fail(f"pytest --mpi on {n} ranks hung for {timeout} s:\n{out}")
+    finally:
+        kill_tree([proc.pid], [proc.pid], grace=0.5)
+        left = [p.pid for p in psutil.process_iter() if _in_group(p, proc.pid)]
+        assert not left, f"processes of the mpiexec job outlived it: {left}"
+    return proc.returncode, out
+
+
+def _in_group(p: psutil.Process, pgid: int) -> bool:
+    try:
+        return os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_outcomes_reported_once_by_rank_zero(pytester: pytest.Pytester, n: int) -> None:
+    pytester.makepyfile(test_generated=TESTS)
+    code, out = _run(n, str(pytester.path), "-v", "-rs", "test_generated.py")
+    assert code == 1, out
+    # one line per test: only rank 0's session writes
+    for name, verdict in [
+        ("test_sum", "PASSED"),
+        ("test_rank_one_fails", "FAILED"),
+        ("test_seven_ranks", "SKIPPED"),
+        ("test_case_sees_the_world", "PASSED"),
+        ("test_group_back_after_a_failure", "PASSED"),
+    ]:
+        lines = [ln for ln in out.splitlines() if f"::{name} {verdict}" in ln]
+        assert len(lines) == 1, (name, verdict, out)
+    assert "3 passed, 1 skipped" in out and "1 failed" in out, out
+    # the failing rank's traceback, once, first in the report, naming the rank
+    assert out.count('raise ValueError(f"boom from rank 1 of {world_size}")') == 1, out
+    assert out.count(f"rank 1: ValueError: boom from rank 1 of {n}") == 1, out
+    assert f"test_rank_one_fails failed in rank 1 (world size {n})" in out, out
+    assert "after losing a peer (rank 1 failed first)" in out, out
+    for rank in range(n):
+        assert f"rank {rank} says hello" in out, out  # every rank's output, in rank 0's report
+    assert f"mpiexec -n {n} python -m pytest --mpi test_generated.py::test_rank_one_fails" in out
+    assert f"world size 7 is not the MPI communicator's {n}" in out, out
+
+
+def test_all_passing_run_exits_zero(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_generated=TESTS)
+    code, out = _run(2, str(pytester.path), "test_generated.py", "-k", "sum or case")
+    assert code == 0, out
+    assert "2 passed, 3 deselected" in out, out
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_hang_ends_the_run_with_every_stack(pytester: pytest.Pytester, n: int) -> None:
+    pytester.makepyfile(test_hang=HANG)
+    code, out = _run(n, str(pytester.path), "test_hang.py", timeout=60)
+    assert code != 0, out
+    assert "test_hang.py::test_rank_one_hangs timed out: the run ends (MPI_Abort)" in out, out
+    assert f"timed out after 3 s (world size {n})" in out, out
+    for rank in range(n):
+        assert f"--- rank {rank} stack dump ---" in out, out
+    # rank 1's stack shows where it sleeps; its peers wait in the all_reduce
+    assert out.count("in test_rank_one_hangs") >= n, out
+    assert "last collective entered: all_reduce" in out, out
+    assert "rank 1 goes to sleep" in out, out
+    assert "FAILED test_hang.py::test_rank_one_hangs - MultiProcessTimeout" in out, out
