@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from mpdist._cpus import local_ranks, usable_cpus
 from mpdist.errors import DistNetworkError
 from mpdist.transport.base import Payload, RecvReq, SendReq, Transport
 from mpdist.transport.header import (
@@ -41,6 +40,7 @@ from mpdist.transport.header import (
 )
 from mpdist.transport.mesh import connect_full_mesh, group_token
 from mpdist.transport.shm import Ring, ring_path, shm_dir, sweep_stale_rings
+from mpdist.transport.spin import Spin, default_spin_s
 
 __all__ = ["TcpTransport"]
 
@@ -49,21 +49,6 @@ _POOL_MIN = 64 << 10  # stash buffers at least this big are recycled ...
 _POOL_CAP = 64 << 20  # ... up to this many bytes
 _SHM_MIN = 16 << 10  # payloads at least this big go through the shared-memory ring
 _SHM_CAP = 16 << 20  # bytes per ring (one per direction and pair; pages only when touched)
-# How long a wait polls without sleeping before it blocks in poll(). A blocked rank's wakeup
-# costs tens of microseconds (on a virtual machine above all: the idle vCPU halts), more
-# than a peer's answer in a small exchange takes to arrive; a spinning rank holds its core,
-# so it spins only while this host has a core for every local rank. MPDIST_SPIN_US overrides.
-_SPIN_ENV = os.environ.get("MPDIST_SPIN_US")
-_DEFAULT_SPIN_S = 50e-6
-
-
-def default_spin_s(size: int) -> float:
-    """The spin of a transport of ``size`` ranks (see ``_DEFAULT_SPIN_S``)."""
-    if _SPIN_ENV is not None:
-        return float(_SPIN_ENV) * 1e-6
-    return _DEFAULT_SPIN_S if local_ranks(size) <= usable_cpus() else 0.0
-
-
 _LOWAT_CAP = 512 << 10
 _CLOSE_DRAIN_S = 3.0  # close waits at most this long for peers to take what we sent
 _TCP_CLOSE = 7  # tcpi_state of a connection that was reset (linux/tcp_states.h)
@@ -149,7 +134,7 @@ class TcpTransport(Transport):
         shm: bool | None = None,
     ) -> None:
         super().__init__(rank, size, timeout_s, rank_names)
-        self.spin_s = default_spin_s(size)
+        self._spin = Spin(default_spin_s(size))
         self._peers: list[_Peer | None] = [None] * size
         # shared-memory rings for big payloads: on by default where /dev/shm exists
         # (env MPDIST_SHM=0 or shm=False turns them off)
@@ -533,13 +518,14 @@ class TcpTransport(Transport):
         # call made when nothing is
         events = self._poll.poll(0)
         if not events and timeout_s > 0:
-            spin = self.spin_s
+            spin = self._spin.budget()
             if spin > 0:
                 # a peer usually answers within microseconds: poll without sleeping for a
-                # moment, since a sleep and wakeup costs more than that on a busy machine
+                # moment, since a sleep and wakeup costs more than that (transport.spin)
                 end = time.monotonic() + min(spin, timeout_s)
                 while not events and time.monotonic() < end:
                     events = self._poll.poll(0)
+                self._spin.answered(bool(events))
             if not events:
                 events = self._poll.poll(max(timeout_s * 1000.0, 0.0))
         by_fd = self._by_fd

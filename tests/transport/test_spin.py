@@ -1,46 +1,85 @@
-"""A waiting rank spins before it sleeps only while the host has a core for every local rank."""
+"""A waiting rank spins before it sleeps only while the host has a core for every local rank,
+and only while spins are answered in time."""
 
 from __future__ import annotations
 
 import pytest
 
 from mpdist import _cpus
-from mpdist.transport import tcp
+from mpdist.transport import spin
+from mpdist.transport.spin import Spin
 
 
 @pytest.fixture
 def cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tcp, "_SPIN_ENV", None)
-    monkeypatch.setattr(tcp, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(spin, "_SPIN_ENV", None)
+    monkeypatch.setattr(spin, "usable_cpus", lambda: 4)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
 
 
 @pytest.mark.usefixtures("cpus")
 def test_spins_while_every_local_rank_has_a_core() -> None:
-    assert tcp.default_spin_s(2) == tcp._DEFAULT_SPIN_S > 0
-    assert tcp.default_spin_s(4) == tcp._DEFAULT_SPIN_S
+    assert spin.default_spin_s(2) == spin._DEFAULT_SPIN_S > 0
+    assert spin.default_spin_s(4) == spin._DEFAULT_SPIN_S
 
 
 @pytest.mark.usefixtures("cpus")
 def test_an_oversubscribed_host_sleeps_at_once() -> None:
     # a spinning rank would hold the core its peer needs to answer
-    assert tcp.default_spin_s(5) == 0.0
+    assert spin.default_spin_s(5) == 0.0
 
 
 @pytest.mark.usefixtures("cpus")
 def test_the_local_world_size_counts_not_the_whole_job(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 16 ranks over 8 hosts
-    assert tcp.default_spin_s(16) == tcp._DEFAULT_SPIN_S
+    assert spin.default_spin_s(16) == spin._DEFAULT_SPIN_S
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    assert tcp.default_spin_s(16) == 0.0
+    assert spin.default_spin_s(16) == 0.0
 
 
 @pytest.mark.usefixtures("cpus")
 def test_mpdist_spin_us_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tcp, "_SPIN_ENV", "7")
-    assert tcp.default_spin_s(64) == pytest.approx(7e-6)
-    monkeypatch.setattr(tcp, "_SPIN_ENV", "0")
-    assert tcp.default_spin_s(2) == 0.0
+    monkeypatch.setattr(spin, "_SPIN_ENV", "7")
+    assert spin.default_spin_s(64) == pytest.approx(7e-6)
+    monkeypatch.setattr(spin, "_SPIN_ENV", "0")
+    assert spin.default_spin_s(2) == 0.0
+
+
+def test_answered_spins_keep_spinning() -> None:
+    policy = Spin(50e-6)
+    for _ in range(100):
+        assert policy.budget() == 50e-6
+        policy.answered(True)
+
+
+def test_unanswered_spins_stop_spinning_then_probe_now_and_then() -> None:
+    # a peer busy computing, or a machine busy with other work: spinning only burns a core
+    policy = Spin(50e-6)
+    spins = 0
+    for _ in range(Spin.PROBE_EVERY * 3):
+        if policy.budget() > 0:
+            spins += 1
+            policy.answered(False)
+    # the credit (8, two per miss) is spent after 4 spins; then one probe per PROBE_EVERY
+    # sleeping waits: 2 more in the 188 waits left
+    assert spins == Spin.MAX_CREDIT // 2 + 2
+    assert policy.credit <= 0
+
+
+def test_a_probe_that_is_answered_brings_spinning_back() -> None:
+    policy = Spin(50e-6)
+    while policy.credit > 0:
+        policy.budget()
+        policy.answered(False)
+    budgets = [policy.budget() for _ in range(Spin.PROBE_EVERY)]
+    assert budgets[:-1] == [0.0] * (Spin.PROBE_EVERY - 1) and budgets[-1] == 50e-6
+    policy.answered(True)
+    assert policy.budget() == 50e-6  # spinning again
+
+
+def test_no_limit_never_spins() -> None:
+    policy = Spin(0.0)
+    assert all(policy.budget() == 0.0 for _ in range(Spin.PROBE_EVERY * 2))
 
 
 def test_local_ranks_reads_the_launchers_variable(monkeypatch: pytest.MonkeyPatch) -> None:
