@@ -26,13 +26,22 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 # pytester drives inner pytest runs in the harness and compat tests. Its in-process runs
-# drop the modules first imported inside them; mpdist's package caches the names it hands
-# out, so the module API is imported here, once, before any inner run.
+# drop the modules first imported inside them, while the packages imported before keep
+# those modules as attributes (``from mpdist.testing import _worker`` then returns the
+# dropped one, and its functions no longer pickle by name); mpdist's package also caches
+# the names it hands out. So the module API and every harness module are imported here,
+# once, before any inner run.
 pytest_plugins = ["pytester"]
 
 import mpdist.distributed  # noqa: E402, F401
 import mpdist.process_group  # noqa: E402, F401
 import mpdist.store  # noqa: E402, F401
+import mpdist.testing  # noqa: E402
+
+for _name in dir(mpdist.testing):  # the lazy names: import the module behind each
+    getattr(mpdist.testing, _name)
+import mpdist.testing._coordinator  # noqa: E402, F401
+import mpdist.testing._worker  # noqa: E402, F401
 
 settings.register_profile(
     "ci",
