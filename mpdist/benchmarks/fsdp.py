@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from mpdist.benchmarks import output
+
 __all__ = ["main"]
 
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -189,6 +191,23 @@ def _row(name: str, step: float, held: int, peak: int, ratio: str) -> str:
     return f"{name:<36}{step * 1e3:>10.1f}{kib[0]:>14}{kib[1]:>14}{kib[2]:>14}{ratio:>14}"
 
 
+def _record(
+    name: str, lib: str, kind: str, world: int, step: float, held: int, peak: int
+) -> dict[str, Any]:
+    """One printed row as a JSON record; torch's byte columns (not measured) are None."""
+    measured = held >= 0
+    return {
+        "description": name,
+        "library": lib,
+        "kind": kind,
+        "world_size": world,
+        "step_ms": step * 1e3,
+        "held_bytes": held if measured else None,
+        "gathered_bytes": peak if measured else None,
+        "peak_bytes": held + peak if measured else None,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its table; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m mpdist bench fsdp", description=__doc__)
@@ -202,9 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="mpdist's rows"
     )
     parser.add_argument("--no-torch", action="store_true", help="skip torch's rows")
+    output.add_options(parser)
     args = parser.parse_args(argv)
     if any(args.batch % w for w in args.world_size):
         parser.error("--batch must be a multiple of every --world-size")
+    if (problem := output.check_options(args)) is not None:
+        parser.error(problem)
     cfg = vars(args)
     try:
         import torch  # noqa: F401
@@ -220,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     head = ("step ms", "held KiB", "gathered KiB", "peak KiB", "mpdist/torch")
     print(f"{'row':<36}" + "".join(f"{h:>14}" if i else f"{h:>10}" for i, h in enumerate(head)))
+    records: list[dict[str, Any]] = []
     for world in args.world_size:
         t_torch = None
         if have_torch:
@@ -228,7 +251,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             step, held, peak = _run("mpdist", world, {**cfg, "kind": kind})
             ratio = f"{step / t_torch:.2f}" if t_torch and kind == "fully_shard" else "-"
             label = _LABEL.get(kind, f"FSDP {kind}")
-            print(_row(f"mpdist {label} {world} ranks", step, held, peak, ratio))
+            name = f"mpdist {label} {world} ranks"
+            print(_row(name, step, held, peak, ratio))
+            records.append(_record(name, "mpdist", kind, world, step, held, peak))
+            if t_torch and kind == "fully_shard":
+                records[-1]["vs_torch"] = step / t_torch
         if t_torch:
-            print(_row(f"torch fully_shard {world} ranks", t_torch, -1, -1, ""))
+            name = f"torch fully_shard {world} ranks"
+            print(_row(name, t_torch, -1, -1, ""))
+            records.append(_record(name, "torch", "fully_shard", world, t_torch, -1, -1))
+    output.write_json(args.json, "fsdp", records, args)
     return 0

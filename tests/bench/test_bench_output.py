@@ -162,3 +162,33 @@ def test_every_bench_writes_json(tmp_path, name, args, first_words, key):
         text = r.get("description", r.get("harness"))
         if text is not None:
             assert any(line.startswith(text) for line in res.stdout.splitlines())
+
+
+def test_fsdp_json_records_match_the_printed_rows(tmp_path):
+    out = tmp_path / "fsdp.json"
+    res = bench(
+        "fsdp",
+        *("--hidden", 16, "--layers", 2, "--batch", 4, "--steps", 1, "--warmup", 0),
+        *("--world-size", 2, "--kinds", "fully_shard", "DDP", "--no-torch", "--json", out),
+    )
+    assert res.returncode == 0, res.stderr
+    records = load(out, "fsdp")
+    rows = table_rows(res.stdout, {"mpdist", "torch"})
+    assert [r["description"] for r in records] == [
+        "mpdist fully_shard 2 ranks",
+        "mpdist DDP 2 ranks",
+    ]
+    assert len(rows) == len(records)
+    for rec, row in zip(records, rows, strict=True):
+        assert row.startswith(rec["description"])
+        assert rec["library"] == "mpdist" and rec["world_size"] == 2
+        step, held, gathered, peak = map(float, row[len(rec["description"]) :].split()[:4])
+        assert step == pytest.approx(rec["step_ms"], abs=0.051)
+        assert held == pytest.approx(rec["held_bytes"] / 1024, abs=0.051)
+        assert gathered == pytest.approx(rec["gathered_bytes"] / 1024, abs=0.051)
+        assert rec["peak_bytes"] == rec["held_bytes"] + rec["gathered_bytes"]
+        assert peak == pytest.approx(rec["peak_bytes"] / 1024, abs=0.051)
+    ddp = records[1]
+    assert ddp["gathered_bytes"] == 0 and ddp["held_bytes"] == 2 * (16 * 16 + 16) * 4
+    assert records[0]["held_bytes"] == ddp["held_bytes"] // 2  # sharded over 2 ranks
+    assert "vs_torch" not in records[0]  # no torch row to compare with
