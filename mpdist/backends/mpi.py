@@ -130,14 +130,23 @@ def _bytes(a: np.ndarray) -> np.ndarray:
 def _span(arrays: list[np.ndarray]) -> Any:
     """One writable buffer over ``arrays`` if they lie end to end in memory (the rows of
     one array), else None. MPI then moves them with no staging copy."""
-    if not arrays:
-        return None
-    start = addr = arrays[0].__array_interface__["data"][0]
+    start: int | None = None
+    addr = 0
     for a in arrays:
-        if a.__array_interface__["data"][0] != addr:
+        # MPI.buffer reads the address in ~0.15 us, __array_interface__ (a new dict per
+        # call) in ~1 us; all_to_all asks for two lists of world-size entries per call.
+        try:
+            at = MPI.buffer(a).address
+        except BufferError:  # not contiguous: MPI refuses it, numpy still knows its start
+            at = a.__array_interface__["data"][0]
+        if start is None:
+            start = addr = at
+        elif at != addr:
             return None
         addr += a.nbytes
-    return MPI.buffer.fromaddress(start, addr - start) if addr > start else None
+    return (
+        MPI.buffer.fromaddress(start, addr - start) if start is not None and addr > start else None
+    )
 
 
 def _typed(a: np.ndarray) -> Any:
