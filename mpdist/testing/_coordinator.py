@@ -166,6 +166,25 @@ def _read(path: str) -> str:
         return ""
 
 
+def left_early(
+    rank: int, exit_code: int, left_at: float, failed_at: dict[int, float]
+) -> str | None:
+    """Why a rank that ended with ``sys.exit(exit_code)`` at ``left_at`` is a failure, or None.
+
+    ``failed_at`` maps each failed peer to when it failed (one clock). A rank that leaves
+    a test early takes its end of every connection with it, so peers that were still
+    running then fail with a lost connection: the rank that left is the cause (both
+    harnesses name it so). An exit after which no peer fails stays a pass.
+    """
+    running = sorted(r for r, when in failed_at.items() if r != rank and when >= left_at)
+    if not running:
+        return None
+    return (
+        f"sys.exit({exit_code}): rank {rank} left the test while ranks {running} were "
+        "still running (they failed after it)"
+    )
+
+
 class RankSet:
     """The ranks of one test: started fresh, or borrowed from a pool."""
 
@@ -256,27 +275,17 @@ class RankSet:
             return None
         if h.rank in self.spec.may_die:
             return None
-        running = []
+        failed_at = {}
         for other in self.handles:
             if other is h:
                 continue
             failure = self._failure(other, now, early=False)
-            if failure is None:
-                continue
-            when = failure.failed_at or other.failed_seen or now
-            if when >= rec.failed_at:
-                running.append(other.rank)
-        if not running:
+            if failure is not None:
+                failed_at[other.rank] = failure.failed_at or other.failed_seen or now
+        message = left_early(h.rank, rec.exit_code, rec.failed_at, failed_at)
+        if message is None:
             return None
-        return dataclasses.replace(
-            rec,
-            status="failed",
-            exc_type="SystemExit",
-            message=(
-                f"sys.exit({rec.exit_code}): rank {h.rank} left the test while ranks "
-                f"{running} were still running (they failed after it)"
-            ),
-        )
+        return dataclasses.replace(rec, status="failed", exc_type="SystemExit", message=message)
 
     def _failure_key(self, h: _Handle, failure: RankRecord) -> tuple[bool, float, int]:
         # Causes before consequences; then by when the rank caught its exception (a rank

@@ -31,7 +31,7 @@ from mpdist.distributed import debug
 from mpdist.store import HashStore
 from mpdist.testing import _config
 from mpdist.testing._asserts import ArrayAssertions
-from mpdist.testing._coordinator import Outcome, RankResult
+from mpdist.testing._coordinator import Outcome, RankResult, left_early
 from mpdist.testing._outcomes import judge
 from mpdist.testing._records import is_consequence
 from mpdist.testing._report import raise_for, rerun_command
@@ -80,10 +80,15 @@ class ThreadRanks:
         self.values: list[Any] = [None] * world_size
         self.first_failure: int | None = None
         self.failures: dict[int, tuple[bool, float]] = {}  # rank -> (consequence, when caught)
+        self.left: dict[int, float] = {}  # rank -> when its body ended with sys.exit(0)
         self.cond = threading.Condition()
 
     def start(self) -> None:
-        """Seed the process-wide generators once, install torch's world, start the threads."""
+        """Seed the process-wide generators once, install torch's world, start the threads.
+
+        A world larger than the run allows (``--max-ranks``) is skipped, or fails, first.
+        """
+        _config.check_capacity(self.world_size)
         # Seeded here, not racily from every thread.
         seed_everything(self.seed)
         if self.torch is not None:
@@ -143,6 +148,11 @@ class ThreadRanks:
     def _judge(self, result: RankResult, exc: BaseException) -> None:
         verdict = judge(exc, __file__)
         result.status, result.message = verdict.status, verdict.message
+        if verdict.status == "passed" and verdict.exit_code is not None:
+            # Noted before this rank's groups go: peers failing after this blame it.
+            result.exit_code = verdict.exit_code
+            with self.cond:
+                self.left[result.rank] = time.monotonic()
         if verdict.status != "failed":
             return
         result.exc_type, result.exit_code = verdict.exc_type, verdict.exit_code
@@ -200,6 +210,7 @@ class ThreadRanks:
                     r.dump = f"thread {t.name!r} is still running:\n{stack}"
                     r.trace = trace
                 outcome.results.append(r)
+            self._blame_early_exits(outcome.results)
             outcome.first_failure = self.first_failure
         outcome.timed_out = bool(stuck) and not failed
         if stuck:
@@ -210,6 +221,20 @@ class ThreadRanks:
         self._finish()
         outcome.elapsed = time.monotonic() - start
         return outcome
+
+    def _blame_early_exits(self, results: list[RankResult]) -> None:
+        """A rank that left with ``sys.exit(0)`` while peers that then failed still ran is
+        the cause (the rule is the process harness's). Called with self.cond held."""
+        failed_at = {rank: when for rank, (_, when) in self.failures.items()}
+        for r in results:
+            left_at = self.left.get(r.rank)
+            if r.status != "passed" or left_at is None or r.exit_code is None:
+                continue
+            message = left_early(r.rank, r.exit_code, left_at, failed_at)
+            if message is not None:
+                r.status, r.exc_type, r.message = "failed", "SystemExit", message
+                self.failures[r.rank] = (False, left_at)
+        self.first_failure = self._first()
 
     def _finish(self) -> None:
         # The threads are done (or given up on): the next test of this process starts
