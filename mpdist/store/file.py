@@ -10,9 +10,13 @@ which it has replayed the log; readers take no lock and only look at new bytes.
 
 A reader without the lock may see the tail of a record that a writer is still
 writing. Such a tail is "not yet complete", not corrupt: the reader then takes the
-lock (no writer can be mid-write while it holds it) and parses again; only a record
-that still fails under the lock is reported, as a ``DistStoreError`` naming the
-file and the offset.
+lock (no writer can be mid-write while it holds it) and parses again. A record that
+still fails under the lock and is the torn tail a writer killed mid-append leaves (cut
+short, or ending exactly at the end of the file with a bad checksum, and no valid record
+anywhere after its start) is cut off with ``ftruncate``: that writer's call never
+returned, and every later opener and writer carries on. Any other bad record (a bad
+checksum or magic with records after it) is corruption, reported as a ``DistStoreError``
+naming the file and the offset.
 
 Blocking ``get``/``wait`` poll ``fstat`` for growth of the file with sleeps that start
 at tens of microseconds and back off to 5 ms while nothing happens (any growth resets
@@ -99,12 +103,40 @@ def _record(kind: int, key: bytes, value: bytes) -> bytes:
 
 
 class _Incomplete(Exception):
-    """The log ends in a record that is not (yet) fully present, or does not parse."""
+    """The log ends in a record that is not (yet) fully present, or does not parse.
 
-    def __init__(self, offset: int, why: str) -> None:
+    ``torn``: what a writer killed mid-append leaves (the last record cut short, or
+    exactly as long as the file with a bad checksum, and no valid record after its
+    start); anything else (``torn=False``) is corruption.
+    """
+
+    def __init__(self, offset: int, why: str, torn: bool = False) -> None:
         super().__init__(why)
         self.offset = offset
         self.why = why
+        self.torn = torn
+
+
+def _holds_a_record(view: memoryview, start: int) -> bool:
+    """Whether a whole record with a good checksum begins anywhere at or past ``start``.
+
+    A torn tail is a prefix of one record, so none does; a record whose length prefix
+    was corrupted mid-log claims to run past the end of the file, yet the records that
+    follow it are still there, and truncating them would lose keys.
+    """
+    data = bytes(view)
+    n = len(data)
+    at = data.find(_MAGIC, start)
+    while 0 <= at <= n - _HDR.size:
+        _, kind, klen, vlen, crc = _HDR.unpack_from(data, at)
+        kstart = at + _HDR.size
+        end = kstart + klen + vlen
+        if kind in _KINDS and end <= n:
+            key, value = data[kstart : kstart + klen], data[kstart + klen : end]
+            if _checksum(kind, key, value) == crc:
+                return True
+        at = data.find(_MAGIC, at + 1)
+    return False
 
 
 class _Log:
@@ -173,9 +205,9 @@ class _Log:
         try:
             while pos < n:
                 at = self.offset + pos
-                if n - pos < _HDR.size:
+                if n - pos < _HDR.size:  # too short for any record to follow
                     raise _Incomplete(
-                        at, f"truncated record header ({n - pos} of {_HDR.size} bytes)"
+                        at, f"truncated record header ({n - pos} of {_HDR.size} bytes)", True
                     )
                 magic, kind, klen, vlen, crc = _HDR.unpack_from(view, pos)
                 if magic != _MAGIC or kind not in _KINDS:
@@ -185,12 +217,18 @@ class _Log:
                 end = vstart + vlen
                 if end > n:
                     raise _Incomplete(
-                        at, f"truncated record: needs {end - pos} bytes, {n - pos} present"
+                        at,
+                        f"truncated record: needs {end - pos} bytes, {n - pos} present",
+                        not _holds_a_record(view, pos + 1),
                     )
                 key_b = bytes(view[kstart:vstart])
                 value = bytes(view[vstart:end])
                 if _checksum(kind, key_b, value) != crc:
-                    raise _Incomplete(at, "corrupt record (checksum mismatch)")
+                    raise _Incomplete(
+                        at,
+                        "corrupt record (checksum mismatch)",
+                        end == n and not _holds_a_record(view, pos + 1),
+                    )
                 try:
                     key = key_b.decode()
                 except UnicodeDecodeError:
@@ -232,20 +270,32 @@ class _Log:
         self.fd, self.offset, self.cache = fd, 0, {}
 
     def refresh(self, locked: bool) -> None:
-        """Bring the cache up to date with the file (call with self.mutex held)."""
+        """Bring the cache up to date with the file (call with self.mutex held).
+
+        Under the lock a torn tail (see ``_Incomplete``) is cut off: no writer is
+        mid-write then, so it was left by one that died, whose ``set`` never returned.
+        """
         if self._replaced(locked):
             self._follow()
         try:
             self._parse_new()
         except _Incomplete as bad:
-            if locked:
+            if not locked:
+                # Maybe a writer is mid-write: with the lock held nobody is, so look again.
+                with self.lock():
+                    self.refresh(locked=True)
+                return
+            if not bad.torn:
                 raise self._corrupt(bad) from None
-            # Maybe a writer is mid-write: with the lock held nobody is, so look again.
-            with self.lock():
-                try:
-                    self._parse_new()
-                except _Incomplete as still_bad:
-                    raise self._corrupt(still_bad) from None
+            # Nobody has replayed past the torn record's start (it never parsed), so no
+            # instance's offset lies beyond the new end of the file.
+            try:
+                os.ftruncate(self.fd, bad.offset)
+            except OSError as e:
+                raise DistStoreError(
+                    f"FileStore {self.path!r}: cannot drop the torn record a killed writer "
+                    f"left at offset {bad.offset}: {e}"
+                ) from e
 
     def _corrupt(self, bad: _Incomplete) -> DistStoreError:
         return DistStoreError(f"FileStore {self.path!r}: {bad.why} at offset {bad.offset}")
