@@ -399,15 +399,56 @@ def session() -> MpiSession:
     return _session
 
 
-def communicator_size() -> int:
-    """``MPI.COMM_WORLD``'s size (initialising MPI): the world size of an ``--mpi`` run."""
+def _world() -> Any:
+    """``MPI.COMM_WORLD`` (initialising MPI), or the usage error saying what ``--mpi`` needs."""
     try:
         from mpi4py import MPI
     except ImportError:
         raise pytest.UsageError(
             "--mpi needs mpi4py (pip install 'mpdist[mpi]') and a run under mpiexec"
         ) from None
-    return int(MPI.COMM_WORLD.Get_size())
+    return MPI.COMM_WORLD
+
+
+def communicator_size() -> int:
+    """``MPI.COMM_WORLD``'s size (initialising MPI): the world size of an ``--mpi`` run."""
+    return int(_world().Get_size())
+
+
+def only_rank_zero_writes(config: pytest.Config) -> None:
+    """Before ``pytest_configure``: ranks other than 0 write no JUnit XML and nothing into
+    pytest's cache. Every rank runs the same session with the same outcomes, so each
+    would write the same files at once (one JUnit file, rewritten N times)."""
+    if _world().Get_rank() == 0:
+        return
+    config.option.xmlpath = None  # junitxml's pytest_configure then makes no LogXML
+    config.option.cacheclear = False  # rank 0 clears it
+    config.pluginmanager.register(_CacheReader(), "mpdist-mpi-cache-reader")
+
+
+class _CacheReader:
+    """Gives a rank other than 0 a cache that reads rank 0's values (``--lf``/``--ff``/``--sw``
+    must select the same tests in every rank) and drops writes. Its ``pytest_configure`` is
+    not ``tryfirst``: it runs after cacheprovider's (tryfirst) made ``config.cache``, and,
+    registered last, before the plain hooks (stepwise's) that keep a reference to it."""
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        cache = getattr(config, "cache", None)  # no attribute under -p no:cacheprovider
+        if cache is not None:
+            config.cache = cast(Any, _ReadOnlyCache(cache))
+
+
+class _ReadOnlyCache:
+    """pytest's ``Cache`` with ``set`` a no-op (the class is final: a wrapper, not a subclass)."""
+
+    def __init__(self, cache: Any) -> None:
+        self._cache = cache
+
+    def set(self, key: str, value: object) -> None:
+        pass  # rank 0 writes the same value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cache, name)
 
 
 def start(config: pytest.Config) -> None:

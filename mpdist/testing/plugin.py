@@ -166,6 +166,14 @@ def _settings(config: pytest.Config) -> _config.Settings:
         raise pytest.UsageError(str(exc)) from None
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    if getattr(config.option, "mpi", False):
+        from mpdist.testing import _mpi_mode
+
+        _mpi_mode.only_rank_zero_writes(config)  # before the plugins' pytest_configure
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",

@@ -6,10 +6,12 @@ checked, and no process of the job may outlive it. Skipped without mpi4py or mpi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from xml.etree import ElementTree
 
 import psutil
 import pytest
@@ -76,14 +78,17 @@ def test_rank_one_hangs(rank):
 """
 
 
-def _run(n: int, where: str, *args: str, timeout: float = 120.0) -> tuple[int, str]:
+def _run(
+    n: int, where: str, *args: str, timeout: float = 120.0, cache: bool = False
+) -> tuple[int, str]:
     """Run pytest --mpi on ``n`` ranks in ``where``: (exit status, output). No process of
     the job outlives the call; a job that outlives ``timeout`` fails the test."""
     env = dict(os.environ)
     for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "MPDIST_WORLD_SIZE"):
         env.pop(var, None)
     cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "pytest", "--mpi"]
-    cmd += ["-p", "no:cacheprovider", "-p", "no:randomly", *args]
+    cmd += [] if cache else ["-p", "no:cacheprovider"]
+    cmd += ["-p", "no:randomly", *args]
     proc = subprocess.Popen(
         cmd,
         cwd=where,
@@ -161,3 +166,46 @@ def test_a_hang_ends_the_run_with_every_stack(pytester: pytest.Pytester, n: int)
     assert "last collective entered: all_reduce" in out, out
     assert "rank 1 goes to sleep" in out, out
     assert "FAILED test_hang.py::test_rank_one_hangs - MultiProcessTimeout" in out, out
+
+
+def test_only_rank_zero_writes_junit_xml_and_the_cache(pytester: pytest.Pytester) -> None:
+    # pytest expands environment variables in both paths, so each rank names its own file
+    # (PMI_RANK: MPICH's): a rank that writes leaves its file behind.
+    pytester.makepyfile(test_generated=TESTS)
+    code, out = _run(
+        2,
+        str(pytester.path),
+        "test_generated.py",
+        "--junitxml=out-$PMI_RANK.xml",
+        "-o",
+        "junit_logging=out-err",
+        "-o",
+        "cache_dir=cache-$PMI_RANK",
+        cache=True,
+    )
+    assert code == 1, out
+    assert not (pytester.path / "out-1.xml").exists(), out
+    assert not (pytester.path / "cache-1").exists(), out
+    last_failed = json.loads((pytester.path / "cache-0/v/cache/lastfailed").read_text())
+    assert list(last_failed) == ["test_generated.py::test_rank_one_fails"]
+    suite = ElementTree.parse(pytester.path / "out-0.xml").getroot().find("testsuite")
+    assert suite is not None
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("5", "1", "1")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert set(cases) == {
+        "test_sum",
+        "test_rank_one_fails",
+        "test_seven_ranks",
+        "test_case_sees_the_world",
+        "test_group_back_after_a_failure",
+    }
+    failing = cases["test_rank_one_fails"]
+    failure = failing.find("failure")
+    assert failure is not None and "boom from rank 1 of 2" in (failure.text or ""), out
+    system_out = failing.findtext("system-out") or ""
+    # the test's rank blocks, each rank's output once, in rank order
+    assert system_out.count("--- rank 0 ---\nrank 0 says hello") == 1, system_out
+    assert system_out.count("--- rank 1 ---\nrank 1 says hello") == 1, system_out
+    assert system_out.index("--- rank 0 ---") < system_out.index("--- rank 1 ---")
+    props = {p.get("name"): p.get("value") for p in failing.iter("property")}
+    assert props["mpdist_first_failing_rank"] == "1" and props["mpdist_world_size"] == "2", props
