@@ -60,6 +60,25 @@ HANG_EXIT = 3
 _RECORD, _OUTCOME, _FUNCARGS, _DUMP_REQ, _DUMP = range(1, 6)
 
 
+def _unlink_mapped_shm() -> None:
+    """Unlink the MPI library's shared-memory segments this process has mapped.
+
+    MPICH removes them when the job ends normally; ``MPI_Abort`` kills the ranks first, and
+    the names would stay in /dev/shm. Unlinking a mapped segment is safe: every rank
+    attached long ago, and the memory lives until the last process unmaps it.
+    """
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        path = line.rpartition(" ")[2]
+        if path.startswith("/dev/shm/mpich_shm_"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 @dataclass
 class _Payload:
     """What a rank sends rank 0 after a test: its record and its output."""
@@ -308,6 +327,7 @@ class MpiSession:
         # mpiexec forwards the ranks' output through its proxies: give it time to pass the
         # report on before the abort kills everything.
         time.sleep(FORWARD_WAIT)
+        _unlink_mapped_shm()
         self.MPI.COMM_WORLD.Abort(HANG_EXIT)
 
     def _write_hang(self, outcome: Outcome) -> None:

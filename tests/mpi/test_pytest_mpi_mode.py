@@ -78,6 +78,13 @@ def test_rank_one_hangs(rank):
 """
 
 
+def _mpich_segments() -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith("mpich_shm_")}
+    except OSError:
+        return set()
+
+
 def _run(
     n: int, where: str, *args: str, timeout: float = 120.0, cache: bool = False
 ) -> tuple[int, str]:
@@ -155,8 +162,11 @@ def test_all_passing_run_exits_zero(pytester: pytest.Pytester) -> None:
 @pytest.mark.parametrize("n", [2, 3])
 def test_a_hang_ends_the_run_with_every_stack(pytester: pytest.Pytester, n: int) -> None:
     pytester.makepyfile(test_hang=HANG)
+    shm_before = _mpich_segments()
     code, out = _run(n, str(pytester.path), "test_hang.py", timeout=60)
     assert code != 0, out
+    # MPI_Abort kills the ranks before MPICH removes its shared-memory segments
+    assert not _mpich_segments() - shm_before
     assert "test_hang.py::test_rank_one_hangs timed out: the run ends (MPI_Abort)" in out, out
     assert f"timed out after 3 s (world size {n})" in out, out
     for rank in range(n):
