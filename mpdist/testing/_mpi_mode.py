@@ -327,6 +327,8 @@ class MpiSession:
         # mpiexec forwards the ranks' output through its proxies: give it time to pass the
         # report on before the abort kills everything.
         time.sleep(FORWARD_WAIT)
+        # the abort ends every rank before its usual clean-up: remove what would outlive it
+        shutil.rmtree(spec.workdir, ignore_errors=True)
         _unlink_mapped_shm()
         self.MPI.COMM_WORLD.Abort(HANG_EXIT)
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from xml.etree import ElementTree
 
 import psutil
@@ -83,6 +84,12 @@ def _mpich_segments() -> set[str]:
         return {n for n in os.listdir("/dev/shm") if n.startswith("mpich_shm_")}
     except OSError:
         return set()
+
+
+def _workdirs() -> set[str]:
+    """The harness's per-test directories in the temp directory."""
+    tmp = tempfile.gettempdir()
+    return {n for n in os.listdir(tmp) if n.startswith("mpdist-")}
 
 
 def _run(
@@ -162,11 +169,12 @@ def test_all_passing_run_exits_zero(pytester: pytest.Pytester) -> None:
 @pytest.mark.parametrize("n", [2, 3])
 def test_a_hang_ends_the_run_with_every_stack(pytester: pytest.Pytester, n: int) -> None:
     pytester.makepyfile(test_hang=HANG)
-    shm_before = _mpich_segments()
+    shm_before, dirs_before = _mpich_segments(), _workdirs()
     code, out = _run(n, str(pytester.path), "test_hang.py", timeout=60)
     assert code != 0, out
-    # MPI_Abort kills the ranks before MPICH removes its shared-memory segments
+    # MPI_Abort kills the ranks before their clean-up: nothing of the job may stay behind
     assert not _mpich_segments() - shm_before
+    assert not _workdirs() - dirs_before
     assert "test_hang.py::test_rank_one_hangs timed out: the run ends (MPI_Abort)" in out, out
     assert f"timed out after 3 s (world size {n})" in out, out
     for rank in range(n):
