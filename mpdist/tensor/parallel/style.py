@@ -123,19 +123,19 @@ class _LinearStyle(ParallelStyle):
 
     _weight: Placement
     _bias: Placement
-    _desired_input: Placement
+    _desired_input: Placement  # also the default input layout
+    _default_output: Placement
 
     def __init__(
         self,
         *,
-        input_layouts: Placement | None,
-        output_layouts: Placement | None,
-        use_local_output: bool,
-        default_input: Placement,
-        default_output: Placement,
+        input_layouts: Placement | None = None,
+        output_layouts: Placement | None = None,
+        use_local_output: bool = True,
     ) -> None:
-        self.input_layouts = (input_layouts or default_input,)
-        self.output_layouts = (output_layouts or default_output,)
+        self.input_layouts = (input_layouts or self._desired_input,)
+        self.output_layouts = (output_layouts or self._default_output,)
+        self.desired_input_layouts = (self._desired_input,)
         self.use_local_output = use_local_output
 
     def _apply(self, module: Module, device_mesh: Any) -> Module:
@@ -177,22 +177,7 @@ class ColwiseParallel(_LinearStyle):
     _weight = Shard(0)
     _bias = Shard(0)
     _desired_input = Replicate()
-
-    def __init__(
-        self,
-        *,
-        input_layouts: Placement | None = None,
-        output_layouts: Placement | None = None,
-        use_local_output: bool = True,
-    ) -> None:
-        super().__init__(
-            input_layouts=input_layouts,
-            output_layouts=output_layouts,
-            use_local_output=use_local_output,
-            default_input=Replicate(),
-            default_output=Shard(-1),
-        )
-        self.desired_input_layouts = (Replicate(),)
+    _default_output = Shard(-1)
 
 
 class RowwiseParallel(_LinearStyle):
@@ -207,22 +192,7 @@ class RowwiseParallel(_LinearStyle):
     _weight = Shard(1)
     _bias = Replicate()
     _desired_input = Shard(-1)
-
-    def __init__(
-        self,
-        *,
-        input_layouts: Placement | None = None,
-        output_layouts: Placement | None = None,
-        use_local_output: bool = True,
-    ) -> None:
-        super().__init__(
-            input_layouts=input_layouts,
-            output_layouts=output_layouts,
-            use_local_output=use_local_output,
-            default_input=Shard(-1),
-            default_output=Replicate(),
-        )
-        self.desired_input_layouts = (Shard(-1),)
+    _default_output = Replicate()
 
 
 class SequenceParallel(ParallelStyle):
