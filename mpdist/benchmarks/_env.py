@@ -1,14 +1,15 @@
-"""What the benchmarks share about the processes they start: the BLAS thread variables those
-start with, and whether torch runs beside them."""
+"""What the benchmarks share: the BLAS thread variables of the processes they start, whether
+torch runs beside them, and the training step they time."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["THREAD_VARS", "blas_threads", "torch_side"]
+__all__ = ["THREAD_VARS", "blas_threads", "sgd_mse_step", "torch_side"]
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -42,3 +43,20 @@ def torch_side(vs: str | None, bench: str) -> bool | None:
         print(f"mpdist bench {bench}: --vs torch needs torch installed", file=sys.stderr)
         return None
     return have_torch if vs is None else vs == "torch"
+
+
+def sgd_mse_step(
+    model: Any, x: Any, y: Any, lr: float, momentum: float = 0.0
+) -> Callable[[], None]:
+    """One timed step of an mpdist model: zero the gradients, MSE loss backward, SGD step."""
+    from mpdist.nn import functional as F
+    from mpdist.optim import SGD
+
+    opt = SGD(model.parameters(), lr=lr, momentum=momentum)
+
+    def step() -> None:
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+
+    return step

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.benchmarks import output
-from mpdist.benchmarks._env import blas_threads, torch_side
+from mpdist.benchmarks._env import blas_threads, sgd_mse_step, torch_side
 
 __all__ = ["main"]
 
@@ -66,8 +66,6 @@ def _mpdist_steppers(
 ) -> tuple[dict, Callable, Callable, dict]:
     """mpdist: (mode -> step function, barrier, teardown, buckets per DDP mode)."""
     import mpdist.distributed as dist
-    from mpdist.nn import functional as F
-    from mpdist.optim import SGD
     from mpdist.parallel import DistributedDataParallel as DDP
     from mpdist.parallel import reducer
     from mpdist.store import FileStore
@@ -101,20 +99,10 @@ def _mpdist_steppers(
         "overlap, other": other,
     }
 
-    def stepper(model: Any, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
-        opt = SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-        def step() -> None:
-            opt.zero_grad()
-            F.mse_loss(model(x), y).backward()
-            opt.step()
-
-        return step
-
     x, y = _batch(cfg["batch"], seed=rank)
     xg, yg = _batch(cfg["batch"] * world, seed=0)
     steps = {
-        m: stepper(model, *((xg, yg) if m == "single global" else (x, y)))
+        m: sgd_mse_step(model, *((xg, yg) if m == "single global" else (x, y)), 1e-3, 0.9)
         for m, model in models.items()
     }
     buckets = {

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.benchmarks import output
+from mpdist.benchmarks._env import sgd_mse_step
 
 __all__ = ["main"]
 
@@ -53,8 +54,6 @@ def _mpdist_rank(
     import mpdist
     from mpdist import distributed as dist
     from mpdist import nn
-    from mpdist.nn import functional as F
-    from mpdist.optim import SGD
 
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
     mpdist.manual_seed(0)
@@ -92,16 +91,11 @@ def _mpdist_rank(
             sharding_strategy=ShardingStrategy[kind],
         )
     held = sum(np.asarray(p.data).nbytes for p in model.parameters())
-    opt = SGD(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(rank)
     rows = cfg["batch"] // world
     x = rng.standard_normal((rows, cfg["hidden"])).astype(np.float32)
     y = rng.standard_normal((rows, cfg["hidden"])).astype(np.float32)
-
-    def step() -> None:
-        opt.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        opt.step()
+    step = sgd_mse_step(model, x, y, 1e-3)
 
     meter(reset=True)
     times = _timed_steps(step, dist.barrier, cfg)

@@ -28,14 +28,14 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
 from mpdist.benchmarks import output
-from mpdist.benchmarks._env import blas_threads
+from mpdist.benchmarks._env import blas_threads, sgd_mse_step
 
 __all__ = ["main"]
 
@@ -83,8 +83,6 @@ def _rank_main(rank: int, world: int, path: str, cfg: dict[str, Any], q: Any) ->
         import mpdist.distributed as dist
         from mpdist.device_mesh import init_device_mesh
         from mpdist.distributed import dispatch
-        from mpdist.nn import functional as F
-        from mpdist.optim import SGD
         from mpdist.parallel import DistributedDataParallel as DDP
         from mpdist.store import FileStore
         from mpdist.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
@@ -110,20 +108,10 @@ def _rank_main(rank: int, world: int, path: str, cfg: dict[str, Any], q: Any) ->
             models = {"single": _model(hidden), "tp": tp, "ddp": DDP(_model(hidden))}
             timer = _CommTimer()
 
-            def stepper(model: Any, xs: np.ndarray, ys: np.ndarray) -> Callable[[], None]:
-                opt = SGD(model.parameters(), lr=1e-4, momentum=0.9)
-
-                def step() -> None:
-                    opt.zero_grad()
-                    F.mse_loss(model(xs), ys).backward()
-                    opt.step()
-
-                return step
-
             steps = {
-                "single": stepper(models["single"], x, y),
-                "tp": stepper(tp, x, y),
-                "ddp": stepper(models["ddp"], x[share], y[share]),
+                "single": sgd_mse_step(models["single"], x, y, 1e-4, 0.9),
+                "tp": sgd_mse_step(tp, x, y, 1e-4, 0.9),
+                "ddp": sgd_mse_step(models["ddp"], x[share], y[share], 1e-4, 0.9),
             }
 
             def timed() -> None:
