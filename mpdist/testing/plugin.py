@@ -31,6 +31,7 @@ imported when a session first meets a multi-rank test.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -641,6 +642,42 @@ def _set_properties(item: pytest.Item, outcome: Outcome) -> None:
     item.user_properties[:] = [p for p in item.user_properties if p[0] not in names] + props
 
 
+@dataclasses.dataclass(frozen=True)
+class _FailureLine:
+    """Where a failed test is and its one-line summary (pytest's ``reprcrash`` protocol)."""
+
+    path: str
+    lineno: int
+    message: str
+
+    def toterminal(self, tw: Any) -> None:
+        tw.line(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.lineno}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureRepr:
+    """A failed multi-rank test's report: the full text, and its first line for summaries.
+
+    pytest's short summary, JUnit's ``message`` attribute, ``--tb=line`` and
+    pytest-rerunfailures' ``--only-rerun`` read ``longrepr.reprcrash.message``. Given a
+    plain string instead, pytest's summary on CI (``$CI`` set) repeats all of it, every
+    rank's traceback and stack dump, once more per failed test.
+    """
+
+    text: str
+    reprcrash: _FailureLine
+
+    def toterminal(self, tw: Any) -> None:
+        for line in self.text.split("\n"):
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
@@ -679,7 +716,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     sections = _sections(outcome)
     report.sections.extend(sections)
     if failure is not None and report.failed:
-        report.longrepr = format_outcome(outcome, include_output=False, rerun=failure.rerun)
+        text = format_outcome(outcome, include_output=False, rerun=failure.rerun)
+        path, lineno, _ = item.location
+        where = _FailureLine(path, 0 if lineno is None else lineno + 1, text.split("\n", 1)[0])
+        report.longrepr = FailureRepr(text, where)
         if failure.rerun and sections:
             # The report ends with the command, after the per-rank output.
             report.sections.append(("rerun just this test", failure.rerun))

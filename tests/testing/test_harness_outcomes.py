@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import xml.etree.ElementTree as ET
 
 import pytest
 from _harness_helpers import alive, leftover_files, read_pids
@@ -298,3 +299,40 @@ def test_seeds_are_identical_in_every_rank(pytester: pytest.Pytester) -> None:
         """,
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("on_ci", [False, True])
+def test_one_line_summaries_show_the_first_failure_only(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, on_ci: bool
+) -> None:
+    # pytest prints a plain-string failure in full in its short summary on CI ($CI set):
+    # every rank's traceback again. The summary, --tb=line and JUnit's message take the
+    # failure's first line.
+    if on_ci:
+        monkeypatch.setenv("CI", "true")
+    else:
+        monkeypatch.delenv("CI", raising=False)
+        monkeypatch.delenv("BUILD_NUMBER", raising=False)
+    write(
+        pytester,
+        "test_summary",
+        """
+        class TestSummary(MultiProcessTestCase):
+            def test_fail(self):
+                if self.rank == 1:
+                    raise KeyError("lost")
+        """,
+    )
+    first = "rank 1: KeyError: 'lost'"
+    result = pytester.runpytest("--ranks", "2", "-p", "no:cacheprovider", "--junitxml=out.xml")
+    result.assert_outcomes(failed=1)
+    summary = [line for line in result.outlines if line.startswith("FAILED ")]
+    assert summary == [f"FAILED test_summary.py::TestSummary::test_fail - {first}"]
+    # once atop the report, once in the summary; the traceback's own line once
+    assert "\n".join(result.outlines).count(first) == 2
+    assert "\n".join(result.outlines).count('raise KeyError("lost")') == 1
+    failure = next(ET.parse(pytester.path / "out.xml").getroot().iter("failure"))
+    assert failure.get("message") == first
+    assert 'raise KeyError("lost")' in (failure.text or "")
+    line = pytester.runpytest("--ranks", "2", "-p", "no:cacheprovider", "--tb=line")
+    line.stdout.fnmatch_lines([f"*test_summary.py:*: {first}"])
