@@ -10,6 +10,11 @@ fed from this loop): until then the server reads only the fixed handshake sizes 
 claimed length), answers no command, and drops, without an answer and counted in
 ``refused``, a connection that fails, stalls past the handshake timeout, or is the oldest of
 too many mid-handshake.
+
+Out of file descriptors (EMFILE/ENFILE), ``accept`` fails at once while the listener stays
+readable: polling it would spin. The server then stops polling the listener for a while
+(doubling, up to half a second, while accepts keep failing), leaving the connection in the
+kernel's backlog until a descriptor frees up; its other clients are served meanwhile.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ __all__ = ["Server"]
 
 _RECV_CHUNK = 1 << 20
 _MAX_SELECT_S = 60.0
+# Out of descriptors: how long the listener rests after a failed accept, first and at most.
+_ACCEPT_REST_S = 0.01
+_ACCEPT_REST_MAX_S = 0.5
+_NO_DESCRIPTOR = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class _Waiter:
@@ -107,6 +116,10 @@ class Server:
             # Mid-handshake connections, oldest first (their deadlines in the same order).
             self.pending: dict[_Conn, None] = {}
             self.stopping = False
+            # While out of descriptors: when the listener is polled again (0.0: it is),
+            # and the rest the next failed accept earns.
+            self.accept_resume = 0.0
+            self.accept_rest = _ACCEPT_REST_S
             self.thread = threading.Thread(
                 target=self._run, name=f"mpdist-tcpstore-server:{self.port}", daemon=True
             )
@@ -147,6 +160,8 @@ class Server:
                 if self.pending:
                     first = next(iter(self.pending)).auth_deadline
                     timeout = min(timeout, max(0.0, first - time.monotonic()))
+                if self.accept_resume:
+                    timeout = min(timeout, max(0.0, self.accept_resume - time.monotonic()))
                 for key, mask in self.sel.select(timeout):
                     sock = key.fileobj
                     if sock is self.listener:
@@ -170,6 +185,9 @@ class Server:
                             # (and every other client) down with it.
                             self._drop(conn)
                 self._expire()
+                if self.accept_resume and time.monotonic() >= self.accept_resume:
+                    self.accept_resume = 0.0
+                    self.sel.register(self.listener, selectors.EVENT_READ, None)
         finally:
             self._cleanup()
 
@@ -179,8 +197,11 @@ class Server:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                return
+            except OSError as e:
+                if e.errno in _NO_DESCRIPTOR:
+                    self._rest_listener()
+                return  # anything else (a client that reset first) concerns one client
+            self.accept_rest = _ACCEPT_REST_S
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Conn(sock, None if self.key is None else _auth.Responder(self.key))
@@ -191,6 +212,12 @@ class Server:
                 self.pending[conn] = None
                 if len(self.pending) > _auth.MAX_PENDING:  # a flood: the oldest goes
                     self._refuse(next(iter(self.pending)))
+
+    def _rest_listener(self) -> None:
+        """Out of descriptors: stop polling the listener (which stays readable) for a while."""
+        self.sel.unregister(self.listener)
+        self.accept_resume = time.monotonic() + self.accept_rest
+        self.accept_rest = min(2 * self.accept_rest, _ACCEPT_REST_MAX_S)
 
     def _refuse(self, conn: _Conn) -> None:
         """Drop a connection that failed the handshake, without an answer; count it."""
