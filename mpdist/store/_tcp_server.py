@@ -14,7 +14,8 @@ too many mid-handshake.
 Out of file descriptors (EMFILE/ENFILE), ``accept`` fails at once while the listener stays
 readable: polling it would spin. The server then stops polling the listener for a while
 (doubling, up to half a second, while accepts keep failing), leaving the connection in the
-kernel's backlog until a descriptor frees up; its other clients are served meanwhile.
+kernel's backlog until a descriptor frees up; its other clients are served meanwhile. Any
+accept error that is not one client's (a listener shut down under it too) is treated alike.
 """
 
 from __future__ import annotations
@@ -41,7 +42,25 @@ _MAX_SELECT_S = 60.0
 # Out of descriptors: how long the listener rests after a failed accept, first and at most.
 _ACCEPT_REST_S = 0.01
 _ACCEPT_REST_MAX_S = 0.5
-_NO_DESCRIPTOR = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# accept errors that concern one client, whose connection the failed accept used up
+# (accept(2): treat them as EAGAIN, and try the next); any other (out of descriptors or
+# memory, a listener that no longer listens) repeats at once while the listener is readable.
+_ONE_CLIENT = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED",
+        "EPROTO",
+        "EPERM",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+    )
+    if hasattr(errno, name)
+)
 
 
 class _Waiter:
@@ -198,9 +217,10 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                if e.errno in _NO_DESCRIPTOR:
-                    self._rest_listener()
-                return  # anything else (a client that reset first) concerns one client
+                if e.errno in _ONE_CLIENT:
+                    continue
+                self._rest_listener()
+                return
             self.accept_rest = _ACCEPT_REST_S
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -214,7 +234,8 @@ class Server:
                     self._refuse(next(iter(self.pending)))
 
     def _rest_listener(self) -> None:
-        """Out of descriptors: stop polling the listener (which stays readable) for a while."""
+        """Accept failed and would fail again at once (out of descriptors): stop polling the
+        listener, which stays readable, for a while."""
         self.sel.unregister(self.listener)
         self.accept_resume = time.monotonic() + self.accept_rest
         self.accept_rest = min(2 * self.accept_rest, _ACCEPT_REST_MAX_S)

@@ -1,14 +1,16 @@
-"""TCPStore's server out of file descriptors: it rests instead of spinning on accept, and lives.
+"""TCPStore's server when accept fails at once: it rests instead of spinning, and lives.
 
 A server process lowers its RLIMIT_NOFILE and fills every descriptor; a client then connects
 (the kernel completes the connection into the listen backlog, so the listener is readable but
 every accept fails with EMFILE). Polling the listener then would spin a core. The server's
 CPU time over a second must stay low, and once descriptors are free again the waiting client
-is served.
+is served. Likewise when its listener is shut down under it (accept fails with EINVAL and
+the listener polls as hung up forever): the clients it has keep being served, without a spin.
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +22,7 @@ import psutil
 import pytest
 
 from mpdist.store import TCPStore
+from mpdist.store._tcp_server import Server
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_NOFILE and /proc: Linux")
 
@@ -123,3 +126,30 @@ def test_out_of_descriptors_server_rests_then_serves_again():
             server.wait()
         if server.stdout is not None:
             server.stdout.close()
+
+
+def _thread_cpu(native_id: int) -> float:
+    for t in psutil.Process().threads():
+        if t.id == native_id:
+            return t.user_time + t.system_time
+    raise AssertionError(f"thread {native_id} is gone")
+
+
+def test_listener_shut_down_server_rests_and_serves_its_clients():
+    server = Server("127.0.0.1", 0)
+    try:
+        with TCPStore("127.0.0.1", server.port, timeout=timedelta(seconds=30)) as client:
+            client.set("before", b"1")
+            server.listener.shutdown(socket.SHUT_RDWR)  # accept: EINVAL; polled: hung up
+            assert server.thread.native_id is not None
+            time.sleep(0.2)
+            before = _thread_cpu(server.thread.native_id)
+            time.sleep(1.0)
+            spent = _thread_cpu(server.thread.native_id) - before
+            assert spent < 0.1, f"the server thread spent {spent:.3f} s of CPU in 1 s"
+            assert server.thread.is_alive()
+            client.set("after", b"2")
+            assert client.get("before") == b"1" and client.get("after") == b"2"
+    finally:
+        server.stop()
+    assert not server.thread.is_alive()
