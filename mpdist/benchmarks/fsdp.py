@@ -27,11 +27,9 @@ from typing import Any
 import numpy as np
 
 from mpdist.benchmarks import output
-from mpdist.benchmarks._env import sgd_mse_step
+from mpdist.benchmarks._env import blas_threads, sgd_mse_step
 
 __all__ = ["main"]
-
-_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 KINDS = ("fully_shard", "FULL_SHARD", "SHARD_GRAD_OP", "DDP")  # mpdist's rows, in order
@@ -139,8 +137,6 @@ def _torch_rank(
 
 
 def _rank_main(lib: str, rank: int, world: int, path: str, cfg: dict[str, Any], q: Any) -> None:
-    for var in _THREAD_VARS:
-        os.environ[var] = "1"
     try:
         fn = _mpdist_rank if lib == "mpdist" else _torch_rank
         q.put((rank, fn(rank, world, path, cfg), None))
@@ -158,8 +154,11 @@ def _run(lib: str, world: int, cfg: dict[str, Any]) -> tuple[float, int, int]:
         procs = [
             ctx.Process(target=_rank_main, args=(lib, r, world, path, cfg, q)) for r in range(world)
         ]
-        for p in procs:
-            p.start()
+        # one BLAS thread per rank, set before the child starts: unpickling this function
+        # imports numpy (and with it the BLAS) before any of its code runs
+        with blas_threads(1):
+            for p in procs:
+                p.start()
         results = [q.get(timeout=600) for _ in procs]
         for p in procs:
             p.join(timeout=60)

@@ -63,8 +63,19 @@ class FSDPParam:
 class _Pending:
     """A collective in flight and what to do with its result once it is waited for."""
 
-    work: Any
+    works: list[Any]
     finish: Callable[[], None]
+
+
+def _nothing() -> None:
+    pass
+
+
+def _wait(pending: _Pending) -> None:
+    for work in pending.works:
+        if work is not None:
+            work.wait()
+    pending.finish()
 
 
 class FSDPParamGroup:
@@ -87,11 +98,19 @@ class FSDPParamGroup:
         )
         self.param_dtype = param_dtype
         self.reduce_dtype = reduce_dtype
+        # A parameter whose rows split evenly is gathered straight into its storage view
+        # and reduce-scattered straight from its unsharded gradient: chunk r of the full
+        # tensor is rank r's piece, so no packing, temporary or copy-out is needed. The
+        # others (uneven rows: padded pieces) share one packed all-gather / reduce-scatter.
+        self.direct = [p for p in params if p.rows % self.shard_size == 0]
+        self.padded = [p for p in params if p.rows % self.shard_size != 0]
         off = full = 0
         for p in params:
-            p.offset, p.full_offset = off, full
-            off += p.padded_numel
+            p.full_offset = full
             full += p.numel
+        for p in self.padded:
+            p.offset = off
+            off += p.padded_numel
         self.packed = off
         self.storage = Storage(full, param_dtype) if params else None
         self._make_unsharded()
@@ -118,45 +137,57 @@ class FSDPParamGroup:
             p.unsharded = t
 
     # ------------------------------------------------------------------ all-gather
-    def _pack_pieces(self) -> np.ndarray:
-        send = np.zeros(self.packed, dtype=self.param_dtype)
-        for p in self.params:
-            local = p.sharded.data.reshape(-1)
-            send[p.offset : p.offset + local.size] = local
-        return send
+    def _piece(self, p: FSDPParam, dtype: np.dtype) -> np.ndarray:
+        """``p``'s piece as a flat contiguous array of ``dtype`` (no copy when it is one)."""
+        local = np.ascontiguousarray(p.sharded.data).reshape(-1)
+        return local if local.dtype == dtype else local.astype(dtype)
 
     def start_unshard(self, async_op: bool) -> None:
         """Issue the all-gather (if the parameters are not gathered or on their way)."""
         if self.unsharded or self._gather is not None or self.storage is None:
             return
-        send = self._pack_pieces()
-        out = np.empty(self.shard_size * self.packed, dtype=self.param_dtype)
-        count(out.nbytes)
-        work = dist.all_gather_into_tensor(out, send, group=self.shard_group, async_op=async_op)
         storage = self.storage
+        storage.materialize()  # the gather writes into it
+        works = [
+            dist.all_gather_into_tensor(
+                storage.array[p.full_offset : p.full_offset + p.numel],
+                self._piece(p, self.param_dtype),
+                group=self.shard_group,
+                async_op=async_op,
+            )
+            for p in self.direct
+        ]
+        finish: Callable[[], None] = _nothing
+        if self.padded:
+            send = np.zeros(self.packed, dtype=self.param_dtype)
+            for p in self.padded:
+                local = self._piece(p, self.param_dtype)
+                send[p.offset : p.offset + local.size] = local
+            out = np.empty(self.shard_size * self.packed, dtype=self.param_dtype)
+            count(out.nbytes)
+            works.append(
+                dist.all_gather_into_tensor(out, send, group=self.shard_group, async_op=async_op)
+            )
 
-        def finish() -> None:
-            storage.materialize()
-            blocks = out.reshape(self.shard_size, self.packed)
-            # each rank's rows straight into place: one copy, no gathered temporary
-            for p in self.params:
-                for r in range(self.shard_size):
-                    a, b = chunk_bounds(p.rows, self.shard_size, r)
-                    n = (b - a) * p.row_numel
-                    dst = p.full_offset + a * p.row_numel
-                    storage.array[dst : dst + n] = blocks[r, p.offset : p.offset + n]
-            count(-out.nbytes)
+            def finish() -> None:
+                blocks = out.reshape(self.shard_size, self.packed)
+                # each rank's rows straight into place: one copy, no gathered temporary
+                for p in self.padded:
+                    for r in range(self.shard_size):
+                        a, b = chunk_bounds(p.rows, self.shard_size, r)
+                        n = (b - a) * p.row_numel
+                        dst = p.full_offset + a * p.row_numel
+                        storage.array[dst : dst + n] = blocks[r, p.offset : p.offset + n]
+                count(-out.nbytes)
 
-        self._gather = _Pending(work, finish)
+        self._gather = _Pending(works, finish)
 
     def wait_unshard(self) -> None:
         """Finish the all-gather: the unsharded parameters hold the full values."""
         if self._gather is None:
             return
         pending, self._gather = self._gather, None
-        if pending.work is not None:
-            pending.work.wait()
-        pending.finish()
+        _wait(pending)
         self.unsharded = True
 
     def unshard(self, async_op: bool = False) -> None:
@@ -193,42 +224,66 @@ class FSDPParamGroup:
         """Reduce-scatter the unsharded gradients (averaged over the data-parallel ranks)
         into the pieces' ``.grad``; the unsharded gradients are dropped."""
         self.wait_reduce()
-        n, rank = self.shard_size, dist.get_rank(self.shard_group)
-        send = np.zeros((n, self.packed), dtype=self.reduce_dtype)
-        todo: list[FSDPParam] = []
+        n, dtype = self.shard_size, self.reduce_dtype
+        outs: list[tuple[FSDPParam, np.ndarray]] = []  # a piece's summed gradient
+        works: list[Any] = []
+        padded: list[tuple[FSDPParam, np.ndarray]] = []
+        sent: list[np.ndarray] = []  # kept alive until the collectives are done
         for p in self.params:
             assert p.unsharded is not None
             g = p.unsharded.grad
             if g is None:
                 continue
-            todo.append(p)
-            full = np.asarray(g.data).reshape((p.rows, -1))
-            for r in range(n):
-                a, b = chunk_bounds(p.rows, n, r)
-                send[r, p.offset : p.offset + (b - a) * p.row_numel] = full[a:b].reshape(-1)
             p.unsharded.grad = None
-        if not todo:
+            full = np.ascontiguousarray(g.data, dtype=dtype).reshape(-1)
+            if p.rows % n:
+                padded.append((p, full))
+                continue
+            out = np.empty(full.size // n, dtype=dtype)
+            sent.append(full)
+            works.append(
+                dist.reduce_scatter_tensor(
+                    out, full, ReduceOp.SUM, group=self.shard_group, async_op=async_op
+                )
+            )
+            outs.append((p, out))
+        if padded:
+            send = np.zeros((n, self.packed), dtype=dtype)
+            for p, full in padded:
+                rows = full.reshape((p.rows, -1))
+                for r in range(n):
+                    a, b = chunk_bounds(p.rows, n, r)
+                    send[r, p.offset : p.offset + (b - a) * p.row_numel] = rows[a:b].reshape(-1)
+            packed = np.empty(self.packed, dtype=dtype)
+            works.append(
+                dist.reduce_scatter_tensor(
+                    packed,
+                    send.reshape(-1),
+                    ReduceOp.SUM,
+                    group=self.shard_group,
+                    async_op=async_op,
+                )
+            )
+            for p, _ in padded:
+                outs.append((p, packed[p.offset : p.offset + (p.stop - p.start) * p.row_numel]))
+        if not works:
             return
-        out = np.empty(self.packed, dtype=self.reduce_dtype)
-        work = dist.reduce_scatter_tensor(
-            out, send.reshape(-1), ReduceOp.SUM, group=self.shard_group, async_op=async_op
-        )
-        del rank
 
         def finish() -> None:
-            if self.replicate_group is not None:
-                dist.all_reduce(out, group=self.replicate_group)
-            np.divide(out, self.dp_size, out=out)
-            for p in todo:
-                local = out[p.offset : p.offset + (p.stop - p.start) * p.row_numel]
-                piece = local.reshape(p.sharded.data.shape).astype(p.sharded.data.dtype)
+            sent.clear()
+            for p, out in outs:
+                if self.replicate_group is not None:
+                    dist.all_reduce(out, group=self.replicate_group)
+                np.divide(out, self.dp_size, out=out)
+                local = p.sharded.data
+                piece = out.reshape(local.shape)
                 grad = p.sharded.grad
                 if isinstance(grad, DTensor):
                     np.add(grad.data, piece, out=grad.data)
                 else:
-                    p.sharded.grad = DTensor(piece, p.sharded._spec)
+                    p.sharded.grad = DTensor(piece.astype(local.dtype, copy=False), p.sharded._spec)
 
-        self._reduce = _Pending(work, finish)
+        self._reduce = _Pending(works, finish)
         if not async_op:
             self.wait_reduce()
 
@@ -237,9 +292,7 @@ class FSDPParamGroup:
         if self._reduce is None:
             return
         pending, self._reduce = self._reduce, None
-        if pending.work is not None:
-            pending.work.wait()
-        pending.finish()
+        _wait(pending)
 
 
 def shard_param(
