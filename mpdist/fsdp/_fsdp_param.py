@@ -1,6 +1,7 @@
 """One ``fully_shard`` unit's parameters: their ``Shard(0)`` pieces, the unsharded storage
-gathered for forward and backward, and the unit's two collectives (one all-gather of every
-piece, one reduce-scatter of every gradient).
+gathered for forward and backward, and the unit's collectives (an all-gather and a
+reduce-scatter per evenly split parameter, straight between its piece and its place in the
+storage; one packed pair for the unevenly split rest).
 
 The unsharded parameters are plain Tensors whose arrays are views into one ``Storage`` per
 unit (``_storage``: its pages are given back on ``reshard`` and refilled by ``unshard``
