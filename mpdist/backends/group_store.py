@@ -9,6 +9,10 @@ store's own wait (which returns at once when the key arrives), and ``abort(reaso
 the current and every later wait raise ``DistBackendError(reason)`` within one slice.
 ``abort`` also runs the callbacks registered with ``add_abort_callback`` (the transport's
 own ``abort``, so a transport that is connecting its mesh stops too).
+
+With ``timeout``, a wait without its own deadline lasts the group's timeout rather than the
+underlying store's (as gloo's rendezvous does): a rank waiting while its group is built for a
+peer that never comes (stopped, or gone with ``sys.exit(0)``) fails after the group's timeout.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 from mpdist.errors import DistBackendError, DistStoreError
 from mpdist.store import PrefixStore, Store
@@ -31,14 +36,20 @@ _SLICE_S = 0.05
 class GroupStore(PrefixStore):
     """``PrefixStore(prefix, store)`` whose blocking waits ``abort(reason)`` interrupts."""
 
-    def __init__(self, prefix: str, store: Store) -> None:
+    def __init__(self, prefix: str, store: Store, timeout: timedelta | None = None) -> None:
         super().__init__(prefix, store)
+        self._group_timeout = timeout
         self._abort_lock = threading.Lock()
         self._abort_reason: str | None = None
         self._on_abort: list[Callable[[str], object]] = []
         # every callback ever added: registering the same one again is a no-op, so a caller
         # need not know whether someone registered it before
         self._registered: list[Callable[[str], object]] = []
+
+    @property
+    def timeout(self) -> timedelta:
+        """The group's timeout when given, else the underlying store's."""
+        return self._store.timeout if self._group_timeout is None else self._group_timeout
 
     # ------------------------------------------------------------------ abort
     def abort(self, reason: str) -> None:

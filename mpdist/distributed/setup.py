@@ -206,7 +206,7 @@ def _build_default_world(
         pg = _make_group(
             world,
             str(name),
-            GroupStore(f"{world.prefix}/0", store),
+            GroupStore(f"{world.prefix}/0", store, timeout),
             rank,
             list(range(world_size)),
             timeout,
@@ -306,7 +306,7 @@ def new_group(
     pg = _make_group(
         world,
         name,
-        GroupStore(f"{world.prefix}/{group_name}", world.store),
+        GroupStore(f"{world.prefix}/{group_name}", world.store, timeout),
         members.index(world.rank),
         members,
         timeout,
