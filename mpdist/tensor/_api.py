@@ -41,7 +41,14 @@ from mpdist.tensor._redistribute import (
     partition_value,
     redistribute_local,
 )
-from mpdist.tensor.placement_types import Partial, Placement, Replicate, Shard, chunk_bounds
+from mpdist.tensor.placement_types import (
+    Partial,
+    Placement,
+    Replicate,
+    Shard,
+    _StridedShard,
+    chunk_bounds,
+)
 
 __all__ = ["DTensor", "distribute_module", "distribute_tensor"]
 
@@ -120,7 +127,7 @@ def _global_shape(
     ``from_local`` without ``shape``): sharded dims times the mesh size."""
     shape = list(local_shape)
     for d, p in enumerate(placements):
-        if isinstance(p, Shard):
+        if isinstance(p, (Shard, _StridedShard)):
             shape[p.dim] *= int(mesh.size(d))
     return tuple(shape)
 

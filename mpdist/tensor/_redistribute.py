@@ -41,6 +41,7 @@ from mpdist.tensor.placement_types import (
     Replicate,
     Shard,
     ShardedLayout,
+    _StridedShard,
     chunk_bounds,
     local_layout,
 )
@@ -214,6 +215,32 @@ def redistribute_local(arr: np.ndarray, spec: Spec, placements: Sequence[Placeme
     coord = _coordinate(mesh)
     mesh_shape = tuple(mesh.shape)
     ndim = len(src)
+    # _StridedShard cuts are the innermost: gather them first (first mesh dimension first,
+    # the reverse of their cut order), make the target's last; the rest nests left to right.
+    moving = {
+        p.dim
+        for a, b in zip(src, dst, strict=True)
+        if a != b
+        for p in (a, b)
+        if isinstance(p, (Shard, _StridedShard))
+    }
+    for d in range(ndim):
+        s = src[d]
+        if isinstance(s, _StridedShard) and (s != dst[d] or s.dim in moving):
+            src[d] = Replicate()
+            full = local_layout(shape, mesh_shape, coord, src).shape[s.dim]
+            arr = _all_gather(arr, s.dim, full, mesh, d)
+    strided = [d for d in reversed(range(ndim)) if isinstance(dst[d], _StridedShard)]
+    if strided and src != dst:
+        arr = redistribute_local(
+            arr,
+            spec.with_placements(src),
+            [Replicate() if d in strided and src[d] != dst[d] else p for d, p in enumerate(dst)],
+        )
+        for d in strided:
+            if src[d] != dst[d]:
+                arr = _local_chunk(arr, dst[d].dim, mesh, d)  # type: ignore[attr-defined]
+        return arr
     # Pass 1, last mesh dimension first: gather every shard that changes or sits inside a
     # changing mesh dimension's cut of the same tensor dimension.
     for d in reversed(range(ndim)):

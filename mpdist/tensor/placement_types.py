@@ -6,7 +6,8 @@ dimension: ``Shard(dim)`` cuts tensor dimension ``dim`` into one piece per rank 
 ``Replicate()`` keeps the whole value on every rank, ``Partial(op)`` keeps one term per rank
 and the value is their reduction. Placements on several mesh dimensions compose from the
 first mesh dimension to the last: a second ``Shard`` of the same tensor dimension cuts the
-piece the first one left.
+piece the first one left (``_StridedShard``, FSDP over tensor parallelism, cuts inside the
+pieces of the mesh dimensions to its right instead).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "Shard",
     "ShardedLayout",
     "chunk_bounds",
+    "cut_order",
     "local_layout",
 ]
 
@@ -81,6 +83,50 @@ class Shard(Placement):
         ``num_chunks`` pieces the way ``torch.chunk`` cuts them."""
         start, stop = chunk_bounds(size, num_chunks, rank)
         return stop - start, start
+
+
+class _StridedShard(Placement):
+    """Tensor dimension ``dim`` cut on this mesh dimension *inside* the pieces that the
+    mesh dimensions to its right cut it into (``split_factor`` of them): the opposite of
+    the default left-to-right nesting. It is how FSDP shards a tensor-parallel parameter
+    over the data-parallel ranks (mesh ``(dp, tp)``, tensor-parallel ``Shard(0)``:
+    ``(_StridedShard(0, split_factor=tp), Shard(0))``; rank ``(d, t)`` holds chunk ``d``
+    of chunk ``t``), torch's ``_StridedShard``. Not a ``Shard``: operators have no rule
+    for it; ``redistribute`` and ``full_tensor`` do."""
+
+    __slots__ = ("dim", "split_factor")
+
+    def __init__(self, dim: int, split_factor: int) -> None:
+        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+            raise TypeError(f"_StridedShard(dim): dim must be an int, got {type(dim).__name__}")
+        if not isinstance(split_factor, (int, np.integer)) or split_factor < 1:
+            raise ValueError(f"_StridedShard: split_factor must be >= 1, got {split_factor!r}")
+        self.dim = int(dim)
+        self.split_factor = int(split_factor)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _StridedShard)
+            and other.dim == self.dim
+            and other.split_factor == self.split_factor
+        )
+
+    def __hash__(self) -> int:
+        return hash(("_StridedShard", self.dim, self.split_factor))
+
+    def __repr__(self) -> str:
+        return f"_StridedShard(dim={self.dim}, sf={self.split_factor})"
+
+    def __str__(self) -> str:
+        return f"_S({self.dim}, {self.split_factor})"
+
+
+def cut_order(placements: Sequence[Placement]) -> list[int]:
+    """The mesh dimensions in the order their cuts apply: the ``Shard`` ones first to last,
+    then the ``_StridedShard`` ones last to first (each cuts inside the cuts to its right)."""
+    n = len(placements)
+    strided = [d for d in range(n) if isinstance(placements[d], _StridedShard)]
+    return [d for d in range(n) if d not in strided] + strided[::-1]
 
 
 class Replicate(Placement):
@@ -158,11 +204,14 @@ def local_layout(
 ) -> ShardedLayout:
     """The local shape and global offset of the rank at ``coordinate`` of a mesh of
     ``mesh_shape``, for a tensor of ``global_shape`` placed by ``placements`` (one per mesh
-    dimension, applied from the first mesh dimension to the last)."""
+    dimension, applied in ``cut_order``)."""
     shape = list(global_shape)
     offset = [0] * len(shape)
-    for size, coord, p in zip(mesh_shape, coordinate, placements, strict=True):
-        if isinstance(p, Shard):
+    if len(mesh_shape) != len(placements) or len(coordinate) != len(placements):
+        raise ValueError("local_layout: one mesh size, coordinate and placement per dimension")
+    for d in cut_order(placements):
+        p, size, coord = placements[d], mesh_shape[d], coordinate[d]
+        if isinstance(p, (Shard, _StridedShard)):
             start, stop = chunk_bounds(shape[p.dim], size, coord)
             offset[p.dim] += start
             shape[p.dim] = stop - start
