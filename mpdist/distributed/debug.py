@@ -1,4 +1,4 @@
-"""What a test harness asks of the library: abort everything (the abort sticks), the last operations entered.
+"""What a test harness asks of the library: abort everything (sticky), the last operations entered, killed ranks' leftovers.
 
 The documented internal interface of the harness (``mpdist.testing``) to the library;
 the registry and the sticky abort themselves are :mod:`mpdist.aborts`.
@@ -9,8 +9,9 @@ from __future__ import annotations
 from mpdist import aborts
 from mpdist.backends.group_store import GroupStore
 from mpdist.process_group import ProcessGroup
+from mpdist.transport import shm
 
-__all__ = ["abort_all_groups", "clear_abort", "collective_trace"]
+__all__ = ["abort_all_groups", "clear_abort", "collective_trace", "remove_stale_files"]
 
 
 def abort_all_groups(reason: str) -> None:
@@ -26,6 +27,15 @@ def abort_all_groups(reason: str) -> None:
 def clear_abort() -> None:
     """End the abort in force (a reused rank process, before its next test)."""
     aborts.clear()
+
+
+def remove_stale_files() -> None:
+    """Remove the files of this host that ranks killed before they closed their groups left
+    (shared-memory rings a rank makes for its peers while its mesh connects); a harness
+    calls it once its ranks are gone. Files of live processes are kept."""
+    directory = shm.shm_dir()
+    if directory is not None:
+        shm.sweep_stale_rings(directory)
 
 
 def collective_trace() -> str:

@@ -22,6 +22,7 @@ from multiprocessing import connection as mp_connection
 from typing import Any
 
 from mpdist import _proctree
+from mpdist.distributed import debug
 from mpdist.testing import _config, _preload
 from mpdist.testing import _records as records
 from mpdist.testing._outcomes import signal_name
@@ -435,6 +436,8 @@ class RankSet:
                     h.proc.join(KILL_GRACE)
                     if h.proc.exitcode is not None:
                         h.proc.close()
+            # a rank killed while its mesh connected left the rings it made for its peers
+            debug.remove_stale_files()
 
     # -- results -----------------------------------------------------------------------
 
