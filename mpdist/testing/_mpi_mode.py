@@ -9,7 +9,9 @@ Every rank sends its record and output to rank 0, which settles the test's
 :class:`~mpdist.testing._coordinator.Outcome` and sends it back, so that every rank's
 pytest gives the test the same outcome; only rank 0's terminal shows it, through the
 same report path as the spawning harness (``_report``). A test whose world size is not
-the communicator's is skipped, with the reason.
+the communicator's is skipped, with the reason. Before the first test the ranks meet
+(:mod:`mpdist.testing._mpi_startup`): a rank that did not collect the same tests, or left,
+ends the run in every rank, named.
 
 The default group is the tcp backend over ``mpi://``, made once and kept while tests
 pass (a test that fails, or brings its own group, makes it go; the next test makes it
@@ -43,7 +45,7 @@ from typing import Any, cast
 
 import pytest
 
-from mpdist.testing import _outcomes
+from mpdist.testing import _mpi_startup, _outcomes
 from mpdist.testing._coordinator import Outcome, RankResult
 from mpdist.testing._records import RankRecord, is_consequence
 
@@ -58,25 +60,6 @@ FORWARD_WAIT = 1.0
 HANG_EXIT = 3
 
 _RECORD, _OUTCOME, _FUNCARGS, _DUMP_REQ, _DUMP = range(1, 6)
-
-
-def _unlink_mapped_shm() -> None:
-    """Unlink the MPI library's shared-memory segments this process has mapped.
-
-    MPICH removes them when the job ends normally; ``MPI_Abort`` kills the ranks first, and
-    the names would stay in /dev/shm. Unlinking a mapped segment is safe: every rank
-    attached long ago, and the memory lives until the last process unmaps it.
-    """
-    try:
-        with open("/proc/self/maps") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        path = line.rpartition(" ")[2]
-        if path.startswith("/dev/shm/mpich_shm_"):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
 
 
 @dataclass
@@ -130,8 +113,10 @@ class MpiSession:
         self.config = config
         self.rank = MPI.COMM_WORLD.Get_rank()
         self.size = MPI.COMM_WORLD.Get_size()
-        self.ctl = MPI.COMM_WORLD.Dup()  # records and outcomes
-        self.wd = MPI.COMM_WORLD.Dup()  # the watchdog's dump requests and replies
+        # Made by begin(), once every rank is known to have collected the same tests
+        # (duplicating COMM_WORLD is collective: a rank that left would hang the others).
+        self.ctl: Any = None  # records and outcomes
+        self.wd: Any = None  # the watchdog's dump requests and replies
         self.seq = 0
         self.group_backend: str | None = None
         self.lock = threading.Lock()
@@ -147,6 +132,12 @@ class MpiSession:
         capman = config.pluginmanager.get_plugin("capturemanager")
         with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
             self.terminal = os.dup(1)
+        self.thread: threading.Thread | None = None
+
+    def begin(self) -> None:
+        """After the start-up meeting: the session's own communicators and the watchdog."""
+        self.ctl = self.MPI.COMM_WORLD.Dup()
+        self.wd = self.MPI.COMM_WORLD.Dup()
         self.thread = threading.Thread(target=self._watch, name="mpdist-mpi-watchdog", daemon=True)
         self.thread.start()
 
@@ -329,8 +320,7 @@ class MpiSession:
         time.sleep(FORWARD_WAIT)
         # the abort ends every rank before its usual clean-up: remove what would outlive it
         shutil.rmtree(spec.workdir, ignore_errors=True)
-        _unlink_mapped_shm()
-        self.MPI.COMM_WORLD.Abort(HANG_EXIT)
+        _mpi_startup.abort_job(HANG_EXIT)
 
     def _write_hang(self, outcome: Outcome) -> None:
         from _pytest.terminal import TerminalWriter
@@ -352,7 +342,8 @@ class MpiSession:
     def close(self) -> None:
         """Stop the watchdog; drop the session's group."""
         self.stop.set()
-        self.thread.join(1.0)
+        if self.thread is not None:
+            self.thread.join(1.0)
         with contextlib.suppress(OSError):
             os.close(self.terminal)
         from mpdist import distributed as dist
@@ -474,9 +465,36 @@ class _ReadOnlyCache:
 
 
 def start(config: pytest.Config) -> None:
-    """Start the session's MPI side (its watchdog)."""
+    """Start the session's MPI side; its watchdog starts once the ranks have met."""
     global _session
+    _mpi_startup.arm()  # (the plugin arms it before the conftests; this when it did not)
     _session = MpiSession(config)
+    config.pluginmanager.register(_StartupHooks(), "mpdist-mpi-startup")
+
+
+class _StartupHooks:
+    """The session's part in the ranks' start-up meeting (``_mpi_startup``)."""
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            _mpi_startup.record_collect_error(report.nodeid, report.longreprtext)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        """Before the first test (and before pytest's own check of collection errors):
+        meet the other ranks; end the session in every rank if they did not collect alike."""
+        s = _session
+        if s is None or not _mpi_startup.armed():
+            return
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        write = reporter.write if reporter is not None and s.rank == 0 else None
+        problem = _mpi_startup.meet([item.nodeid for item in session.items], write)
+        if problem:
+            raise session.Interrupted(problem)
+        s.begin()
+
+    def pytest_sessionfinish(self, exitstatus: int) -> None:
+        _mpi_startup.record_exitstatus(exitstatus)
 
 
 def quiet(config: pytest.Config) -> None:
@@ -493,6 +511,7 @@ def quiet(config: pytest.Config) -> None:
 def stop() -> None:
     """End the session's MPI side."""
     global _session
+    _mpi_startup.leave_if_armed()  # a session that ended before its tests: say so to the others
     if _session is not None:
         _session.close()
         _session = None

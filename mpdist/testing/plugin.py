@@ -167,6 +167,23 @@ def _settings(config: pytest.Config) -> _config.Settings:
         raise pytest.UsageError(str(exc)) from None
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> Iterator[None]:
+    """Under --mpi, from here on a rank that leaves tells the others why (_mpi_startup):
+    a conftest that fails to import in one rank must not leave the rest waiting."""
+    mpi = bool(getattr(early_config.known_args_namespace, "mpi", False))
+    if mpi:
+        from mpdist.testing import _mpi_startup
+
+        _mpi_startup.arm()
+    try:
+        return (yield)
+    except BaseException as exc:
+        if mpi:
+            _mpi_startup.leave_conftest(exc)
+        raise
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
     if getattr(config.option, "mpi", False):

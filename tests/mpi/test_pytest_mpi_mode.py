@@ -6,8 +6,10 @@ checked, and no process of the job may outlive it. Skipped without mpi4py or mpi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,20 +88,43 @@ def _mpich_segments() -> set[str]:
         return set()
 
 
-def _workdirs() -> set[str]:
-    """The harness's per-test directories in the temp directory."""
-    tmp = tempfile.gettempdir()
-    return {n for n in os.listdir(tmp) if n.startswith("mpdist-")}
+def _mapped_segments() -> set[str]:
+    """The MPI segments some live process has mapped (another MPI job's on the machine)."""
+    mapped = set()
+    for pid in psutil.pids():
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps") as f:
+            mapped.update(re.findall(r"/dev/shm/(mpich_shm_\S+)", f.read()))
+    return mapped
 
 
 def _run(
     n: int, where: str, *args: str, timeout: float = 120.0, cache: bool = False
 ) -> tuple[int, str]:
-    """Run pytest --mpi on ``n`` ranks in ``where``: (exit status, output). No process of
-    the job outlives the call; a job that outlives ``timeout`` fails the test."""
+    """Run pytest --mpi on ``n`` ranks in ``where``: (exit status, output). Whatever the
+    outcome, no process of the job outlives the call, and it leaves nothing behind: no
+    MPI shared-memory segment, nothing in its temp directory (its own, so that other
+    jobs on the machine do not count) but pytest's ``tmp_path`` base. A job that
+    outlives ``timeout`` fails the test."""
     env = dict(os.environ)
     for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "MPDIST_WORLD_SIZE"):
         env.pop(var, None)
+    shm_before = _mpich_segments()
+    tmp = tempfile.mkdtemp(prefix="mpi-job-")
+    env["TMPDIR"] = tmp
+    try:
+        code, out = _job(n, where, args, timeout, cache, env)
+        left = [name for name in os.listdir(tmp) if not name.startswith("pytest-of-")]
+        assert not left, f"the job left files in its temp directory: {left}\n{out}"
+        leaked = _mpich_segments() - shm_before - _mapped_segments()
+        assert not leaked, f"the job left MPI segments {leaked}\n{out}"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return code, out
+
+
+def _job(
+    n: int, where: str, args: tuple[str, ...], timeout: float, cache: bool, env: dict[str, str]
+) -> tuple[int, str]:
     cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "pytest", "--mpi"]
     cmd += [] if cache else ["-p", "no:cacheprovider"]
     cmd += ["-p", "no:randomly", *args]
@@ -169,12 +194,9 @@ def test_all_passing_run_exits_zero(pytester: pytest.Pytester) -> None:
 @pytest.mark.parametrize("n", [2, 3])
 def test_a_hang_ends_the_run_with_every_stack(pytester: pytest.Pytester, n: int) -> None:
     pytester.makepyfile(test_hang=HANG)
-    shm_before, dirs_before = _mpich_segments(), _workdirs()
+    # MPI_Abort kills the ranks before their clean-up: _run checks nothing stays behind
     code, out = _run(n, str(pytester.path), "test_hang.py", timeout=60)
     assert code != 0, out
-    # MPI_Abort kills the ranks before their clean-up: nothing of the job may stay behind
-    assert not _mpich_segments() - shm_before
-    assert not _workdirs() - dirs_before
     assert "test_hang.py::test_rank_one_hangs timed out: the run ends (MPI_Abort)" in out, out
     assert f"timed out after 3 s (world size {n})" in out, out
     for rank in range(n):
@@ -227,3 +249,85 @@ def test_only_rank_zero_writes_junit_xml_and_the_cache(pytester: pytest.Pytester
     assert system_out.index("--- rank 0 ---") < system_out.index("--- rank 1 ---")
     props = {p.get("name"): p.get("value") for p in failing.iter("property")}
     assert props["mpdist_first_failing_rank"] == "1" and props["mpdist_world_size"] == "2", props
+
+
+# -- start-up: a rank that cannot start with the others ends the run at once, named ------
+
+PASSING = """
+import pytest
+
+@pytest.mark.mpdist
+def test_one(rank):
+    pass
+"""
+
+# Each entry: the file whose content makes one rank differ (ONLY is the rank that runs
+# the odd part), and what rank 0's report must say.
+START_UP = {
+    "collection error": (
+        "test_gen.py",
+        "import os\nif os.environ['PMI_RANK'] == 'ONLY':\n"
+        "    raise RuntimeError('rank ONLY cannot import this')\n" + PASSING,
+        [
+            "rank ONLY failed to collect test_gen.py",
+            "RuntimeError: rank ONLY cannot import this",
+        ],
+    ),
+    "conftest ImportError": (
+        "conftest.py",
+        "import os\nif os.environ['PMI_RANK'] == 'ONLY':\n    import no_such_module_here\n",
+        [
+            "rank ONLY left before the tests started: ModuleNotFoundError while loading conftest",
+            "No module named 'no_such_module_here'",
+        ],
+    ),
+    "os._exit(0)": (
+        "test_gen.py",
+        "import os\nif os.environ['PMI_RANK'] == 'ONLY':\n    os._exit(0)\n" + PASSING,
+        ["rank ONLY left before the tests started: it called os._exit(0) at", "test_gen.py:3"],
+    ),
+    "another test list": (
+        "test_gen.py",
+        PASSING + "import os\nif os.environ['PMI_RANK'] == 'ONLY':\n"
+        "    def test_extra():\n        pass\n",
+        ["rank ONLY collected 2 tests, rank 0 1: rank ONLY also has test_gen.py::test_extra"],
+    ),
+    "another order": (
+        "test_gen.py",
+        # pytest orders a module's tests by their lines: rank ONLY defines test_b first
+        "import os\nif os.environ['PMI_RANK'] == 'ONLY':\n    def test_b():\n        pass\n"
+        + PASSING
+        + "if os.environ['PMI_RANK'] != 'ONLY':\n    def test_b():\n        pass\n",
+        ["rank ONLY collected 2 tests, rank 0 2: test 1 is test_gen.py::test_b in rank ONLY"],
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "n", "odd"),
+    [(case, 2, 1) for case in START_UP] + [("collection error", 3, 0), ("os._exit(0)", 3, 2)],
+)
+def test_a_rank_that_cannot_start_ends_the_run_named(
+    pytester: pytest.Pytester, case: str, n: int, odd: int
+) -> None:
+    name, source, expected = START_UP[case]
+    if name != "test_gen.py":
+        pytester.makepyfile(test_gen=PASSING)
+    (pytester.path / name).write_text(source.replace("ONLY", str(odd)))
+    code, out = _run(n, str(pytester.path), "-p", "no:faulthandler", timeout=60)
+    assert code != 0, out
+    assert "pytest --mpi: the ranks did not start alike" in out, out
+    for text in expected:
+        assert text.replace("ONLY", str(odd)) in out, out
+    assert "(no test ran)" in out, out
+    assert "passed" not in out, out
+
+
+def test_a_rank_stuck_in_collection_ends_the_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_gen="import os, time\nif os.environ['PMI_RANK'] == '1':\n    time.sleep(600)\n"
+        + PASSING
+    )
+    code, out = _run(2, str(pytester.path), "--mp-timeout=3", timeout=60)
+    assert code != 0, out
+    assert "rank 1 did not finish collecting within 3 s of rank 0" in out, out
