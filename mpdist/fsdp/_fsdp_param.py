@@ -20,6 +20,7 @@ import numpy as np
 from mpdist import distributed as dist
 from mpdist.autograd import Tensor
 from mpdist.fsdp._storage import Storage, count
+from mpdist.fsdp._tp import dp_tp_spec
 from mpdist.nn.module import Module
 from mpdist.nn.parameter import Parameter
 from mpdist.process_group import ProcessGroup, ReduceOp
@@ -303,26 +304,25 @@ def shard_param(
     mesh: Any,
 ) -> FSDPParam:
     """``param`` cut into ``Shard(0)`` pieces on ``mesh``'s last dimension (replicated on a
-    2-D mesh's first): the piece is this rank's ``torch.chunk`` of the rows."""
+    2-D mesh's first): the piece is this rank's ``torch.chunk`` of the rows. A tensor-parallel
+    parameter (a DTensor) has its TP piece cut so, on the 2-D (dp, tp) mesh (``_tp``)."""
     shard_dim = mesh.ndim - 1
     n = int(mesh.size(shard_dim))
     me = int(mesh.get_local_rank(shard_dim))
+    inner: Spec | None = None
     if isinstance(param, DTensor):
-        raise NotImplementedError(
-            f"fully_shard: parameter {name!r} of {type(module).__name__} is already a DTensor "
-            f"(placements {param.placements}); fully_shard over tensor parallelism is not "
-            "supported yet"
-        )
-    inner = None
-    full = np.asarray(param.data)
+        inner = param._spec
+        spec_of = dp_tp_spec(mesh, inner.mesh, inner.placements, inner.shape)
+    full = np.asarray(param.data)  # a DTensor's: its TP piece
     if full.ndim == 0:
         raise ValueError(f"fully_shard: parameter {name!r} is 0-d; Shard(0) needs a dimension")
     rows = int(full.shape[0])
     start, stop = chunk_bounds(rows, n, me)
     piece = np.array(full[start:stop], copy=True)
-    placements = (Replicate(), Shard(0)) if mesh.ndim == 2 else (Shard(0),)
-    spec = Spec(mesh, placements, tuple(full.shape))
-    sharded = DTensorParameter(piece, spec, requires_grad=param.requires_grad)
+    if inner is None:
+        placements = (Replicate(), Shard(0)) if mesh.ndim == 2 else (Shard(0),)
+        spec_of = Spec(mesh, placements, tuple(full.shape))
+    sharded = DTensorParameter(piece, spec_of, requires_grad=param.requires_grad)
     return FSDPParam(
         module=module,
         name=name,

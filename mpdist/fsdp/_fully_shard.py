@@ -439,13 +439,14 @@ def fully_shard(
     found: list[tuple[Module, str, Any]] = []
     _managed(module, found, set(), True)
     names = {id(m): n for n, m in module.named_modules()}
+    # placements first: a tensor-parallel parameter on an unrelated mesh is the error to name
+    params: list[FSDPParam] = [shard_param(m, n, p, mesh) for m, n, p in found]
     for d in range(mesh.ndim):  # every data-parallel rank must start from the same values
         check_same_across_ranks(
             [(f"{names[id(m)]}.{n}".lstrip("."), np.asarray(p.data)) for m, n, p in found],
             mesh.get_group(d),
             "fully_shard",
         )
-    params: list[FSDPParam] = [shard_param(m, n, p, mesh) for m, n, p in found]
     dtypes = {p.sharded.data.dtype for p in params}
     param_dtype = _dtype(mp.param_dtype)
     if param_dtype is None:

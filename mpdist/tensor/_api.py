@@ -48,6 +48,7 @@ from mpdist.tensor.placement_types import (
     Shard,
     _StridedShard,
     chunk_bounds,
+    cut_order,
 )
 
 __all__ = ["DTensor", "distribute_module", "distribute_tensor"]
@@ -639,13 +640,14 @@ def distribute_tensor(
     mesh = device_mesh
     coord = _coordinate(mesh)
     ranks = np.asarray(mesh.mesh)
-    for d, p in enumerate(placements):
+    for d in cut_order(placements):
+        p = placements[d]
         n = int(mesh.size(d))
         me = coord[d]
         root = list(coord)
         root[d] = 0
         root_rank = int(ranks[tuple(root)])
-        if isinstance(p, Shard):
+        if isinstance(p, (Shard, _StridedShard)):
             full = arr.shape[p.dim]
             step = -(-full // n)
             if src_data_rank is None:
