@@ -347,11 +347,15 @@ class Transport:
                 peer = r.peer
                 if peer is None:
                     if all(self._peer_closed(p) for p in range(self.size) if p != self.rank):
-                        self._progress(0.0)  # an ERROR that explains it goes first
-                        raise self._lost(op_name, None)
+                        # an ERROR that explains it goes first, and what the peers sent
+                        # before they left (a mailbox is not read at EOF) may complete it
+                        self._progress(0.0)
+                        if not r.done:
+                            raise self._lost(op_name, None)
                 elif self._peer_closed(peer):
                     self._progress(0.0)
-                    raise self._lost(op_name, peer)
+                    if not r.done:
+                        raise self._lost(op_name, peer)
         return pending
 
     def _record(self, e: DistError, reqs: list) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "KIND_COLL",
     "KIND_P2P",
     "KIND_ERROR",
+    "KIND_WAKE",
     "ERR_BACKEND",
     "ERR_NETWORK",
     "WIRE_DTYPES",
@@ -40,6 +41,7 @@ MAGIC = 0x4D50  # "MP"
 KIND_COLL = 0
 KIND_P2P = 1
 KIND_ERROR = 2
+KIND_WAKE = 3  # no payload, nothing to match: ends the peer's poll (transport.mailbox)
 
 # for KIND_ERROR, the "op" field says which error class the receiver should raise
 ERR_BACKEND = 0
@@ -70,7 +72,7 @@ class Header:
     """
 
     magic: int  # MAGIC
-    kind: int  # KIND_COLL, KIND_P2P or KIND_ERROR
+    kind: int  # KIND_COLL, KIND_P2P, KIND_ERROR or KIND_WAKE
     redop: int  # the reduce op of a collective (an index into ReduceOp's names)
     op: int  # op_code() of the operation; of an ERROR: ERR_BACKEND or ERR_NETWORK
     dtype: int  # dtype_code() of the payload (0: none or not checked)
@@ -82,7 +84,7 @@ class Header:
     total: int  # the collective's byte count (a point-to-point message: its own)
     sig: int  # shape_signature() of the collective's shape
     nbytes: int  # payload bytes that follow (on TCP, or in the ring with FLAG_SHM)
-    aux: int  # FLAG_SHM: the payload's offset in the sender's ring
+    aux: int  # FLAG_SHM: where the payload is in the sender's ring (shm.ring_aux)
 
     def pack(self) -> bytes:
         """The HEADER_SIZE bytes of this header."""

@@ -8,9 +8,15 @@ ring it shares with that peer instead of on the wire; the header says so and whe
 One ring per direction and pair, created (and kept mapped until close) by the receiver as a
 file in /dev/shm; the sender maps it and unlinks it, the receiver unlinks it too on close,
 whichever comes first, so nothing outlives the transport; files left by a process that was
-killed are swept (their name carries the owner's pid) when the next transport starts. Allocation is FIFO: the receiver consumes payloads in the
-order their headers arrive and only publishes how many it has consumed. A payload that does
-not fit goes over TCP as usual.
+killed are swept (their name carries the owner's pid) when the next transport starts.
+
+Allocation is FIFO. Every allocation has a number (its count since the ring was made), which
+the header announcing the payload carries beside its offset (:func:`ring_aux`): the receiver
+releases payloads by number, in whatever order their headers arrive (on TCP or in the pair's
+mailbox, ``transport.mailbox``), and publishes how many leading allocations it has released;
+the sender reuses only their space. A payload that does not fit goes over TCP as usual.
+
+A ring file may hold more in front of the ring's data (``front`` bytes: the pair's mailbox).
 """
 
 from __future__ import annotations
@@ -22,9 +28,20 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["Ring", "shm_dir", "ring_path", "sweep_stale_rings"]
+__all__ = ["Ring", "ring_aux", "shm_dir", "ring_path", "sweep_stale_rings"]
 
 _CTRL = 64  # bytes in front of the data: int64 "consumed" counter, own cache line
+_OFFSET_BITS = 32  # a header's aux field: the payload's offset, then its allocation number
+
+
+def ring_aux(offset: int, number: int) -> int:
+    """The header ``aux`` field announcing allocation ``number`` at ``offset`` of a ring."""
+    return offset | number << _OFFSET_BITS
+
+
+def split_aux(aux: int) -> tuple[int, int]:
+    """Inverse of :func:`ring_aux`: (offset, allocation number)."""
+    return aux & ((1 << _OFFSET_BITS) - 1), aux >> _OFFSET_BITS
 
 
 def shm_dir() -> str | None:
@@ -65,18 +82,20 @@ def sweep_stale_rings(directory: str) -> None:
 class Ring:
     """One direction of a pair: the sender allocates and copies in, the receiver copies out."""
 
-    def __init__(self, path: str, capacity: int, create: bool) -> None:
+    def __init__(self, path: str, capacity: int, create: bool, front: int = 0) -> None:
+        if capacity >= 1 << _OFFSET_BITS:
+            raise ValueError(f"ring capacity {capacity} does not fit a header's offset")
         self.path = path
         self.capacity = capacity
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         fd = os.open(path, flags, 0o600)
         try:
             if create:
-                os.ftruncate(fd, _CTRL + capacity)
+                os.ftruncate(fd, _CTRL + front + capacity)
             elif os.fstat(fd).st_uid != os.geteuid() or os.fstat(fd).st_mode & 0o077:
                 # created 0600 by the peer (same user): anything else is not its ring
                 raise PermissionError(f"ring file {path!r} is not private to this user")
-            self._mm = mmap.mmap(fd, _CTRL + capacity)
+            self._mm = mmap.mmap(fd, _CTRL + front + capacity)
         except BaseException:
             if create:  # nobody else knows the file yet: it must not stay in /dev/shm
                 with contextlib.suppress(OSError):
@@ -85,18 +104,22 @@ class Ring:
         finally:
             os.close(fd)
         self._ctrl = np.frombuffer(self._mm, np.int64, 1, 0)
-        self.data = memoryview(self._mm)[_CTRL:]
-        # sender: outstanding allocations, oldest first, and how many were freed
+        self.front = memoryview(self._mm)[_CTRL : _CTRL + front]
+        self.data = memoryview(self._mm)[_CTRL + front :]
+        # sender: outstanding allocations, oldest first, how many were freed and made
         self._out: deque[tuple[int, int]] = deque()
         self._freed = 0
-        # receiver: payloads are taken in order but may be released out of order (a borrowed
-        # view is released after the reduction that reads it); the sender may reuse the space
-        # of the released prefix only
+        self.allocated = 0
+        # receiver: payloads are released by allocation number, in any order (headers come
+        # on two channels, and a borrowed view is released after the reduction that reads
+        # it); ``_held[i]`` says whether allocation ``_base + i`` is released; the sender may
+        # reuse the space of the released prefix only
         self._held: deque[bool] = deque()
         self._base = 0
 
     def alloc(self, n: int) -> int | None:
-        """Sender: offset for ``n`` bytes, or None if the ring has no room now.
+        """Sender: offset for ``n`` bytes, or None if the ring has no room now. The
+        allocation's number is ``allocated - 1`` afterwards (see :func:`ring_aux`).
 
         When everything sent has been consumed the next payload goes to offset 0 again, so a
         ping-pong of payloads keeps reusing the same (cache-hot, already mapped) pages.
@@ -126,17 +149,29 @@ class Ring:
             else:
                 return None
         out.append((start, start + n))
+        self.allocated += 1
         return start
 
-    def take(self) -> int:
-        """Receiver: a token for the next payload (payloads are taken in arrival order)."""
-        self._held.append(False)
-        return self._base + len(self._held) - 1
-
-    def release(self, token: int) -> None:
-        """Receiver: the payload of ``token`` has been read; publish the released prefix."""
+    def payload(self, aux: int, n: int) -> tuple[memoryview, int] | None:
+        """Receiver: the ``n`` bytes a header's ``aux`` announces and their allocation
+        number (for :meth:`release`); None if they lie outside the ring or the allocation
+        was released already (a corrupt or forged header)."""
+        off, number = split_aux(aux)
+        i = number - self._base
         held = self._held
-        held[token - self._base] = True
+        if off + n > self.capacity or i < 0 or i > len(held) + (self.capacity >> 6):
+            return None
+        if i < len(held) and held[i]:
+            return None
+        return self.data[off : off + n], number
+
+    def release(self, number: int) -> None:
+        """Receiver: allocation ``number`` has been read; publish the released prefix."""
+        held = self._held
+        i = number - self._base
+        while len(held) <= i:
+            held.append(False)
+        held[i] = True
         if held[0]:
             while held and held[0]:
                 held.popleft()
@@ -151,5 +186,6 @@ class Ring:
     def close(self) -> None:
         """Unmap (the views must be gone first)."""
         self.data.release()
+        self.front.release()
         del self._ctrl
         self._mm.close()

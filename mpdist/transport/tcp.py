@@ -8,7 +8,10 @@ Data: non-blocking sockets driven by ``poll`` from the calling thread; headers a
 go out with ``sendmsg`` of memoryviews and come in with ``recv_into`` the destination
 buffer, so payloads are never copied in Python unless they arrive before their receive is
 posted (then they are stashed). Big payloads go through the shared-memory ring of the pair
-instead (``mpdist.transport.shm``). A socketpair wakes a blocked poll on ``abort()``.
+instead (``mpdist.transport.shm``), and collective messages to a peer on this host through
+the pair's mailbox (``mpdist.transport.mailbox``), with no system call; the TCP connection
+then carries only point-to-point messages, errors, wake-ups and what did not fit. A
+socketpair wakes a blocked poll on ``abort()``.
 """
 
 from __future__ import annotations
@@ -33,14 +36,18 @@ from mpdist.transport.header import (
     HEADER,
     HEADER_SIZE,
     HELLO_SHM,
+    KIND_COLL,
     KIND_ERROR,
+    KIND_WAKE,
     MAGIC,
     Header,
     HeaderFields,
 )
+from mpdist.transport.mailbox import BYTES as MAILBOX_BYTES
+from mpdist.transport.mailbox import INLINE_MAX, RECORD_HEAD, SUPPORTED, Mailbox, fence
 from mpdist.transport.mesh import connect_full_mesh, group_token
-from mpdist.transport.shm import Ring, ring_path, shm_dir, sweep_stale_rings
-from mpdist.transport.spin import Spin, default_spin_s
+from mpdist.transport.shm import Ring, ring_aux, ring_path, shm_dir, sweep_stale_rings
+from mpdist.transport.spin import Spin
 
 __all__ = ["TcpTransport"]
 
@@ -55,6 +62,9 @@ _TCP_CLOSE = 7  # tcpi_state of a connection that was reset (linux/tcp_states.h)
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 _POLLOUT = select.POLLOUT
 _POLLINOUT = _POLLIN | _POLLOUT
+# A rank asleep on its mailboxes looks at them at least this often, whatever the wake-ups do.
+_BOX_NAP_S = 0.005
+_WAKE = HEADER.pack(MAGIC, KIND_WAKE, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0)
 
 
 class _Outgoing:
@@ -88,6 +98,9 @@ class _Peer:
         "lowat",
         "tx_ring",
         "rx_ring",
+        "tx_box",
+        "rx_box",
+        "parked",
         "closed",
         "gone",
     )
@@ -108,6 +121,11 @@ class _Peer:
         self.lowat = 1  # current SO_RCVLOWAT of the socket
         self.tx_ring: Ring | None = None
         self.rx_ring: Ring | None = None
+        self.tx_box: Mailbox | None = None  # collective messages to the peer ...
+        self.rx_box: Mailbox | None = None  # ... and from it, on this host (mailbox)
+        # the collective of the first record in rx_box, while that collective is still to
+        # come (-1: none): the record waits there until it begins
+        self.parked = -1
         # closed: nothing more can be sent (a write failed, or lost); gone: nothing more
         # will be read either (EOF or a read error), so the peer is lost
         self.closed = False
@@ -132,19 +150,24 @@ class TcpTransport(Transport):
         *,
         rank_names: list[int] | None = None,
         shm: bool | None = None,
+        mailbox: bool | None = None,
     ) -> None:
         super().__init__(rank, size, timeout_s, rank_names)
-        self._spin = Spin(default_spin_s(size))
+        self._spin = Spin.for_group(size)
         self._peers: list[_Peer | None] = [None] * size
         # shared-memory rings for big payloads: on by default where /dev/shm exists
         # (env MPDIST_SHM=0 or shm=False turns them off)
         self._shm_dir = shm_dir() if size > 1 and shm is not False else None
+        # collective messages to peers with a ring go through its mailbox where the machine
+        # allows (transport.mailbox); mailbox=False keeps them on TCP
+        self._send_mail = SUPPORTED and mailbox is not False
         self._own_rings: dict[int, Ring] = {}  # rings we created, by destination
         # stash buffers are recycled: fresh big buffers cost page faults on every use
         self._pool: dict[int, list[np.ndarray]] = {}
         self._pool_bytes = 0
         self._peer_flags: dict[int, int] = {}
         self._by_fd: dict[int, _Peer] = {}
+        self._inboxes: list[tuple[_Peer, Mailbox]] = []  # every peer's mailbox to us
         self._poll = select.poll()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -218,7 +241,7 @@ class TcpTransport(Transport):
             for peer in range(self.size):
                 if peer != self.rank:
                     path = ring_path(self._shm_dir, os.getpid(), self._gid, peer, self.rank)
-                    self._own_rings[peer] = Ring(path, _SHM_CAP, create=True)
+                    self._own_rings[peer] = Ring(path, _SHM_CAP, create=True, front=MAILBOX_BYTES)
         except OSError:
             self._drop_own_rings()
             return 0
@@ -234,6 +257,8 @@ class TcpTransport(Transport):
             own = self._own_rings.get(peer)
             if own is not None and offered:
                 p.rx_ring = own
+                p.rx_box = Mailbox(own.front)
+                self._inboxes.append((p, p.rx_box))
             elif own is not None:
                 own.unlink()  # that peer will never write to it
                 with contextlib.suppress(BufferError):
@@ -243,11 +268,13 @@ class TcpTransport(Transport):
                 owner = self._peer_flags[peer] >> 1
                 path = ring_path(self._shm_dir, owner, self._gid, self.rank, peer)
                 try:
-                    tx = Ring(path, _SHM_CAP, create=False)
+                    tx = Ring(path, _SHM_CAP, create=False, front=MAILBOX_BYTES)
                 except OSError:
                     continue  # the peer is gone already: TCP it is
                 tx.unlink()  # both ends mapped: the file is no longer needed
                 p.tx_ring = tx
+                if self._send_mail:
+                    p.tx_box = Mailbox(tx.front)
 
     def _drop_own_rings(self) -> None:
         for ring in self._own_rings.values():
@@ -271,6 +298,15 @@ class TcpTransport(Transport):
                 f"rank {self._n(self.rank)} cannot send to rank {self._n(peer)} (itself or not in group)"
             )
         n = buf.nbytes
+        box = p.tx_box
+        if (
+            box is not None
+            and fields[1] == KIND_COLL
+            and not p.closed
+            and self._post_box(p, box, fields, buf)
+        ):
+            req.done = True
+            return
         ring = p.tx_ring
         if ring is not None and n >= _SHM_MIN and not p.closed:
             off = ring.alloc(n)
@@ -280,22 +316,9 @@ class TcpTransport(Transport):
                 # the header says so, and where
                 hdr = Header(*fields)
                 hdr.flags = FLAG_SHM
-                hdr.aux = off
-                hb = hdr.pack()
+                hdr.aux = ring_aux(off, ring.allocated - 1)
                 req.done = True
-                if p.txq:
-                    p.txq.append(_Outgoing([hb], SendReq(peer), False))
-                    return
-                try:
-                    sent = p.sock.send(hb)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError:
-                    self._stop_sending(p)
-                    return
-                if sent < HEADER_SIZE:
-                    p.txq.append(_Outgoing([hb[sent:]], SendReq(peer), sent > 0))
-                    self._want_write(p)
+                self._send_header(p, hdr.pack())
                 return
         hb = HEADER.pack(*fields)
         if p.closed:
@@ -316,6 +339,50 @@ class TcpTransport(Transport):
         bufs = [hb[sent:], buf] if sent < HEADER_SIZE else [buf[sent - HEADER_SIZE :]]
         p.txq.append(_Outgoing(bufs, req, sent > 0))
         self._want_write(p)
+
+    def _post_box(self, p: _Peer, box: Mailbox, fields: HeaderFields, buf: memoryview) -> bool:
+        """Put a collective message into the peer's mailbox (its payload inline, or in the
+        ring); False if there is no room now (then it goes on TCP)."""
+        off = box.slot()
+        if off is None:
+            return False
+        slots = box.slots
+        n = buf.nbytes
+        if n <= INLINE_MAX:
+            HEADER.pack_into(slots, off, *fields)
+            if n:
+                slots[off + RECORD_HEAD : off + RECORD_HEAD + n] = buf
+        else:
+            ring = p.tx_ring
+            at = ring.alloc(n) if ring is not None else None
+            if ring is None or at is None:
+                return False
+            ring.data[at : at + n] = buf
+            hdr = Header(*fields)
+            hdr.flags = FLAG_SHM
+            hdr.aux = ring_aux(at, ring.allocated - 1)
+            slots[off : off + HEADER_SIZE] = hdr.pack()
+        if box.publish():
+            self._send_header(p, _WAKE)  # the peer has stopped spinning: wake its poll
+        return True
+
+    def _send_header(self, p: _Peer, hb: bytes) -> None:
+        """Send a message that is a header only (its payload is in shared memory, or none)."""
+        if p.closed:
+            return
+        if p.txq:
+            p.txq.append(_Outgoing([hb], SendReq(p.rank), False))
+            return
+        try:
+            sent = p.sock.send(hb)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._stop_sending(p)
+            return
+        if sent < HEADER_SIZE:
+            p.txq.append(_Outgoing([hb[sent:]], SendReq(p.rank), sent > 0))
+            self._want_write(p)
 
     def _want_write(self, p: _Peer) -> None:
         try:
@@ -390,34 +457,13 @@ class TcpTransport(Transport):
                         f"rank {self._n(self.rank)}: corrupt message header from rank {self._n(p.rank)}"
                     )
                 plen = hdr.nbytes
-                req = None if hdr.kind == KIND_ERROR else self._on_header(p.rank, hdr)
+                kind = hdr.kind
+                if kind == KIND_WAKE:
+                    continue  # it has done its job: this poll has ended
+                req = None if kind == KIND_ERROR else self._on_header(p.rank, hdr)
                 if hdr.flags & FLAG_SHM:
-                    # the payload is waiting in our ring from that peer: copy out, free space
-                    ring = p.rx_ring
-                    off = hdr.aux
-                    if ring is None or off + plen > ring.capacity:
-                        self._lose(p)
-                        raise DistNetworkError(
-                            f"rank {self._n(self.rank)}: rank {self._n(p.rank)} sent a "
-                            f"shared-memory payload outside of the ring they agreed on"
-                        )
-                    token = ring.take()
-                    if req is not None and req.view is not None:
-                        # a borrowing receive: lend the ring's bytes, no copy
-                        req.view = ring.data[off : off + plen]
-                        req.lease = (ring, token)
-                        req.done = True
+                    if self._from_ring(p, hdr, req):
                         return  # let the waiter look; poll brings us back for more
-                    elif req is not None:
-                        req.buf[:] = ring.data[off : off + plen]
-                        ring.release(token)
-                        req.done = True
-                        return
-                    else:
-                        payload = self._stash_buf(plen).data
-                        payload[:] = ring.data[off : off + plen]
-                        ring.release(token)
-                        self._on_stashed(p.rank, hdr, payload)
                     continue
                 if req is not None:
                     if plen == 0:
@@ -463,8 +509,99 @@ class TcpTransport(Transport):
             assert rx_hdr is not None  # set with rx_mv when the payload began
             self._on_stashed(p.rank, rx_hdr, mv)
 
+    def _from_ring(self, p: _Peer, hdr: Header, req: RecvReq | None) -> bool:
+        """The payload ``hdr`` announces is waiting in our ring from ``p``: into the request
+        ``req`` (True: it is done) or the stash; its space is given back once read."""
+        ring = p.rx_ring
+        found = ring.payload(hdr.aux, hdr.nbytes) if ring is not None else None
+        if ring is None or found is None:
+            self._lose(p)
+            raise DistNetworkError(
+                f"rank {self._n(self.rank)}: rank {self._n(p.rank)} sent a "
+                f"shared-memory payload outside of the ring they agreed on"
+            )
+        data, number = found
+        if req is not None and req.view is not None:
+            # a borrowing receive: lend the ring's bytes, no copy
+            req.view = data
+            req.lease = (ring, number)
+            req.done = True
+            return True
+        if req is not None:
+            req.buf[:] = data
+            ring.release(number)
+            req.done = True
+            return True
+        payload = self._stash_buf(hdr.nbytes).data
+        payload[:] = data
+        ring.release(number)
+        self._on_stashed(p.rank, hdr, payload)
+        return False
+
+    def _read_boxes(self) -> bool:
+        """Take the records waiting in the peers' mailboxes to us; True if there was one.
+
+        A box is read up to the first record that completes a posted receive. A record of
+        a collective still to come (a peer that runs ahead) is left in the box until that
+        collective begins: its receive is posted by then and is filled straight from the
+        slot, with no stash and no copy (a rank's TCP socket holds such messages the same
+        way)."""
+        got = False
+        last = self._last_seq
+        for p, box in self._inboxes:
+            if p.parked > last:
+                continue
+            while box.pending():
+                slots = box.slots
+                off = box.next_offset()
+                hdr = Header(*HEADER.unpack_from(slots, off))
+                if hdr.magic != MAGIC or hdr.kind != KIND_COLL:
+                    self._lose(p)
+                    raise DistNetworkError(
+                        f"rank {self._n(self.rank)}: corrupt mailbox record from rank "
+                        f"{self._n(p.rank)}"
+                    )
+                if hdr.seq > last:
+                    p.parked = hdr.seq
+                    break
+                p.parked = -1
+                got = True
+                done = False
+                try:
+                    req = self._on_header(p.rank, hdr)
+                    n = hdr.nbytes
+                    if hdr.flags & FLAG_SHM:
+                        done = self._from_ring(p, hdr, req)
+                    elif n > INLINE_MAX:
+                        self._lose(p)
+                        raise DistNetworkError(
+                            f"rank {self._n(self.rank)}: rank {self._n(p.rank)} sent a "
+                            f"mailbox record of {n} bytes, more than a slot holds"
+                        )
+                    elif req is not None:
+                        if n:
+                            req.buf[:] = slots[off + RECORD_HEAD : off + RECORD_HEAD + n]
+                        req.done = done = True
+                    else:
+                        start = off + RECORD_HEAD
+                        self._on_stashed(p.rank, hdr, bytes(slots[start : start + n]))
+                finally:
+                    box.consumed()
+                if done:
+                    break
+        return got
+
+    def _any_mail(self) -> bool:
+        """Whether a mailbox holds a record :meth:`_read_boxes` would take."""
+        last = self._last_seq
+        # a loop, not any(<generator>): this runs on every turn of a spin
+        for p, box in self._inboxes:  # noqa: SIM110
+            if p.parked <= last and box.pending():
+                return True
+        return False
+
     def _give_back(self, lease: object) -> None:
-        assert isinstance(lease, tuple)  # (ring, token), lent by _read
+        assert isinstance(lease, tuple)  # (ring, allocation number), lent by _from_ring
         ring: Ring
         token: int
         ring, token = lease
@@ -513,21 +650,41 @@ class TcpTransport(Transport):
 
     # ------------------------------------------------------------------ progress
     def _progress(self, timeout_s: float) -> None:
+        inboxes = self._inboxes
+        if inboxes and self._read_boxes():
+            return  # the waiter looks first; TCP is read when it waits again
         # poll(0) first: given a timeout, the kernel sets up a wait on every socket even when
         # something is ready already (the common case), and that costs more than the second
         # call made when nothing is
         events = self._poll.poll(0)
         if not events and timeout_s > 0:
             spin = self._spin.budget()
+            mail = False
             if spin > 0:
                 # a peer usually answers within microseconds: poll without sleeping for a
                 # moment, since a sleep and wakeup costs more than that (transport.spin)
                 end = time.monotonic() + min(spin, timeout_s)
+                yields = self._spin.yields
                 while not events and time.monotonic() < end:
+                    if inboxes and self._any_mail():
+                        mail = True
+                        break
                     events = self._poll.poll(0)
-                self._spin.answered(bool(events))
-            if not events:
-                events = self._poll.poll(max(timeout_s * 1000.0, 0.0))
+                    if yields:
+                        os.sched_yield()
+                self._spin.answered(mail or bool(events))
+            if not mail and not events:
+                if inboxes:
+                    mail = self._nap(timeout_s)
+                else:
+                    events = self._poll.poll(max(timeout_s * 1000.0, 0.0))
+            if mail:
+                self._read_boxes()
+                return
+        self._handle(events)
+
+    def _handle(self, events: list[tuple[int, int]]) -> None:
+        """Act on what poll() reported: writes, reads, the abort wake-up."""
         by_fd = self._by_fd
         for fd, ev in events:
             if fd == self._wake_fd:
@@ -544,6 +701,22 @@ class TcpTransport(Transport):
             # is waiting there, and it must win over "lost its connection"
             if ev & _POLLIN and not p.gone:
                 self._read(p)
+
+    def _nap(self, timeout_s: float) -> bool:
+        """Block until TCP has something or a peer wakes us for mail (or a short nap has
+        passed); True if mail is waiting."""
+        for _, box in self._inboxes:
+            box.sleep(True)
+        fence()  # "asleep" is visible before we look at the heads one last time
+        try:
+            if self._any_mail():
+                return True
+            events = self._poll.poll(min(timeout_s, _BOX_NAP_S) * 1000.0)
+        finally:
+            for _, box in self._inboxes:
+                box.sleep(False)
+        self._handle(events)
+        return self._any_mail()
 
     def _peer_closed(self, peer: int) -> bool:
         p = self._peers[peer]
@@ -641,7 +814,12 @@ class TcpTransport(Transport):
         self._by_fd.clear()
         self._wake_r.close()
         self._wake_w.close()
+        self._inboxes = []
         for p in peers:
+            for box in (p.tx_box, p.rx_box):
+                if box is not None:
+                    box.release()
+            p.tx_box = p.rx_box = None
             if p.tx_ring is not None:
                 with contextlib.suppress(BufferError):
                     p.tx_ring.close()

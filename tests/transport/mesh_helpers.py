@@ -16,7 +16,7 @@ import pytest
 from mpdist.algorithms import Communicator
 from mpdist.transport import LocalTransport, TcpTransport
 
-KINDS = ["local", "tcp", "tcp-noshm"]
+KINDS = ["local", "tcp", "tcp-nobox", "tcp-noshm"]
 
 
 class DictStore:
@@ -68,7 +68,10 @@ def make_transport(
 ):
     if kind == "local":
         return LocalTransport(store, rank, size, timeout, rank_names=rank_names)
-    t = TcpTransport(store, rank, size, timeout, rank_names=rank_names, shm=kind == "tcp")
+    t = TcpTransport(
+        store, rank, size, timeout, rank_names=rank_names, shm=kind != "tcp-noshm",
+        mailbox=kind == "tcp",
+    )  # fmt: skip
     return t.connect()
 
 

@@ -1,5 +1,5 @@
-"""A waiting rank spins before it sleeps only while the host has a core for every local rank,
-and only while spins are answered in time."""
+"""A waiting rank spins before it sleeps (yielding the core when the host has fewer cores than
+local ranks), and only while spins are answered in time."""
 
 from __future__ import annotations
 
@@ -19,30 +19,32 @@ def cpus(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("cpus")
 def test_spins_while_every_local_rank_has_a_core() -> None:
-    assert spin.default_spin_s(2) == spin._DEFAULT_SPIN_S > 0
-    assert spin.default_spin_s(4) == spin._DEFAULT_SPIN_S
+    for size in (2, 4):
+        policy = Spin.for_group(size)
+        assert policy.limit_s == spin._DEFAULT_SPIN_S > 0 and not policy.yields
 
 
 @pytest.mark.usefixtures("cpus")
-def test_an_oversubscribed_host_sleeps_at_once() -> None:
-    # a spinning rank would hold the core its peer needs to answer
-    assert spin.default_spin_s(5) == 0.0
+def test_an_oversubscribed_host_spins_yielding_the_core() -> None:
+    # a plain spin would hold the core its peer needs to answer
+    policy = Spin.for_group(5)
+    assert policy.yields and policy.limit_s == spin._YIELDING_SPIN_S
 
 
 @pytest.mark.usefixtures("cpus")
 def test_the_local_world_size_counts_not_the_whole_job(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 16 ranks over 8 hosts
-    assert spin.default_spin_s(16) == spin._DEFAULT_SPIN_S
+    assert not Spin.for_group(16).yields
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    assert spin.default_spin_s(16) == 0.0
+    assert Spin.for_group(16).yields
 
 
 @pytest.mark.usefixtures("cpus")
 def test_mpdist_spin_us_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spin, "_SPIN_ENV", "7")
-    assert spin.default_spin_s(64) == pytest.approx(7e-6)
+    assert Spin.for_group(64).limit_s == pytest.approx(7e-6)
     monkeypatch.setattr(spin, "_SPIN_ENV", "0")
-    assert spin.default_spin_s(2) == 0.0
+    assert Spin.for_group(2).budget() == 0.0
 
 
 def test_answered_spins_keep_spinning() -> None:

@@ -15,7 +15,7 @@ from mpdist import _auth
 from mpdist.errors import DistBackendError, DistNetworkError
 from mpdist.transport import LocalTransport, TcpTransport
 from mpdist.transport.mesh import Claims, group_token
-from mpdist.transport.shm import Ring, sweep_stale_rings
+from mpdist.transport.shm import Ring, ring_aux, sweep_stale_rings
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -437,19 +437,22 @@ def test_shared_memory_ring_allocation(tmp_path) -> None:
         assert tx.alloc(256) == 256
         assert tx.alloc(256) is None  # 128 bytes left at the end, the start is in use
         tx.data[0:3] = b"abc"
-        assert bytes(rx.data[0:3]) == b"abc"
-        t0, t1 = rx.take(), rx.take()
-        rx.release(t1)  # out of order: nothing can be reused yet
+        found = rx.payload(ring_aux(0, 0), 3)
+        assert found is not None and bytes(found[0]) == b"abc" and found[1] == 0
+        found[0].release()
+        # released by allocation number, in any order; only the released prefix is reused
+        rx.release(1)
         assert tx.alloc(256) is None
-        rx.release(t0)  # now the first two
+        assert rx.payload(ring_aux(256, 1), 3) is None  # released already: a forged header
+        rx.release(0)  # now the first two
         assert tx.alloc(256) == 0  # empty: back to the start
         assert tx.alloc(256) == 256
-        t2, t3 = rx.take(), rx.take()
-        rx.release(t2)
+        rx.release(2)
         assert tx.alloc(256) == 0  # wraps around
         assert tx.alloc(1) is None  # [256, 512) and [0, 256) in use
-        rx.release(t3)
-        rx.release(rx.take())
+        rx.release(3)
+        rx.release(4)
+        assert rx.payload(ring_aux(600, 5), 64) is None  # past the end of the ring
         assert tx.alloc(640) == 0  # empty again: back to the start
         assert tx.alloc(641) is None
     finally:
