@@ -56,6 +56,8 @@ WATCH_POLL = 0.05
 DUMP_WAIT = 3.0
 # How long rank 0 leaves mpiexec to forward the report before MPI_Abort.
 FORWARD_WAIT = 1.0
+# How long the pytest session's reports of a hang (JUnit, summary) may take before the abort.
+FINISH_WAIT = 10.0
 # Exit status of the run when a hang ends it.
 HANG_EXIT = 3
 
@@ -122,6 +124,8 @@ class MpiSession:
         self.lock = threading.Lock()
         # the test running now, for the watchdog
         self.spec: Any = None
+        self.item: pytest.Item | None = None
+        self.started = 0.0
         self.deadline: float | None = None
         self.received: dict[int, _Payload] = {}
         self.timeout: float | None = None
@@ -143,11 +147,15 @@ class MpiSession:
 
     # -- one test, in every rank ------------------------------------------------------
 
-    def run(self, spec: Any, timeout: float | None, rerun: str) -> Outcome:
-        """Run ``spec`` (built alike in every rank) SPMD; the settled outcome, the same in every rank."""
+    def run(
+        self, spec: Any, timeout: float | None, rerun: str, item: pytest.Item | None = None
+    ) -> Outcome:
+        """Run ``spec`` (built alike in every rank) SPMD; the settled outcome, the same in
+        every rank. ``item``: the pytest item it is, for the reports of a hang."""
         from mpdist.testing import _worker
 
         self.seq += 1
+        self.item, self.started = item, time.monotonic()
         workdir = spec.workdir
         if self.rank == 0:
             self._send_all((self.seq, workdir, spec.funcargs), _FUNCARGS)
@@ -314,7 +322,9 @@ class MpiSession:
             if reply is not None:
                 res.dump, res.trace = reply.dump, reply.trace
                 res.stdout, res.stderr = res.stdout or reply.stdout, res.stderr or reply.stderr
-        self._write_hang(outcome)
+        self._write_hang(outcome, full=False)
+        if not self._finish_session(outcome):
+            self._write_hang(outcome, full=True)
         # mpiexec forwards the ranks' output through its proxies: give it time to pass the
         # report on before the abort kills everything.
         time.sleep(FORWARD_WAIT)
@@ -322,7 +332,9 @@ class MpiSession:
         shutil.rmtree(spec.workdir, ignore_errors=True)
         _mpi_startup.abort_job(HANG_EXIT)
 
-    def _write_hang(self, outcome: Outcome) -> None:
+    def _write_hang(self, outcome: Outcome, full: bool) -> None:
+        """The hang's title on the terminal; ``full``: its whole report too (when pytest's
+        own reports of the test could not be made)."""
         from _pytest.terminal import TerminalWriter
 
         from mpdist.testing._report import format_outcome
@@ -335,9 +347,61 @@ class MpiSession:
             tw.hasmarkup = bool(getattr(getattr(reporter, "_tw", None), "hasmarkup", False))
             tw.line()
             tw.sep("_", title, red=True)
-            tw.line(text)
-            tw.line(f"FAILED {outcome.test_id} - MultiProcessTimeout", red=True)
+            if full:
+                tw.line(text)
+                tw.line(f"FAILED {outcome.test_id} - MultiProcessTimeout", red=True)
             tw.flush()
+
+    def _finish_session(self, outcome: Outcome) -> bool:
+        """What pytest would do after the timed-out test and at the session's end, which
+        ``MPI_Abort`` cuts off: the test's reports (terminal, JUnit, cache: it failed) and
+        the session's finish (the JUnit file, the cache, the terminal's summary, with the
+        test's full report). Whether that was done, within ``FINISH_WAIT`` (a plugin's
+        hook must not keep the run from ending: it runs in a thread of its own)."""
+        item = self.item
+        if item is None:
+            return False
+        done: list[bool] = []
+
+        def finish() -> None:
+            try:
+                self._session_reports(item, outcome)
+                done.append(True)
+            except Exception as exc:
+                _to_stderr(f"mpdist --mpi: the session's reports after the hang failed: {exc!r}\n")
+
+        thread = threading.Thread(target=finish, name="mpdist-mpi-finish", daemon=True)
+        thread.start()
+        thread.join(FINISH_WAIT)
+        return bool(done)
+
+    def _session_reports(self, item: pytest.Item, outcome: Outcome) -> None:
+        # Rank 0's main thread is stuck in the test: nothing else runs pytest's hooks now.
+        from mpdist.testing import plugin
+        from mpdist.testing._report import raise_for
+
+        # fds 1 and 2 are the rank's output files while its test body runs: the terminal's
+        # writer (on fd 1) must reach the terminal again
+        os.dup2(self.terminal, 1)
+        item.stash[plugin._outcome_key] = outcome
+        ihook = item.ihook
+        for when, body in (("call", lambda: raise_for(outcome, self.rerun)), ("teardown", None)):
+            call = pytest.CallInfo.from_call(body or (lambda: None), when=when)  # type: ignore[arg-type]
+            report = ihook.pytest_runtest_makereport(item=item, call=call)
+            if when == "call":
+                report.duration = time.monotonic() - self.started  # the test's, to its deadline
+            ihook.pytest_runtest_logreport(report=report)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        session = item.session
+        left = len(session.items) - session.items.index(item) - 1 if item in session.items else 0
+        session.shouldstop = (
+            f"--mpi: {item.nodeid} timed out; the run ends here (MPI_Abort), "
+            f"{left} test{'s' * (left != 1)} not run"
+        )
+        self.config.hook.pytest_sessionfinish(
+            session=session, exitstatus=pytest.ExitCode.TESTS_FAILED
+        )
+        sys.stdout.flush()
 
     def close(self) -> None:
         """Stop the watchdog; drop the session's group."""
@@ -541,7 +605,7 @@ def run_function(item: pytest.Function) -> None:
     try:
         spec, timeout = plugin._function_spec(item, workdir)
         _check_size(spec.world_size, s.size)
-        outcome = s.run(spec, timeout, rerun_command(item.nodeid, s.size))
+        outcome = s.run(spec, timeout, rerun_command(item.nodeid, s.size), item)
         item.stash[plugin._outcome_key] = outcome
         raise_for(outcome, s.rerun)
     finally:
@@ -587,7 +651,7 @@ def run_case(item: Any) -> None:
             from mpdist.testing._job_secret import make_private_file
 
             make_private_file(spec.file_name)
-        outcome = s.run(spec, case._mpdist_deadline(), rerun_command(item.nodeid, s.size))
+        outcome = s.run(spec, case._mpdist_deadline(), rerun_command(item.nodeid, s.size), item)
         item.stash[plugin._outcome_key] = outcome
         raise_for(outcome, s.rerun)
     finally:

@@ -71,6 +71,10 @@ import numpy as np
 import pytest
 from mpdist import distributed as dist
 
+@pytest.mark.mpdist
+def test_before(rank):
+    pass
+
 @pytest.mark.mpdist(timeout=3)
 def test_rank_one_hangs(rank):
     if rank == 1:
@@ -78,6 +82,10 @@ def test_rank_one_hangs(rank):
         time.sleep(600)
     a = np.ones(2)
     dist.all_reduce(a)
+
+@pytest.mark.mpdist
+def test_never_reached(rank):
+    pass
 """
 
 
@@ -195,7 +203,9 @@ def test_all_passing_run_exits_zero(pytester: pytest.Pytester) -> None:
 def test_a_hang_ends_the_run_with_every_stack(pytester: pytest.Pytester, n: int) -> None:
     pytester.makepyfile(test_hang=HANG)
     # MPI_Abort kills the ranks before their clean-up: _run checks nothing stays behind
-    code, out = _run(n, str(pytester.path), "test_hang.py", timeout=60)
+    code, out = _run(
+        n, str(pytester.path), "test_hang.py", "--junitxml=out.xml", timeout=60, cache=True
+    )
     assert code != 0, out
     assert "test_hang.py::test_rank_one_hangs timed out: the run ends (MPI_Abort)" in out, out
     assert f"timed out after 3 s (world size {n})" in out, out
@@ -205,7 +215,26 @@ def test_a_hang_ends_the_run_with_every_stack(pytester: pytest.Pytester, n: int)
     assert out.count("in test_rank_one_hangs") >= n, out
     assert "last collective entered: all_reduce" in out, out
     assert "rank 1 goes to sleep" in out, out
-    assert "FAILED test_hang.py::test_rank_one_hangs - MultiProcessTimeout" in out, out
+    # what pytest does after a test and at the end, before the abort: the report of the
+    # test (once), the summary, the JUnit file, the cache
+    assert out.count("--- rank 0 stack dump ---") == 1, out
+    assert "FAILED test_hang.py::test_rank_one_hangs - " in out, out
+    assert "the run ends here (MPI_Abort), 1 test not run" in out, out
+    assert re.search(r"=+ 1 failed, 1 passed in [\d.]+s", out), out
+    suite = ElementTree.parse(pytester.path / "out.xml").getroot().find("testsuite")
+    assert suite is not None
+    assert (suite.get("tests"), suite.get("failures")) == ("2", "1"), out
+    hung = next(c for c in suite.iter("testcase") if c.get("name") == "test_rank_one_hangs")
+    failure = hung.find("failure")
+    assert failure is not None and f"timed out after 3 s (world size {n})" in (
+        failure.get("message") or ""
+    )
+    assert "--- rank 1 stack dump ---" in (failure.text or "")
+    assert float(hung.get("time") or 0) >= 3.0
+    props = {p.get("name"): p.get("value") for p in hung.iter("property")}
+    assert props["mpdist_timed_out"] == "yes", props
+    last_failed = json.loads((pytester.path / ".pytest_cache/v/cache/lastfailed").read_text())
+    assert list(last_failed) == ["test_hang.py::test_rank_one_hangs"]
 
 
 def test_only_rank_zero_writes_junit_xml_and_the_cache(pytester: pytest.Pytester) -> None:
