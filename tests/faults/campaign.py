@@ -74,7 +74,9 @@ def plan(seed: int, world_size: int, fault: str, n_ops: int = 12) -> Case:
     return Case(seed, world_size, fault, culprit, rng.randrange(n_ops), ops)
 
 
-def _inject(fault: str) -> None:
+def inject(fault: str) -> int:
+    """Break this rank as ``fault`` says; returns (if it returns at all) how many TCP
+    connections ``close_sockets`` shut (0: nothing was connected, no fault happened)."""
     if fault == "raise":
         raise RuntimeError("injected fault: this rank raises")
     if fault == "sys_exit_0":
@@ -90,14 +92,18 @@ def _inject(fault: str) -> None:
     if fault == "close_sockets":
         # Every TCP connection of this process goes down (as if its network went away);
         # the process itself carries on, and finds out at its next collective.
+        shut = 0
         for conn in psutil.Process().net_connections(kind="tcp"):
             s = socket.socket(fileno=conn.fd)
             try:
                 s.shutdown(socket.SHUT_RDWR)
+                shut += 1
             except OSError:
                 pass
             finally:
                 s.detach()
+        return shut
+    return 0
 
 
 def _value(i: int, rank: int, size: int) -> np.ndarray:
@@ -109,7 +115,7 @@ def _check(what: str, got: object, want: object) -> None:
         raise AssertionError(f"wrong value from {what}: got {got!r}, want {want!r}")
 
 
-def _run_op(i: int, op: Op, rank: int, members: list[int], group: object) -> None:
+def run_op(i: int, op: Op, rank: int, members: list[int], group: object) -> None:
     g = group if op.sub else None
     me = members.index(rank)
     n = len(members)
@@ -187,10 +193,10 @@ def run_plan(
     done = 0
     for i, op in enumerate(case.ops):
         if rank == case.culprit and i == case.at:
-            _inject(case.fault)
+            inject(case.fault)
         ranks = members if op.sub else list(range(world_size))
         if rank in ranks:
-            _run_op(i, op, rank, ranks, group)
+            run_op(i, op, rank, ranks, group)
             done += 1
     dist.barrier()  # every rank needs the culprit at the end
     return done
