@@ -8,6 +8,7 @@ import numpy as np
 
 from mpdist import distributed as dist
 from mpdist.fsdp import FullStateDictConfig, StateDictConfig
+from mpdist.fsdp._tp import dp_tp_spec
 from mpdist.nn import Module
 
 WRAPPED = "_fsdp_wrapped_module."
@@ -73,7 +74,8 @@ def full_state_dict(root: Module, config: StateDictConfig) -> dict[str, Any]:
 
 def sharded_state_dict(root: Module) -> dict[str, Any]:
     """Every parameter as a DTensor placed ``Shard(0)`` over the unit's ranks; a
-    tensor-parallel parameter as its TP DTensor (not cut further over the dp ranks)."""
+    tensor-parallel parameter's TP piece cut so too, a DTensor on the (dp, tp) mesh
+    (``_tp.dp_tp_spec``: ``_StridedShard`` inside a TP ``Shard(0)``)."""
     from mpdist.device_mesh import DeviceMesh
     from mpdist.tensor import DTensor, Shard
 
@@ -91,19 +93,17 @@ def sharded_state_dict(root: Module) -> dict[str, Any]:
         full = _gathered(u)
         for e in h.entries:
             whole = full[e.offset : e.offset + e.numel].reshape(e.shape)
-            if e.dtensor is not None:
-                # A tensor-parallel parameter is its TP DTensor, whole on every dp rank:
-                # TP Shard(0) with dp Shard(0) inside it has no placement of its own
-                # (torch's _StridedShard), and the TP piece is what loading needs.
-                tp_mesh, placements, gshape = e.dtensor
-                out[prefix + e.fqn] = DTensor.from_local(
-                    whole.copy(), tp_mesh, placements, shape=gshape, stride=_stride(gshape)
-                )
-                continue
             if not e.shape:
                 raise NotImplementedError("SHARDED_STATE_DICT of a 0-d parameter")
             size = -(-e.shape[0] // h.world)  # torch.chunk's pieces: the last may be short
             mine = whole[h.rank * size : (h.rank + 1) * size].copy()
+            if e.dtensor is not None:  # the TP piece (e.shape) cut over dp
+                tp_mesh, placements, gshape = e.dtensor
+                spec = dp_tp_spec(mesh, tp_mesh, placements, gshape)
+                out[prefix + e.fqn] = DTensor.from_local(
+                    mine, spec.mesh, spec.placements, shape=gshape, stride=_stride(gshape)
+                )
+                continue
             out[prefix + e.fqn] = DTensor.from_local(
                 mine, mesh, [Shard(0)], shape=e.shape, stride=_stride(e.shape)
             )
@@ -120,6 +120,7 @@ def _stride(shape: tuple[int, ...]) -> tuple[int, ...]:
 def load_into(root: Module, state_dict: dict[str, Any], strict: bool) -> Any:
     """Write full arrays or DTensors (gathered whole) into the shards and the buffers."""
     from mpdist.nn.module import IncompatibleKeys
+    from mpdist.tensor import Replicate
 
     expected: set[str] = set()
     for prefix, u in _units(root):
@@ -136,6 +137,9 @@ def load_into(root: Module, state_dict: dict[str, Any], strict: bool) -> Any:
             if hasattr(v, "full_tensor") and e.dtensor is None:
                 v = v.full_tensor()
             elif hasattr(v, "to_local"):
+                if v.device_mesh.ndim > 1:  # cut over dp too (a sharded state dict): join
+                    whole_dp = [Replicate()] * (v.device_mesh.ndim - 1) + [v.placements[-1]]
+                    v = v.redistribute(v.device_mesh, whole_dp)
                 v = v.to_local()
             arr = np.asarray(v.data if hasattr(v, "data") else v)
             if arr.size != e.numel:

@@ -17,6 +17,7 @@ from mpdist.nn import Linear
 from mpdist.nn import functional as F
 from mpdist.tensor import DTensor, Replicate, Shard
 from mpdist.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from mpdist.tensor.placement_types import _StridedShard
 from mpdist.testing import spawn_threads
 
 PLAN = {"0": ColwiseParallel(), "2": RowwiseParallel()}  # layer "4" stays a plain Linear
@@ -85,10 +86,11 @@ def _sharded_state_dict(rank: int, ws: int) -> tuple[int, dict, dict, dict]:
 def test_sharded_state_dict_of_tp_parameters_round_trips() -> None:
     want = mlp().state_dict()
     for dp, placed, values, again in spawn_threads(_sharded_state_dict, 4):
-        # TP parameters: their TP DTensor, whole over the dp ranks; the rest: Shard(0) over dp
-        assert placed["0.weight"] == ((Shard(0),), (12, 6))
-        assert placed["2.weight"] == ((Shard(1),), (24, 12))
-        assert placed["2.bias"] == ((Replicate(),), (24,))
+        # TP parameters: their TP piece cut over dp on the (dp, tp) mesh (as fully_shard
+        # places them); the rest: Shard(0) over dp
+        assert placed["0.weight"] == ((_StridedShard(0, 2), Shard(0)), (6, 6))
+        assert placed["2.weight"] == ((Shard(0), Shard(1)), (12, 12))
+        assert placed["2.bias"] == ((Shard(0), Replicate()), (12,))
         assert placed["4.weight"] == ((Shard(0),), ((2, 1)[dp], 24))  # 3 rows over 2
         assert_matches(values, want, 0)
         assert_matches(again, {k: v + 1.0 for k, v in want.items()}, 0)
