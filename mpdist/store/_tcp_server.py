@@ -12,10 +12,9 @@ claimed length), answers no command, and drops, without an answer and counted in
 too many mid-handshake.
 
 Out of file descriptors (EMFILE/ENFILE), ``accept`` fails at once while the listener stays
-readable: polling it would spin. The server then stops polling the listener for a while
-(doubling, up to half a second, while accepts keep failing), leaving the connection in the
-kernel's backlog until a descriptor frees up; its other clients are served meanwhile. Any
-accept error that is not one client's (a listener shut down under it too) is treated alike.
+readable: polling it would spin. The listener then rests (``mpdist._accept``): the
+connection waits in the kernel's backlog until a descriptor frees up, and the other clients
+are served meanwhile.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import socket
 import threading
 import time
 
-from mpdist import _auth
+from mpdist import _accept, _auth
 from mpdist.errors import DistNetworkError
 from mpdist.store import _protocol as proto
 from mpdist.store._protocol import Op, ProtocolError, Status
@@ -39,28 +38,6 @@ __all__ = ["Server"]
 
 _RECV_CHUNK = 1 << 20
 _MAX_SELECT_S = 60.0
-# Out of descriptors: how long the listener rests after a failed accept, first and at most.
-_ACCEPT_REST_S = 0.01
-_ACCEPT_REST_MAX_S = 0.5
-# accept errors that concern one client, whose connection the failed accept used up
-# (accept(2): treat them as EAGAIN, and try the next); any other (out of descriptors or
-# memory, a listener that no longer listens) repeats at once while the listener is readable.
-_ONE_CLIENT = frozenset(
-    getattr(errno, name)
-    for name in (
-        "ECONNABORTED",
-        "EPROTO",
-        "EPERM",
-        "ENETDOWN",
-        "ENOPROTOOPT",
-        "EHOSTDOWN",
-        "ENONET",
-        "EHOSTUNREACH",
-        "EOPNOTSUPP",
-        "ENETUNREACH",
-    )
-    if hasattr(errno, name)
-)
 
 
 class _Waiter:
@@ -135,10 +112,7 @@ class Server:
             # Mid-handshake connections, oldest first (their deadlines in the same order).
             self.pending: dict[_Conn, None] = {}
             self.stopping = False
-            # While out of descriptors: when the listener is polled again (0.0: it is),
-            # and the rest the next failed accept earns.
-            self.accept_resume = 0.0
-            self.accept_rest = _ACCEPT_REST_S
+            self.rest = _accept.ListenerRest()  # out of descriptors: not polled a while
             self.thread = threading.Thread(
                 target=self._run, name=f"mpdist-tcpstore-server:{self.port}", daemon=True
             )
@@ -179,8 +153,9 @@ class Server:
                 if self.pending:
                     first = next(iter(self.pending)).auth_deadline
                     timeout = min(timeout, max(0.0, first - time.monotonic()))
-                if self.accept_resume:
-                    timeout = min(timeout, max(0.0, self.accept_resume - time.monotonic()))
+                rest = self.rest.left(time.monotonic())
+                if rest is not None:
+                    timeout = min(timeout, rest)
                 for key, mask in self.sel.select(timeout):
                     sock = key.fileobj
                     if sock is self.listener:
@@ -204,8 +179,8 @@ class Server:
                             # (and every other client) down with it.
                             self._drop(conn)
                 self._expire()
-                if self.accept_resume and time.monotonic() >= self.accept_resume:
-                    self.accept_resume = 0.0
+                if self.rest.left(time.monotonic()) == 0.0:
+                    self.rest.end()
                     self.sel.register(self.listener, selectors.EVENT_READ, None)
         finally:
             self._cleanup()
@@ -217,11 +192,13 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                if e.errno in _ONE_CLIENT:
+                if _accept.one_client(e):
                     continue
-                self._rest_listener()
+                # would fail again at once while the listener polls readable: rest it
+                self.sel.unregister(self.listener)
+                self.rest.start()
                 return
-            self.accept_rest = _ACCEPT_REST_S
+            self.rest.accepted()
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Conn(sock, None if self.key is None else _auth.Responder(self.key))
@@ -232,13 +209,6 @@ class Server:
                 self.pending[conn] = None
                 if len(self.pending) > _auth.MAX_PENDING:  # a flood: the oldest goes
                     self._refuse(next(iter(self.pending)))
-
-    def _rest_listener(self) -> None:
-        """Accept failed and would fail again at once (out of descriptors): stop polling the
-        listener, which stays readable, for a while."""
-        self.sel.unregister(self.listener)
-        self.accept_resume = time.monotonic() + self.accept_rest
-        self.accept_rest = min(2 * self.accept_rest, _ACCEPT_REST_MAX_S)
 
     def _refuse(self, conn: _Conn) -> None:
         """Drop a connection that failed the handshake, without an answer; count it."""

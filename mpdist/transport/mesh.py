@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from mpdist import _auth
+from mpdist import _accept, _auth
 from mpdist.errors import DistNetworkError
 
 __all__ = ["Claims", "Link", "group_token", "connect_full_mesh", "initiate"]
@@ -207,6 +207,7 @@ def connect_full_mesh(
             poll.register(sock.fileno(), select.POLLIN)
             fds[sock.fileno()] = sock
         need_accept = size - 1 - rank
+        rest = _accept.ListenerRest()  # out of descriptors: the listener is not polled a while
         while need_accept or waiting_ack:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -216,7 +217,14 @@ def connect_full_mesh(
                     f"TCP mesh; no connection from rank(s) {missing}"
                 )
             check_abort()
-            for fd, _ev in poll.poll(remaining * 1000):
+            wait_s = remaining
+            resting = rest.left(time.monotonic())
+            if resting == 0.0:  # the rest is over: poll the listener again
+                rest.end()
+                poll.register(listener.fileno(), select.POLLIN)
+            elif resting is not None:
+                wait_s = min(wait_s, resting)
+            for fd, _ev in poll.poll(wait_s * 1000):
                 if fd not in fds:  # closed earlier in this round (a refused stranger)
                     continue
                 sock = fds[fd]
@@ -228,8 +236,14 @@ def connect_full_mesh(
                 if sock is listener:
                     try:
                         conn, _ = listener.accept()
-                    except OSError:  # nothing to accept after all, or out of descriptors
+                    except BlockingIOError:  # nothing to accept after all
                         continue
+                    except OSError as e:
+                        if not _accept.one_client(e):  # it would fail again at once: rest
+                            poll.unregister(listener.fileno())
+                            rest.start()
+                        continue
+                    rest.accepted()
                     conn.setblocking(False)
                     pending[conn] = _Pending(_auth.Responder(key, ours, _CLAIMS_SIZE))
                     poll.register(conn.fileno(), select.POLLIN)
