@@ -493,14 +493,18 @@ def communicator_size() -> int:
 
 
 def only_rank_zero_writes(config: pytest.Config) -> None:
-    """Before ``pytest_configure``: ranks other than 0 write no JUnit XML and nothing into
-    pytest's cache. Every rank runs the same session with the same outcomes, so each
-    would write the same files at once (one JUnit file, rewritten N times)."""
+    """Before ``pytest_configure``: ranks other than 0 write no JUnit XML, nothing into
+    pytest's cache or Hypothesis's example database, and not in ``--basetemp``. Every
+    rank runs the same session with the same outcomes, so each would write the same
+    files at once (one JUnit file, rewritten N times; ``--basetemp`` emptied by every
+    rank at its start, while rank 0's tests, whose ``tmp_path`` all ranks share, use it)."""
     if _world().Get_rank() == 0:
         return
     config.option.xmlpath = None  # junitxml's pytest_configure then makes no LogXML
     config.option.cacheclear = False  # rank 0 clears it
+    config.option.basetemp = None  # a numbered directory of its own, as without the option
     config.pluginmanager.register(_CacheReader(), "mpdist-mpi-cache-reader")
+    config.pluginmanager.register(_HypothesisReader(), "mpdist-mpi-hypothesis-reader")
 
 
 class _CacheReader:
@@ -513,6 +517,45 @@ class _CacheReader:
         cache = getattr(config, "cache", None)  # no attribute under -p no:cacheprovider
         if cache is not None:
             config.cache = cast(Any, _ReadOnlyCache(cache))
+
+
+class _HypothesisReader:
+    """Gives a rank other than 0 a Hypothesis example database that reads and never
+    writes: the settings profile in force, its database wrapped in ``ReadOnlyDatabase``.
+    Reading keeps the examples a test replays the same in every rank (an SPMD test's
+    ranks must draw alike). Loaded when the session starts (after the conftests, which
+    may load a profile of their own; before the test modules, whose ``@settings`` take
+    the profile in force as their parent), and again before the first test if a module
+    loaded another profile. Hypothesis is imported for it only where installed."""
+
+    profile = "mpdist-mpi-read-only"
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionstart(self) -> None:
+        import importlib.util
+
+        if "hypothesis" in sys.modules or importlib.util.find_spec("hypothesis") is not None:
+            self.apply()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self) -> None:
+        if "hypothesis" in sys.modules:
+            self.apply()
+
+    def apply(self) -> None:
+        from hypothesis import settings
+        from hypothesis.database import ReadOnlyDatabase
+
+        current = settings.get_current_profile_name()
+        if current == self.profile:
+            return
+        database = settings.default.database if settings.default is not None else None
+        if database is None or isinstance(database, ReadOnlyDatabase):
+            return
+        settings.register_profile(
+            self.profile, settings.get_profile(current), database=ReadOnlyDatabase(database)
+        )
+        settings.load_profile(self.profile)
 
 
 class _ReadOnlyCache:

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 from xml.etree import ElementTree
 
 import psutil
@@ -360,3 +361,63 @@ def test_a_rank_stuck_in_collection_ends_the_run(pytester: pytest.Pytester) -> N
     code, out = _run(2, str(pytester.path), "--mp-timeout=3", timeout=60)
     assert code != 0, out
     assert "rank 1 did not finish collecting within 3 s of rank 0" in out, out
+
+
+# -- what only rank 0 writes: Hypothesis's example database, --basetemp ---------------
+
+HYPOTHESIS_TESTS = """
+import os
+import pytest
+from hypothesis import given, settings, strategies as st
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 100))
+def test_decorated(x):
+    assert x < 50
+
+@given(st.integers(0, 100))
+def test_plain(x):
+    assert x < 50
+
+@pytest.mark.mpdist
+def test_spmd(rank, tmp_path):
+    assert tmp_path.exists()
+
+def test_where(tmp_path_factory):
+    with open(f"basetemp-{os.environ['PMI_RANK']}", "w") as f:
+        f.write(str(tmp_path_factory.getbasetemp()))
+"""
+
+# Each rank's database in a place of its own (named by rank), so that a rank that writes
+# shows: the default database (under Hypothesis's storage directory), or a profile's.
+HYPOTHESIS_CONFTESTS = {
+    "default": "import os\n"
+    "os.environ['HYPOTHESIS_STORAGE_DIRECTORY'] = 'hyp-' + os.environ['PMI_RANK']\n",
+    "a profile": "import os\n"
+    "from hypothesis import settings\n"
+    "from hypothesis.database import DirectoryBasedExampleDatabase\n"
+    "db = DirectoryBasedExampleDatabase('hyp-' + os.environ['PMI_RANK'] + '/examples')\n"
+    "settings.register_profile('mine', database=db, max_examples=30)\n"
+    "settings.load_profile('mine')\n",
+}
+
+
+@pytest.mark.parametrize("database", list(HYPOTHESIS_CONFTESTS))
+def test_only_rank_zero_writes_the_hypothesis_database_and_basetemp(
+    pytester: pytest.Pytester, database: str
+) -> None:
+    pytest.importorskip("hypothesis")
+    pytester.makeconftest(HYPOTHESIS_CONFTESTS[database])
+    pytester.makepyfile(test_hyp=HYPOTHESIS_TESTS)
+    code, out = _run(2, str(pytester.path), "--basetemp=bt", "test_hyp.py")
+    assert code == 1, out
+    assert "2 failed, 2 passed" in out, out
+
+    def saved(rank: int) -> list[Path]:
+        examples = pytester.path / f"hyp-{rank}" / "examples"
+        return [p for p in examples.rglob("*") if p.is_file()] if examples.exists() else []
+
+    assert saved(0), out  # the failing examples, saved by rank 0
+    assert not saved(1), [str(p) for p in saved(1)]
+    assert (pytester.path / "basetemp-0").read_text() == str(pytester.path / "bt")
+    assert (pytester.path / "basetemp-1").read_text() != str(pytester.path / "bt")
