@@ -407,7 +407,7 @@ class MultiThreadedTestCase(ArrayAssertions, unittest.TestCase):
         return run_in_threads
 
 
-def _run_threads(
+def run_threads(
     ranks: ThreadRanks, timeout: float | None, name: str, test_name: str | None = None
 ) -> list[Any]:
     """Start ``ranks``, wait for them, raise for a failure or skip; the threads' values."""
@@ -450,7 +450,7 @@ def spawn_threads(
         group_timeout=group_timeout,
         torch_world=torch_world,
     )
-    return _run_threads(ranks, timeout, getattr(fn, "__qualname__", repr(fn)))
+    return run_threads(ranks, timeout, getattr(fn, "__qualname__", repr(fn)))
 
 
 def spawn_threads_and_init_comms(
@@ -487,7 +487,7 @@ def spawn_threads_and_init_comms(
         seed = getattr(self, "seed", 1234)
         ranks = ThreadRanks(world_size, body, seed=seed, torch_world=uses_torch(type(self)))
         name = self.id() if isinstance(self, unittest.TestCase) else method.__qualname__
-        _run_threads(ranks, timeout, name, method.__name__)
+        run_threads(ranks, timeout, name, method.__name__)
 
     wrapper._mpdist_spawns_threads = True  # type: ignore[attr-defined]
     return wrapper

@@ -201,7 +201,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         'mpdist(world_size=None, backend="tcp", timeout=None): run this test function in '
-        "every rank with the default process group initialized; fixtures rank and world_size",
+        "every rank with the default process group initialized; fixtures rank and world_size; "
+        'backend="threaded": the ranks are threads of the pytest process',
     )
     _config.push(_settings(config))
     config.stash[_thread_vars_key] = _set_thread_vars()
@@ -470,12 +471,8 @@ def rank() -> int:
     return -1
 
 
-def _function_spec(item: pytest.Function, workdir: str) -> tuple[TaskSpec, float | None]:
-    import pickle
-
-    from mpdist.testing._worker import TaskSpec
-    from mpdist.testing.multiprocess import module_path
-
+def _marker_world_size(item: pytest.Function) -> tuple[pytest.Mark, int]:
+    """The ``mpdist`` marker of ``item``, checked, and the world size its test runs at."""
     marker = item.get_closest_marker("mpdist")
     assert marker is not None
     unknown = set(marker.kwargs) - {"world_size", "backend", "timeout"}
@@ -488,6 +485,36 @@ def _function_spec(item: pytest.Function, workdir: str) -> tuple[TaskSpec, float
     if not isinstance(world_size, int):
         world_size = marker.kwargs.get("world_size") or _config.default_world_size()
     _config.check_capacity(int(world_size))
+    return marker, int(world_size)
+
+
+def _run_in_threads(item: pytest.Function) -> None:
+    """``backend="threaded"``: the ranks are threads of this process, as the threaded
+    backend needs (one process per rank would give each its own world of one)."""
+    from mpdist.testing.multithreaded import ThreadRanks, run_threads
+
+    marker, world_size = _marker_world_size(item)
+    kwargs = {name: item.funcargs[name] for name in _pytest_internals.requested_fixtures(item)}
+
+    def body(rank: int) -> Any:
+        mine = dict(kwargs)
+        if "rank" in mine:
+            mine["rank"] = rank
+        if "world_size" in mine:
+            mine["world_size"] = world_size
+        return item.obj(**mine)
+
+    ranks = ThreadRanks(world_size, body, seed=1234)
+    run_threads(ranks, marker.kwargs.get("timeout"), item.nodeid, item.originalname)
+
+
+def _function_spec(item: pytest.Function, workdir: str) -> tuple[TaskSpec, float | None]:
+    import pickle
+
+    from mpdist.testing._worker import TaskSpec
+    from mpdist.testing.multiprocess import module_path
+
+    marker, world_size = _marker_world_size(item)
     argnames = _pytest_internals.requested_fixtures(item)
     kwargs: dict[str, Any] = {}
     for name in argnames:
@@ -530,8 +557,12 @@ def _function_spec(item: pytest.Function, workdir: str) -> tuple[TaskSpec, float
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    if pyfuncitem.get_closest_marker("mpdist") is None:
+    marker = pyfuncitem.get_closest_marker("mpdist")
+    if marker is None:
         return None
+    if marker.kwargs.get("backend") == "threaded":
+        _run_in_threads(pyfuncitem)
+        return True
     if _config.current().mpi:
         from mpdist.testing import _mpi_mode
 

@@ -195,6 +195,45 @@ def test_unpicklable_fixture_is_a_clear_error(pytester: pytest.Pytester) -> None
     )
 
 
+def test_the_threaded_backend_runs_the_ranks_as_threads(pytester: pytest.Pytester) -> None:
+    # One process per rank would give each rank a threaded world of its own: the
+    # collective would wait for peers that can never come.
+    pytester.makepyfile(
+        test_thr=CASE
+        + textwrap.dedent(
+            """
+            import os
+            import threading
+
+            PID = os.getpid()
+
+            @pytest.mark.mpdist(world_size=3, backend="threaded", timeout=20)
+            def test_sum(rank, world_size, tmp_path):
+                assert os.getpid() == PID and threading.current_thread().name.startswith("mpdist")
+                a = np.array([rank + 1.0])
+                dist.all_reduce(a)
+                assert world_size == 3 and a[0] == 6.0
+                (tmp_path / f"rank{rank}").write_text("ran")  # one tmp_path for the ranks
+                SHARED.append(tmp_path)
+
+            SHARED = []
+
+            def test_every_rank_ran_once():
+                assert len(SHARED) == 3 and len(set(SHARED)) == 1
+                assert sorted(p.name for p in SHARED[0].iterdir()) == ["rank0", "rank1", "rank2"]
+
+            @pytest.mark.mpdist(world_size=2, backend="threaded", timeout=20)
+            def test_fails_in_rank_one(rank):
+                dist.barrier()
+                assert rank != 1
+            """
+        )
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*rank 1: AssertionError: assert 1 != 1*"])
+
+
 def test_spawn_start_method_and_importlib_mode(pytester: pytest.Pytester) -> None:
     # A test module in a sub-directory, imported by pytest's importlib mode (not on sys.path).
     pytester.mkpydir("pkg")
