@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mpdist.autograd._tensor import Tensor, _make
+from mpdist.autograd._tensor import Tensor, _make, overridden
 from mpdist.autograd._tensor_base import TensorBase, _raw
 from mpdist.autograd.device import check_device
 from mpdist.autograd.dtypes import default_complex_dtype, get_default_dtype
@@ -347,6 +347,10 @@ def randperm(
 
 def stack(tensors: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
     """Join same-shape tensors along a new axis."""
+    if (
+        result := overridden("stack", (tensors,), {"axis": axis, "dim": dim})
+    ) is not NotImplemented:
+        return result
     axis = axis if dim is None else dim
     ts = [t if isinstance(t, Tensor) else Tensor(_raw(t)) for t in tensors]
     out = np.stack([t.data for t in ts], axis=axis)
@@ -360,6 +364,8 @@ def stack(tensors: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> T
 
 def cat(tensors: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
     """Join tensors along an existing axis."""
+    if (result := overridden("cat", (tensors,), {"axis": axis, "dim": dim})) is not NotImplemented:
+        return result
     axis = axis if dim is None else dim
     ts = [t if isinstance(t, Tensor) else Tensor(_raw(t)) for t in tensors]
     out = np.concatenate([t.data for t in ts], axis=axis)

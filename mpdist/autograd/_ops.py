@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mpdist.autograd._tensor import Axis, Tensor, _make, _unbroadcast
+from mpdist.autograd._tensor import Axis, Tensor, _make, _unbroadcast, overridden
 from mpdist.autograd._tensor_base import _raw
 
 
@@ -159,6 +159,8 @@ def where(condition: Any, input: Any = None, other: Any = None) -> Any:
     else ``other`` (tensors or scalars, broadcast together); recorded, each side's gradient
     is the incoming gradient where it was picked. ``where(condition)`` alone is the tuple of
     index tensors of the true elements, like ``nonzero(as_tuple=True)``."""
+    if (result := overridden("where", (condition, input, other), {})) is not NotImplemented:
+        return result
     cond = np.asarray(_raw(condition))
     if input is None and other is None:
         return tuple(Tensor(i.astype(np.int64)) for i in np.nonzero(cond))

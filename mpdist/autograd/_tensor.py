@@ -36,6 +36,21 @@ def _unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return g.reshape(shape)
 
 
+def overridden(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """What a Tensor subclass among ``args`` (or inside a list or tuple of them) makes of the
+    torch-level function ``name``, through its class's ``__tensor_function__(name, args,
+    kwargs)``; ``NotImplemented`` when none has one. Functions that compute on ``.data``
+    directly ask first: a DTensor's data is one rank's piece, and computing on it as if it
+    were the whole would be a silently wrong value."""
+    for a in args:
+        for t in a if isinstance(a, (list, tuple)) else (a,):
+            if isinstance(t, Tensor) and type(t) is not Tensor:
+                hook = getattr(type(t), "__tensor_function__", None)
+                if hook is not None:
+                    return hook(name, tuple(args), kwargs)
+    return NotImplemented
+
+
 def _make(
     data: Any,
     inputs: Sequence[Tensor],
@@ -687,6 +702,8 @@ _UFUNC_OPS.update(
 
 def matmul(a: Any, b: Any) -> Tensor:
     """Matrix product with numpy's rules (1-D operands, batch broadcasting)."""
+    if (result := overridden("matmul", (a, b), {})) is not NotImplemented:
+        return result
     a = a if isinstance(a, Tensor) else Tensor(_raw(a))
     b = b if isinstance(b, Tensor) else Tensor(_raw(b))
     A, B = a.data, b.data

@@ -571,6 +571,13 @@ class DTensor(Tensor):
         """An ``autograd.Function`` applied to DTensors (``F.linear``, ``F.softmax``, ...)."""
         return run_op(fn.__name__, *args, **kwargs)
 
+    @classmethod
+    def __tensor_function__(cls, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A torch-level function given DTensors (``autograd.matmul``, ``cat``, ``where``,
+        ...): its sharding rule, or a NotImplementedError naming it (never the function
+        computed on this rank's piece as if it were the whole)."""
+        return run_op(name, *args, **{k: v for k, v in kwargs.items() if v is not None})
+
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         raise TypeError(
             f"numpy.{ufunc.__name__} on a DTensor: use the Tensor operators, or .to_local() / "

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from dtensor_helpers import arr, check_sharded, leaf, mesh
 
-from mpdist import nn
+from mpdist import autograd, nn
 from mpdist.autograd import Tensor
 from mpdist.nn import functional as F
 from mpdist.optim import SGD
@@ -102,6 +102,9 @@ def test_matmul_and_linear_rules(world_size) -> None:
         for (px, pw), po in expect.items():
             out = check_sharded(lambda u, v: u @ v, [x, w.T.copy()], m, [[px], [pw]])
             assert out.placements == (po,)
+            # torch-level autograd.matmul takes the same rule (not the pieces' product)
+            out = check_sharded(autograd.matmul, [x, w.T.copy()], m, [[px], [pw]])
+            assert out.placements == (po,)
         linear = {  # (x, weight, bias) -> output: column-wise, row-wise, data parallel
             (R, S0, S0): S1,
             (R, S0, R): S1,
@@ -185,6 +188,13 @@ def test_ops_without_a_rule_name_the_op_and_placements() -> None:
             np.add(np.ones((4, 6)), x)
         with pytest.raises(RuntimeError, match="in-place operands must be placed alike"):
             x.add_(distribute_tensor(arr(12, 4, 6), m, [R]))
+        # torch-level functions that would compute on this rank's piece as if it were whole
+        with pytest.raises(NotImplementedError, match=r"cat \(placements: \(Shard\(dim=0\),\)"):
+            autograd.cat([x, x])
+        with pytest.raises(NotImplementedError, match="no sharding rule for stack"):
+            autograd.stack([x, Tensor(arr(1, 4, 6))], dim=1)
+        with pytest.raises(NotImplementedError, match="no sharding rule for where"):
+            autograd.where(Tensor(np.ones((4, 6), bool)), x, 0.0)
         return True
 
     _run(body, 2)
