@@ -23,8 +23,11 @@ peer would sit there until the watchdog ends the whole run. A test marked
 
 A hang never hangs the run: a watchdog thread in every rank answers rank 0's requests
 for stack dumps, and rank 0's watchdog, at the test's deadline, asks every rank for its
-stacks and output, writes the report (every rank's record or dump) to the terminal and
-calls ``MPI_Abort``. The watchdog and the records use their own duplicates of
+stacks and output, makes pytest's own reports of the test (every rank's record or dump)
+and of the session's end (summary, ``--junitxml``, cache), which the abort would cut
+off, and calls ``MPI_Abort``. A rank that calls
+``os._exit`` (which mpiexec would answer by killing every rank at once, silently) ends the
+run the same way, named. The watchdog and the records use their own duplicates of
 ``COMM_WORLD`` (never the tests'), polled, not waited on: MPICH spins in a blocking call.
 """
 
@@ -41,7 +44,7 @@ import threading
 import time
 import unittest
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import pytest
 
@@ -61,7 +64,7 @@ FINISH_WAIT = 10.0
 # Exit status of the run when a hang ends it.
 HANG_EXIT = 3
 
-_RECORD, _OUTCOME, _FUNCARGS, _DUMP_REQ, _DUMP = range(1, 6)
+_RECORD, _OUTCOME, _FUNCARGS, _DUMP_REQ, _DUMP, _EXITED = range(1, 7)
 
 
 @dataclass
@@ -72,6 +75,27 @@ class _Payload:
     record: RankRecord
     stdout: str
     stderr: str
+
+
+@dataclass
+class _Exited:
+    """A rank that called ``os._exit`` after the start-up meeting, telling rank 0."""
+
+    rank: int
+    status: int
+    stack: str
+    test_id: str | None  # the multi-rank test it was in, if any
+    nodeid: str | None  # the pytest test it was in, if any
+
+    @property
+    def what(self) -> str:
+        return f"rank {self.rank} called os._exit({self.status})"
+
+    @property
+    def where(self) -> str:
+        if self.nodeid is None:
+            return "outside the tests"
+        return f"in {self.nodeid}" + ("" if self.test_id else " (not a multi-rank test)")
 
 
 @dataclass
@@ -124,7 +148,10 @@ class MpiSession:
         self.lock = threading.Lock()
         # the test running now, for the watchdog
         self.spec: Any = None
-        self.item: pytest.Item | None = None
+        self.item: pytest.Item | None = None  # the multi-rank test running now
+        self.pytest_session: pytest.Session | None = None
+        self.nodeid: str | None = None  # the pytest test running now
+        self.ending = False
         self.started = 0.0
         self.deadline: float | None = None
         self.received: dict[int, _Payload] = {}
@@ -138,12 +165,30 @@ class MpiSession:
             self.terminal = os.dup(1)
         self.thread: threading.Thread | None = None
 
-    def begin(self) -> None:
+    def begin(self, session: pytest.Session) -> None:
         """After the start-up meeting: the session's own communicators and the watchdog."""
+        self.pytest_session = session
         self.ctl = self.MPI.COMM_WORLD.Dup()
         self.wd = self.MPI.COMM_WORLD.Dup()
         self.thread = threading.Thread(target=self._watch, name="mpdist-mpi-watchdog", daemon=True)
         self.thread.start()
+        _mpi_startup.set_exit_handler(self._exiting)
+
+    def _exiting(self, status: int, stack: str) -> None:
+        """``os._exit`` in this rank (its main process) after the meeting: mpiexec would kill
+        every rank the moment it ends, silently (the run's status then this one's, 0
+        perhaps). Rank 0 ends the run instead, with this rank named, then the abort
+        comes; this rank waits for it, its watchdog answering for its stacks."""
+        spec = self.spec
+        test_id = None if spec is None else spec.test_id
+        exited = _Exited(self.rank, status, stack, test_id, self.nodeid)
+        if self.rank == 0:
+            self._end(exited)
+        req = self.wd.isend(exited, dest=0, tag=_EXITED)
+        end = time.monotonic() + DUMP_WAIT + FINISH_WAIT + FORWARD_WAIT + 10.0
+        while time.monotonic() < end:
+            time.sleep(POLL)
+        req.Cancel()  # rank 0 never ended the run: the exit goes on, and mpiexec ends it
 
     # -- one test, in every rank ------------------------------------------------------
 
@@ -206,7 +251,7 @@ class MpiSession:
             with self.lock:
                 self.deadline = None
         with self.lock:
-            self.spec = None
+            self.spec = self.item = None
         shutil.rmtree(workdir, ignore_errors=True)
         return outcome
 
@@ -272,10 +317,12 @@ class MpiSession:
                     seq = self.wd.recv(source=0, tag=_DUMP_REQ)
                     self.wd.send(self._own_dump(seq), dest=0, tag=_DUMP)
                 if self.rank == 0:
+                    if self.wd.Iprobe(source=self.MPI.ANY_SOURCE, tag=_EXITED):
+                        self._end(self.wd.recv(source=self.MPI.ANY_SOURCE, tag=_EXITED))
                     with self.lock:
                         late = self.deadline is not None and time.monotonic() > self.deadline
                     if late:
-                        self._hang()
+                        self._end(None)
             except Exception as exc:  # the watchdog must not die quietly
                 _to_stderr(f"mpdist --mpi watchdog, rank {self.rank}: {exc!r}\n")
 
@@ -292,9 +339,39 @@ class MpiSession:
             out, err = _read(spec.out_path(self.rank)), _read(spec.err_path(self.rank))
         return _DumpReply(seq, self.rank, dump, collective_trace(), out, err)
 
-    def _hang(self) -> None:
-        """Rank 0, past the deadline: collect every rank's stacks, report, ``MPI_Abort``."""
+    def _end(self, exited: _Exited | None) -> NoReturn:
+        """Rank 0 ends the run: at a test's deadline (``exited`` None) or because a rank
+        called ``os._exit``. Every rank's stacks, the report (pytest's, as far as it goes),
+        ``MPI_Abort``. Once: a second caller waits for the abort."""
+        with self.lock:
+            ending, self.ending = self.ending, True
+        if ending:
+            while True:
+                time.sleep(1.0)
         spec = self.spec
+        if spec is not None and (exited is None or exited.test_id == spec.test_id):
+            outcome = self._ended_outcome(spec, self._dumps(), exited)
+            self._write_hang(outcome, full=False, exited=exited)
+            if not self._finish_session(outcome, exited):
+                self._write_hang(outcome, full=True, exited=exited)
+        else:  # outside the multi-rank tests: no test to report, the session still ends
+            assert exited is not None
+            self.item = None
+            _to_terminal(
+                self.terminal,
+                f"\n{exited.what} {exited.where}: the run ends (MPI_Abort)\n{exited.stack}",
+            )
+            self._finish_session(None, exited)
+        # mpiexec forwards the ranks' output through its proxies: give it time to pass the
+        # report on before the abort kills everything.
+        time.sleep(FORWARD_WAIT)
+        # the abort ends every rank before its usual clean-up: remove what would outlive it
+        if spec is not None:
+            shutil.rmtree(spec.workdir, ignore_errors=True)
+        _mpi_startup.abort_job(HANG_EXIT)
+
+    def _dumps(self) -> dict[int, _DumpReply]:
+        """Every rank's stacks, trace and output now (those that answer in ``DUMP_WAIT``)."""
         seq = self.seq
         for r in range(1, self.size):
             self.wd.isend(seq, dest=r, tag=_DUMP_REQ)
@@ -307,6 +384,13 @@ class MpiSession:
                 dumps[reply.rank] = reply
             else:
                 time.sleep(POLL)
+        return dumps
+
+    def _ended_outcome(
+        self, spec: Any, dumps: dict[int, _DumpReply], exited: _Exited | None
+    ) -> Outcome:
+        """The outcome of the test the run ends in: the records that came, the rest from
+        their dumps (still running at the timeout; or killed after the rank that exited)."""
         with contextlib.suppress(Exception):
             self._drain_records()
         with self.lock:
@@ -314,33 +398,32 @@ class MpiSession:
         outcome = settle(
             spec.test_id, self.size, [got.get(r) for r in range(self.size)], self.timeout
         )
-        outcome.timed_out = True
+        outcome.timed_out = exited is None
         for res in outcome.results:
             reply = dumps.get(res.rank)
-            if res.rank not in got:
-                res.status = "timeout"
+            if exited is not None and res.rank == exited.rank:
+                res.status, res.exitcode = "lost", exited.status
+                res.message = f"called os._exit({exited.status}) in the test"
+                res.traceback = exited.stack
+            elif res.rank not in got:
+                res.status = "timeout" if exited is None else "killed"
             if reply is not None:
                 res.dump, res.trace = reply.dump, reply.trace
                 res.stdout, res.stderr = res.stdout or reply.stdout, res.stderr or reply.stderr
-        self._write_hang(outcome, full=False)
-        if not self._finish_session(outcome):
-            self._write_hang(outcome, full=True)
-        # mpiexec forwards the ranks' output through its proxies: give it time to pass the
-        # report on before the abort kills everything.
-        time.sleep(FORWARD_WAIT)
-        # the abort ends every rank before its usual clean-up: remove what would outlive it
-        shutil.rmtree(spec.workdir, ignore_errors=True)
-        _mpi_startup.abort_job(HANG_EXIT)
+        if exited is not None:
+            outcome.first_failure = exited.rank
+        return outcome
 
-    def _write_hang(self, outcome: Outcome, full: bool) -> None:
-        """The hang's title on the terminal; ``full``: its whole report too (when pytest's
-        own reports of the test could not be made)."""
+    def _write_hang(self, outcome: Outcome, full: bool, exited: _Exited | None = None) -> None:
+        """The title of the test the run ends in, on the terminal; ``full``: its whole
+        report too (when pytest's own reports of the test could not be made)."""
         from _pytest.terminal import TerminalWriter
 
         from mpdist.testing._report import format_outcome
 
         text = format_outcome(outcome, include_output=True, rerun=self.rerun)
-        title = f"{outcome.test_id} timed out: the run ends (MPI_Abort)"
+        why = "timed out" if exited is None else exited.what
+        title = f"{outcome.test_id} {why}: the run ends (MPI_Abort)"
         with open(self.terminal, "w", closefd=False) as f:
             tw = TerminalWriter(f)
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -349,55 +432,66 @@ class MpiSession:
             tw.sep("_", title, red=True)
             if full:
                 tw.line(text)
-                tw.line(f"FAILED {outcome.test_id} - MultiProcessTimeout", red=True)
+                kind = "MultiProcessTimeout" if exited is None else "MultiProcessFailure"
+                tw.line(f"FAILED {outcome.test_id} - {kind}", red=True)
             tw.flush()
 
-    def _finish_session(self, outcome: Outcome) -> bool:
-        """What pytest would do after the timed-out test and at the session's end, which
-        ``MPI_Abort`` cuts off: the test's reports (terminal, JUnit, cache: it failed) and
-        the session's finish (the JUnit file, the cache, the terminal's summary, with the
-        test's full report). Whether that was done, within ``FINISH_WAIT`` (a plugin's
-        hook must not keep the run from ending: it runs in a thread of its own)."""
-        item = self.item
-        if item is None:
-            return False
+    def _finish_session(self, outcome: Outcome | None, exited: _Exited | None = None) -> bool:
+        """What pytest would do after the test the run ends in and at the session's end,
+        which ``MPI_Abort`` cuts off: the test's reports (terminal, JUnit, cache: it
+        failed) and the session's finish (the JUnit file, the cache, the terminal's
+        summary, with the test's full report). Whether that was done, within
+        ``FINISH_WAIT`` (a plugin's hook must not keep the run from ending: it runs in a
+        thread of its own). Rank 0's main thread is stuck (in the test, or in
+        ``os._exit``): nothing else runs pytest's hooks now."""
         done: list[bool] = []
 
         def finish() -> None:
             try:
-                self._session_reports(item, outcome)
+                self._session_reports(outcome, exited)
                 done.append(True)
             except Exception as exc:
-                _to_stderr(f"mpdist --mpi: the session's reports after the hang failed: {exc!r}\n")
+                _to_stderr(f"mpdist --mpi: the session's reports at its end failed: {exc!r}\n")
 
         thread = threading.Thread(target=finish, name="mpdist-mpi-finish", daemon=True)
         thread.start()
         thread.join(FINISH_WAIT)
         return bool(done)
 
-    def _session_reports(self, item: pytest.Item, outcome: Outcome) -> None:
-        # Rank 0's main thread is stuck in the test: nothing else runs pytest's hooks now.
+    def _session_reports(self, outcome: Outcome | None, exited: _Exited | None) -> None:
         from mpdist.testing import plugin
         from mpdist.testing._report import raise_for
 
+        session, item = self.pytest_session, self.item
+        if session is None:
+            raise RuntimeError("no pytest session")
         # fds 1 and 2 are the rank's output files while its test body runs: the terminal's
         # writer (on fd 1) must reach the terminal again
         os.dup2(self.terminal, 1)
-        item.stash[plugin._outcome_key] = outcome
-        ihook = item.ihook
-        for when, body in (("call", lambda: raise_for(outcome, self.rerun)), ("teardown", None)):
-            call = pytest.CallInfo.from_call(body or (lambda: None), when=when)  # type: ignore[arg-type]
-            report = ihook.pytest_runtest_makereport(item=item, call=call)
-            if when == "call":
-                report.duration = time.monotonic() - self.started  # the test's, to its deadline
-            ihook.pytest_runtest_logreport(report=report)
-        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-        session = item.session
-        left = len(session.items) - session.items.index(item) - 1 if item in session.items else 0
-        session.shouldstop = (
-            f"--mpi: {item.nodeid} timed out; the run ends here (MPI_Abort), "
-            f"{left} test{'s' * (left != 1)} not run"
-        )
+        stop = ""
+        if exited is not None:
+            stop = f"--mpi: {exited.what} {exited.where}; the run ends here (MPI_Abort)"
+        if item is not None and outcome is not None:
+            item.stash[plugin._outcome_key] = outcome
+            ihook = item.ihook
+            for when, body in (
+                ("call", lambda: raise_for(outcome, self.rerun)),
+                ("teardown", None),
+            ):
+                call = pytest.CallInfo.from_call(body or (lambda: None), when=when)  # type: ignore[arg-type]
+                report = ihook.pytest_runtest_makereport(item=item, call=call)
+                if when == "call":
+                    report.duration = time.monotonic() - self.started  # to its end
+                ihook.pytest_runtest_logreport(report=report)
+            ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+            items = session.items
+            left = len(items) - items.index(item) - 1 if item in items else 0
+            why = "timed out" if exited is None else f"ends: {exited.what}"
+            stop = (
+                f"--mpi: {item.nodeid} {why}; the run ends here (MPI_Abort), "
+                f"{left} test{'s' * (left != 1)} not run"
+            )
+        session.shouldstop = stop
         self.config.hook.pytest_sessionfinish(
             session=session, exitstatus=pytest.ExitCode.TESTS_FAILED
         )
@@ -420,6 +514,11 @@ class MpiSession:
 def _wait(req: Any) -> None:
     while not req.Test():
         time.sleep(POLL)
+
+
+def _to_terminal(fd: int, text: str) -> None:
+    with open(fd, "w", closefd=False) as f:
+        f.write(text)
 
 
 def _to_stderr(text: str) -> None:
@@ -598,7 +697,11 @@ class _StartupHooks:
         problem = _mpi_startup.meet([item.nodeid for item in session.items], write)
         if problem:
             raise session.Interrupted(problem)
-        s.begin()
+        s.begin(session)
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        if _session is not None:
+            _session.nodeid = nodeid  # for a rank that calls os._exit, to say where
 
     def pytest_sessionfinish(self, exitstatus: int) -> None:
         _mpi_startup.record_exitstatus(exitstatus)

@@ -14,7 +14,8 @@ import (before pytest is configured), the interpreter's exit, and ``os._exit``. 
 one matters most: MPICH's ``mpiexec`` kills every rank (SIGKILL) the moment one ends
 without ``MPI_Finalize``, so rank 0 could never report it afterwards, and the job would
 end silently with that rank's exit status (0 for ``os._exit(0)``). Under ``--mpi``,
-``os._exit`` in a rank's own process first reports and finalizes MPI. A rank that dies
+``os._exit`` in a rank's own process first reports and finalizes MPI (after the meeting,
+the session's handler takes over: rank 0 ends the run naming the rank). A rank that dies
 of a signal still ends the job at once, through ``mpiexec`` (whose message names its
 pid and signal).
 

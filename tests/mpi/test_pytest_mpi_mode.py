@@ -421,3 +421,61 @@ def test_only_rank_zero_writes_the_hypothesis_database_and_basetemp(
     assert not saved(1), [str(p) for p in saved(1)]
     assert (pytester.path / "basetemp-0").read_text() == str(pytester.path / "bt")
     assert (pytester.path / "basetemp-1").read_text() != str(pytester.path / "bt")
+
+
+# -- a rank that calls os._exit once the tests run: mpiexec would end the job silently ----
+
+EXITS = """
+import os
+import numpy as np
+import pytest
+from mpdist import distributed as dist
+
+@pytest.mark.mpdist
+def test_first(rank):
+    pass
+
+def test_plain():
+    if os.environ["PMI_RANK"] == "PLAIN":
+        os._exit(0)
+
+@pytest.mark.mpdist
+def test_exits(rank):
+    print(f"rank {rank} is here")
+    if rank == SPMD:
+        os._exit(0)
+    a = np.ones(2)
+    dist.all_reduce(a)
+
+@pytest.mark.mpdist
+def test_never_reached(rank):
+    pass
+"""
+
+
+@pytest.mark.parametrize("who", [0, 1])
+def test_os_exit_in_a_test_ends_the_run_with_its_report(
+    pytester: pytest.Pytester, who: int
+) -> None:
+    pytester.makepyfile(test_exits=EXITS.replace("PLAIN", "none").replace("SPMD", str(who)))
+    code, out = _run(2, str(pytester.path), "--junitxml=out.xml", "test_exits.py", timeout=60)
+    assert code != 0, out
+    assert f"test_exits.py::test_exits rank {who} called os._exit(0): the run ends" in out, out
+    assert f"FAILED test_exits.py::test_exits - rank {who}: called os._exit(0) in the test" in out
+    assert f"test_exits failed in rank {who} (world size 2)" in out, out
+    assert 'File "' in out and "os._exit(0)" in out, out  # where it was called
+    assert f"rank {1 - who}: killed after rank {who} failed" in out, out
+    assert "rank 0 is here" in out and "rank 1 is here" in out, out
+    assert "the run ends here (MPI_Abort), 1 test not run" in out, out
+    assert re.search(r"=+ 1 failed, 2 passed in [\d.]+s", out), out
+    suite = ElementTree.parse(pytester.path / "out.xml").getroot().find("testsuite")
+    assert suite is not None and (suite.get("tests"), suite.get("failures")) == ("3", "1")
+
+
+def test_os_exit_outside_a_multi_rank_test_ends_the_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_exits=EXITS.replace("PLAIN", "1").replace("SPMD", "-1"))
+    code, out = _run(2, str(pytester.path), "test_exits.py", timeout=60)
+    assert code != 0, out
+    where = "rank 1 called os._exit(0) in test_exits.py::test_plain (not a multi-rank test)"
+    assert f"{where}: the run ends (MPI_Abort)" in out, out
+    assert f"! --mpi: {where}; the run ends here (MPI_Abort) !" in out, out
