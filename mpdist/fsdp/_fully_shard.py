@@ -420,7 +420,9 @@ def fully_shard(
     ``Shard(0)`` DTensors over ``mesh`` (default: a 1-D mesh over the world; a 2-D mesh is
     HSDP: shard on the last dimension, replicate on the first) and make the module one unit
     of communication: all-gathered before its forward, gradients reduce-scattered after its
-    backward. Returns ``module``, whose class is now ``FSDP<Class>``."""
+    backward. A tensor-parallel parameter (a DTensor on ``mesh``'s sibling ``tp`` mesh) has
+    its TP piece cut so, a DTensor on the (dp, tp) mesh (``_tp``). Returns ``module``, whose
+    class is now ``FSDP<Class>``."""
     if not isinstance(module, Module):
         raise ValueError(f"fully_shard expects an mpdist.nn.Module, got {type(module).__name__}")
     if _state(module) is not None:
