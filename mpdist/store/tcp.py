@@ -19,7 +19,7 @@ import weakref
 from datetime import timedelta
 
 from mpdist import _auth, aborts
-from mpdist.errors import DistStoreError
+from mpdist.errors import DistNetworkError, DistStoreError
 from mpdist.store import _protocol as proto
 from mpdist.store._protocol import Op, Status
 from mpdist.store._tcp_client import Client
@@ -209,7 +209,14 @@ class TCPStore(Store):
             reply_timeout = connect_timeout
         else:
             reply_timeout = None if wait is None else float(wait) + _GRACE_S
-        status, f = self._client.call(op, fields, reply_timeout, connect_timeout)
+        try:
+            status, f = self._client.call(op, fields, reply_timeout, connect_timeout)
+        except DistNetworkError as e:
+            if self._server is None:
+                raise
+            # The server runs in this process: losing it is this process's own failure (its
+            # sockets or its server thread went), not a lost peer's; every client loses it.
+            raise DistStoreError(f"{e} (the server runs in this process)") from None
         if status == Status.ERROR:
             raise DistStoreError(f[0].decode(errors="replace") if f else "TCPStore server error")
         return status, f
