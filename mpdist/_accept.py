@@ -6,7 +6,8 @@ up: try the next one. Any other failure (out of descriptors, EMFILE / ENFILE, or
 listener shut down under its owner) repeats at once while the listener still polls readable,
 so a loop that polls it again spins a core. Such a listener rests: its owner stops polling it
 for :class:`ListenerRest`'s delay (10 ms, doubling to 0.5 s while accepts keep failing), and
-the connection waits in the kernel's backlog until a descriptor frees up.
+the connection waits in the kernel's backlog until a descriptor frees up. A listener that no
+longer listens (:func:`listener_gone`) will never accept again: an owner that needs it fails.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import errno
 import time
 
-__all__ = ["ListenerRest", "one_client"]
+__all__ = ["ListenerRest", "listener_gone", "one_client"]
 
 _ONE_CLIENT = frozenset(
     getattr(errno, name)
@@ -32,6 +33,8 @@ _ONE_CLIENT = frozenset(
     )
     if hasattr(errno, name)
 )
+# accept errors that say the listener itself no longer listens (shut down, closed)
+_GONE = frozenset({errno.EINVAL, errno.EBADF, errno.ENOTSOCK})
 _FIRST_REST_S = 0.01
 _MAX_REST_S = 0.5
 
@@ -39,6 +42,11 @@ _MAX_REST_S = 0.5
 def one_client(error: OSError) -> bool:
     """Whether a failed accept concerned one client only (its connection is used up)."""
     return error.errno in _ONE_CLIENT
+
+
+def listener_gone(error: OSError) -> bool:
+    """Whether a failed accept says the listener no longer listens: no rest will help."""
+    return error.errno in _GONE
 
 
 class ListenerRest:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from mpdist import _accept, _auth
-from mpdist.errors import DistNetworkError
+from mpdist.errors import DistBackendError, DistNetworkError
 
 __all__ = ["Claims", "Link", "group_token", "connect_full_mesh", "initiate"]
 
@@ -149,6 +149,9 @@ def connect_full_mesh(
             f"during the handshake{why}"
         )
 
+    def missing_ranks() -> list[int]:
+        return [name(p) for p in range(size) if p != rank and p not in links]
+
     def forget(sock: socket.socket) -> None:
         poll.unregister(sock.fileno())
         del fds[sock.fileno()]
@@ -211,10 +214,9 @@ def connect_full_mesh(
         while need_accept or waiting_ack:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                missing = [name(p) for p in range(size) if p != rank and p not in links]
                 raise DistNetworkError(
                     f"rank {name(rank)}: timed out after {timeout_s:g} s connecting the "
-                    f"TCP mesh; no connection from rank(s) {missing}"
+                    f"TCP mesh; no connection from rank(s) {missing_ranks()}"
                 )
             check_abort()
             wait_s = remaining
@@ -239,6 +241,13 @@ def connect_full_mesh(
                     except BlockingIOError:  # nothing to accept after all
                         continue
                     except OSError as e:
+                        if _accept.listener_gone(e):
+                            # our own listener broke (shut down under us): this rank's
+                            # failure, not a lost peer's; the peers still to come cannot
+                            raise DistBackendError(
+                                f"rank {name(rank)}: the listener of its TCP mesh stopped "
+                                f"listening while ranks {missing_ranks()} had yet to connect: {e}"
+                            ) from e
                         if not _accept.one_client(e):  # it would fail again at once: rest
                             poll.unregister(listener.fileno())
                             rest.start()
