@@ -22,6 +22,8 @@ class _BatchNorm(Module):
     ``running_mean``/``running_var``/``num_batches_tracked`` (torch's names), the momentum
     rule and train/eval behaviour. Subclasses say which input ranks they take."""
 
+    _version = 2  # version 2 added num_batches_tracked
+
     def __init__(
         self,
         num_features: int,
@@ -59,6 +61,27 @@ class _BatchNorm(Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
         self.reset_parameters()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # A state dict saved before version 2 (or with no version) has no num_batches_tracked:
+        # keep the current count rather than call the key missing, as torch does.
+        key = prefix + "num_batches_tracked"
+        version = local_metadata.get("version")
+        old = version is None or version < 2
+        if old and self.track_running_stats and key not in state_dict:
+            state_dict[key] = self.num_batches_tracked
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, no batches tracked."""

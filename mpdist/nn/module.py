@@ -7,8 +7,9 @@ buckets depend on this). ``state_dict`` keys are dotted paths such as ``fc1.weig
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -16,20 +17,76 @@ import numpy as np
 from mpdist.autograd import RemovableHandle, Tensor
 from mpdist.autograd._tensor import zero_grads
 from mpdist.autograd.device import parse_to
+from mpdist.autograd.grad_mode import no_grad
 from mpdist.nn.parameter import Parameter
+
+# The key suffix of a module's ``get_extra_state()`` in a state dict (torch's).
+_EXTRA_STATE = "_extra_state"
 
 
 class IncompatibleKeys(NamedTuple):
-    """What ``load_state_dict(strict=False)`` could not match."""
+    """The keys ``load_state_dict`` could not match: the module's keys the state dict
+    lacks, and the state dict's keys the module lacks."""
 
     missing_keys: list[str]
     unexpected_keys: list[str]
+
+
+class _IncompatibleKeys(IncompatibleKeys):
+    """What ``load_state_dict`` returns: ``IncompatibleKeys`` whose repr says when every
+    key matched, as torch's does."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return super().__repr__()
+
+    __str__ = __repr__
+
+
+def _quoted(keys: list[str]) -> str:
+    return ", ".join(f'"{k}"' for k in keys)
+
+
+def _size(shape: Any) -> str:
+    # torch's error texts print shapes as torch.Size; ported tests match those texts.
+    return f"torch.Size({list(shape)})"
+
+
+def _is_tensor_like(value: Any) -> bool:
+    """An mpdist Tensor, or an array-like with a shape (a torch tensor, a numpy scalar)."""
+    return isinstance(value, Tensor) or (hasattr(value, "__array__") and hasattr(value, "shape"))
+
+
+def _array(value: Any) -> Any:
+    """What ``copy_`` takes from a state-dict value: an mpdist Tensor (a DTensor stays one,
+    placed) or ndarray as it is; anything else (a torch tensor) as an ndarray."""
+    if isinstance(value, (Tensor, np.ndarray)):
+        return value
+    detach = getattr(value, "detach", None)
+    return np.asarray(detach() if callable(detach) else value)
+
+
+def _assigned(target: Tensor, value: Any) -> Tensor:
+    """What ``load_state_dict(assign=True)`` puts in place of ``target``: ``value`` itself
+    when it is already of target's kind, else ``value`` wrapped (sharing its memory); a
+    parameter keeps ``target``'s ``requires_grad``."""
+    if isinstance(target, Parameter):
+        if isinstance(value, Parameter):
+            return value.requires_grad_(target.requires_grad)
+        return Parameter(_array(value), requires_grad=target.requires_grad)
+    return value if isinstance(value, Tensor) else Tensor(_array(value))
 
 
 class Module:
     """Base class of every layer and model; subclasses define ``forward``."""
 
     training: bool
+    # Saved in a state dict's _metadata; a subclass whose saved layout changes bumps it and
+    # reads older layouts in _load_from_state_dict (BatchNorm: 2).
+    _version: int = 1
 
     def __init__(self) -> None:
         d = self.__dict__
@@ -60,7 +117,7 @@ class Module:
                 f"cannot assign '{type(param).__name__}' object to parameter '{name}' "
                 "(mpdist.nn.Parameter or None required)"
             )
-        self._forget(name)
+        self._forget(name, "_parameters")
         self._parameters[name] = param
 
     def register_buffer(self, name: str, tensor: Any, persistent: bool = True) -> None:
@@ -70,7 +127,7 @@ class Module:
             raise KeyError(f'buffer name must be a non-empty string without ".", got {name!r}')
         if tensor is not None and not isinstance(tensor, Tensor):
             tensor = Tensor(np.asarray(tensor))
-        self._forget(name)
+        self._forget(name, "_buffers")
         self._buffers[name] = tensor
         if persistent:
             self._non_persistent_buffers.discard(name)
@@ -84,14 +141,17 @@ class Module:
             raise TypeError(f"{type(module).__name__} is not a Module subclass")
         if not isinstance(name, str) or "." in name or not name:
             raise KeyError(f'module name must be a non-empty string without ".", got {name!r}')
-        self._forget(name)
+        self._forget(name, "_modules")
         self._modules[name] = module
 
     register_module = add_module
 
-    def _forget(self, name: str) -> None:
+    def _forget(self, name: str, keep: str) -> None:
+        # Drop ``name`` from the other stores; in ``keep`` it stays where it is, so
+        # re-registering a name (``m.weight = Parameter(...)``) keeps the state dict's order.
         for store in ("_parameters", "_buffers", "_modules"):
-            self.__dict__[store].pop(name, None)
+            if store != keep:
+                self.__dict__[store].pop(name, None)
         self.__dict__.pop(name, None)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -231,60 +291,189 @@ class Module:
 
     # ----------------------------------------------------------------- state
     def state_dict(
-        self, destination: dict[str, Any] | None = None, prefix: str = "", keep_vars: bool = False
+        self,
+        *args: Any,
+        destination: dict[str, Any] | None = None,
+        prefix: str = "",
+        keep_vars: bool = False,
     ) -> dict[str, Any]:
-        """Parameters and persistent buffers by dotted path: a new OrderedDict, or
-        ``destination`` filled in and returned.
+        """Parameters and persistent buffers (and extra state) by dotted path: a new
+        OrderedDict, or ``destination`` filled in and returned.
 
-        Values are copies of the arrays (``keep_vars=True``: the Parameter/Tensor objects).
+        Values are detached Tensors sharing memory with the parameters and buffers, so
+        writing into one in place changes the module (``keep_vars=True``: the Parameter and
+        buffer objects themselves). A new OrderedDict carries ``_metadata``: each module's
+        ``{"version": _version}`` by path, which ``load_state_dict`` hands back to
+        ``_load_from_state_dict``. Positional arguments (destination, prefix, keep_vars) still
+        work with a FutureWarning, as in torch.
         """
-        dest: dict[str, Any] = OrderedDict() if destination is None else destination
-        for name, p in self._parameters.items():
-            if p is not None:
-                dest[prefix + name] = p if keep_vars else p.data.copy()
-        for name, b in self._buffers.items():
-            if b is not None and name not in self._non_persistent_buffers:
-                dest[prefix + name] = b if keep_vars else b.data.copy()
+        if args:
+            warnings.warn(
+                "Positional args are being deprecated, use kwargs instead: "
+                "state_dict(destination=..., prefix=..., keep_vars=...)",
+                FutureWarning,
+                stacklevel=2,
+            )
+            destination = args[0] if destination is None else destination
+            prefix = args[1] if len(args) > 1 and prefix == "" else prefix
+            keep_vars = args[2] if len(args) > 2 and not keep_vars else keep_vars
+        if destination is None:
+            fresh: Any = OrderedDict()
+            fresh._metadata = OrderedDict()
+            destination = fresh
+        metadata = getattr(destination, "_metadata", None)
+        if metadata is not None:
+            metadata[prefix[:-1]] = {"version": self._version}
+        self._save_to_state_dict(destination, prefix, keep_vars)
         for name, child in self._modules.items():
             if child is not None:
-                child.state_dict(dest, prefix + name + ".", keep_vars)
-        return dest
-
-    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> IncompatibleKeys:
-        """Copy values into the existing parameters and buffers, in place."""
-        own = self.state_dict(keep_vars=True)
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        errors = []
-        for key, target in own.items():
-            if key not in state_dict:
-                continue
-            value = np.asarray(state_dict[key])
-            if value.shape != target.data.shape:
-                errors.append(
-                    f"size mismatch for {key}: copying a param with shape {value.shape} from "
-                    f"checkpoint, the shape in current model is {target.data.shape}."
+                child.state_dict(
+                    destination=destination, prefix=prefix + name + ".", keep_vars=keep_vars
                 )
-                continue
-            np.copyto(target.data, value, casting="unsafe")
+        return destination
+
+    def _persistent_state(self) -> dict[str, Tensor]:
+        """This module's own parameters and persistent buffers (not None), by name."""
+        state: dict[str, Tensor] = {k: p for k, p in self._parameters.items() if p is not None}
+        for k, b in self._buffers.items():
+            if b is not None and k not in self._non_persistent_buffers:
+                state[k] = b
+        return state
+
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        """Put this module's own state (not its children's) into ``destination``; the one
+        place a subclass changes what it saves."""
+        for name, t in self._persistent_state().items():
+            destination[prefix + name] = t if keep_vars else t.detach()
+        if type(self).get_extra_state is not Module.get_extra_state:
+            destination[prefix + _EXTRA_STATE] = self.get_extra_state()
+
+    def get_extra_state(self) -> Any:
+        """State beyond parameters and buffers to save under ``_extra_state`` (picklable);
+        a subclass that has some overrides this and ``set_extra_state``."""
+        raise RuntimeError(
+            f"{type(self).__name__}.get_extra_state() was called but is not overridden: only a "
+            "module that overrides it has extra state"
+        )
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore what ``get_extra_state`` returned (a subclass overrides both)."""
+        raise RuntimeError(
+            f"{type(self).__name__}.set_extra_state() was called but is not overridden: only a "
+            "module that overrides it has extra state"
+        )
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> IncompatibleKeys:
+        """Copy ``state_dict``'s values (mpdist or torch Tensors, Parameters, ndarrays) into
+        the parameters and buffers in place, cast to their dtypes; ``assign=True`` makes the
+        values themselves the parameters (kept Parameters, or wrapped into new ones with the
+        old ``requires_grad``) and buffers.
+
+        Missing and unexpected keys are always collected; ``strict`` makes them errors. Every
+        error is gathered first, then raised as one RuntimeError in torch's wording. Returns
+        ``_IncompatibleKeys(missing_keys, unexpected_keys)``.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
+        metadata = getattr(state_dict, "_metadata", None)
+        # A copy: a module's _load_from_state_dict may add keys (BatchNorm's old versions).
+        whole: dict[str, Any] = OrderedDict(state_dict)
+        missing: list[str] = []
+        unexpected: list[str] = []
+        errors: list[str] = []
+
+        def load(module: Module, local: dict[str, Any], prefix: str) -> None:
+            meta = dict(metadata.get(prefix[:-1], {})) if metadata is not None else {}
+            if assign:
+                meta["assign_to_params_buffers"] = True
+            module._load_from_state_dict(local, prefix, meta, True, missing, unexpected, errors)
+            for name, child in module._modules.items():
+                if child is not None:
+                    sub = prefix + name + "."
+                    load(child, {k: v for k, v in local.items() if k.startswith(sub)}, sub)
+
+        load(self, whole, "")
         if strict:
             if unexpected:
-                errors.insert(
-                    0,
-                    "Unexpected key(s) in state_dict: "
-                    + ", ".join(f'"{k}"' for k in unexpected)
-                    + ".",
-                )
+                errors.insert(0, f"Unexpected key(s) in state_dict: {_quoted(unexpected)}. ")
             if missing:
-                errors.insert(
-                    0, "Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + "."
-                )
+                errors.insert(0, f"Missing key(s) in state_dict: {_quoted(missing)}. ")
         if errors:
             raise RuntimeError(
                 f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
                 + "\n\t".join(errors)
             )
-        return IncompatibleKeys(missing, unexpected)
+        return _IncompatibleKeys(missing, unexpected)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Load this module's own state from the keys under ``prefix`` (torch's hook, with
+        torch's arguments): errors go to ``error_msgs``, keys this module lacks or finds
+        extra to the two lists (with ``strict``). ``local_metadata`` is what ``state_dict``
+        recorded for this module (its ``version``), plus ``assign_to_params_buffers``."""
+        own = self._persistent_state()
+        assign = bool(local_metadata.get("assign_to_params_buffers", False))
+        for name, target in own.items():
+            key = prefix + name
+            if key not in state_dict:
+                if strict:
+                    missing_keys.append(key)
+                continue
+            value = state_dict[key]
+            if not (isinstance(value, np.ndarray) or _is_tensor_like(value)):
+                error_msgs.append(
+                    f'While copying the parameter named "{key}", expected torch.Tensor or '
+                    f"Tensor-like object from checkpoint but received {type(value)}"
+                )
+                continue
+            if target.ndim == 0 and tuple(value.shape) == (1,):
+                value = value[0]  # a one-element 1-d checkpoint value fits a 0-d tensor
+            if tuple(value.shape) != tuple(target.shape):
+                error_msgs.append(
+                    f"size mismatch for {key}: copying a param with shape {_size(value.shape)} "
+                    f"from checkpoint, the shape in current model is {_size(target.shape)}."
+                )
+                continue
+            try:
+                if assign:
+                    setattr(self, name, _assigned(target, value))
+                else:
+                    with no_grad():
+                        target.copy_(_array(value))
+            except Exception as ex:
+                error_msgs.append(
+                    f'While copying the parameter named "{key}", whose dimensions in the model '
+                    f"are {_size(target.shape)} and whose dimensions in the checkpoint are "
+                    f"{_size(value.shape)}, an exception occurred : {ex.args}."
+                )
+        extra = prefix + _EXTRA_STATE
+        if type(self).set_extra_state is not Module.set_extra_state:
+            if extra in state_dict:
+                self.set_extra_state(state_dict[extra])
+            elif strict:
+                missing_keys.append(extra)
+        elif strict and extra in state_dict:
+            unexpected_keys.append(extra)
+        if strict:
+            for key in state_dict:
+                if not key.startswith(prefix) or key == extra:
+                    continue
+                head, dot, _ = key[len(prefix) :].partition(".")
+                # A dotted rest must name a child; an undotted one, this module's own state.
+                if head not in (self._modules if dot else own):
+                    unexpected_keys.append(key)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear every parameter's gradient (None, or zeros in place)."""

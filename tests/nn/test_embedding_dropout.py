@@ -55,7 +55,7 @@ def test_embedding_matches_torch() -> None:
     kw = {"padding_idx": 1, "scale_grad_by_freq": True}
     ours = nn.Embedding(6, 4, dtype=np.float64, **kw)
     theirs = torch.nn.Embedding(6, 4, dtype=torch.float64, **kw)
-    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    theirs.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in ours.state_dict().items()})
     idx = np.array([[1, 2, 5], [2, 2, 0]])
     r = data(2, 3, 4)
     (ours(idx) * r).sum().backward()

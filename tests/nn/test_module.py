@@ -65,8 +65,8 @@ def test_assignment_errors_and_deletion() -> None:
 def test_state_dict_roundtrip_and_errors() -> None:
     a, b = MLP(), MLP()
     sd = a.state_dict()
-    sd["fc1.weight"][0, 0] = 123.0  # a copy: the model is untouched
-    assert a.fc1.weight.data[0, 0] != 123.0
+    sd["fc1.weight"][0, 0] = 123.0  # shares memory with the parameter, as torch's does
+    assert a.fc1.weight.data[0, 0] == 123.0
     w_obj = b.fc1.weight.data
     b.load_state_dict(a.state_dict())
     assert b.fc1.weight.data is w_obj  # loaded in place
