@@ -23,8 +23,9 @@ one computes; without one they run on the compute thread when needed.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,34 +305,58 @@ class FSDPModule:
             s.reshard_after_forward = reshard_after_forward
 
     def state_dict(
-        self, destination: dict[str, Any] | None = None, prefix: str = "", keep_vars: bool = False
+        self,
+        *args: Any,
+        destination: dict[str, Any] | None = None,
+        prefix: str = "",
+        keep_vars: bool = False,
     ) -> dict[str, Any]:
-        """As ``Module.state_dict``, but the sharded parameters stay DTensors (copies of the
-        pieces, as torch's ``fully_shard`` state dict): ``full_tensor()`` gives the values."""
-        dest: dict[str, Any] = OrderedDict() if destination is None else destination
-        before = set(dest)
-        super().state_dict(dest, prefix, True)  # type: ignore[misc]
-        if not keep_vars:
-            for k in [k for k in dest if k not in before]:
-                v = dest[k]
-                if isinstance(v, DTensor):
-                    dest[k] = DTensor(v.data.copy(), v._spec)
-                elif isinstance(v, Tensor):
-                    dest[k] = v.data.copy()
-        return dest
+        """As ``Module.state_dict``, with the sharded parameters as DTensors (detached,
+        sharing the pieces' memory, as torch's ``fully_shard`` state dict):
+        ``full_tensor()`` gives the values. A unit still gathered (the root between forward
+        and backward) shows its sharded parameters too."""
+        with self._sharded_registered():
+            return super().state_dict(  # type: ignore[misc]
+                *args, destination=destination, prefix=prefix, keep_vars=keep_vars
+            )
 
-    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> Any:
+    @contextlib.contextmanager
+    def _sharded_registered(self) -> Iterator[None]:
+        """Inside, every unit of the subtree has its sharded DTensor parameters registered
+        (a gathered unit's unsharded ones come back after)."""
+        registered = [
+            (p.module._parameters, p.name, p.module._parameters[p.name])
+            for s in self._subtree(True)
+            for p in s.group.params
+        ]
+        for s in self._subtree(True):
+            s.group.use_sharded()
+        try:
+            yield
+        finally:
+            for store, name, value in registered:
+                store[name] = value
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
         """Load DTensor pieces placed like the parameters, or full values (each rank keeps
-        its ``Shard(0)`` piece of them)."""
-        own = Module.state_dict(self, keep_vars=True)  # type: ignore[arg-type]
-        local: dict[str, Any] = {}
-        for k, v in state_dict.items():
-            target = own.get(k)
-            if isinstance(target, DTensor):
-                local[k] = _piece_for(k, target, v)
-            else:
-                local[k] = v.data if isinstance(v, Tensor) else v
-        return super().load_state_dict(local, strict)  # type: ignore[misc]
+        its ``Shard(0)`` piece of them), in place."""
+        if assign:
+            raise NotImplementedError(
+                "load_state_dict(assign=True) of a fully_shard module: the units keep their "
+                "sharded parameters; load in place (assign=False)"
+            )
+        with self._sharded_registered():
+            own = Module.state_dict(self, keep_vars=True)  # type: ignore[arg-type]
+            local: dict[str, Any] = OrderedDict()
+            for k, v in state_dict.items():
+                target = own.get(k)
+                if isinstance(target, DTensor):
+                    local[k] = DTensor(_piece_for(k, target, v), target._spec)
+                else:
+                    local[k] = v
+            return super().load_state_dict(local, strict)  # type: ignore[misc]
 
 
 def _piece_for(key: str, target: DTensor, value: Any) -> np.ndarray:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from mpdist import distributed as dist
+from mpdist.autograd import Tensor
 from mpdist.fsdp import FullStateDictConfig, StateDictConfig
 from mpdist.fsdp._tp import dp_tp_spec
 from mpdist.nn import Module
@@ -29,13 +30,13 @@ def _units(root: Module) -> list[tuple[str, Any]]:
     ]
 
 
-def _buffers(root: Module) -> dict[str, np.ndarray]:
-    out = {}
+def _buffers(root: Module) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
     for owner_name, owner in root.named_modules():
         for name, b in owner._buffers.items():
             if b is not None and name not in owner._non_persistent_buffers:
                 key = clean((owner_name + "." if owner_name else "") + name)
-                out[key] = b.data.copy()
+                out[key] = Tensor(b.data.copy())
     return out
 
 
@@ -54,7 +55,7 @@ def full_state_dict(root: Module, config: StateDictConfig) -> dict[str, Any]:
     for prefix, u in _units(root):
         full = _gathered(u)
         for e in u._handle.entries:
-            a = full[e.offset : e.offset + e.numel].reshape(e.shape).copy()
+            a: Tensor = Tensor(full[e.offset : e.offset + e.numel].reshape(e.shape).copy())
             if e.dtensor is not None:
                 from mpdist.tensor import DTensor
 
@@ -62,7 +63,7 @@ def full_state_dict(root: Module, config: StateDictConfig) -> dict[str, Any]:
                 from mpdist.fsdp._flat import _contiguous_stride
 
                 a = DTensor.from_local(
-                    a, mesh, placements, shape=gshape, stride=_contiguous_stride(gshape)
+                    a.data, mesh, placements, shape=gshape, stride=_contiguous_stride(gshape)
                 )
             out[prefix + e.fqn] = a
     out.update(_buffers(root))
@@ -119,7 +120,7 @@ def _stride(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def load_into(root: Module, state_dict: dict[str, Any], strict: bool) -> Any:
     """Write full arrays or DTensors (gathered whole) into the shards and the buffers."""
-    from mpdist.nn.module import IncompatibleKeys
+    from mpdist.nn.module import _IncompatibleKeys
     from mpdist.tensor import Replicate
 
     expected: set[str] = set()
@@ -166,4 +167,4 @@ def load_into(root: Module, state_dict: dict[str, Any], strict: bool) -> Any:
             "Error(s) in loading state_dict for FullyShardedDataParallel: "
             f"Missing key(s): {missing}. Unexpected key(s): {unexpected}."
         )
-    return IncompatibleKeys(missing, unexpected)
+    return _IncompatibleKeys(missing, unexpected)

@@ -11,7 +11,7 @@ the full array from forward to the end of backward; NO_SHARD keeps everything an
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -365,12 +365,20 @@ class FullyShardedDataParallel(Module):
                 u._state_dict_type, u._state_dict_config = t, c
 
     def state_dict(
-        self, destination: dict[str, Any] | None = None, prefix: str = "", keep_vars: bool = False
+        self,
+        *args: Any,
+        destination: dict[str, Any] | None = None,
+        prefix: str = "",
+        keep_vars: bool = False,
     ) -> dict[str, Any]:
-        """The unwrapped model's keys: full arrays (FULL_STATE_DICT), or ``Shard(0)`` DTensors
-        of each parameter (SHARDED_STATE_DICT)."""
+        """The unwrapped model's keys: whole parameters as Tensors (FULL_STATE_DICT; with
+        ``rank0_only`` the other ranks get nothing), or ``Shard(0)`` DTensors of each
+        parameter (SHARDED_STATE_DICT); buffers as Tensors."""
         from mpdist.fsdp._state_dict import full_state_dict, sharded_state_dict
 
+        if args:  # torch's deprecated positional order, as Module.state_dict takes it
+            destination = args[0] if destination is None else destination
+            prefix = args[1] if len(args) > 1 and prefix == "" else prefix
         if self._state_dict_type == StateDictType.SHARDED_STATE_DICT:
             sd = sharded_state_dict(self)
         else:
@@ -380,11 +388,18 @@ class FullyShardedDataParallel(Module):
             return destination
         return {prefix + k: v for k, v in sd.items()} if prefix else sd
 
-    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> Any:
-        """Load a full or sharded state dict (keys of the unwrapped model)."""
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Load a full or sharded state dict (keys of the unwrapped model), in place."""
         from mpdist.fsdp._state_dict import load_into
 
-        return load_into(self, state_dict, strict)
+        if assign:
+            raise NotImplementedError(
+                "load_state_dict(assign=True) of a FullyShardedDataParallel model: its "
+                "parameters live in the flat shards; load in place (assign=False)"
+            )
+        return load_into(self, dict(state_dict), strict)
 
     def extra_repr(self) -> str:
         h = self._handle
