@@ -15,6 +15,7 @@ for pytester's inner sessions) to stay fast.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -42,6 +43,12 @@ for _name in dir(mpdist.testing):  # the lazy names: import the module behind ea
     getattr(mpdist.testing, _name)
 import mpdist.testing._coordinator  # noqa: E402, F401
 import mpdist.testing._worker  # noqa: E402, F401
+
+# The same for torch's compiler stack, which torch imports the first time a rank thread's
+# seeding calls torch.manual_seed: imported again after an inner run dropped it, it
+# registers its test operator library twice (a RuntimeError in the next inner run).
+if importlib.util.find_spec("torch") is not None:
+    import torch._dynamo  # noqa: E402, F401
 
 settings.register_profile(
     "ci",
