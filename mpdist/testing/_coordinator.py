@@ -445,9 +445,19 @@ class RankSet:
         """The rank to blame when the first failure is a timeout waiting for other ranks and
         a rank neither finished, failed nor answered the abort (it was killed after the
         grace period): a hung or stopped rank is noticed only by its peers' timeouts, and
-        the peer that times out first may be waiting on another peer that waits on it."""
-        if first is None or "timed out" not in first[1].message:
+        the peer that times out first may be waiting on another peer that waits on it.
+        Likewise when the first failure is a lost peer and a later one a timeout: the rank
+        that timed out may have taken others down with it (the store it hosted, its end of
+        their connections) before it reported."""
+        if first is None:
             return None
+        rec = first[1]
+        if "timed out" not in rec.message:
+            if not is_consequence(rec.exc_type, rec.message, rec.aborted):
+                return None
+            failures = [self._failure(h, time.monotonic(), early=False) for h in self.handles]
+            if not any(f is not None and "timed out" in f.message for f in failures):
+                return None
         silent = [h for h in self.handles if h.record is None and h.failing is None and h.reaped]
         return min(silent, key=lambda h: h.rank) if silent else None
 
