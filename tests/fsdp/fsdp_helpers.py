@@ -40,15 +40,22 @@ def optimizer(kind: str, params: Any) -> Any:
     return SGD(params, lr=0.1, momentum=0.9) if kind == "sgd" else Adam(params, lr=0.01)
 
 
-def reference(kind: str, steps: int = STEPS) -> dict[str, np.ndarray]:
-    """The model after ``steps`` of full-batch training in one process."""
-    model = mlp()
-    opt = optimizer(kind, model.parameters())
+def train_on_rows(model: Any, opt: Any, part: int, parts: int, steps: int = STEPS) -> None:
+    """``steps`` of MSE training on slice ``part`` of ``parts`` equal row slices of each
+    step's batch (``parts=1``: the full batch)."""
+    per = N // parts
+    rows = slice(part * per, (part + 1) * per)
     for step in range(steps):
         x, y = data(step)
         opt.zero_grad()
-        F.mse_loss(model(x), y).backward()
+        F.mse_loss(model(x[rows]), y[rows]).backward()
         opt.step()
+
+
+def reference(kind: str, steps: int = STEPS) -> dict[str, np.ndarray]:
+    """The model after ``steps`` of full-batch training in one process."""
+    model = mlp()
+    train_on_rows(model, optimizer(kind, model.parameters()), 0, 1, steps)
     return model.state_dict()
 
 
@@ -77,14 +84,7 @@ def train_fsdp(
         use_orig_params=use_orig_params,
         **kw,
     )
-    opt = optimizer(kind, model.parameters())
-    per = N // world_size
-    for step in range(steps):
-        x, y = data(step)
-        opt.zero_grad()
-        rows = slice(rank * per, (rank + 1) * per)
-        F.mse_loss(model(x[rows]), y[rows]).backward()
-        opt.step()
+    train_on_rows(model, optimizer(kind, model.parameters()), rank, world_size, steps)
     return model.state_dict()
 
 

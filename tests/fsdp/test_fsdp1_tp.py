@@ -7,14 +7,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fsdp_helpers import STEPS, N, assert_matches, data, mlp, optimizer, reference
+from fsdp_helpers import assert_matches, mlp, optimizer, reference, train_on_rows
 
 from mpdist.device_mesh import init_device_mesh
 from mpdist.fsdp import FullyShardedDataParallel as FSDP
 from mpdist.fsdp import StateDictType
 from mpdist.fsdp.wrap import ModuleWrapPolicy
 from mpdist.nn import Linear
-from mpdist.nn import functional as F
 from mpdist.tensor import DTensor, Replicate, Shard
 from mpdist.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 from mpdist.tensor.placement_types import _StridedShard
@@ -42,13 +41,7 @@ def fsdp_tp(kind: str = "adam", wrap: bool = False) -> tuple[FSDP, Any, int]:
 
 def train(rank: int, ws: int, kind: str, wrap: bool) -> dict[str, np.ndarray]:
     model, opt, dp = fsdp_tp(kind, wrap)
-    per = N // 2  # the two tp ranks of a dp rank see the same rows
-    for step in range(STEPS):
-        x, y = data(step)
-        opt.zero_grad()
-        rows = slice(dp * per, (dp + 1) * per)
-        F.mse_loss(model(x[rows]), y[rows]).backward()
-        opt.step()
+    train_on_rows(model, opt, dp, 2)  # the two tp ranks of a dp rank see the same rows
     return {k: whole(v) for k, v in model.state_dict().items()}
 
 

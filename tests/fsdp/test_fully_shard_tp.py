@@ -11,7 +11,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fsdp_helpers import STEPS, N, assert_matches, data, mlp, optimizer, reference
+from fsdp_helpers import (
+    STEPS,
+    N,
+    assert_matches,
+    data,
+    mlp,
+    optimizer,
+    reference,
+    train_on_rows,
+)
 
 from mpdist import distributed as dist
 from mpdist.device_mesh import init_device_mesh
@@ -40,14 +49,8 @@ def fsdp_tp(kind: str, **kwargs: Any) -> tuple[Any, Any, Any]:
 
 def train(rank: int, ws: int, kind: str, reshard: bool = True) -> dict[str, np.ndarray]:
     model, opt, mesh = fsdp_tp(kind, reshard_after_forward=reshard)
-    dp = mesh["dp"].get_local_rank()
-    per = N // 2  # the two tp ranks of a dp rank see the same rows
-    for step in range(STEPS):
-        x, y = data(step)
-        opt.zero_grad()
-        rows = slice(dp * per, (dp + 1) * per)
-        F.mse_loss(model(x[rows]), y[rows]).backward()
-        opt.step()
+    # the two tp ranks of a dp rank see the same rows
+    train_on_rows(model, opt, mesh["dp"].get_local_rank(), 2)
     return {k: v.full_tensor().data for k, v in model.state_dict().items()}
 
 
