@@ -2,19 +2,24 @@
 decay), ``Adam`` and ``AdamW``.
 
 They update ``param.data`` in place, so the arrays a model (or a DDP bucket view) holds stay
-the same objects. State is kept per parameter object, as in torch.
+the same objects. State is kept per parameter object, as in torch, and its tensors are Tensors
+(a DTensor placed like its parameter for a DTensor parameter): SGD's ``momentum_buffer``,
+Adam's ``step`` (0-d, of torch's scalar dtype), ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Iterable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from mpdist.autograd import Tensor
 from mpdist.autograd._tensor import zero_grads
+from mpdist.autograd.dtypes import get_default_dtype
 
 
 class Optimizer:
@@ -27,7 +32,7 @@ class Optimizer:
                 f"dicts, but got {type(params).__name__}"
             )
         self.defaults = dict(defaults)
-        self.state: dict[Tensor, dict[str, Any]] = {}
+        self.state: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
         self.param_groups: list[dict[str, Any]] = []
         groups = list(params)
         if not groups:
@@ -67,7 +72,10 @@ class Optimizer:
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self._update(p, p.grad.data, group, self.state.setdefault(p, {}))
+                    state = self.state.get(p, {})
+                    self._update(p, p.grad.data, group, state)
+                    if state:  # a parameter gets an entry only once it has state (torch's)
+                        self.state[p] = state
         return loss
 
     def _update(
@@ -76,42 +84,53 @@ class Optimizer:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """State and hyperparameters, with parameters replaced by their index."""
+        """``{"state": ..., "param_groups": ...}`` with each parameter replaced by its index
+        (counted over the groups in order). As torch's: the per-parameter state dicts are the
+        optimizer's own (their tensors are live), the groups are copies without ``params``."""
         index: dict[int, int] = {}
         groups = []
         for g in self.param_groups:
             packed = {k: v for k, v in g.items() if k != "params"}
             packed["params"] = [index.setdefault(id(p), len(index)) for p in g["params"]]
             groups.append(packed)
-        state = {
-            index[id(p)]: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
-            for p, s in self.state.items()
-            if id(p) in index
-        }
+        state = {(index[id(p)] if isinstance(p, Tensor) else p): s for p, s in self.state.items()}
         return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned (for the same parameter layout)."""
-        groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups) or any(
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore what ``state_dict`` returned, for the same layout of groups and parameters.
+
+        As torch's: the groups' hyperparameters are deep copies of the saved ones; each
+        parameter's state is a new dict whose tensors are the saved ones, cast to the
+        parameter's dtype when it is floating (``step`` never: a new object only when cast);
+        an ndarray is taken as a Tensor.
+        """
+        saved_groups = copy.deepcopy(list(state_dict["param_groups"]))
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        if any(
             len(a["params"]) != len(b["params"])
-            for a, b in zip(groups, self.param_groups, strict=True)
+            for a, b in zip(saved_groups, self.param_groups, strict=True)
         ):
             raise ValueError(
-                "loaded state dict has a different number of parameter groups or parameters"
+                "loaded state dict contains a parameter group that doesn't match the size of "
+                "optimizer's group"
             )
-        by_index = {}
-        for saved, mine in zip(groups, self.param_groups, strict=True):
-            for i, p in zip(saved["params"], mine["params"], strict=True):
-                by_index[i] = p
-            mine.update({k: v for k, v in saved.items() if k != "params"})
-        self.state = {
-            by_index[i]: {
-                k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v)
-                for k, v in s.items()
-            }
-            for i, s in state_dict["state"].items()
+        by_index = {
+            i: p
+            for saved, mine in zip(saved_groups, self.param_groups, strict=True)
+            for i, p in zip(saved["params"], mine["params"], strict=True)
         }
+        state: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
+        for i, s in state_dict["state"].items():
+            if i in by_index:
+                p = by_index[i]
+                state[p] = {k: _cast_state(p, k, v) for k, v in s.items()}
+            else:
+                state[i] = s
+        for saved, mine in zip(saved_groups, self.param_groups, strict=True):
+            saved["params"] = mine["params"]
+        self.param_groups = saved_groups
+        self.state = state
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
@@ -119,6 +138,35 @@ class Optimizer:
             lines.append(f"Parameter Group {i}")
             lines += [f"    {k}: {v}" for k, v in sorted(g.items()) if k != "params"]
         return "\n".join(lines + [")"])
+
+
+def _cast_state(p: Tensor, key: Any, value: Any) -> Any:
+    """A loaded state value for parameter ``p``: tensors (and ndarrays, as Tensors) cast to
+    ``p``'s dtype when ``p`` is floating, except ``step``; dicts and lists item by item."""
+    if isinstance(value, np.ndarray):
+        value = Tensor(value)
+    if isinstance(value, Tensor):
+        if key != "step" and p.dtype.kind in "fc" and value.dtype != p.dtype:
+            return value.to(p.dtype)
+        return value
+    if isinstance(value, dict):
+        return {k: _cast_state(p, k, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_state(p, None, v) for v in value)
+    return value
+
+
+def _state_like(p: Tensor, data: np.ndarray) -> Tensor:
+    """A state tensor holding ``data`` (shaped like ``p.data``), of ``p``'s kind: a DTensor
+    parameter's state is a DTensor placed like it, as torch's."""
+    out = p.detach()
+    out.data = data
+    return out
+
+
+def _scalar_dtype() -> np.dtype:
+    """torch's dtype of ``step``: float64 under a float64 default dtype, else float32."""
+    return np.dtype(np.float64 if get_default_dtype() == np.float64 else np.float32)
 
 
 def _check(name: str, value: float, ok: bool) -> None:
@@ -169,10 +217,11 @@ class SGD(Optimizer):
             g = g + group["weight_decay"] * p.data
         momentum = group["momentum"]
         if momentum:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = np.array(g, dtype=p.data.dtype, copy=True)
+            if state.get("momentum_buffer") is None:
+                buf = np.array(g, dtype=p.data.dtype, copy=True)
+                state["momentum_buffer"] = _state_like(p, buf)
             else:
+                buf = state["momentum_buffer"].data
                 buf *= momentum
                 buf += (1 - group["dampening"]) * g
             g = g + momentum * buf if group["nesterov"] else buf
@@ -219,27 +268,29 @@ class Adam(Optimizer):
         g = -grad if group["maximize"] else grad
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         if not state:
-            state["step"] = 0
-            state["exp_avg"] = np.zeros_like(p.data)
-            state["exp_avg_sq"] = np.zeros_like(p.data)
+            state["step"] = Tensor(np.zeros((), dtype=_scalar_dtype()))
+            state["exp_avg"] = _state_like(p, np.zeros_like(p.data))
+            state["exp_avg_sq"] = _state_like(p, np.zeros_like(p.data))
             if group["amsgrad"]:
-                state["max_exp_avg_sq"] = np.zeros_like(p.data)
+                state["max_exp_avg_sq"] = _state_like(p, np.zeros_like(p.data))
         if wd:
             if self._decoupled:
                 p.data *= 1 - lr * wd
             else:
                 g = g + wd * p.data
-        state["step"] += 1
-        t = state["step"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
+        step = state["step"]
+        if not isinstance(step, Tensor):  # a plain number from an older checkpoint
+            step = state["step"] = Tensor(np.array(step, dtype=_scalar_dtype()))
+        np.add(step.data, 1, out=step.data)
+        t = float(step.data)
+        m, v = state["exp_avg"].data, state["exp_avg_sq"].data
         m += (1 - b1) * (g - m)
         v *= b2
         v += (1 - b2) * g * g
         step_size = lr / (1 - b1**t)
         bc2_sqrt = math.sqrt(1 - b2**t)
         if group["amsgrad"]:
-            np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-            v = state["max_exp_avg_sq"]
+            v = np.maximum(state["max_exp_avg_sq"].data, v, out=state["max_exp_avg_sq"].data)
         denom = np.sqrt(v) / bc2_sqrt + eps
         p.data -= step_size * (m / denom)
 

@@ -1,6 +1,6 @@
 """State dict values of both FSDPs are Tensors, as torch's: fully_shard's are detached
 DTensors sharing the sharded parameters' memory (also while the root unit is gathered,
-between forward and backward); FSDP1's full state dict holds Tensors, its buffers too.
+between forward and backward), and an optimizer's state of them is DTensors; FSDP1's full state dict holds Tensors, its buffers too.
 assign=True is refused by both (their parameters are the shards)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from mpdist.autograd import Tensor
 from mpdist.fsdp import FullyShardedDataParallel as FSDP
 from mpdist.fsdp import StateDictType, fully_shard
 from mpdist.fsdp.wrap import ModuleWrapPolicy
+from mpdist.optim import Adam
 from mpdist.tensor import DTensor
 from mpdist.testing import spawn_threads
 
@@ -61,6 +62,13 @@ def _fully_shard(rank: int, ws: int) -> None:
     )
     np.testing.assert_array_equal(sharded["2.bias"].full_tensor().data, 4.0)
     out.sum().backward()
+    opt = Adam(m.parameters(), lr=0.1)
+    opt.step()  # optimizer state of a DTensor parameter: DTensors placed like it, as torch's
+    for p in sharded.values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            v = opt.state[p][key]
+            assert isinstance(v, DTensor) and v._spec == p._spec and v.data.shape == p.data.shape
+    assert type(opt.state[sharded["0.weight"]]["step"]) is Tensor
     with pytest.raises(NotImplementedError, match="assign=True"):
         m.load_state_dict(m.state_dict(), assign=True)
 
