@@ -56,7 +56,8 @@ def _size(shape: Any) -> str:
 
 
 def _is_tensor_like(value: Any) -> bool:
-    """An mpdist Tensor, or an array-like with a shape (a torch tensor, a numpy scalar)."""
+    """An mpdist Tensor, or an array-like with a shape (an ndarray, a torch tensor, a numpy
+    scalar)."""
     return isinstance(value, Tensor) or (hasattr(value, "__array__") and hasattr(value, "shape"))
 
 
@@ -432,7 +433,7 @@ class Module:
                     missing_keys.append(key)
                 continue
             value = state_dict[key]
-            if not (isinstance(value, np.ndarray) or _is_tensor_like(value)):
+            if not _is_tensor_like(value):
                 error_msgs.append(
                     f'While copying the parameter named "{key}", expected torch.Tensor or '
                     f"Tensor-like object from checkpoint but received {type(value)}"
