@@ -722,6 +722,7 @@ def stop() -> None:
     """End the session's MPI side."""
     global _session
     _mpi_startup.leave_if_armed()  # a session that ended before its tests: say so to the others
+    _mpi_startup.disarm()
     if _session is not None:
         _session.close()
         _session = None

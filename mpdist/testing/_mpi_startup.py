@@ -87,6 +87,14 @@ def arm() -> None:
     os._exit = _guarded_exit
 
 
+def disarm() -> None:
+    """At the session's end: ``os._exit`` is the plain one again (no rank 0 listens now)."""
+    if os._exit is _guarded_exit:
+        os._exit = _real_exit
+    if _state is not None:
+        _state.on_exit = None
+
+
 def armed() -> bool:
     """Whether this process is an ``--mpi`` rank that has not met the others yet."""
     return _state is not None and _state.pid == os.getpid() and not _state.met
