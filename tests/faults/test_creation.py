@@ -9,6 +9,10 @@ the same places, or inside ``campaign.plan``'s mix of collectives (mid-collectiv
 peers). Every run is checked as the collectives campaign's are (``checks.check_run``): a
 failure naming the culprit within the bound, no hang, no wrong value, nothing left behind.
 
+One known limitation is accepted, and counted apart: rank 0 hosting a TCPStore rendezvous
+shuts its sockets and lives; the survivors can name only the lost server's address
+(``_store_host_lost``).
+
 Short mode (CI): world size 3, one seed per fault, and the threaded cases at world size 3;
 ``MPDIST_FAULTS=thorough`` runs world sizes 2, 3 and 5 with ``MPDIST_FAULTS_SEEDS`` seeds
 (default 20) each. ``MPDIST_FAULTS_SEED=S`` starts the seeds at S.
@@ -27,8 +31,10 @@ from checks import (
     N_SEEDS,
     RUN_BOUND,
     SILENT_GROUP_TIMEOUT,
+    STORE_HOST_LOST,
     THOROUGH,
     check_run,
+    sections,
 )
 from creation import PHASES, CreationCase, phase_ops, plan_creation, run_creation
 
@@ -48,6 +54,23 @@ def _nothing_shut(values: list) -> bool:
     """Whether a close_sockets culprit had no connection to shut (a run that then passes
     had no fault)."""
     return any(v is not None and v[1] == 0 for v in values)
+
+
+def _store_host_lost(case: CreationCase, port: str, text: str) -> str | None:
+    """The known limitation: rank 0 hosts the TCPStore server and shuts its sockets but lives.
+    Every client loses the server at once; the first to notice reports a lost store, which
+    names the server's address, not rank 0 (clients cannot know which rank runs it), and if
+    it reaches the harness before rank 0 notices (its next store call, which says the server
+    runs in its process), the harness aborts rank 0 and blames the client. Accepted only when
+    every survivor's failure is that lost server (or the abort it caused)."""
+    if not (case.fault == "close_sockets" and case.store == "tcp" and case.culprit == 0):
+        return None
+    lost = f"lost the connection to the server at 127.0.0.1:{port}"
+    by_rank = sections(text)
+    survivors = range(1, case.world_size)
+    if all(r in by_rank and lost in by_rank[r] for r in survivors):
+        return STORE_HOST_LOST
+    return None
 
 
 def _port() -> int:
@@ -96,7 +119,13 @@ def test_fault_in_group_creation(world_size, fault, seed, tmp_path, monkeypatch)
         )
 
     label = f"creation\t{world_size}\t{fault}\t{seed}\t{case.phase}/{case.store}/{case.at}"
-    check_run(label, case, rerun, run, tmp_path, monkeypatch, no_fault=_nothing_shut)
+
+    def explained(text: str) -> str | None:
+        return _store_host_lost(case, where, text)
+
+    check_run(
+        label, case, rerun, run, tmp_path, monkeypatch, no_fault=_nothing_shut, explained=explained
+    )
 
 
 @pytest.mark.parametrize(("world_size", "fault", "seed"), _params(WORLD_SIZES, THREAD_FAULTS))
