@@ -9,6 +9,7 @@ which record nothing, are in ``_tensor_base``; the graph that ``backward`` runs 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, overload
 
@@ -149,25 +150,23 @@ def _binary_methods(
     return method, reflected
 
 
-def _comparison(fwd: np.ufunc) -> Callable[[Tensor, Any], Tensor]:
+# What a comparison compares with: a tensor, an array or a number. Anything else (None, a
+# string, a list) gets NotImplemented, so Python falls back as it does for torch's tensors:
+# ``t == None`` is False, ``t != "a"`` True, ``t < None`` a TypeError.
+_COMPARABLE = (TensorBase, np.ndarray, np.number, np.bool_, numbers.Number)
+
+
+def _comparison(fwd: np.ufunc) -> Callable[[Tensor, Any], Any]:
     """A comparison dunder method: an elementwise boolean Tensor, not recorded (the ufunc on
     Tensors, ``np.less(a, t)``, gives the same)."""
 
-    def method(self: Tensor, other: Any) -> Tensor:
+    def method(self: Tensor, other: Any) -> Any:
+        if not isinstance(other, _COMPARABLE):
+            return NotImplemented
         return Tensor(fwd(self.data, _raw(other)))
 
     _UFUNC_OPS[fwd] = lambda a, b: Tensor(fwd(_raw(a), _raw(b)))
     return method
-
-
-def _identity(equal: bool) -> Callable[[Any, Any], bool]:
-    """``np.equal``/``np.not_equal`` with a Tensor operand: identity, as ``Tensor.__eq__`` is,
-    so ``ndarray == Tensor`` stays False (``in`` checks over lists mixing both keep working)."""
-    return lambda a, b: (a is b) == equal
-
-
-_UFUNC_OPS[np.equal] = _identity(True)
-_UFUNC_OPS[np.not_equal] = _identity(False)
 
 
 def _apply_ufunc(
@@ -378,8 +377,13 @@ class Tensor(TensorBase):
     def __rmatmul__(self, other: Any) -> Tensor:
         return matmul(other, self)
 
-    # Comparisons give boolean tensors outside the graph. ``==`` stays identity so tensors
-    # work as dict keys and in ``in`` checks (optimizer state, parameter dedup).
+    # Comparisons give boolean tensors outside the graph, ``==`` and ``!=`` too (as torch's).
+    # The hash stays identity, so tensors still work as dict keys and set members (a lookup
+    # checks identity before equality, and distinct objects never share an identity hash);
+    # code that searches a list for a tensor must compare with ``is`` (``in``, ``.index``
+    # fall back to ``==``, whose multi-element result has no truth value).
+    __eq__ = _comparison(np.equal)
+    __ne__ = _comparison(np.not_equal)
     __lt__ = _comparison(np.less)
     __le__ = _comparison(np.less_equal)
     __gt__ = _comparison(np.greater)

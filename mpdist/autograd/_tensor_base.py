@@ -201,7 +201,12 @@ class TensorBase:
         return f"tensor({body}{extra})"
 
     def __bool__(self) -> bool:
-        return bool(self.data)
+        # Only a one-element tensor has a truth value (its element), as in torch: ``if t == x``
+        # on a bigger tensor is a mistake to report, not something to decide elementwise.
+        if self.data.size != 1:
+            amount = "no values" if self.data.size == 0 else "more than one value"
+            raise RuntimeError(f"Boolean value of Tensor with {amount} is ambiguous")
+        return bool(self.data.item())
 
     def __float__(self) -> float:
         return float(self.data)

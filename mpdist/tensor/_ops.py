@@ -13,7 +13,7 @@ that dimension (it was broadcast against shards, or contracted), and otherwise w
 output's gradient was (``Replicate`` or ``Partial``: the same local backward runs on every
 rank, so a pending sum passes through unreduced, as in torch).
 
-The rules cover what the nn layers and losses use: elementwise arithmetic and activations,
+The rules cover what the nn layers and losses use: elementwise arithmetic, ``==`` / ``!=`` and activations,
 ``matmul`` / ``F.linear`` (column- and row-wise weights), ``sum`` / ``mean``, views that
 keep the sharded dimensions, ``transpose``, ``softmax`` / ``log_softmax`` / ``gelu``, ``layer_norm``.
 Anything else is a ``NotImplementedError`` naming the op and the placements.
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.autograd import Tensor
+from mpdist.autograd._tensor import _COMPARABLE
 from mpdist.nn import _normalize
 from mpdist.tensor._api import (
     OP_RULES,
@@ -574,6 +575,19 @@ def _layer_norm(fn_cls: Any, x: Any, weight: Any, bias: Any, ndims: int, eps: fl
     return local_op("layer_norm", args, mesh, x.placements, x.shape, lambda *ls: fn_cls.apply(*ls))
 
 
+def _comparison_rule(op: str, fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    """``==`` / ``!=``: elementwise like the arithmetic (a Partial is reduced first: equality
+    is not linear), a boolean DTensor; with anything that is neither a tensor nor a number,
+    NotImplemented, as the plain Tensor's (``dt == None`` is False)."""
+
+    def rule(self: DTensor, other: Any) -> Any:
+        if not isinstance(other, _COMPARABLE):
+            return NotImplemented
+        return _binary(op, self, other, fn)
+
+    return rule
+
+
 def _function(name: str, rule: Callable[..., DTensor]) -> Callable[..., DTensor]:
     """A rule for an ``autograd.Function`` subclass: it gets the Function class first."""
     from mpdist.nn import functional as F
@@ -594,6 +608,8 @@ OP_RULES.update(
         "rtruediv": _binary_rule("div", lambda x, y: x / y, reflected=True),
         "pow": _binary_rule("pow", lambda x, y: x**y),
         "rpow": _binary_rule("pow", lambda x, y: x**y, reflected=True),
+        "eq": _comparison_rule("eq", lambda x, y: x == y),
+        "ne": _comparison_rule("ne", lambda x, y: x != y),
         "matmul": _matmul,
         "rmatmul": lambda self, other: _matmul(other, self),
         "neg": _unary("neg", Tensor.__neg__, linear=True),

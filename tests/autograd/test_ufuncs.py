@@ -1,7 +1,8 @@
 """numpy ufuncs on Tensors: those with an autograd op record it (values and gradients
 against the Tensor methods and finite differences), reflected operators with an ndarray or a
-numpy scalar on the left still give recorded Tensors, every other ufunc (and out= naming a
-Tensor) is a TypeError, and numpy functions that convert through __array__ keep working."""
+numpy scalar on the left still give recorded Tensors, comparisons (== and != too) give
+boolean Tensors, every other ufunc (and out= naming a Tensor) is a TypeError, and numpy
+functions that convert through __array__ keep working."""
 
 from __future__ import annotations
 
@@ -123,6 +124,8 @@ def test_comparisons_give_boolean_tensors() -> None:
         (np.less_equal, lambda a, b: a <= b),
         (np.greater, lambda a, b: a > b),
         (np.greater_equal, lambda a, b: a >= b),
+        (np.equal, lambda a, b: a == b),
+        (np.not_equal, lambda a, b: a != b),
     ]:
         expected = ufunc(X, Y)
         for got in [ufunc(X, t), op(X, t), ufunc(Tensor(X), t)]:
@@ -131,12 +134,16 @@ def test_comparisons_give_boolean_tensors() -> None:
     np.testing.assert_array_equal(np.isnan(Tensor(np.array([1.0, np.nan]))).data, [False, True])
 
 
-def test_equality_with_an_array_stays_identity() -> None:
+def test_equality_with_an_array_is_elementwise() -> None:
     t = Tensor(Y)
     arr = Y.copy()
-    assert (arr == t) is False and (arr != t) is True
-    assert (t == arr) is False
-    assert [arr, t].index(t) == 1 and t in [arr, t]
+    for got in [arr == t, t == arr, np.equal(arr, t), np.equal(t, arr)]:
+        assert isinstance(got, Tensor) and got.dtype == np.bool_ and bool(got.all())
+    for got in [arr != t, t != arr, np.not_equal(arr, t)]:
+        assert isinstance(got, Tensor) and not bool(got.any())
+    # A list search compares with == after identity, as with torch's tensors.
+    with pytest.raises(RuntimeError, match="more than one value is ambiguous"):
+        [arr, t].index(t)
 
 
 @pytest.mark.parametrize(
