@@ -1,5 +1,5 @@
 """How many CPUs this process may use, and how many ranks share them: the one rule for
-every choice that depends on a spare core (a communication thread, a spinning wait, BLAS
+every choice that depends on a spare core (DDP's communication thread, xdist workers, BLAS
 threads)."""
 
 from __future__ import annotations

@@ -2,28 +2,28 @@
 
 A rank blocked in poll() costs tens of microseconds to wake (on a virtual machine above all:
 the idle vCPU halts), more than a peer's answer in a small exchange takes to arrive; so a
-wait first polls without sleeping, for up to ``limit_s``. While the host has a core for
-every local rank a spinning rank holds its own core. With more local ranks than cores a
-spinning rank would hold the core its peer needs to answer, so it spins yielding: it gives
-the core up (``sched_yield``) on every turn, and gets it back at once only when no other
-process wants it (MPI's ``yield_when_idle``). Either way spins pay only while they are
-answered in time. A spin that ends without an answer costs credit, one that gets one earns
-it; without credit waits sleep at once (a peer busy computing, or a machine busy with other
-work, answers late), and every ``PROBE_EVERY`` sleeping waits one spins again to see whether
-answers have become quick.
+wait first polls without sleeping, for up to ``limit_s``, and gives its core up
+(``sched_yield``) on every turn: on a core of its own it gets the core straight back, and
+on a core it shares (more local ranks than cores, or a machine busy with other work) the
+peer it waits for runs instead (MPI's ``yield_when_idle``). The limit is longer than a
+wake-up on this kind of machine (200 us), so that a rank whose peer had to be woken still
+sees its answer while spinning and keeps spinning; with a shorter one two ranks that both
+slept once kept sleeping, every exchange paying two wake-ups.
+
+Spins pay only while they are answered in time. A spin that ends without an answer costs
+credit, one that gets one earns it; without credit waits sleep at once (a peer busy
+computing answers late), and every ``PROBE_EVERY`` sleeping waits one spins again to see
+whether answers have become quick.
 """
 
 from __future__ import annotations
 
 import os
 
-from mpdist._cpus import local_ranks, usable_cpus
-
 __all__ = ["Spin"]
 
-_SPIN_ENV = os.environ.get("MPDIST_SPIN_US")  # microseconds; overrides the limits below
-_DEFAULT_SPIN_S = 50e-6  # a core for every local rank
-_YIELDING_SPIN_S = 200e-6  # more local ranks than cores: each turn yields the core
+_SPIN_ENV = os.environ.get("MPDIST_SPIN_US")  # microseconds; overrides the limit below
+_DEFAULT_SPIN_S = 200e-6
 
 
 class Spin:
@@ -32,23 +32,17 @@ class Spin:
     MAX_CREDIT = 8
     PROBE_EVERY = 64
 
-    __slots__ = ("credit", "limit_s", "slept", "yields")
+    __slots__ = ("credit", "limit_s", "slept")
 
-    def __init__(self, limit_s: float, yields: bool = False) -> None:
+    def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
-        self.yields = yields  # give the core up on every turn of a spin
         self.credit = self.MAX_CREDIT if limit_s > 0 else 0
         self.slept = 0
 
     @classmethod
-    def for_group(cls, size: int) -> Spin:
-        """The policy of a transport of ``size`` ranks: spin for 50 us while this host has a
-        core for every local rank, else spin yielding for 200 us; ``$MPDIST_SPIN_US``
-        overrides the limit (0: sleep at once)."""
-        yields = local_ranks(size) > usable_cpus()
-        if _SPIN_ENV is not None:
-            return cls(float(_SPIN_ENV) * 1e-6, yields)
-        return cls(_YIELDING_SPIN_S if yields else _DEFAULT_SPIN_S, yields)
+    def default(cls) -> Spin:
+        """A transport's policy: spin for up to 200 us, or ``$MPDIST_SPIN_US`` (0: sleep at once)."""
+        return cls(float(_SPIN_ENV) * 1e-6 if _SPIN_ENV is not None else _DEFAULT_SPIN_S)
 
     def budget(self) -> float:
         """Seconds the next wait may spin before it sleeps (0: sleep at once)."""

@@ -153,7 +153,7 @@ class TcpTransport(Transport):
         mailbox: bool | None = None,
     ) -> None:
         super().__init__(rank, size, timeout_s, rank_names)
-        self._spin = Spin.for_group(size)
+        self._spin = Spin.default()
         self._peers: list[_Peer | None] = [None] * size
         # shared-memory rings for big payloads: on by default where /dev/shm exists
         # (env MPDIST_SHM=0 or shm=False turns them off)
@@ -662,16 +662,14 @@ class TcpTransport(Transport):
             mail = False
             if spin > 0:
                 # a peer usually answers within microseconds: poll without sleeping for a
-                # moment, since a sleep and wakeup costs more than that (transport.spin)
+                # moment, since a sleep and wake-up costs more than that (transport.spin)
                 end = time.monotonic() + min(spin, timeout_s)
-                yields = self._spin.yields
                 while not events and time.monotonic() < end:
                     if inboxes and self._any_mail():
                         mail = True
                         break
                     events = self._poll.poll(0)
-                    if yields:
-                        os.sched_yield()
+                    os.sched_yield()  # a peer that shares our core runs now
                 self._spin.answered(mail or bool(events))
             if not mail and not events:
                 if inboxes:

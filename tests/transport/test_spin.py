@@ -1,5 +1,5 @@
-"""A waiting rank spins before it sleeps (yielding the core when the host has fewer cores than
-local ranks), and only while spins are answered in time."""
+"""A waiting rank spins (yielding its core) before it sleeps, and only while spins are answered
+in time."""
 
 from __future__ import annotations
 
@@ -10,41 +10,15 @@ from mpdist.transport import spin
 from mpdist.transport.spin import Spin
 
 
-@pytest.fixture
-def cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_spins_longer_than_a_wake_up_and_the_variable_overrides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(spin, "_SPIN_ENV", None)
-    monkeypatch.setattr(spin, "usable_cpus", lambda: 4)
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-
-
-@pytest.mark.usefixtures("cpus")
-def test_spins_while_every_local_rank_has_a_core() -> None:
-    for size in (2, 4):
-        policy = Spin.for_group(size)
-        assert policy.limit_s == spin._DEFAULT_SPIN_S > 0 and not policy.yields
-
-
-@pytest.mark.usefixtures("cpus")
-def test_an_oversubscribed_host_spins_yielding_the_core() -> None:
-    # a plain spin would hold the core its peer needs to answer
-    policy = Spin.for_group(5)
-    assert policy.yields and policy.limit_s == spin._YIELDING_SPIN_S
-
-
-@pytest.mark.usefixtures("cpus")
-def test_the_local_world_size_counts_not_the_whole_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 16 ranks over 8 hosts
-    assert not Spin.for_group(16).yields
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    assert Spin.for_group(16).yields
-
-
-@pytest.mark.usefixtures("cpus")
-def test_mpdist_spin_us_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Spin.default().limit_s == spin._DEFAULT_SPIN_S == 200e-6
     monkeypatch.setattr(spin, "_SPIN_ENV", "7")
-    assert Spin.for_group(64).limit_s == pytest.approx(7e-6)
+    assert Spin.default().limit_s == pytest.approx(7e-6)
     monkeypatch.setattr(spin, "_SPIN_ENV", "0")
-    assert Spin.for_group(2).budget() == 0.0
+    assert Spin.default().budget() == 0.0
 
 
 def test_answered_spins_keep_spinning() -> None:
