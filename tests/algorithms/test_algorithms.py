@@ -394,3 +394,33 @@ def test_two_ranks_each_thinking_it_is_root_fail_fast(kind: str, op: str) -> Non
             A.gather(comm, x, [np.empty(3) for _ in range(comm.size)], comm.rank)
 
     _mismatch(kind, 2, call, "root")
+
+
+@pytest.mark.parametrize("kind", ["local", "tcp"])
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_all_gather_and_reduce_scatter_on_both_sides_of_the_direct_threshold(
+    kind: str, size: int
+) -> None:
+    # small blocks go to every rank at once (direct), big ones round the ring
+    small = 5
+    big = A.DIRECT_BLOCK_BYTES // 4 + 3  # float32 elements: just over the threshold
+
+    def fn(comm: A.Communicator):
+        out = []
+        for n in (small, big):
+            mine = data(comm.rank, "float32", n, n)
+            gathered = [np.empty(n, np.float32) for _ in range(size)]
+            A.allgather(comm, gathered, mine)
+            ins = [data(comm.rank, "float32", n, 7 * n + j) for j in range(size)]
+            z = np.empty(n, np.float32)
+            A.reduce_scatter(comm, z, ins, ReduceOp.SUM)
+            out.append((gathered, z))
+        return out
+
+    res = run_ranks(size, fn, kind)
+    for r in range(size):
+        for (gathered, z), n in zip(res[r], (small, big), strict=True):
+            for q in range(size):
+                assert np.array_equal(gathered[q], data(q, "float32", n, n))
+            zref = reference([data(q, "float32", n, 7 * n + r) for q in range(size)], ReduceOp.SUM)
+            assert np.array_equal(z, zref)
