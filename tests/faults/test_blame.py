@@ -26,10 +26,10 @@ def _chain(rank: int, world_size: int) -> None:
     if rank == 1:
         os.kill(os.getpid(), signal.SIGSTOP)
     elif rank == 0:
-        time.sleep(1.0)  # "waiting for rank 1"
+        time.sleep(0.3)  # "waiting for rank 1"
         dist.destroy_process_group()  # rank 2 loses its peer now
-        time.sleep(1.0)
-        raise DistNetworkError("rank 0: timed out after 1 s waiting for rank 1")
+        time.sleep(0.5)
+        raise DistNetworkError("rank 0: timed out after 0.3 s waiting for rank 1")
     else:
         dist.recv(np.zeros(1), src=0)  # lost when rank 0's group goes
 
