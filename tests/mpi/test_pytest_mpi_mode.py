@@ -391,8 +391,12 @@ def test_where(tmp_path_factory):
 # Each rank's database in a place of its own (named by rank), so that a rank that writes
 # shows: the default database (under Hypothesis's storage directory), or a profile's.
 HYPOTHESIS_CONFTESTS = {
+    # Hypothesis's own default profile: on CI ($CI set) it loads its "ci" one, which keeps
+    # no database at all
     "default": "import os\n"
-    "os.environ['HYPOTHESIS_STORAGE_DIRECTORY'] = 'hyp-' + os.environ['PMI_RANK']\n",
+    "from hypothesis import settings\n"
+    "os.environ['HYPOTHESIS_STORAGE_DIRECTORY'] = 'hyp-' + os.environ['PMI_RANK']\n"
+    "settings.load_profile('default')\n",
     "a profile": "import os\n"
     "from hypothesis import settings\n"
     "from hypothesis.database import DirectoryBasedExampleDatabase\n"
