@@ -6,7 +6,6 @@ equal torch's ``fully_shard(parallelize_module(...), mesh=mesh["dp"])`` on gloo.
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,6 @@ from fsdp_helpers import (
     train_on_rows,
 )
 
-from mpdist import distributed as dist
 from mpdist.device_mesh import init_device_mesh
 from mpdist.fsdp import fully_shard
 from mpdist.nn import Linear
@@ -124,16 +122,8 @@ def test_strided_shard_redistributes_both_ways() -> None:
     spawn_threads(_strided_redistribute, 4)
 
 
-def _torch_group(torch: Any, rank: int, world_size: int) -> None:
-    path = [tempfile.mktemp(prefix="mpdist-fsdp-tp-") if rank == 0 else None]
-    dist.broadcast_object_list(path, src=0)
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{path[0]}", rank=rank, world_size=world_size
-    )
-
-
 @pytest.mark.mpdist(world_size=4)
-def test_fully_shard_over_tp_equals_torch(rank, world_size) -> None:
+def test_fully_shard_over_tp_equals_torch(rank, world_size, tmp_path) -> None:
     torch = pytest.importorskip("torch")
     from torch.distributed.device_mesh import init_device_mesh as t_mesh
     from torch.distributed.fsdp import fully_shard as t_fully_shard
@@ -143,7 +133,10 @@ def test_fully_shard_over_tp_equals_torch(rank, world_size) -> None:
     from torch.distributed.tensor.parallel import parallelize_module as t_parallelize
     from torch.distributed.tensor.placement_types import _StridedShard as TStrided
 
-    _torch_group(torch, rank, world_size)
+    # torch's gloo group meets through a file in the ranks' shared tmp_path
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'gloo'}", rank=rank, world_size=world_size
+    )
     try:
         tmesh = t_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
         theirs = torch.nn.Sequential(

@@ -8,29 +8,15 @@ forward and the backward issue (``CommDebugMode``'s counts, by torch's key names
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 import pytest
 from test_tp_mlp import MLP, batch, rows_of, whole
 
-from mpdist import distributed as dist
 from mpdist.autograd import Tensor
 from mpdist.device_mesh import init_device_mesh
 from mpdist.tensor import Shard
 from mpdist.tensor.debug import CommDebugMode
 from mpdist.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
-
-
-def _torch_group(torch, rank: int, world_size: int) -> str:
-    """Join a torch gloo group through a file rank 0 names (sent over mpdist)."""
-    path = [tempfile.mktemp(prefix="mpdist-tp-") if rank == 0 else None]
-    dist.broadcast_object_list(path, src=0)
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{path[0]}", rank=rank, world_size=world_size
-    )
-    return str(path[0])
 
 
 def _counts(mode) -> dict[str, int]:
@@ -40,7 +26,7 @@ def _counts(mode) -> dict[str, int]:
 @pytest.mark.world_size(2, 4)
 @pytest.mark.mpdist
 @pytest.mark.parametrize("plan", ["pairwise", "sequence"])
-def test_mpdist_tp_equals_torch_tp(rank, world_size, plan) -> None:
+def test_mpdist_tp_equals_torch_tp(rank, world_size, plan, tmp_path) -> None:
     torch = pytest.importorskip("torch")
     from torch.distributed.device_mesh import init_device_mesh as t_init_device_mesh
     from torch.distributed.tensor import Shard as TShard
@@ -55,7 +41,10 @@ def test_mpdist_tp_equals_torch_tp(rank, world_size, plan) -> None:
         parallelize_module as t_parallelize,
     )
 
-    path = _torch_group(torch, rank, world_size)
+    # torch's gloo group meets through a file in the ranks' shared tmp_path
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'gloo'}", rank=rank, world_size=world_size
+    )
     try:
         ours = MLP()
         theirs = torch.nn.Sequential()
@@ -104,5 +93,3 @@ def test_mpdist_tp_equals_torch_tp(rank, world_size, plan) -> None:
             )
     finally:
         torch.distributed.destroy_process_group()
-        if rank == 0 and os.path.exists(path):
-            os.unlink(path)
