@@ -415,7 +415,9 @@ def test_real_torchrun_job(tmp_path):
             str(_free_port()),
             str(JOB),
         ],
-        env=_clean_env(),
+        # torchrun's agent makes a log directory under $TMPDIR (/tmp/torchelastic_*) and
+        # leaves it: give it the test's own
+        env={**_clean_env(), "TMPDIR": str(tmp_path)},
         cwd=tmp_path,
         capture_output=True,
         text=True,
