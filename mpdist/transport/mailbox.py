@@ -50,6 +50,16 @@ SUPPORTED = platform.machine().lower() in ("x86_64", "amd64") and (
 _fence_lock = threading.Lock()
 
 
+def _fresh_fence_lock() -> None:
+    # A child forked while another thread of its parent was inside fence() would find the
+    # lock held for ever.
+    global _fence_lock
+    _fence_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_fence_lock)
+
+
 def fence() -> None:
     """A full memory barrier: an uncontended lock's atomic read-modify-writes (``lock``-
     prefixed on x86-64) keep a store from passing the load after it."""

@@ -220,3 +220,28 @@ def test_a_corrupt_mailbox_record_is_an_error_naming_the_sender() -> None:
 
     results = run_ranks(2, fn, "tcp", raise_first=False, timeout=10)
     assert results[0] == "raised"
+
+
+def test_a_child_forked_while_the_fence_is_held_can_fence() -> None:
+    from mpdist.transport import mailbox
+
+    mailbox._fence_lock.acquire()  # as if another thread were inside fence() at the fork
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: fence() must not wait for a lock nobody will release
+            try:
+                mailbox.fence()
+            finally:
+                os._exit(0)
+    finally:
+        mailbox._fence_lock.release()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung in fence()")
