@@ -159,7 +159,8 @@ def _exitcode(h: _Handle) -> int | None:
         return None
 
 
-def _read(path: str) -> str:
+def read_rank_file(path: str) -> str:
+    """A rank's output or dump file as text (undecodable bytes replaced; "" if it is missing)."""
     try:
         with open(path, "rb") as f:
             return f.read().decode("utf-8", "replace")
@@ -511,9 +512,9 @@ class RankSet:
                 r.status = "lost"
                 r.message = f"rank {h.rank} exited without reporting ({signal_name(r.exitcode)})"
             r.trace = h.trace
-            r.stdout = _read(self.spec.out_path(h.rank))
-            r.stderr = _read(self.spec.err_path(h.rank))
-            r.dump = _read(self.spec.dump_path(h.rank))
+            r.stdout = read_rank_file(self.spec.out_path(h.rank))
+            r.stderr = read_rank_file(self.spec.err_path(h.rank))
+            r.dump = read_rank_file(self.spec.dump_path(h.rank))
             out.append(r)
         return out
 

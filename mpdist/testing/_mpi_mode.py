@@ -49,7 +49,7 @@ from typing import Any, NoReturn, cast
 import pytest
 
 from mpdist.testing import _mpi_startup, _outcomes
-from mpdist.testing._coordinator import Outcome, RankResult
+from mpdist.testing._coordinator import Outcome, RankResult, read_rank_file
 from mpdist.testing._records import RankRecord, is_consequence
 
 # How often the waiting loops and the watchdog poll MPI (a blocking MPI call spins a cpu).
@@ -229,8 +229,8 @@ class MpiSession:
                 record = _worker.run_task(spec, self.rank, cast(Any, _Channel(self.rank)))
         if not _worker.harness_group[0]:
             self.group_backend = None  # dropped (the test failed, or made its own)
-        payload = _Payload(self.seq, record, _read(spec.out_path(self.rank)), "")
-        payload.stderr = _read(spec.err_path(self.rank))
+        payload = _Payload(self.seq, record, read_rank_file(spec.out_path(self.rank)), "")
+        payload.stderr = read_rank_file(spec.err_path(self.rank))
         if self.rank == 0:
             with self.lock:
                 self.received[0] = payload
@@ -336,7 +336,10 @@ class MpiSession:
         spec = self.spec
         out = err = ""
         if spec is not None:
-            out, err = _read(spec.out_path(self.rank)), _read(spec.err_path(self.rank))
+            out, err = (
+                read_rank_file(spec.out_path(self.rank)),
+                read_rank_file(spec.err_path(self.rank)),
+            )
         return _DumpReply(seq, self.rank, dump, collective_trace(), out, err)
 
     def _end(self, exited: _Exited | None) -> NoReturn:
@@ -526,14 +529,6 @@ def _to_stderr(text: str) -> None:
     if stream is not None:
         stream.write(text)
         stream.flush()
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 def settle(
