@@ -6,6 +6,7 @@ import os
 import textwrap
 
 import pytest
+from _harness_helpers import check_limit_from_env_and_ini
 
 from mpdist.testing import _config
 
@@ -123,19 +124,7 @@ def test_max_ranks_skips_bigger_worlds_naming_the_limit(
     result.stdout.fnmatch_lines(
         ["SKIPPED [[]1[]] *world size 4 is over the limit of 2 ranks (--max-ranks)"]
     )
-    monkeypatch.setenv("MPDIST_MAX_WORLD_SIZE", "3")
-    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
-    result.assert_outcomes(passed=3, skipped=1)
-    result.stdout.fnmatch_lines(
-        ["SKIPPED*world size 4 is over the limit of 3 ranks ($MPDIST_MAX_WORLD_SIZE)"]
-    )
-    monkeypatch.delenv("MPDIST_MAX_WORLD_SIZE")
-    pytester.makeini("[pytest]\nmpdist_max_ranks = 2\n")
-    result = pytester.runpytest("-p", "no:cacheprovider", "--max-ranks-error", "-k", "three")
-    result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines(
-        ["*CapacityError: world size 3 is over the limit of 2 ranks (ini mpdist_max_ranks)"]
-    )
+    check_limit_from_env_and_ini(pytester, monkeypatch)
 
 
 REUSE = textwrap.dedent(

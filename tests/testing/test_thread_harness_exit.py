@@ -4,6 +4,7 @@ peers behind is named as the cause, and ``--max-ranks`` skips (or fails) bigger 
 from __future__ import annotations
 
 import pytest
+from _harness_helpers import check_limit_from_env_and_ini
 
 CASES = """
 import sys
@@ -122,18 +123,6 @@ def test_max_ranks_skips_bigger_thread_worlds_naming_the_limit(
     # The test case's and spawn_threads' worlds of 3, the decorated method's of 4.
     assert sum("world size 3 is over the limit of 2 ranks (--max-ranks)" in s for s in skips) == 2
     assert sum("world size 4 is over the limit of 2 ranks (--max-ranks)" in s for s in skips) == 1
-    monkeypatch.setenv("MPDIST_MAX_WORLD_SIZE", "3")
-    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
-    result.assert_outcomes(passed=3, skipped=1)
-    result.stdout.fnmatch_lines(
-        ["SKIPPED*world size 4 is over the limit of 3 ranks ($MPDIST_MAX_WORLD_SIZE)"]
-    )
-    monkeypatch.delenv("MPDIST_MAX_WORLD_SIZE")
-    pytester.makeini("[pytest]\nmpdist_max_ranks = 2\n")
-    result = pytester.runpytest("-p", "no:cacheprovider", "--max-ranks-error", "-k", "three")
-    result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines(
-        ["*CapacityError: world size 3 is over the limit of 2 ranks (ini mpdist_max_ranks)"]
-    )
+    check_limit_from_env_and_ini(pytester, monkeypatch)
     result = pytester.runpytest("-p", "no:cacheprovider", "-rs")  # the ini alone skips
     result.assert_outcomes(passed=1, skipped=3)
