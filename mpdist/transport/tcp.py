@@ -309,16 +309,10 @@ class TcpTransport(Transport):
             return
         ring = p.tx_ring
         if ring is not None and n >= _SHM_MIN and not p.closed:
-            off = ring.alloc(n)
-            if off is not None:
-                # the payload goes through shared memory: copied now, so the send is done
-                ring.data[off : off + n] = buf
-                # the header says so, and where
-                hdr = Header(*fields)
-                hdr.flags = FLAG_SHM
-                hdr.aux = ring_aux(off, ring.allocated - 1)
-                req.done = True
-                self._send_header(p, hdr.pack())
+            hb = _into_ring(ring, fields, buf)
+            if hb is not None:
+                req.done = True  # copied now, so the send is done
+                self._send_header(p, hb)
                 return
         hb = HEADER.pack(*fields)
         if p.closed:
@@ -353,15 +347,10 @@ class TcpTransport(Transport):
             if n:
                 slots[off + RECORD_HEAD : off + RECORD_HEAD + n] = buf
         else:
-            ring = p.tx_ring
-            at = ring.alloc(n) if ring is not None else None
-            if ring is None or at is None:
+            hb = _into_ring(p.tx_ring, fields, buf) if p.tx_ring is not None else None
+            if hb is None:
                 return False
-            ring.data[at : at + n] = buf
-            hdr = Header(*fields)
-            hdr.flags = FLAG_SHM
-            hdr.aux = ring_aux(at, ring.allocated - 1)
-            slots[off : off + HEADER_SIZE] = hdr.pack()
+            slots[off : off + HEADER_SIZE] = hb
         if box.publish():
             self._send_header(p, _WAKE)  # the peer has stopped spinning: wake its poll
         return True
@@ -823,6 +812,20 @@ class TcpTransport(Transport):
                     p.tx_ring.close()
             p.rx_ring = p.tx_ring = None
         self._drop_own_rings()
+
+
+def _into_ring(ring: Ring, fields: HeaderFields, buf: memoryview) -> bytes | None:
+    """Copy ``buf`` into ``ring``; the header that announces it there (FLAG_SHM, and where),
+    or None if the ring has no room now."""
+    n = buf.nbytes
+    at = ring.alloc(n)
+    if at is None:
+        return None
+    ring.data[at : at + n] = buf
+    hdr = Header(*fields)
+    hdr.flags = FLAG_SHM
+    hdr.aux = ring_aux(at, ring.allocated - 1)
+    return hdr.pack()
 
 
 def _drain(sock: socket.socket) -> int:
