@@ -26,8 +26,10 @@ from mpdist.algorithms.barrier import barrier as _barrier
 from mpdist.algorithms.communicator import Communicator
 from mpdist.algorithms.p2p import irecv, isend, recv, send, wait
 from mpdist.algorithms.reduction import (
+    REDOP_CODE,
     ReduceOp,
     check_op_dtype,
+    check_op_dtype_cached,
     combine,
     divide,
     divide_by,
@@ -118,7 +120,8 @@ def _same_list(comm: Communicator, arrays: list, like: np.ndarray, what: str) ->
             f"{what} must have {comm.size} entries (the group size), got {len(arrays)}"
         )
     for a in arrays:
-        _flat(a)
+        if type(a) is not np.ndarray or not a.flags.c_contiguous:
+            _flat(a)  # says what is wrong with it
         if a.dtype != like.dtype:
             raise TypeError(f"{what}: mixed dtypes {a.dtype} and {like.dtype}")
         if a.nbytes != like.nbytes:
@@ -153,6 +156,17 @@ def allreduce(
     op_name: str = "all_reduce",
 ) -> None:
     """Reduce ``array`` in place over every rank; the result is bitwise identical everywhere."""
+    size = comm.size
+    if 0 < array.nbytes <= comm.transport.latency_bytes and size & (size - 1) == 0:
+        flat = _flat(array)
+        check_op_dtype_cached(op, array.dtype)
+        comm.start(op_name, array.dtype, array.nbytes, array.shape, -1, REDOP_CODE[op])
+        if size > 1:
+            recursive_doubling.allreduce_blocking(comm, flat, op, op_name)
+            if op is ReduceOp.AVG:
+                divide(flat, size)
+        comm.finish()
+        return
     run(comm, allreduce_steps(comm, array, op, op_name=op_name), op_name)
 
 
@@ -174,7 +188,7 @@ def allreduce_steps(
 def _allreduce_steps(
     comm: Communicator, array: np.ndarray, flat: np.ndarray, op: ReduceOp, op_name: str
 ) -> Steps:
-    comm.start(op_name, array.dtype, array.nbytes, array.shape, -1, op.value)
+    comm.start(op_name, array.dtype, array.nbytes, array.shape, -1, REDOP_CODE[op])
     if comm.size > 1:
         algo = "rd" if flat.size < comm.size else allreduce_algorithm(array.nbytes, comm.size)
         yield from _ALLREDUCE_STEPS[algo](comm, flat, op, op_name)
@@ -207,7 +221,7 @@ def reduce(
     flat = _flat(array)
     _root(comm, root)
     check_op_dtype(op, array.dtype)
-    comm.start(op_name, array.dtype, array.nbytes, array.shape, root, op.value)
+    comm.start(op_name, array.dtype, array.nbytes, array.shape, root, REDOP_CODE[op])
     if comm.size > 1:
         tree.reduce(comm, flat, root, op, op_name)
         if op is ReduceOp.AVG and comm.rank == root:
@@ -271,8 +285,8 @@ def reduce_scatter(
     """``output`` <- op over every rank's ``inputs[my_rank]``."""
     _flat(output)
     _same_list(comm, inputs, output, "input list")
-    check_op_dtype(op, output.dtype)
-    comm.start(op_name, output.dtype, output.nbytes, output.shape, -1, op.value)
+    check_op_dtype_cached(op, output.dtype)
+    comm.start(op_name, output.dtype, output.nbytes, output.shape, -1, REDOP_CODE[op])
     if comm.size > 1:
         if output.nbytes <= DIRECT_BLOCK_BYTES:
             direct.reduce_scatter(comm, output, inputs, op, op_name)

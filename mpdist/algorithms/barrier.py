@@ -16,8 +16,6 @@ def barrier(comm: Communicator, op_name: str) -> None:
     k = 1
     step = 0
     while k < p:
-        rv = t.irecv((r - k) % p, step, _EMPTY)
-        sd = t.isend((r + k) % p, step, _EMPTY)
-        t.wait([rv, sd], op_name, comm.timeout_s)
+        t.sendrecv(step, (r + k) % p, _EMPTY, (r - k) % p, _EMPTY, op_name, comm.timeout_s)
         k <<= 1
         step += 1

@@ -12,9 +12,12 @@ from typing import Any
 import numpy as np
 
 from mpdist.algorithms.reduction import ReduceOp, reduce_into
+from mpdist.transport.base import as_bytes
 from mpdist.transport.header import dtype_code, op_code, shape_signature
 
 __all__ = ["Communicator", "received", "reduce_received"]
+
+_SMALL_KEPT = 64  # (dtype, count) receive buffers a communicator keeps for the latency path
 
 
 def received(req: Any, fallback: np.ndarray) -> np.ndarray:
@@ -58,6 +61,7 @@ class Communicator:
         self.seq = 0
         self.last_op: tuple[str, int] | None = None
         self._scratch: dict[int, np.ndarray] = {}
+        self._small: dict[tuple[np.dtype, int], tuple[np.ndarray, memoryview]] = {}
 
     def start(
         self,
@@ -99,6 +103,19 @@ class Communicator:
             buf = np.empty(max(nbytes, 64), dtype=np.uint8)
             self._scratch[slot] = buf
         return buf[:nbytes].view(dtype)
+
+    def small_scratch(self, dtype: np.dtype, count: int) -> tuple[np.ndarray, memoryview]:
+        """A flat reusable array of ``count`` items of ``dtype`` and its bytes, kept per
+        (dtype, count): the latency path's receive buffer, found with one lookup. Apart
+        from :meth:`scratch`'s slots; a bounded number of shapes are kept."""
+        key = (dtype, count)
+        found = self._small.get(key)
+        if found is None:
+            if len(self._small) >= _SMALL_KEPT:
+                self._small.clear()
+            arr = np.empty(count, dtype)
+            found = self._small[key] = (arr, as_bytes(arr))
+        return found
 
     def abort(self, reason: str) -> None:
         """Abort the transport (any thread)."""

@@ -14,7 +14,7 @@ from mpdist.algorithms.communicator import Communicator
 from mpdist.algorithms.reduction import ReduceOp, reduce_into
 from mpdist.transport.base import as_bytes
 
-__all__ = ["allgather", "gather", "reduce_scatter", "scatter"]
+__all__ = ["allgather", "exchange", "gather", "reduce_scatter", "scatter"]
 
 _ANNOUNCE = 1 << 30
 _EMPTY = memoryview(bytearray())
@@ -58,11 +58,36 @@ def allgather(
     t = comm.transport
     r = comm.rank
     peers = [i for i in range(comm.size) if i != r]
-    reqs = [t.irecv(i, 0, as_bytes(outputs[i])) for i in peers]
     mine = as_bytes(input)
+    if mine.nbytes <= t.latency_bytes:
+        exchange(comm, peers, [mine] * len(peers), [as_bytes(outputs[i]) for i in peers], op_name)
+        place_own_block(outputs[r], input)
+        return
+    reqs = [t.irecv(i, 0, as_bytes(outputs[i])) for i in peers]
     reqs += [t.isend(i, 0, mine) for i in peers]
     place_own_block(outputs[r], input)
     t.wait(reqs, op_name, comm.timeout_s)
+
+
+def exchange(
+    comm: Communicator,
+    peers: list[int],
+    sends: list[memoryview],
+    recvs: list[memoryview],
+    op_name: str,
+) -> None:
+    """Message 0 of the collective: ``sends[k]`` to ``peers[k]`` and ``recvs[k]`` from it,
+    one blocking ``sendrecv`` at a time (the transport's latency path for small messages):
+    every send first, the last with the first receive, so that no rank waits before it
+    has sent what the others wait for."""
+    t = comm.transport
+    timeout = comm.timeout_s
+    last = len(peers) - 1
+    for k in range(last):
+        t.sendrecv(0, peers[k], sends[k], None, None, op_name, timeout)
+    t.sendrecv(0, peers[last], sends[last], peers[0], recvs[0], op_name, timeout)
+    for k in range(1, last + 1):
+        t.sendrecv(0, None, None, peers[k], recvs[k], op_name, timeout)
 
 
 def place_own_block(dst: np.ndarray, src: np.ndarray) -> None:
@@ -87,10 +112,17 @@ def reduce_scatter(
     out = output.reshape(-1)
     n = out.size
     theirs = comm.scratch(0, n * p, out.dtype).reshape(p, n)
-    reqs = [t.irecv(i, 0, as_bytes(theirs[i])) for i in range(p) if i != r]
-    reqs += [t.isend(i, 0, as_bytes(inputs[i].reshape(-1))) for i in range(p) if i != r]
-    t.wait(reqs, op_name, comm.timeout_s)
-    theirs[r] = inputs[r].reshape(-1)
-    np.copyto(out, theirs[0])
-    for i in range(1, p):
-        reduce_into(out, out, theirs[i], op)
+    peers = [i for i in range(p) if i != r]
+    sends = [as_bytes(inputs[i].reshape(-1)) for i in peers]
+    recvs = [as_bytes(theirs[i]) for i in peers]
+    if out.nbytes <= t.latency_bytes:
+        exchange(comm, peers, sends, recvs, op_name)
+    else:
+        reqs = [t.irecv(i, 0, buf) for i, buf in zip(peers, recvs, strict=True)]
+        reqs += [t.isend(i, 0, buf) for i, buf in zip(peers, sends, strict=True)]
+        t.wait(reqs, op_name, comm.timeout_s)
+    # every rank's block in rank order (ours where it is), reduced left to right
+    blocks = [inputs[i].reshape(-1) if i == r else theirs[i] for i in range(p)]
+    reduce_into(out, blocks[0], blocks[1], op)
+    for i in range(2, p):
+        reduce_into(out, out, blocks[i], op)

@@ -11,11 +11,11 @@ import numpy as np
 
 from mpdist.algorithms.communicator import Communicator, reduce_received
 from mpdist.algorithms.fold import folded
-from mpdist.algorithms.reduction import ReduceOp
+from mpdist.algorithms.reduction import ReduceOp, reduce_into
 from mpdist.algorithms.steps import Steps, run
 from mpdist.transport.base import as_bytes
 
-__all__ = ["allreduce", "allreduce_steps"]
+__all__ = ["allreduce", "allreduce_steps", "allreduce_blocking"]
 
 
 def allreduce(comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str) -> None:
@@ -48,5 +48,27 @@ def _butterfly(
         if not (rv.done and sd.done):
             yield [rv, sd]
         reduce_received(t, rv, sc, flat, op, r < partner)
+        mask <<= 1
+        step += 1
+
+
+def allreduce_blocking(comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str) -> None:
+    """The butterfly of a power-of-two group, blocking: one ``sendrecv`` per exchange (the
+    transport's latency path), the same messages and bitwise the same results as
+    :func:`allreduce_steps`."""
+    t = comm.transport
+    r = comm.rank
+    sc, sb = comm.small_scratch(flat.dtype, flat.size)
+    fb = as_bytes(flat)
+    timeout = comm.timeout_s
+    mask = 1
+    step = 1
+    while mask < comm.size:
+        partner = r ^ mask
+        t.sendrecv(step, partner, fb, partner, sb, op_name, timeout)
+        if r < partner:
+            reduce_into(flat, flat, sc, op)
+        else:
+            reduce_into(flat, sc, flat, op)
         mask <<= 1
         step += 1

@@ -15,6 +15,8 @@ from mpdist.transport.header import WIRE_DTYPES
 __all__ = [
     "ReduceOp",
     "check_op_dtype",
+    "check_op_dtype_cached",
+    "REDOP_CODE",
     "combine",
     "reduce_into",
     "divide",
@@ -42,6 +44,11 @@ class ReduceOp(enum.Enum):
     def __repr__(self) -> str:
         return f"<ReduceOp.{self.name}: {self.value}>"
 
+
+# op -> its wire code (op.value is a Python-level property: a dict lookup is cheaper)
+REDOP_CODE = {op: op.value for op in ReduceOp}
+# (op, dtype) pairs check_op_dtype has accepted: the latency path checks with one lookup
+_VALID: set[tuple[ReduceOp, np.dtype]] = set()
 
 _UFUNC = {
     ReduceOp.SUM: np.add,
@@ -76,6 +83,17 @@ def check_op_dtype(op: ReduceOp, dtype: np.dtype) -> None:
         raise ValueError(f"{op.name} does not support complex dtype {dtype}")
     if op is ReduceOp.AVG and kind == "b":
         raise ValueError("AVG does not support bool arrays")
+    _VALID.add((op, dtype))
+
+
+def check_op_dtype_cached(op: ReduceOp, dtype: np.dtype) -> None:
+    """:func:`check_op_dtype`, with one set lookup for a pair it accepted before."""
+    try:
+        if (op, dtype) in _VALID:
+            return
+    except TypeError:  # an unhashable op: the check says what is wrong with it
+        pass
+    check_op_dtype(op, dtype)
 
 
 def combine(dst: np.ndarray, src: np.ndarray, op: ReduceOp) -> None:

@@ -46,6 +46,13 @@ def broadcast(comm: Communicator, buf: memoryview, root: int, op_name: str) -> N
     timeout = comm.timeout_s
     parent, children = tree_links(comm.rank, comm.size, root)
     n = buf.nbytes
+    if n <= t.latency_bytes:
+        # one piece: from the parent, then to each child, blocking (the latency path)
+        if parent is not None:
+            t.sendrecv(0, None, None, parent, buf, op_name, timeout)
+        for c in children:
+            t.sendrecv(0, c, buf, None, None, op_name, timeout)
+        return
     # the same split on every rank: small chunks pipeline down the tree; with two ranks,
     # big chunks let the receiver copy one out while the sender copies the next in
     chunk = BCAST_CHUNK_BYTES if comm.size > 2 else BCAST_CHUNK_BYTES_2

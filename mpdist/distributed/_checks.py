@@ -50,7 +50,7 @@ def _check_timeout(timeout: Any) -> timedelta:
 def _resolve(group: Any, op: str) -> tuple[_World | None, ProcessGroup | None]:
     """(world, group) for a collective; group None means "not a member: skip"."""
     if group is None:
-        w = getattr(_tls, "world", None) or state.process_world  # _world_or_raise, inlined
+        w = _tls.world or state.process_world  # _world_or_raise, inlined
         if w is None:
             raise ValueError(_UNINIT)
         return w, w.default_pg

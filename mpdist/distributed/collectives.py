@@ -60,7 +60,7 @@ def all_reduce(
     # the latency path (a 4-byte all_reduce is tens of microseconds end to end): common
     # cases are decided with as few Python operations as possible
     if group is None:
-        world = getattr(_tls, "world", None) or state.process_world
+        world = _tls.world or state.process_world
         if world is None:
             raise ValueError(_UNINIT)
         pg = world.default_pg

@@ -134,7 +134,7 @@ def _reserve_default(thread_local: bool) -> None:
     with _init_lock:
         # a rank thread of the threaded backend only needs its own slot free (the
         # process-wide one may be in use); any other init needs both
-        taken = getattr(_tls, "world", None) is not None or getattr(_tls, "reserved", False)
+        taken = _tls.world is not None or _tls.reserved
         if not thread_local:
             taken = taken or state.process_world is not None or state.process_reserved
         if taken:
@@ -254,7 +254,7 @@ def destroy_process_group(group: ProcessGroup | None = None) -> None:
             world.store.close()
         world.store = None
         with _init_lock:
-            if getattr(_tls, "world", None) is world:
+            if _tls.world is world:
                 _tls.world = None
             elif state.process_world is world:
                 state.process_world = None

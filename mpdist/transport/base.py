@@ -124,6 +124,10 @@ class Transport:
     ``_shutdown()``.
     """
 
+    # Messages up to this many bytes may take :meth:`sendrecv`'s latency path: algorithms
+    # exchange them one blocking ``sendrecv`` at a time rather than posting them all.
+    latency_bytes = 0
+
     def __init__(
         self, rank: int, size: int, timeout_s: float, rank_names: list[int] | None = None
     ) -> None:
@@ -262,6 +266,29 @@ class Transport:
 
     def _give_back(self, lease: object) -> None:
         """Subclass hook for :meth:`release`."""
+
+    def sendrecv(
+        self,
+        step: int,
+        dest: int | None,
+        send: memoryview | None,
+        source: int | None,
+        recv: memoryview | None,
+        op_name: str,
+        timeout_s: float,
+    ) -> None:
+        """Blocking: send message ``step`` of the current collective to ``dest`` and receive
+        message ``step`` from ``source`` into ``recv`` (either side None: none), as
+        ``MPI_Sendrecv``. The same messages and checks as :meth:`isend`, :meth:`irecv` and
+        :meth:`wait`; a transport may take a faster way for small ones."""
+        reqs: list[RecvReq | SendReq] = []
+        if source is not None:
+            assert recv is not None
+            reqs.append(self.irecv(source, step, recv))
+        if dest is not None:
+            assert send is not None
+            reqs.append(self.isend(dest, step, send))
+        self.wait(reqs, op_name, timeout_s)
 
     # ------------------------------------------------------------------ point to point
     def isend_p2p(self, peer: int, tag: int, buf: memoryview, dtype: int, op: int) -> SendReq:

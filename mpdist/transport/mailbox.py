@@ -30,10 +30,14 @@ import os
 import platform
 import threading
 
+from mpdist.transport.header import HEADER, HeaderFields
+
 __all__ = ["Mailbox", "SUPPORTED", "INLINE_MAX", "RECORD_HEAD", "BYTES", "fence"]
 
 SLOTS = 32
 SLOT = 4096
+# how many times Mailbox.take looks for a record between two sched_yield calls (a few us)
+TURNS = 64
 RECORD_HEAD = 64  # bytes of a slot before its inline payload (the header, padded)
 INLINE_MAX = SLOT - RECORD_HEAD  # the largest payload carried in the slot itself
 # counters, each in its own cache line: head (sender's), tail and asleep (receiver's)
@@ -48,6 +52,8 @@ SUPPORTED = platform.machine().lower() in ("x86_64", "amd64") and (
 )
 
 _fence_lock = threading.Lock()
+_pack_into = HEADER.pack_into
+_unpack_from = HEADER.unpack_from
 
 
 def _fresh_fence_lock() -> None:
@@ -101,7 +107,61 @@ class Mailbox:
         fence()
         return words[_ASLEEP] != 0
 
+    def put(self, fields: HeaderFields, payload: memoryview) -> bool | None:
+        """Write and publish a record of header ``fields`` with ``payload`` inline (at most
+        ``INLINE_MAX`` bytes) in one call: the latency path's :meth:`slot` and
+        :meth:`publish`. None while the queue is full; else True if the receiver sleeps."""
+        n = self._count
+        words = self._words
+        if n - words[_TAIL] >= SLOTS:
+            return None
+        slots = self.slots
+        off = (n % SLOTS) * SLOT
+        _pack_into(slots, off, *fields)
+        size = payload.nbytes
+        if size:
+            slots[off + RECORD_HEAD : off + RECORD_HEAD + size] = payload
+        n += 1
+        self._count = n
+        words[_HEAD] = n
+        lock = _fence_lock  # fence(), inline: this runs for every small message
+        lock.acquire()
+        lock.release()
+        return words[_ASLEEP] != 0
+
     # ------------------------------------------------------------------ receiver
+    def take(self, expected: HeaderFields, into: memoryview, rounds: int) -> bool:
+        """Wait for the next record, looking ``TURNS`` times per round and giving the core
+        up between rounds (a peer sharing our core runs then), for up to ``rounds``
+        rounds; if its header is ``expected``, copy its inline payload into ``into``
+        (``into.nbytes`` bytes), consume it and return True. False if none came, or the
+        next record is another one (it stays for the reader of :meth:`pending`, who says
+        what is wrong with it)."""
+        words = self._words
+        n = self._count
+        if words[_HEAD] == n:
+            for _ in range(rounds):  # noqa: B007 - a bounded spin
+                for _ in range(TURNS):  # noqa: B007
+                    if words[_HEAD] != n:
+                        break
+                else:
+                    os.sched_yield()
+                    continue
+                break
+            else:
+                return False
+        slots = self.slots
+        off = (n % SLOTS) * SLOT
+        if _unpack_from(slots, off) != expected:
+            return False
+        size = into.nbytes
+        if size:
+            into[:] = slots[off + RECORD_HEAD : off + RECORD_HEAD + size]
+        n += 1
+        self._count = n
+        words[_TAIL] = n
+        return True
+
     def pending(self) -> bool:
         """Whether a record is waiting."""
         return self._words[_HEAD] != self._count

@@ -64,6 +64,9 @@ _POLLOUT = select.POLLOUT
 _POLLINOUT = _POLLIN | _POLLOUT
 # A rank asleep on its mailboxes looks at them at least this often, whatever the wake-ups do.
 _BOX_NAP_S = 0.005
+# Rounds of sendrecv's spin for the answer (mailbox.TURNS looks and a sched_yield, a few
+# us each) before the general wait (which spins again, then sleeps).
+_FAST_ROUNDS = 50
 _WAKE = HEADER.pack(MAGIC, KIND_WAKE, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0)
 
 
@@ -140,6 +143,8 @@ class TcpTransport(Transport):
     ``abort(reason)`` and ``close()`` work at any point, also on a transport that is still
     connecting or not connected yet.
     """
+
+    latency_bytes = INLINE_MAX if SUPPORTED else 0
 
     def __init__(
         self,
@@ -354,6 +359,68 @@ class TcpTransport(Transport):
         if box.publish():
             self._send_header(p, _WAKE)  # the peer has stopped spinning: wake its poll
         return True
+
+    def sendrecv(
+        self,
+        step: int,
+        dest: int | None,
+        send: memoryview | None,
+        source: int | None,
+        recv: memoryview | None,
+        op_name: str,
+        timeout_s: float,
+    ) -> None:
+        # The latency path of a small collective between ranks of a host: the record goes
+        # straight into the peer's mailbox, and the answer is taken straight from ours
+        # when it comes within a short spin and is exactly the record expected (its header
+        # the one this rank would send, but for the payload length). In every other case
+        # (no mailbox, a full one, a stash, a late or unexpected record, a big payload)
+        # the general path takes over from where this one stopped, and says what is wrong.
+        c = self._cur
+        sent: SendReq | None = None  # a send that took the general path
+        fields: HeaderFields | None = None
+        if dest is not None:
+            assert send is not None
+            p = self._peers[dest]
+            n = send.nbytes
+            asleep = None
+            if p is not None and p.tx_box is not None and n <= INLINE_MAX and not p.closed:
+                fields = (
+                    MAGIC, KIND_COLL, c.redop, c.op, c.dtype, 0, c.root, 0,
+                    step, c.seq, c.total, c.sig, n, 0,
+                )  # fmt: skip
+                asleep = p.tx_box.put(fields, send)
+            if asleep is None:
+                sent = self.isend(dest, step, send)
+            elif asleep:
+                assert p is not None  # put() found its mailbox
+                self._send_header(p, _WAKE)  # the peer has stopped spinning: wake its poll
+        reqs: list[RecvReq | SendReq] = []
+        if source is not None:
+            assert recv is not None
+            p = self._peers[source]
+            n = recv.nbytes
+            rx = p.rx_box if p is not None else None
+            taken = False
+            if rx is not None and n <= INLINE_MAX and not self._stash:
+                # the answer's header is ours but for its length (an exchange of equal
+                # blocks: the very tuple sent)
+                expected = (
+                    fields
+                    if fields is not None and fields[12] == n
+                    else (
+                        MAGIC, KIND_COLL, c.redop, c.op, c.dtype, 0, c.root, 0,
+                        step, c.seq, c.total, c.sig, n, 0,
+                    )
+                )  # fmt: skip
+                with self._lock:  # a thread waiting on point-to-point reads mailboxes too
+                    taken = rx.take(expected, recv, _FAST_ROUNDS)
+            if not taken:
+                reqs.append(self.irecv(source, step, recv))
+        if sent is not None:
+            reqs.append(sent)
+        if reqs:
+            self.wait(reqs, op_name, timeout_s)
 
     def _send_header(self, p: _Peer, hb: bytes) -> None:
         """Send a message that is a header only (its payload is in shared memory, or none)."""

@@ -94,7 +94,8 @@ def check_run(
     """Run ``run(pid_dir)`` and check its outcome and leftovers.
 
     The run must raise ``MultiProcessFailure``, unless it returns the ranks' values and
-    ``no_fault(values)`` says the fault never happened (close_sockets with nothing to close).
+    ``no_fault(values)`` says the fault did no harm (close_sockets with nothing to close, or whose
+    ranks still finished every collective, each result checked, through shared memory).
     A failure that does not name the culprit passes only if ``explained(text)`` names the
     known limitation it is (the outcome it returns is counted apart in the table).
     Rank processes write their pid into ``pid_dir``; with ``processes=False`` (rank threads)

@@ -4,7 +4,8 @@ For each world size and fault, real rank processes run ``campaign.plan``'s mix; 
 raises, exits, crashes, is killed or stopped, or loses its sockets just before a seeded
 collective. The run must end, well within its bound, in one failure that names the culprit
 (every survivor's error names it, or the harness's headline does), never a hang and never a
-wrong value; and nothing may be left: no rank process, shared-memory ring, temp file, or
+wrong value (a culprit that lost only its sockets may also finish every collective, each
+result checked: its small messages go through shared memory); and nothing may be left: no rank process, shared-memory ring, temp file, or
 thread or descriptor of the parent.
 
 Short mode (the default, in CI): one seed per (world size, fault). ``MPDIST_FAULTS=thorough``
@@ -55,5 +56,12 @@ def test_fault(world_size: int, fault: str, seed: int, tmp_path, monkeypatch) ->
             run_plan, world_size, case, pid_dir, timeout=RUN_BOUND, group_timeout=group_timeout
         )
 
+    def every_collective_done(values: list) -> bool:
+        # close_sockets: ranks of one host exchange small collective messages through
+        # shared memory, which the fault leaves working; a run whose every collective
+        # completed (each result checked) is correct, and the loss shows when a message
+        # needs TCP
+        return fault == "close_sockets" and values == [len(case.ops)] * world_size
+
     label = f"collectives\t{world_size}\t{fault}\t{seed}"
-    check_run(label, case, rerun, run, tmp_path, monkeypatch)
+    check_run(label, case, rerun, run, tmp_path, monkeypatch, no_fault=every_collective_done)
