@@ -48,15 +48,9 @@ import numpy as np
 from mpdist.algorithms.reduction import ReduceOp, check_op_dtype, divide
 from mpdist.errors import DistBackendError
 from mpdist.process_group import Work
-from mpdist.transport.header import (
-    dtype_code,
-    dtype_name,
-    op_code,
-    op_name_of,
-    shape_signature,
-)
 
 from .builtin import BuiltinProcessGroup
+from .mpi_header import BLOCKS, ROWS, UFUNCS, Records, Signature
 from .mpi_requests import RequestWork, monitored_barrier, mpi_error
 
 try:
@@ -70,7 +64,6 @@ except ImportError as _e:  # pragma: no cover - the creator reports it
 __all__ = ["MpiOptions", "MpiProcessGroup", "check_shapes_default", "create"]
 
 _ENV_CHECK = "MPDIST_MPI_CHECK_SHAPES"
-_HEADER_LEN = 6  # op, reduce op, dtype, root, bytes, shape fingerprint
 
 # Bool arrays reduce with the logical operators (MPI defines no arithmetic on C_BOOL);
 # the results equal numpy's on bool (add = or, multiply = and, minimum = and, ...).
@@ -97,8 +90,6 @@ _MPI_BOOL_OPS = {
 # (reduce op, dtype) -> the MPI operator, for the pairs check_op_dtype accepted: a
 # collective's lookup is one dict get (~0.1 us) instead of the check (~0.4 us)
 _MOP_CACHE: dict[tuple[ReduceOp, np.dtype], Any] = {}
-# How many distinct headers a group keeps ready (shapes, dtypes, ops a program uses).
-_HEADER_CACHE_SIZE = 256
 
 # the groups alive in this process: the first one built is the default group
 _live: weakref.WeakSet[MpiProcessGroup] = weakref.WeakSet()
@@ -185,6 +176,13 @@ def _unstage(arrays: list[np.ndarray], buf: np.ndarray) -> None:
         pos += n
 
 
+def _reduce_rows(ufunc: Any, rows: list[np.ndarray], out: np.ndarray) -> None:
+    """``out = rows[0] op rows[1] op ...``, in rank order: the same result on every rank."""
+    ufunc(rows[0], rows[1], out=out)
+    for row in rows[2:]:
+        ufunc(out, row, out=out)
+
+
 class _Queued(Work):
     """A collective queued for the group's worker thread."""
 
@@ -222,9 +220,13 @@ class MpiProcessGroup(BuiltinProcessGroup):
         self._ctl = self._comm.Dup()  # monitored_barrier's messages, apart from the user's
         self._timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         self._check = bool(check_shapes)
-        # the check's header of each call signature seen, with every rank's expected bytes
-        self._known: dict[tuple[Any, ...], tuple[np.ndarray, bytes]] = {}
-        self._headers = np.zeros(_HEADER_LEN * len(ranks), np.int64)
+        # the check's records (mpi_header): small collectives fold their payload into them
+        self._records = Records(
+            self._pg_rank, self._pg_size, self._global_ranks, self._comm.Allgather, MPI.IN_PLACE
+        )
+        # with the check on, calls whose contribution fits a record's slot are folded
+        self._slot = self._records.slot if self._check and self._pg_size > 1 else -1
+        self._fold = self._check and self._pg_size > 1
         self._seq = 0
         # the last operation: a p2p description, or (collective, seq) formatted when asked
         self._last: str | tuple[str, int] | None = None
@@ -347,62 +349,32 @@ class MpiProcessGroup(BuiltinProcessGroup):
         root: int = -1,
         redop: ReduceOp | None = None,
     ) -> None:
-        """Start collective ``name``: number it and, with the check on, compare headers."""
+        """Start collective ``name``: number it and, with the check on, exchange records
+        (header only: the payload's own MPI call follows)."""
         self._seq += 1
         self._last = (name, self._seq)
-        if not self._check or self._pg_size == 1:
-            return
-        key = (name, redop, dtype, root, nbytes, shape)
-        known = self._known.get(key)
-        if known is None:  # built once per call signature (~1.3 us), then looked up
-            known = self._header_of(key)
-        h, expected = known
-        everyone = self._headers
-        self._comm.Allgather(h, everyone)
-        if everyone.tobytes() != expected:
-            raise self._mismatch(name, everyone.reshape(self._pg_size, _HEADER_LEN))
-
-    def _header_of(self, key: tuple[Any, ...]) -> tuple[np.ndarray, bytes]:
-        """The header of a call signature, and the bytes every rank's headers make when
-        they all agree; kept for the next call (a bounded number of signatures)."""
-        name, redop, dtype, root, nbytes, shape = key
-        h = np.zeros(_HEADER_LEN, np.int64)
-        h[0] = op_code(name)
-        h[1] = -1 if redop is None else redop.value
-        h[2] = 0 if dtype is None else dtype_code(dtype)
-        h[3] = root
-        h[4] = nbytes
-        h[5] = 0 if shape is None else np.int64(shape_signature(shape) & 0x7FFFFFFFFFFFFFFF)
-        if len(self._known) >= _HEADER_CACHE_SIZE:
-            self._known.clear()
-        known = self._known[key] = (h, h.tobytes() * self._pg_size)
-        return known
-
-    def _mismatch(self, name: str, headers: np.ndarray) -> DistBackendError:
-        me = self._pg_rank
-        other = next(r for r in range(self._pg_size) if (headers[r] != headers[me]).any())
-        mine, theirs = headers[me], headers[other]
-        n = self._global_ranks
-        a, b = f"rank {n[me]}", f"rank {n[other]}"
-        diffs = []
-        if mine[0] != theirs[0]:
-            diffs.append(f"{a} called {name} but {b} called {op_name_of(int(theirs[0]))}")
-        if mine[2] != theirs[2]:
-            diffs.append(
-                f"dtype {dtype_name(int(mine[2]))} on {a} vs {dtype_name(int(theirs[2]))} on {b}"
+        if self._fold:
+            records = self._records
+            records.exchange(
+                records.signature((name, redop, dtype, root, nbytes, shape)), self._seq
             )
-        if mine[4] != theirs[4]:
-            diffs.append(f"{mine[4]} bytes on {a} vs {theirs[4]} bytes on {b}")
-        elif mine[5] != theirs[5]:
-            diffs.append(f"different shapes on {a} and {b}")
-        if mine[3] != theirs[3]:
-            diffs.append(f"root {mine[3]} on {a} vs root {theirs[3]} on {b}")
-        if mine[1] != theirs[1]:
-            ops = [ReduceOp(int(v)).name if v >= 0 else "none" for v in (mine[1], theirs[1])]
-            diffs.append(f"reduce op {ops[0]} on {a} vs {ops[1]} on {b}")
-        return DistBackendError(
-            f"{name}: mismatch between {a} and {b} in collective #{self._seq}: " + "; ".join(diffs)
-        )
+
+    def _folding(
+        self,
+        name: str,
+        redop: ReduceOp | None,
+        dtype: np.dtype,
+        root: int,
+        nbytes: int,
+        shape: tuple[int, ...],
+        fold: int = ROWS,
+    ) -> tuple[Records, Signature]:
+        """Start folded collective ``name``: number it; the records and its signature,
+        whose views the caller fills and reads around ``records.exchange``."""
+        self._seq += 1
+        self._last = (name, self._seq)
+        records = self._records
+        return records, records.signature((name, redop, dtype, root, nbytes, shape), fold)
 
     def _same_sizes(self, arrays: list[np.ndarray], like: np.ndarray, what: str) -> None:
         if len(arrays) != self._pg_size:
@@ -437,7 +409,20 @@ class MpiProcessGroup(BuiltinProcessGroup):
     def _c_allreduce(
         self, arr: np.ndarray, op: ReduceOp, name: str, outputs: list[Any], async_op: bool
     ) -> Any:
-        mop, buf = self._reduce_op(arr, op), _typed(arr)
+        mop = self._reduce_op(arr, op)
+        if arr.nbytes <= self._slot:
+
+            def folded() -> None:
+                records, sig = self._folding(name, op, arr.dtype, -1, arr.nbytes, arr.shape)
+                rows = sig.rows
+                rows[self._pg_rank][...] = arr
+                records.exchange(sig, self._seq)
+                _reduce_rows(UFUNCS[op], rows, arr)
+                if op is ReduceOp.AVG:
+                    divide(arr.reshape(-1), self._pg_size)
+
+            return self._run(folded, outputs, async_op)
+        buf = _typed(arr)
 
         def run() -> None:
             self._enter(name, arr.dtype, arr.nbytes, arr.shape, -1, op)
@@ -452,6 +437,18 @@ class MpiProcessGroup(BuiltinProcessGroup):
         self, arr: np.ndarray, root: int, name: str, outputs: list[Any], async_op: bool
     ) -> Any:
         self._check_root(root)
+        if arr.nbytes <= self._slot:
+
+            def folded() -> None:
+                records, sig = self._folding(name, None, arr.dtype, root, arr.nbytes, arr.shape)
+                if self._pg_rank == root:
+                    sig.rows[root][...] = arr
+                    records.exchange(sig, self._seq)
+                else:
+                    records.exchange(sig, self._seq)
+                    arr[...] = sig.rows[root]
+
+            return self._run(folded, outputs, async_op)
 
         def run() -> None:
             self._enter(name, arr.dtype, arr.nbytes, arr.shape, root)
@@ -494,6 +491,20 @@ class MpiProcessGroup(BuiltinProcessGroup):
         async_op: bool,
     ) -> Any:
         self._same_sizes(out_list, inp, "output list")
+        if inp.nbytes <= self._slot:
+
+            def folded() -> None:
+                records, sig = self._folding(name, None, inp.dtype, -1, inp.nbytes, inp.shape)
+                rows = sig.rows
+                rows[self._pg_rank][...] = inp
+                records.exchange(sig, self._seq)
+                for out, row in zip(out_list, rows, strict=True):
+                    if out.shape == row.shape:
+                        out[...] = row
+                    else:
+                        out.reshape(row.shape)[...] = row
+
+            return self._run(folded, outputs, async_op)
 
         def run() -> None:
             self._enter(name, inp.dtype, inp.nbytes, inp.shape)
@@ -577,6 +588,21 @@ class MpiProcessGroup(BuiltinProcessGroup):
     ) -> Any:
         self._same_sizes(in_list, out, "input list")
         mop = self._reduce_op(out, op)
+        if out.nbytes * self._pg_size <= self._slot:
+
+            def folded() -> None:
+                records, sig = self._folding(name, op, out.dtype, -1, out.nbytes, out.shape, BLOCKS)
+                for part, a in zip(sig.parts, in_list, strict=True):
+                    if a.shape == part.shape:
+                        part[...] = a
+                    else:
+                        part[...] = a.reshape(part.shape)
+                records.exchange(sig, self._seq)
+                _reduce_rows(UFUNCS[op], sig.rows, out)
+                if op is ReduceOp.AVG:
+                    divide(out.reshape(-1), self._pg_size)
+
+            return self._run(folded, outputs, async_op)
 
         def run() -> None:
             self._enter(name, out.dtype, out.nbytes, out.shape, -1, op)
@@ -587,6 +613,8 @@ class MpiProcessGroup(BuiltinProcessGroup):
             src = np.frombuffer(span, out.dtype) if span is not None else None
             if src is None:
                 src = _stage(in_list).view(out.dtype)
+            elif np.may_share_memory(src, out):  # in place (out a block of src): MPI refuses
+                src = src.copy()
             self._comm.Reduce_scatter_block(_typed(src), _typed(out), mop)
             if op is ReduceOp.AVG:
                 divide(out.reshape(-1), self._pg_size)
@@ -661,8 +689,8 @@ class MpiProcessGroup(BuiltinProcessGroup):
 
     def _c_barrier(self, name: str, async_op: bool) -> Any:
         def run() -> None:
-            self._enter(name, None, 0, None)
-            if self._pg_size > 1:
+            self._enter(name, None, 0, None)  # with the check on, its exchange is a barrier
+            if self._pg_size > 1 and not self._fold:
                 self._comm.Barrier()
 
         return self._run(run, [], async_op)
