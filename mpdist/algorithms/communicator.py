@@ -61,7 +61,7 @@ class Communicator:
         self.seq = 0
         self.last_op: tuple[str, int] | None = None
         self._scratch: dict[int, np.ndarray] = {}
-        self._small: dict[tuple[np.dtype, int], tuple[np.ndarray, memoryview]] = {}
+        self._small: dict[tuple[np.dtype, int, int], tuple[np.ndarray, memoryview]] = {}
 
     def start(
         self,
@@ -104,11 +104,13 @@ class Communicator:
             self._scratch[slot] = buf
         return buf[:nbytes].view(dtype)
 
-    def small_scratch(self, dtype: np.dtype, count: int) -> tuple[np.ndarray, memoryview]:
+    def small_scratch(
+        self, dtype: np.dtype, count: int, slot: int = 0
+    ) -> tuple[np.ndarray, memoryview]:
         """A flat reusable array of ``count`` items of ``dtype`` and its bytes, kept per
-        (dtype, count): the latency path's receive buffer, found with one lookup. Apart
+        (dtype, count, slot): the latency path's buffers, found with one lookup. Apart
         from :meth:`scratch`'s slots; a bounded number of shapes are kept."""
-        key = (dtype, count)
+        key = (dtype, count, slot)
         found = self._small.get(key)
         if found is None:
             if len(self._small) >= _SMALL_KEPT:

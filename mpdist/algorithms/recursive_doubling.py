@@ -63,12 +63,17 @@ def allreduce_blocking(comm: Communicator, flat: np.ndarray, op: ReduceOp, op_na
     timeout = comm.timeout_s
     mask = 1
     step = 1
+    # numpy 2 checks an output that overlaps an input the slow way when the arrays hold a
+    # few items (1 item: 1.6 us against 0.7 us into another array, and a 0.15 us copy back)
+    res, rb = comm.small_scratch(flat.dtype, flat.size, 1) if flat.size < 16 else (flat, fb)
     while mask < comm.size:
         partner = r ^ mask
         t.sendrecv(step, partner, fb, partner, sb, op_name, timeout)
         if r < partner:
-            reduce_into(flat, flat, sc, op)
+            reduce_into(res, flat, sc, op)
         else:
-            reduce_into(flat, sc, flat, op)
+            reduce_into(res, sc, flat, op)
+        if res is not flat:
+            fb[:] = rb
         mask <<= 1
         step += 1
