@@ -5,18 +5,26 @@
 included, has its own communicator (``Comm.Create_group`` over its global ranks), so a
 user's own MPI traffic never meets ours. mpi4py is imported only when such a group is made.
 
-One MPI call per collective, in place where torch's are (``Allreduce(IN_PLACE)``,
-``Bcast``, ``Reduce``, ``Allgather``, ``Gather``, ``Scatter``, ``Reduce_scatter_block``,
-``Alltoallv``, ``Barrier``); lists of arrays lying end to end in memory (the ``*_tensor``
-and ``_single`` variants) are one MPI buffer, other lists go through a staging buffer.
+Each collective is one MPI call (plus the header check's exchange, below), in place where
+torch's are (``Allreduce(IN_PLACE)``, ``Bcast``, ``Reduce``, ``Allgather``, ``Gather``,
+``Scatter``, ``Reduce_scatter_block``, ``Alltoallv``, ``Barrier``); lists of arrays lying
+end to end in memory (the ``*_tensor`` and ``_single`` variants) are one MPI buffer, other
+lists go through a staging buffer.
 AVG is SUM then mpdist's division (floor division for integers, as on tcp); bool arrays
 reduce with MPI's logical operators.
 
-Before the payload, one ``Allgather`` of a 48-byte header (op, reduce op, dtype, root,
-bytes, shape fingerprint) makes ranks that disagree raise ``DistBackendError`` naming the
-other rank, on every rank, instead of hanging or computing garbage (``all_to_all`` also
-checks each pair's block size). ``MpiOptions(check_shapes=False)`` as ``pg_options``, or
-``MPDIST_MPI_CHECK_SHAPES=0``, leaves it out (every rank must choose alike).
+The header check: each rank puts a 48-byte header (op, reduce op, dtype, root, bytes,
+shape fingerprint) in a fixed-size record and one ``Allgather`` of records lets ranks that
+disagree raise ``DistBackendError`` naming the other rank, on every rank, instead of
+hanging or computing garbage (``all_to_all`` also checks each pair's block size). Small
+calls fold their payload into the record (``mpi_header``): all_reduce, broadcast,
+all_gather and reduce_scatter whose contribution fits the record's slot (4 KiB up to 3
+ranks, less in bigger groups), and barrier, are that one ``Allgather`` and complete
+locally (reductions in rank order: the same result on every rank). Other calls send the
+same record, header only, before their own MPI call: every exchange moves one record per
+rank, so a rank folding and a rank not folding still meet and see the mismatch.
+``MpiOptions(check_shapes=False)`` as ``pg_options``, or ``MPDIST_MPI_CHECK_SHAPES=0``,
+leaves the check and the fold out (every rank must choose alike).
 
 Execution: a blocking collective runs in the caller when nothing is queued; ``async_op``
 collectives run in issue order on the group's worker thread (blocking MPI calls, as
