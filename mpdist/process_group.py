@@ -357,6 +357,11 @@ class ReduceScatterOptions:
 
 
 @dataclass(slots=True)
+class CheckedReduceScatterOptions(ReduceScatterOptions):
+    """``ReduceScatterOptions`` from a caller that has checked the tensors (the module API)."""
+
+
+@dataclass(slots=True)
 class AllToAllOptions:
     """Options of ``ProcessGroup.alltoall`` and ``alltoall_base``."""
 

@@ -113,7 +113,7 @@ def reduce_scatter(
     n = out.size
     theirs = comm.scratch(0, n * p, out.dtype).reshape(p, n)
     peers = [i for i in range(p) if i != r]
-    sends = [as_bytes(inputs[i].reshape(-1)) for i in peers]
+    sends = [as_bytes(inputs[i]) for i in peers]  # C-contiguous: its bytes in order
     recvs = [as_bytes(theirs[i]) for i in peers]
     if out.nbytes <= t.latency_bytes:
         exchange(comm, peers, sends, recvs, op_name)
@@ -122,7 +122,8 @@ def reduce_scatter(
         reqs += [t.isend(i, 0, buf) for i, buf in zip(peers, sends, strict=True)]
         t.wait(reqs, op_name, comm.timeout_s)
     # every rank's block in rank order (ours where it is), reduced left to right
-    blocks = [inputs[i].reshape(-1) if i == r else theirs[i] for i in range(p)]
+    blocks = [theirs[i] for i in range(p)]
+    blocks[r] = inputs[r].reshape(-1)
     reduce_into(out, blocks[0], blocks[1], op)
     for i in range(2, p):
         reduce_into(out, out, blocks[i], op)

@@ -26,6 +26,7 @@ from mpdist.process_group import (
     CheckedAllgatherOptions,
     CheckedAllreduceOptions,
     CheckedBroadcastOptions,
+    CheckedReduceScatterOptions,
     GatherOptions,
     ProcessGroup,
     ReduceOp,
@@ -346,8 +347,13 @@ class BuiltinProcessGroup(ProcessGroup):
     def _reduce_scatter_base(
         self, output: Any, input: Any, opts: ReduceScatterOptions | None = None
     ) -> Work:
-        out = checked_array(output, "_reduce_scatter_base", "output", out=True).reshape(-1)
-        inp = checked_array(input, "_reduce_scatter_base", "input")
+        if type(opts) is CheckedReduceScatterOptions:  # the module API's: checked
+            out = output if type(output) is np.ndarray else output.data
+            inp = input if type(input) is np.ndarray else input.data
+        else:
+            out = checked_array(output, "_reduce_scatter_base", "output", out=True)
+            inp = checked_array(input, "_reduce_scatter_base", "input")
+        out = out.reshape(-1)
         ins = list(inp.reshape(self.size(), -1))
         return self._c_reduce_scatter(
             out, ins, _op(opts), "reduce_scatter_tensor", [output], _async(opts)

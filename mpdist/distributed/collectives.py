@@ -34,6 +34,7 @@ from mpdist.process_group import (
     CheckedAllgatherOptions,
     CheckedAllreduceOptions,
     CheckedBroadcastOptions,
+    CheckedReduceScatterOptions,
     GatherOptions,
     ProcessGroup,
     ReduceOptions,
@@ -271,7 +272,7 @@ def reduce_scatter_tensor(
     _check_concat(inp, out, n, name, "input", "output")
     _check_op(op, out.dtype, name)
     # torch 2.13 calls the group's reduce_scatter_single (base class: _reduce_scatter_base)
-    opts = ReduceScatterOptions(reduceOp=op, asyncOp=async_op)
+    opts = CheckedReduceScatterOptions(op, None, async_op)
     work = pg.reduce_scatter_single(output, input, opts)
     return _finish(work, world, pg, async_op)
 
