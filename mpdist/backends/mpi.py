@@ -18,7 +18,7 @@ shape fingerprint) in a fixed-size record and one ``Allgather`` of records lets 
 disagree raise ``DistBackendError`` naming the other rank, on every rank, instead of
 hanging or computing garbage (``all_to_all`` also checks each pair's block size). Small
 calls fold their payload into the record (``mpi_header``): all_reduce, broadcast,
-all_gather and reduce_scatter whose contribution fits the record's slot (4 KiB up to 3
+all_gather and reduce_scatter whose contribution fits the record's slot (1 KiB up to 15
 ranks, less in bigger groups), and barrier, are that one ``Allgather`` and complete
 locally (reductions in rank order: the same result on every rank). Other calls send the
 same record, header only, before their own MPI call: every exchange moves one record per

@@ -28,16 +28,17 @@ HEADER_LEN = 6  # op, reduce op, dtype, root, bytes, shape fingerprint
 HEADER_BYTES = 8 * HEADER_LEN
 # The payload slot: at most MAX_SLOT bytes, and a group's records together at most
 # GATHERED bytes (each exchange gathers n of them, whatever the call, so a big group gets
-# a smaller slot). MPICH on one node gathers two records of 48 B in ~6.0 us, of 1 KiB or
-# 4 KiB in ~6.8 us, of 8 KiB in ~13.5 us (a protocol switch): 4 KiB folds the
-# latency-bound sizes for ~1 us more on the unfolded calls' header exchange.
-MAX_SLOT = 4096
+# a smaller slot). MPICH 5 on one node, 2 ranks, gathers records of 48 B in ~5.6 us
+# (median), 1 KiB + 48 in ~5.8, 2 KiB + 48 in ~6.0, 4 KiB + 48 in ~6.6, 8 KiB in ~13.5
+# (a protocol switch); a 4-byte Allreduce takes ~5.6 us, Bcast ~4.7. 1 KiB folds the
+# latency-bound sizes and costs the unfolded calls' header exchange ~0.25 us over 48 B.
+MAX_SLOT = 1024
 GATHERED = 16384
 
 
 def slot_size(n: int) -> int:
     """The payload slot of a group of ``n`` ranks: a multiple of 16, so every record (and
-    slot) is aligned for any dtype; 0 (headers only) for groups of 257 ranks or more."""
+    slot) is aligned for any dtype. 1 KiB up to 15 ranks, 0 (headers only) from 257."""
     return max(0, min(MAX_SLOT, GATHERED // n - HEADER_BYTES)) // 16 * 16
 
 

@@ -15,12 +15,12 @@ from test_mpi import mpirun  # noqa: E402
 from mpdist.backends.mpi_header import GATHERED, HEADER_BYTES, MAX_SLOT, slot_size  # noqa: E402
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 9, 64, 256, 257, 4096])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 15, 16, 64, 256, 257, 4096])
 def test_slot_size(n: int) -> None:
     slot = slot_size(n)
     assert slot % 16 == 0 and 0 <= slot <= MAX_SLOT
     assert n * (HEADER_BYTES + slot) <= max(GATHERED, n * HEADER_BYTES)
-    assert (slot == MAX_SLOT) == (n <= 3)
+    assert (slot == MAX_SLOT) == (n <= 15)
     assert (slot == 0) == (n >= 257)
 
 
@@ -72,7 +72,8 @@ def test_mismatches_across_the_fold_boundary_raise_on_every_rank(n: int) -> None
                 got,
             )
         assert f"done {r}" in out, out
-    assert "4 bytes on rank 0 vs 4100 bytes on rank 1" in cases["all_reduce rank 0"]
+    big = 4 * (slot_size(n) // 4 + 1)  # the smallest float32 all_reduce not folded
+    assert f"4 bytes on rank 0 vs {big} bytes on rank 1" in cases["all_reduce rank 0"]
     assert "262144 bytes on rank 1 vs 4 bytes on rank 0" in cases["broadcast rank 1"]
     assert "rank 1 called all_reduce but rank 0 called broadcast" in cases["kinds rank 1"]
     assert "rank 0 called all_gather but rank 1 called gather" in cases["gather rank 0"]
