@@ -130,26 +130,29 @@ class Mailbox:
         return words[_ASLEEP] != 0
 
     # ------------------------------------------------------------------ receiver
-    def take(self, expected: HeaderFields, into: memoryview, rounds: int) -> bool:
+    def arrived(self, rounds: int) -> bool:
         """Wait for the next record, looking ``TURNS`` times per round and giving the core
         up between rounds (a peer sharing our core runs then), for up to ``rounds``
-        rounds; if its header is ``expected``, copy its inline payload into ``into``
-        (``into.nbytes`` bytes), consume it and return True. False if none came, or the
-        next record is another one (it stays for the reader of :meth:`pending`, who says
-        what is wrong with it)."""
+        rounds; whether one is there (at :meth:`next_offset`)."""
         words = self._words
         n = self._count
-        if words[_HEAD] == n:
-            for _ in range(rounds):  # noqa: B007 - a bounded spin
-                for _ in range(TURNS):  # noqa: B007
-                    if words[_HEAD] != n:
-                        break
-                else:
-                    os.sched_yield()
-                    continue
-                break
-            else:
-                return False
+        if words[_HEAD] != n:
+            return True
+        for _ in range(rounds):  # noqa: B007 - a bounded spin
+            for _ in range(TURNS):  # noqa: B007
+                if words[_HEAD] != n:
+                    return True
+            os.sched_yield()
+        return False
+
+    def take(self, expected: HeaderFields, into: memoryview, rounds: int) -> bool:
+        """Wait as :meth:`arrived` does for the next record; if its header is ``expected``,
+        copy its inline payload into ``into`` (``into.nbytes`` bytes), consume it and
+        return True. False if none came, or the next record is another one (it stays for
+        the reader of :meth:`pending`, who says what is wrong with it)."""
+        n = self._count
+        if self._words[_HEAD] == n and not self.arrived(rounds):
+            return False
         slots = self.slots
         off = (n % SLOTS) * SLOT
         if _unpack_from(slots, off) != expected:
@@ -159,7 +162,7 @@ class Mailbox:
             into[:] = slots[off + RECORD_HEAD : off + RECORD_HEAD + size]
         n += 1
         self._count = n
-        words[_TAIL] = n
+        self._words[_TAIL] = n
         return True
 
     def pending(self) -> bool:

@@ -67,6 +67,10 @@ _BOX_NAP_S = 0.005
 # Rounds of sendrecv's spin for the answer (mailbox.TURNS looks and a sched_yield, a few
 # us each) before the general wait (which spins again, then sleeps).
 _FAST_ROUNDS = 50
+# Collective messages up to this size take sendrecv's latency path (through the ring above
+# the mailbox's inline size): algorithms exchange them one sendrecv at a time.
+_LATENCY_BYTES = 64 << 10
+_EMPTY = memoryview(b"")
 _WAKE = HEADER.pack(MAGIC, KIND_WAKE, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0)
 
 
@@ -144,7 +148,7 @@ class TcpTransport(Transport):
     connecting or not connected yet.
     """
 
-    latency_bytes = INLINE_MAX if SUPPORTED else 0
+    latency_bytes = _LATENCY_BYTES if SUPPORTED else 0
 
     def __init__(
         self,
@@ -314,10 +318,10 @@ class TcpTransport(Transport):
             return
         ring = p.tx_ring
         if ring is not None and n >= _SHM_MIN and not p.closed:
-            hb = _into_ring(ring, fields, buf)
-            if hb is not None:
+            announced = _into_ring(ring, fields, buf)
+            if announced is not None:
                 req.done = True  # copied now, so the send is done
-                self._send_header(p, hb)
+                self._send_header(p, HEADER.pack(*announced))
                 return
         hb = HEADER.pack(*fields)
         if p.closed:
@@ -342,21 +346,19 @@ class TcpTransport(Transport):
     def _post_box(self, p: _Peer, box: Mailbox, fields: HeaderFields, buf: memoryview) -> bool:
         """Put a collective message into the peer's mailbox (its payload inline, or in the
         ring); False if there is no room now (then it goes on TCP)."""
-        off = box.slot()
-        if off is None:
-            return False
-        slots = box.slots
-        n = buf.nbytes
-        if n <= INLINE_MAX:
-            HEADER.pack_into(slots, off, *fields)
-            if n:
-                slots[off + RECORD_HEAD : off + RECORD_HEAD + n] = buf
-        else:
-            hb = _into_ring(p.tx_ring, fields, buf) if p.tx_ring is not None else None
-            if hb is None:
+        if buf.nbytes <= INLINE_MAX:
+            asleep = box.put(fields, buf)
+            if asleep is None:
                 return False
-            slots[off : off + HEADER_SIZE] = hb
-        if box.publish():
+        else:
+            # room in the mailbox first: a payload put in the ring must be announced
+            if p.tx_ring is None or box.slot() is None:
+                return False
+            announced = _into_ring(p.tx_ring, fields, buf)
+            if announced is None:
+                return False
+            asleep = box.put(announced, _EMPTY)
+        if asleep:
             self._send_header(p, _WAKE)  # the peer has stopped spinning: wake its poll
         return True
 
@@ -370,39 +372,38 @@ class TcpTransport(Transport):
         op_name: str,
         timeout_s: float,
     ) -> None:
-        # The latency path of a small collective between ranks of a host: the record goes
-        # straight into the peer's mailbox, and the answer is taken straight from ours
-        # when it comes within a short spin and is exactly the record expected (its header
-        # the one this rank would send, but for the payload length). In every other case
-        # (no mailbox, a full one, a stash, a late or unexpected record, a big payload)
-        # the general path takes over from where this one stopped, and says what is wrong.
+        # The latency path of a collective message between ranks of a host: the record
+        # goes straight into the peer's mailbox, and the answer is taken straight from
+        # ours when it comes within a short spin and is exactly the record expected (its
+        # header the one this rank would send, but for the payload length and where a
+        # payload in the ring lies). In every other case (no mailbox, a full one, a
+        # stash, a late or unexpected record) the general path takes over from where this
+        # one stopped, and says what is wrong.
         c = self._cur
         sent: SendReq | None = None  # a send that took the general path
         fields: HeaderFields | None = None
         if dest is not None:
             assert send is not None
             p = self._peers[dest]
-            n = send.nbytes
-            asleep = None
-            if p is not None and p.tx_box is not None and n <= INLINE_MAX and not p.closed:
-                fields = (
-                    MAGIC, KIND_COLL, c.redop, c.op, c.dtype, 0, c.root, 0,
-                    step, c.seq, c.total, c.sig, n, 0,
-                )  # fmt: skip
-                asleep = p.tx_box.put(fields, send)
-            if asleep is None:
+            fields = (
+                MAGIC, KIND_COLL, c.redop, c.op, c.dtype, 0, c.root, 0,
+                step, c.seq, c.total, c.sig, send.nbytes, 0,
+            )  # fmt: skip
+            if (
+                p is None
+                or p.tx_box is None
+                or p.closed
+                or not self._post_box(p, p.tx_box, fields, send)
+            ):
                 sent = self.isend(dest, step, send)
-            elif asleep:
-                assert p is not None  # put() found its mailbox
-                self._send_header(p, _WAKE)  # the peer has stopped spinning: wake its poll
         reqs: list[RecvReq | SendReq] = []
         if source is not None:
             assert recv is not None
             p = self._peers[source]
-            n = recv.nbytes
             rx = p.rx_box if p is not None else None
             taken = False
-            if rx is not None and n <= INLINE_MAX and not self._stash:
+            if rx is not None and not self._stash:
+                n = recv.nbytes
                 # the answer's header is ours but for its length (an exchange of equal
                 # blocks: the very tuple sent)
                 expected = (
@@ -414,13 +415,37 @@ class TcpTransport(Transport):
                     )
                 )  # fmt: skip
                 with self._lock:  # a thread waiting on point-to-point reads mailboxes too
-                    taken = rx.take(expected, recv, _FAST_ROUNDS)
+                    if n <= INLINE_MAX:
+                        taken = rx.take(expected, recv, _FAST_ROUNDS)
+                    else:
+                        assert p is not None
+                        taken = self._take_from_ring(p, rx, expected, recv)
             if not taken:
                 reqs.append(self.irecv(source, step, recv))
         if sent is not None:
             reqs.append(sent)
         if reqs:
             self.wait(reqs, op_name, timeout_s)
+
+    def _take_from_ring(
+        self, p: _Peer, rx: Mailbox, expected: HeaderFields, recv: memoryview
+    ) -> bool:
+        """:meth:`Mailbox.take` of a record whose payload waits in the ring: the next record,
+        if it comes soon and announces ``expected``'s message, copied into ``recv``."""
+        ring = p.rx_ring
+        if ring is None or not rx.arrived(_FAST_ROUNDS):
+            return False
+        got = HEADER.unpack_from(rx.slots, rx.next_offset())
+        if got[5] != FLAG_SHM or got[:5] != expected[:5] or got[6:13] != expected[6:13]:
+            return False
+        found = ring.payload(got[13], recv.nbytes)
+        if found is None:
+            return False  # the general reader reports the forged header
+        data, number = found
+        recv[:] = data
+        ring.release(number)
+        rx.consumed()
+        return True
 
     def _send_header(self, p: _Peer, hb: bytes) -> None:
         """Send a message that is a header only (its payload is in shared memory, or none)."""
@@ -881,18 +906,15 @@ class TcpTransport(Transport):
         self._drop_own_rings()
 
 
-def _into_ring(ring: Ring, fields: HeaderFields, buf: memoryview) -> bytes | None:
-    """Copy ``buf`` into ``ring``; the header that announces it there (FLAG_SHM, and where),
-    or None if the ring has no room now."""
+def _into_ring(ring: Ring, fields: HeaderFields, buf: memoryview) -> HeaderFields | None:
+    """Copy ``buf`` into ``ring``; the header fields that announce it there (FLAG_SHM, and
+    where), or None if the ring has no room now."""
     n = buf.nbytes
     at = ring.alloc(n)
     if at is None:
         return None
     ring.data[at : at + n] = buf
-    hdr = Header(*fields)
-    hdr.flags = FLAG_SHM
-    hdr.aux = ring_aux(at, ring.allocated - 1)
-    return hdr.pack()
+    return (*fields[:5], FLAG_SHM, *fields[6:13], ring_aux(at, ring.allocated - 1))
 
 
 def _drain(sock: socket.socket) -> int:

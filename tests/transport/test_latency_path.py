@@ -96,7 +96,7 @@ def _small_collectives(comm: A.Communicator, dtype: str, count: int, rounds: int
 @given(
     world=st.sampled_from([2, 3, 4]),
     dtype=st.sampled_from(["float32", "float64", "int64", "uint8"]),
-    count=st.sampled_from([1, 3, 255, INLINE_MAX // 8]),
+    count=st.sampled_from([1, 3, 255, INLINE_MAX // 8, 3000, 8192, 8193]),
 )
 def test_small_collectives_on_the_latency_path_give_bitwise_what_tcp_gives(
     world: int, dtype: str, count: int
