@@ -17,6 +17,7 @@ from mpdist.transport.base import as_bytes
 __all__ = ["allgather", "exchange", "gather", "reduce_scatter", "scatter"]
 
 _ANNOUNCE = 1 << 30
+_COPY_ANYWAY_BYTES = 64 << 10  # own blocks up to this size are copied even onto themselves
 _EMPTY = memoryview(bytearray())
 
 
@@ -93,6 +94,11 @@ def exchange(
 def place_own_block(dst: np.ndarray, src: np.ndarray) -> None:
     """Put this rank's own block in place, unless it is there already (an in-place gather
     whose input is its own slot of the output)."""
+    if src.nbytes <= _COPY_ANYWAY_BYTES:
+        # a byte copy (0.1 us; memoryviews copy overlapping memory correctly) costs less
+        # than finding out whether it is needed
+        as_bytes(dst)[:] = as_bytes(src)
+        return
     # may_share_memory is a bounds test (0.2 us); the exact address test behind it builds
     # two __array_interface__ dicts (1 us), so only overlapping arrays pay for it
     if np.may_share_memory(dst, src) and (

@@ -120,8 +120,10 @@ def _array_list(
         raise ValueError(f"{op}: {what} has {len(xs)} entries, but the group has {n} ranks")
     arrays = checked_list(xs, op, what, out)
     if like is not None:
+        ref = like[0]
         for i, a in enumerate(arrays):
-            _same(a, like[0], op, f"{what}[{i}]", like[1])
+            if a.dtype != ref.dtype or a.shape != ref.shape:  # named only when wrong
+                _same(a, ref, op, f"{what}[{i}]", like[1])
     return arrays
 
 
