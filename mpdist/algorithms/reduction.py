@@ -17,6 +17,7 @@ __all__ = [
     "check_op_dtype",
     "check_op_dtype_cached",
     "REDOP_CODE",
+    "UFUNCS",
     "combine",
     "reduce_into",
     "divide",
@@ -50,7 +51,9 @@ REDOP_CODE = {op: op.value for op in ReduceOp}
 # (op, dtype) pairs check_op_dtype has accepted: the latency path checks with one lookup
 _VALID: set[tuple[ReduceOp, np.dtype]] = set()
 
-_UFUNC = {
+# The numpy ufunc of each op (AVG sums; the caller divides). On bool arrays add, multiply,
+# minimum, maximum and the bitwise ufuncs are the logical operators.
+UFUNCS = {
     ReduceOp.SUM: np.add,
     ReduceOp.AVG: np.add,
     ReduceOp.PRODUCT: np.multiply,
@@ -98,12 +101,12 @@ def check_op_dtype_cached(op: ReduceOp, dtype: np.dtype) -> None:
 
 def combine(dst: np.ndarray, src: np.ndarray, op: ReduceOp) -> None:
     """``dst = op(dst, src)`` elementwise, in place (AVG combines as SUM)."""
-    _UFUNC[op](dst, src, out=dst)
+    UFUNCS[op](dst, src, out=dst)
 
 
 def reduce_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, op: ReduceOp) -> None:
     """``out = op(a, b)`` elementwise; ``out`` may alias ``a`` or ``b``."""
-    _UFUNC[op](a, b, out=out)
+    UFUNCS[op](a, b, out=out)
 
 
 def divide(array: np.ndarray, n: int) -> None:

@@ -53,12 +53,12 @@ from typing import Any
 
 import numpy as np
 
-from mpdist.algorithms.reduction import ReduceOp, check_op_dtype, divide
+from mpdist.algorithms.reduction import UFUNCS, ReduceOp, check_op_dtype, divide
 from mpdist.errors import DistBackendError
 from mpdist.process_group import Work
 
 from .builtin import BuiltinProcessGroup
-from .mpi_header import BLOCKS, ROWS, UFUNCS, Records, Signature
+from .mpi_header import BLOCKS, ROWS, Records, Signature
 from .mpi_requests import RequestWork, monitored_barrier, mpi_error
 
 try:

@@ -22,7 +22,7 @@ from mpdist.algorithms.reduction import ReduceOp
 from mpdist.errors import DistBackendError
 from mpdist.transport.header import dtype_code, dtype_name, op_code, op_name_of, shape_signature
 
-__all__ = ["BLOCKS", "HEADER_BYTES", "ROWS", "UFUNCS", "Records", "Signature", "slot_size"]
+__all__ = ["BLOCKS", "HEADER_BYTES", "ROWS", "Records", "Signature", "slot_size"]
 
 HEADER_LEN = 6  # op, reduce op, dtype, root, bytes, shape fingerprint
 HEADER_BYTES = 8 * HEADER_LEN
@@ -46,20 +46,6 @@ def slot_size(n: int) -> int:
 # the call's shape per rank (all_reduce, broadcast, all_gather); BLOCKS, each rank's
 # block for this rank and this rank's blocks for all (reduce_scatter: ``n`` x bytes).
 ROWS, BLOCKS = 1, 2
-
-# The ufunc of each reduce op, applied to the gathered rows in rank order (AVG sums, the
-# caller divides). On bool arrays numpy's add/multiply/minimum/maximum/bitwise ops are the
-# logical ones, the same as the MPI operators the unfolded path uses.
-UFUNCS = {
-    ReduceOp.SUM: np.add,
-    ReduceOp.AVG: np.add,
-    ReduceOp.PRODUCT: np.multiply,
-    ReduceOp.MIN: np.minimum,
-    ReduceOp.MAX: np.maximum,
-    ReduceOp.BAND: np.bitwise_and,
-    ReduceOp.BOR: np.bitwise_or,
-    ReduceOp.BXOR: np.bitwise_xor,
-}
 
 # How many distinct call signatures a group keeps ready (shapes, dtypes, ops a program uses).
 _CACHE_SIZE = 256
