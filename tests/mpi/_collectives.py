@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from _out import report
+from _same_arrays import assert_same_arrays
 
 import mpdist as dist
 from mpdist import ReduceOp
@@ -70,12 +71,7 @@ def data(dt: str, shape: tuple[int, ...], rank: int, salt: int = 0) -> np.ndarra
 def same(name: str, fn: Callable[[Any], list[np.ndarray]]) -> None:
     """fn(group) -> arrays; equal (values, dtype, shape) on mpi and tcp."""
     global checks
-    a, b = fn(None), fn(TCP)
-    assert len(a) == len(b), name
-    for x, y in zip(a, b, strict=True):
-        assert x.dtype == y.dtype and x.shape == y.shape, (name, x.dtype, y.dtype, x.shape)
-        if not np.array_equal(x, y):
-            raise AssertionError(f"{name} on rank {R}: mpi {x!r} != tcp {y!r}")
+    assert_same_arrays(name, R, fn(None), fn(TCP))
     checks += 1
 
 

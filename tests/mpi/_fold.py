@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from _out import report
+from _same_arrays import assert_same_arrays
 
 import mpdist as dist
 from mpdist import ReduceOp
@@ -92,12 +93,7 @@ def same(name: str, fn: Callable[[Any], list[np.ndarray]], folded: bool, calls: 
             assert made == (calls, 0), (name, "folded", made)
         else:
             assert made[0] == calls and made[1] >= calls, (name, "unfolded", made)
-    b = fn(TCP)
-    assert len(a) == len(b), name
-    for x, y in zip(a, b, strict=True):
-        assert x.dtype == y.dtype and x.shape == y.shape, (name, x.dtype, y.dtype, x.shape)
-        if not np.array_equal(x, y):
-            raise AssertionError(f"{name} on rank {R}: mpi {x!r} != tcp {y!r}")
+    assert_same_arrays(name, R, a, fn(TCP))
     checks += 1
 
 
