@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import platform
 import threading
+from time import monotonic as _monotonic
 
 from mpdist.transport.header import HEADER, HeaderFields
 
@@ -130,28 +131,31 @@ class Mailbox:
         return words[_ASLEEP] != 0
 
     # ------------------------------------------------------------------ receiver
-    def arrived(self, rounds: int) -> bool:
-        """Wait for the next record, looking ``TURNS`` times per round and giving the core
-        up between rounds (a peer sharing our core runs then), for up to ``rounds``
-        rounds; whether one is there (at :meth:`next_offset`)."""
+    def arrived(self, spin_s: float) -> bool:
+        """Wait for the next record for up to ``spin_s`` seconds, looking ``TURNS`` times
+        between two ``sched_yield`` calls (a peer sharing our core runs then); whether one
+        is there (at :meth:`next_offset`)."""
         words = self._words
         n = self._count
-        if words[_HEAD] != n:
-            return True
-        for _ in range(rounds):  # noqa: B007 - a bounded spin
-            for _ in range(TURNS):  # noqa: B007
+        end = 0.0
+        while True:
+            for _ in range(TURNS):  # noqa: B007 - a bounded spin
                 if words[_HEAD] != n:
                     return True
+            now = _monotonic()
+            if not end:
+                end = now + spin_s
+            elif now >= end:
+                return False
             os.sched_yield()
-        return False
 
-    def take(self, expected: HeaderFields, into: memoryview, rounds: int) -> bool:
+    def take(self, expected: HeaderFields, into: memoryview, spin_s: float) -> bool:
         """Wait as :meth:`arrived` does for the next record; if its header is ``expected``,
         copy its inline payload into ``into`` (``into.nbytes`` bytes), consume it and
         return True. False if none came, or the next record is another one (it stays for
         the reader of :meth:`pending`, who says what is wrong with it)."""
         n = self._count
-        if self._words[_HEAD] == n and not self.arrived(rounds):
+        if self._words[_HEAD] == n and not self.arrived(spin_s):
             return False
         slots = self.slots
         off = (n % SLOTS) * SLOT

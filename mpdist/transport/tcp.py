@@ -64,9 +64,11 @@ _POLLOUT = select.POLLOUT
 _POLLINOUT = _POLLIN | _POLLOUT
 # A rank asleep on its mailboxes looks at them at least this often, whatever the wake-ups do.
 _BOX_NAP_S = 0.005
-# Rounds of sendrecv's spin for the answer (mailbox.TURNS looks and a sched_yield, a few
-# us each) before the general wait (which spins again, then sleeps).
-_FAST_ROUNDS = 50
+# How long sendrecv spins for the answer (yielding its core every few microseconds) before
+# the general wait (which may spin again, then sleeps). Longer than the hiccups of a rank
+# that is on time (a garbage collection, an interrupt: tens to hundreds of microseconds),
+# whose cost as a fallback is a sleep and a wake-up on both sides.
+_FAST_SPIN_S = 1e-3
 # Collective messages up to this size take sendrecv's latency path (through the ring above
 # the mailbox's inline size): algorithms exchange them one sendrecv at a time.
 _LATENCY_BYTES = 64 << 10
@@ -416,7 +418,7 @@ class TcpTransport(Transport):
                 )  # fmt: skip
                 with self._lock:  # a thread waiting on point-to-point reads mailboxes too
                     if n <= INLINE_MAX:
-                        taken = rx.take(expected, recv, _FAST_ROUNDS)
+                        taken = rx.take(expected, recv, _FAST_SPIN_S)
                     else:
                         assert p is not None
                         taken = self._take_from_ring(p, rx, expected, recv)
@@ -433,7 +435,7 @@ class TcpTransport(Transport):
         """:meth:`Mailbox.take` of a record whose payload waits in the ring: the next record,
         if it comes soon and announces ``expected``'s message, copied into ``recv``."""
         ring = p.rx_ring
-        if ring is None or not rx.arrived(_FAST_ROUNDS):
+        if ring is None or not rx.arrived(_FAST_SPIN_S):
             return False
         got = HEADER.unpack_from(rx.slots, rx.next_offset())
         if got[5] != FLAG_SHM or got[:5] != expected[:5] or got[6:13] != expected[6:13]:

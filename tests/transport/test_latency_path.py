@@ -33,15 +33,15 @@ def test_take_copies_the_expected_record_and_leaves_any_other_for_the_general_re
     region = memoryview(bytearray(BYTES))
     tx, rx = Mailbox(region), Mailbox(region)
     into = memoryview(bytearray(4))
-    assert rx.take(_fields(1, 0, 4), into, rounds=2) is False  # nothing came
+    assert rx.take(_fields(1, 0, 4), into, spin_s=1e-4) is False  # nothing came
     assert tx.put(_fields(1, 0, 4), memoryview(b"abcd")) is False  # nobody asleep
-    assert rx.take(_fields(1, 0, 4), into, rounds=2) is True
+    assert rx.take(_fields(1, 0, 4), into, spin_s=1e-4) is True
     assert bytes(into) == b"abcd" and not rx.pending()
 
     # a record of another collective (or step, or length) is not taken: it stays first
     tx.put(_fields(2, 0, 4), memoryview(b"wxyz"))
-    assert rx.take(_fields(3, 0, 4), into, rounds=2) is False
-    assert rx.take(_fields(2, 1, 4), into, rounds=2) is False
+    assert rx.take(_fields(3, 0, 4), into, spin_s=1e-4) is False
+    assert rx.take(_fields(2, 1, 4), into, spin_s=1e-4) is False
     assert rx.pending()
     assert HEADER.unpack_from(rx.slots, rx.next_offset())[9] == 2
     start = rx.next_offset() + RECORD_HEAD
@@ -57,14 +57,14 @@ def test_put_says_when_the_queue_is_full_and_when_the_receiver_sleeps() -> None:
         assert tx.put(_fields(seq, 0, payload.nbytes), payload) is False
     assert tx.put(_fields(SLOTS, 0, 1), memoryview(b"x")) is None  # full: go elsewhere
     into = memoryview(bytearray(payload.nbytes))
-    assert rx.take(_fields(0, 0, payload.nbytes), into, rounds=1)
+    assert rx.take(_fields(0, 0, payload.nbytes), into, spin_s=1e-4)
     assert bytes(into) == bytes(payload)
     rx.sleep(True)
     assert tx.put(_fields(SLOTS, 0, 0), memoryview(b"")) is True  # wake it
     rx.sleep(False)
     for seq in range(1, SLOTS):
-        assert rx.take(_fields(seq, 0, payload.nbytes), into, rounds=1)
-    assert rx.take(_fields(SLOTS, 0, 0), memoryview(bytearray()), rounds=1)
+        assert rx.take(_fields(seq, 0, payload.nbytes), into, spin_s=1e-4)
+    assert rx.take(_fields(SLOTS, 0, 0), memoryview(bytearray()), spin_s=1e-4)
     assert not rx.pending()
 
 
