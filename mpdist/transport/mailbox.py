@@ -74,6 +74,23 @@ def fence() -> None:
     _fence_lock.release()
 
 
+def _spin(words: memoryview, index: int, value: int, spin_s: float) -> bool:
+    """Wait up to ``spin_s`` seconds until ``words[index]`` (a counter the other side
+    advances) is not ``value``: looking ``TURNS`` times between two ``sched_yield`` calls,
+    so that a peer sharing our core runs meanwhile. Whether it moved."""
+    end = 0.0
+    while True:
+        for _ in range(TURNS):  # noqa: B007 - a bounded spin
+            if words[index] != value:
+                return True
+        now = _monotonic()
+        if not end:
+            end = now + spin_s
+        elif now >= end:
+            return False
+        os.sched_yield()
+
+
 class Mailbox:
     """One direction of a pair's mailbox, over ``region`` (``BYTES`` bytes of a ring file).
 
@@ -108,6 +125,11 @@ class Mailbox:
         fence()
         return words[_ASLEEP] != 0
 
+    def room(self, spin_s: float) -> bool:
+        """Wait up to ``spin_s`` seconds (see :func:`_spin`) for the receiver to free a
+        slot of a full queue; whether there is room now."""
+        return _spin(self._words, _TAIL, self._count - SLOTS, spin_s)
+
     def put(self, fields: HeaderFields, payload: memoryview) -> bool | None:
         """Write and publish a record of header ``fields`` with ``payload`` inline (at most
         ``INLINE_MAX`` bytes) in one call: the latency path's :meth:`slot` and
@@ -132,22 +154,9 @@ class Mailbox:
 
     # ------------------------------------------------------------------ receiver
     def arrived(self, spin_s: float) -> bool:
-        """Wait for the next record for up to ``spin_s`` seconds, looking ``TURNS`` times
-        between two ``sched_yield`` calls (a peer sharing our core runs then); whether one
-        is there (at :meth:`next_offset`)."""
-        words = self._words
-        n = self._count
-        end = 0.0
-        while True:
-            for _ in range(TURNS):  # noqa: B007 - a bounded spin
-                if words[_HEAD] != n:
-                    return True
-            now = _monotonic()
-            if not end:
-                end = now + spin_s
-            elif now >= end:
-                return False
-            os.sched_yield()
+        """Wait up to ``spin_s`` seconds for the next record (see :func:`_spin`); whether
+        one is there (at :meth:`next_offset`)."""
+        return _spin(self._words, _HEAD, self._count, spin_s)
 
     def take(self, expected: HeaderFields, into: memoryview, spin_s: float) -> bool:
         """Wait as :meth:`arrived` does for the next record; if its header is ``expected``,

@@ -391,11 +391,15 @@ class TcpTransport(Transport):
                 MAGIC, KIND_COLL, c.redop, c.op, c.dtype, 0, c.root, 0,
                 step, c.seq, c.total, c.sig, send.nbytes, 0,
             )  # fmt: skip
+            box = p.tx_box if p is not None and not p.closed else None
             if (
                 p is None
-                or p.tx_box is None
-                or p.closed
-                or not self._post_box(p, p.tx_box, fields, send)
+                or box is None
+                or not (
+                    self._post_box(p, box, fields, send)
+                    # a full mailbox: the peer is behind; wait for it rather than spill to TCP
+                    or (box.room(_FAST_SPIN_S) and self._post_box(p, box, fields, send))
+                )
             ):
                 sent = self.isend(dest, step, send)
         reqs: list[RecvReq | SendReq] = []

@@ -10,6 +10,8 @@ path (which names what is wrong), and behaves at a full or empty mailbox.
 from __future__ import annotations
 
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -138,3 +140,24 @@ def test_a_mismatch_on_the_latency_path_is_named_on_both_ranks(other: str, expec
         assert isinstance(text, str)
         assert re.search(r"mismatch between rank (0 and rank 1|1 and rank 0)", text), text
         assert re.search(expected, text), text
+
+
+def test_room_waits_for_the_receiver_to_free_a_slot_of_a_full_queue() -> None:
+    region = memoryview(bytearray(BYTES))
+    tx, rx = Mailbox(region), Mailbox(region)
+    assert tx.room(spin_s=1e-4)  # empty: room at once
+    for seq in range(SLOTS):
+        tx.put(_fields(seq, 0, 0), memoryview(b""))
+    assert tx.room(spin_s=1e-3) is False  # nobody reads: still full when the spin ends
+
+    def consume_one() -> None:
+        time.sleep(0.01)
+        assert rx.take(_fields(0, 0, 0), memoryview(bytearray()), spin_s=1e-4)
+
+    reader = threading.Thread(target=consume_one)
+    reader.start()
+    try:
+        assert tx.room(spin_s=5.0)  # the reader frees the oldest slot
+    finally:
+        reader.join()
+    assert tx.put(_fields(SLOTS, 0, 0), memoryview(b"")) is False
