@@ -6,6 +6,8 @@ cleared and its children are ``v + 2^k`` for the powers of two below that bit.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from mpdist.algorithms.communicator import Communicator
@@ -20,9 +22,10 @@ _ANNOUNCE = 1 << 30
 _EMPTY = memoryview(bytearray())
 
 
-def tree_links(rank: int, size: int, root: int) -> tuple[int | None, list[int]]:
+@functools.lru_cache(maxsize=1024)
+def tree_links(rank: int, size: int, root: int) -> tuple[int | None, tuple[int, ...]]:
     """(parent, children) of ``rank`` in the binomial tree rooted at ``root``; children
-    are listed largest subtree first."""
+    are listed largest subtree first. Kept once computed: every broadcast and reduce asks."""
     v = (rank - root) % size
     mask = 1
     parent = None
@@ -37,7 +40,7 @@ def tree_links(rank: int, size: int, root: int) -> tuple[int | None, list[int]]:
         if v + m < size:
             children.append((v + m + root) % size)
         m >>= 1
-    return parent, children
+    return parent, tuple(children)
 
 
 def broadcast(comm: Communicator, buf: memoryview, root: int, op_name: str) -> None:
