@@ -68,7 +68,8 @@ _BOX_NAP_S = 0.005
 # the general wait (which may spin again, then sleeps). Longer than the hiccups of a rank
 # that is on time (a garbage collection, an interrupt: tens to hundreds of microseconds),
 # whose cost as a fallback is a sleep and a wake-up on both sides.
-_FAST_SPIN_S = 1e-3
+# MPDIST_SPIN_US=0 (sleep at once) turns it off too.
+_FAST_SPIN_S = 1e-3 if Spin.default().limit_s > 0 else 0.0
 # Collective messages up to this size take sendrecv's latency path (through the ring above
 # the mailbox's inline size): algorithms exchange them one sendrecv at a time.
 _LATENCY_BYTES = 64 << 10
