@@ -1,4 +1,5 @@
-"""The mpi backend's header check: the fixed-size records its ranks exchange, one per rank, with ``Allgather`` so that ranks that disagree on a collective raise instead of hanging.
+"""The mpi backend's header check: fixed-size records, one per rank, gathered before or with
+each collective so that ranks that disagree on it raise instead of hanging.
 
 A record is a header (op, reduce op, dtype, root, bytes, shape fingerprint: six int64,
 48 bytes) followed by a payload slot of :func:`slot_size` bytes, a constant of the group
