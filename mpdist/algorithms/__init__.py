@@ -29,7 +29,6 @@ from mpdist.algorithms.reduction import (
     REDOP_CODE,
     ReduceOp,
     check_op_dtype,
-    check_op_dtype_cached,
     combine,
     divide,
     divide_by,
@@ -159,7 +158,7 @@ def allreduce(
     size = comm.size
     if 0 < array.nbytes <= comm.transport.latency_bytes and size & (size - 1) == 0:
         flat = _flat(array)
-        check_op_dtype_cached(op, array.dtype)
+        check_op_dtype(op, array.dtype)
         comm.start(op_name, array.dtype, array.nbytes, array.shape, -1, REDOP_CODE[op])
         if size > 1:
             recursive_doubling.allreduce_blocking(comm, flat, op, op_name)
@@ -285,7 +284,7 @@ def reduce_scatter(
     """``output`` <- op over every rank's ``inputs[my_rank]``."""
     _flat(output)
     _same_list(comm, inputs, output, "input list")
-    check_op_dtype_cached(op, output.dtype)
+    check_op_dtype(op, output.dtype)
     comm.start(op_name, output.dtype, output.nbytes, output.shape, -1, REDOP_CODE[op])
     if comm.size > 1:
         if output.nbytes <= DIRECT_BLOCK_BYTES:

@@ -15,7 +15,6 @@ from mpdist.transport.header import WIRE_DTYPES
 __all__ = [
     "ReduceOp",
     "check_op_dtype",
-    "check_op_dtype_cached",
     "REDOP_CODE",
     "UFUNCS",
     "combine",
@@ -48,7 +47,7 @@ class ReduceOp(enum.Enum):
 
 # op -> its wire code (op.value is a Python-level property: a dict lookup is cheaper)
 REDOP_CODE = {op: op.value for op in ReduceOp}
-# (op, dtype) pairs check_op_dtype has accepted: the latency path checks with one lookup
+# (op, dtype) pairs check_op_dtype has accepted
 _VALID: set[tuple[ReduceOp, np.dtype]] = set()
 
 # The numpy ufunc of each op (AVG sums; the caller divides). On bool arrays add, multiply,
@@ -71,7 +70,13 @@ _ORDERED = (ReduceOp.MIN, ReduceOp.MAX)
 
 
 def check_op_dtype(op: ReduceOp, dtype: np.dtype) -> None:
-    """Raise TypeError/ValueError unless ``op`` can reduce arrays of ``dtype``."""
+    """Raise TypeError/ValueError unless ``op`` can reduce arrays of ``dtype``; a pair
+    accepted before is found with one set lookup (every collective asks)."""
+    try:
+        if (op, dtype) in _VALID:
+            return
+    except TypeError:  # an unhashable op: the checks below say what is wrong with it
+        pass
     if not isinstance(op, ReduceOp):
         raise TypeError(f"op must be a ReduceOp, got {op!r}")
     dtype = np.dtype(dtype)
@@ -87,16 +92,6 @@ def check_op_dtype(op: ReduceOp, dtype: np.dtype) -> None:
     if op is ReduceOp.AVG and kind == "b":
         raise ValueError("AVG does not support bool arrays")
     _VALID.add((op, dtype))
-
-
-def check_op_dtype_cached(op: ReduceOp, dtype: np.dtype) -> None:
-    """:func:`check_op_dtype`, with one set lookup for a pair it accepted before."""
-    try:
-        if (op, dtype) in _VALID:
-            return
-    except TypeError:  # an unhashable op: the check says what is wrong with it
-        pass
-    check_op_dtype(op, dtype)
 
 
 def combine(dst: np.ndarray, src: np.ndarray, op: ReduceOp) -> None:
