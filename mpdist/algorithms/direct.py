@@ -56,18 +56,11 @@ def allgather(
     comm: Communicator, outputs: list[np.ndarray], input: np.ndarray, op_name: str
 ) -> None:
     """``outputs[i]`` <- rank i's ``input``: this rank's block to every other rank at once."""
-    t = comm.transport
     r = comm.rank
     peers = [i for i in range(comm.size) if i != r]
     mine = as_bytes(input)
-    if mine.nbytes <= t.latency_bytes:
-        exchange(comm, peers, [mine] * len(peers), [as_bytes(outputs[i]) for i in peers], op_name)
-        place_own_block(outputs[r], input)
-        return
-    reqs = [t.irecv(i, 0, as_bytes(outputs[i])) for i in peers]
-    reqs += [t.isend(i, 0, mine) for i in peers]
+    exchange(comm, peers, [mine] * len(peers), [as_bytes(outputs[i]) for i in peers], op_name)
     place_own_block(outputs[r], input)
-    t.wait(reqs, op_name, comm.timeout_s)
 
 
 def exchange(
@@ -78,11 +71,17 @@ def exchange(
     op_name: str,
 ) -> None:
     """Message 0 of the collective: ``sends[k]`` to ``peers[k]`` and ``recvs[k]`` from it,
-    one blocking ``sendrecv`` at a time (the transport's latency path for small messages):
-    every send first, the last with the first receive, so that no rank waits before it
-    has sent what the others wait for."""
+    all of the same size. Up to the transport's ``latency_bytes``, one blocking
+    ``sendrecv`` at a time (its latency path): every send first, the last with the first
+    receive, so that no rank waits before it has sent what the others wait for. Bigger
+    ones are all posted at once and waited for together."""
     t = comm.transport
     timeout = comm.timeout_s
+    if sends[0].nbytes > t.latency_bytes:
+        reqs = [t.irecv(i, 0, buf) for i, buf in zip(peers, recvs, strict=True)]
+        reqs += [t.isend(i, 0, buf) for i, buf in zip(peers, sends, strict=True)]
+        t.wait(reqs, op_name, timeout)
+        return
     last = len(peers) - 1
     for k in range(last):
         t.sendrecv(0, peers[k], sends[k], None, None, op_name, timeout)
@@ -113,20 +112,13 @@ def reduce_scatter(
 ) -> None:
     """``output`` <- op over ranks of their ``inputs[my_rank]`` (no AVG division), reduced in
     rank order: every rank's block ``i`` goes to rank ``i`` at once."""
-    t = comm.transport
     p, r = comm.size, comm.rank
     out = output.reshape(-1)
     n = out.size
     theirs = comm.scratch(0, n * p, out.dtype).reshape(p, n)
     peers = [i for i in range(p) if i != r]
     sends = [as_bytes(inputs[i]) for i in peers]  # C-contiguous: its bytes in order
-    recvs = [as_bytes(theirs[i]) for i in peers]
-    if out.nbytes <= t.latency_bytes:
-        exchange(comm, peers, sends, recvs, op_name)
-    else:
-        reqs = [t.irecv(i, 0, buf) for i, buf in zip(peers, recvs, strict=True)]
-        reqs += [t.isend(i, 0, buf) for i, buf in zip(peers, sends, strict=True)]
-        t.wait(reqs, op_name, comm.timeout_s)
+    exchange(comm, peers, sends, [as_bytes(theirs[i]) for i in peers], op_name)
     # every rank's block in rank order (ours where it is), reduced left to right
     blocks = [theirs[i] for i in range(p)]
     blocks[r] = inputs[r].reshape(-1)
