@@ -213,27 +213,19 @@ class Transport:
         """Whether a collective is in progress (between begin() and end())."""
         return self._cur is not self._idle
 
+    def coll_fields(self, step: int, nbytes: int) -> HeaderFields:
+        """The header fields of message ``step`` (``nbytes`` of payload) of the current
+        collective: what this rank sends, and what it expects from a peer."""
+        c = self._cur
+        return (
+            MAGIC, KIND_COLL, c.redop, c.op, c.dtype, 0, c.root, 0,
+            step, c.seq, c.total, c.sig, nbytes, 0,
+        )  # fmt: skip
+
     def isend(self, peer: int, step: int, buf: memoryview) -> SendReq:
         """Post message ``step`` of the current collective to ``peer``."""
-        c = self._cur
-        fields = (
-            MAGIC,
-            KIND_COLL,
-            c.redop,
-            c.op,
-            c.dtype,
-            0,
-            c.root,
-            0,
-            step,
-            c.seq,
-            c.total,
-            c.sig,
-            buf.nbytes,
-            0,
-        )
         req = SendReq(peer)
-        self._post(peer, fields, buf, req)
+        self._post(peer, self.coll_fields(step, buf.nbytes), buf, req)
         return req
 
     def irecv(self, peer: int, step: int, buf: memoryview) -> RecvReq:

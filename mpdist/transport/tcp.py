@@ -382,16 +382,12 @@ class TcpTransport(Transport):
         # payload in the ring lies). In every other case (no mailbox, a full one, a
         # stash, a late or unexpected record) the general path takes over from where this
         # one stopped, and says what is wrong.
-        c = self._cur
         sent: SendReq | None = None  # a send that took the general path
         fields: HeaderFields | None = None
         if dest is not None:
             assert send is not None
             p = self._peers[dest]
-            fields = (
-                MAGIC, KIND_COLL, c.redop, c.op, c.dtype, 0, c.root, 0,
-                step, c.seq, c.total, c.sig, send.nbytes, 0,
-            )  # fmt: skip
+            fields = self.coll_fields(step, send.nbytes)
             box = p.tx_box if p is not None and not p.closed else None
             if (
                 p is None
@@ -414,13 +410,8 @@ class TcpTransport(Transport):
                 # the answer's header is ours but for its length (an exchange of equal
                 # blocks: the very tuple sent)
                 expected = (
-                    fields
-                    if fields is not None and fields[12] == n
-                    else (
-                        MAGIC, KIND_COLL, c.redop, c.op, c.dtype, 0, c.root, 0,
-                        step, c.seq, c.total, c.sig, n, 0,
-                    )
-                )  # fmt: skip
+                    fields if fields is not None and fields[12] == n else self.coll_fields(step, n)
+                )
                 with self._lock:  # a thread waiting on point-to-point reads mailboxes too
                     if n <= INLINE_MAX:
                         taken = rx.take(expected, recv, _FAST_SPIN_S)
