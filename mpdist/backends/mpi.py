@@ -384,6 +384,15 @@ class MpiProcessGroup(BuiltinProcessGroup):
         records = self._records
         return records, records.signature((name, redop, dtype, root, nbytes, shape), fold)
 
+    def _fold_rows(self, name: str, redop: ReduceOp | None, arr: np.ndarray) -> list[np.ndarray]:
+        """A folded collective of every rank's ``arr`` (all_reduce, all_gather): numbered,
+        this rank's row filled, exchanged and checked; every rank's row, in rank order."""
+        records, sig = self._folding(name, redop, arr.dtype, -1, arr.nbytes, arr.shape)
+        rows = sig.rows
+        rows[self._pg_rank][...] = arr
+        records.exchange(sig, self._seq)
+        return rows
+
     def _same_sizes(self, arrays: list[np.ndarray], like: np.ndarray, what: str) -> None:
         if len(arrays) != self._pg_size:
             raise ValueError(
@@ -421,11 +430,7 @@ class MpiProcessGroup(BuiltinProcessGroup):
         if arr.nbytes <= self._slot:
 
             def folded() -> None:
-                records, sig = self._folding(name, op, arr.dtype, -1, arr.nbytes, arr.shape)
-                rows = sig.rows
-                rows[self._pg_rank][...] = arr
-                records.exchange(sig, self._seq)
-                _reduce_rows(UFUNCS[op], rows, arr)
+                _reduce_rows(UFUNCS[op], self._fold_rows(name, op, arr), arr)
                 if op is ReduceOp.AVG:
                     divide(arr.reshape(-1), self._pg_size)
 
@@ -502,10 +507,7 @@ class MpiProcessGroup(BuiltinProcessGroup):
         if inp.nbytes <= self._slot:
 
             def folded() -> None:
-                records, sig = self._folding(name, None, inp.dtype, -1, inp.nbytes, inp.shape)
-                rows = sig.rows
-                rows[self._pg_rank][...] = inp
-                records.exchange(sig, self._seq)
+                rows = self._fold_rows(name, None, inp)
                 for out, row in zip(out_list, rows, strict=True):
                     if out.shape == row.shape:
                         out[...] = row
