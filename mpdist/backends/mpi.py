@@ -133,6 +133,9 @@ def _bytes(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint8)
 
 
+_SPAN_MIN = 4096  # bytes per rank from which all_gather looks for outputs end to end
+
+
 def _span(arrays: list[np.ndarray]) -> Any:
     """One writable buffer over ``arrays`` if they lie end to end in memory (the rows of
     one array), else None. MPI then moves them with no staging copy."""
@@ -182,6 +185,19 @@ def _unstage(arrays: list[np.ndarray], buf: np.ndarray) -> None:
         n = a.nbytes
         _bytes(a)[:] = buf[pos : pos + n]
         pos += n
+
+
+def _place_rows(out_list: list[np.ndarray], rows: Any, shape: tuple[int, ...]) -> None:
+    """``out_list[r][...] = rows[r]`` for every rank r (``rows``: an array or list of rows of
+    ``shape``; an output of another shape with as many items takes the row reshaped). One
+    assignment of a typed row per rank (~0.25 us) costs less than copying through byte
+    views (~0.9 us); iterating over ``rows`` (a view per row) or zip(strict=True) over the
+    two lists more than doubled the whole loop (2 ranks: ~2 us against 5)."""
+    for i, out in enumerate(out_list):
+        if out.shape == shape:
+            out[...] = rows[i]
+        else:
+            out.reshape(shape)[...] = rows[i]
 
 
 def _reduce_rows(ufunc: Any, rows: list[np.ndarray], out: np.ndarray) -> None:
@@ -507,27 +523,21 @@ class MpiProcessGroup(BuiltinProcessGroup):
         if inp.nbytes <= self._slot:
 
             def folded() -> None:
-                rows = self._fold_rows(name, None, inp)
-                for out, row in zip(out_list, rows, strict=True):
-                    if out.shape == row.shape:
-                        out[...] = row
-                    else:
-                        out.reshape(row.shape)[...] = row
+                _place_rows(out_list, self._fold_rows(name, None, inp), inp.shape)
 
             return self._run(folded, outputs, async_op)
 
         def run() -> None:
             self._enter(name, inp.dtype, inp.nbytes, inp.shape)
-            span = _span(out_list)
+            # outputs end to end take the message with no staging copy; below a few KiB
+            # the copy costs less than finding out (~0.3 us per output)
+            span = _span(out_list) if inp.nbytes >= _SPAN_MIN else None
             if span is not None:
                 self._comm.Allgather([inp, MPI.BYTE], [span, MPI.BYTE])
                 return
-            # rows of inp's dtype and shape: one assignment per rank (~0.25 us), where
-            # copying through byte views costs ~0.9 us
             rows = np.empty((self._pg_size, *inp.shape), inp.dtype)
             self._comm.Allgather([inp, MPI.BYTE], [rows, MPI.BYTE])
-            for out, row in zip(out_list, rows, strict=True):
-                out[...] = row if out.shape == row.shape else row.reshape(out.shape)
+            _place_rows(out_list, rows, inp.shape)
 
         return self._run(run, outputs, async_op)
 

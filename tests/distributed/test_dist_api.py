@@ -299,6 +299,8 @@ def bad_args_job(rank: int, n: int) -> int:
     f32 = np.zeros(4, np.float32)
     ro = np.zeros(4)
     ro.setflags(write=False)
+    ro32 = np.zeros(4, np.float32)
+    ro32.setflags(write=False)
     bad = [
         (ValueError, lambda: dist.all_reduce(np.zeros((4, 4))[:, 0])),  # non-contiguous
         (TypeError, lambda: dist.all_reduce([1.0, 2.0])),
@@ -313,6 +315,10 @@ def bad_args_job(rank: int, n: int) -> int:
         (ValueError, lambda: dist.all_gather([f32], f32)),  # wrong length
         (TypeError, lambda: dist.all_gather([f32, np.zeros(4)], f32)),  # mixed dtypes
         (ValueError, lambda: dist.all_gather([f32, np.zeros(5, np.float32)], f32)),
+        (ValueError, lambda: dist.all_gather([f32, np.zeros((2, 2), np.float32)], f32)),
+        (ValueError, lambda: dist.all_gather([f32, np.zeros((4, 2), np.float32)[:, 0]], f32)),
+        (ValueError, lambda: dist.all_gather([f32, ro.astype(np.float32)[::-1]], f32)),
+        (ValueError, lambda: dist.all_gather([ro32, f32], f32)),  # an output read-only
         (TypeError, lambda: dist.all_gather(f32, f32)),
         (ValueError, lambda: dist.all_gather_into_tensor(np.zeros(5, np.float32), f32)),
         (TypeError, lambda: dist.all_gather_into_tensor(np.zeros(8), f32)),
