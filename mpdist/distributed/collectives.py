@@ -89,11 +89,18 @@ def broadcast(
     """Copy global rank ``src``'s ``tensor`` into every rank's ``tensor``."""
     if dispatch.active and dispatch.intercepting():  # a CollectiveMode sees it
         return dispatch.run(_OP_BROADCAST, (tensor, src, group, async_op))
-    world, pg = _resolve(group, "broadcast")
-    if pg is None:
-        return None
-    root = _group_rank(world, pg, src, "src", "broadcast")
-    checked_array(tensor, "broadcast", "tensor", out=root != _me(world, pg))
+    world = (_tls.world or state.process_world) if group is None else None
+    if world is not None and type(src) is int and 0 <= src < world.size:
+        # the default group (the latency path): its ranks are the global ones
+        pg, root, me = world.default_pg, src, world.rank
+        assert pg is not None  # a world is published with its default group
+    else:
+        world, pg = _resolve(group, "broadcast")
+        if pg is None:
+            return None
+        root = _group_rank(world, pg, src, "src", "broadcast")
+        me = _me(world, pg)
+    checked_array(tensor, "broadcast", "tensor", out=root != me)
     work = pg.broadcast([tensor], CheckedBroadcastOptions(root, 0, None, async_op))
     if work is None:  # ran in this thread: done
         return None
