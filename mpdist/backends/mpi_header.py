@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from mpdist.algorithms.reduction import ReduceOp
 from mpdist.errors import DistBackendError
-from mpdist.transport.header import dtype_code, dtype_name, op_code, op_name_of, shape_signature
+from mpdist.transport.header import describe_mismatch, dtype_code, op_code, shape_signature
 
 __all__ = ["BLOCKS", "HEADER_BYTES", "ROWS", "Records", "Signature", "slot_size"]
 
@@ -138,25 +137,11 @@ class Records:
         headers = self._headers.copy().view(np.int64)
         me = self.rank
         other = next(r for r in range(self.size) if (headers[r] != headers[me]).any())
-        mine, theirs = headers[me], headers[other]
         n = self.global_ranks
         a, b = f"rank {n[me]}", f"rank {n[other]}"
-        diffs = []
-        if mine[0] != theirs[0]:
-            diffs.append(f"{a} called {name} but {b} called {op_name_of(int(theirs[0]))}")
-        if mine[2] != theirs[2]:
-            diffs.append(
-                f"dtype {dtype_name(int(mine[2]))} on {a} vs {dtype_name(int(theirs[2]))} on {b}"
-            )
-        if mine[4] != theirs[4]:
-            diffs.append(f"{mine[4]} bytes on {a} vs {theirs[4]} bytes on {b}")
-        elif mine[5] != theirs[5]:
-            diffs.append(f"different shapes on {a} and {b}")
-        if mine[3] != theirs[3]:
-            diffs.append(f"root {mine[3]} on {a} vs root {theirs[3]} on {b}")
-        if mine[1] != theirs[1]:
-            ops = [ReduceOp(int(v)).name if v >= 0 else "none" for v in (mine[1], theirs[1])]
-            diffs.append(f"reduce op {ops[0]} on {a} vs {ops[1]} on {b}")
+        mine = tuple(int(v) for v in headers[me])
+        theirs = tuple(int(v) for v in headers[other])
         return DistBackendError(
-            f"{name}: mismatch between {a} and {b} in collective #{seq}: " + "; ".join(diffs)
+            f"{name}: mismatch between {a} and {b} in collective #{seq}: "
+            + describe_mismatch(a, b, name, mine, theirs)
         )

@@ -45,13 +45,13 @@ from mpdist.transport.header import (
     MAGIC,
     Header,
     HeaderFields,
+    describe_mismatch,
     dtype_name,
     op_name_of,
 )
 
 __all__ = ["Transport", "Collective", "SendReq", "RecvReq", "Payload", "as_bytes"]
 
-_REDOPS = ["SUM", "AVG", "PRODUCT", "MIN", "MAX", "BAND", "BOR", "BXOR"]
 
 # A payload that arrived before its receive was posted, kept until one is: bytes
 # (LocalTransport's copies, empty payloads) or a memoryview of the array TcpTransport
@@ -507,27 +507,11 @@ class Transport:
     def _mismatch(self, peer: int, hdr: Header) -> DistBackendError:
         c = self._cur
         me, them = f"rank {self._n(self.rank)}", f"rank {self._n(peer)}"
-        mine_op = c.op_name
-        diffs = []
-
-        def differ(mine: str, theirs: str) -> None:
-            diffs.append(f"{mine} on {me} vs {theirs} on {them}")
-
-        if hdr.op != c.op:
-            diffs.append(f"{me} called {mine_op} but {them} called {op_name_of(hdr.op)}")
-        if hdr.dtype != c.dtype:
-            differ(f"dtype {dtype_name(c.dtype)}", dtype_name(hdr.dtype))
-        if hdr.total != c.total:
-            differ(f"{c.total} bytes", f"{hdr.total} bytes")
-        elif hdr.sig != c.sig:
-            diffs.append(f"different shapes on {me} and {them}")
-        if hdr.root != c.root:
-            differ(f"root {c.root}", f"root {hdr.root}")
-        if hdr.redop != c.redop:
-            differ(f"reduce op {_redop(c.redop)}", _redop(hdr.redop))
+        mine = (c.op, c.redop, c.dtype, c.root, c.total, c.sig)
+        theirs = (hdr.op, hdr.redop, hdr.dtype, hdr.root, hdr.total, hdr.sig)
         return DistBackendError(
-            f"{mine_op}: mismatch between {me} and {them} in collective #{c.seq}: "
-            + "; ".join(diffs)
+            f"{c.op_name}: mismatch between {me} and {them} in collective #{c.seq}: "
+            + describe_mismatch(me, them, c.op_name, mine, theirs)
         )
 
     def _stale(self, peer: int, hdr: Header) -> DistBackendError:
@@ -688,7 +672,3 @@ class Transport:
 
     def _shutdown(self) -> None:
         raise NotImplementedError
-
-
-def _redop(code: int) -> str:
-    return _REDOPS[code] if 0 <= code < len(_REDOPS) else f"#{code}"

@@ -28,6 +28,7 @@ __all__ = [
     "ERR_BACKEND",
     "ERR_NETWORK",
     "WIRE_DTYPES",
+    "describe_mismatch",
     "dtype_code",
     "dtype_name",
     "op_code",
@@ -187,6 +188,41 @@ def op_code(name: str) -> int:
 def op_name_of(code: int) -> str:
     """Name of an op code, for error messages."""
     return _OP_NAME.get(code, f"op#{code}")
+
+
+# ReduceOp names by value (this layer does not import the algorithms' enum)
+_REDOP_NAMES = ("SUM", "AVG", "PRODUCT", "MIN", "MAX", "BAND", "BOR", "BXOR")
+
+
+def describe_mismatch(
+    me: str, them: str, mine_op: str, mine: tuple[int, ...], theirs: tuple[int, ...]
+) -> str:
+    """What differs between two ranks' calls, in words, for a mismatch error. ``mine`` and
+    ``theirs`` are (op, reduce op, dtype, root, bytes, shape fingerprint) codes; ``me`` and
+    ``them`` name the ranks ("rank 3"). Every difference is listed, except the dtype of a
+    call that has none (a barrier: code 0), where the collectives differ already."""
+    op, redop, dtype, root, total, sig = mine
+    t_op, t_redop, t_dtype, t_root, t_total, t_sig = theirs
+    diffs = []
+    if op != t_op:
+        diffs.append(f"{me} called {mine_op} but {them} called {op_name_of(t_op)}")
+    if dtype != t_dtype and dtype and t_dtype:
+        diffs.append(f"dtype {dtype_name(dtype)} on {me} vs {dtype_name(t_dtype)} on {them}")
+    if total != t_total:
+        diffs.append(f"{total} bytes on {me} vs {t_total} bytes on {them}")
+    elif sig != t_sig:
+        diffs.append(f"different shapes on {me} and {them}")
+    if root != t_root:
+        diffs.append(f"root {root} on {me} vs root {t_root} on {them}")
+    if redop != t_redop:
+        diffs.append(f"reduce op {_redop_name(redop)} on {me} vs {_redop_name(t_redop)} on {them}")
+    return "; ".join(diffs)
+
+
+def _redop_name(code: int) -> str:
+    if code < 0:
+        return "none"
+    return _REDOP_NAMES[code] if code < len(_REDOP_NAMES) else f"#{code}"
 
 
 def shape_signature(shape: tuple[int, ...]) -> int:

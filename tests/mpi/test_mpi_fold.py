@@ -78,3 +78,4 @@ def test_mismatches_across_the_fold_boundary_raise_on_every_rank(n: int) -> None
     assert "rank 1 called all_reduce but rank 0 called broadcast" in cases["kinds rank 1"]
     assert "rank 0 called all_gather but rank 1 called gather" in cases["gather rank 0"]
     assert "rank 1 called barrier but rank 0 called all_reduce" in cases["barrier rank 1"]
+    assert "dtype" not in cases["barrier rank 1"]  # a barrier has none to compare

@@ -403,6 +403,24 @@ def test_mismatch_message_lists_every_difference() -> None:
     )
 
 
+def test_mismatch_with_a_barrier_names_the_collectives_and_no_dtype() -> None:
+    def fn(comm: A.Communicator):
+        try:
+            if comm.rank == 0:
+                A.barrier(comm)
+            else:
+                A.allreduce(comm, np.ones(2, np.float32))
+        except DistBackendError as e:
+            return str(e)
+        return "no error"
+
+    res = run_ranks(2, fn, "local", timeout=10)
+    for rank, text in enumerate(res):
+        mine, theirs = ("barrier", "all_reduce") if rank == 0 else ("all_reduce", "barrier")
+        assert f"rank {rank} called {mine} but rank {1 - rank} called {theirs}" in text, text
+        assert "dtype" not in text, text  # a barrier has no dtype to compare
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_many_big_messages_before_any_receive(kind: str) -> None:
     """More data than a shared-memory ring holds, sent before the receiver looks: the
