@@ -46,7 +46,15 @@ from mpdist.transport.header import (
 from mpdist.transport.mailbox import BYTES as MAILBOX_BYTES
 from mpdist.transport.mailbox import INLINE_MAX, RECORD_HEAD, SUPPORTED, Mailbox, fence
 from mpdist.transport.mesh import connect_full_mesh, group_token
-from mpdist.transport.shm import Ring, ring_aux, ring_path, shm_dir, sweep_stale_rings
+from mpdist.transport.shm import (
+    Ring,
+    copy_bytes,
+    ring_aux,
+    ring_path,
+    shm_dir,
+    split_aux,
+    sweep_stale_rings,
+)
 from mpdist.transport.spin import Spin
 
 __all__ = ["TcpTransport"]
@@ -445,7 +453,7 @@ class TcpTransport(Transport):
         if found is None:
             return False  # the general reader reports the forged header
         data, number = found
-        recv[:] = data
+        copy_bytes(recv, data, None, ring.address + split_aux(got[13])[0])
         ring.release(number)
         rx.consumed()
         return True
@@ -612,7 +620,7 @@ class TcpTransport(Transport):
             req.done = True
             return True
         if req is not None:
-            req.buf[:] = data
+            copy_bytes(req.buf, data, None, ring.address + split_aux(hdr.aux)[0])
             ring.release(number)
             req.done = True
             return True
@@ -919,7 +927,7 @@ def _into_ring(ring: Ring, fields: HeaderFields, buf: memoryview) -> HeaderField
     at = ring.alloc(n)
     if at is None:
         return None
-    ring.data[at : at + n] = buf
+    copy_bytes(ring.data[at : at + n], buf, ring.address + at)
     return (*fields[:5], FLAG_SHM, *fields[6:13], ring_aux(at, ring.allocated - 1))
 
 
