@@ -34,6 +34,7 @@ __all__ = ["Ring", "ring_aux", "shm_dir", "ring_path", "sweep_stale_rings", "cop
 
 _CTRL = 64  # bytes in front of the data: int64 "consumed" counter, own cache line
 _OFFSET_BITS = 32  # a header's aux field: the payload's offset, then its allocation number
+_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 
 
 def ring_aux(offset: int, number: int) -> int:
@@ -43,7 +44,7 @@ def ring_aux(offset: int, number: int) -> int:
 
 def split_aux(aux: int) -> tuple[int, int]:
     """Inverse of :func:`ring_aux`: (offset, allocation number)."""
-    return aux & ((1 << _OFFSET_BITS) - 1), aux >> _OFFSET_BITS
+    return aux & _OFFSET_MASK, aux >> _OFFSET_BITS
 
 
 def shm_dir() -> str | None:
@@ -164,7 +165,7 @@ class Ring:
         self.data = memoryview(self._mm)[_CTRL + front :]
         address = address_of(self.data)
         assert address is not None  # a shared read-write mapping
-        self.address = address  # of data[0] (copy_bytes)
+        self.address = address  # of data[0], for copy_bytes
         # sender: outstanding allocations, oldest first, how many were freed and made
         self._out: deque[tuple[int, int]] = deque()
         self._freed = 0
@@ -210,6 +211,16 @@ class Ring:
         out.append((start, start + n))
         self.allocated += 1
         return start
+
+    def put(self, at: int, buf: memoryview) -> None:
+        """Sender: copy ``buf`` into the allocation :meth:`alloc` gave at offset ``at``."""
+        copy_bytes(self.data[at : at + buf.nbytes], buf, self.address + at)
+
+    def read(self, aux: int, into: memoryview) -> None:
+        """Receiver: copy the payload a header's ``aux`` announces (found by
+        :meth:`payload` first) into ``into``, all ``into.nbytes`` of it."""
+        off = aux & _OFFSET_MASK
+        copy_bytes(into, self.data[off : off + into.nbytes], None, self.address + off)
 
     def payload(self, aux: int, n: int) -> tuple[memoryview, int] | None:
         """Receiver: the ``n`` bytes a header's ``aux`` announces and their allocation

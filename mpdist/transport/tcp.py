@@ -46,15 +46,7 @@ from mpdist.transport.header import (
 from mpdist.transport.mailbox import BYTES as MAILBOX_BYTES
 from mpdist.transport.mailbox import INLINE_MAX, RECORD_HEAD, SUPPORTED, Mailbox, fence
 from mpdist.transport.mesh import connect_full_mesh, group_token
-from mpdist.transport.shm import (
-    Ring,
-    copy_bytes,
-    ring_aux,
-    ring_path,
-    shm_dir,
-    split_aux,
-    sweep_stale_rings,
-)
+from mpdist.transport.shm import Ring, ring_aux, ring_path, shm_dir, sweep_stale_rings
 from mpdist.transport.spin import Spin
 
 __all__ = ["TcpTransport"]
@@ -452,8 +444,8 @@ class TcpTransport(Transport):
         found = ring.payload(got[13], recv.nbytes)
         if found is None:
             return False  # the general reader reports the forged header
-        data, number = found
-        copy_bytes(recv, data, None, ring.address + split_aux(got[13])[0])
+        _, number = found
+        ring.read(got[13], recv)
         ring.release(number)
         rx.consumed()
         return True
@@ -620,12 +612,12 @@ class TcpTransport(Transport):
             req.done = True
             return True
         if req is not None:
-            copy_bytes(req.buf, data, None, ring.address + split_aux(hdr.aux)[0])
+            ring.read(hdr.aux, req.buf)
             ring.release(number)
             req.done = True
             return True
         payload = self._stash_buf(hdr.nbytes).data
-        payload[:] = data
+        ring.read(hdr.aux, payload)
         ring.release(number)
         self._on_stashed(p.rank, hdr, payload)
         return False
@@ -927,7 +919,7 @@ def _into_ring(ring: Ring, fields: HeaderFields, buf: memoryview) -> HeaderField
     at = ring.alloc(n)
     if at is None:
         return None
-    copy_bytes(ring.data[at : at + n], buf, ring.address + at)
+    ring.put(at, buf)
     return (*fields[:5], FLAG_SHM, *fields[6:13], ring_aux(at, ring.allocated - 1))
 
 
