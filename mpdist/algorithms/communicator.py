@@ -57,6 +57,8 @@ class Communicator:
         self.transport = transport
         self.rank: int = transport.rank
         self.size: int = transport.size
+        # every other rank, in order: the direct algorithms' partners (read, never changed)
+        self.peers: list[int] = [i for i in range(self.size) if i != self.rank]
         self.timeout_s = float(timeout_s)
         self.seq = 0
         self.last_op: tuple[str, int] | None = None

@@ -57,7 +57,7 @@ def allgather(
 ) -> None:
     """``outputs[i]`` <- rank i's ``input``: this rank's block to every other rank at once."""
     r = comm.rank
-    peers = [i for i in range(comm.size) if i != r]
+    peers = comm.peers
     mine = as_bytes(input)
     exchange(comm, peers, [mine] * len(peers), [as_bytes(outputs[i]) for i in peers], op_name)
     place_own_block(outputs[r], input)
@@ -115,12 +115,15 @@ def reduce_scatter(
     p, r = comm.size, comm.rank
     out = output.reshape(-1)
     n = out.size
-    theirs = comm.scratch(0, n * p, out.dtype).reshape(p, n)
-    peers = [i for i in range(p) if i != r]
+    if output.nbytes <= comm.transport.latency_bytes:  # the latency path's kept buffers
+        theirs = comm.small_scratch(out.dtype, n * p)[0].reshape(p, n)
+    else:
+        theirs = comm.scratch(0, n * p, out.dtype).reshape(p, n)
+    peers = comm.peers
     sends = [as_bytes(inputs[i]) for i in peers]  # C-contiguous: its bytes in order
     exchange(comm, peers, sends, [as_bytes(theirs[i]) for i in peers], op_name)
     # every rank's block in rank order (ours where it is), reduced left to right
-    blocks = [theirs[i] for i in range(p)]
+    blocks = list(theirs)
     blocks[r] = inputs[r].reshape(-1)
     reduce_into(out, blocks[0], blocks[1], op)
     for i in range(2, p):

@@ -338,6 +338,14 @@ class BuiltinProcessGroup(ProcessGroup):
         input_tensors: list[list[Any]],
         opts: ReduceScatterOptions | None = None,
     ) -> Work:
+        if type(opts) is CheckedReduceScatterOptions:  # the module API's: checked
+            ins = [x if type(x) is np.ndarray else x.data for x in input_tensors[0]]
+            out = output_tensors[0]
+            if type(out) is not np.ndarray:
+                out = out.data
+            return self._c_reduce_scatter(
+                out, ins, opts.reduceOp, "reduce_scatter", output_tensors, opts.asyncOp
+            )
         ins = checked_list(input_tensors[0], "reduce_scatter", "input_tensors[0]")
         out = checked_array(output_tensors[0], "reduce_scatter", "output_tensors[0]", out=True)
         return self._c_reduce_scatter(

@@ -38,7 +38,6 @@ from mpdist.process_group import (
     GatherOptions,
     ProcessGroup,
     ReduceOptions,
-    ReduceScatterOptions,
     ScatterOptions,
     Work,
     set_caller_blocks,
@@ -254,8 +253,11 @@ def reduce_scatter(
     n = _size(world, pg)
     _array_list(input_list, "reduce_scatter", "input_list", n, False, like=(out, "output"))
     _check_op(op, out.dtype, "reduce_scatter")
-    opts = ReduceScatterOptions(reduceOp=op, asyncOp=async_op)
-    work = pg.reduce_scatter([output], [input_list], opts)
+    work = pg.reduce_scatter(
+        [output], [input_list], CheckedReduceScatterOptions(op, None, async_op)
+    )
+    if work is None:  # ran in this thread: done
+        return None
     return _finish(work, world, pg, async_op)
 
 
