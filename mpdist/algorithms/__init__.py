@@ -41,6 +41,7 @@ from mpdist.transport.base import as_bytes
 __all__ = [
     "Communicator",
     "ReduceOp",
+    "check_list",
     "check_op_dtype",
     "combine",
     "reduce_into",
@@ -114,10 +115,14 @@ def _root(comm: Communicator, root: int, what: str = "root") -> None:
 
 
 def _same_list(comm: Communicator, arrays: list, like: np.ndarray, what: str) -> None:
-    if len(arrays) != comm.size:
-        raise ValueError(
-            f"{what} must have {comm.size} entries (the group size), got {len(arrays)}"
-        )
+    check_list(comm.size, arrays, like, what)
+
+
+def check_list(size: int, arrays: list, like: np.ndarray, what: str) -> None:
+    """A list argument of a group of ``size`` ranks: one C-contiguous array per rank, each
+    of ``like``'s dtype and size."""
+    if len(arrays) != size:
+        raise ValueError(f"{what} must have {size} entries (the group size), got {len(arrays)}")
     for a in arrays:
         if type(a) is not np.ndarray or not a.flags.c_contiguous:
             _flat(a)  # says what is wrong with it

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mpdist.algorithms import check_list
 from mpdist.process_group import (
     AllgatherOptions,
     AllreduceOptions,
@@ -130,6 +131,8 @@ class BuiltinProcessGroup(ProcessGroup):
         self._global_ranks = list(ranks)
 
     # ---- the internal interface (group ranks, validated ndarrays); subclasses implement.
+    # all_gather's and reduce_scatter's lists arrive checked too: one array per rank, each
+    # of the other argument's dtype and size (gather's and scatter's: the backend checks).
     # ``name`` is the op name that headers and errors carry ("all_gather_into_tensor", ...);
     # the return value is the op's value (None; a receive's source) or, with async_op, a Work.
     def _c_allreduce(
@@ -297,6 +300,7 @@ class BuiltinProcessGroup(ProcessGroup):
             return self._c_allgather(outs, inp, "all_gather", output_tensors, opts.asyncOp)
         outs = checked_list(output_tensors[0], "allgather", "output_tensors[0]", out=True)
         inp = checked_array(input_tensors[0], "allgather", "input_tensors[0]")
+        check_list(self.size(), outs, inp, "output list")
         return self._c_allgather(outs, inp, "all_gather", list(output_tensors), _async(opts))
 
     def _allgather_base(
@@ -306,6 +310,7 @@ class BuiltinProcessGroup(ProcessGroup):
             checked_array(output, "_allgather_base", "output", out=True).reshape(self.size(), -1)
         )
         inp = checked_array(input, "_allgather_base", "input").reshape(-1)
+        check_list(self.size(), outs, inp, "output")
         return self._c_allgather(outs, inp, "all_gather_into_tensor", [output], _async(opts))
 
     def gather(
@@ -348,6 +353,7 @@ class BuiltinProcessGroup(ProcessGroup):
             )
         ins = checked_list(input_tensors[0], "reduce_scatter", "input_tensors[0]")
         out = checked_array(output_tensors[0], "reduce_scatter", "output_tensors[0]", out=True)
+        check_list(self.size(), ins, out, "input list")
         return self._c_reduce_scatter(
             out, ins, _op(opts), "reduce_scatter", list(output_tensors), _async(opts)
         )
@@ -355,7 +361,8 @@ class BuiltinProcessGroup(ProcessGroup):
     def _reduce_scatter_base(
         self, output: Any, input: Any, opts: ReduceScatterOptions | None = None
     ) -> Work:
-        if type(opts) is CheckedReduceScatterOptions:  # the module API's: checked
+        checked = type(opts) is CheckedReduceScatterOptions  # the module API's
+        if checked:
             out = output if type(output) is np.ndarray else output.data
             inp = input if type(input) is np.ndarray else input.data
         else:
@@ -363,6 +370,8 @@ class BuiltinProcessGroup(ProcessGroup):
             inp = checked_array(input, "_reduce_scatter_base", "input")
         out = out.reshape(-1)
         ins = list(inp.reshape(self.size(), -1))
+        if not checked:
+            check_list(self.size(), ins, out, "input")
         return self._c_reduce_scatter(
             out, ins, _op(opts), "reduce_scatter_tensor", [output], _async(opts)
         )

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from mpdist.algorithms import check_list
 from mpdist.algorithms.reduction import UFUNCS, ReduceOp, check_op_dtype, divide
 from mpdist.errors import DistBackendError
 from mpdist.process_group import Work
@@ -409,19 +410,6 @@ class MpiProcessGroup(BuiltinProcessGroup):
         records.exchange(sig, self._seq)
         return rows
 
-    def _same_sizes(self, arrays: list[np.ndarray], like: np.ndarray, what: str) -> None:
-        if len(arrays) != self._pg_size:
-            raise ValueError(
-                f"{what} must have {self._pg_size} entries (the group size), got {len(arrays)}"
-            )
-        for a in arrays:
-            if a.dtype != like.dtype:
-                raise TypeError(f"{what}: mixed dtypes {a.dtype} and {like.dtype}")
-            if a.nbytes != like.nbytes:
-                raise ValueError(
-                    f"{what}: every array must have {like.size} elements, got {a.size}"
-                )
-
     def _check_root(self, root: int) -> None:
         if not isinstance(root, int) or not 0 <= root < self._pg_size:
             raise ValueError(f"root {root!r} is not a rank of this group (size {self._pg_size})")
@@ -519,7 +507,6 @@ class MpiProcessGroup(BuiltinProcessGroup):
         outputs: list[Any],
         async_op: bool,
     ) -> Any:
-        self._same_sizes(out_list, inp, "output list")
         if inp.nbytes <= self._slot:
 
             def folded() -> None:
@@ -555,7 +542,7 @@ class MpiProcessGroup(BuiltinProcessGroup):
         if is_root:
             if out_list is None:
                 raise ValueError("gather: the output list is required on the root")
-            self._same_sizes(out_list, inp, "gather list")
+            check_list(self._pg_size, out_list, inp, "gather list")
 
         def run() -> None:
             self._enter(name, inp.dtype, inp.nbytes, inp.shape, root)
@@ -585,7 +572,7 @@ class MpiProcessGroup(BuiltinProcessGroup):
         if is_root:
             if in_list is None:
                 raise ValueError("scatter: the input list is required on the root")
-            self._same_sizes(in_list, out, "scatter list")
+            check_list(self._pg_size, in_list, out, "scatter list")
 
         def run() -> None:
             self._enter(name, out.dtype, out.nbytes, out.shape, root)
@@ -606,7 +593,6 @@ class MpiProcessGroup(BuiltinProcessGroup):
         outputs: list[Any],
         async_op: bool,
     ) -> Any:
-        self._same_sizes(in_list, out, "input list")
         mop = self._reduce_op(out, op)
         if out.nbytes * self._pg_size <= self._slot:
 

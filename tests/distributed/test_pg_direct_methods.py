@@ -17,6 +17,21 @@ def _check_usable(pg, n: int) -> None:
     np.testing.assert_array_equal(a, [n, n, n])
 
 
+def bad_list_calls(pg, n: int) -> list:
+    """Direct list calls whose entries disagree with the other argument (or the group
+    size): (exception, message, call), each raising before anything is sent."""
+    four, five = np.zeros(4), np.zeros(5)
+    return [
+        (ValueError, "elements", lambda: pg.allgather([[four] * n], [five])),
+        (ValueError, "entries", lambda: pg.allgather([[four] * (n + 1)], [four])),
+        (TypeError, "dtypes", lambda: pg.allgather([[four.astype(np.float32)] * n], [four])),
+        (ValueError, "elements", lambda: pg.reduce_scatter([four], [[five] * n])),
+        (ValueError, "entries", lambda: pg.reduce_scatter([four], [[four] * (n + 1)])),
+        (ValueError, "elements", lambda: pg._allgather_base(np.zeros(4 * n), five)),
+        (ValueError, "elements", lambda: pg._reduce_scatter_base(four, np.zeros(5 * n))),
+    ]
+
+
 def bad_direct_calls(rank: int, n: int) -> int:
     pg = dist.distributed._get_default_group()
     strided = np.zeros((4, 4))[:, 0]  # not contiguous
@@ -36,6 +51,8 @@ def bad_direct_calls(rank: int, n: int) -> int:
         ),
         (ValueError, "contiguous", lambda: pg.alltoall_base(np.zeros(8), strided, [], [])),
         (ValueError, "contiguous", lambda: pg.send([strided], 1 - rank % 2)),
+        # list entries must match the other argument (the backend's _c_* rely on it)
+        *bad_list_calls(pg, n),
     ]
     for exc, text, call in bad:
         with pytest.raises(exc, match=text):
@@ -45,7 +62,8 @@ def bad_direct_calls(rank: int, n: int) -> int:
 
 
 def test_bad_arrays_in_direct_methods_raise_and_the_group_stays_usable():
-    assert spawn_threads(bad_direct_calls, 2) == [9, 9]
+    assert spawn_threads(bad_direct_calls, 2) == [16, 16]
+    assert spawn_ranks(bad_direct_calls, 2) == [16, 16]
 
 
 def empty_alltoall_base(rank: int, n: int) -> bool:

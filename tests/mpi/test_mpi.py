@@ -134,6 +134,11 @@ def test_mismatches_give_a_clear_error_on_every_rank() -> None:
     assert "done 0" in out and "done 1" in out
 
 
+def test_direct_list_calls_that_disagree_raise_before_sending() -> None:
+    out = mpirun(2, "_direct_lists.py")
+    assert "rank 0 raised 7" in out and "rank 1 raised 7" in out, out
+
+
 def test_ddp_trains_the_same_as_on_tcp() -> None:
     out = mpirun(2, "_ddp_and_rendezvous.py", "ddp")
     assert "ok 0" in out and "ok 1" in out
