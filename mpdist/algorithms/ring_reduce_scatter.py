@@ -1,11 +1,13 @@
 """Ring reduce-scatter: p - 1 steps; a block's partial result travels right, gaining one
-rank's contribution per hop, and ends fully reduced on its owner."""
+rank's contribution per hop, and ends fully reduced on its owner. Each partial result is
+reduced straight from where the transport holds it (a borrowing receive: the shared ring,
+no copy out first)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from mpdist.algorithms.communicator import Communicator
+from mpdist.algorithms.communicator import Communicator, received
 from mpdist.algorithms.reduction import ReduceOp, reduce_into
 from mpdist.transport.base import RecvReq, as_bytes
 
@@ -27,7 +29,7 @@ def reduce_scatter(
     nslot = len(slots)
 
     def post(s: int) -> RecvReq:
-        return t.irecv(left, s, as_bytes(slots[s % nslot]))
+        return t.irecv_borrow(left, s, as_bytes(slots[s % nslot]))
 
     recvs = {0: post(0)}
     if p > 2:
@@ -40,10 +42,13 @@ def reduce_scatter(
         blk = (r - s - 2) % p
         mine = inputs[blk].reshape(-1)
         sc = slots[s % nslot]
-        if s == p - 2:
-            reduce_into(out, sc, mine, op)
+        theirs = received(req, sc)
+        last = s == p - 2
+        reduce_into(out if last else sc, theirs, mine, op)
+        del theirs  # no view of the lent bytes may outlive the release
+        t.release(req)
+        if last:
             break
-        reduce_into(sc, sc, mine, op)
         sends.append(t.isend(right, s + 1, as_bytes(sc)))
         if s + 2 <= p - 2:
             # slot (s + 2) % 3 was sent at step s; it must be out before we receive into it

@@ -424,3 +424,38 @@ def test_all_gather_and_reduce_scatter_on_both_sides_of_the_direct_threshold(
                 assert np.array_equal(gathered[q], data(q, "float32", n, n))
             zref = reference([data(q, "float32", n, 7 * n + r) for q in range(size)], ReduceOp.SUM)
             assert np.array_equal(z, zref)
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_ring_reduce_scatter_reduces_from_the_shared_ring_and_gives_every_payload_back(
+    size: int,
+) -> None:
+    # blocks past the direct threshold take the ring, whose hops reduce straight from the
+    # payload the transport lends (the shared ring between two processes' transports)
+    n = A.DIRECT_BLOCK_BYTES // 4 + 3
+
+    def fn(comm: A.Communicator):
+        out = {}
+        for i, op in enumerate(ReduceOp):
+            for dt in ("float32", "int64"):
+                if not valid(op, dt):
+                    continue
+                ins = [data(comm.rank, dt, n, 10 * i + j) for j in range(size)]
+                z = np.empty(n, dt)
+                A.reduce_scatter(comm, z, ins, op)
+                out[(op, dt)] = (i, z)
+        A.barrier(comm)  # every rank has finished reading what it was sent
+        # every payload this rank put in a ring was lent, read and given back by its peer
+        rings = [p.tx_ring for p in comm.transport._peers if p is not None and p.tx_ring]
+        unreleased = [ring.allocated - int(ring._ctrl[0]) for ring in rings]
+        return out, len(rings), unreleased, sum(ring.allocated for ring in rings)
+
+    res = run_ranks(size, fn, "tcp")
+    for r in range(size):
+        out, n_rings, unreleased, sent = res[r]
+        assert n_rings == size - 1, "the transports must share rings for this test"
+        assert sent >= len(out)  # the payloads went through the rings
+        assert unreleased == [0] * (size - 1)
+        for (op, dt), (i, z) in out.items():
+            ref = reference([data(q, dt, n, 10 * i + r) for q in range(size)], op)
+            assert np.array_equal(z, ref), (op, dt, r)
