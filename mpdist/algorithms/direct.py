@@ -14,7 +14,7 @@ from mpdist.algorithms.communicator import Communicator
 from mpdist.algorithms.reduction import ReduceOp, reduce_into
 from mpdist.transport.base import as_bytes
 
-__all__ = ["allgather", "exchange", "gather", "reduce_scatter", "scatter"]
+__all__ = ["allgather", "exchange", "gather", "post", "reduce_scatter", "scatter"]
 
 _ANNOUNCE = 1 << 30
 _COPY_ANYWAY_BYTES = 64 << 10  # own blocks up to this size are copied even onto themselves
@@ -59,8 +59,25 @@ def allgather(
     r = comm.rank
     peers = comm.peers
     mine = as_bytes(input)
-    exchange(comm, peers, [mine] * len(peers), [as_bytes(outputs[i]) for i in peers], op_name)
+    sends, recvs = [mine] * len(peers), [as_bytes(outputs[i]) for i in peers]
+    if mine.nbytes > comm.transport.latency_bytes:
+        reqs = post(comm, peers, sends, recvs)
+        place_own_block(outputs[r], input)  # while the other blocks travel
+        comm.wait(reqs, op_name)
+        return
+    exchange(comm, peers, sends, recvs, op_name)
     place_own_block(outputs[r], input)
+
+
+def post(
+    comm: Communicator, peers: list[int], sends: list[memoryview], recvs: list[memoryview]
+) -> list:
+    """Message 0 of the collective, ``sends[k]`` to ``peers[k]`` and ``recvs[k]`` from it,
+    all posted at once (the receives first); the requests to wait for."""
+    t = comm.transport
+    reqs = [t.irecv(i, 0, buf) for i, buf in zip(peers, recvs, strict=True)]
+    reqs += [t.isend(i, 0, buf) for i, buf in zip(peers, sends, strict=True)]
+    return reqs
 
 
 def exchange(
@@ -74,13 +91,11 @@ def exchange(
     all of the same size. Up to the transport's ``latency_bytes``, one blocking
     ``sendrecv`` at a time (its latency path): every send first, the last with the first
     receive, so that no rank waits before it has sent what the others wait for. Bigger
-    ones are all posted at once and waited for together."""
+    ones are all posted at once (:func:`post`) and waited for together."""
     t = comm.transport
     timeout = comm.timeout_s
     if sends[0].nbytes > t.latency_bytes:
-        reqs = [t.irecv(i, 0, buf) for i, buf in zip(peers, recvs, strict=True)]
-        reqs += [t.isend(i, 0, buf) for i, buf in zip(peers, sends, strict=True)]
-        t.wait(reqs, op_name, timeout)
+        t.wait(post(comm, peers, sends, recvs), op_name, timeout)
         return
     last = len(peers) - 1
     for k in range(last):

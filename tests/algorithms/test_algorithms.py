@@ -401,13 +401,16 @@ def test_two_ranks_each_thinking_it_is_root_fail_fast(kind: str, op: str) -> Non
 def test_all_gather_and_reduce_scatter_on_both_sides_of_the_direct_threshold(
     kind: str, size: int
 ) -> None:
-    # small blocks go to every rank at once (direct), big ones round the ring
+    # small blocks go to every rank at once (direct), big ones round the ring; all_gather
+    # in a small group goes direct up to a bigger threshold (its big blocks: posted at once)
     small = 5
     big = A.DIRECT_BLOCK_BYTES // 4 + 3  # float32 elements: just over the threshold
+    huge = A.DIRECT_ALLGATHER_BYTES // 4 + 3  # all_gather's ring
+    sizes = (small, big, huge)
 
     def fn(comm: A.Communicator):
         out = []
-        for n in (small, big):
+        for n in sizes:
             mine = data(comm.rank, "float32", n, n)
             gathered = [np.empty(n, np.float32) for _ in range(size)]
             A.allgather(comm, gathered, mine)
@@ -419,7 +422,7 @@ def test_all_gather_and_reduce_scatter_on_both_sides_of_the_direct_threshold(
 
     res = run_ranks(size, fn, kind)
     for r in range(size):
-        for (gathered, z), n in zip(res[r], (small, big), strict=True):
+        for (gathered, z), n in zip(res[r], sizes, strict=True):
             for q in range(size):
                 assert np.array_equal(gathered[q], data(q, "float32", n, n))
             zref = reference([data(q, "float32", n, 7 * n + r) for q in range(size)], ReduceOp.SUM)
