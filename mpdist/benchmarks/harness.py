@@ -75,6 +75,8 @@ _REUSE_METHOD = """
 """
 
 _TORCH = """
+import os
+
 import torch
 import torch.distributed as dist
 from torch.testing._internal.common_distributed import MultiProcessTestCase
@@ -88,6 +90,16 @@ class TestTrivial(MultiProcessTestCase):
     def setUp(self):
         super().setUp()
         self._spawn_processes()
+
+    def tearDown(self):
+        # as torch's own test classes do: the store file is the test class's to remove
+        # (FileStore removes it only when its last user closes it, which a rank process
+        # ended at teardown may not get to)
+        super().tearDown()
+        try:
+            os.remove(self.file_name)
+        except OSError:
+            pass
 
 {methods}
 """

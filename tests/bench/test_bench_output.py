@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,13 @@ from mpdist.benchmarks import output
 MACHINE_KEYS = {"hostname", "cpu_model", "cpu_count", "usable_cpus", "python", "versions", "time"}
 
 
-def bench(*args: object) -> subprocess.CompletedProcess:
+def bench(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mpdist", "bench", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
 
 
@@ -192,3 +194,15 @@ def test_fsdp_json_records_match_the_printed_rows(tmp_path):
     assert ddp["gathered_bytes"] == 0 and ddp["held_bytes"] == 2 * (16 * 16 + 16) * 4
     assert records[0]["held_bytes"] == ddp["held_bytes"] // 2  # sharded over 2 ranks
     assert "vs_torch" not in records[0]  # no torch row to compare with
+
+
+def test_the_harness_bench_leaves_no_temporary_file(tmp_path):
+    # torch's MultiProcessTestCase makes a store file per test and leaves its removal to
+    # the test class; the bench's runs must not leave them (nor anything else) behind
+    pytest.importorskip("torch")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    res = bench("harness", "--tests", 2, env={**os.environ, "TMPDIR": str(tmp)})
+    assert res.returncode == 0, res.stderr
+    assert "torch MultiProcessTestCase" in res.stdout
+    assert sorted(p.name for p in tmp.iterdir()) == []
