@@ -14,6 +14,7 @@ from mpdist.algorithms import (
     ReduceOp,
     halving_doubling,
     recursive_doubling,
+    ring_allgather,
     ring_allreduce,
 )
 from mpdist.errors import DistBackendError
@@ -462,3 +463,25 @@ def test_ring_reduce_scatter_reduces_from_the_shared_ring_and_gives_every_payloa
         for (op, dt), (i, z) in out.items():
             ref = reference([data(q, dt, n, 10 * i + r) for q in range(size)], op)
             assert np.array_equal(z, ref), (op, dt, r)
+
+
+@pytest.mark.parametrize("kind", ["local", "tcp"])
+@pytest.mark.parametrize("size", [2, 3, 4])
+@pytest.mark.parametrize("n", [1, 7, 2503])  # one chunk; fewer than the window; many more
+def test_ring_all_gather_in_chunks_with_a_window_of_them_in_flight(
+    kind: str, size: int, n: int
+) -> None:
+    # 1000-byte chunks (not a multiple of the item size): a float64 block of 2503 items is
+    # 21 chunks, more than the window, cut mid-item
+    def fn(comm: A.Communicator):
+        mine = data(comm.rank, "float64", n, n)
+        gathered = [np.full(n, np.nan) for _ in range(size)]
+        comm.start("all_gather", mine.dtype, mine.nbytes, mine.shape)
+        ring_allgather.allgather(comm, gathered, mine, "all_gather", chunk_bytes=1000)
+        comm.finish()
+        return gathered
+
+    res = run_ranks(size, fn, kind)
+    for r in range(size):
+        for q in range(size):
+            assert np.array_equal(res[r][q], data(q, "float64", n, n)), (r, q)
