@@ -485,3 +485,21 @@ def test_ring_all_gather_in_chunks_with_a_window_of_them_in_flight(
     for r in range(size):
         for q in range(size):
             assert np.array_equal(res[r][q], data(q, "float64", n, n)), (r, q)
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_ring_allreduce_with_more_chunks_than_its_window_between_processes(size: int) -> None:
+    # 256-byte chunks: each rank's segment is ~20 of them, more than the window in flight
+    n = 20 * 64 * size + 5
+
+    def fn(comm: A.Communicator):
+        x = data(comm.rank, "int32", n)
+        comm.start("all_reduce", x.dtype, x.nbytes, x.shape, -1, ReduceOp.SUM.value)
+        ring_allreduce.allreduce(comm, x, ReduceOp.SUM, "all_reduce", chunk_bytes=256)
+        comm.finish()
+        return x
+
+    res = run_ranks(size, fn, "tcp")
+    ref = reference([data(r, "int32", n) for r in range(size)], ReduceOp.SUM)
+    for x in res:
+        assert np.array_equal(x, ref)
