@@ -1,16 +1,18 @@
 """Direct collectives: every message of the collective posted at once.
 
 Gather and scatter: the root exchanges one message with every other rank. All-gather and
-reduce-scatter of small blocks: every rank exchanges one block with every other rank. That
-moves the bytes a ring moves, in one round instead of p - 1 hops that each wait for the
-previous rank; with more ranks than cores every hop can cost a trip through the scheduler.
+reduce-scatter up to the block sizes ``algorithms`` chooses: every rank exchanges one block
+with every other rank. That moves the bytes a ring moves, in one round instead of p - 1
+hops that each wait for the previous rank; with more ranks than cores every hop can cost a
+trip through the scheduler. Blocks past the latency path are reduced where the transport
+lends them (the shared ring), as the ring algorithms' are.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mpdist.algorithms.communicator import Communicator
+from mpdist.algorithms.communicator import Communicator, received
 from mpdist.algorithms.reduction import ReduceOp, reduce_into
 from mpdist.transport.base import as_bytes
 
@@ -127,19 +129,31 @@ def reduce_scatter(
 ) -> None:
     """``output`` <- op over ranks of their ``inputs[my_rank]`` (no AVG division), reduced in
     rank order: every rank's block ``i`` goes to rank ``i`` at once."""
+    t = comm.transport
     p, r = comm.size, comm.rank
     out = output.reshape(-1)
     n = out.size
-    if output.nbytes <= comm.transport.latency_bytes:  # the latency path's kept buffers
-        theirs = comm.small_scratch(out.dtype, n * p)[0].reshape(p, n)
-    else:
-        theirs = comm.scratch(0, n * p, out.dtype).reshape(p, n)
     peers = comm.peers
     sends = [as_bytes(inputs[i]) for i in peers]  # C-contiguous: its bytes in order
-    exchange(comm, peers, sends, [as_bytes(theirs[i]) for i in peers], op_name)
+    if output.nbytes <= t.latency_bytes:
+        theirs = comm.small_scratch(out.dtype, n * p)[0].reshape(p, n)  # kept for this path
+        exchange(comm, peers, sends, [as_bytes(theirs[i]) for i in peers], op_name)
+        blocks = list(theirs)
+        lent = []
+    else:
+        # bigger blocks are reduced where the transport holds them (borrowing receives:
+        # the shared ring), with no copy out first
+        theirs = comm.scratch(0, n * p, out.dtype).reshape(p, n)
+        lent = [t.irecv_borrow(i, 0, as_bytes(theirs[i])) for i in peers]
+        comm.wait(lent + [t.isend(i, 0, buf) for i, buf in zip(peers, sends, strict=True)], op_name)
+        blocks = list(theirs)
+        for i, req in zip(peers, lent, strict=True):
+            blocks[i] = received(req, theirs[i])
     # every rank's block in rank order (ours where it is), reduced left to right
-    blocks = list(theirs)
     blocks[r] = inputs[r].reshape(-1)
     reduce_into(out, blocks[0], blocks[1], op)
     for i in range(2, p):
         reduce_into(out, out, blocks[i], op)
+    del blocks  # no view of the lent bytes may outlive the release
+    for req in lent:
+        t.release(req)

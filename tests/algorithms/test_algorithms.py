@@ -431,12 +431,17 @@ def test_all_gather_and_reduce_scatter_on_both_sides_of_the_direct_threshold(
 
 
 @pytest.mark.parametrize("size", [2, 3, 4])
-def test_ring_reduce_scatter_reduces_from_the_shared_ring_and_gives_every_payload_back(
-    size: int,
+@pytest.mark.parametrize("path", ["direct", "ring"])
+def test_reduce_scatter_reduces_from_the_shared_ring_and_gives_every_payload_back(
+    size: int, path: str
 ) -> None:
-    # blocks past the direct threshold take the ring, whose hops reduce straight from the
-    # payload the transport lends (the shared ring between two processes' transports)
-    n = A.DIRECT_BLOCK_BYTES // 4 + 3
+    # blocks past the latency path (direct) and past the direct threshold (ring) are
+    # reduced straight from the payload the transport lends (the shared ring between two
+    # processes' transports)
+    # just past the latency path (direct, lending) or past the direct threshold (ring);
+    # int64 blocks are twice as big, still on the same side of the next threshold
+    limit = A.DIRECT_BLOCK_BYTES if path == "direct" else A.DIRECT_REDUCE_SCATTER_BYTES
+    n = limit // 4 + 3
 
     def fn(comm: A.Communicator):
         out = {}
