@@ -205,4 +205,7 @@ def test_the_harness_bench_leaves_no_temporary_file(tmp_path):
     res = bench("harness", "--tests", 2, env={**os.environ, "TMPDIR": str(tmp)})
     assert res.returncode == 0, res.stderr
     assert "torch MultiProcessTestCase" in res.stdout
-    assert sorted(p.name for p in tmp.iterdir()) == []
+    # torch may keep its compiler cache there (torchinductor_<user>): a cache meant to
+    # outlive the run, not a file the run leaves behind
+    left = [p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor_")]
+    assert left == []
