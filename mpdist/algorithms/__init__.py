@@ -126,10 +126,6 @@ def _root(comm: Communicator, root: int, what: str = "root") -> None:
         raise ValueError(f"{what} {root!r} is not a rank of this group (size {comm.size})")
 
 
-def _same_list(comm: Communicator, arrays: list, like: np.ndarray, what: str) -> None:
-    check_list(comm.size, arrays, like, what)
-
-
 def check_list(size: int, arrays: list, like: np.ndarray, what: str) -> None:
     """A list argument of a group of ``size`` ranks: one C-contiguous array per rank, each
     of ``like``'s dtype and size."""
@@ -160,7 +156,7 @@ def _start_rooted(
     if comm.rank == root:
         if arrays is None:
             raise ValueError(f"{kind}: the {role} list is required on the root")
-        _same_list(comm, arrays, mine, f"{kind} list")
+        check_list(comm.size, arrays, mine, f"{kind} list")
     comm.start(op_name, mine.dtype, mine.nbytes, mine.shape, root)
 
 
@@ -250,7 +246,7 @@ def allgather(
 ) -> None:
     """``outputs[i]`` <- rank i's ``input`` on every rank."""
     _flat(input)
-    _same_list(comm, outputs, input, "output list")
+    check_list(comm.size, outputs, input, "output list")
     comm.start(op_name, input.dtype, input.nbytes, input.shape)
     if comm.size > 1:
         small_group = comm.size <= DIRECT_ALLGATHER_RANKS
@@ -301,7 +297,7 @@ def reduce_scatter(
 ) -> None:
     """``output`` <- op over every rank's ``inputs[my_rank]``."""
     _flat(output)
-    _same_list(comm, inputs, output, "input list")
+    check_list(comm.size, inputs, output, "input list")
     check_op_dtype(op, output.dtype)
     comm.start(op_name, output.dtype, output.nbytes, output.shape, -1, REDOP_CODE[op])
     if comm.size > 1:

@@ -72,12 +72,18 @@ def allgather(
 
 
 def post(
-    comm: Communicator, peers: list[int], sends: list[memoryview], recvs: list[memoryview]
+    comm: Communicator,
+    peers: list[int],
+    sends: list[memoryview],
+    recvs: list[memoryview],
+    borrow: bool = False,
 ) -> list:
     """Message 0 of the collective, ``sends[k]`` to ``peers[k]`` and ``recvs[k]`` from it,
-    all posted at once (the receives first); the requests to wait for."""
+    all posted at once; the requests to wait for, the receives first (borrowing receives
+    with ``borrow``: read them with ``received``, then release them)."""
     t = comm.transport
-    reqs = [t.irecv(i, 0, buf) for i, buf in zip(peers, recvs, strict=True)]
+    irecv = t.irecv_borrow if borrow else t.irecv
+    reqs = [irecv(i, 0, buf) for i, buf in zip(peers, recvs, strict=True)]
     reqs += [t.isend(i, 0, buf) for i, buf in zip(peers, sends, strict=True)]
     return reqs
 
@@ -135,21 +141,21 @@ def reduce_scatter(
     n = out.size
     peers = comm.peers
     sends = [as_bytes(inputs[i]) for i in peers]  # C-contiguous: its bytes in order
+    lent = []
     if output.nbytes <= t.latency_bytes:
         theirs = comm.small_scratch(out.dtype, n * p)[0].reshape(p, n)  # kept for this path
         exchange(comm, peers, sends, [as_bytes(theirs[i]) for i in peers], op_name)
-        blocks = list(theirs)
-        lent = []
     else:
         # bigger blocks are reduced where the transport holds them (borrowing receives:
         # the shared ring), with no copy out first
         theirs = comm.scratch(0, n * p, out.dtype).reshape(p, n)
-        lent = [t.irecv_borrow(i, 0, as_bytes(theirs[i])) for i in peers]
-        comm.wait(lent + [t.isend(i, 0, buf) for i, buf in zip(peers, sends, strict=True)], op_name)
-        blocks = list(theirs)
-        for i, req in zip(peers, lent, strict=True):
-            blocks[i] = received(req, theirs[i])
+        reqs = post(comm, peers, sends, [as_bytes(theirs[i]) for i in peers], borrow=True)
+        comm.wait(reqs, op_name)
+        lent = reqs[: len(peers)]
     # every rank's block in rank order (ours where it is), reduced left to right
+    blocks = list(theirs)
+    for i, req in zip(peers, lent, strict=False):  # lent: none on the latency path
+        blocks[i] = received(req, theirs[i])
     blocks[r] = inputs[r].reshape(-1)
     reduce_into(out, blocks[0], blocks[1], op)
     for i in range(2, p):
