@@ -1,7 +1,8 @@
 """``python -m mpdist bench``: time per collective, algbw and busbw like nccl-tests, optionally vs gloo or MPI.
 
-Every rank is a real process (from a ``spawn`` context, or ``mpiexec``); the ranks meet
-through a FileStore in a temporary directory. For each (op, size) row every rank runs a
+Every rank is a real process, started as the test harness starts ranks (forked from one
+forkserver on Linux; see :func:`rank_context`) or by ``mpiexec``; the ranks meet through a FileStore
+in a temporary directory. For each (op, size) row every rank runs a
 few warm-up calls, meets the others at a barrier and then times each call separately;
 the row reports the slowest rank's median. ``--vs gloo`` runs torch's gloo backend over
 the same rows in the same invocation (separate processes) and prints mpdist/gloo.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -35,7 +35,7 @@ import numpy as np
 
 from mpdist.benchmarks import output
 
-__all__ = ["main", "parse_size"]
+__all__ = ["main", "parse_size", "rank_context"]
 
 OPS = ("all_reduce", "broadcast", "reduce", "all_gather", "reduce_scatter", "all_to_all", "barrier")
 DEFAULT_OPS = "all_reduce,broadcast,all_gather"
@@ -260,11 +260,28 @@ def _rank_main(
         conn.close()
 
 
-class _Spawned:
-    """Rank processes started here from a ``spawn`` context, one duplex pipe each."""
+def rank_context() -> Any:
+    """How the bench starts its ranks: as the test harness starts a test's ranks, forked from
+    one forkserver on Linux (``MPDIST_START_METHOD`` picks another way), so the rows time
+    the collectives as tests run them.
+
+    How ranks start matters where they outnumber the cores. Ranks forked from one process
+    share its address-space layout; ranks exec'd one by one each get their own random one.
+    Two ranks taking turns on a core then either share the branch predictors' state or
+    evict each other's: 4 ranks on 2 cores, a 4-byte all_reduce costs ~12 us of CPU per
+    rank forked and ~22 us spawned (as forked with ``setarch -R``, which turns address
+    randomization off).
+    """
+    from mpdist.testing import _config, _coordinator
+
+    return _coordinator.get_context(_config.start_method(None), [__name__])
+
+
+class _Local:
+    """Rank processes started here (:func:`rank_context`), one duplex pipe each."""
 
     def __init__(self, lib: str, n: int, store_path: str, iters: int | None, dtype: str) -> None:
-        ctx = mp.get_context("spawn")
+        ctx = rank_context()
         self.procs: list[Any] = []
         self.conns: list[Any] = []
         for rank in range(n):
@@ -297,7 +314,7 @@ class _Spawned:
 
 class _Ranks:
     """``n`` rank processes of one library, driven row by row over duplex connections:
-    spawned here, or for an MPI library one ``mpiexec`` job whose ranks connect back
+    started here, or for an MPI library one ``mpiexec`` job whose ranks connect back
     (``_mpi_job``). Either way each rank runs ``_rank_main``."""
 
     def __init__(self, lib: str, n: int, tmp: str, iters: int | None, dtype: str) -> None:
@@ -307,11 +324,11 @@ class _Ranks:
         self.info = ""  # rank 0's description of its library's setup
         self.conns: list[Any] = []
         path = os.path.join(tmp, f"store-{lib}")
-        self.job: _Spawned | MpiJob
+        self.job: _Local | MpiJob
         if lib in MPI_LIBS:
             self.job = MpiJob(lib, n, path, iters, dtype, os.path.join(tmp, f"{lib}.log"))
         else:
-            self.job = _Spawned(lib, n, path, iters, dtype)
+            self.job = _Local(lib, n, path, iters, dtype)
 
     def _collect(self, timeout: float | None = None) -> list[Any]:
         out = []
