@@ -2,7 +2,8 @@
 
 Groups that are not a power of two are folded onto one (``fold.folded``). At every exchange
 both partners compute op(lower rank's value, higher rank's value), so every rank ends with
-bitwise identical results.
+bitwise identical results. A small reduce-scatter of a power-of-two group is the same
+butterfly over every rank's whole input, each rank keeping its own block.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from mpdist.algorithms.reduction import ReduceOp, reduce_into
 from mpdist.algorithms.steps import Steps, run
 from mpdist.transport.base import as_bytes
 
-__all__ = ["allreduce", "allreduce_steps", "allreduce_blocking"]
+__all__ = ["allreduce", "allreduce_steps", "allreduce_blocking", "reduce_scatter_blocking"]
 
 
 def allreduce(comm: Communicator, flat: np.ndarray, op: ReduceOp, op_name: str) -> None:
@@ -77,3 +78,20 @@ def allreduce_blocking(comm: Communicator, flat: np.ndarray, op: ReduceOp, op_na
             fb[:] = rb
         mask <<= 1
         step += 1
+
+
+def reduce_scatter_blocking(
+    comm: Communicator, output: np.ndarray, inputs: list[np.ndarray], op: ReduceOp, op_name: str
+) -> None:
+    """``output`` <- op over ranks of their ``inputs[my_rank]`` (no AVG division), for a
+    power-of-two group whose whole input takes the transport's latency path: the blocking
+    butterfly over a copy of every block, this rank's block kept (when:
+    ``algorithms.butterfly_shift``)."""
+    p, n = comm.size, output.size
+    whole, wb = comm.small_scratch(output.dtype, n * p, 2)  # apart from the butterfly's slots
+    nb = output.nbytes
+    for i, block in enumerate(inputs):
+        wb[i * nb : (i + 1) * nb] = as_bytes(block)
+    allreduce_blocking(comm, whole, op, op_name)
+    r = comm.rank
+    as_bytes(output)[:] = wb[r * nb : (r + 1) * nb]

@@ -430,6 +430,53 @@ def test_all_gather_and_reduce_scatter_on_both_sides_of_the_direct_threshold(
             assert np.array_equal(z, zref)
 
 
+@pytest.mark.parametrize("size", [4, 8])
+def test_small_reduce_scatter_of_a_power_of_two_group_is_one_butterfly(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a whole input (every rank's blocks) up to the group's allowance is reduced by
+    # recursive doubling, each rank keeping its block; one item more and it goes direct
+    butterflies: list[int] = []
+    real = recursive_doubling.reduce_scatter_blocking
+
+    def spy(comm, output, inputs, op, op_name) -> None:  # type: ignore[no-untyped-def]
+        butterflies.append(output.nbytes)
+        real(comm, output, inputs, op, op_name)
+
+    monkeypatch.setattr(recursive_doubling, "reduce_scatter_blocking", spy)
+    cases = [(op, dt) for op in ReduceOp for dt in ("float32", "int64", "bool") if valid(op, dt)]
+
+    def fn(comm: A.Communicator):
+        latency = comm.transport.latency_bytes >> A.butterfly_shift(size)
+        out = {}
+        for i, (op, dt) in enumerate(cases):
+            fits = latency // (np.dtype(dt).itemsize * size)
+            for n in (1, fits, fits + 1):
+                ins = [data(comm.rank, dt, n, 10 * i + j) for j in range(size)]
+                kept = [x.copy() for x in ins]
+                z = np.empty(n, dt)
+                A.reduce_scatter(comm, z, ins, op)
+                assert all(np.array_equal(a, b) for a, b in zip(ins, kept, strict=True))
+                out[(op, dt, n)] = (i, z)
+        return out, latency
+
+    res = run_ranks(size, fn, "tcp")
+    latency = res[0][1]
+    for r in range(size):
+        for (op, dt, n), (i, z) in res[r][0].items():
+            ref = reference(
+                [data(q, dt, n, 10 * i + j) for q, j in [(q, r) for q in range(size)]], op
+            )
+            assert np.array_equal(z, ref), (op, dt, n, r)
+    fitting = [
+        n * np.dtype(dt).itemsize
+        for (op, dt, n) in res[0][0]
+        if n * np.dtype(dt).itemsize * size <= latency
+    ]
+    assert sorted(butterflies) == sorted(fitting * size)
+    assert latency == 0 or len(fitting) == 2 * len(cases)
+
+
 @pytest.mark.parametrize("size", [2, 3, 4])
 @pytest.mark.parametrize("path", ["direct", "ring"])
 def test_reduce_scatter_reduces_from_the_shared_ring_and_gives_every_payload_back(
