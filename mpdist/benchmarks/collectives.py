@@ -1,10 +1,10 @@
 """``python -m mpdist bench``: time per collective, algbw and busbw like nccl-tests, optionally vs gloo or MPI.
 
 Every rank is a real process, started as the test harness starts ranks (forked from one
-forkserver on Linux; see :func:`rank_context`) or by ``mpiexec``; the ranks meet through a FileStore
-in a temporary directory. For each (op, size) row every rank runs a
-few warm-up calls, meets the others at a barrier and then times each call separately;
-the row reports the slowest rank's median. ``--vs gloo`` runs torch's gloo backend over
+forkserver on Linux; see :func:`rank_context`) or by ``mpiexec``; the ranks meet through
+a FileStore in a temporary directory. For each (op, size) row every rank runs a few
+warm-up calls, meets the others at a barrier and then times each call separately; the
+row reports the slowest rank's median. ``--vs gloo`` runs torch's gloo backend over
 the same rows in the same invocation (separate processes) and prints mpdist/gloo.
 ``--vs mpi`` runs mpdist's ``mpi`` backend and the same calls on raw mpi4py, each as an
 ``mpiexec`` job the bench starts (``_mpi_job``), and prints mpi/mpi4py, mpdist's own
@@ -267,10 +267,12 @@ def rank_context() -> Any:
 
     How ranks start matters where they outnumber the cores. Ranks forked from one process
     share its address-space layout; ranks exec'd one by one each get their own random one.
-    Two ranks taking turns on a core then either share the branch predictors' state or
-    evict each other's: 4 ranks on 2 cores, a 4-byte all_reduce costs ~12 us of CPU per
-    rank forked and ~22 us spawned (as forked with ``setarch -R``, which turns address
-    randomization off).
+    4 ranks on 2 cores, a 4-byte all_reduce costs ~12 us of CPU per rank forked and ~22 us
+    spawned, with the same number of context switches; spawned under ``setarch -R``
+    (address randomization off, so every rank has the same layout) it costs what forked
+    does. So ranks taking turns on a core run faster when their code lies at the same
+    addresses: most likely the CPU's address-indexed state (branch predictors), which this
+    virtual machine gives no counters to confirm.
     """
     from mpdist.testing import _config, _coordinator
 
