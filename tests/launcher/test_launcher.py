@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -545,3 +546,76 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+# ---- --no-aslr ----------------------------------------------------------------------------------
+
+LAYOUT = """
+    import os
+    with open("/proc/self/personality") as f:
+        persona = int(f.read(), 16)
+    # ADDR_NO_RANDOMIZE, and where the interpreter's own data lies (a builtin function object)
+    print(os.environ["RANK"], bool(persona & 0x0040000), id(len))
+"""
+
+
+def _layouts(stdout: str) -> dict[int, tuple[bool, int]]:
+    rows = [line.split()[-3:] for lines in by_rank(stdout).values() for line in lines]
+    return {int(rank): (flag == "True", int(where)) for rank, flag, where in rows}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="personality(2): Linux")
+def test_no_aslr_starts_every_rank_at_the_same_addresses(tmp_path):
+    prog = script(tmp_path, "layout.py", LAYOUT)
+    res = launch(["--nproc", "3", "--no-aslr", prog], tmp_path)
+    if res.returncode == 2 and "refuses" in res.stderr:
+        pytest.skip(f"this system forbids it: {res.stderr.strip()}")
+    assert res.returncode == 0, res.stderr
+    seen = _layouts(res.stdout)
+    assert sorted(seen) == [0, 1, 2]
+    assert all(flag for flag, _ in seen.values())
+    assert len({where for _, where in seen.values()}) == 1
+
+    res = launch(["--nproc", "2", prog], tmp_path)  # without it, randomization stays on
+    assert res.returncode == 0, res.stderr
+    assert not any(flag for flag, _ in _layouts(res.stdout).values())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="personality(2): Linux")
+def test_no_aslr_leaves_the_launchers_own_persona_as_it_was(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    prog = script(tmp_path, "layout.py", LAYOUT)
+
+    def persona() -> str:
+        with open("/proc/self/personality") as f:
+            return f.read()
+
+    before = persona()
+    code = main(["--nproc", "1", "--no-aslr", str(prog)])
+    assert persona() == before
+    if code == 2:
+        assert "refuses" in capfd.readouterr().err
+    else:
+        assert code == 0
+
+
+def test_no_aslr_refused_is_a_clear_error_before_any_rank_starts(tmp_path, monkeypatch, capsys):
+    import mpdist._rank_start as rank_start
+
+    def refusing(name: str):
+        def personality(persona: int) -> int:
+            if persona == 0xFFFFFFFF:
+                return 0
+            ctypes.set_errno(1)  # EPERM, as a seccomp profile answers
+            return -1
+
+        return personality if name == "personality" else None
+
+    monkeypatch.setattr(rank_start, "libc_function", refusing)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.py").write_text("raise SystemExit('must not run')\n")
+    assert main(["--nproc", "2", "--no-aslr", "x.py"]) == 2
+    err = capsys.readouterr().err
+    assert "--no-aslr" in err and "refuses to turn address randomization off" in err
+    assert "Operation not permitted" in err
+    assert "must not run" not in err
