@@ -11,20 +11,17 @@ posted (then they are stashed). Big payloads go through the shared-memory ring o
 instead (``mpdist.transport.shm``), and collective messages to a peer on this host through
 the pair's mailbox (``mpdist.transport.mailbox``), with no system call; the TCP connection
 then carries only point-to-point messages, errors, wake-ups and what did not fit. A
-socketpair wakes a blocked poll on ``abort()``.
+socketpair wakes a blocked poll on ``abort()``. Each peer's state is a ``tcp_peer.Peer``;
+``tcp_rings.PairRings`` creates and attaches the pairs' rings and mailboxes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import select
 import socket
-import struct
-import termios
 import time
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -35,7 +32,6 @@ from mpdist.transport.header import (
     FLAG_SHM,
     HEADER,
     HEADER_SIZE,
-    HELLO_SHM,
     KIND_COLL,
     KIND_ERROR,
     KIND_WAKE,
@@ -43,11 +39,12 @@ from mpdist.transport.header import (
     Header,
     HeaderFields,
 )
-from mpdist.transport.mailbox import BYTES as MAILBOX_BYTES
 from mpdist.transport.mailbox import INLINE_MAX, RECORD_HEAD, SUPPORTED, Mailbox, fence
 from mpdist.transport.mesh import connect_full_mesh, group_token
-from mpdist.transport.shm import Ring, ring_aux, ring_path, shm_dir, sweep_stale_rings
+from mpdist.transport.shm import Ring
 from mpdist.transport.spin import Spin
+from mpdist.transport.tcp_peer import Outgoing, Peer, drain, into_ring, undelivered
+from mpdist.transport.tcp_rings import PairRings
 
 __all__ = ["TcpTransport"]
 
@@ -55,10 +52,8 @@ _LOWAT_MIN = 128 << 10
 _POOL_MIN = 64 << 10  # stash buffers at least this big are recycled ...
 _POOL_CAP = 64 << 20  # ... up to this many bytes
 _SHM_MIN = 16 << 10  # payloads at least this big go through the shared-memory ring
-_SHM_CAP = 16 << 20  # bytes per ring (one per direction and pair; pages only when touched)
 _LOWAT_CAP = 512 << 10
 _CLOSE_DRAIN_S = 3.0  # close waits at most this long for peers to take what we sent
-_TCP_CLOSE = 7  # tcpi_state of a connection that was reset (linux/tcp_states.h)
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 _POLLOUT = select.POLLOUT
 _POLLINOUT = _POLLIN | _POLLOUT
@@ -79,71 +74,6 @@ _FAST_SPIN_S = 1e-3 if Spin.default().limit_s > 0 else 0.0
 _LATENCY_BYTES = 64 << 10
 _EMPTY = memoryview(b"")
 _WAKE = HEADER.pack(MAGIC, KIND_WAKE, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0)
-
-
-class _Outgoing:
-    """A message queued for a peer's socket: what is left of it to write, and its request."""
-
-    __slots__ = ("bufs", "req", "started")
-
-    def __init__(self, bufs: list[Any], req: SendReq, started: bool) -> None:
-        self.bufs = bufs  # the buffers (header, payload) still to write, the first partly
-        self.req = req  # done once the last byte went to the kernel
-        # some of it was written already: it must be finished (the stream stays well formed)
-        self.started = started
-
-
-class _Peer:
-    """Connection state for one peer: the socket, the send queue and the receive cursor."""
-
-    __slots__ = (
-        "rank",
-        "sock",
-        "fd",
-        "txq",
-        "hbuf",
-        "hmv",
-        "hgot",
-        "rx_hdr",
-        "rx_req",
-        "rx_mv",
-        "rx_got",
-        "rx_len",
-        "lowat",
-        "tx_ring",
-        "rx_ring",
-        "tx_box",
-        "rx_box",
-        "parked",
-        "closed",
-        "gone",
-    )
-
-    def __init__(self, rank: int, sock: socket.socket) -> None:
-        self.rank = rank
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.txq: deque[_Outgoing] = deque()
-        self.hbuf = bytearray(HEADER_SIZE)
-        self.hmv = memoryview(self.hbuf)
-        self.hgot = 0
-        self.rx_hdr: Header | None = None
-        self.rx_req: RecvReq | None = None
-        self.rx_mv: memoryview | None = None
-        self.rx_got = 0
-        self.rx_len = 0
-        self.lowat = 1  # current SO_RCVLOWAT of the socket
-        self.tx_ring: Ring | None = None
-        self.rx_ring: Ring | None = None
-        self.tx_box: Mailbox | None = None  # collective messages to the peer ...
-        self.rx_box: Mailbox | None = None  # ... and from it, on this host (mailbox)
-        # the collective of the first record in rx_box, while that collective is still to
-        # come (-1: none): the record waits there until it begins
-        self.parked = -1
-        # closed: nothing more can be sent (a write failed, or lost); gone: nothing more
-        # will be read either (EOF or a read error), so the peer is lost
-        self.closed = False
-        self.gone = False
 
 
 class TcpTransport(Transport):
@@ -171,20 +101,15 @@ class TcpTransport(Transport):
         super().__init__(rank, size, timeout_s, rank_names)
         self._spin = Spin.default()
         self._nap_s = _BOX_NAP_S  # the next nap's length (see _BOX_NAP_S)
-        self._peers: list[_Peer | None] = [None] * size
-        # shared-memory rings for big payloads: on by default where /dev/shm exists
-        # (env MPDIST_SHM=0 or shm=False turns them off)
-        self._shm_dir = shm_dir() if size > 1 and shm is not False else None
-        # collective messages to peers with a ring go through its mailbox where the machine
-        # allows (transport.mailbox); mailbox=False keeps them on TCP
-        self._send_mail = SUPPORTED and mailbox is not False
-        self._own_rings: dict[int, Ring] = {}  # rings we created, by destination
+        self._peers: list[Peer | None] = [None] * size
+        # the shared-memory rings and mailboxes of our pairs on this host (tcp_rings)
+        self._rings = PairRings(rank, size, shm, mailbox)
         # stash buffers are recycled: fresh big buffers cost page faults on every use
         self._pool: dict[int, list[np.ndarray]] = {}
         self._pool_bytes = 0
         self._peer_flags: dict[int, int] = {}
-        self._by_fd: dict[int, _Peer] = {}
-        self._inboxes: list[tuple[_Peer, Mailbox]] = []  # every peer's mailbox to us
+        self._by_fd: dict[int, Peer] = {}
+        self._inboxes: list[tuple[Peer, Mailbox]] = []  # every peer's mailbox to us
         self._poll = select.poll()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -225,7 +150,7 @@ class TcpTransport(Transport):
         deadline = time.monotonic() + self.timeout_s
         self._gid, self._secret = group_token(self._store, self.rank)
         self._check_abort()  # close() or abort() while we waited in the store
-        flags = self._create_rings()
+        flags = self._rings.create(self._gid)
         links = connect_full_mesh(
             self._store,
             self.rank,
@@ -242,66 +167,10 @@ class TcpTransport(Transport):
         for peer, link in sorted(links.items()):
             self._peer_flags[peer] = link.flags
             self._add_peer(peer, link.sock)
-        self._attach_rings()
-
-    def _create_rings(self) -> int:
-        """Create the shared-memory rings our peers will write to; returns the hello flags.
-
-        The receiver owns each ring: it keeps it mapped until it closes, so data a sender
-        put there is never lost, and a sender that cannot map it any more (the receiver
-        already left) simply sends over TCP.
-        """
-        if self._shm_dir is None:
-            return 0
-        sweep_stale_rings(self._shm_dir)
-        try:
-            for peer in range(self.size):
-                if peer != self.rank:
-                    path = ring_path(self._shm_dir, os.getpid(), self._gid, peer, self.rank)
-                    self._own_rings[peer] = Ring(path, _SHM_CAP, create=True, front=MAILBOX_BYTES)
-        except OSError:
-            self._drop_own_rings()
-            return 0
-        return HELLO_SHM | os.getpid() << 1  # the peer needs our pid to find the file
-
-    def _attach_rings(self) -> None:
-        """Mesh complete: map the ring of every peer that offered one; drop unused rings."""
-        for peer in range(self.size):
-            p = self._peers[peer]
-            if p is None:
-                continue
-            offered = bool(self._peer_flags.get(peer, 0) & HELLO_SHM)
-            own = self._own_rings.get(peer)
-            if own is not None and offered:
-                p.rx_ring = own
-                p.rx_box = Mailbox(own.front)
-                self._inboxes.append((p, p.rx_box))
-            elif own is not None:
-                own.unlink()  # that peer will never write to it
-                with contextlib.suppress(BufferError):
-                    own.close()
-                del self._own_rings[peer]
-            if offered and self._shm_dir is not None:
-                owner = self._peer_flags[peer] >> 1
-                path = ring_path(self._shm_dir, owner, self._gid, self.rank, peer)
-                try:
-                    tx = Ring(path, _SHM_CAP, create=False, front=MAILBOX_BYTES)
-                except OSError:
-                    continue  # the peer is gone already: TCP it is
-                tx.unlink()  # both ends mapped: the file is no longer needed
-                p.tx_ring = tx
-                if self._send_mail:
-                    p.tx_box = Mailbox(tx.front)
-
-    def _drop_own_rings(self) -> None:
-        for ring in self._own_rings.values():
-            ring.unlink()
-            with contextlib.suppress(BufferError):
-                ring.close()
-        self._own_rings.clear()
+        self._inboxes.extend(self._rings.attach(self._peers, self._peer_flags))
 
     def _add_peer(self, peer: int, sock: socket.socket) -> None:
-        p = _Peer(peer, sock)
+        p = Peer(peer, sock)
         self._peers[peer] = p
         self._by_fd[p.fd] = p
         self._poll.register(p.fd, _POLLIN)
@@ -326,7 +195,7 @@ class TcpTransport(Transport):
             return
         ring = p.tx_ring
         if ring is not None and n >= _SHM_MIN and not p.closed:
-            announced = _into_ring(ring, fields, buf)
+            announced = into_ring(ring, fields, buf)
             if announced is not None:
                 req.done = True  # copied now, so the send is done
                 self._send_header(p, HEADER.pack(*announced))
@@ -335,7 +204,7 @@ class TcpTransport(Transport):
         if p.closed:
             return  # wait() reports the lost peer
         if p.txq:
-            p.txq.append(_Outgoing([hb, buf], req, False))
+            p.txq.append(Outgoing([hb, buf], req, False))
             return
         try:
             sent = p.sock.sendmsg([hb, buf]) if n else p.sock.send(hb)
@@ -348,10 +217,10 @@ class TcpTransport(Transport):
             req.done = True
             return
         bufs = [hb[sent:], buf] if sent < HEADER_SIZE else [buf[sent - HEADER_SIZE :]]
-        p.txq.append(_Outgoing(bufs, req, sent > 0))
+        p.txq.append(Outgoing(bufs, req, sent > 0))
         self._want_write(p)
 
-    def _post_box(self, p: _Peer, box: Mailbox, fields: HeaderFields, buf: memoryview) -> bool:
+    def _post_box(self, p: Peer, box: Mailbox, fields: HeaderFields, buf: memoryview) -> bool:
         """Put a collective message into the peer's mailbox (its payload inline, or in the
         ring); False if there is no room now (then it goes on TCP)."""
         if buf.nbytes <= INLINE_MAX:
@@ -362,7 +231,7 @@ class TcpTransport(Transport):
             # room in the mailbox first: a payload put in the ring must be announced
             if p.tx_ring is None or box.slot() is None:
                 return False
-            announced = _into_ring(p.tx_ring, fields, buf)
+            announced = into_ring(p.tx_ring, fields, buf)
             if announced is None:
                 return False
             asleep = box.put(announced, _EMPTY)
@@ -431,7 +300,7 @@ class TcpTransport(Transport):
             self.wait(reqs, op_name, timeout_s)
 
     def _take_from_ring(
-        self, p: _Peer, rx: Mailbox, expected: HeaderFields, recv: memoryview
+        self, p: Peer, rx: Mailbox, expected: HeaderFields, recv: memoryview
     ) -> bool:
         """:meth:`Mailbox.take` of a record whose payload waits in the ring: the next record,
         if it comes soon and announces ``expected``'s message, copied into ``recv``."""
@@ -450,12 +319,12 @@ class TcpTransport(Transport):
         rx.consumed()
         return True
 
-    def _send_header(self, p: _Peer, hb: bytes) -> None:
+    def _send_header(self, p: Peer, hb: bytes) -> None:
         """Send a message that is a header only (its payload is in shared memory, or none)."""
         if p.closed:
             return
         if p.txq:
-            p.txq.append(_Outgoing([hb], SendReq(p.rank), False))
+            p.txq.append(Outgoing([hb], SendReq(p.rank), False))
             return
         try:
             sent = p.sock.send(hb)
@@ -465,16 +334,16 @@ class TcpTransport(Transport):
             self._stop_sending(p)
             return
         if sent < HEADER_SIZE:
-            p.txq.append(_Outgoing([hb[sent:]], SendReq(p.rank), sent > 0))
+            p.txq.append(Outgoing([hb[sent:]], SendReq(p.rank), sent > 0))
             self._want_write(p)
 
-    def _want_write(self, p: _Peer) -> None:
+    def _want_write(self, p: Peer) -> None:
         try:
             self._poll.modify(p.fd, _POLLINOUT)
         except (OSError, ValueError):  # closed under us by close() from another thread
             self._lose(p)
 
-    def _write(self, p: _Peer) -> None:
+    def _write(self, p: Peer) -> None:
         txq = p.txq
         sock = p.sock
         while txq:
@@ -511,7 +380,7 @@ class TcpTransport(Transport):
                 self._lose(p)
 
     # ------------------------------------------------------------------ receiving
-    def _read(self, p: _Peer) -> None:
+    def _read(self, p: Peer) -> None:
         sock = p.sock
         while True:
             # one read, into the header or into the payload that is coming in
@@ -593,7 +462,7 @@ class TcpTransport(Transport):
             assert rx_hdr is not None  # set with rx_mv when the payload began
             self._on_stashed(p.rank, rx_hdr, mv)
 
-    def _from_ring(self, p: _Peer, hdr: Header, req: RecvReq | None) -> bool:
+    def _from_ring(self, p: Peer, hdr: Header, req: RecvReq | None) -> bool:
         """The payload ``hdr`` announces is waiting in our ring from ``p``: into the request
         ``req`` (True: it is done) or the stash; its space is given back once read."""
         ring = p.rx_ring
@@ -711,7 +580,7 @@ class TcpTransport(Transport):
                     bufs.append(arr)
                     self._pool_bytes += n
 
-    def _stop_sending(self, p: _Peer) -> None:
+    def _stop_sending(self, p: Peer) -> None:
         """A write failed: the peer closed or reset the connection. It may have sent an
         ERROR first, so the peer is not lost yet: keep reading until EOF (``_lose``), which
         comes right after whatever it sent (the kernel keeps received bytes after a reset)."""
@@ -724,7 +593,7 @@ class TcpTransport(Transport):
         except (OSError, ValueError):  # closed under us by close() from another thread
             self._lose(p)
 
-    def _lose(self, p: _Peer) -> None:
+    def _lose(self, p: Peer) -> None:
         """Everything the peer sent has been read (EOF or a read error): it is gone."""
         if p.gone:
             return
@@ -841,7 +710,7 @@ class TcpTransport(Transport):
             p.txq.clear()
             if head is not None:
                 p.txq.append(head)
-            p.txq.append(_Outgoing([hb, payload], SendReq(peer), False))
+            p.txq.append(Outgoing([hb, payload], SendReq(peer), False))
             live.append(p)
         deadline = time.monotonic() + min(2.0, self.timeout_s)
         while live and time.monotonic() < deadline:
@@ -874,12 +743,12 @@ class TcpTransport(Transport):
             waiting = []
             for p in live:
                 if p in reading:
-                    state = _drain(p.sock)
+                    state = drain(p.sock)
                     if state < 0:
                         continue  # reset: nothing more can be delivered
                     if state == 0:
                         reading.discard(p)  # it stopped sending; it may still be reading
-                if _undelivered(p.sock):
+                if undelivered(p.sock):
                     waiting.append(p)
             live = waiting
             remaining = deadline - time.monotonic()
@@ -909,39 +778,4 @@ class TcpTransport(Transport):
                 with contextlib.suppress(BufferError):
                     p.tx_ring.close()
             p.rx_ring = p.tx_ring = None
-        self._drop_own_rings()
-
-
-def _into_ring(ring: Ring, fields: HeaderFields, buf: memoryview) -> HeaderFields | None:
-    """Copy ``buf`` into ``ring``; the header fields that announce it there (FLAG_SHM, and
-    where), or None if the ring has no room now."""
-    n = buf.nbytes
-    at = ring.alloc(n)
-    if at is None:
-        return None
-    ring.put(at, buf)
-    return (*fields[:5], FLAG_SHM, *fields[6:13], ring_aux(at, ring.allocated - 1))
-
-
-def _drain(sock: socket.socket) -> int:
-    """Read and drop what ``sock`` holds: 1 if more may come, 0 at EOF, -1 if reset."""
-    try:
-        while sock.recv(1 << 16):
-            pass
-        return 0
-    except (BlockingIOError, InterruptedError):
-        return 1
-    except OSError:
-        return -1
-
-
-def _undelivered(sock: socket.socket) -> bool:
-    """Whether the peer has yet to acknowledge some of what we sent on ``sock`` (False if
-    the connection is reset or closed: then nothing more can be delivered)."""
-    try:
-        if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE:
-            return False
-        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except OSError:
-        return False
-    return struct.unpack("i", out)[0] > 0
+        self._rings.drop_own()
