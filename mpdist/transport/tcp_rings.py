@@ -39,7 +39,7 @@ class PairRings:
         # collective messages to peers with a ring go through its mailbox where the machine
         # allows (transport.mailbox); mailbox=False keeps them on TCP
         self._send_mail = SUPPORTED and mailbox is not False
-        self._own_rings: dict[int, Ring] = {}  # rings we created, by destination
+        self._own_rings: dict[int, Ring] = {}  # rings we created, by the peer that writes to them
         self._gid = b""  # the group's id, in the rings' file names
 
     def create(self, gid: bytes) -> int:
