@@ -97,6 +97,16 @@ class Communicator:
         """Wait for ``reqs`` with this communicator's timeout."""
         self.transport.wait(reqs, op_name, self.timeout_s)
 
+    def window(self, chunk_bytes: int, quarters: int) -> int:
+        """How many chunks of ``chunk_bytes`` an algorithm may have in flight to one peer:
+        ``quarters`` quarters of what the transport holds per peer (``inflight_bytes``; the
+        rest is room for the chunks it forwards meanwhile), at least 1; no limit where the
+        transport has none."""
+        limit = self.transport.inflight_bytes
+        if not limit:
+            return 1 << 62
+        return max(1, limit * quarters // 4 // max(1, chunk_bytes))
+
     def scratch(self, slot: int, count: int, dtype: np.dtype) -> np.ndarray:
         """A flat reusable array of ``count`` items of ``dtype`` (contents undefined)."""
         nbytes = count * np.dtype(dtype).itemsize

@@ -1,11 +1,11 @@
 """Ring all-gather: p - 1 steps, each block forwarded to the right as soon as it arrives.
 
 A block is cut into chunks of up to ``CHUNK_BYTES``, each its own message, forwarded as soon
-as it arrives. A rank has at most ``WINDOW`` chunks of its own block in flight, sending the
-next as one arrives from its left: together they fit the shared ring of a pair, where one
-message bigger than the ring, or more of them than it holds, would go over TCP instead
-(2 ranks, 64 MiB: 13.8-14.3 ms against 22.4-23.1 as one message; 128 MiB: 29.1-29.4 against
-44.3-45.4).
+as it arrives. A rank has at most three quarters of what the transport holds per peer in
+flight of its own block (``Communicator.window``), sending the next chunk as one arrives
+from its left: together they fit the shared ring of a pair, where one message bigger than
+the ring, or more of them than it holds, would go over TCP instead (2 ranks, 64 MiB:
+13.8-14.3 ms against 22.4-23.1 as one message; 128 MiB: 29.1-29.4 against 44.3-45.4).
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from mpdist.algorithms.communicator import Communicator
 from mpdist.algorithms.direct import place_own_block
 from mpdist.transport.base import as_bytes
 
-__all__ = ["allgather", "CHUNK_BYTES", "WINDOW"]
+__all__ = ["allgather", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 4 << 20
-WINDOW = 3  # 12 MiB of a rank's own block in flight: within a pair's 16 MiB ring
 
 
 def allgather(
@@ -35,7 +34,8 @@ def allgather(
     timeout = comm.timeout_s
     right, left = (r + 1) % p, (r - 1) % p
     n = input.nbytes
-    k = max(1, -(-n // (chunk_bytes or CHUNK_BYTES)))  # chunks per block, alike on every rank
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
+    k = max(1, -(-n // chunk_bytes))  # chunks per block, alike on every rank
     cuts = [n * j // k for j in range(k + 1)]
     blocks = [as_bytes(o) for o in outputs]
 
@@ -48,7 +48,7 @@ def allgather(
         for s in range(p - 1)
     ]
     mine = as_bytes(input)
-    sent = min(k, WINDOW)  # chunks of our own block sent so far
+    sent = min(k, comm.window(chunk_bytes, 3))  # chunks of our own block sent so far
     sends = [t.isend(right, j, chunk(mine, j)) for j in range(sent)]
     place_own_block(outputs[r], input)
     for s in range(p - 1):

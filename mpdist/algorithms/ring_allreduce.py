@@ -5,9 +5,10 @@ right neighbour as soon as it has been reduced, so sending, receiving and reduci
 receives are posted a step ahead into two scratch slots (reduce-scatter) or straight into
 the array (all-gather), so data lands where it belongs without being stashed. Each element
 is reduced exactly once, on one rank, and then copied around: results are bitwise identical.
-A rank sends its own segment ``WINDOW`` chunks ahead of what it has received, not all at once:
-its messages then fit the pair's shared ring, where the rest went over TCP (2 ranks, 64 MiB:
-21.9-22.2 ms against 30.2-31.8; 128 MiB: 45-53 against 69-70).
+A rank sends its own segment at most half of what the transport holds per peer ahead of what
+it has received (``Communicator.window``), not all at once: its messages then fit the pair's
+shared ring, where the rest went over TCP (2 ranks, 64 MiB: 21.9-22.2 ms against 30.2-31.8;
+128 MiB: 45-53 against 69-70).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from mpdist.transport.base import as_bytes
 __all__ = ["allreduce", "allreduce_steps", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 1 << 20
-WINDOW = 8  # 8 MiB of a rank's own segment in flight: within a pair's 16 MiB ring
 
 
 def allreduce(
@@ -89,7 +89,7 @@ def allreduce_steps(
         )
 
     own = layout[r]
-    sent = min(len(own), WINDOW)  # chunks of our own segment sent so far
+    sent = min(len(own), comm.window(chunk * item, 2))  # chunks of our own segment sent so far
     sends = [t.isend(right, k, fb[a * item : b * item]) for k, (a, b) in enumerate(own[:sent])]
     for s in range(p - 1):
         sc = slots[s]

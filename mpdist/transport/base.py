@@ -127,6 +127,10 @@ class Transport:
     # Messages up to this many bytes may take :meth:`sendrecv`'s latency path: algorithms
     # exchange them one blocking ``sendrecv`` at a time rather than posting them all.
     latency_bytes = 0
+    # Bytes of collective messages to one peer that can be in flight before more of them
+    # take a slower road (TcpTransport: past the pair's shared ring, over TCP); 0: no such
+    # limit. Algorithms that send long runs of chunks keep within it (Communicator.window).
+    inflight_bytes = 0
 
     def __init__(
         self, rank: int, size: int, timeout_s: float, rank_names: list[int] | None = None

@@ -44,7 +44,7 @@ from mpdist.transport.mesh import connect_full_mesh, group_token
 from mpdist.transport.shm import Ring
 from mpdist.transport.spin import Spin
 from mpdist.transport.tcp_peer import Outgoing, Peer, drain, into_ring, undelivered
-from mpdist.transport.tcp_rings import PairRings
+from mpdist.transport.tcp_rings import RING_BYTES, PairRings
 
 __all__ = ["TcpTransport"]
 
@@ -86,6 +86,7 @@ class TcpTransport(Transport):
     """
 
     latency_bytes = _LATENCY_BYTES if SUPPORTED else 0
+    inflight_bytes = RING_BYTES  # past the pair's ring, payloads go over TCP
 
     def __init__(
         self,

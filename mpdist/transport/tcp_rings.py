@@ -19,9 +19,9 @@ from mpdist.transport.mailbox import SUPPORTED, Mailbox
 from mpdist.transport.shm import Ring, ring_path, shm_dir, sweep_stale_rings
 from mpdist.transport.tcp_peer import Peer
 
-__all__ = ["PairRings"]
+__all__ = ["RING_BYTES", "PairRings"]
 
-_SHM_CAP = 16 << 20  # bytes per ring (one per direction and pair; pages only when touched)
+RING_BYTES = 16 << 20  # bytes per ring (one per direction and pair; pages only when touched)
 
 
 class PairRings:
@@ -57,7 +57,7 @@ class PairRings:
             for peer in range(self._size):
                 if peer != self._rank:
                     path = ring_path(self._shm_dir, os.getpid(), self._gid, peer, self._rank)
-                    self._own_rings[peer] = Ring(path, _SHM_CAP, create=True, front=MAILBOX_BYTES)
+                    self._own_rings[peer] = Ring(path, RING_BYTES, create=True, front=MAILBOX_BYTES)
         except OSError:
             self.drop_own()
             return 0
@@ -88,7 +88,7 @@ class PairRings:
                 owner = peer_flags[peer] >> 1
                 path = ring_path(self._shm_dir, owner, self._gid, self._rank, peer)
                 try:
-                    tx = Ring(path, _SHM_CAP, create=False, front=MAILBOX_BYTES)
+                    tx = Ring(path, RING_BYTES, create=False, front=MAILBOX_BYTES)
                 except OSError:
                     continue  # the peer is gone already: TCP it is
                 tx.unlink()  # both ends mapped: the file is no longer needed

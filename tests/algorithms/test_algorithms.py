@@ -524,8 +524,9 @@ def test_ring_all_gather_in_chunks_with_a_window_of_them_in_flight(
     kind: str, size: int, n: int
 ) -> None:
     # 1000-byte chunks (not a multiple of the item size): a float64 block of 2503 items is
-    # 21 chunks, more than the window, cut mid-item
+    # 21 chunks, more than the window (3 of them: three quarters of 4000 bytes), cut mid-item
     def fn(comm: A.Communicator):
+        comm.transport.inflight_bytes = 4000
         mine = data(comm.rank, "float64", n, n)
         gathered = [np.full(n, np.nan) for _ in range(size)]
         comm.start("all_gather", mine.dtype, mine.nbytes, mine.shape)
@@ -539,12 +540,28 @@ def test_ring_all_gather_in_chunks_with_a_window_of_them_in_flight(
             assert np.array_equal(res[r][q], data(q, "float64", n, n)), (r, q)
 
 
+def test_window_is_a_share_of_what_the_transport_holds_per_peer() -> None:
+    class Holding:
+        rank, size = 0, 2
+
+        def __init__(self, inflight: int) -> None:
+            self.inflight_bytes = inflight
+
+    ring = A.Communicator(Holding(16 << 20), 1.0)  # the tcp transport's shared ring
+    assert ring.window(4 << 20, 3) == 3  # ring all-gather: 12 of its 16 MiB
+    assert ring.window(1 << 20, 2) == 8  # ring allreduce: 8 MiB
+    assert ring.window(64 << 20, 3) == 1  # a chunk bigger than the share: one at a time
+    assert A.Communicator(Holding(0), 1.0).window(4 << 20, 3) >= 1 << 40  # no limit
+
+
 @pytest.mark.parametrize("size", [2, 3, 4])
 def test_ring_allreduce_with_more_chunks_than_its_window_between_processes(size: int) -> None:
     # 256-byte chunks: each rank's segment is ~20 of them, more than the window in flight
+    # (8 of them: half of 4096 bytes)
     n = 20 * 64 * size + 5
 
     def fn(comm: A.Communicator):
+        comm.transport.inflight_bytes = 4096
         x = data(comm.rank, "int32", n)
         comm.start("all_reduce", x.dtype, x.nbytes, x.shape, -1, ReduceOp.SUM.value)
         ring_allreduce.allreduce(comm, x, ReduceOp.SUM, "all_reduce", chunk_bytes=256)
