@@ -106,7 +106,7 @@ def butterfly_shift(size: int) -> int:
     150-246); 8 ranks gain at 1 KiB (186-190 against 264-273) and lose at 16 KiB (311-332
     against 284-286): an eighth of the allowance per doubling. 2 ranks exchange once either
     way (direct)."""
-    return 3 * (size.bit_length() - 3)
+    return max(0, 3 * (size.bit_length() - 3))
 
 
 def allreduce_algorithm(nbytes: int, size: int) -> str:
