@@ -64,6 +64,7 @@ class Communicator:
         self.last_op: tuple[str, int] | None = None
         self._scratch: dict[int, np.ndarray] = {}
         self._small: dict[tuple[np.dtype, int, int], tuple[np.ndarray, memoryview]] = {}
+        self._blocks: dict[tuple[np.dtype, int], tuple[list[np.ndarray], list[memoryview]]] = {}
 
     def start(
         self,
@@ -129,6 +130,21 @@ class Communicator:
                 self._small.clear()
             arr = np.empty(count, dtype)
             found = self._small[key] = (arr, as_bytes(arr))
+        return found
+
+    def small_blocks(
+        self, dtype: np.dtype, count: int
+    ) -> tuple[list[np.ndarray], list[memoryview]]:
+        """One reusable flat block of ``count`` items of ``dtype`` per rank, and the bytes
+        of the other ranks' blocks in :attr:`peers` order: where the latency path's
+        direct algorithms receive, found with one lookup (as :meth:`small_scratch`)."""
+        key = (dtype, count)
+        found = self._blocks.get(key)
+        if found is None:
+            if len(self._blocks) >= _SMALL_KEPT:
+                self._blocks.clear()
+            rows = list(np.empty((self.size, count), dtype))
+            found = self._blocks[key] = (rows, [as_bytes(rows[i]) for i in self.peers])
         return found
 
     def abort(self, reason: str) -> None:

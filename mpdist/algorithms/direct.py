@@ -143,8 +143,9 @@ def reduce_scatter(
     sends = [as_bytes(inputs[i]) for i in peers]  # C-contiguous: its bytes in order
     lent = []
     if output.nbytes <= t.latency_bytes:
-        theirs = comm.small_scratch(out.dtype, n * p)[0].reshape(p, n)  # kept for this path
-        exchange(comm, peers, sends, [as_bytes(theirs[i]) for i in peers], op_name)
+        rows, recvs = comm.small_blocks(out.dtype, n)  # kept for this path
+        exchange(comm, peers, sends, recvs, op_name)
+        blocks = rows.copy()
     else:
         # bigger blocks are reduced where the transport holds them (borrowing receives:
         # the shared ring), with no copy out first
@@ -152,10 +153,10 @@ def reduce_scatter(
         reqs = post(comm, peers, sends, [as_bytes(theirs[i]) for i in peers], borrow=True)
         comm.wait(reqs, op_name)
         lent = reqs[: len(peers)]
+        blocks = list(theirs)
+        for i, req in zip(peers, lent, strict=True):
+            blocks[i] = received(req, theirs[i])
     # every rank's block in rank order (ours where it is), reduced left to right
-    blocks = list(theirs)
-    for i, req in zip(peers, lent, strict=False):  # lent: none on the latency path
-        blocks[i] = received(req, theirs[i])
     blocks[r] = inputs[r].reshape(-1)
     reduce_into(out, blocks[0], blocks[1], op)
     for i in range(2, p):
