@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mpdist.algorithms import check_list
+from mpdist.algorithms.reduction import check_op_dtype
 from mpdist.process_group import (
     AllgatherOptions,
     AllreduceOptions,
@@ -77,6 +78,13 @@ def _op(opts: Any, default: ReduceOp = ReduceOp.SUM) -> ReduceOp:
     return getattr(opts, "reduceOp", default)
 
 
+def _checked_op(opts: Any, dtype: np.dtype) -> ReduceOp:
+    """The reduce op of ``opts``, checked for arrays of ``dtype`` (what ``_c_*`` expect)."""
+    op = _op(opts)
+    check_op_dtype(op, dtype)
+    return op
+
+
 def _root(opts: Any) -> int:
     return int(getattr(opts, "rootRank", 0)) if opts is not None else 0
 
@@ -132,7 +140,8 @@ class BuiltinProcessGroup(ProcessGroup):
 
     # ---- the internal interface (group ranks, validated ndarrays); subclasses implement.
     # all_gather's and reduce_scatter's lists arrive checked too: one array per rank, each
-    # of the other argument's dtype and size (gather's and scatter's: the backend checks).
+    # of the other argument's dtype and size (gather's and scatter's: the backend checks);
+    # so do all_reduce's and reduce_scatter's reduce ops, valid for the arrays' dtype.
     # ``name`` is the op name that headers and errors carry ("all_gather_into_tensor", ...);
     # the return value is the op's value (None; a receive's source) or, with async_op, a Work.
     def _c_allreduce(
@@ -276,11 +285,13 @@ class BuiltinProcessGroup(ProcessGroup):
         if type(tensors) is not list:
             tensors = list(tensors) if isinstance(tensors, tuple) else [tensors]
         arr = checked_array(tensors[0], "allreduce", "tensors[0]", out=True)
-        return self._c_allreduce(arr, _op(opts), "all_reduce", tensors, _async(opts))
+        op = _checked_op(opts, arr.dtype)
+        return self._c_allreduce(arr, op, "all_reduce", tensors, _async(opts))
 
     def allreduce_stepped(self, tensors: list[Any], opts: AllreduceOptions | None = None) -> Work:
         arr = checked_array(tensors[0], "allreduce", "tensors[0]", out=True)
-        return self._c_allreduce_stepped(arr, _op(opts), "all_reduce", list(tensors))
+        op = _checked_op(opts, arr.dtype)
+        return self._c_allreduce_stepped(arr, op, "all_reduce", list(tensors))
 
     def reduce(self, tensors: list[Any], opts: ReduceOptions | None = None) -> Work:
         arr = checked_array(tensors[0], "reduce", "tensors[0]", out=True)
@@ -355,7 +366,12 @@ class BuiltinProcessGroup(ProcessGroup):
         out = checked_array(output_tensors[0], "reduce_scatter", "output_tensors[0]", out=True)
         check_list(self.size(), ins, out, "input list")
         return self._c_reduce_scatter(
-            out, ins, _op(opts), "reduce_scatter", list(output_tensors), _async(opts)
+            out,
+            ins,
+            _checked_op(opts, out.dtype),
+            "reduce_scatter",
+            list(output_tensors),
+            _async(opts),
         )
 
     def _reduce_scatter_base(
@@ -370,11 +386,10 @@ class BuiltinProcessGroup(ProcessGroup):
             inp = checked_array(input, "_reduce_scatter_base", "input")
         out = out.reshape(-1)
         ins = list(inp.reshape(self.size(), -1))
+        op = _op(opts) if checked else _checked_op(opts, out.dtype)
         if not checked:
             check_list(self.size(), ins, out, "input")
-        return self._c_reduce_scatter(
-            out, ins, _op(opts), "reduce_scatter_tensor", [output], _async(opts)
-        )
+        return self._c_reduce_scatter(out, ins, op, "reduce_scatter_tensor", [output], _async(opts))
 
     def alltoall_base(
         self,

@@ -281,7 +281,9 @@ class CommProcessGroup(BuiltinProcessGroup):
         self, arr: np.ndarray, op: ReduceOp, name: str, outputs: list[Any], async_op: bool
     ) -> Any:
         comm = self._comm
-        return self._run(lambda: alg.allreduce(comm, arr, op, op_name=name), outputs, async_op)
+        return self._run(
+            lambda: alg.allreduce(comm, arr, op, op_name=name, checked=True), outputs, async_op
+        )
 
     def _c_broadcast(
         self, arr: np.ndarray, root: int, name: str, outputs: list[Any], async_op: bool
@@ -311,7 +313,9 @@ class CommProcessGroup(BuiltinProcessGroup):
     ) -> Any:
         comm = self._comm
         return self._run(
-            lambda: alg.allgather(comm, out_list, inp, op_name=name), outputs, async_op
+            lambda: alg.allgather(comm, out_list, inp, op_name=name, checked=True),
+            outputs,
+            async_op,
         )
 
     def _c_gather(
@@ -353,7 +357,9 @@ class CommProcessGroup(BuiltinProcessGroup):
     ) -> Any:
         comm = self._comm
         return self._run(
-            lambda: alg.reduce_scatter(comm, out, in_list, op, op_name=name), outputs, async_op
+            lambda: alg.reduce_scatter(comm, out, in_list, op, op_name=name, checked=True),
+            outputs,
+            async_op,
         )
 
     def _c_alltoall(

@@ -8,6 +8,7 @@ import pytest
 
 import mpdist as dist
 from mpdist import AllreduceOptions, BroadcastOptions, ReduceOp
+from mpdist.process_group import ReduceScatterOptions
 from mpdist.testing import spawn_ranks, spawn_threads
 
 
@@ -53,6 +54,32 @@ def bad_direct_calls(rank: int, n: int) -> int:
         (ValueError, "contiguous", lambda: pg.send([strided], 1 - rank % 2)),
         # list entries must match the other argument (the backend's _c_* rely on it)
         *bad_list_calls(pg, n),
+        # so must reduce ops their arrays' dtype (a bitwise op on floats)
+        (
+            ValueError,
+            "bitwise",
+            lambda: pg.allreduce([np.ones(3)], AllreduceOptions(ReduceOp.BAND)),
+        ),
+        (
+            ValueError,
+            "bitwise",
+            lambda: pg.allreduce_stepped([np.ones(3)], AllreduceOptions(ReduceOp.BOR)),
+        ),
+        (
+            ValueError,
+            "bitwise",
+            lambda: pg.reduce_scatter(
+                [np.ones(3)], [[np.ones(3)] * n], ReduceScatterOptions(ReduceOp.BXOR)
+            ),
+        ),
+        (
+            ValueError,
+            "bitwise",
+            lambda: pg._reduce_scatter_base(
+                np.ones(3), np.ones(3 * n), ReduceScatterOptions(ReduceOp.BAND)
+            ),
+        ),
+        (TypeError, "ReduceOp", lambda: pg.allreduce([np.ones(3)], AllreduceOptions("max"))),  # type: ignore[arg-type]
     ]
     for exc, text, call in bad:
         with pytest.raises(exc, match=text):
@@ -62,8 +89,8 @@ def bad_direct_calls(rank: int, n: int) -> int:
 
 
 def test_bad_arrays_in_direct_methods_raise_and_the_group_stays_usable():
-    assert spawn_threads(bad_direct_calls, 2) == [16, 16]
-    assert spawn_ranks(bad_direct_calls, 2) == [16, 16]
+    assert spawn_threads(bad_direct_calls, 2) == [21, 21]
+    assert spawn_ranks(bad_direct_calls, 2) == [21, 21]
 
 
 def empty_alltoall_base(rank: int, n: int) -> bool:
