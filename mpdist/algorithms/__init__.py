@@ -10,6 +10,7 @@ pipelined ring (bandwidth); ``allreduce_steps`` is the same collective as a gene
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ __all__ = [
     "Communicator",
     "ReduceOp",
     "check_list",
+    "check_root",
     "check_op_dtype",
     "combine",
     "reduce_into",
@@ -134,9 +136,10 @@ def _flat(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1)
 
 
-def _root(comm: Communicator, root: int, what: str = "root") -> None:
-    if not isinstance(root, int) or not 0 <= root < comm.size:
-        raise ValueError(f"{what} {root!r} is not a rank of this group (size {comm.size})")
+def check_root(size: int, root: Any, what: str = "root") -> None:
+    """``root`` must be a rank of a group of ``size`` ranks."""
+    if not isinstance(root, int) or not 0 <= root < size:
+        raise ValueError(f"{what} {root!r} is not a rank of this group (size {size})")
 
 
 def check_list(size: int, arrays: list, like: np.ndarray, what: str) -> None:
@@ -165,7 +168,7 @@ def _start_rooted(
     """Check and enter a gather or scatter (``kind``): ``mine`` is this rank's array and
     ``arrays`` the root's list of one array per rank (the ``role`` list, not used elsewhere)."""
     _flat(mine)
-    _root(comm, root)
+    check_root(comm.size, root)
     if comm.rank == root:
         if arrays is None:
             raise ValueError(f"{kind}: the {role} list is required on the root")
@@ -229,11 +232,17 @@ def _allreduce_steps(
 
 
 def broadcast(
-    comm: Communicator, array: np.ndarray, root: int, *, op_name: str = "broadcast"
+    comm: Communicator,
+    array: np.ndarray,
+    root: int,
+    *,
+    op_name: str = "broadcast",
+    checked: bool = False,
 ) -> None:
-    """Every rank's ``array`` <- root's ``array``."""
-    _flat(array)
-    _root(comm, root)
+    """Every rank's ``array`` <- root's ``array`` (``checked``: as for allreduce)."""
+    if not checked:
+        _flat(array)
+        check_root(comm.size, root)
     comm.start(op_name, array.dtype, array.nbytes, array.shape, root)
     if comm.size > 1:
         tree.broadcast(comm, as_bytes(array), root, op_name)
@@ -250,7 +259,7 @@ def reduce(
 ) -> None:
     """Root's ``array`` <- op over every rank's ``array``; other ranks' arrays are left as they were."""
     flat = _flat(array)
-    _root(comm, root)
+    check_root(comm.size, root)
     check_op_dtype(op, array.dtype)
     comm.start(op_name, array.dtype, array.nbytes, array.shape, root, REDOP_CODE[op])
     if comm.size > 1:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mpdist.algorithms import check_list
+from mpdist.algorithms import check_list, check_root
 from mpdist.algorithms.reduction import check_op_dtype
 from mpdist.process_group import (
     AllgatherOptions,
@@ -141,7 +141,8 @@ class BuiltinProcessGroup(ProcessGroup):
     # ---- the internal interface (group ranks, validated ndarrays); subclasses implement.
     # all_gather's and reduce_scatter's lists arrive checked too: one array per rank, each
     # of the other argument's dtype and size (gather's and scatter's: the backend checks);
-    # so do all_reduce's and reduce_scatter's reduce ops, valid for the arrays' dtype.
+    # so do all_reduce's and reduce_scatter's reduce ops, valid for the arrays' dtype, and
+    # broadcast's root, a rank of the group.
     # ``name`` is the op name that headers and errors carry ("all_gather_into_tensor", ...);
     # the return value is the op's value (None; a receive's source) or, with async_op, a Work.
     def _c_allreduce(
@@ -273,6 +274,7 @@ class BuiltinProcessGroup(ProcessGroup):
                 arr = arr.data
             return self._c_broadcast(arr, opts.rootRank, "broadcast", tensors, opts.asyncOp)
         root = _root(opts)
+        check_root(self.size(), root)
         arr = checked_array(tensors[0], "broadcast", "tensors[0]", out=root != self._pg_rank)
         return self._c_broadcast(arr, root, "broadcast", tensors, _async(opts))
 

@@ -289,7 +289,9 @@ class CommProcessGroup(BuiltinProcessGroup):
         self, arr: np.ndarray, root: int, name: str, outputs: list[Any], async_op: bool
     ) -> Any:
         comm = self._comm
-        return self._run(lambda: alg.broadcast(comm, arr, root, op_name=name), outputs, async_op)
+        return self._run(
+            lambda: alg.broadcast(comm, arr, root, op_name=name, checked=True), outputs, async_op
+        )
 
     def _c_reduce(
         self,

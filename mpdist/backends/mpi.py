@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from mpdist.algorithms import check_list
+from mpdist.algorithms import check_list, check_root
 from mpdist.algorithms.reduction import UFUNCS, ReduceOp, check_op_dtype, divide
 from mpdist.errors import DistBackendError
 from mpdist.process_group import Work
@@ -410,10 +410,6 @@ class MpiProcessGroup(BuiltinProcessGroup):
         records.exchange(sig, self._seq)
         return rows
 
-    def _check_root(self, root: int) -> None:
-        if not isinstance(root, int) or not 0 <= root < self._pg_size:
-            raise ValueError(f"root {root!r} is not a rank of this group (size {self._pg_size})")
-
     def _reduce_op(self, arr: np.ndarray, op: ReduceOp) -> Any:
         """The MPI operator that reduces ``arr`` with ``op`` (checked for its dtype)."""
         try:
@@ -453,7 +449,7 @@ class MpiProcessGroup(BuiltinProcessGroup):
     def _c_broadcast(
         self, arr: np.ndarray, root: int, name: str, outputs: list[Any], async_op: bool
     ) -> Any:
-        self._check_root(root)
+        check_root(self._pg_size, root)
         if arr.nbytes <= self._slot:
 
             def folded() -> None:
@@ -483,7 +479,7 @@ class MpiProcessGroup(BuiltinProcessGroup):
         outputs: list[Any],
         async_op: bool,
     ) -> Any:
-        self._check_root(root)
+        check_root(self._pg_size, root)
         mop, buf = self._reduce_op(arr, op), _typed(arr)
 
         def run() -> None:
@@ -537,7 +533,7 @@ class MpiProcessGroup(BuiltinProcessGroup):
         outputs: list[Any],
         async_op: bool,
     ) -> Any:
-        self._check_root(root)
+        check_root(self._pg_size, root)
         is_root = self._pg_rank == root
         if is_root:
             if out_list is None:
@@ -567,7 +563,7 @@ class MpiProcessGroup(BuiltinProcessGroup):
         outputs: list[Any],
         async_op: bool,
     ) -> Any:
-        self._check_root(root)
+        check_root(self._pg_size, root)
         is_root = self._pg_rank == root
         if is_root:
             if in_list is None:

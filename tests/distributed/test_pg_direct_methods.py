@@ -45,6 +45,8 @@ def bad_direct_calls(rank: int, n: int) -> int:
         (TypeError, "dtype", lambda: pg.allreduce([np.array(["x"], dtype=object)])),
         (TypeError, "ndarray", lambda: pg.allreduce([[1.0, 2.0]])),
         (ValueError, "contiguous", lambda: pg.broadcast([strided], BroadcastOptions(0))),
+        (ValueError, "not a rank", lambda: pg.broadcast([np.ones(3)], BroadcastOptions(n))),
+        (ValueError, "not a rank", lambda: pg.broadcast([np.ones(3)], BroadcastOptions(-1))),
         (
             ValueError,
             "contiguous",
@@ -89,8 +91,8 @@ def bad_direct_calls(rank: int, n: int) -> int:
 
 
 def test_bad_arrays_in_direct_methods_raise_and_the_group_stays_usable():
-    assert spawn_threads(bad_direct_calls, 2) == [21, 21]
-    assert spawn_ranks(bad_direct_calls, 2) == [21, 21]
+    assert spawn_threads(bad_direct_calls, 2) == [23, 23]
+    assert spawn_ranks(bad_direct_calls, 2) == [23, 23]
 
 
 def empty_alltoall_base(rank: int, n: int) -> bool:
