@@ -388,8 +388,10 @@ class BuiltinProcessGroup(ProcessGroup):
             inp = checked_array(input, "_reduce_scatter_base", "input")
         out = out.reshape(-1)
         ins = list(inp.reshape(self.size(), -1))
-        op = _op(opts) if checked else _checked_op(opts, out.dtype)
-        if not checked:
+        if checked:
+            op = _op(opts)
+        else:
+            op = _checked_op(opts, out.dtype)
             check_list(self.size(), ins, out, "input")
         return self._c_reduce_scatter(out, ins, op, "reduce_scatter_tensor", [output], _async(opts))
 

@@ -449,7 +449,6 @@ class MpiProcessGroup(BuiltinProcessGroup):
     def _c_broadcast(
         self, arr: np.ndarray, root: int, name: str, outputs: list[Any], async_op: bool
     ) -> Any:
-        check_root(self._pg_size, root)
         if arr.nbytes <= self._slot:
 
             def folded() -> None:
